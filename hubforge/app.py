@@ -1,0 +1,158 @@
+"""What the tasks do, with rich progress: build, plan, lock, clean and doctor."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from . import doctor
+from .builder import Builder, Settings, Step
+from .docker_io import Docker
+from .errors import BuildFailed
+from .lock import lock_apt, lock_python
+from .targets import BASE_MODES, Graph, Target
+
+log = logging.getLogger(__name__)
+console = Console(highlight=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    console.print(message)
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def make_builder(settings: Settings) -> Builder:
+    return Builder(settings, Docker(), say=say)
+
+
+def print_plan(builder: Builder, steps: list[Step]) -> None:
+    tree = Tree(f"[bold]targets[/] (base: {builder.base_mode_used}, {builder.base_reason})")
+    nodes = {}
+    for step in steps:
+        parent = nodes.get(step.target.parent, tree)
+        state = "[green]up to date[/]" if step.exists else "[yellow]would build[/]: " + "; ".join(step.reasons)
+        nodes[step.target.name] = parent.add(f"[bold]{step.target.name}[/] {step.ref}  {state}")
+    console.print(tree)
+
+
+def build(settings: Settings, target: str | None, flavor: str | None, plan_only: bool, verbose: bool) -> list[Step]:
+    started = time.monotonic()
+    doctor.ensure(settings.cache_dir, {"docker"}, say)
+    builder = make_builder(settings)
+    steps = builder.plan(builder.graph.select(target, flavor))
+    if plan_only:
+        print_plan(builder, steps)
+        return steps
+    if builder.base_mode_used == "bootstrap" and not steps[0].exists:
+        doctor.ensure(settings.cache_dir, {"bootstrap", "disk"}, say)
+    for step in steps:
+        run_step(builder, step, verbose)
+    built = sum(1 for s in steps if not s.exists)
+    say(f"[bold]done[/] in {time.monotonic() - started:.1f}s: {built} built, {len(steps) - built} up to date")
+    return steps
+
+
+def run_step(builder: Builder, step: Step, verbose: bool) -> None:
+    name = step.target.name
+    if step.exists:
+        builder.ensure_friendly_tag(step)
+        say(f"  [green]✓[/] {name:<16} {step.ref}  up to date (skipped)")
+        return
+    say(f"  [yellow]▶[/] {name:<16} {step.ref}  building: {'; '.join(step.reasons)}")
+    started = time.monotonic()
+    with console.status(f"{name}: starting") as status:
+        def on_line(line: str) -> None:
+            if verbose:
+                console.print(f"    {line}", markup=False, highlight=False)
+            if line.startswith("Step "):
+                status.update(f"{name}: {line[:110]}")
+
+        def progress(message: str) -> None:
+            status.update(f"{name}: {message}")
+            if verbose:
+                say(f"    {message}")
+
+        try:
+            builder.build_step(step, on_line, progress)
+        except BuildFailed:
+            say(f"  [red]✗[/] {name} failed after {time.monotonic() - started:.0f}s")
+            raise
+    size = builder.docker.inspect(step.ref).get("Size", 0) / 1e6
+    say(f"  [green]✓[/] {name:<16} {step.ref}  built in {time.monotonic() - started:.0f}s ({size:.0f} MB), tagged {step.target.friendly_ref}")
+
+
+def lock(settings: Settings, target: str | None, only: str | None) -> None:
+    doctor.ensure(settings.cache_dir, {"docker"}, say)
+    builder = make_builder(settings)
+    graph = builder.graph
+    selected = [graph.targets[target]] if target else [t for t in graph.targets.values() if t.name != "base"]
+    if only in (None, "python"):
+        for t in selected:
+            if t.python_lock:
+                say(f"[bold]{t.name}[/]: Python")
+                lock_python(settings.root, t, builder.arch(), say)
+    if only in (None, "apt"):
+        base_step = build(settings, "base", None, False, False)[-1]
+        seen: set[str] = set()
+        for t in selected:
+            if t.apt_lock and t.apt_lock not in seen:
+                seen.add(t.apt_lock)
+                say(f"[bold]{t.name}[/]: Debian packages (resolved in {base_step.ref})")
+                lock_apt(settings.root, t, builder.docker, base_step.ref, say)
+
+
+def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
+    """Remove hubforge images that no current key or friendly tag names, keeping the newest `keep`."""
+    builder = make_builder(settings)
+    graph = builder.graph
+    current: set[str] = set()
+    try:
+        steps = builder.plan(graph.closure(list(graph.targets)))
+        current = {s.ref for s in steps} | {s.target.friendly_ref for s in steps}
+    except Exception as exc:  # a broken tree must not stop a clean; keep friendly tags then
+        log.warning("cannot compute current keys (%s); keeping only friendly tags", exc)
+    removed = 0
+    for repository in sorted({t.repository for t in graph.targets.values()}):
+        images = sorted(builder.docker.images(repository), key=lambda i: i.get("Created", 0), reverse=True)
+        stale = [i for i in images if not set(i.get("RepoTags") or []) & (current | {f"{repository}:dev"})]
+        for image in stale[keep:]:
+            for ref in image.get("RepoTags") or [image["Id"]]:
+                say(f"  {'would remove' if dry_run else 'removing'} {ref}")
+                if not dry_run and builder.docker.remove_image(ref):
+                    removed += 1
+    for folder in ["contexts"] + (["wheels", "debs", "npm"] if wheels else []):
+        path = settings.cache_dir / folder
+        if path.exists():
+            say(f"  {'would remove' if dry_run else 'removing'} {path}")
+            if not dry_run:
+                shutil.rmtree(path)
+    say(f"clean: {removed} image tags removed")
+
+
+def report_doctor(settings: Settings) -> bool:
+    results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "chromium"})
+    table = Table("check", "status", "detail", "fix")
+    for check in results:
+        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail, "" if check.ok else check.fix)
+    console.print(table)
+    return all(c.ok for c in results)
+
+
+def run_setup(settings: Settings) -> None:
+    failed = [c for c in doctor.checks(settings.cache_dir, {"docker", "compose", "bootstrap", "chromium"}) if not c.ok]
+    if not failed:
+        say("setup: nothing to do")
+        return
+    doctor.setup(failed, say)
+    report_doctor(settings)
+
+

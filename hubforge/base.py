@@ -1,0 +1,70 @@
+"""The base image: a digest-pinned upstream pull, or a rootfs bootstrapped from a Debian mirror."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import proc
+from .docker_io import Docker
+from .errors import HubforgeError
+from .targets import SOURCE_DATE_EPOCH, BaseSpec
+
+log = logging.getLogger(__name__)
+
+
+def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path) -> list[str]:
+    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested."""
+    components = " ".join(recipe["components"])
+    argv = ["mmdebstrap", f"--variant={recipe['variant']}", "--mode=root", "--format=tar", "--quiet"]
+    if recipe.get("include"):
+        argv.append(f"--include={','.join(recipe['include'])}")
+    argv += [f"--dpkgopt=path-exclude={p}" for p in recipe.get("path_exclude", [])]
+    argv += [f"--dpkgopt=path-include={p}" for p in recipe.get("path_include", [])]
+    if recipe.get("purge_after"):
+        argv.append(f"--customize-hook=chroot \"$1\" dpkg --purge {' '.join(recipe['purge_after'])}")
+    if recipe.get("remove_after"):
+        removals = " ".join(f'"$1"{p}' for p in recipe["remove_after"])
+        argv.append(f"--customize-hook=rm -rf {removals}")
+    argv += [
+        spec.suite,
+        str(output),
+        f"deb {spec.mirror} {spec.suite} {components}",
+        f"deb {spec.mirror} {spec.suite}-updates {components}",
+        f"deb {spec.security_mirror} {spec.suite}-security {components}",
+    ]
+    return argv
+
+
+def bootstrap(docker: Docker, spec: BaseSpec, recipe_path: Path, repository: str, tag: str, progress=None) -> str:
+    """Make the rootfs with mmdebstrap and import it as `repository:tag`. Needs root."""
+    if shutil.which("mmdebstrap") is None:
+        raise HubforgeError("--base=bootstrap needs mmdebstrap: run `invoke setup` or `apt-get install mmdebstrap`")
+    if os.geteuid() != 0:
+        raise HubforgeError("--base=bootstrap needs root (mmdebstrap --mode=root); run as root or use --base=pull")
+    recipe = json.loads(recipe_path.read_text())
+    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-") as tmp:
+        output = Path(tmp) / "rootfs.tar"
+        if progress:
+            progress(f"bootstrapping Debian {spec.suite} from {spec.mirror} (mmdebstrap, ~30 s)")
+        env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
+        proc.run(mmdebstrap_argv(spec, recipe, output), env=env, what="bootstrapping the base rootfs (mmdebstrap)")
+        if progress:
+            progress("importing the rootfs into Docker")
+        changes = ['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'CMD ["bash"]']
+        return docker.import_rootfs(output, repository, tag, changes)
+
+
+def pull(docker: Docker, spec: BaseSpec, repository: str, tag: str, progress=None) -> str:
+    if docker.image_id(spec.upstream) is None:
+        if progress:
+            progress(f"pulling {spec.upstream}")
+        docker.pull(spec.upstream)
+    docker.tag(spec.upstream, repository, tag)
+    image = docker.image_id(f"{repository}:{tag}")
+    assert image is not None
+    return image

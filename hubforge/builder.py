@@ -1,0 +1,251 @@
+"""Plan and build: turn targets into keys, explain what changed, and build only what is missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__, base, debs, npm, proc, wheels
+from .docker_io import Docker
+from .errors import HubforgeError
+from .keys import Manifest, digest_bytes, explain
+from .locks import parse_apt_lock, parse_python_lock
+from .render import oci_labels, render
+from .targets import SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
+
+log = logging.getLogger(__name__)
+
+SOURCE_URL = "https://github.com/hubforge/hubforge"
+LICENSE = "BSD-3-Clause"
+KEY_LABEL = "io.hubforge.key"
+TARGET_LABEL = "io.hubforge.target"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things are and how to make the base; built by tasks.py from flags and invoke config."""
+
+    root: Path
+    cache_dir: Path
+    base_mode: str = "auto"
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
+    upstream: str = BaseSpec(mode="pull").upstream
+
+    def spec(self, mode: str) -> BaseSpec:
+        return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
+                        security_mirror=self.security_mirror)
+
+
+@dataclass
+class Step:
+    """One target in a plan: its key, its image reference, and whether and why it must be built."""
+
+    target: Target
+    manifest: Manifest
+    exists: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.manifest.key()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.target.repository}:{self.key}"
+
+
+def input_digests(root: Path, paths: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every declared input file; a declared folder contributes each file below it."""
+    digests: dict[str, str] = {}
+    for rel in paths:
+        path = root / rel
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and "__pycache__" not in child.parts and child.suffix != ".pyc":
+                    digests[child.relative_to(root).as_posix()] = digest_bytes(child.read_bytes())
+        elif path.is_file():
+            digests[rel] = digest_bytes(path.read_bytes())
+        else:
+            raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/targets.py or run `invoke lock`")
+    return digests
+
+
+def template_texts(root: Path, target: Target) -> dict[str, str]:
+    """The template and every declared .j2 input, by repo-relative path (what render may include)."""
+    assert target.template
+    names = [target.template] + [p for p in target.inputs if p.endswith(".j2")]
+    return {name: (root / name).read_text() for name in names}
+
+
+def render_variables(target: Target, parent_ref: str | None) -> dict[str, object]:
+    return {
+        "parent": parent_ref,
+        "flavor": target.flavor,
+        "source_date_epoch": SOURCE_DATE_EPOCH,
+        "python_version": wheels.PYTHON_VERSION,
+        "labels": oci_labels(
+            title=f"hubforge {target.name}", version=__version__, description=target.description,
+            source=SOURCE_URL, licenses=LICENSE,
+        ),
+    }
+
+
+class Builder:
+    def __init__(self, settings: Settings, docker: Docker, graph: Graph | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.docker = docker
+        self.graph = graph or Graph()
+        self.say = say
+        self.state_dir = settings.cache_dir / "state"
+        self.base_mode_used: str | None = None
+        self.base_reason = ""
+
+    # -- describe ----------------------------------------------------------------------------------
+    def base_manifest(self, mode: str) -> Manifest:
+        target = self.graph.targets["base"]
+        inputs = input_digests(self.settings.root, target.inputs) if mode == "bootstrap" else {}
+        return Manifest("base", "", inputs, self.settings.spec(mode).describe(), None)
+
+    def resolve_base_mode(self) -> str:
+        """auto -> pull when a registry answers, else bootstrap; a base already built is reused."""
+        mode = self.settings.base_mode
+        if mode != "auto":
+            self.base_reason = f"--base={mode}"
+            return mode
+        base_target = self.graph.targets["base"]
+        for candidate in ("pull", "bootstrap"):
+            if self.docker.image_id(f"{base_target.repository}:{self.base_manifest(candidate).key()}"):
+                self.base_reason = f"auto: the {candidate} base is already built"
+                return candidate
+        if self.docker.registry_answers(self.settings.upstream):
+            self.base_reason = "auto: a registry answers"
+            return "pull"
+        self.base_reason = "auto: no registry answers, bootstrapping from the Debian mirror"
+        return "bootstrap"
+
+    def manifest(self, target: Target, parent_key: str | None) -> Manifest:
+        parent_ref = None
+        if target.parent:
+            parent_ref = f"{self.graph.targets[target.parent].repository}:{parent_key}"
+        dockerfile = render(template_texts(self.settings.root, target), target.template,
+                            render_variables(target, parent_ref))
+        return Manifest(target.name, dockerfile, input_digests(self.settings.root, target.all_inputs()),
+                        dict(target.build_args), parent_key)
+
+    def plan(self, targets: list[Target]) -> list[Step]:
+        steps: list[Step] = []
+        keys: dict[str, str] = {}
+        for target in targets:
+            if target.name == "base":
+                mode = self.base_mode_used = self.resolve_base_mode()
+                manifest = self.base_manifest(mode)
+            else:
+                assert target.parent
+                if target.parent not in keys:  # parent not selected: still needed for the key
+                    parent_steps = self.plan(self.graph.closure([target.parent]))
+                    keys.update({s.target.name: s.key for s in parent_steps})
+                manifest = self.manifest(target, keys[target.parent])
+            keys[target.name] = manifest.key()
+            exists = self.docker.image_id(f"{target.repository}:{manifest.key()}") is not None
+            reasons = [] if exists else explain(self.last_manifest(target.name), manifest)
+            steps.append(Step(target, manifest, exists, reasons))
+        return steps
+
+    # -- state: the manifest of the last build of each target, for explanations --------------------
+    def last_manifest(self, name: str) -> dict | None:
+        path = self.state_dir / f"{name}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember(self, step: Step) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / f"{step.target.name}.json").write_text(json.dumps(step.manifest.to_json(), indent=1))
+
+    # -- execute -----------------------------------------------------------------------------------
+    def ensure_friendly_tag(self, step: Step) -> None:
+        target = step.target
+        if self.docker.image_id(target.friendly_ref) != self.docker.image_id(step.ref):
+            self.docker.tag(step.ref, target.repository, target.friendly_tag)
+
+    def build_step(self, step: Step, on_line: Callable[[str], None], progress: Callable[[str], None]) -> None:
+        target = step.target
+        if target.name == "base":
+            spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
+            if spec.mode == "pull":
+                base.pull(self.docker, spec, target.repository, step.key, progress)
+            else:
+                base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], target.repository, step.key, progress)
+        else:
+            context = self.stage_context(step, progress)
+            try:
+                self.docker.build(context, step.ref, self.build_labels(step), on_line)
+            finally:
+                shutil.rmtree(context, ignore_errors=True)
+        self.ensure_friendly_tag(step)
+        self.remember(step)
+
+    def build_labels(self, step: Step) -> dict[str, str]:
+        created = datetime.fromtimestamp(SOURCE_DATE_EPOCH, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "org.opencontainers.image.revision": git_revision(self.settings.root),
+            "org.opencontainers.image.created": created,
+            KEY_LABEL: step.key,
+            TARGET_LABEL: step.target.name,
+        }
+
+    def stage_context(self, step: Step, progress: Callable[[str], None]) -> Path:
+        """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules."""
+        target, root, cache = step.target, self.settings.root, self.settings.cache_dir
+        context = cache / "contexts" / f"{target.name}-{step.key}"
+        shutil.rmtree(context, ignore_errors=True)
+        context.mkdir(parents=True)
+        (context / "Dockerfile").write_text(step.manifest.dockerfile)
+        for rel in target.inputs:
+            if not rel.endswith(".j2"):
+                dest = context / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / rel, dest)
+        if target.apt_lock:
+            pins = parse_apt_lock((root / target.apt_lock).read_text(), target.apt_lock)
+            cache_debs = debs.DebCache(cache / "debs")
+            cache_debs.fetch(pins, progress)
+            cache_debs.stage(pins, context / "debs")
+        if target.python_lock or target.local_packages:
+            wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch())
+            pins = parse_python_lock((root / target.python_lock).read_text(), target.python_lock) if target.python_lock else []
+            wheel_cache.fetch(pins, progress)
+            found = [wheel_cache.wheel_for(pin) for pin in pins]
+            found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH)
+                      for pkg in target.local_packages]
+            wheels.stage(found, context / "wheels")
+        if target.npm_dir:
+            modules = npm.install(root / target.npm_dir, cache / "npm", progress)
+            shutil.copytree(modules, context / "node_modules", symlinks=True)
+        return context
+
+    def arch(self) -> str:
+        machine = self.docker.client.version().get("Arch", "amd64")
+        return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def git_revision(root: Path) -> str:
+    result = proc.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=False)
+    if result.returncode != 0:
+        return "unknown"
+    dirty = proc.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], check=False).stdout.strip()
+    return result.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def elapsed(start: float) -> str:
+    return f"{time.monotonic() - start:.1f}s"

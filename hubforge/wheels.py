@@ -1,0 +1,181 @@
+"""Python wheels: lock file -> content-addressed host cache -> build context, installed offline."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+from .errors import HubforgeError
+from .keys import digest_bytes
+from .locks import PythonPin, normalize
+
+log = logging.getLogger(__name__)
+
+PYTHON_VERSION = "3.11"  # Debian bookworm's python3, which every image runs
+# A wheel for glibc 2.17 .. 2.36 runs on bookworm (glibc 2.36).
+def platform_tags(arch: str) -> list[str]:
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
+    return tags + [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Wheel:
+    pin_name: str
+    version: str
+    path: Path
+    sha256: str
+
+
+class WheelCache:
+    """Files from PyPI stored by their sha256, and wheels built from sdists stored by the sdist's sha256."""
+
+    def __init__(self, root: Path, arch: str = "x86_64") -> None:
+        self.root = root
+        self.arch = arch
+        (root / "by-hash").mkdir(parents=True, exist_ok=True)
+        (root / "built").mkdir(parents=True, exist_ok=True)
+
+    def _stored(self, sha: str) -> Path | None:
+        folder = self.root / "by-hash" / sha
+        files = list(folder.iterdir()) if folder.is_dir() else []
+        return files[0] if files else None
+
+    def _find(self, pin: PythonPin) -> Path | None:
+        """A cached file for this pin whose hash the lock allows and that fits the image's platform."""
+        candidates = [p for p in (self._stored(h) for h in sorted(pin.hashes)) if p]
+        for path in candidates:
+            if path.suffix == ".whl" and self._fits(path.name):
+                return path
+        for path in candidates:
+            if not path.name.endswith(".whl"):
+                return path
+        return None
+
+    def _fits(self, filename: str) -> bool:
+        tags = filename[:-4].split("-")[-3:]  # python, abi, platform
+        pythons, platforms = tags[0].split("."), tags[2].split(".")
+        py_ok = any(p in ("py3", "py2.py3", "cp311", "cp3", "py311") or p.startswith("py3") for p in pythons)
+        abi_ok = tags[1] in ("none", "abi3", "cp311")
+        plat_ok = any(p == "any" or p in platform_tags(self.arch) for p in platforms)
+        return py_ok and abi_ok and plat_ok
+
+    def fetch(self, pins: list[PythonPin], progress=None) -> None:
+        """Download every pin that is not yet cached, verifying each file against the lock's hashes."""
+        missing = [p for p in pins if self._find(p) is None]
+        if not missing:
+            return
+        if progress:
+            progress(f"downloading {len(missing)} Python distributions")
+        with tempfile.TemporaryDirectory(prefix="hubforge-wheels-") as tmp:
+            reqs = Path(tmp) / "requirements.txt"
+            reqs.write_text("".join(p.requirement() + "\n" for p in missing))
+            argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
+                    "--quiet", "--dest", str(Path(tmp) / "dl"), "--requirement", str(reqs),
+                    "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
+            for tag in platform_tags(self.arch):
+                argv += ["--platform", tag]
+            proc.run(argv, what="downloading Python wheels on the host (pip download)")
+            allowed = {h for p in missing for h in p.hashes}
+            for path in (Path(tmp) / "dl").iterdir():
+                sha = file_sha256(path)
+                if sha not in allowed:  # pip checked already; this guards the cache itself
+                    raise HubforgeError(f"{path.name}: sha256 {sha} is not in the lock; run `invoke lock`")
+                dest = self.root / "by-hash" / sha
+                dest.mkdir(exist_ok=True)
+                shutil.move(str(path), dest / path.name)
+        still = [p.name for p in missing if self._find(p) is None]
+        if still:
+            raise HubforgeError(f"no distribution for {', '.join(still)} fits Python {PYTHON_VERSION} on {self.arch}; run `invoke lock`")
+
+    def wheel_for(self, pin: PythonPin) -> Wheel:
+        """The installable wheel for a pin, building it on the host when PyPI has only an sdist."""
+        path = self._find(pin)
+        if path is None:
+            raise HubforgeError(f"{pin.name}=={pin.version} is not in the wheel cache; run `invoke build` with network")
+        if path.suffix == ".whl":
+            return Wheel(pin.name, pin.version, path, path.parent.name)
+        built_dir = self.root / "built" / path.parent.name
+        wheels = list(built_dir.glob("*.whl")) if built_dir.is_dir() else []
+        if not wheels:
+            with tempfile.TemporaryDirectory(prefix="hubforge-sdist-") as tmp:
+                proc.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--quiet",
+                          "--wheel-dir", tmp, str(path)], what=f"building a wheel of {path.name} on the host")
+                built = [w for w in Path(tmp).glob("*.whl")]
+                if len(built) != 1 or not built[0].name.endswith("-none-any.whl"):
+                    raise HubforgeError(f"{path.name} did not build into one pure-Python wheel; pin a version with wheels")
+                built_dir.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(built[0]), built_dir / built[0].name)
+            wheels = list(built_dir.glob("*.whl"))
+        return Wheel(pin.name, pin.version, wheels[0], file_sha256(wheels[0]))
+
+
+def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: int) -> Path:
+    """A reproducible pure-Python wheel of one source package folder (no build backend needed).
+
+    Same bytes in, same wheel out: files are sorted and stamped with `epoch`.
+    """
+    dist = normalize(name).replace("-", "_")
+    stamp = max(epoch, 315532800)  # zip cannot store times before 1980
+    date_time = tuple(__import__("time").gmtime(stamp))[:6]
+    files: list[tuple[str, bytes]] = []
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
+            files.append((f"{source.name}/{path.relative_to(source).as_posix()}", path.read_bytes()))
+    info = f"{dist}-{version}.dist-info"
+    files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
+    files.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: hubforge\nRoot-Is-Purelib: true\nTag: py3-none-any\n"))
+    record_lines = []
+    for arcname, data in files:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record_lines.append(f"{arcname},sha256={digest},{len(data)}")
+    record_lines.append(f"{info}/RECORD,,")
+    files.append((f"{info}/RECORD", ("\n".join(record_lines) + "\n").encode()))
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for arcname, data in files:
+            entry = zipfile.ZipInfo(arcname, date_time=date_time)
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, data)
+    return wheel
+
+
+def stage(wheels: list[Wheel], dest: Path) -> Path:
+    """Put wheels in the build context with a requirements file pinning each to its exact file hash."""
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for wheel in sorted(wheels, key=lambda w: w.pin_name):
+        target = dest / wheel.path.name
+        if not target.exists():
+            try:
+                os.link(wheel.path, target)
+            except OSError:
+                shutil.copy2(wheel.path, target)
+        lines.append(f"{wheel.pin_name}=={wheel.version} --hash=sha256:{wheel.sha256}\n")
+    requirements = dest / "requirements.txt"
+    requirements.write_text("".join(lines))
+    return requirements
+
+
+def local_wheel(source: Path, version: str, dest: Path, epoch: int) -> Wheel:
+    name = source.name.replace("_", "-")
+    path = build_local_wheel(source, name, version, dest, epoch)
+    return Wheel(normalize(name), version, path, digest_bytes(path.read_bytes()))

@@ -1,0 +1,9 @@
+"""Server settings baked into every lab image (the hub may add more through the spawner)."""
+
+c = get_config()  # noqa: F821 -- provided by Jupyter's config loader
+
+# The workspace volume is the notebook directory; home and cache are separate volumes.
+c.ServerApp.root_dir = "/home/lab/workspace"
+c.ServerApp.terminado_settings = {"shell_command": ["/bin/bash", "-l"]}
+# No telemetry or update checks from inside a team's hub.
+c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
