@@ -19,7 +19,7 @@ from .lock import lock_apt, lock_python
 from .targets import BASE_MODES, Graph, Target
 
 log = logging.getLogger(__name__)
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def say(message: str) -> None:

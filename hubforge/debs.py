@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # apt-get --print-uris lines: 'URL' filename size HASHTYPE:hash (apt shows MD5 here, so the SHA256
 # comes from `apt-cache show`, i.e. from the signed Packages index).
-_URI = re.compile(r"^'(?P<url>[^']+)'\s+(?P<file>\S+)\s+\d+\s+\S+$")
+_URI = re.compile(r"^'(?P<url>[^']+)'\s+(?P<file>\S+)\s+\d+(\s+\S+)?$")
 SEPARATOR = "----hubforge----"
 
 
@@ -49,6 +49,8 @@ def parse_resolution(output: str) -> list[DebPin]:
     for line in uris_text.splitlines():
         match = _URI.match(line.strip())
         if not match:
+            if line.startswith("'"):
+                raise HubforgeError(f"cannot read apt's answer {line.strip()!r}; please report this")
             continue
         package, version, _arch = match.group("file")[: -len(".deb")].split("_")
         version = urllib.request.unquote(version)

@@ -102,7 +102,7 @@ class Docker:
         image_id = None
         stream = self.client.api.build(
             path=str(context), dockerfile=dockerfile, tag=tag, labels=dict(labels), rm=True, forcerm=True,
-            pull=False, decode=True, nocache=False,
+            pull=False, decode=True, nocache=False, network_mode="none",  # hermetic: no network in builds
         )
         try:
             for chunk in stream:

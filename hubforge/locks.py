@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class DebPin:
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        """The plain file name (apt refuses URL-escaped names such as `libssl3_3.0-1%7edeb12_amd64.deb`)."""
+        return urllib.parse.unquote(self.url.rsplit("/", 1)[-1])
 
 
 APT_LOCK_HEADER = "# package version sha256 url -- written by `invoke lock`; the build installs exactly these .debs\n"

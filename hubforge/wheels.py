@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -18,6 +19,9 @@ from .errors import HubforgeError
 from .keys import digest_bytes
 from .locks import PythonPin, normalize
 
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import parse_wheel_filename
+
 log = logging.getLogger(__name__)
 
 PYTHON_VERSION = "3.11"  # Debian bookworm's python3, which every image runs
@@ -25,6 +29,14 @@ PYTHON_VERSION = "3.11"  # Debian bookworm's python3, which every image runs
 def platform_tags(arch: str) -> list[str]:
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
     return tags + [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
+
+
+@functools.cache
+def supported_tags(arch: str) -> frozenset[Tag]:
+    """Wheel tags that Debian bookworm's CPython 3.11 on `arch` can install."""
+    version = tuple(int(p) for p in PYTHON_VERSION.split("."))
+    platforms = platform_tags(arch)
+    return frozenset(cpython_tags(version, platforms=platforms)) | frozenset(compatible_tags(version, "cp311", platforms))
 
 
 def file_sha256(path: Path) -> str:
@@ -69,12 +81,7 @@ class WheelCache:
         return None
 
     def _fits(self, filename: str) -> bool:
-        tags = filename[:-4].split("-")[-3:]  # python, abi, platform
-        pythons, platforms = tags[0].split("."), tags[2].split(".")
-        py_ok = any(p in ("py3", "py2.py3", "cp311", "cp3", "py311") or p.startswith("py3") for p in pythons)
-        abi_ok = tags[1] in ("none", "abi3", "cp311")
-        plat_ok = any(p == "any" or p in platform_tags(self.arch) for p in platforms)
-        return py_ok and abi_ok and plat_ok
+        return bool(parse_wheel_filename(filename)[3] & supported_tags(self.arch))
 
     def fetch(self, pins: list[PythonPin], progress=None) -> None:
         """Download every pin that is not yet cached, verifying each file against the lock's hashes."""
