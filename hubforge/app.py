@@ -104,10 +104,11 @@ def lock(settings: Settings, target: str | None, only: str | None) -> None:
         base_step = build(settings, "base", None, False, False)[-1]
         seen: set[str] = set()
         for t in selected:
-            if t.apt_lock and t.apt_lock not in seen:
-                seen.add(t.apt_lock)
-                say(f"[bold]{t.name}[/]: Debian packages (resolved in {base_step.ref})")
-                lock_apt(settings.root, t, builder.docker, base_step.ref, say)
+            for apt_lock in (t.apt_lock, t.build_apt_lock):
+                if apt_lock and apt_lock not in seen:
+                    seen.add(apt_lock)
+                    say(f"[bold]{t.name}[/]: Debian packages of {apt_lock} (resolved in {base_step.ref})")
+                    lock_apt(settings.root, apt_lock, builder.docker, base_step.ref, say)
 
 
 def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:

@@ -216,11 +216,12 @@ class Builder:
                 dest = context / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / rel, dest)
-        if target.apt_lock:
-            pins = parse_apt_lock((root / target.apt_lock).read_text(), target.apt_lock)
-            cache_debs = debs.DebCache(cache / "debs")
-            cache_debs.fetch(pins, progress)
-            cache_debs.stage(pins, context / "debs")
+        cache_debs = debs.DebCache(cache / "debs")
+        for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
+            if lock:
+                pins = parse_apt_lock((root / lock).read_text(), lock)
+                cache_debs.fetch(pins, progress)
+                cache_debs.stage(pins, context / folder)
         if target.python_lock or target.local_packages:
             wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch())
             pins = parse_python_lock((root / target.python_lock).read_text(), target.python_lock) if target.python_lock else []

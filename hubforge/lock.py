@@ -38,11 +38,10 @@ def lock_python(root: Path, target: Target, arch: str, say: Callable[[str], None
     say(f"  wrote {target.python_lock}")
 
 
-def lock_apt(root: Path, target: Target, docker: Docker, base_ref: str, say: Callable[[str], None]) -> None:
-    assert target.apt_lock
-    source = root / source_of(target.apt_lock)
-    packages = requested_packages(source)
+def lock_apt(root: Path, apt_lock: str, docker: Docker, base_ref: str, say: Callable[[str], None]) -> None:
+    """Resolve the packages of `<name>.in` (with dependencies) against the base into `<name>.lock`."""
+    packages = requested_packages(root / source_of(apt_lock))
     output = docker.run_output(base_ref, ["sh", "-c", debs.resolve_script(packages)])
     pins = debs.parse_resolution(output)
-    (root / target.apt_lock).write_text(format_apt_lock(pins, packages))
-    say(f"  wrote {target.apt_lock} ({len(pins)} packages)")
+    (root / apt_lock).write_text(format_apt_lock(pins, packages))
+    say(f"  wrote {apt_lock} ({len(pins)} packages)")

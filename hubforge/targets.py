@@ -50,6 +50,7 @@ class Target:
     parent: str | None = "base"
     python_lock: str | None = None  # requirements lock with hashes -> wheels in the context
     apt_lock: str | None = None  # Debian packages lock -> .debs in the context
+    build_apt_lock: str | None = None  # .debs only the build stages use (context: build-debs/)
     npm_dir: str | None = None  # package.json + package-lock.json -> node_modules built on the host
     local_packages: tuple[str, ...] = ()  # source folders turned into wheels on the host
     flavor: str = DEFAULT_FLAVOR
@@ -67,7 +68,7 @@ class Target:
     def all_inputs(self) -> tuple[str, ...]:
         """Every declared path whose bytes define this image, sorted."""
         paths = set(self.inputs)
-        paths.update(p for p in (self.template, self.python_lock, self.apt_lock) if p)
+        paths.update(p for p in (self.template, self.python_lock, self.apt_lock, self.build_apt_lock) if p)
         if self.npm_dir:
             paths.update({f"{self.npm_dir}/package.json", f"{self.npm_dir}/package-lock.json"})
         paths.update(self.local_packages)
@@ -75,6 +76,8 @@ class Target:
 
 
 SHARED_TEMPLATES = ("images/_shared/harden.j2",)
+VENV_TEMPLATES = ("images/_shared/venv.j2",)
+BUILD_APT_LOCK = "images/_shared/build-apt.lock"
 
 
 def _lab(flavor: str, lock: str, budget: int, description: str) -> Target:
@@ -83,6 +86,7 @@ def _lab(flavor: str, lock: str, budget: int, description: str) -> Target:
         repository=f"{NAMESPACE}/lab",
         template="images/lab/Dockerfile.j2",
         inputs=SHARED_TEMPLATES
+        + VENV_TEMPLATES
         + (
             "images/lab/healthcheck.py",
             "images/lab/jupyter_server_config.py",
@@ -92,6 +96,7 @@ def _lab(flavor: str, lock: str, budget: int, description: str) -> Target:
         build_args=(("FLAVOR", flavor),),
         python_lock=lock,
         apt_lock="images/lab/apt.lock",
+        build_apt_lock=BUILD_APT_LOCK,
         flavor=flavor,
         budget_mb=budget,
         description=description,
@@ -111,9 +116,10 @@ TARGETS: tuple[Target, ...] = (
         name="hub",
         repository=f"{NAMESPACE}/hub",
         template="images/hub/Dockerfile.j2",
-        inputs=SHARED_TEMPLATES + ("images/hub/healthcheck.py",),
+        inputs=SHARED_TEMPLATES + VENV_TEMPLATES + ("images/hub/healthcheck.py",),
         python_lock="images/hub/requirements.lock",
         apt_lock="images/hub/apt.lock",
+        build_apt_lock=BUILD_APT_LOCK,
         npm_dir="images/hub/proxy",
         local_packages=("hub_ext",),
         budget_mb=250,
