@@ -59,18 +59,32 @@ def bundled_compose() -> Path | None:
     return None
 
 
+def which(program: str) -> str | None:
+    """Like shutil.which, but also looks in the sbin folders a non-login PATH may lack."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    return shutil.which(program, path=path)
+
+
+def docker_check() -> Check:
+    ok, detail = docker_answers()
+    if ok:
+        return Check("docker daemon", True, detail)
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and host != "unix:///var/run/docker.sock":  # not ours to start
+        return Check("docker daemon", False, detail, f"start the daemon that DOCKER_HOST={host} names, or unset DOCKER_HOST")
+    if "Permission denied" in detail or "PermissionError" in detail:
+        return Check("docker daemon", False, detail, "sudo usermod -aG docker $USER, then log in again")
+    if which("dockerd"):
+        return Check("docker daemon", False, detail, "sudo dockerd >/var/log/dockerd.log 2>&1 &", action="dockerd")
+    return Check("docker daemon", False, detail, "sudo apt-get install -y docker.io", apt=("docker.io",), action="dockerd")
+
+
 def checks(cache_dir: Path, need: set[str]) -> list[Check]:
     """The checks named in `need`: docker, compose, disk, bootstrap, chromium."""
     results: list[Check] = []
     is_root = os.geteuid() == 0
     if "docker" in need:
-        ok, detail = docker_answers()
-        if not ok and shutil.which("dockerd"):
-            results.append(Check("docker daemon", False, detail, "sudo dockerd >/var/log/dockerd.log 2>&1 &", action="dockerd"))
-        elif not ok:
-            results.append(Check("docker daemon", False, detail, "sudo apt-get install -y docker.io", apt=("docker.io",), action="dockerd"))
-        else:
-            results.append(Check("docker daemon", True, detail))
+        results.append(docker_check())
     if "compose" in need:
         ok, detail = compose_version()
         results.append(Check("compose v2", ok, detail, "invoke setup  (links the bundled Compose v2 as a docker CLI plugin)", action="compose"))
@@ -80,7 +94,7 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
         ok = free_gb >= MIN_FREE_GB
         results.append(Check("disk space", ok, f"{free_gb:.0f} GB free at {probe}", f"free at least {MIN_FREE_GB} GB, e.g. `invoke clean --wheels`"))
     if "bootstrap" in need:
-        ok = shutil.which("mmdebstrap") is not None and is_root
+        ok = which("mmdebstrap") is not None and is_root
         detail = "mmdebstrap present, running as root" if ok else ("not root" if not is_root else "mmdebstrap missing")
         results.append(Check("bootstrap (--base=bootstrap)", ok, detail, "sudo apt-get install -y mmdebstrap (and run as root), or use --base=pull", apt=("mmdebstrap",)))
     if "chromium" in need:
@@ -114,11 +128,12 @@ def setup(failed: list[Check], say: Callable[[str], None]) -> None:
 
 
 def start_dockerd(say: Callable[[str], None], wait: float = 60.0) -> None:
-    if shutil.which("dockerd") is None:
+    dockerd = which("dockerd")
+    if dockerd is None:
         raise HubforgeError("dockerd is not installed: run `sudo apt-get install -y docker.io`")
     say(f"setup: starting dockerd in the background (log: {DOCKERD_LOG})")
     with open(DOCKERD_LOG, "ab") as log:
-        subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+        subprocess.Popen([dockerd], stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if docker_answers(timeout=2)[0]:

@@ -1,0 +1,88 @@
+"""User errors: one clear line and no traceback, for every bad input the build task can get."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hubforge.base import mmdebstrap_argv
+from hubforge.docker_io import Docker
+from hubforge.errors import DockerUnavailable, HubforgeError
+from hubforge.targets import BaseSpec, Graph
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_DAEMON = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("target", "flavor", "message"),
+    [
+        ("nope", None, "unknown target 'nope'; valid targets: base, gpu-probe, hub, lab"),
+        ("lab", "gpu", "unknown flavour 'gpu' of lab; valid flavours: datascience, default"),
+        (None, "datascience", "--flavor needs --target lab"),
+    ],
+)
+def test_graph_selection_errors_list_the_valid_choices(target, flavor, message):
+    with pytest.raises(HubforgeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Graph().select(target, flavor)
+
+
+def test_selection_puts_parents_first():
+    assert [t.name for t in Graph().select("lab", "datascience")] == ["base", "lab-datascience"]
+    assert [t.name for t in Graph().select(None, None)] == ["base", "hub", "lab", "gpu-probe"]
+
+
+def test_docker_daemon_missing_is_one_line():
+    os.environ.update(NO_DAEMON)
+    try:
+        with pytest.raises(DockerUnavailable) as caught:
+            Docker()
+    finally:
+        del os.environ["DOCKER_HOST"]
+    assert "\n" not in str(caught.value) and "invoke setup" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["build", "--target", "nope"], "error: unknown target 'nope'; valid targets: base, gpu-probe, hub, lab"),
+        (["build", "--base", "cloud"], "error: --base='cloud' is not valid; use one of: auto, pull, bootstrap"),
+        (["clean", "--keep", "-1"], "error: --keep must be 0 or more, got -1"),
+        (["lock", "--only", "npm"], "error: --only='npm' is not valid; use python or apt"),
+    ],
+)
+def test_tasks_refuse_bad_flags_in_one_line(args, expected):
+    result = invoke(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == expected
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_build_without_daemon_says_how_to_start_it():
+    result = invoke("build", "--plan", env=NO_DAEMON)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert "docker daemon" in lines[0].lower() and "DOCKER_HOST" in lines[0]
+
+
+def test_mmdebstrap_argv_trims_and_uses_all_three_suites():
+    recipe = {"variant": "minbase", "components": ["main"], "include": ["usr-is-merged"], "purge_after": ["perl"],
+              "path_exclude": ["/usr/share/man/*"], "path_include": [], "remove_after": ["/var/log/*"]}
+    argv = mmdebstrap_argv(BaseSpec(mode="bootstrap", mirror="http://mirror.example/debian"), recipe, Path("/tmp/out.tar"))
+    assert argv[:5] == ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
+    assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
+    assert '--customize-hook=chroot "$1" dpkg --purge perl' in argv
+    assert argv[-3:] == [
+        "deb http://mirror.example/debian bookworm main",
+        "deb http://mirror.example/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",
+    ]

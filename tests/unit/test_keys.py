@@ -1,0 +1,108 @@
+"""Content keys: a key changes when, and only when, one of its inputs changes; parents propagate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubforge.keys import Manifest, explain
+from hubforge.targets import DEFAULT_SET, Graph
+
+ALL = list(DEFAULT_SET) + ["lab-datascience"]
+
+
+def keys_of(builder) -> dict[str, str]:
+    graph = Graph()
+    return {step.target.name: step.key for step in builder.plan(graph.closure(ALL))}
+
+
+def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
+    with (root / rel).open("a") as handle:
+        handle.write(text)
+
+
+@pytest.mark.parametrize(
+    ("edit", "changed"),
+    [
+        ("images/base/bootstrap.json", {"base", "hub", "lab", "lab-datascience", "gpu-probe"}),
+        ("images/hub/Dockerfile.j2", {"hub"}),
+        ("images/hub/requirements.lock", {"hub"}),
+        ("images/hub/apt.lock", {"hub"}),
+        ("images/hub/proxy/package-lock.json", {"hub"}),
+        ("hub_ext/__init__.py", {"hub"}),
+        ("images/lab/requirements.lock", {"lab"}),
+        ("images/lab/datascience.lock", {"lab-datascience"}),
+        ("images/lab/apt.lock", {"lab", "lab-datascience"}),
+        ("images/lab/overrides.json", {"lab", "lab-datascience"}),
+        ("images/gpu-probe/probe.sh", {"gpu-probe"}),
+        ("images/_shared/harden.j2", {"hub", "lab", "lab-datascience", "gpu-probe"}),
+        ("images/_shared/venv.j2", {"hub", "lab", "lab-datascience"}),
+        ("images/_shared/build-apt.lock", {"hub", "lab", "lab-datascience"}),
+        ("images/hub/requirements.in", set()),  # not an input: the lock is
+    ],
+)
+def test_exactly_the_dependent_keys_change(source_tree, make_builder, edit, changed):
+    before = keys_of(make_builder(source_tree))
+    append(source_tree, edit, " \n" if edit.endswith(".json") else "\n# changed\n")  # JSON stays valid
+    after = keys_of(make_builder(source_tree))
+    assert {name for name in before if before[name] != after[name]} == changed
+
+
+def test_keys_are_stable_across_runs(source_tree, make_builder):
+    assert keys_of(make_builder(source_tree)) == keys_of(make_builder(source_tree))
+
+
+def test_new_file_in_a_declared_folder_changes_the_key(source_tree, make_builder):
+    before = keys_of(make_builder(source_tree))
+    (source_tree / "hub_ext" / "extra.py").write_text("X = 1\n")
+    after = keys_of(make_builder(source_tree))
+    assert before["hub"] != after["hub"] and before["lab"] == after["lab"]
+
+
+def test_pull_and_bootstrap_bases_have_different_keys(source_tree, make_builder):
+    assert keys_of(make_builder(source_tree, "pull"))["base"] != keys_of(make_builder(source_tree, "bootstrap"))["base"]
+
+
+def test_the_upstream_digest_is_the_pull_key(source_tree, make_builder, tmp_path):
+    from hubforge.builder import Builder, Settings
+
+    from .conftest import EmptyImageStore
+
+    def base_key(upstream: str) -> str:
+        settings = Settings(root=source_tree, cache_dir=tmp_path / "c", base_mode="pull", upstream=upstream)
+        return Builder(settings, EmptyImageStore(), say=lambda m: None).plan(Graph().closure(["base"]))[0].key
+
+    assert base_key("debian@sha256:" + "a" * 64) != base_key("debian@sha256:" + "b" * 64)
+
+
+def manifest(**overrides) -> Manifest:
+    fields = dict(target="hub", dockerfile="FROM x\n", inputs={"a": "1", "b": "2"}, build_args={"X": "1"}, parent_key="p")
+    fields.update(overrides)
+    return Manifest(**fields)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dockerfile": "FROM y\n"},
+        {"inputs": {"a": "1", "b": "3"}},
+        {"inputs": {"a": "1"}},
+        {"build_args": {"X": "2"}},
+        {"parent_key": "q"},
+    ],
+)
+def test_manifest_key_changes_with_each_field(change):
+    assert manifest().key() != manifest(**change).key()
+
+
+def test_manifest_key_ignores_dict_order():
+    assert manifest(inputs={"b": "2", "a": "1"}).key() == manifest().key()
+
+
+def test_explain_names_the_changed_input():
+    previous = manifest().to_json()
+    assert explain(previous, manifest(inputs={"a": "1", "b": "9"})) == ["b changed"]
+    assert explain(previous, manifest(build_args={"X": "2"})) == ["build arg X changed ('1' -> '2')"]
+    assert explain(None, manifest()) == ["never built here before"]
+    assert "a is no longer an input" in explain(previous, manifest(inputs={"b": "2"}))
