@@ -1,0 +1,99 @@
+"""The built images: non-root, the pinned versions, healthchecks that pass and can fail, no setuid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hubforge.builder import KEY_LABEL
+from hubforge.locks import parse_python_lock
+
+from ..helpers import wait_until
+
+pytestmark = pytest.mark.images
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def locked(lock: str, name: str) -> str:
+    return {p.name: p.version for p in parse_python_lock((ROOT / lock).read_text())}[name]
+
+
+@pytest.mark.parametrize(("target", "uid"), [("hub", "1000"), ("lab", "1000"), ("gpu-probe", "65534")])
+def test_runs_as_non_root(built, tracked, target, uid):
+    code, output = tracked.run(built[target], ["id", "-u"], entrypoint=[] if target != "gpu-probe" else ["/bin/busybox"])
+    assert code == 0 and output.strip() == uid
+
+
+@pytest.mark.parametrize("target", ["hub", "lab", "gpu-probe"])
+def test_no_setuid_or_setgid_files(built, tracked, target):
+    find = ["busybox", "find"] if target == "gpu-probe" else ["find"]
+    code, output = tracked.run(built[target], find + ["/", "-xdev", "-type", "f", "-perm", "/6000"], user="0", entrypoint=[])
+    assert code == 0, output
+    assert output.strip() == ""
+
+
+@pytest.mark.parametrize("target", ["hub", "lab", "gpu-probe"])
+def test_labels_carry_the_key_and_oci_metadata(built, client, target):
+    labels = client.images.get(built[target]).labels
+    assert labels[KEY_LABEL] == built[target].rsplit(":", 1)[1]
+    for name in ("title", "version", "revision", "created", "source", "licenses"):
+        assert labels[f"org.opencontainers.image.{name}"], name
+
+
+def test_hub_versions(built, tracked):
+    code, output = tracked.run(built["hub"], ["sh", "-c", "jupyterhub --version && configurable-http-proxy --version && "
+                               "python3 -c 'import importlib.metadata as m; print(*(m.version(p) for p in "
+                               "(\"jupyterhub-nativeauthenticator\", \"dockerspawner\", \"jupyterhub-idle-culler\", \"hub-ext\")))'"])
+    assert code == 0, output
+    jupyterhub, proxy, packages = output.strip().splitlines()
+    assert jupyterhub == locked("images/hub/requirements.lock", "jupyterhub")
+    assert proxy == json.loads((ROOT / "images/hub/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
+    assert packages.split() == [locked("images/hub/requirements.lock", n) for n in
+                                ("jupyterhub-nativeauthenticator", "dockerspawner", "jupyterhub-idle-culler")] + ["0.1.0"]
+
+
+def test_lab_versions_user_and_layout(built, tracked):
+    script = ("jupyter lab --version; jupyterhub-singleuser --version; whoami; echo $HOME; pwd; "
+              "stat -c '%U %n' /home/lab /home/lab/workspace /home/lab/.cache; command -v sudo || echo no-sudo")
+    code, output = tracked.run(built["lab"], ["sh", "-c", script])
+    assert code == 0, output
+    lines = output.strip().splitlines()
+    assert lines[0] == locked("images/lab/requirements.lock", "jupyterlab")
+    assert lines[1] == locked("images/lab/requirements.lock", "jupyterhub")
+    assert lines[2:5] == ["lab", "/home/lab", "/home/lab/workspace"]
+    assert lines[5:8] == ["lab /home/lab", "lab /home/lab/workspace", "lab /home/lab/.cache"]
+    assert lines[8] == "no-sudo"
+
+
+def test_no_compilers_or_pip_caches(built, tracked):
+    for target in ("hub", "lab"):
+        code, output = tracked.run(built[target], ["sh", "-c", "for t in gcc cc g++ make strip as ld; do command -v $t; done; "
+                                                   "ls -d /root/.cache/pip /home/*/.cache/pip 2>/dev/null; true"], user="0")
+        assert code == 0 and output.strip() == "", f"{target}: {output}"
+
+
+def health(container) -> str:
+    container.reload()
+    return container.attrs["State"].get("Health", {}).get("Status", "none")
+
+
+@pytest.mark.parametrize("target", ["hub", "lab"])
+def test_healthcheck_becomes_healthy(built, tracked, target):
+    container = tracked.start(built[target]).get_wrapped_container()
+    wait_until(lambda: health(container) == "healthy", 120, f"{target} to become healthy")
+
+
+@pytest.mark.parametrize("target", ["hub", "lab"])
+def test_healthcheck_fails_when_the_server_is_down(built, tracked, target):
+    # The image's own HEALTHCHECK command, with no server running in the container.
+    code, output = tracked.run(built[target], ["python3", "/usr/local/bin/hubforge-healthcheck"])
+    assert code == 1 and "unhealthy" in output
+
+
+def test_gpu_probe_reports_no_gpu_here(built, tracked):
+    code, output = tracked.run(built["gpu-probe"])
+    result = json.loads(output)
+    assert code == 3
+    assert result["gpus"] == [] and "nvidia-smi" in result["reason"]
