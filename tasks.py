@@ -27,7 +27,7 @@ def user_errors(fn):
     return wrapper
 
 
-def settings(c, base: str = "auto"):
+def settings(c, base: str = "auto", no_cache: bool = False):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
     from hubforge.builder import Settings
     from hubforge.errors import HubforgeError
@@ -46,6 +46,7 @@ def settings(c, base: str = "auto"):
         mirror=cfg.get("mirror", defaults.mirror),
         security_mirror=cfg.get("security_mirror", defaults.security_mirror),
         upstream=cfg.get("upstream", defaults.upstream),
+        no_cache=no_cache,
     )
 
 
@@ -55,14 +56,15 @@ def settings(c, base: str = "auto"):
     "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
     "plan": "print the graph, keys and what would rebuild and why; build nothing",
     "verbose": "stream the full build log",
+    "no_cache": "rebuild the selected targets from scratch: no layer cache, existing keys ignored",
 })
 @user_errors
-def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False):
+def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False):
     """Build the images whose content key is not yet in the local image store."""
     from hubforge import app
 
     app.configure_logging(verbose)
-    app.build(settings(c, base), target, flavor, plan, verbose)
+    app.build(settings(c, base, no_cache), target, flavor, plan, verbose)
 
 
 @task(help={
@@ -115,6 +117,82 @@ def setup(c):
     from hubforge import app
 
     app.run_setup(settings(c))
+
+
+def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None):
+    """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project)."""
+    from hubforge.errors import HubforgeError
+    from hubforge.stack import StackOptions, validate_port, validate_project
+
+    cfg = c.config.get("hubforge", {})
+    project = validate_project(project or cfg.get("project", "hubforge"))
+    if gpu is not None and gpu not in ("auto", "on", "off"):
+        raise HubforgeError(f"--gpu={gpu!r} is not valid; use auto, on or off")
+    stack_dir = Path(os.path.expanduser(cfg.get("stack_dir", "~/.config/hubforge")))
+    return StackOptions(
+        project=project,
+        run_dir=stack_dir / project,
+        https_port=validate_port("--port", https_port if https_port is not None else cfg.get("https_port", 443)),
+        http_port=validate_port("--http-port", http_port if http_port is not None else cfg.get("http_port", 80)),
+        bind=bind or cfg.get("bind", "0.0.0.0"),
+        gpu=gpu,
+        docker_socket=cfg.get("docker_socket", "/var/run/docker.sock"),
+    )
+
+
+@task(help={
+    "gpu": "auto | on | off: give the labs the host's GPUs (default: ENABLE_GPU_SUPPORT in .env, else auto)",
+    "port": "host port for HTTPS (default 443)",
+    "http_port": "host port that redirects to HTTPS (default 80)",
+    "project": "Compose project name (default hubforge); each project is a separate hub",
+    "bind": "host address to publish on (default 0.0.0.0)",
+})
+@user_errors
+def up(c, gpu=None, port=None, http_port=None, project=None, bind=None):
+    """Build what is missing, then start the hub (HTTPS) and wait until it is healthy."""
+    from hubforge import app
+
+    app.configure_logging(False)
+    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind))
+
+
+@task(help={
+    "volumes": "also delete the stack's volumes: hub database, certificates, shared volume (asks first)",
+    "user_volumes": "with --volumes: also delete every user's home, workspace and cache volumes",
+    "yes": "do not ask for confirmation",
+    "project": "Compose project name (default hubforge)",
+})
+@user_errors
+def down(c, volumes=False, user_volumes=False, yes=False, project=None):
+    """Stop and remove the stack and its user servers; volumes stay unless --volumes."""
+    from hubforge import app
+    from hubforge.errors import HubforgeError
+
+    if user_volumes and not volumes:
+        raise HubforgeError("--user-volumes only goes with --volumes")
+    app.down(settings(c), stack_options(c, project), volumes, user_volumes, yes)
+
+
+@task(help={"json": "print machine-readable JSON", "project": "Compose project name (default hubforge)"})
+@user_errors
+def status(c, json=False, project=None):
+    """Services and health, the URL, the GPU decision and probe result, and running user servers."""
+    from hubforge import app
+
+    app.status(settings(c), stack_options(c, project), json)
+
+
+@task(help={
+    "follow": "keep printing new lines",
+    "tail": "how many lines to show first (default 200)",
+    "project": "Compose project name (default hubforge)",
+})
+@user_errors
+def logs(c, service=None, follow=False, tail=200, project=None):
+    """Logs of the stack, of one service (hub), or of one user's lab (by user name)."""
+    from hubforge import app
+
+    app.logs(settings(c), stack_options(c, project), service, follow, int(tail))
 
 
 @task(help={

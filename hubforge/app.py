@@ -14,7 +14,7 @@ from rich.tree import Tree
 from . import doctor
 from .builder import Builder, Settings, Step
 from .docker_io import Docker
-from .errors import BuildFailed
+from .errors import BuildFailed, HubforgeError
 from .lock import lock_apt, lock_python
 from .targets import BASE_MODES, Graph, Target
 
@@ -157,3 +157,97 @@ def run_setup(settings: Settings) -> None:
     report_doctor(settings)
 
 
+
+
+# -- the stack -------------------------------------------------------------------------------------------
+def stack_for(settings: Settings, options) -> "Stack":
+    from .docker_io import StackDocker
+    from .stack import Stack
+
+    return Stack(options, StackDocker(), settings.root, say)
+
+
+def up(settings: Settings, options) -> dict:
+    """Build what is missing, start the stack, wait for health, print the URL and the next step."""
+    from .targets import DEFAULT_SET
+
+    doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
+    steps = build(settings, None, None, False, False)
+    images = {s.target.name: s.ref for s in steps if s.target.name in DEFAULT_SET}
+    lab_images = {"default": images["lab"]}
+    builder = make_builder(settings)
+    flavor_steps = builder.plan(builder.graph.closure([n for n in builder.graph.targets if n.startswith("lab-")]))
+    lab_images.update({s.target.flavor: s.ref for s in flavor_steps if s.target.name.startswith("lab-") and s.exists})
+    stack = stack_for(settings, options)
+    with console.status("starting the stack") as status:
+        state = stack.up(images, lab_images, status.update)
+    gpu = state["gpu"]
+    say(f"[bold green]hubforge is up[/] at [bold]{state['url']}[/] (project {state['project']}, GPU: {gpu['reason']})")
+    say(f"  settings: {options.run_dir}/.env   compose: {options.run_dir}/compose.yml")
+    if state["signup"]:
+        say(f"  next: sign up as [bold]{state['admin']}[/] at {state['url']}hub/signup, then log in at {state['url']}hub/login")
+    else:
+        say(f"  next: signup is off; log in as {state['admin']} and create users from {state['url']}hub/admin")
+    say("  the certificate is self-signed unless you supplied one: your browser will ask you to accept it")
+    return state
+
+
+def down(settings: Settings, options, volumes: bool, user_volumes: bool, yes: bool) -> None:
+    stack = stack_for(settings, options)
+    if volumes and not yes:
+        what = "the hub's database, certificates and the shared volume" + (" and EVERY USER'S home, workspace and cache" if user_volumes else "")
+        try:
+            answer = input(f"Delete {what} of project {options.project}? Type the project name to confirm: ")
+        except EOFError:
+            answer = ""
+        if answer.strip() != options.project:
+            raise HubforgeError("not confirmed; nothing was removed (use --yes to skip the question)")
+    removed = stack.down(volumes, user_volumes)
+    say(f"stack {options.project} is down" + (f"; removed: {', '.join(removed)}" if removed else ""))
+    if not volumes:
+        say("  volumes kept (hub data, certificates, shared and user volumes); `invoke down --volumes` removes the stack's own")
+
+
+def status(settings: Settings, options, as_json: bool) -> dict:
+    import json as _json
+
+    state = stack_for(settings, options).status()
+    if as_json:
+        print(_json.dumps(state, indent=1))
+        return state
+    if not state["services"]:
+        say(f"stack {options.project} is not running (start it with `invoke up`)")
+        return state
+    say(f"[bold]{state.get('url', '?')}[/] (project {state['project']})")
+    table = Table("service", "container", "state", "health")
+    for service in state["services"]:
+        table.add_row(service["service"], service["container"], service["state"], service["health"] or "-")
+    console.print(table)
+    gpu = state.get("gpu") or {}
+    say(f"GPU: mode {gpu.get('mode')}, {'enabled' if gpu.get('enabled') else 'disabled'}: {gpu.get('reason')}")
+    if gpu.get("probe"):
+        say(f"  probe: {_json.dumps(gpu['probe'])}")
+    if state["labs"]:
+        labs = Table("user", "container", "state", "health", "GPUs")
+        for lab in state["labs"]:
+            labs.add_row(lab["user"], lab["container"], lab["state"], lab["health"] or "-", "yes" if lab["device_requests"] else "no")
+        console.print(labs)
+    else:
+        say("no user servers are running")
+    return state
+
+
+def logs(settings: Settings, options, service: str | None, follow: bool, tail: int) -> None:
+    from . import proc
+    from .stack import compose_argv
+
+    stack = stack_for(settings, options)
+    for lab in stack.lab_containers():  # `invoke logs alice` shows alice's lab
+        if service and service in (lab["Labels"].get("hubforge.user"), lab["Names"][0].lstrip("/")):
+            argv = ["docker", "logs", f"--tail={tail}"] + (["--follow"] if follow else []) + [lab["Id"]]
+            proc.run(argv, capture=False, check=False)
+            return
+    if not (options.run_dir / "compose.yml").exists():
+        raise HubforgeError(f"no stack {options.project} here: start it with `invoke up`")
+    argv = compose_argv(options.project, options.run_dir, "logs", f"--tail={tail}") + (["--follow"] if follow else [])
+    proc.run(argv + ([service] if service else []), capture=False, check=False)

@@ -38,6 +38,7 @@ class Settings:
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
     upstream: str = BaseSpec(mode="pull").upstream
+    no_cache: bool = False  # rebuild every selected target without Docker's layer cache
 
     def spec(self, mode: str) -> BaseSpec:
         return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
@@ -157,6 +158,8 @@ class Builder:
             keys[target.name] = manifest.key()
             exists = self.docker.image_id(f"{target.repository}:{manifest.key()}") is not None
             reasons = [] if exists else explain(self.last_manifest(target.name), manifest)
+            if exists and self.settings.no_cache:
+                exists, reasons = False, ["--no-cache"]
             steps.append(Step(target, manifest, exists, reasons))
         return steps
 
@@ -189,7 +192,7 @@ class Builder:
         else:
             context = self.stage_context(step, progress)
             try:
-                self.docker.build(context, step.ref, self.build_labels(step), on_line)
+                self.docker.build(context, step.ref, self.build_labels(step), on_line, nocache=self.settings.no_cache)
             finally:
                 shutil.rmtree(context, ignore_errors=True)
         self.ensure_friendly_tag(step)

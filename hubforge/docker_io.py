@@ -92,6 +92,7 @@ class Docker:
         labels: Mapping[str, str],
         on_line: Callable[[str], None],
         dockerfile: str = "Dockerfile",
+        nocache: bool = False,
     ) -> str:
         """Build `context` with the classic builder; stream each log line to `on_line`.
 
@@ -102,7 +103,7 @@ class Docker:
         image_id = None
         stream = self.client.api.build(
             path=str(context), dockerfile=dockerfile, tag=tag, labels=dict(labels), rm=True, forcerm=True,
-            pull=False, decode=True, nocache=False, network_mode="none",  # hermetic: no network in builds
+            pull=False, decode=True, nocache=nocache, network_mode="none",  # hermetic: no network in builds
         )
         try:
             for chunk in stream:
@@ -149,3 +150,64 @@ class Docker:
 def _short(exc: BaseException) -> str:
     text = str(getattr(exc, "explanation", None) or exc)
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+class StackDocker(Docker):
+    """The stack's Docker calls: probes, labelled containers and volumes."""
+
+    def run_gpu_probe(self, image: str, device_requests: list[dict]) -> tuple[int | None, str]:
+        """Run the probe once with a GPU request; the container is always removed.
+
+        Returns (exit code, output), or (None, reason) when Docker refuses the GPU request itself,
+        which is what a host without the NVIDIA runtime does.
+        """
+        container = None
+        try:
+            requests_ = [docker.types.DeviceRequest(**r) for r in device_requests]
+            host_config = self.client.api.create_host_config(device_requests=requests_)
+            created = self.client.api.create_container(image, host_config=host_config, labels={"hubforge.role": "gpu-probe"})
+            container = created["Id"]
+            self.client.api.start(container)
+            code = self.client.api.wait(container, timeout=60)["StatusCode"]
+            return code, self.client.api.logs(container).decode(errors="replace")
+        except docker.errors.APIError as exc:
+            return None, _short(exc)
+        finally:
+            if container:
+                try:
+                    self.client.api.remove_container(container, force=True)
+                except docker.errors.NotFound:
+                    pass  # already gone
+
+    def containers(self, labels: Mapping[str, str], all: bool = True) -> list[dict]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return self.client.api.containers(all=all, filters=filters)
+
+    def inspect_container(self, container: str) -> dict | None:
+        try:
+            return self.client.api.inspect_container(container)
+        except docker.errors.NotFound:
+            return None
+
+    def remove_container(self, container: str) -> None:
+        try:
+            self.client.api.remove_container(container, force=True, v=False)
+        except docker.errors.NotFound:
+            pass  # already gone: the goal state
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+    def volumes(self, labels: Mapping[str, str]) -> list[dict]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return self.client.api.volumes(filters=filters).get("Volumes") or []
+
+    def remove_volume(self, name: str) -> bool:
+        try:
+            self.client.api.remove_volume(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def logs(self, container: str, tail: int = 200) -> str:
+        return self.client.api.logs(container, tail=tail).decode(errors="replace")

@@ -1,0 +1,134 @@
+"""Hub settings from the environment: parsed and checked here, assigned to traits in jupyterhub_config.py.
+
+Parsing takes a plain mapping (jupyterhub_config.py passes os.environ), so every rule is unit-tested.
+Every error is one line naming the variable, what it got and what is valid.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}
+_USERNAME = re.compile(r"^[^\s/]{1,64}$")
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])?[bB]?$")
+_BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
+
+
+class ConfigError(ValueError):
+    """A bad environment value; str() is the one line the hub prints before refusing to start."""
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    admin: str = "admin"
+    enable_signup: bool = True
+    base_url: str = "/"
+    gpu_mode: str = "auto"
+    password_min_length: int = 8
+    login_max_failures: int = 5
+    login_lockout_seconds: int = 600
+    lab_mem_limit: str = "4G"
+    lab_cpu_limit: float = 2.0
+    lab_pids_limit: int = 1024
+    idle_culler_enabled: bool = False
+    idle_culler_timeout: int = 3600
+    logo_uri: str = ""
+    metrics_token: str = ""
+    lab_services: dict[str, str] = field(default_factory=dict)  # ENABLE_SERVICE_* passed to the labs
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is not valid; use 1 or 0")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; use an integer >= {minimum}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} is too small; use an integer >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; use e.g. 0.5 or 2") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def parse_memory(name: str, raw: str) -> str:
+    """Docker memory limits: 512M, 4G, 1.5G, 1073741824. Returned in Docker's own syntax."""
+    match = _MEMORY.match(raw.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{name}={raw!r} is not a memory size; use e.g. 512M, 4G or a byte count")
+    return raw.strip().upper().rstrip("B") or raw
+
+
+def parse_gpu_mode(raw: str, name: str = "ENABLE_GPU_SUPPORT") -> str:
+    value = raw.strip().lower()
+    if value == "":
+        return "auto"
+    if value not in GPU_MODES:
+        raise ConfigError(f"{name}={raw!r} is not valid; use 2 (auto), 1 (on) or 0 (off)")
+    return GPU_MODES[value]
+
+
+def parse_base_url(raw: str) -> str:
+    """A URL prefix such as /jupyterhub/; the trailing slash is added when missing."""
+    value = raw.strip() or "/"
+    if not value.endswith("/"):
+        value += "/"
+    if not _BASE_URL.match(value) or "//" in value:
+        raise ConfigError(f"JUPYTERHUB_BASE_URL={raw!r} is not a URL prefix; use e.g. / or /jupyterhub/")
+    return value
+
+
+def parse_username(raw: str, name: str) -> str:
+    value = raw.strip()
+    if not _USERNAME.match(value):
+        raise ConfigError(f"{name}={raw!r} is not a valid username; use 1-64 characters without spaces or '/'")
+    return value.lower()  # JupyterHub normalises usernames to lower case
+
+
+def from_environ(env: Mapping[str, str]) -> HubConfig:
+    """All hub settings from `env`, checked. Raises ConfigError with one line on the first bad value."""
+    services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
+    for key, value in services.items():
+        _bool(env, key, False)  # each must be a valid flag
+    return HubConfig(
+        admin=parse_username(env.get("JUPYTERHUB_ADMIN", "admin") or "admin", "JUPYTERHUB_ADMIN"),
+        enable_signup=_bool(env, "ENABLE_SIGNUP", True),
+        base_url=parse_base_url(env.get("JUPYTERHUB_BASE_URL", "/")),
+        gpu_mode=parse_gpu_mode(env.get("ENABLE_GPU_SUPPORT", "")),
+        password_min_length=_int(env, "PASSWORD_MIN_LENGTH", 8, 1),
+        login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, 1),
+        login_lockout_seconds=_int(env, "LOGIN_LOCKOUT_SECONDS", 600, 0),
+        lab_mem_limit=parse_memory("LAB_MEM_LIMIT", env.get("LAB_MEM_LIMIT", "") or "4G"),
+        lab_cpu_limit=_float(env, "LAB_CPU_LIMIT", 2.0),
+        lab_pids_limit=_int(env, "LAB_PIDS_LIMIT", 1024, 16),
+        idle_culler_enabled=_bool(env, "IDLE_CULLER_ENABLED", False),
+        idle_culler_timeout=_int(env, "IDLE_CULLER_TIMEOUT", 3600, 60),
+        logo_uri=env.get("JUPYTERHUB_LOGO_URI", "").strip(),
+        metrics_token=env.get("JUPYTERHUB_METRICS_TOKEN", "").strip(),
+        lab_services={k: "1" if _bool(env, k, False) else "0" for k in services},
+    )

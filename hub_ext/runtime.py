@@ -1,0 +1,57 @@
+"""Per-user lab runtime as data: volumes, host config and environment from the user's groups and the GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .gpu import GpuDecision, lab_gpu_options
+from .naming import SHARED_MOUNT, UserNames
+
+DOCKER_SOCK_GROUP = "docker-sock"
+DOCKER_PRIVILEGED_GROUP = "docker-privileged"
+BUILTIN_GROUPS = (DOCKER_SOCK_GROUP, DOCKER_PRIVILEGED_GROUP)
+LAB_SOCKET = "/var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class LabRuntime:
+    volumes: dict[str, dict[str, str]]  # source (volume name or host path) -> {"bind": path, "mode": rw|ro}
+    host_config: dict[str, Any]
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def lab_runtime(
+    *,
+    names: UserNames,
+    groups: Iterable[str],
+    shared_volume: str,
+    gpu: GpuDecision,
+    pids_limit: int,
+    docker_socket: str = "/var/run/docker.sock",
+    docker_socket_gid: int | None = None,
+    services: Mapping[str, str] | None = None,
+) -> LabRuntime:
+    """Everything a lab container gets, computed fresh from its inputs on every spawn.
+
+    Nothing is carried over from an earlier spawn, so leaving a group removes what it granted.
+    """
+    groups = set(groups)
+    volumes = {name: {"bind": path, "mode": "rw"} for name, path in names.mounts().items()}
+    volumes[shared_volume] = {"bind": SHARED_MOUNT, "mode": "rw"}
+    host_config: dict[str, Any] = {"pids_limit": pids_limit}
+    if DOCKER_PRIVILEGED_GROUP in groups:
+        host_config["privileged"] = True  # all capabilities: dropping any would contradict the grant
+    else:
+        host_config["privileged"] = False
+        host_config["cap_drop"] = ["ALL"]  # Jupyter runs as uid 1000 and needs no capability
+        host_config["security_opt"] = ["no-new-privileges:true"]
+    if DOCKER_SOCK_GROUP in groups:
+        volumes[docker_socket] = {"bind": LAB_SOCKET, "mode": "rw"}
+        if docker_socket_gid is not None:
+            host_config["group_add"] = [str(docker_socket_gid)]
+    device_requests, gpu_env = lab_gpu_options(gpu)
+    host_config["device_requests"] = device_requests
+    environment = {**gpu_env, **dict(services or {})}
+    return LabRuntime(volumes, host_config, environment)

@@ -1,0 +1,134 @@
+"""The lab spawner: DockerSpawner plus hubforge's naming, volumes, built-in groups and GPU settings."""
+
+from __future__ import annotations
+
+from dockerspawner import DockerSpawner
+from jupyterhub import orm
+from traitlets import Dict, Integer, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from .config import GPU_MODES
+from .gpu import GpuDecision, decide
+from .naming import escape_username, user_names
+from .runtime import BUILTIN_GROUPS, lab_runtime
+
+PROJECT_LABEL = "hubforge.project"
+USER_LABEL = "hubforge.user"
+VOLUME_LABEL = "hubforge.volume"
+
+
+def ensure_builtin_groups(db) -> list[str]:
+    """Create the built-in groups that are missing (an admin may have deleted one); return those made."""
+    made = []
+    for name in BUILTIN_GROUPS:
+        if orm.Group.find(db, name) is None:
+            db.add(orm.Group(name=name))
+            made.append(name)
+    if made:
+        db.commit()
+    return made
+
+
+class HubforgeSpawnerMixin(LoggingConfigurable):
+    """Engine-neutral part: everything here is data handed to the engine's spawner.
+
+    Mixed into DockerSpawner below; the same settings carry over to SwarmSpawner.
+    """
+
+    project = Unicode("hubforge", config=True, help="Compose project of the stack; labels every lab and volume.")
+    volume_prefix = Unicode(
+        "jupyterlab",
+        config=True,
+        help="Prefix of lab container and volume names: <prefix>-<escaped user>_<home|workspace|cache>.",
+    )
+    shared_volume = Unicode("jupyterhub_shared", config=True, help="Volume every lab mounts at /mnt/shared.")
+    docker_socket = Unicode("/var/run/docker.sock", config=True, help="Host path of the Docker socket (docker-sock group).")
+    docker_socket_gid = Integer(None, allow_none=True, config=True, help="Group id owning the Docker socket.")
+    pids_limit = Integer(1024, config=True, help="Maximum number of processes in one lab.")
+    gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
+    gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
+    lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
+
+    @validate("gpu_mode")
+    def _valid_gpu_mode(self, proposal):
+        value = GPU_MODES.get(str(proposal.value).lower())
+        if value is None:
+            raise ValueError(f"gpu_mode must be auto, on or off, got {proposal.value!r}")
+        return value
+
+    @property
+    def gpu(self) -> GpuDecision:
+        return decide(self.gpu_mode, self.gpu_probe)
+
+    @property
+    def names(self):
+        return user_names(self.volume_prefix, self.user.name)
+
+    def labels(self) -> dict[str, str]:
+        return {PROJECT_LABEL: self.project, USER_LABEL: self.user.name}
+
+    def current_groups(self) -> list[str]:
+        ensure_builtin_groups(self.user.db)
+        return sorted(group.name for group in self.user.groups)
+
+
+class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
+    """DockerSpawner whose per-user settings are recomputed from scratch before every start."""
+
+    @default("escape")
+    def _escape_default(self):
+        return escape_username
+
+    @default("name_template")
+    def _name_template_default(self):
+        return self.names.container  # a literal: the naming function already escaped the user
+
+    @default("remove")
+    def _remove_default(self):
+        return True  # data lives in volumes, never in containers
+
+    @default("use_internal_ip")
+    def _internal_ip_default(self):
+        return True
+
+    async def start(self):
+        await self.apply_runtime()
+        return await super().start()
+
+    async def apply_runtime(self) -> None:
+        """Idempotent: set volumes, host config and environment for the user's *current* groups."""
+        names = self.names
+        runtime = lab_runtime(
+            names=names,
+            groups=self.current_groups(),
+            shared_volume=self.shared_volume,
+            gpu=self.gpu,
+            pids_limit=self.pids_limit,
+            docker_socket=self.docker_socket,
+            docker_socket_gid=self.docker_socket_gid,
+            services=self.lab_services,
+        )
+        if not hasattr(self, "_base_settings"):  # what the operator configured, kept once
+            self._base_settings = (dict(self.extra_host_config or {}), dict(self.environment or {}),
+                                   dict(self.extra_create_kwargs or {}))
+        base_host, base_env, base_create = self._base_settings
+        self.name_template = names.container
+        self.volumes = runtime.volumes
+        self.extra_host_config = {**base_host, **runtime.host_config}
+        self.environment = {**base_env, **runtime.environment}
+        labels = {**base_create.get("labels", {}), **self.labels()}
+        self.extra_create_kwargs = {**base_create, "labels": labels}
+        for kind, volume in names.volumes.items():
+            await self.ensure_volume(volume, kind)
+        self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, self.current_groups(), self.gpu.enabled)
+
+    async def ensure_volume(self, name: str, kind: str) -> None:
+        """Create a user volume with labels, so `invoke down` and the volume manager can find it."""
+        try:
+            await self.docker("inspect_volume", name)
+        except Exception as exc:  # docker.errors.NotFound: create it; anything else: let Docker create it
+            if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+                self.log.warning("cannot inspect volume %s: %s", name, exc)
+                return
+            labels = {**self.labels(), VOLUME_LABEL: kind}
+            await self.docker("create_volume", name, labels=labels)

@@ -1,0 +1,317 @@
+"""The compose stack: render the run directory, start it with Compose v2, wait for health, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hub_ext.config import ConfigError, from_environ, parse_gpu_mode
+from hub_ext.gpu import ALL_GPUS, decide
+
+from . import proc
+from .docker_io import StackDocker
+from .errors import HubforgeError
+from .render import render
+
+log = logging.getLogger(__name__)
+
+PROJECT_LABEL = "hubforge.project"
+HEALTH_TIMEOUT = 240
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What `invoke up` was asked for."""
+
+    project: str
+    run_dir: Path
+    https_port: int = 443
+    http_port: int = 80
+    bind: str = "0.0.0.0"
+    gpu: str | None = None  # auto | on | off; None: ENABLE_GPU_SUPPORT from .env, else auto
+    docker_socket: str = "/var/run/docker.sock"
+    volume_prefix: str = "jupyterlab"
+
+
+def validate_port(name: str, value: object) -> int:
+    try:
+        port = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise HubforgeError(f"{name}={value!r} is not a port number; use 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise HubforgeError(f"{name}={value!r} is out of range; use 1-65535")
+    return port
+
+
+def validate_project(project: str) -> str:
+    if not project or not all(ch.isalnum() or ch in "-_" for ch in project) or not project[0].isalnum() or project != project.lower():
+        raise HubforgeError(f"--project={project!r} is not valid; use lower-case letters, digits, '-' and '_'")
+    return project
+
+
+# -- the run directory ---------------------------------------------------------------------------------
+ENV_TEMPLATE = """\
+# hubforge stack settings (Compose .env). Kept across `invoke up`; edit and run `invoke up` again.
+# Every variable, with its default, is documented in the README ("Configuration").
+# JUPYTERHUB_ADMIN=admin
+# ENABLE_SIGNUP=1
+# JUPYTERHUB_BASE_URL=/
+# ENABLE_GPU_SUPPORT=2
+# PASSWORD_MIN_LENGTH=8
+# LOGIN_MAX_FAILURES=5
+# LOGIN_LOCKOUT_SECONDS=600
+# LAB_MEM_LIMIT=4G
+# LAB_CPU_LIMIT=2
+# LAB_PIDS_LIMIT=1024
+# IDLE_CULLER_ENABLED=0
+# IDLE_CULLER_TIMEOUT=3600
+# JUPYTERHUB_LOGO_URI=
+# HUBFORGE_PUBLIC_HOST=
+# SSL_CERT=
+# SSL_KEY=
+JUPYTERHUB_METRICS_TOKEN={metrics_token}
+"""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a Compose .env file (comments and blank lines skipped, quotes removed)."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise HubforgeError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip().removeprefix("export ").strip()] = value
+    return values
+
+
+def compose_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / "compose.yml"]
+    if (run_dir / "compose.override.yml").exists():
+        files.append(run_dir / "compose.override.yml")
+    return files
+
+
+def compose_argv(project: str, run_dir: Path, *args: str) -> list[str]:
+    argv = ["docker", "compose", "--project-name", project, "--project-directory", str(run_dir)]
+    for path in compose_files(run_dir):
+        argv += ["--file", str(path)]
+    return argv + list(args)
+
+
+def port_free(bind: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def socket_gid(path: str) -> int:
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise HubforgeError(f"cannot stat the Docker socket {path} ({exc.strerror}); is the daemon running?") from exc
+    if not stat.S_ISSOCK(info.st_mode):
+        raise HubforgeError(f"{path} is not a socket; set hubforge.docker_socket in invoke.yaml")
+    return info.st_gid
+
+
+def parse_probe(code: int | None, output: str) -> dict[str, Any]:
+    """The probe's JSON, or a no-GPU result that says why there is none."""
+    if code is None:
+        return {"gpus": [], "driver": None, "cuda": None, "reason": f"Docker refused the GPU request: {output}"}
+    try:
+        result = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"gpus": [], "driver": None, "cuda": None, "reason": f"probe exited {code} without JSON: {output[:200]!r}"}
+    result.setdefault("reason", None)
+    return result
+
+
+# -- execute -------------------------------------------------------------------------------------------
+class Stack:
+    def __init__(self, options: StackOptions, docker: StackDocker, root: Path, say: Callable[[str], None]) -> None:
+        self.options = options
+        self.docker = docker
+        self.root = root
+        self.say = say
+
+    @property
+    def state_file(self) -> Path:
+        return self.options.run_dir / "stack.json"
+
+    def hub_container(self) -> dict | None:
+        found = self.docker.containers({"com.docker.compose.project": self.options.project, "com.docker.compose.service": "hub"})
+        return found[0] if found else None
+
+    def check_ports(self) -> None:
+        hub = self.hub_container()
+        ours = set()
+        if hub and hub.get("State") == "running":
+            ours = {p.get("PublicPort") for p in hub.get("Ports", [])}
+        for flag, port in (("--port", self.options.https_port), ("--http-port", self.options.http_port)):
+            if port not in ours and not port_free(self.options.bind, port):
+                raise HubforgeError(f"port {port} on {self.options.bind} is already in use; choose another with {flag} (nothing was started)")
+
+    def settings(self) -> tuple[dict[str, str], Any]:
+        """The .env values, created with a fresh metrics token on the first `up`, and checked."""
+        env_path = self.options.run_dir / ".env"
+        if not env_path.exists():
+            env_path.write_text(ENV_TEMPLATE.format(metrics_token=secrets.token_hex(24)))
+            env_path.chmod(0o600)
+        values = read_env_file(env_path)
+        if self.options.gpu is not None:
+            values["ENABLE_GPU_SUPPORT"] = self.options.gpu
+        try:
+            return values, from_environ(values)
+        except ConfigError as exc:
+            raise HubforgeError(f"{env_path}: {exc}") from None
+
+    def probe_gpu(self, mode: str, probe_image: str) -> dict[str, Any] | None:
+        if mode != "auto":
+            return None
+        self.say("probing for GPUs (gpu-probe with a GPU device request)")
+        return parse_probe(*self.docker.run_gpu_probe(probe_image, [dict(ALL_GPUS)]))
+
+    def render(self, variables: Mapping[str, Any]) -> None:
+        run_dir = self.options.run_dir
+        (run_dir / "config.d").mkdir(parents=True, exist_ok=True)
+        template = (self.root / "stack" / "compose.yml.j2").read_text()
+        (run_dir / "compose.yml").write_text(render({"compose.yml.j2": template}, "compose.yml.j2", variables))
+        (run_dir / "jupyterhub_config.py").write_text((self.root / "stack" / "jupyterhub_config.py").read_text())
+
+    def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
+        options = self.options
+        options.run_dir.mkdir(parents=True, exist_ok=True)
+        values, hub = self.settings()
+        gpu_mode = parse_gpu_mode(values.get("ENABLE_GPU_SUPPORT", "auto"))
+        self.check_ports()
+        probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
+        decision = decide(gpu_mode, probe)
+        variables = {
+            "run_dir": str(options.run_dir),
+            "project": options.project,
+            "hub_image": images["hub"],
+            "lab_images": dict(lab_images),
+            "network": f"{options.project}_net",
+            "shared_volume": f"{options.project}_shared",
+            "volume_prefix": options.volume_prefix,
+            "docker_gid": socket_gid(options.docker_socket),
+            "docker_socket": options.docker_socket,
+            "https_port": options.https_port,
+            "http_port": options.http_port,
+            "bind": options.bind,
+            "gpu_mode": gpu_mode,
+            "gpu_probe": probe,
+            "base_url": hub.base_url,
+        }
+        self.render(variables)
+        proc.run(compose_argv(options.project, options.run_dir, "up", "--detach", "--remove-orphans"),
+                 what="docker compose up")
+        self.wait_healthy(status)
+        host = values.get("HUBFORGE_PUBLIC_HOST") or "localhost"
+        port = "" if options.https_port == 443 else f":{options.https_port}"
+        state = {
+            "project": options.project,
+            "url": f"https://{host}{port}{hub.base_url}",
+            "https_port": options.https_port,
+            "http_port": options.http_port,
+            "admin": hub.admin,
+            "signup": hub.enable_signup,
+            "gpu": decision.as_dict(),
+            "images": dict(images),
+            "lab_images": dict(lab_images),
+            "run_dir": str(options.run_dir),
+        }
+        self.state_file.write_text(json.dumps(state, indent=1))
+        return state
+
+    def wait_healthy(self, status: Callable[[str], None], timeout: float = HEALTH_TIMEOUT) -> None:
+        started = time.monotonic()
+        while True:
+            hub = self.hub_container()
+            details = self.docker.inspect_container(hub["Id"]) if hub else None
+            state = (details or {}).get("State", {})
+            health = state.get("Health", {}).get("Status", "starting")
+            elapsed = time.monotonic() - started
+            if state.get("Status") == "running" and health == "healthy":
+                return
+            if details and state.get("Status") in ("exited", "dead") or (state.get("Restarting")):
+                tail = self.docker.logs(hub["Id"], tail=15).strip()
+                raise HubforgeError(f"the hub stopped while starting; its last lines:\n{tail}\n(see `invoke logs hub`)")
+            if elapsed > timeout:
+                tail = self.docker.logs(hub["Id"], tail=15).strip() if hub else "(no hub container)"
+                raise HubforgeError(f"the hub was not healthy after {timeout:.0f}s (state {health}); last lines:\n{tail}")
+            status(f"waiting for the hub to become healthy ({health}, {elapsed:.0f}s)")
+            time.sleep(1)
+
+    def lab_containers(self) -> list[dict]:
+        return [c for c in self.docker.containers({PROJECT_LABEL: self.options.project})
+                if c.get("Labels", {}).get("hubforge.user")]
+
+    def down(self, volumes: bool, user_volumes: bool) -> list[str]:
+        """Stop and remove the stack's containers (labs too); volumes only when asked. Returns what went."""
+        removed = []
+        for lab in self.lab_containers():
+            self.docker.remove_container(lab["Id"])
+            removed.append(lab["Names"][0].lstrip("/"))
+        if (self.options.run_dir / "compose.yml").exists():
+            args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
+            proc.run(compose_argv(self.options.project, self.options.run_dir, *args), what="docker compose down")
+        else:
+            for container in self.docker.containers({"com.docker.compose.project": self.options.project}):
+                self.docker.remove_container(container["Id"])
+        if volumes:
+            for volume in self.docker.volumes({PROJECT_LABEL: self.options.project}):
+                kind = volume.get("Labels", {}).get("hubforge.volume")
+                is_user = bool(volume.get("Labels", {}).get("hubforge.user"))
+                if (is_user and user_volumes) or (not is_user and kind):
+                    if self.docker.remove_volume(volume["Name"]):
+                        removed.append(volume["Name"])
+        return removed
+
+    def status(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"project": self.options.project}
+        services = []
+        for container in self.docker.containers({"com.docker.compose.project": self.options.project}):
+            details = self.docker.inspect_container(container["Id"]) or {}
+            services.append({
+                "service": container["Labels"].get("com.docker.compose.service"),
+                "container": container["Names"][0].lstrip("/"),
+                "state": container.get("State"),
+                "health": details.get("State", {}).get("Health", {}).get("Status"),
+            })
+        labs = []
+        for container in self.lab_containers():
+            details = self.docker.inspect_container(container["Id"]) or {}
+            labs.append({
+                "user": container["Labels"].get("hubforge.user"),
+                "container": container["Names"][0].lstrip("/"),
+                "image": container.get("Image"),
+                "state": container.get("State"),
+                "health": details.get("State", {}).get("Health", {}).get("Status"),
+                "device_requests": (details.get("HostConfig") or {}).get("DeviceRequests") or [],
+            })
+        state["services"] = services
+        state["labs"] = labs
+        state["running"] = any(s["service"] == "hub" and s["state"] == "running" for s in services)
+        return state

@@ -1,0 +1,124 @@
+"""hubforge's JupyterHub configuration: the one place that reads environment variables.
+
+Values are parsed and checked by hub_ext.config (one-line errors) and then assigned to traits.
+Add your own settings in config.d/*.py next to the stack's compose file; they load last.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nativeauthenticator
+
+from hub_ext.config import ConfigError, from_environ
+from hub_ext.logo import LogoError, materialize
+from hub_ext.runtime import BUILTIN_GROUPS
+from hub_ext.tls import ensure_self_signed
+
+c = get_config()  # noqa: F821 -- provided by JupyterHub's config loader
+env = os.environ
+
+
+def refuse(message: str) -> None:
+    """Stop the hub with one line; `invoke up` and `docker logs` show it as is."""
+    print(f"hubforge: configuration error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+try:
+    hub = from_environ(env)
+    lab_images = json.loads(env.get("HUBFORGE_LAB_IMAGES") or "{}")
+    gpu_probe = json.loads(env["HUBFORGE_GPU_PROBE"]) if env.get("HUBFORGE_GPU_PROBE") else None
+except ConfigError as exc:
+    refuse(str(exc))
+except json.JSONDecodeError as exc:
+    refuse(f"HUBFORGE_LAB_IMAGES or HUBFORGE_GPU_PROBE is not JSON ({exc}); start the stack with `invoke up`")
+
+HOME = Path("/srv/jupyterhub")
+DATA = HOME / "data"  # volume: sqlite database and cookie secret
+CERTS = HOME / "certs"  # volume: TLS certificate and key
+HTTPS_PORT, REDIRECT_PORT = 8443, 8080  # inside the container; `invoke up --port/--http-port` publish them
+
+# -- hub, proxy and TLS ------------------------------------------------------------------------------
+c.JupyterHub.db_url = f"sqlite:///{DATA}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = str(DATA / "jupyterhub_cookie_secret")
+c.JupyterHub.base_url = hub.base_url
+c.JupyterHub.bind_url = f"https://0.0.0.0:{HTTPS_PORT}{hub.base_url}"
+c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
+c.JupyterHub.hub_connect_url = "http://hub:8081"  # the hub's service name on the stack network
+cert = Path(env.get("SSL_CERT") or CERTS / "tls.crt")
+key = Path(env.get("SSL_KEY") or CERTS / "tls.key")
+if not env.get("SSL_CERT"):
+    ensure_self_signed(cert, key, [h for h in (env.get("HUBFORGE_PUBLIC_HOST", ""),) if h])
+c.JupyterHub.ssl_cert = str(cert)
+c.JupyterHub.ssl_key = str(key)
+# The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.
+c.ConfigurableHTTPProxy.command = [
+    "configurable-http-proxy",
+    "--redirect-port", str(REDIRECT_PORT),
+    "--redirect-to", env.get("HUBFORGE_HTTPS_PORT", "443"),
+]
+c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"  # the root filesystem is read-only
+
+# -- authentication: NativeAuthenticator, self-signup with admin approval ------------------------------
+c.JupyterHub.authenticator_class = "native"
+c.JupyterHub.template_paths = [str(Path(nativeauthenticator.__file__).parent / "templates")]
+c.Authenticator.admin_users = {hub.admin}
+c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
+c.NativeAuthenticator.enable_signup = hub.enable_signup
+c.NativeAuthenticator.minimum_password_length = hub.password_min_length
+c.NativeAuthenticator.check_common_password = True
+c.NativeAuthenticator.allowed_failed_logins = hub.login_max_failures
+c.NativeAuthenticator.seconds_before_next_try = hub.login_lockout_seconds
+
+# -- spawning: one isolated lab container per user ----------------------------------------------------
+c.JupyterHub.spawner_class = "hub_ext.spawner.HubforgeSpawner"
+if "default" in lab_images:
+    c.HubforgeSpawner.image = lab_images["default"]
+if len(lab_images) > 1:
+    c.HubforgeSpawner.allowed_images = lab_images  # the spawn page offers a picker
+c.HubforgeSpawner.network_name = env.get("HUBFORGE_NETWORK", "hubforge")
+c.HubforgeSpawner.notebook_dir = "/home/lab/workspace"
+c.HubforgeSpawner.mem_limit = hub.lab_mem_limit
+c.HubforgeSpawner.cpu_limit = hub.lab_cpu_limit
+c.HubforgeSpawner.pids_limit = hub.lab_pids_limit
+c.HubforgeSpawner.project = env.get("HUBFORGE_PROJECT", "hubforge")
+c.HubforgeSpawner.volume_prefix = env.get("HUBFORGE_VOLUME_PREFIX", "jupyterlab")
+c.HubforgeSpawner.shared_volume = env.get("HUBFORGE_SHARED_VOLUME", "jupyterhub_shared")
+if env.get("HUBFORGE_DOCKER_GID"):
+    c.HubforgeSpawner.docker_socket_gid = int(env["HUBFORGE_DOCKER_GID"])
+c.HubforgeSpawner.gpu_mode = hub.gpu_mode
+c.HubforgeSpawner.gpu_probe = gpu_probe
+c.HubforgeSpawner.lab_services = hub.lab_services
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 120
+c.JupyterHub.load_groups = {name: {} for name in BUILTIN_GROUPS}  # created at start if missing
+
+# -- services: idle culler and Prometheus metrics -----------------------------------------------------
+services, roles = [], []
+if hub.idle_culler_enabled:
+    services.append({
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_culler_timeout}"],
+    })
+    roles.append({"name": "idle-culler", "services": ["idle-culler"],
+                  "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+if hub.metrics_token:
+    services.append({"name": "metrics", "api_token": hub.metrics_token})
+    roles.append({"name": "metrics", "services": ["metrics"], "scopes": ["read:metrics"]})
+c.JupyterHub.services = services
+c.JupyterHub.load_roles = roles
+c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics
+
+# -- look ---------------------------------------------------------------------------------------------
+if hub.logo_uri:
+    try:
+        c.JupyterHub.logo_file = str(materialize(hub.logo_uri, Path("/tmp/hubforge-logo")))
+    except LogoError as exc:
+        refuse(str(exc))
+
+# -- the operator's own settings, last ----------------------------------------------------------------
+for extra in sorted((HOME / "config.d").glob("*.py")):
+    load_subconfig(str(extra))  # noqa: F821 -- provided by JupyterHub's config loader

@@ -1,0 +1,181 @@
+"""Naming, the per-user runtime, and the spawner's pre-spawn step (add and remove by group)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from dockerspawner import DockerSpawner
+from jupyterhub import orm
+
+from hub_ext.gpu import GpuDecision, decide, lab_gpu_options
+from hub_ext.naming import escape_username, user_names
+from hub_ext.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
+from hub_ext.spawner import HubforgeSpawner, ensure_builtin_groups
+
+OFF = GpuDecision("off", False, "off")
+
+
+@pytest.mark.parametrize(
+    ("name", "escaped"),
+    [("alice", "alice"), ("first.last", "first-2elast"), ("jöran", "j-c3-b6ran"), ("a-b", "a-2db"), ("x_y", "x-5fy")],
+)
+def test_escaping_is_dockerspawners(name, escaped):
+    assert escape_username(name) == escaped == DockerSpawner._escape(name)
+
+
+def test_names_of_a_dotted_user():
+    names = user_names("jupyterlab", "first.last")
+    assert names.container == "jupyterlab-first-2elast"
+    assert names.volumes == {
+        "home": "jupyterlab-first-2elast_home",
+        "workspace": "jupyterlab-first-2elast_workspace",
+        "cache": "jupyterlab-first-2elast_cache",
+    }
+    assert names.mounts()["jupyterlab-first-2elast_workspace"] == "/home/lab/workspace"
+
+
+def runtime(groups, gpu=OFF):
+    return lab_runtime(names=user_names("p", "bob"), groups=groups, shared_volume="p_shared", gpu=gpu,
+                       pids_limit=512, docker_socket_gid=998)
+
+
+def test_plain_user_is_locked_down():
+    plain = runtime([])
+    assert plain.host_config == {"pids_limit": 512, "privileged": False, "cap_drop": ["ALL"],
+                                 "security_opt": ["no-new-privileges:true"], "device_requests": []}
+    assert "/var/run/docker.sock" not in plain.volumes
+    assert plain.volumes["p_shared"] == {"bind": "/mnt/shared", "mode": "rw"}
+
+
+def test_docker_sock_group_mounts_the_socket_with_its_group():
+    granted = runtime([DOCKER_SOCK_GROUP])
+    assert granted.volumes["/var/run/docker.sock"] == {"bind": "/var/run/docker.sock", "mode": "rw"}
+    assert granted.host_config["group_add"] == ["998"]
+    assert granted.host_config["privileged"] is False
+
+
+def test_privileged_group_is_privileged_without_cap_drop():
+    granted = runtime([DOCKER_PRIVILEGED_GROUP])
+    assert granted.host_config["privileged"] is True
+    assert "cap_drop" not in granted.host_config and "security_opt" not in granted.host_config
+
+
+@pytest.mark.parametrize(
+    ("mode", "probe", "enabled"),
+    [
+        ("off", {"gpus": [{"name": "A100"}]}, False),
+        ("on", None, True),
+        ("auto", None, False),
+        ("auto", {"gpus": [], "reason": "nvidia-smi not found"}, False),
+        ("auto", {"gpus": [{"index": 0, "name": "NVIDIA A100", "uuid": "GPU-1", "memory_mb": 40960}]}, True),
+    ],
+)
+def test_gpu_decision(mode, probe, enabled):
+    decision = decide(mode, probe)
+    assert decision.enabled is enabled
+    requests, env = lab_gpu_options(decision)
+    assert bool(requests) is enabled and bool(env) is enabled
+    if enabled:
+        assert requests[0]["Count"] == -1 and requests[0]["Capabilities"] == [["gpu"]]
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+
+
+def test_gpu_decision_says_why():
+    assert "nvidia-smi not found" in decide("auto", {"gpus": [], "reason": "nvidia-smi not found"}).reason
+    assert "1 GPU(s): NVIDIA A100" in decide("auto", {"gpus": [{"name": "NVIDIA A100"}]}).reason
+    with pytest.raises(ValueError):
+        decide("sometimes", None)
+
+
+# -- the spawner's pre-spawn step, with a real (in-memory) hub database ---------------------------------
+class UserStandIn:
+    """The parts of jupyterhub.user.User the spawner reads: name, groups and the db session."""
+
+    def __init__(self, orm_user, db):
+        self.orm_user, self.db, self.name = orm_user, db, orm_user.name
+        self.url = f"/user/{self.name}/"
+
+    @property
+    def groups(self):
+        return self.orm_user.groups
+
+
+class RecordingVolumes:
+    """Stands in for the Docker daemon's volume calls; records what the spawner creates."""
+
+    def __init__(self):
+        self.volumes: dict[str, dict] = {}
+
+    async def __call__(self, method, *args, **kwargs):
+        if method == "inspect_volume":
+            if args[0] not in self.volumes:
+                error = Exception("not found")
+                error.response = type("R", (), {"status_code": 404})()
+                raise error
+            return self.volumes[args[0]]
+        if method == "create_volume":
+            self.volumes[args[0]] = kwargs["labels"]
+            return {"Name": args[0]}
+        raise AssertionError(f"unexpected docker call {method}")
+
+
+@pytest.fixture
+def db():
+    return orm.new_session_factory("sqlite:///:memory:")()
+
+
+def make_spawner(db, name="first.last"):
+    user = orm.User(name=name)
+    db.add(user)
+    db.commit()
+    spawner = HubforgeSpawner(user=UserStandIn(user, db), _deprecated_db_session=db)
+    spawner.project, spawner.volume_prefix, spawner.docker_socket_gid = "p", "jupyterlab", 998
+    spawner.extra_host_config = {"dns": ["1.1.1.1"]}  # operator setting that must survive
+    spawner.docker = RecordingVolumes()
+    return spawner, user
+
+
+def test_builtin_groups_come_back_after_deletion(db):
+    assert ensure_builtin_groups(db) == [DOCKER_SOCK_GROUP, DOCKER_PRIVILEGED_GROUP]
+    db.delete(orm.Group.find(db, DOCKER_SOCK_GROUP))
+    db.commit()
+    assert ensure_builtin_groups(db) == [DOCKER_SOCK_GROUP]
+    assert ensure_builtin_groups(db) == []
+
+
+def test_pre_spawn_adds_and_removes_by_current_groups(db):
+    spawner, user = make_spawner(db)
+    asyncio.run(spawner.apply_runtime())
+    assert "/var/run/docker.sock" not in spawner.volumes and spawner.extra_host_config["privileged"] is False
+
+    user.groups.append(orm.Group.find(db, DOCKER_SOCK_GROUP))
+    user.groups.append(orm.Group.find(db, DOCKER_PRIVILEGED_GROUP))
+    db.commit()
+    asyncio.run(spawner.apply_runtime())
+    assert "/var/run/docker.sock" in spawner.volumes and spawner.extra_host_config["privileged"] is True
+
+    user.groups.clear()
+    db.commit()
+    asyncio.run(spawner.apply_runtime())
+    asyncio.run(spawner.apply_runtime())  # twice: idempotent
+    assert "/var/run/docker.sock" not in spawner.volumes
+    assert spawner.extra_host_config["privileged"] is False and spawner.extra_host_config["cap_drop"] == ["ALL"]
+    assert spawner.extra_host_config["dns"] == ["1.1.1.1"]
+
+
+def test_pre_spawn_names_and_labels_everything(db):
+    spawner, _ = make_spawner(db)
+    asyncio.run(spawner.apply_runtime())
+    assert spawner.object_name == "jupyterlab-first-2elast"
+    assert set(spawner.volumes) >= {"jupyterlab-first-2elast_home", "jupyterlab-first-2elast_workspace",
+                                    "jupyterlab-first-2elast_cache", "jupyterhub_shared"}
+    assert spawner.docker.volumes["jupyterlab-first-2elast_workspace"] == {
+        "hubforge.project": "p", "hubforge.user": "first.last", "hubforge.volume": "workspace"}
+    assert spawner.extra_create_kwargs["labels"] == {"hubforge.project": "p", "hubforge.user": "first.last"}
+
+
+def test_name_is_right_before_any_spawn(db):
+    """After a hub restart the spawner must find the running container under the same name."""
+    spawner, _ = make_spawner(db, "jöran")
+    assert spawner.object_name == "jupyterlab-j-c3-b6ran"
