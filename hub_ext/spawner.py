@@ -119,16 +119,19 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         labels = {**base_create.get("labels", {}), **self.labels()}
         self.extra_create_kwargs = {**base_create, "labels": labels}
         for kind, volume in names.volumes.items():
-            await self.ensure_volume(volume, kind)
+            await self.ensure_volume(volume, {**self.labels(), VOLUME_LABEL: kind})
+        await self.ensure_volume(self.shared_volume, {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"})
         self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, self.current_groups(), self.gpu.enabled)
 
-    async def ensure_volume(self, name: str, kind: str) -> None:
-        """Create a user volume with labels, so `invoke down` and the volume manager can find it."""
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Create a volume with labels, so `invoke down` and the volume manager can find it.
+
+        Docker still fills a new, empty volume from the image's folder at the first mount.
+        """
         try:
             await self.docker("inspect_volume", name)
         except Exception as exc:  # docker.errors.NotFound: create it; anything else: let Docker create it
             if getattr(getattr(exc, "response", None), "status_code", None) != 404:
                 self.log.warning("cannot inspect volume %s: %s", name, exc)
                 return
-            labels = {**self.labels(), VOLUME_LABEL: kind}
             await self.docker("create_volume", name, labels=labels)

@@ -199,7 +199,8 @@ class Stack:
         (run_dir / "compose.yml").write_text(render({"compose.yml.j2": template}, "compose.yml.j2", variables))
         (run_dir / "jupyterhub_config.py").write_text((self.root / "stack" / "jupyterhub_config.py").read_text())
 
-    def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
+    def prepare(self, images: Mapping[str, str], lab_images: Mapping[str, str]) -> dict[str, Any]:
+        """Check settings and ports, probe GPUs, render the run directory. Starts nothing."""
         options = self.options
         options.run_dir.mkdir(parents=True, exist_ok=True)
         values, hub = self.settings()
@@ -207,7 +208,7 @@ class Stack:
         self.check_ports()
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
-        variables = {
+        self.render({
             "run_dir": str(options.run_dir),
             "project": options.project,
             "hub_image": images["hub"],
@@ -223,11 +224,7 @@ class Stack:
             "gpu_mode": gpu_mode,
             "gpu_probe": probe,
             "base_url": hub.base_url,
-        }
-        self.render(variables)
-        proc.run(compose_argv(options.project, options.run_dir, "up", "--detach", "--remove-orphans"),
-                 what="docker compose up")
-        self.wait_healthy(status)
+        })
         host = values.get("HUBFORGE_PUBLIC_HOST") or "localhost"
         port = "" if options.https_port == 443 else f":{options.https_port}"
         state = {
@@ -243,6 +240,13 @@ class Stack:
             "run_dir": str(options.run_dir),
         }
         self.state_file.write_text(json.dumps(state, indent=1))
+        return state
+
+    def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
+        state = self.prepare(images, lab_images)
+        proc.run(compose_argv(self.options.project, self.options.run_dir, "up", "--detach", "--remove-orphans"),
+                 what="docker compose up")
+        self.wait_healthy(status)
         return state
 
     def wait_healthy(self, status: Callable[[str], None], timeout: float = HEALTH_TIMEOUT) -> None:

@@ -172,6 +172,7 @@ def test_pre_spawn_names_and_labels_everything(db):
                                     "jupyterlab-first-2elast_cache", "jupyterhub_shared"}
     assert spawner.docker.volumes["jupyterlab-first-2elast_workspace"] == {
         "hubforge.project": "p", "hubforge.user": "first.last", "hubforge.volume": "workspace"}
+    assert spawner.docker.volumes["jupyterhub_shared"] == {"hubforge.project": "p", "hubforge.volume": "shared"}
     assert spawner.extra_create_kwargs["labels"] == {"hubforge.project": "p", "hubforge.user": "first.last"}
 
 

@@ -1,0 +1,90 @@
+"""A small HTTP client for a live hub, as a user's browser or script would talk to it."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import requests
+import urllib3
+
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the stack's certificate is self-signed
+
+
+class HubSession:
+    """One user's cookie session with the hub (form posts carry the page's _xsrf)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url
+        self.http = requests.Session()
+        self.http.verify = False
+        self.http.trust_env = False  # the host's proxy and CA settings are not for loopback
+
+    def url(self, path: str) -> str:
+        return self.base + path.lstrip("/")
+
+    def xsrf(self, path: str) -> str:
+        page = self.http.get(self.url(path), timeout=30)
+        page.raise_for_status()
+        match = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        return match.group(1) if match else self.http.cookies.get("_xsrf", "")
+
+    def signup(self, username: str, password: str) -> requests.Response:
+        token = self.xsrf("hub/signup")
+        return self.http.post(self.url("hub/signup"), timeout=30, data={
+            "_xsrf": token, "username": username, "signup_password": password, "signup_password_confirmation": password})
+
+    def login(self, username: str, password: str) -> requests.Response:
+        token = self.xsrf("hub/login")
+        return self.http.post(self.url("hub/login"), data={"_xsrf": token, "username": username, "password": password},
+                              allow_redirects=False, timeout=30)
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-XSRFToken": self.http.cookies.get("_xsrf", ""), **kwargs.pop("headers", {})}
+        return self.http.request(method, self.url(f"hub/api/{path.lstrip('/')}"), headers=headers, timeout=60, **kwargs)
+
+    def new_token(self, username: str) -> str:
+        response = self.api("POST", f"users/{username}/tokens", json={"note": "tests", "expires_in": 3600})
+        response.raise_for_status()
+        return response.json()["token"]
+
+
+class HubAPI:
+    """Token-authenticated REST calls, as a script would make them."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base = base_url
+        self.http = requests.Session()
+        self.http.verify = False
+        self.http.trust_env = False
+        self.http.headers["Authorization"] = f"token {token}"
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.http.request(method, self.base + path.lstrip("/"), timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def user(self, name: str) -> dict:
+        response = self.request("GET", f"hub/api/users/{name}")
+        response.raise_for_status()
+        return response.json()
+
+    def start(self, name: str, timeout: float = 180) -> float:
+        """Start the user's server and wait until the lab answers through the proxy; return seconds taken."""
+        started = time.monotonic()
+        response = self.request("POST", f"hub/api/users/{name}/server")
+        assert response.status_code in (201, 202), response.text
+        while time.monotonic() - started < timeout:
+            server = self.user(name)["servers"].get("")
+            if server and server.get("ready") and self.request("GET", f"user/{name}/api/status").status_code == 200:
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise AssertionError(f"{name}'s server was not ready after {timeout}s")
+
+    def stop(self, name: str, timeout: float = 120) -> None:
+        response = self.request("DELETE", f"hub/api/users/{name}/server")
+        assert response.status_code in (202, 204), response.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.user(name)["servers"]:
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"{name}'s server did not stop in {timeout}s")

@@ -1,0 +1,44 @@
+"""Integration fixtures: one live stack shared by the module's tests, torn down even on failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ..hubclient import HubAPI, HubSession
+from ..livestack import ADMIN, PASSWORD, start_stack, stop_stack
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+RESULTS = Path(__file__).resolve().parents[2] / "test-results"
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        item.session.stack_failed = True
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, request):
+    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    yield stack
+    if getattr(request.session, "stack_failed", False):
+        stack.dump_logs(RESULTS / "logs" / stack.project)
+    stop_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def admin(live) -> HubSession:
+    session = HubSession(live.url)
+    session.signup(ADMIN, PASSWORD)
+    assert session.login(ADMIN, PASSWORD).status_code == 302
+    return session
+
+
+@pytest.fixture(scope="module")
+def admin_api(live, admin) -> HubAPI:
+    return HubAPI(live.url, admin.new_token(ADMIN))

@@ -1,0 +1,123 @@
+"""The stack from `invoke up`, live: HTTPS, signup and approval, spawning, persistence, shared data, down."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from ..hubclient import HubAPI, HubSession
+from ..livestack import ADMIN, PASSWORD
+
+pytestmark = pytest.mark.integration
+
+
+def plain(url: str, **kwargs) -> requests.Response:
+    session = requests.Session()
+    session.trust_env = False
+    return session.get(url, verify=False, timeout=30, **kwargs)
+
+
+def test_https_health_and_http_redirect(live):
+    assert plain(live.url + "hub/health").status_code == 200
+    redirect = plain(live.http_url + "hub/login", allow_redirects=False)
+    assert redirect.status_code in (301, 302, 307, 308)
+    assert redirect.headers["location"].startswith("https://")
+
+
+def test_admin_signs_up_and_logs_in(live, admin):
+    page = admin.http.get(admin.url("hub/admin"), timeout=30)
+    assert page.status_code == 200 and "admin" in page.url
+
+
+def test_user_is_refused_until_approved(live, admin):
+    user = HubSession(live.url)
+    user.signup("carol", PASSWORD)
+    assert user.login("carol", PASSWORD).status_code == 200  # the login page again, with an error
+    approve = admin.http.get(admin.url("hub/authorize/carol"), timeout=30)
+    assert approve.status_code == 200
+    assert user.login("carol", PASSWORD).status_code == 302
+
+
+def test_weak_passwords_are_refused(live):
+    for password in ("", "short", "password"):
+        page = HubSession(live.url).signup("weakling", password)
+        assert "successful" not in page.text.lower()
+
+
+def approved_user(live, admin, name: str) -> HubAPI:
+    session = HubSession(live.url)
+    session.signup(name, PASSWORD)
+    admin.http.get(admin.url(f"hub/authorize/{name}"), timeout=30)
+    assert session.login(name, PASSWORD).status_code == 302
+    return HubAPI(live.url, session.new_token(name))
+
+
+def test_spawn_and_lab_api_through_the_proxy(live, admin):
+    api = approved_user(live, admin, "first.last")
+    api.start("first.last")
+    status = api.request("GET", "user/first.last/api/status")
+    assert status.status_code == 200 and "kernels" in status.json()
+    lab = live.lab("first.last")
+    assert lab.name == f"{live.stack.options.volume_prefix}-first-2elast"
+    mounts = {m["Destination"]: m["Name"] for m in lab.attrs["Mounts"] if m["Type"] == "volume"}
+    assert mounts["/home/lab/workspace"] == f"{live.stack.options.volume_prefix}-first-2elast_workspace"
+    assert lab.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert not lab.attrs["HostConfig"].get("DeviceRequests")  # no GPU on this machine (auto)
+
+
+def test_workspace_survives_stop_and_start(live, admin):
+    api = approved_user(live, admin, "dave")
+    api.start("dave")
+    put = api.request("PUT", "user/dave/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"})
+    assert put.status_code in (200, 201), put.text
+    api.stop("dave")
+    api.start("dave")
+    got = api.request("GET", "user/dave/api/contents/keep.txt")
+    assert got.status_code == 200 and got.json()["content"] == "kept"
+
+
+def test_shared_volume_is_visible_to_two_users(live, admin):
+    for name in ("erin", "frank"):
+        approved_user(live, admin, name).start(name)
+    assert live.lab("erin").exec_run(["sh", "-c", "echo from-erin > /mnt/shared/note.txt"], user="lab").exit_code == 0
+    result = live.lab("frank").exec_run(["cat", "/mnt/shared/note.txt"], user="lab")
+    assert result.exit_code == 0 and result.output.decode().strip() == "from-erin"
+
+
+def test_docker_sock_group_is_granted_and_withdrawn(live, admin, admin_api):
+    api = approved_user(live, admin, "gina")
+    assert admin_api.request("POST", "hub/api/groups/docker-sock/users", json={"users": ["gina"]}).status_code == 200
+    api.start("gina")
+    assert "/var/run/docker.sock" in {m["Destination"] for m in live.lab("gina").attrs["Mounts"]}
+    api.stop("gina")
+    assert admin_api.request("DELETE", "hub/api/groups/docker-sock/users", json={"users": ["gina"]}).status_code == 200
+    api.start("gina")
+    assert "/var/run/docker.sock" not in {m["Destination"] for m in live.lab("gina").attrs["Mounts"]}
+
+
+def test_builtin_groups_exist(admin_api):
+    names = {g["name"] for g in admin_api.request("GET", "hub/api/groups").json()}
+    assert {"docker-sock", "docker-privileged"} <= names
+
+
+def test_metrics_need_the_scrape_token(live):
+    token = next(line.split("=", 1)[1] for line in (live.stack.options.run_dir / ".env").read_text().splitlines()
+                 if line.startswith("JUPYTERHUB_METRICS_TOKEN="))
+    assert plain(live.url + "hub/metrics").status_code == 403
+    scraped = plain(live.url + "hub/metrics", headers={"Authorization": f"token {token}"})
+    assert scraped.status_code == 200 and "jupyterhub_" in scraped.text
+
+
+def test_status_reports_the_stack(live):
+    state = live.stack.status()
+    assert state["running"] and any(s["service"] == "hub" and s["health"] == "healthy" for s in state["services"])
+    assert state["gpu"]["mode"] == "auto" and state["gpu"]["enabled"] is False
+    assert {lab["user"] for lab in state["labs"]} >= {"first.last", "dave"}
+
+
+def test_down_removes_containers_and_keeps_volumes(live):
+    volumes_before = {v["Name"] for v in live.stack.docker.volumes({"hubforge.project": live.project})}
+    live.stack.down(volumes=False, user_volumes=False)
+    assert live.containers() == []
+    volumes_after = {v["Name"] for v in live.stack.docker.volumes({"hubforge.project": live.project})}
+    assert volumes_before and volumes_after == volumes_before

@@ -1,0 +1,94 @@
+"""A live hubforge stack for the integration and e2e tiers: unique project, free ports, full cleanup."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from testcontainers.compose import DockerCompose
+
+from hubforge.builder import Builder, Settings
+from hubforge.docker_io import Docker, StackDocker
+from hubforge.stack import PROJECT_LABEL, Stack, StackOptions
+from hubforge.targets import DEFAULT_SET, Graph
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN = "admin"
+PASSWORD = "a-Long-passw0rd!"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def current_images() -> tuple[dict[str, str], dict[str, str]]:
+    """The refs of the current keys (built by `invoke build`); fails when one is missing."""
+    settings = Settings(root=ROOT, cache_dir=Path(os.path.expanduser("~/.cache/hubforge")))
+    steps = Builder(settings, Docker(), say=lambda message: None).plan(Graph().closure(list(DEFAULT_SET)))
+    missing = [s.ref for s in steps if not s.exists]
+    assert not missing, f"images for the current keys are missing: {missing}; run `invoke build`"
+    images = {s.target.name: s.ref for s in steps}
+    return images, {"default": images["lab"]}
+
+
+@dataclass
+class LiveStack:
+    stack: Stack
+    compose: DockerCompose
+    url: str
+    http_url: str
+
+    @property
+    def project(self) -> str:
+        return self.stack.options.project
+
+    def containers(self) -> list:
+        return docker.from_env().containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+
+    def lab(self, username: str):
+        from hub_ext.naming import user_names
+
+        return docker.from_env().containers.get(user_names(self.stack.options.volume_prefix, username).container)
+
+    def dump_logs(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        client = docker.from_env()
+        for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"}) + self.containers():
+            (folder / f"{container.name}.log").write_bytes(container.logs(tail=500))
+
+
+def start_stack(tmp: Path, env: dict[str, str] | None = None) -> LiveStack:
+    project = f"hft{secrets.token_hex(3)}"
+    options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
+                           bind="127.0.0.1", volume_prefix=f"{project}-lab")
+    options.run_dir.mkdir(parents=True)
+    lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
+    (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
+    stack = Stack(options, StackDocker(), ROOT, say=lambda message: None)
+    images, lab_images = current_images()
+    stack.prepare(images, lab_images)
+    compose = DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True, keep_volumes=False)
+    live = LiveStack(stack, compose, f"https://127.0.0.1:{options.https_port}/", f"http://127.0.0.1:{options.http_port}/")
+    try:
+        compose.start()
+    except Exception:
+        stop_stack(live)
+        raise
+    return live
+
+
+def stop_stack(live: LiveStack) -> None:
+    """Remove everything the stack made: labs, hub, network and every volume with its project label."""
+    live.stack.down(volumes=True, user_volumes=True)
+    live.compose.stop(down=True)
+    client = docker.from_env()
+    for container in live.containers():
+        container.remove(force=True)
+    for volume in client.volumes.list(filters={"label": f"{PROJECT_LABEL}={live.project}"}):
+        volume.remove(force=True)
