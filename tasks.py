@@ -201,7 +201,7 @@ def logs(c, service=None, follow=False, tail=200, project=None):
 })
 @user_errors
 def test(c, quick=False, k=None):
-    """Run the test suites: unit, then the image tests against freshly built images."""
+    """Run the test suites: unit, then image and integration tests against freshly built images."""
     from hubforge import app, doctor as checks
 
     cfg = settings(c)
@@ -209,7 +209,7 @@ def test(c, quick=False, k=None):
     if not quick:
         checks.ensure(cfg.cache_dir, {"docker", "compose"}, app.say)
         app.build(cfg, None, None, False, False)
-        args.append("tests/images")
+        args += ["tests/images", "tests/integration"]
     if k:
         args += ["-k", k]
     result = c.run(" ".join(args), warn=True, pty=False, env={"TESTCONTAINERS_RYUK_DISABLED": "true"})

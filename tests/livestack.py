@@ -51,6 +51,9 @@ class LiveStack:
     def containers(self) -> list:
         return docker.from_env().containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
 
+    def hub(self):
+        return docker.from_env().containers.list(filters={"label": f"com.docker.compose.project={self.project}"})[0]
+
     def lab(self, username: str):
         from hub_ext.naming import user_names
 

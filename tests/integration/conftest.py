@@ -24,7 +24,8 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, request):
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    """A stack per test module; a module sets STACK_ENV for its own .env settings."""
+    stack = start_stack(tmp_path_factory.mktemp("stack"), getattr(request.module, "STACK_ENV", None))
     yield stack
     if getattr(request.session, "stack_failed", False):
         stack.dump_logs(RESULTS / "logs" / stack.project)

@@ -1,0 +1,75 @@
+"""Spawn benchmark: start request -> lab API answering through the proxy, 10 sequential and 20 concurrent.
+
+Run: python benchmarks/spawn.py   (needs the images of `invoke build`; starts and removes its own stack)
+Prints p50/p95 for both runs, the hub's memory and an idle lab's memory.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.hubclient import HubAPI, HubSession  # noqa: E402
+from tests.livestack import ADMIN, PASSWORD, start_stack, stop_stack  # noqa: E402
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def memory_mb(container) -> float:
+    stats = container.stats(stream=False)
+    usage = stats["memory_stats"].get("usage", 0) - stats["memory_stats"].get("stats", {}).get("inactive_file", 0)
+    return usage / 2**20
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="hubforge-spawn-bench-") as tmp:
+        live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"})
+        try:
+            admin = HubSession(live.url)
+            admin.signup(ADMIN, PASSWORD)
+            assert admin.login(ADMIN, PASSWORD).status_code == 302
+            api = HubAPI(live.url, admin.new_token(ADMIN))
+            users = [f"seq{i}" for i in range(10)] + [f"par{i}" for i in range(20)]
+            assert api.request("POST", "hub/api/users", json={"usernames": users}).status_code == 201
+
+            sequential = []
+            for name in users[:10]:
+                sequential.append(api.start(name))
+            idle_lab = memory_mb(live.lab("seq0"))
+            for name in users[:10]:
+                api.stop(name)
+
+            with ThreadPoolExecutor(max_workers=20) as pool:
+                results = list(pool.map(lambda name: _try(api, name), users[10:]))
+            concurrent = [r for r in results if isinstance(r, float)]
+            failures = [r for r in results if not isinstance(r, float)]
+            hub = live.hub()
+            print(f"sequential spawns (10): p50 {statistics.median(sequential):.2f} s, p95 {percentile(sequential, 0.95):.2f} s, "
+                  f"max {max(sequential):.2f} s")
+            print(f"concurrent spawns (20): {len(concurrent)}/20 succeeded, p50 {statistics.median(concurrent):.2f} s, "
+                  f"p95 {percentile(concurrent, 0.95):.2f} s, max {max(concurrent):.2f} s")
+            for failure in failures:
+                print(f"  failed: {failure}")
+            print(f"hub memory with 20 labs running: {memory_mb(hub):.0f} MiB; an idle lab: {idle_lab:.0f} MiB")
+        finally:
+            stop_stack(live)
+
+
+def _try(api: HubAPI, name: str):
+    try:
+        return api.start(name, timeout=300)
+    except AssertionError as exc:
+        return f"{name}: {exc}"
+
+
+if __name__ == "__main__":
+    main()

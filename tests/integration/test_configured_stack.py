@@ -1,0 +1,71 @@
+"""A stack with non-default settings: base URL, signup off, idle culler, custom logo; bad settings refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import requests
+
+from ..hubclient import HubSession
+from ..livestack import ADMIN, PASSWORD, ROOT, current_images
+
+pytestmark = pytest.mark.integration
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+STACK_ENV = {
+    "JUPYTERHUB_BASE_URL": "/jupyterhub",
+    "ENABLE_SIGNUP": "0",
+    "IDLE_CULLER_ENABLED": "1",
+    "IDLE_CULLER_TIMEOUT": "600",
+    "ENABLE_GPU_SUPPORT": "0",
+    "JUPYTERHUB_LOGO_URI": "data:image/png;base64," + base64.b64encode(PNG).decode(),
+}
+
+
+def get(url: str, **kwargs) -> requests.Response:
+    session = requests.Session()
+    session.trust_env = False
+    return session.get(url, verify=False, timeout=30, **kwargs)
+
+
+def test_base_url_prefixes_every_path(live):
+    assert get(live.url + "jupyterhub/hub/health").status_code == 200
+    assert get(live.url + "hub/health").status_code == 404
+
+
+def test_signup_is_off(live):
+    assert get(live.url + "jupyterhub/hub/signup").status_code == 404
+
+
+def test_custom_logo_is_served(live):
+    logo = get(live.url + "jupyterhub/hub/logo")
+    assert logo.status_code == 200 and logo.content == PNG
+
+
+def test_idle_culler_runs_as_a_hub_service(live):
+    state = live.stack.status()
+    assert state["gpu"]["mode"] == "off" and state["gpu"]["probe"] is None
+    logs = live.stack.docker.logs(next(c["container"] for c in state["services"] if c["service"] == "hub"), tail=400)
+    assert "idle-culler" in logs
+
+
+def test_hub_refuses_bad_settings_in_one_line(tmp_path):
+    """The hub image with the stack's config and ENABLE_GPU_SUPPORT=7 stops with one line naming it."""
+    import docker
+
+    images, _ = current_images()
+    client = docker.from_env()
+    container = client.containers.create(
+        images["hub"], environment={"ENABLE_GPU_SUPPORT": "7"}, labels={"hubforge.test": "integration"},
+        volumes={str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}},
+    )
+    try:
+        container.start()
+        code = container.wait(timeout=60)["StatusCode"]
+        errors = [line for line in container.logs().decode().splitlines() if "hubforge" in line or "Traceback" in line]
+    finally:
+        container.remove(force=True)
+    assert code != 0
+    assert errors == ["hubforge: configuration error: ENABLE_GPU_SUPPORT='7' is not valid; use 2 (auto), 1 (on) or 0 (off)"]

@@ -1,0 +1,120 @@
+"""Stack assembly: .env parsing, compose argv, port checks, probe results, logo and TLS files."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from hub_ext.logo import LogoError, materialize
+from hub_ext.tls import ensure_self_signed
+from hubforge.errors import HubforgeError
+from hubforge.stack import compose_argv, parse_probe, port_free, read_env_file, validate_port, validate_project
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def test_env_file_parsing(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("# comment\n\nA=1\nexport B = two\nC='quoted value'\nD=\"x=y\"\n")
+    assert read_env_file(env) == {"A": "1", "B": "two", "C": "quoted value", "D": "x=y"}
+    env.write_text("JUST_A_WORD\n")
+    with pytest.raises(HubforgeError, match=r"\.env:1: expected KEY=VALUE"):
+        read_env_file(env)
+    assert read_env_file(tmp_path / "missing") == {}
+
+
+def test_compose_argv_adds_the_override_only_when_present(tmp_path):
+    base = ["docker", "compose", "--project-name", "p", "--project-directory", str(tmp_path), "--file", str(tmp_path / "compose.yml")]
+    assert compose_argv("p", tmp_path, "up", "--detach") == base + ["up", "--detach"]
+    (tmp_path / "compose.override.yml").write_text("services: {}\n")
+    assert compose_argv("p", tmp_path, "ps") == base + ["--file", str(tmp_path / "compose.override.yml"), "ps"]
+
+
+def test_port_in_use_is_detected():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert port_free("127.0.0.1", port) is False
+    assert port_free("127.0.0.1", port) is True
+
+
+@pytest.mark.parametrize(("value", "ok"), [("443", True), (8443, True), ("0", False), ("65536", False), ("https", False)])
+def test_port_validation(value, ok):
+    if ok:
+        assert validate_port("--port", value) == int(value)
+    else:
+        with pytest.raises(HubforgeError, match="--port="):
+            validate_port("--port", value)
+
+
+@pytest.mark.parametrize(("name", "ok"), [("hubforge", True), ("team-a_2", True), ("Team", False), ("-x", False), ("a b", False), ("", False)])
+def test_project_validation(name, ok):
+    if ok:
+        assert validate_project(name) == name
+    else:
+        with pytest.raises(HubforgeError, match="--project="):
+            validate_project(name)
+
+
+def test_probe_results():
+    assert parse_probe(None, 'could not select device driver ""')["reason"].startswith("Docker refused the GPU request")
+    found = parse_probe(0, 'noise\n{"gpus": [{"index": 0, "name": "T4", "uuid": "GPU-1", "memory_mb": 15360}], "driver": "535", "cuda": "12.2"}\n')
+    assert found["gpus"][0]["name"] == "T4" and found["reason"] is None
+    assert "without JSON" in parse_probe(3, "segfault")["reason"]
+
+
+def test_logo_from_data_uri(tmp_path):
+    path = materialize("data:image/png;base64," + base64.b64encode(PNG).decode(), tmp_path)
+    assert path.suffix == ".png" and path.read_bytes() == PNG
+
+
+def test_logo_from_file_uri(tmp_path):
+    source = tmp_path / "mine.png"
+    source.write_bytes(PNG)
+    assert materialize(source.as_uri(), tmp_path / "work") == source
+
+
+def test_logo_from_http(tmp_path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "logo.png").write_bytes(PNG)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        path = materialize(f"http://127.0.0.1:{server.server_port}/logo.png", tmp_path / "work")
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == PNG
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("ftp://x/logo.png", "a file:// path or a data: URI"),
+        ("file:///nonexistent/logo.png", "no such file"),
+        ("data:text/plain,hello", "is not an image type"),
+        ("data:image/png;base64,@@@", "not valid base64"),
+        ("http://127.0.0.1:1/logo.png", "cannot be downloaded"),
+    ],
+)
+def test_bad_logos(tmp_path, uri, message):
+    with pytest.raises(LogoError, match=message):
+        materialize(uri, tmp_path, timeout=2)
+
+
+def test_self_signed_certificate_is_made_once(tmp_path):
+    from cryptography import x509
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    assert ensure_self_signed(cert, key, ["hub.example.org"]) is True
+    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "hub.example.org" in names.get_values_for_type(x509.DNSName)
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    first = cert.read_bytes()
+    assert ensure_self_signed(cert, key, ["other"]) is False and cert.read_bytes() == first
