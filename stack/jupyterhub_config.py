@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nativeauthenticator
 
+from hub_ext.auth import TEMPLATES
 from hub_ext.config import ConfigError, from_environ
 from hub_ext.logo import LogoError, materialize
 from hub_ext.runtime import BUILTIN_GROUPS
@@ -63,8 +64,9 @@ c.ConfigurableHTTPProxy.command = [
 c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"  # the root filesystem is read-only
 
 # -- authentication: NativeAuthenticator, self-signup with admin approval ------------------------------
-c.JupyterHub.authenticator_class = "native"
-c.JupyterHub.template_paths = [str(Path(nativeauthenticator.__file__).parent / "templates")]
+# NativeAuthenticator plus hub_ext's pages and APIs (registered through Authenticator.get_handlers).
+c.JupyterHub.authenticator_class = "hub_ext.auth.HubforgeAuthenticator"
+c.JupyterHub.template_paths = [TEMPLATES, str(Path(nativeauthenticator.__file__).parent / "templates")]
 c.Authenticator.admin_users = {hub.admin}
 c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
 c.NativeAuthenticator.enable_signup = hub.enable_signup

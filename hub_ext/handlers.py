@@ -1,0 +1,269 @@
+"""hub_ext's pages and APIs: restart my server, manage my volumes, broadcast to every lab.
+
+One class per endpoint; authorization in `authorize`; every destructive action writes one audit line.
+The routes live under /hub/hubforge/ and /hub/api/hubforge/, clear of JupyterHub's /hub/api/users/...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from jupyterhub import orm
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.utils import url_path_join, wait_for_http_server
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .actions import (
+    DELIVERY_TIMEOUT_S,
+    MESSAGE_MAX,
+    TOKEN_LIFETIME_S,
+    TYPES,
+    BadRequest,
+    broadcast_request,
+    delivery_token_scopes,
+    parse_json,
+    volume_kinds,
+    volume_listing,
+)
+from .naming import user_names
+
+# A child of the hub's own logger, so audit lines land in the hub log with its format and level.
+audit = logging.getLogger("JupyterHub").getChild("audit")
+READY_TIMEOUT_S = 90
+
+
+def authorize(handler: BaseHandler, target: str | None, *, admin_only: bool = False):
+    """The one authorization check. Returns the target user (or the current user for admin pages).
+
+    Owner or admin for a user's server (scope servers!user=<name>); admin:servers for admin pages.
+    403 for anyone else, 404 for an unknown user the caller may otherwise act on.
+    """
+    current = handler.current_user
+    if current is None:
+        raise web.HTTPError(403, "log in first")
+    if admin_only:
+        if not handler.has_scope("admin:servers"):
+            raise web.HTTPError(403, "only admins may do this")
+        return current
+    if not handler.has_scope(f"servers!user={target}"):
+        raise web.HTTPError(403, f"{current.name} may not manage {target!r}'s server")
+    user = handler.find_user(target)
+    if user is None:
+        raise web.HTTPError(404, f"no user {target!r}")
+    return user
+
+
+def spawner_of(handler: BaseHandler, user):
+    """The user's default server's spawner (its Docker gateway reaches the daemon)."""
+    return user.spawners[""]
+
+
+def prefix_of(spawner) -> str:
+    return getattr(spawner, "volume_prefix", "jupyterlab")
+
+
+class RestartAPIHandler(APIHandler):
+    """POST /api/hubforge/users/:name/restart -- `docker restart` of the same container, then ready again."""
+
+    async def post(self, user_name: str):
+        user = authorize(self, user_name)
+        spawner = spawner_of(self, user)
+
+        async def moved() -> None:  # a restart may hand out a new address: tell the proxy
+            self.db.commit()
+            await self.proxy.add_user(user)
+
+        try:
+            result = await restart_server(spawner, user.name, moved)
+        except web.HTTPError as exc:
+            audit.info("restart by=%s user=%s result=refused status=%s", self.current_user.name, user.name, exc.status_code)
+            raise
+        audit.info("restart by=%s user=%s container=%s result=%s seconds=%s", self.current_user.name, user.name,
+                   result["container"][:12], result["status"], result.get("seconds"))
+        if result["status"] != "restarted":
+            raise web.HTTPError(500, f"restart failed: {result['reason']}")
+        self.write(json.dumps(result))
+
+
+class VolumesAPIHandler(APIHandler):
+    """GET /api/hubforge/users/:name/volumes -- the user's home, workspace and cache, with sizes."""
+
+    async def get(self, user_name: str):
+        user = authorize(self, user_name)
+        spawner = spawner_of(self, user)
+        names = user_names(prefix_of(spawner), user.name)
+        self.write(json.dumps({"user": user.name, "running": bool(spawner.active),
+                               "volumes": volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))}))
+
+
+class VolumeResetAPIHandler(APIHandler):
+    """POST /api/hubforge/users/:name/volumes/reset {"volumes": [...]} -- delete the chosen volumes."""
+
+    async def post(self, user_name: str):
+        user = authorize(self, user_name)
+        try:
+            kinds = volume_kinds(parse_json(self.request.body))
+        except BadRequest as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        spawner = spawner_of(self, user)
+        results = await reset_volumes(spawner, user_names(prefix_of(spawner), user.name), kinds)
+        summary = " ".join(f"{kind}={r['result']}" for kind, r in results.items())
+        audit.info("volume-reset by=%s user=%s %s", self.current_user.name, user.name, summary)
+        self.write(json.dumps({"user": user.name, "results": results}))
+
+
+class BroadcastAPIHandler(APIHandler):
+    """POST /api/hubforge/broadcast -- deliver a notification to every chosen running lab, concurrently."""
+
+    async def post(self):
+        sender = authorize(self, None, admin_only=True)
+        try:
+            request = broadcast_request(parse_json(self.request.body), [u.name for u in self.db.query(orm.User)])
+        except BadRequest as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        targets = running_users(self) if request.recipients is None else [self.find_user(n) for n in request.recipients]
+        payload = request.payload(sender.name)
+        results = await asyncio.gather(*(self.deliver_to(user, payload) for user in targets))
+        delivered = sum(1 for r in results if r["result"] == "delivered")
+        audit.info("broadcast by=%s to=%s type=%s delivered=%d/%d message=%r", sender.name,
+                   "all" if request.recipients is None else ",".join(request.recipients), request.type,
+                   delivered, len(results), request.message)
+        self.write(json.dumps({"delivered": delivered, "results": results}))
+
+    async def deliver_to(self, user, payload: dict[str, Any]) -> dict[str, Any]:
+        spawner = user.spawners.get("") if "" in user.orm_spawners else None
+        if spawner is None or not (spawner.active and spawner.ready):
+            return {"user": user.name, "result": "failed", "reason": "server not running"}
+        token = user.new_api_token(note="hubforge broadcast", expires_in=TOKEN_LIFETIME_S,
+                                   scopes=delivery_token_scopes(user.name))
+        try:
+            return await deliver(user.name, spawner.server.url, payload, token)
+        finally:  # the token opened one lab for one message: revoke it now, not in a minute
+            stored = orm.APIToken.find(self.db, token)
+            if stored is not None:
+                self.db.delete(stored)
+                self.db.commit()
+
+
+class VolumesPageHandler(BaseHandler):
+    """GET /hubforge/volumes[?user=name] -- the volume manager page."""
+
+    @web.authenticated
+    async def get(self):
+        user = authorize(self, self.get_argument("user", self.current_user.name))
+        spawner = spawner_of(self, user)
+        names = user_names(prefix_of(spawner), user.name)
+        listing = volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))
+        self.finish(await self.render_template("hubforge-volumes.html", target=user, running=bool(spawner.active),
+                                               volumes=listing))
+
+
+class BroadcastPageHandler(BaseHandler):
+    """GET /hubforge/broadcast -- the admins' page for writing a notification."""
+
+    @web.authenticated
+    async def get(self):
+        authorize(self, None, admin_only=True)
+        running = sorted(u.name for u in running_users(self))
+        self.finish(await self.render_template("hubforge-broadcast.html", running=running, types=TYPES,
+                                               message_max=MESSAGE_MAX))
+
+
+# -- helpers that talk to Docker and the labs --------------------------------------------------------------
+async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None]:
+    """Existing volumes of the user -> size in bytes (None when Docker has not measured it)."""
+    usage = await spawner.docker("df")
+    sizes = {}
+    wanted = set(volumes.values())
+    for volume in usage.get("Volumes") or []:
+        if volume["Name"] in wanted:
+            size = (volume.get("UsageData") or {}).get("Size", -1)
+            sizes[volume["Name"]] = size if size >= 0 else None
+    return sizes
+
+
+async def remove_volume(spawner, name: str) -> dict[str, Any]:
+    try:
+        await spawner.docker("remove_volume", name)
+        return {"volume": name, "result": "removed"}
+    except Exception as exc:  # docker.errors.NotFound / APIError
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 404:
+            return {"volume": name, "result": "not found"}
+        reason = getattr(exc, "explanation", None) or str(exc)
+        return {"volume": name, "result": "failed", "reason": str(reason)}
+
+
+def running_users(handler: BaseHandler) -> list:
+    users = []
+    for orm_user in handler.db.query(orm.User):
+        user = handler.users[orm_user]
+        spawner = user.spawners.get("") if "" in user.orm_spawners else None
+        if spawner is not None and spawner.active and spawner.ready:
+            users.append(user)
+    return sorted(users, key=lambda u: u.name)
+
+
+async def restart_server(spawner, username: str, on_address_change) -> dict[str, Any]:
+    """Restart the lab's container in place and wait until it answers. 409 unless it is running."""
+    if spawner.pending:
+        raise web.HTTPError(409, f"{username}'s server is busy ({spawner.pending}); try again when it settles")
+    if not (spawner.active and spawner.ready and getattr(spawner, "object_id", None)):
+        raise web.HTTPError(409, f"{username}'s server is not running; start it instead of restarting")
+    started = time.monotonic()
+    container = spawner.object_id
+    try:
+        await spawner.docker("restart_container", container, timeout=10)
+        ip, port = await spawner.get_ip_and_port()
+        if (ip, port) != (spawner.server.ip, spawner.server.port):
+            spawner.server.ip, spawner.server.port = ip, port
+            await on_address_change()
+        await wait_for_http_server(spawner.server.url, timeout=READY_TIMEOUT_S)
+    except Exception as exc:  # Docker refused, or the lab did not come back: report, do not hide
+        return {"status": "failed", "container": container, "reason": str(exc)}
+    return {"status": "restarted", "container": container, "seconds": round(time.monotonic() - started, 2)}
+
+
+async def reset_volumes(spawner, names, kinds: list[str]) -> dict[str, dict[str, Any]]:
+    """Delete exactly the chosen volumes of a stopped server; 409 while it runs."""
+    if spawner.active or spawner.pending:
+        raise web.HTTPError(409, "the server is running: stop it before resetting volumes")
+    return {kind: await remove_volume(spawner, names.volumes[kind]) for kind in kinds}
+
+
+async def deliver(username: str, server_url: str, payload: dict[str, Any], token: str) -> dict[str, Any]:
+    """POST one notification to one lab's hubforge-notify endpoint; a result, never an exception."""
+    request = HTTPRequest(url_path_join(server_url, "hubforge/notify"), method="POST", body=json.dumps(payload),
+                          request_timeout=DELIVERY_TIMEOUT_S, connect_timeout=2,
+                          headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as exc:
+        if exc.code == 599:
+            reason = f"the lab did not answer within {DELIVERY_TIMEOUT_S:.0f} s"
+        elif exc.code == 404:
+            reason = "the lab has no notification extension (an older lab image?)"
+        else:
+            reason = f"the lab answered {exc.code}"
+        return {"user": username, "result": "failed", "reason": reason}
+    except OSError as exc:
+        return {"user": username, "result": "failed", "reason": f"cannot reach the lab: {exc}"}
+    answer = json.loads(response.body or b"{}")
+    return {"user": username, "result": "delivered", "tabs": answer.get("delivered_to")}
+
+
+# -- the URL table ---------------------------------------------------------------------------------------
+default_handlers = [
+    (r"/api/hubforge/users/([^/]+)/restart", RestartAPIHandler),
+    (r"/api/hubforge/users/([^/]+)/volumes", VolumesAPIHandler),
+    (r"/api/hubforge/users/([^/]+)/volumes/reset", VolumeResetAPIHandler),
+    (r"/api/hubforge/broadcast", BroadcastAPIHandler),
+    (r"/hubforge/volumes", VolumesPageHandler),
+    (r"/hubforge/broadcast", BroadcastPageHandler),
+]

@@ -1,0 +1,285 @@
+"""Self-service and broadcast: validation, authorization, and the Docker-facing steps with a fake daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application, RequestHandler
+
+from hub_ext.actions import BadRequest, broadcast_request, delivery_token_scopes, parse_json, volume_kinds, volume_listing
+from hub_ext.handlers import authorize, deliver, reset_volumes, restart_server
+from hub_ext.naming import user_names
+
+# -- validation ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (None, "expected"),
+        ([], "expected"),
+        ({"volumes": []}, "non-empty list"),
+        ({"volumes": "workspace"}, "non-empty list"),
+        ({"volumes": ["../etc"]}, "not paths"),
+        ({"volumes": ["/var/lib/docker"]}, "not paths"),
+        ({"volumes": ["shared"]}, "unknown volume 'shared'"),
+        ({"volumes": ["workspace", "workspace"]}, "named twice"),
+        ({"volumes": [1]}, "each volume is a name"),
+        ({"volumes": ["home"], "force": True}, "expected"),
+    ],
+)
+def test_bad_volume_requests(body, message):
+    with pytest.raises(BadRequest, match=message):
+        volume_kinds(body)
+
+
+def test_good_volume_request_keeps_order():
+    assert volume_kinds({"volumes": ["cache", "home"]}) == ["cache", "home"]
+
+
+def test_malformed_json_is_a_bad_request():
+    with pytest.raises(BadRequest, match="not JSON"):
+        parse_json(b"{volumes: [")
+
+
+def test_volume_listing_never_offers_the_shared_volume():
+    names = user_names("jupyterlab", "first.last")
+    listing = volume_listing(names.volumes, {names.volumes["home"]: 2048, names.volumes["workspace"]: None})
+    assert [v["kind"] for v in listing] == ["home", "workspace", "cache"]
+    assert listing[0]["size_bytes"] == 2048 and listing[2]["exists"] is False
+    assert all("shared" not in v["volume"] for v in listing)
+
+
+USERS = ["alice", "bob"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"message": ""}, "message must be 1 to 140"),
+        ({"message": "   "}, "message must be 1 to 140"),
+        ({"message": "x" * 141}, "at most 140 characters, got 141"),
+        ({"message": "hi", "type": "shout"}, "type must be one of"),
+        ({"message": "hi", "autoClose": "soon"}, "autoClose must be false"),
+        ({"message": "hi", "autoClose": True}, "autoClose must be false"),
+        ({"message": "hi", "autoClose": 0}, "autoClose must be false"),
+        ({"message": "hi", "recipients": []}, "recipients must be"),
+        ({"message": "hi", "recipients": "alice"}, "recipients must be"),
+        ({"message": "hi", "recipients": ["mallory"]}, "unknown recipients: 'mallory'"),
+        ({"message": "hi", "html": True}, "unknown fields: html"),
+        (["hi"], "expected a JSON object"),
+    ],
+)
+def test_bad_broadcasts(body, message):
+    with pytest.raises(BadRequest, match=message):
+        broadcast_request(body, USERS)
+
+
+def test_good_broadcast():
+    request = broadcast_request({"message": " x" * 70, "type": "warning", "autoClose": False, "recipients": ["bob", "bob"]}, USERS)
+    assert len(request.message) == 139 and request.type == "warning" and request.auto_close is False
+    assert request.recipients == ("bob",)
+    assert broadcast_request({"message": "hi"}, USERS).recipients is None
+    markup = "<img src=x onerror=alert(1)>"
+    assert broadcast_request({"message": markup}, USERS).payload("admin")["message"] == markup  # text, as typed
+
+
+def test_delivery_token_opens_only_that_users_server():
+    assert delivery_token_scopes("first.last") == ["access:servers!server=first.last/"]
+
+
+# -- authorization --------------------------------------------------------------------------------------------
+class Who:
+    def __init__(self, name, admin=False):
+        self.name, self.admin = name, admin
+
+
+class HandlerStandIn:
+    """The three things `authorize` asks of a handler: who is calling, their scopes, and user lookup."""
+
+    def __init__(self, caller, scopes, users=("alice", "bob")):
+        self.current_user, self.scopes, self.users = caller, set(scopes), {n: Who(n) for n in users}
+
+    def has_scope(self, scope):
+        return scope in self.scopes or scope.split("!")[0] in self.scopes
+
+    def find_user(self, name):
+        return self.users.get(name)
+
+
+@pytest.mark.parametrize(
+    ("caller", "scopes", "target", "status"),
+    [
+        (Who("alice"), {"servers!user=alice"}, "alice", None),
+        (Who("alice"), {"servers!user=alice"}, "bob", 403),
+        (Who("alice"), {"read:users!user=alice"}, "alice", 403),  # a token without the servers scope
+        (Who("root", admin=True), {"servers"}, "bob", None),
+        (Who("root", admin=True), {"servers"}, "nobody", 404),
+        (None, set(), "alice", 403),
+    ],
+)
+def test_authorize(caller, scopes, target, status):
+    handler = HandlerStandIn(caller, scopes)
+    if status is None:
+        assert authorize(handler, target).name == target
+    else:
+        with pytest.raises(web.HTTPError) as caught:
+            authorize(handler, target)
+        assert caught.value.status_code == status
+
+
+def test_admin_pages_need_admin_servers():
+    with pytest.raises(web.HTTPError) as caught:
+        authorize(HandlerStandIn(Who("alice"), {"servers!user=alice"}), None, admin_only=True)
+    assert caught.value.status_code == 403
+    assert authorize(HandlerStandIn(Who("root", True), {"admin:servers"}), None, admin_only=True).name == "root"
+
+
+# -- the Docker-facing steps, against a fake daemon -----------------------------------------------------------
+class FakeDaemon:
+    """Stands in for DockerSpawner's async gateway: volumes by name, and restarts by container id."""
+
+    def __init__(self, volumes=(), in_use=()):
+        self.volumes, self.in_use, self.calls = set(volumes), set(in_use), []
+
+    async def __call__(self, method, *args, **kwargs):
+        self.calls.append((method, args))
+        if method == "remove_volume":
+            name = args[0]
+            if name in self.in_use:
+                raise FakeAPIError(409, f"remove {name}: volume is in use")
+            if name not in self.volumes:
+                raise FakeAPIError(404, "no such volume")
+            self.volumes.discard(name)
+            return None
+        if method == "restart_container":
+            return None
+        raise AssertionError(f"unexpected call {method}")
+
+
+class FakeAPIError(Exception):
+    def __init__(self, status, explanation):
+        super().__init__(explanation)
+        self.response = type("Response", (), {"status_code": status})()
+        self.explanation = explanation
+
+
+class Server:
+    def __init__(self, url):
+        self.url, self.ip, self.port = url, "10.0.0.2", 8888
+
+
+class FakeSpawner:
+    def __init__(self, daemon, active=True, ready=True, pending=None, url="http://127.0.0.1:1/user/alice/"):
+        self.docker, self.active, self.ready, self.pending = daemon, active, ready, pending
+        self.object_id, self.server = "c0ffee" * 10, Server(url)
+        self.container_address = ("10.0.0.2", 8888)  # where Docker says the container is now
+
+    async def get_ip_and_port(self):
+        return self.container_address
+
+
+NAMES = user_names("jupyterlab", "alice")
+
+
+def test_reset_removes_only_the_chosen_volumes():
+    daemon = FakeDaemon(volumes=NAMES.volumes.values())
+    results = asyncio.run(reset_volumes(FakeSpawner(daemon, active=False), NAMES, ["workspace"]))
+    assert results == {"workspace": {"volume": NAMES.volumes["workspace"], "result": "removed"}}
+    assert daemon.volumes == {NAMES.volumes["home"], NAMES.volumes["cache"]}
+
+
+def test_reset_reports_not_found_and_failures():
+    daemon = FakeDaemon(volumes=[NAMES.volumes["home"]], in_use=[NAMES.volumes["home"]])
+    results = asyncio.run(reset_volumes(FakeSpawner(daemon, active=False), NAMES, ["home", "cache"]))
+    assert results["home"]["result"] == "failed" and "in use" in results["home"]["reason"]
+    assert results["cache"] == {"volume": NAMES.volumes["cache"], "result": "not found"}
+
+
+def test_reset_is_refused_while_running():
+    daemon = FakeDaemon(volumes=NAMES.volumes.values())
+    with pytest.raises(web.HTTPError) as caught:
+        asyncio.run(reset_volumes(FakeSpawner(daemon, active=True), NAMES, ["workspace"]))
+    assert caught.value.status_code == 409 and daemon.calls == []
+
+
+@pytest.mark.parametrize(("kwargs", "status"), [({"active": False, "ready": False}, 409), ({"pending": "spawn"}, 409)])
+def test_restart_refused_unless_running(kwargs, status):
+    daemon = FakeDaemon()
+    with pytest.raises(web.HTTPError) as caught:
+        asyncio.run(restart_server(FakeSpawner(daemon, **kwargs), "alice", None))
+    assert caught.value.status_code == status and daemon.calls == []
+
+
+class LabStandIn(RequestHandler):
+    """A lab's hubforge-notify endpoint: records what it got, answers like the real one."""
+
+    received: list = []
+
+    def post(self, prefix):
+        if self.request.headers.get("Authorization") != "token good":
+            raise web.HTTPError(403)
+        LabStandIn.received.append(json.loads(self.request.body))
+        self.write({"id": "n1", "delivered_to": 2})
+
+
+class LabRoot(RequestHandler):
+    def get(self, prefix):
+        self.write("lab")
+
+
+async def serve_and(action):
+    sock, port = bind_unused_port()
+    server = HTTPServer(Application([(r"/user/([^/]+)/hubforge/notify", LabStandIn), (r"/user/([^/]+)/", LabRoot)]))
+    server.add_sockets([sock])
+    try:
+        return await action(port)
+    finally:
+        server.stop()
+
+
+async def restart_against_lab(port):
+    daemon = FakeDaemon()
+    spawner = FakeSpawner(daemon, url=f"http://127.0.0.1:{port}/user/alice/")
+    moved = []
+
+    async def on_move():
+        moved.append(True)
+
+    spawner.server.ip = "10.0.0.9"  # the container comes back with another address than recorded
+    result = await restart_server(spawner, "alice", on_move)
+    return result, daemon, moved
+
+
+def test_restart_restarts_the_same_container_and_tells_the_proxy_if_it_moved():
+    result, daemon, moved = asyncio.run(serve_and(restart_against_lab))
+    assert result["status"] == "restarted" and result["container"] == "c0ffee" * 10
+    assert daemon.calls == [("restart_container", ("c0ffee" * 10,))]
+    assert moved == [True]
+
+
+def test_delivery_results():
+    LabStandIn.received = []
+
+    async def scenario(port):
+        url = f"http://127.0.0.1:{port}/user/alice/"
+        ok = await deliver("alice", url, {"message": "<b>hi</b>", "type": "info"}, "good")
+        refused = await deliver("alice", url, {"message": "x"}, "stolen")
+        missing = await deliver("bob", f"http://127.0.0.1:{port}/nothing/", {"message": "x"}, "good")
+        return ok, refused, missing
+
+    ok, refused, missing = asyncio.run(serve_and(scenario))
+    assert ok == {"user": "alice", "result": "delivered", "tabs": 2}
+    assert refused == {"user": "alice", "result": "failed", "reason": "the lab answered 403"}
+    assert missing["result"] == "failed" and "no notification extension" in missing["reason"]
+    assert LabStandIn.received == [{"message": "<b>hi</b>", "type": "info"}]
+
+
+def test_delivery_to_an_unreachable_lab_fails_with_a_reason():
+    sock, port = bind_unused_port()
+    sock.close()
+    result = asyncio.run(deliver("alice", f"http://127.0.0.1:{port}/user/alice/", {"message": "x"}, "t"))
+    assert result["result"] == "failed" and result["reason"]
