@@ -219,7 +219,7 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
     started = time.monotonic()
     container = spawner.object_id
     try:
-        await spawner.docker("restart_container", container, timeout=10)
+        await spawner.docker("restart", container, timeout=10)
         ip, port = await spawner.get_ip_and_port()
         if (ip, port) != (spawner.server.ip, spawner.server.port):
             spawner.server.ip, spawner.server.port = ip, port

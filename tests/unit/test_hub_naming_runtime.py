@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
@@ -108,6 +109,7 @@ class RecordingVolumes:
         self.volumes: dict[str, dict] = {}
 
     async def __call__(self, method, *args, **kwargs):
+        assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
         if method == "inspect_volume":
             if args[0] not in self.volumes:
                 error = Exception("not found")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import docker
 import pytest
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -146,6 +147,7 @@ class FakeDaemon:
         self.volumes, self.in_use, self.calls = set(volumes), set(in_use), []
 
     async def __call__(self, method, *args, **kwargs):
+        assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
         self.calls.append((method, args))
         if method == "remove_volume":
             name = args[0]
@@ -155,7 +157,7 @@ class FakeDaemon:
                 raise FakeAPIError(404, "no such volume")
             self.volumes.discard(name)
             return None
-        if method == "restart_container":
+        if method == "restart":
             return None
         raise AssertionError(f"unexpected call {method}")
 
@@ -257,7 +259,7 @@ async def restart_against_lab(port):
 def test_restart_restarts_the_same_container_and_tells_the_proxy_if_it_moved():
     result, daemon, moved = asyncio.run(serve_and(restart_against_lab))
     assert result["status"] == "restarted" and result["container"] == "c0ffee" * 10
-    assert daemon.calls == [("restart_container", ("c0ffee" * 10,))]
+    assert daemon.calls == [("restart", ("c0ffee" * 10,))]
     assert moved == [True]
 
 
