@@ -1,4 +1,4 @@
-"""The authenticator: NativeAuthenticator plus hub_ext's pages and APIs.
+"""The authenticator: NativeAuthenticator plus hub_ext's pages, APIs and account bootstrap.
 
 hub_ext registers its routes through `Authenticator.get_handlers`, the supported hook that
 NativeAuthenticator itself uses for /signup and /authorize: no JupyterHub subclass, no extra process,
@@ -7,9 +7,13 @@ and the handlers run in the hub with its sessions, XSRF checks, scopes and spawn
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
+import bcrypt
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.orm import UserInfo
+from traitlets import Unicode
 
 from .handlers import default_handlers
 
@@ -17,5 +21,33 @@ TEMPLATES = str(Path(__file__).parent / "templates")
 
 
 class HubforgeAuthenticator(NativeAuthenticator):
+    admin_password = Unicode(
+        "",
+        config=True,
+        help="""Initial password of the admin (JUPYTERHUB_ADMIN_PASSWORD). Empty: the admin signs up instead.
+        Used once, when the admin's account is first made; changing it later changes nothing.""",
+    )
+
     def get_handlers(self, app):
         return super().get_handlers(app) + list(default_handlers)
+
+    def add_user(self, user):
+        """Called when JupyterHub first creates a user: at start for the admin, or by an admin.
+
+        No NativeAuthenticator account is made for the admin without a password: an account with
+        a password nobody knows is the trap that locks a fresh deployment out. Users an admin adds
+        get an approved account with an unusable password; the admin sets one at /hub/change-password/<name>.
+        """
+        result = super().add_user(user)
+        if self.get_user(user.name) is None:
+            if user.name in self.admin_users:
+                if self.admin_password:
+                    self.store_account(user.name, self.admin_password)
+            else:
+                self.store_account(user.name, secrets.token_urlsafe(32))
+        return result
+
+    def store_account(self, username: str, password: str) -> None:
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+        self.db.add(UserInfo(username=username, password=hashed, is_authorized=True))
+        self.db.commit()

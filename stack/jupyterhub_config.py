@@ -70,6 +70,7 @@ c.JupyterHub.template_paths = [TEMPLATES, str(Path(nativeauthenticator.__file__)
 c.Authenticator.admin_users = {hub.admin}
 c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
 c.NativeAuthenticator.enable_signup = hub.enable_signup
+c.HubforgeAuthenticator.admin_password = env.get("JUPYTERHUB_ADMIN_PASSWORD", "")
 c.NativeAuthenticator.minimum_password_length = hub.password_min_length
 c.NativeAuthenticator.check_common_password = True
 c.NativeAuthenticator.allowed_failed_logins = hub.login_max_failures

@@ -1,0 +1,54 @@
+"""Account bootstrap: no unusable admin account on a fresh hub, an initial admin password, admin-added users."""
+
+from __future__ import annotations
+
+import pytest
+from jupyterhub import orm
+
+from hub_ext.auth import HubforgeAuthenticator
+from hub_ext.handlers import default_handlers
+
+
+@pytest.fixture
+def db():
+    return orm.new_session_factory("sqlite:///:memory:")()
+
+
+def make(db, **config) -> HubforgeAuthenticator:
+    return HubforgeAuthenticator(_deprecated_db_session=db, admin_users={"admin"}, **config)
+
+
+class NewUser:
+    def __init__(self, name):
+        self.name = name
+
+
+def test_a_fresh_admin_without_password_can_still_sign_up(db):
+    auth = make(db)
+    auth.add_user(NewUser("admin"))  # what JupyterHub does for admin_users at its first start
+    assert auth.get_user("admin") is None  # no row: the admin's own signup is still possible
+    auth.create_user("admin", "a-good-pass-9")
+    assert auth.get_user("admin").is_authorized  # and is approved at once
+
+
+def test_admin_password_makes_an_approved_admin(db):
+    auth = make(db, admin_password="initial-Secret-42")
+    auth.add_user(NewUser("admin"))
+    account = auth.get_user("admin")
+    assert account.is_authorized and account.is_valid_password("initial-Secret-42")
+    assert not account.is_valid_password("wrong")
+
+
+def test_users_added_by_an_admin_get_an_approved_account_without_a_known_password(db):
+    auth = make(db)
+    auth.add_user(NewUser("first.last"))
+    account = auth.get_user("first.last")
+    assert account.is_authorized
+    assert not account.is_valid_password("") and not account.is_valid_password("first.last")
+
+
+def test_hub_ext_routes_do_not_touch_jupyterhubs_user_api(db):
+    routes = [route for route, _ in make(db).get_handlers(None)]
+    assert {route for route, _ in default_handlers} <= set(routes)
+    assert all(not r.startswith("/api/users") for r, _ in default_handlers)
+    assert "/signup" in routes and "/authorize" in routes
