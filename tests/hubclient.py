@@ -39,6 +39,11 @@ class HubSession:
         return self.http.post(self.url("hub/login"), data={"_xsrf": token, "username": username, "password": password},
                               allow_redirects=False, timeout=30)
 
+    def approve(self, username: str) -> None:
+        """As an admin: approve a pending signup (NativeAuthenticator's authorize action)."""
+        response = self.http.get(self.url(f"hub/authorize/{username}"), timeout=30)
+        response.raise_for_status()
+
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"X-XSRFToken": self.http.cookies.get("_xsrf", ""), **kwargs.pop("headers", {})}
         return self.http.request(method, self.url(f"hub/api/{path.lstrip('/')}"), headers=headers, timeout=60, **kwargs)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 def approved(live, admin, name: str) -> tuple[HubSession, HubAPI]:
     session = HubSession(live.url)
     session.signup(name, PASSWORD)
-    admin.http.get(admin.url(f"hub/authorize/{name}"), timeout=30)
+    admin.approve(name)
     assert session.login(name, PASSWORD).status_code == 302
     return session, HubAPI(live.url, session.new_token(name))
 

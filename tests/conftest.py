@@ -1,0 +1,5 @@
+"""Options shared by every test tier."""
+
+
+def pytest_addoption(parser):
+    parser.addoption("--keep-stack", action="store_true", help="leave the e2e stacks running and print their URLs")

@@ -1,0 +1,99 @@
+"""e2e fixtures: a live stack per configuration, a headless Chromium, and artifacts of failing tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ..hubclient import HubAPI, HubSession
+from ..livestack import ADMIN, PASSWORD, start_stack, stop_stack
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+RESULTS = Path(__file__).resolve().parents[2] / "test-results"
+TIMEOUT_MS = 20_000  # every locator and navigation; slower steps pass their own
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+
+
+def browser_executable(playwright) -> str | None:
+    """HUBFORGE_BROWSER, else a Playwright-managed Chromium when installed, else the system's."""
+    if os.environ.get("HUBFORGE_BROWSER"):
+        return os.environ["HUBFORGE_BROWSER"]
+    if Path(playwright.chromium.executable_path).exists():
+        return None
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.exit("no browser: install Chromium (`invoke setup`) or set HUBFORGE_BROWSER", returncode=4)
+    return found
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args, playwright):
+    return {**browser_type_launch_args, "executable_path": browser_executable(playwright),
+            "args": CHROMIUM_ARGS + list(browser_type_launch_args.get("args", []))}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "ignore_https_errors": True, "viewport": {"width": 1400, "height": 900}}
+
+
+@pytest.fixture(autouse=True)
+def _timeouts(request):
+    if "page" in request.fixturenames:
+        page = request.getfixturevalue("page")
+        page.set_default_timeout(TIMEOUT_MS)
+        page.set_default_navigation_timeout(60_000)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if outcome.get_result().failed:
+        item.session.stack_failed = True
+
+
+def _stack(tmp_path_factory, request, env=None):
+    live = start_stack(tmp_path_factory.mktemp("e2e"), env)
+    if request.config.getoption("--keep-stack", default=False):
+        print(f"\nstack {live.project} kept at {live.url} (remove with `invoke down --project {live.project} --volumes --user-volumes --yes`)")
+    return live
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory, request):
+    """The default stack (signup on, GPU auto), shared by every flow that needs no other settings."""
+    stack = _stack(tmp_path_factory, request)
+    yield stack
+    if getattr(request.session, "stack_failed", False):
+        stack.dump_logs(RESULTS / "logs" / stack.project)
+    if not request.config.getoption("--keep-stack", default=False):
+        stop_stack(stack)
+
+
+@pytest.fixture(scope="session")
+def admin_http(live) -> HubSession:
+    """An admin session over HTTP (for arranging state quickly); signs the admin up if no test did."""
+    session = HubSession(live.url)
+    if session.login(ADMIN, PASSWORD).status_code != 302:
+        session.signup(ADMIN, PASSWORD)
+        assert session.login(ADMIN, PASSWORD).status_code == 302
+    return session
+
+
+@pytest.fixture(scope="session")
+def make_user(live, admin_http):
+    """Sign up and approve a user over HTTP; returns its token API."""
+
+    def make(name: str) -> HubAPI:
+        session = HubSession(live.url)
+        session.signup(name, PASSWORD)
+        admin_http.approve(name)
+        assert session.login(name, PASSWORD).status_code == 302, f"{name} cannot log in"
+        return HubAPI(live.url, session.new_token(name))
+
+    return make
+

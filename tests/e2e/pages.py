@@ -1,0 +1,146 @@
+"""Page objects for the hub's pages and JupyterLab, over accessible locators where the markup allows."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Locator, Page, expect
+
+USERNAME = re.compile(r"^Username:?$")
+PASSWORD = re.compile(r"^Password:?$")
+
+
+class HubPage:
+    def __init__(self, page: Page, base: str) -> None:
+        self.page = page
+        self.base = base
+
+    def open(self, path: str) -> None:
+        self.page.goto(self.base + path)
+
+    def alert(self) -> Locator:
+        return self.page.get_by_role("alert")
+
+
+class SignupPage(HubPage):
+    def signup(self, username: str, password: str) -> None:
+        self.open("hub/signup")
+        self.page.get_by_label(USERNAME).fill(username)
+        self.page.get_by_label(PASSWORD).fill(password)
+        # NativeAuthenticator's confirmation label points at a missing id, so it has no accessible name
+        self.page.locator("input[name=signup_password_confirmation]").fill(password)
+        self.page.get_by_role("button", name="Create User").click()
+
+
+class LoginPage(HubPage):
+    def login(self, username: str, password: str) -> None:
+        self.open("hub/login")
+        self.page.get_by_label(USERNAME).fill(username)
+        self.page.get_by_label(PASSWORD).fill(password)
+        self.page.get_by_role("button", name="Sign In").click()
+
+
+class AuthorizePage(HubPage):
+    def row(self, username: str) -> Locator:
+        return self.page.get_by_role("row").filter(has=self.page.get_by_role("cell", name=username, exact=True))
+
+    def authorize(self, username: str) -> None:
+        self.open("hub/authorize")
+        self.row(username).get_by_role("button", name="Authorize").click()
+        self.open("hub/authorize")
+        expect(self.row(username).get_by_role("button", name="Unauthorize")).to_be_visible()
+
+    def set_password(self, username: str, password: str) -> None:
+        self.open(f"hub/change-password/{username}")
+        self.page.get_by_label("New Password", exact=True).fill(password)
+        self.page.locator("input[name=new_password_confirmation]").fill(password)
+        self.page.get_by_role("button", name=re.compile("Change Password", re.I)).click()
+
+
+class HomePage(HubPage):
+    def goto(self) -> None:
+        self.open("hub/home")
+
+    def start(self) -> None:
+        self.goto()
+        self.page.get_by_role("button", name=re.compile(r"^(Start )?My Server$")).click()
+        self.page.wait_for_url(re.compile(r"/user/[^/]+/lab"))
+
+    def stop(self) -> None:
+        self.goto()
+        self.page.get_by_role("button", name="Stop My Server").click()
+        expect(self.page.get_by_role("button", name="Start My Server")).to_be_visible(timeout=60_000)
+
+    def restart(self) -> None:
+        self.goto()
+        self.page.once("dialog", lambda dialog: dialog.accept())
+        self.page.get_by_role("button", name="Restart server").click()
+        expect(self.page.get_by_role("status")).to_contain_text("Restarted", timeout=90_000)
+
+    def manage_volumes(self) -> None:
+        self.goto()
+        self.page.get_by_role("button", name="Manage volumes").click()
+
+
+class VolumesPage(HubPage):
+    def reset(self, kinds: list[str]) -> Locator:
+        for kind in kinds:
+            self.page.get_by_label(kind, exact=True).check()
+        self.page.once("dialog", lambda dialog: dialog.accept())
+        self.page.get_by_role("button", name="Reset selected volumes").click()
+        return self.page.get_by_role("status")
+
+
+class AdminPage(HubPage):
+    def add_user(self, username: str) -> None:
+        self.open("hub/admin")
+        self.page.get_by_role("button", name=re.compile("Add Users", re.I)).click()
+        self.page.get_by_role("textbox").first.fill(username)
+        self.page.get_by_role("button", name=re.compile("Add Users", re.I)).last.click()
+        expect(self.page.get_by_text(username, exact=True)).to_be_visible()
+
+
+class BroadcastPage(HubPage):
+    def send(self, message: str, type_: str = "default", auto_close: str = "never: keep until dismissed",
+             recipients: list[str] | None = None) -> Locator:
+        self.open("hub/hubforge/broadcast")
+        self.page.get_by_label("Message").fill(message)
+        self.page.get_by_label("Type").select_option(type_)
+        self.page.get_by_label("Close automatically").select_option(label=auto_close)
+        if recipients is None:
+            self.page.get_by_label(re.compile("All running servers")).check()
+        else:
+            self.page.get_by_label("Chosen users").check()
+            for name in recipients:
+                self.page.get_by_label(name, exact=True).check()
+        self.page.get_by_role("button", name="Send").click()
+        return self.page.get_by_role("status")
+
+
+class JupyterLab:
+    def __init__(self, page: Page, base: str, username: str) -> None:
+        self.page = page
+        self.url = f"{base}user/{username}/lab"
+
+    def open(self) -> None:
+        self.page.goto(self.url)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        expect(self.page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+
+    def new_notebook(self) -> None:
+        self.page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+        expect(self.page.get_by_role("tab").filter(has_text=re.compile(r"\.ipynb"))).to_be_visible()
+        # run only once the kernel is connected: a cell sent earlier is dropped, not queued
+        expect(self.page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=60_000)
+
+    def run(self, code: str) -> Locator:
+        editor = self.page.locator(".jp-Notebook .jp-Cell .cm-content").last
+        editor.click()
+        editor.fill(code)
+        self.page.keyboard.press("Shift+Enter")
+        return self.page.locator(".jp-OutputArea-output").first
+
+    def notification(self, text: str) -> Locator:
+        return self.page.locator(".Toastify__toast").filter(has_text=text)
