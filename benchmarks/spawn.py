@@ -35,7 +35,7 @@ def main() -> None:
         live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"})
         try:
             admin = HubSession(live.url)
-            admin.signup(ADMIN, PASSWORD)
+            admin.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
             assert admin.login(ADMIN, PASSWORD).status_code == 302
             api = HubAPI(live.url, admin.new_token(ADMIN))
             users = [f"seq{i}" for i in range(10)] + [f"par{i}" for i in range(20)]

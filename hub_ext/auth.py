@@ -15,6 +15,7 @@ from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.orm import UserInfo
 from traitlets import Unicode
 
+from . import accounts
 from .handlers import default_handlers
 
 TEMPLATES = str(Path(__file__).parent / "templates")
@@ -28,8 +29,32 @@ class HubforgeAuthenticator(NativeAuthenticator):
         Used once, when the admin's account is first made; changing it later changes nothing.""",
     )
 
+    bootstrap_secret_file = Unicode(
+        "/srv/jupyterhub/data/admin-bootstrap-secret",
+        config=True,
+        help="Where the admin's one-time signup secret is kept (the hub's data volume).",
+    )
+
     def get_handlers(self, app):
-        return super().get_handlers(app) + list(default_handlers)
+        """NativeAuthenticator's routes, with signup and approval replaced by safe ones, plus hub_ext's."""
+        replaced = {route for route, _ in accounts.handlers}
+        native = [(route, handler) for route, handler in super().get_handlers(app) if route not in replaced]
+        return list(accounts.handlers) + native + list(default_handlers)
+
+    @property
+    def bootstrap(self) -> accounts.BootstrapSecret:
+        return accounts.BootstrapSecret(Path(self.bootstrap_secret_file))
+
+    def admin_unclaimed(self) -> bool:
+        """True while no admin account exists and none will be made from JUPYTERHUB_ADMIN_PASSWORD."""
+        return not self.admin_password and any(self.get_user(name) is None for name in self.admin_users)
+
+    def signup_open(self) -> bool:
+        """The signup page exists when signup is on, or while the admin has yet to claim the hub."""
+        return self.enable_signup or self.admin_unclaimed()
+
+    def is_common(self, password: str) -> bool:
+        return self.is_password_common(password)
 
     def add_user(self, user):
         """Called when JupyterHub first creates a user: at start for the admin, or by an admin.
@@ -43,6 +68,8 @@ class HubforgeAuthenticator(NativeAuthenticator):
             if user.name in self.admin_users:
                 if self.admin_password:
                     self.store_account(user.name, self.admin_password)
+                else:
+                    self.bootstrap.ensure()  # the admin's signup will need it; `invoke up` prints it
             else:
                 self.store_account(user.name, secrets.token_urlsafe(32))
         return result

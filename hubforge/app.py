@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .lock import lock_apt, lock_python
 from .targets import BASE_MODES, Graph, Target
 
 log = logging.getLogger(__name__)
-console = Console(highlight=False, soft_wrap=True, emoji=False)
+console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 def say(message: str) -> None:
@@ -67,7 +68,8 @@ def run_step(builder: Builder, step: Step, verbose: bool) -> None:
         builder.ensure_friendly_tag(step)
         say(f"  [green]✓[/] {name:<16} {step.ref}  up to date (skipped)")
         return
-    say(f"  [yellow]▶[/] {name:<16} {step.ref}  building: {'; '.join(step.reasons)}")
+    reasons = step.reasons if len(step.reasons) <= 5 else step.reasons[:4] + [f"and {len(step.reasons) - 4} more inputs (--plan lists them)"]
+    say(f"  [yellow]▶[/] {name:<16} {step.ref}  building: {'; '.join(reasons)}")
     started = time.monotonic()
     with console.status(f"{name}: starting") as status:
         def on_line(line: str) -> None:
@@ -184,10 +186,14 @@ def up(settings: Settings, options) -> dict:
     gpu = state["gpu"]
     say(f"[bold green]hubforge is up[/] at [bold]{state['url']}[/] (project {state['project']}, GPU: {gpu['reason']})")
     say(f"  settings: {options.run_dir}/.env   compose: {options.run_dir}/compose.yml")
-    if state["signup"]:
-        say(f"  next: sign up as [bold]{state['admin']}[/] at {state['url']}hub/signup, then log in at {state['url']}hub/login")
+    if state.get("bootstrap_secret"):
+        say(f"  admin bootstrap secret (shown once; also in the hub's data volume): [bold]{state['bootstrap_secret']}[/]")
+    if state.get("admin_unclaimed"):
+        say(f"  next: sign up as [bold]{state['admin']}[/] at {state['url']}hub/signup with the bootstrap secret, then log in")
+    elif state["signup"]:
+        say(f"  next: log in at {state['url']}hub/login; users sign up at {state['url']}hub/signup and you approve them at {state['url']}hub/authorize")
     else:
-        say(f"  next: signup is off; log in as {state['admin']} and create users from {state['url']}hub/admin")
+        say(f"  next: log in as {state['admin']}; signup is off, so add users at {state['url']}hub/admin and set their passwords at {state['url']}hub/authorize")
     say("  the certificate is self-signed unless you supplied one: your browser will ask you to accept it")
     return state
 
@@ -223,6 +229,8 @@ def status(settings: Settings, options, as_json: bool) -> dict:
     for service in state["services"]:
         table.add_row(service["service"], service["container"], service["state"], service["health"] or "-")
     console.print(table)
+    if state.get("admin_unclaimed"):
+        say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed")
     gpu = state.get("gpu") or {}
     say(f"GPU: mode {gpu.get('mode')}, {'enabled' if gpu.get('enabled') else 'disabled'}: {gpu.get('reason')}")
     if gpu.get("probe"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, base, debs, npm, proc, wheels
+from . import __version__, base, debs, labext, npm, proc, wheels
 from .docker_io import Docker
 from .errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
@@ -64,14 +64,14 @@ class Step:
 
 
 def input_digests(root: Path, paths: tuple[str, ...]) -> dict[str, str]:
-    """sha256 of every declared input file; a declared folder contributes each file below it."""
+    """sha256 of every declared input file; a declared folder contributes each source file below it
+    (build outputs such as node_modules, lib and __pycache__ are not sources)."""
     digests: dict[str, str] = {}
     for rel in paths:
         path = root / rel
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and "__pycache__" not in child.parts and child.suffix != ".pyc":
-                    digests[child.relative_to(root).as_posix()] = digest_bytes(child.read_bytes())
+            for child in labext.source_files(path):
+                digests[f"{rel}/{child}"] = digest_bytes((path / child).read_bytes())
         elif path.is_file():
             digests[rel] = digest_bytes(path.read_bytes())
         else:
@@ -225,13 +225,15 @@ class Builder:
                 pins = parse_apt_lock((root / lock).read_text(), lock)
                 cache_debs.fetch(pins, progress)
                 cache_debs.stage(pins, context / folder)
-        if target.python_lock or target.local_packages:
+        if target.python_lock or target.local_packages or target.lab_extensions:
             wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch())
             pins = parse_python_lock((root / target.python_lock).read_text(), target.python_lock) if target.python_lock else []
             wheel_cache.fetch(pins, progress)
             found = [wheel_cache.wheel_for(pin) for pin in pins]
             found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH)
                       for pkg in target.local_packages]
+            found += [wheels.file_wheel(labext.build_wheel(root / ext, cache / "labext", progress))
+                      for ext in target.lab_extensions]
             wheels.stage(found, context / "wheels")
         if target.npm_dir:
             modules = npm.install(root / target.npm_dir, cache / "npm", progress)

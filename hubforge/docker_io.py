@@ -209,5 +209,11 @@ class StackDocker(Docker):
         except docker.errors.NotFound:
             return False
 
+    def exec_output(self, container: str, command: list[str]) -> tuple[int, str]:
+        """Run a command in a running container; (exit code, output)."""
+        created = self.client.api.exec_create(container, command, stdout=True, stderr=True)
+        output = self.client.api.exec_start(created["Id"]).decode(errors="replace")
+        return self.client.api.exec_inspect(created["Id"]).get("ExitCode", 1), output
+
     def logs(self, container: str, tail: int = 200) -> str:
         return self.client.api.logs(container, tail=tail).decode(errors="replace")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "hubforge.project"
 HEALTH_TIMEOUT = 240
+BOOTSTRAP_SECRET = "/srv/jupyterhub/data/admin-bootstrap-secret"  # in the hub's data volume only
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,24 @@ class Stack:
         proc.run(compose_argv(self.options.project, self.options.run_dir, "up", "--detach", "--remove-orphans"),
                  what="docker compose up")
         self.wait_healthy(status)
+        secret = self.bootstrap_secret()
+        state["admin_unclaimed"] = secret is not None
+        if secret is not None:
+            digest = hashlib.sha256(secret.encode()).hexdigest()
+            previous = json.loads(self.state_file.read_text()).get("bootstrap_shown") if self.state_file.exists() else None
+            if previous != digest:  # shown once, like an unlock key; it stays readable in the data volume
+                state["bootstrap_secret"] = secret
+            state["bootstrap_shown"] = digest
+            self.state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "bootstrap_secret"}, indent=1))
         return state
+
+    def bootstrap_secret(self) -> str | None:
+        """The admin's one-time signup secret while the admin is unclaimed, read from the running hub."""
+        hub = self.hub_container()
+        if not hub or hub.get("State") != "running":
+            return None
+        code, output = self.docker.exec_output(hub["Id"], ["cat", BOOTSTRAP_SECRET])
+        return output.strip() if code == 0 and output.strip() else None
 
     def wait_healthy(self, status: Callable[[str], None], timeout: float = HEALTH_TIMEOUT) -> None:
         started = time.monotonic()
@@ -317,5 +336,7 @@ class Stack:
             })
         state["services"] = services
         state["labs"] = labs
+        state["admin_unclaimed"] = self.bootstrap_secret() is not None
+        state.pop("bootstrap_shown", None)
         state["running"] = any(s["service"] == "hub" and s["state"] == "running" for s in services)
         return state

@@ -53,6 +53,7 @@ class Target:
     build_apt_lock: str | None = None  # .debs only the build stages use (context: build-debs/)
     npm_dir: str | None = None  # package.json + package-lock.json -> node_modules built on the host
     local_packages: tuple[str, ...] = ()  # source folders turned into wheels on the host
+    lab_extensions: tuple[str, ...] = ()  # JupyterLab extensions (TypeScript + Python) built into wheels on the host
     flavor: str = DEFAULT_FLAVOR
     budget_mb: int | None = None
     description: str = ""
@@ -72,6 +73,7 @@ class Target:
         if self.npm_dir:
             paths.update({f"{self.npm_dir}/package.json", f"{self.npm_dir}/package-lock.json"})
         paths.update(self.local_packages)
+        paths.update(self.lab_extensions)
         return tuple(sorted(paths))
 
 
@@ -97,6 +99,7 @@ def _lab(flavor: str, lock: str, budget: int, description: str) -> Target:
         python_lock=lock,
         apt_lock="images/lab/apt.lock",
         build_apt_lock=BUILD_APT_LOCK,
+        lab_extensions=("images/lab/hubforge-notify",),
         flavor=flavor,
         budget_mb=budget,
         description=description,

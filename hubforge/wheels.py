@@ -186,3 +186,9 @@ def local_wheel(source: Path, version: str, dest: Path, epoch: int) -> Wheel:
     name = source.name.replace("_", "-")
     path = build_local_wheel(source, name, version, dest, epoch)
     return Wheel(normalize(name), version, path, digest_bytes(path.read_bytes()))
+
+
+def file_wheel(path: Path) -> Wheel:
+    """A wheel built elsewhere on the host (e.g. a lab extension), pinned to its exact bytes."""
+    name, version, _build, _tags = parse_wheel_filename(path.name)
+    return Wheel(normalize(str(name)), str(version), path, file_sha256(path))

@@ -62,6 +62,15 @@ c.ConfigurableHTTPProxy.command = [
     "--redirect-to", env.get("HUBFORGE_HTTPS_PORT", "443"),
 ]
 c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"  # the root filesystem is read-only
+# Browsers only ever reach the hub over HTTPS: say so, and keep cookies off plain HTTP.
+c.JupyterHub.tornado_settings = {
+    "headers": {
+        "Strict-Transport-Security": "max-age=31536000",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "frame-ancestors 'self'",
+    },
+    "cookie_options": {"secure": True},
+}
 
 # -- authentication: NativeAuthenticator, self-signup with admin approval ------------------------------
 # NativeAuthenticator plus hub_ext's pages and APIs (registered through Authenticator.get_handlers).
@@ -71,6 +80,7 @@ c.Authenticator.admin_users = {hub.admin}
 c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
 c.NativeAuthenticator.enable_signup = hub.enable_signup
 c.HubforgeAuthenticator.admin_password = env.get("JUPYTERHUB_ADMIN_PASSWORD", "")
+c.HubforgeAuthenticator.bootstrap_secret_file = str(DATA / "admin-bootstrap-secret")
 c.NativeAuthenticator.minimum_password_length = hub.password_min_length
 c.NativeAuthenticator.check_common_password = True
 c.NativeAuthenticator.allowed_failed_logins = hub.login_max_failures

@@ -29,20 +29,24 @@ class HubSession:
         match = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
         return match.group(1) if match else self.http.cookies.get("_xsrf", "")
 
-    def signup(self, username: str, password: str) -> requests.Response:
+    def signup(self, username: str, password: str, bootstrap_secret: str = "", confirmation: str | None = None) -> requests.Response:
         token = self.xsrf("hub/signup")
         return self.http.post(self.url("hub/signup"), timeout=30, data={
-            "_xsrf": token, "username": username, "signup_password": password, "signup_password_confirmation": password})
+            "_xsrf": token, "username": username, "signup_password": password,
+            "signup_password_confirmation": password if confirmation is None else confirmation,
+            "bootstrap_secret": bootstrap_secret})
 
     def login(self, username: str, password: str) -> requests.Response:
         token = self.xsrf("hub/login")
         return self.http.post(self.url("hub/login"), data={"_xsrf": token, "username": username, "password": password},
                               allow_redirects=False, timeout=30)
 
-    def approve(self, username: str) -> None:
-        """As an admin: approve a pending signup (NativeAuthenticator's authorize action)."""
-        response = self.http.get(self.url(f"hub/authorize/{username}"), timeout=30)
+    def approve(self, username: str) -> requests.Response:
+        """As an admin: approve a pending signup (an explicit POST with the page's XSRF token)."""
+        token = self.xsrf("hub/authorize")
+        response = self.http.post(self.url(f"hub/authorize/{username}/approve"), data={"_xsrf": token}, timeout=30)
         response.raise_for_status()
+        return response
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"X-XSRFToken": self.http.cookies.get("_xsrf", ""), **kwargs.pop("headers", {})}

@@ -51,6 +51,9 @@ class LiveStack:
     def containers(self) -> list:
         return docker.from_env().containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
 
+    def bootstrap_secret(self) -> str | None:
+        return self.stack.bootstrap_secret()
+
     def hub(self):
         return docker.from_env().containers.list(filters={"label": f"com.docker.compose.project={self.project}"})[0]
 

@@ -79,7 +79,7 @@ def admin_http(live) -> HubSession:
     """An admin session over HTTP (for arranging state quickly); signs the admin up if no test did."""
     session = HubSession(live.url)
     if session.login(ADMIN, PASSWORD).status_code != 302:
-        session.signup(ADMIN, PASSWORD)
+        session.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
         assert session.login(ADMIN, PASSWORD).status_code == 302
     return session
 

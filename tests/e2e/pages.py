@@ -23,12 +23,13 @@ class HubPage:
 
 
 class SignupPage(HubPage):
-    def signup(self, username: str, password: str) -> None:
+    def signup(self, username: str, password: str, bootstrap_secret: str | None = None) -> None:
         self.open("hub/signup")
-        self.page.get_by_label(USERNAME).fill(username)
-        self.page.get_by_label(PASSWORD).fill(password)
-        # NativeAuthenticator's confirmation label points at a missing id, so it has no accessible name
-        self.page.locator("input[name=signup_password_confirmation]").fill(password)
+        self.page.get_by_label("Username").fill(username)
+        self.page.get_by_label("Password", exact=True).fill(password)
+        self.page.get_by_label("Confirm password").fill(password)
+        if bootstrap_secret is not None:
+            self.page.get_by_label(re.compile("^Bootstrap secret")).fill(bootstrap_secret)
         self.page.get_by_role("button", name="Create User").click()
 
 
@@ -41,19 +42,16 @@ class LoginPage(HubPage):
 
 
 class AuthorizePage(HubPage):
-    def row(self, username: str) -> Locator:
-        return self.page.get_by_role("row").filter(has=self.page.get_by_role("cell", name=username, exact=True))
-
-    def authorize(self, username: str) -> None:
+    def approve(self, username: str) -> None:
         self.open("hub/authorize")
-        self.row(username).get_by_role("button", name="Authorize").click()
-        self.open("hub/authorize")
-        expect(self.row(username).get_by_role("button", name="Unauthorize")).to_be_visible()
+        self.page.get_by_role("button", name=f"Approve {username}", exact=True).click()
+        expect(self.page.get_by_role("button", name=f"Unapprove {username}", exact=True)).to_be_visible()
 
     def set_password(self, username: str, password: str) -> None:
-        self.open(f"hub/change-password/{username}")
-        self.page.get_by_label("New Password", exact=True).fill(password)
-        self.page.locator("input[name=new_password_confirmation]").fill(password)
+        self.open("hub/authorize")
+        self.page.get_by_role("button", name=f"Set password of {username}", exact=True).click()
+        self.page.get_by_label(re.compile("^New Password", re.I)).first.fill(password)
+        self.page.locator("input[type=password]").nth(1).fill(password)
         self.page.get_by_role("button", name=re.compile("Change Password", re.I)).click()
 
 

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.e2e
 
 
 def test_admin_signs_up_is_approved_at_once_and_sees_admin_pages(live, page):
-    SignupPage(page, live.url).signup(ADMIN, PASSWORD)
+    signup = SignupPage(page, live.url)
+    signup.signup(ADMIN, PASSWORD, bootstrap_secret="not-the-secret")
+    expect(page.get_by_role("alert")).to_contain_text("needs the bootstrap secret")
+    signup.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret())
     expect(page.get_by_role("alert")).to_contain_text("successful")
     LoginPage(page, live.url).login(ADMIN, PASSWORD)
     page.goto(live.url + "hub/admin")
@@ -32,7 +35,7 @@ def test_user_signs_up_waits_for_approval_and_logs_in(live, admin_http, page, br
 
     admin = browser.new_context(ignore_https_errors=True).new_page()
     LoginPage(admin, live.url).login(ADMIN, PASSWORD)
-    AuthorizePage(admin, live.url).authorize("pat")
+    AuthorizePage(admin, live.url).approve("pat")
 
     LoginPage(page, live.url).login("pat", PASSWORD)
     page.wait_for_url(re.compile(r"/(hub/spawn|hub/home|user/pat/)"))

@@ -35,7 +35,7 @@ def live(tmp_path_factory, request):
 @pytest.fixture(scope="module")
 def admin(live) -> HubSession:
     session = HubSession(live.url)
-    session.signup(ADMIN, PASSWORD)
+    session.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
     assert session.login(ADMIN, PASSWORD).status_code == 302
     return session
 

@@ -17,6 +17,7 @@ PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4
 STACK_ENV = {
     "JUPYTERHUB_BASE_URL": "/jupyterhub",
     "ENABLE_SIGNUP": "0",
+    "JUPYTERHUB_ADMIN_PASSWORD": "Initial-admin-pw-1",
     "IDLE_CULLER_ENABLED": "1",
     "IDLE_CULLER_TIMEOUT": "600",
     "ENABLE_GPU_SUPPORT": "0",
@@ -35,8 +36,10 @@ def test_base_url_prefixes_every_path(live):
     assert get(live.url + "hub/health").status_code == 404
 
 
-def test_signup_is_off(live):
+def test_signup_is_off_and_the_admin_has_its_initial_password(live):
     assert get(live.url + "jupyterhub/hub/signup").status_code == 404
+    assert live.bootstrap_secret() is None
+    assert HubSession(live.url + "jupyterhub/").login(ADMIN, "Initial-admin-pw-1").status_code == 302
 
 
 def test_custom_logo_is_served(live):

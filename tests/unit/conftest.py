@@ -26,7 +26,8 @@ class EmptyImageStore:
 def source_tree(tmp_path: Path) -> Path:
     """A copy of images/ and hub_ext/ that a test may edit."""
     for folder in ("images", "hub_ext"):
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+        shutil.copytree(ROOT / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", "labextension", ".yarn"))
     return tmp_path
 
 

@@ -39,6 +39,7 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
         ("images/_shared/harden.j2", {"hub", "lab", "lab-datascience", "gpu-probe"}),
         ("images/_shared/venv.j2", {"hub", "lab", "lab-datascience"}),
         ("images/_shared/build-apt.lock", {"hub", "lab", "lab-datascience"}),
+        ("images/lab/hubforge-notify/src/index.ts", {"lab", "lab-datascience"}),
         ("images/hub/requirements.in", set()),  # not an input: the lock is
     ],
 )
@@ -51,6 +52,15 @@ def test_exactly_the_dependent_keys_change(source_tree, make_builder, edit, chan
 
 def test_keys_are_stable_across_runs(source_tree, make_builder):
     assert keys_of(make_builder(source_tree)) == keys_of(make_builder(source_tree))
+
+
+def test_build_outputs_in_a_declared_folder_are_not_inputs(source_tree, make_builder):
+    before = keys_of(make_builder(source_tree))
+    for generated in ("node_modules/x/index.js", "lib/index.js", "hubforge_notify/__pycache__/a.pyc"):
+        path = source_tree / "images/lab/hubforge-notify" / generated
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("generated")
+    assert keys_of(make_builder(source_tree)) == before
 
 
 def test_new_file_in_a_declared_folder_changes_the_key(source_tree, make_builder):

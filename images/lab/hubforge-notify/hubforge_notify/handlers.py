@@ -43,6 +43,9 @@ class Broker:
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._subscribers.discard(queue)
 
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
     def publish(self, notice: dict[str, Any]) -> int:
         """Queue `notice` for every subscriber; returns how many there were."""
         for queue in list(self._subscribers):

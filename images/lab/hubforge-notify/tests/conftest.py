@@ -31,7 +31,8 @@ def jp_base_url() -> str:
 
 
 @pytest.fixture
-def server_url(jp_serverapp: Any, jp_http_port: int, jp_base_url: str) -> str:
+def server_url(jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str) -> str:
+    """The test server's root URL; `http_server` is what makes it answer on jp_http_port."""
     return f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
 
 
