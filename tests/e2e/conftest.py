@@ -49,6 +49,11 @@ def _timeouts(request):
         page.set_default_navigation_timeout(60_000)
 
 
+def pytest_collection_modifyitems(items):
+    """The admin's first signup claims the shared stack, so that flow runs before any other."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("claims_admin") else 1)
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -95,7 +95,7 @@ class AdminPage(HubPage):
         self.page.get_by_role("button", name=re.compile("Add Users", re.I)).click()
         self.page.get_by_role("textbox").first.fill(username)
         self.page.get_by_role("button", name=re.compile("Add Users", re.I)).last.click()
-        expect(self.page.get_by_text(username, exact=True)).to_be_visible()
+        expect(self.page.get_by_test_id(f"user-name-div-{username}")).to_be_visible()
 
 
 class BroadcastPage(HubPage):

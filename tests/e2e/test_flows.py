@@ -14,6 +14,7 @@ from .pages import AuthorizePage, HomePage, JupyterLab, LoginPage, SignupPage, V
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.claims_admin
 def test_admin_signs_up_is_approved_at_once_and_sees_admin_pages(live, page):
     signup = SignupPage(page, live.url)
     signup.signup(ADMIN, PASSWORD, bootstrap_secret="not-the-secret")

@@ -23,11 +23,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
   activate: (app: JupyterFrontEnd): void => {
     // Toasts raised before the shell is restored only reach the notification centre.
     void app.restored.then(() => {
-      const url = URLExt.join(
-        PageConfig.getBaseUrl(),
-        'hubforge/notifications/events'
-      );
-      // Same origin, so the server's auth cookie goes along; EventSource reconnects by itself.
+      // Same origin, so the server's auth cookie goes along. JupyterHub's single-user server also wants
+      // the XSRF token on cookie-authenticated fetches, and EventSource cannot send headers: use _xsrf.
+      const xsrf = document.cookie.match('\\b_xsrf=([^;]*)\\b')?.[1];
+      const url =
+        URLExt.join(PageConfig.getBaseUrl(), 'hubforge/notifications/events') +
+        (xsrf ? `?_xsrf=${encodeURIComponent(xsrf)}` : '');
+      // EventSource reconnects by itself.
       const source = new EventSource(url);
       source.addEventListener('notification', event => {
         try {

@@ -1,0 +1,29 @@
+"""A hub with signup off: no signup page; the admin creates a user, sets a password, and the user logs in."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from ..livestack import ADMIN, start_stack, stop_stack
+from .pages import AdminPage, AuthorizePage, LoginPage
+
+pytestmark = pytest.mark.e2e
+ADMIN_PASSWORD = "Initial-admin-pw-1"
+
+
+@pytest.fixture(scope="module")
+def closed(tmp_path_factory, request):
+    stack = start_stack(tmp_path_factory.mktemp("closed"), {"ENABLE_SIGNUP": "0", "JUPYTERHUB_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    yield stack
+    stop_stack(stack)
+
+
+def test_admin_creates_a_user_when_signup_is_off(closed, page):
+    assert page.goto(closed.url + "hub/signup").status == 404
+    LoginPage(page, closed.url).login(ADMIN, ADMIN_PASSWORD)
+    AdminPage(page, closed.url).add_user("zoe")
+    AuthorizePage(page, closed.url).set_password("zoe", "Zoes-own-pass-7")
+    page.context.clear_cookies()
+    LoginPage(page, closed.url).login("zoe", "Zoes-own-pass-7")
+    expect(page.get_by_role("link", name="Token")).to_be_visible()
