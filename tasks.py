@@ -195,23 +195,55 @@ def logs(c, service=None, follow=False, tail=200, project=None):
     app.logs(settings(c), stack_options(c, project), service, follow, int(tail))
 
 
+PYTEST_BROWSER_ARGS = ["--screenshot", "only-on-failure", "--tracing", "retain-on-failure", "--output", "test-results"]
+
+
+def pytest(c, paths: list[str], extra: list[str]) -> None:
+    """Run pytest on `paths`; a failure ends the task with pytest's exit code."""
+    argv = [sys.executable, "-m", "pytest", *paths, *extra]
+    result = c.run(" ".join(argv), warn=True, pty=False, env={"TESTCONTAINERS_RYUK_DISABLED": "true"})
+    if result.exited != 0:
+        raise Exit(f"tests failed: {' '.join(paths)} (exit {result.exited})", code=result.exited)
+
+
 @task(help={
-    "quick": "unit tests only (no Docker)",
+    "quick": "unit tests only (no Docker, no browser)",
     "k": "only tests matching this pytest expression",
 })
 @user_errors
 def test(c, quick=False, k=None):
-    """Run the test suites: unit, then image and integration tests against freshly built images."""
+    """Run every suite: unit, the lab extension's own, images, integration and e2e (the README's test command)."""
     from hubforge import app, doctor as checks
 
     cfg = settings(c)
-    args = [sys.executable, "-m", "pytest", "tests/unit"]
-    if not quick:
-        checks.ensure(cfg.cache_dir, {"docker", "compose"}, app.say)
-        app.build(cfg, None, None, False, False)
-        args += ["tests/images", "tests/integration"]
-    if k:
-        args += ["-k", k]
-    result = c.run(" ".join(args), warn=True, pty=False, env={"TESTCONTAINERS_RYUK_DISABLED": "true"})
-    if result.exited != 0:
-        raise Exit(f"tests failed (exit {result.exited})", code=result.exited)
+    selection = ["-k", repr(k)] if k else []
+    pytest(c, ["tests/unit"], selection)
+    if quick:
+        return
+    pytest(c, ["images/lab/hubforge-notify/tests"], selection)
+    checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium"}, app.say)
+    app.build(cfg, None, None, False, False)
+    pytest(c, ["tests/images", "tests/integration"], selection)
+    pytest(c, ["tests/e2e"], PYTEST_BROWSER_ARGS + selection)
+
+
+@task(help={
+    "k": "only flows matching this pytest expression",
+    "headed": "show the browser (needs a display)",
+    "keep": "leave the stacks up after the run and print their URLs",
+    "screenshots": "also regenerate the README screenshots into this folder (e.g. docs/img)",
+})
+@user_errors
+def e2e(c, k=None, headed=False, keep=False, screenshots=None):
+    """Browser flows against live stacks (Playwright); failures leave screenshots and traces in test-results/."""
+    from hubforge import app, doctor as checks
+
+    cfg = settings(c)
+    checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium"}, app.say)
+    app.build(cfg, None, None, False, False)
+    extra = list(PYTEST_BROWSER_ARGS)
+    extra += ["-k", repr(k)] if k else []
+    extra += ["--headed"] if headed else []
+    extra += ["--keep-stack"] if keep else []
+    extra += ["--screenshots", str(Path(screenshots).resolve())] if screenshots else []
+    pytest(c, ["tests/e2e"], extra)

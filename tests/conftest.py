@@ -3,3 +3,4 @@
 
 def pytest_addoption(parser):
     parser.addoption("--keep-stack", action="store_true", help="leave the e2e stacks running and print their URLs")
+    parser.addoption("--screenshots", default=None, help="regenerate the README screenshots into this folder")

@@ -1,0 +1,50 @@
+"""README screenshots (only with --screenshots DIR): home page, volume manager, broadcast page, a toast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from ..livestack import ADMIN, PASSWORD
+from .pages import BroadcastPage, HomePage, JupyterLab, LoginPage
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def folder(request) -> Path:
+    target = request.config.getoption("--screenshots")
+    if not target:
+        pytest.skip("README screenshots are made only with --screenshots DIR")
+    path = Path(target)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_readme_screenshots(live, make_user, admin_http, browser, page, folder):
+    make_user("dana").start("dana")
+    LoginPage(page, live.url).login("dana", PASSWORD)
+    home = HomePage(page, live.url)
+    home.goto()
+    expect(page.get_by_role("button", name="Restart server")).to_be_visible()
+    page.screenshot(path=folder / "home-restart.png")
+
+    lab_page = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 800}).new_page()
+    LoginPage(lab_page, live.url).login("dana", PASSWORD)
+    lab = JupyterLab(lab_page, live.url, "dana")
+    lab.open()
+
+    admin = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 900}).new_page()
+    LoginPage(admin, live.url).login(ADMIN, PASSWORD)
+    broadcast = BroadcastPage(admin, live.url)
+    expect(broadcast.send("Hub maintenance tonight at 18:00: save your work", type_="warning")).to_contain_text("Delivered")
+    admin.screenshot(path=folder / "broadcast.png")
+    expect(lab.notification("Hub maintenance tonight")).to_be_in_viewport(ratio=1, timeout=3_000)  # slid in
+    lab_page.screenshot(path=folder / "lab-notification.png")
+
+    home.stop()
+    home.manage_volumes()
+    expect(page.get_by_role("button", name="Reset selected volumes")).to_be_visible()
+    page.screenshot(path=folder / "volumes.png")
