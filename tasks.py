@@ -27,7 +27,7 @@ def user_errors(fn):
     return wrapper
 
 
-def settings(c, base: str = "auto", no_cache: bool = False):
+def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
     from hubforge.builder import Settings
     from hubforge.errors import HubforgeError
@@ -47,6 +47,7 @@ def settings(c, base: str = "auto", no_cache: bool = False):
         security_mirror=cfg.get("security_mirror", defaults.security_mirror),
         upstream=cfg.get("upstream", defaults.upstream),
         no_cache=no_cache,
+        cache_from=cache_from,
     )
 
 
@@ -57,14 +58,15 @@ def settings(c, base: str = "auto", no_cache: bool = False):
     "plan": "print the graph, keys and what would rebuild and why; build nothing",
     "verbose": "stream the full build log",
     "no_cache": "rebuild the selected targets from scratch: no layer cache, existing keys ignored",
+    "cache_from": "REGISTRY/NAMESPACE: pull <name>:<key> from there instead of building, when it exists",
 })
 @user_errors
-def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False):
+def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False, cache_from=None):
     """Build the images whose content key is not yet in the local image store."""
     from hubforge import app
 
     app.configure_logging(verbose)
-    app.build(settings(c, base, no_cache), target, flavor, plan, verbose)
+    app.build(settings(c, base, no_cache, cache_from), target, flavor, plan, verbose)
 
 
 @task(help={
@@ -247,3 +249,33 @@ def e2e(c, k=None, headed=False, keep=False, screenshots=None):
     extra += ["--keep-stack"] if keep else []
     extra += ["--screenshots", str(Path(screenshots).resolve())] if screenshots else []
     pytest(c, ["tests/e2e"], extra)
+
+
+@task(help={
+    "version": "X.Y.Z or X.Y.Z-pre (semver); stable versions also get X.Y, X and latest",
+    "registry": "registry host (default docker.io, i.e. Docker Hub)",
+    "namespace": "account or organisation (default: hubforge)",
+    "push": "push for real; without it this is a dry run that prints every tag",
+    "flavor": "also release this lab flavour (repeatable)",
+    "allow_dirty": "release from a dirty tree or an untagged HEAD",
+    "verbose": "log every step (secrets stay hidden)",
+}, iterable=["flavor"])
+@user_errors
+def release(c, version, registry="docker.io", namespace="hubforge", push=False, flavor=None, allow_dirty=False,
+            verbose=False):
+    """Tag, push and verify versioned images, with a CycloneDX SBOM and provenance for each."""
+    from hubforge import app
+
+    app.configure_logging(verbose)
+    user, token = os.environ.get("DOCKERHUB_USERNAME", ""), os.environ.get("DOCKERHUB_TOKEN", "")
+    credentials = (user, token) if user and token else None  # else the registry's own `docker login`
+    app.release(settings(c), version, registry, namespace, push, list(flavor or []), allow_dirty, credentials)
+
+
+@task(help={"output": "where to write the CycloneDX JSON (default dist/<image>-<version>.cdx.json)"})
+@user_errors
+def sbom(c, image, output=None):
+    """Write a CycloneDX SBOM (Python and Debian packages) of any local image."""
+    from hubforge import app
+
+    app.sbom(settings(c), image, Path(output) if output else None)

@@ -39,6 +39,7 @@ class Settings:
     security_mirror: str = "http://deb.debian.org/debian-security"
     upstream: str = BaseSpec(mode="pull").upstream
     no_cache: bool = False  # rebuild every selected target without Docker's layer cache
+    cache_from: str | None = None  # REGISTRY/NAMESPACE whose <name>:<key> tags stand in for builds
 
     def spec(self, mode: str) -> BaseSpec:
         return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
@@ -180,6 +181,19 @@ class Builder:
         target = step.target
         if self.docker.image_id(target.friendly_ref) != self.docker.image_id(step.ref):
             self.docker.tag(step.ref, target.repository, target.friendly_tag)
+
+    def pull_from_cache(self, step: Step, progress: Callable[[str], None]) -> bool:
+        """Bazel-style remote cache: the image for this key, pulled instead of built, when it exists."""
+        if not self.settings.cache_from or self.settings.no_cache:
+            return False
+        remote = f"{self.settings.cache_from.rstrip('/')}/{step.target.repository.split('/', 1)[1]}:{step.key}"
+        progress(f"looking for {remote}")
+        if not self.docker.try_pull(remote):
+            return False
+        self.docker.tag(remote, step.target.repository, step.key)
+        self.ensure_friendly_tag(step)
+        self.remember(step)
+        return True
 
     def build_step(self, step: Step, on_line: Callable[[str], None], progress: Callable[[str], None]) -> None:
         target = step.target

@@ -84,6 +84,52 @@ class Docker:
                 return False
             raise
 
+    # -- registries -------------------------------------------------------------------------------
+    def login(self, registry: str, username: str, password: str) -> None:
+        try:
+            self.client.login(username=username, password=password, registry=registry or None, reauth=True)
+        except docker.errors.APIError as exc:  # the message never contains the password
+            raise HubforgeError(f"login to {registry or 'Docker Hub'} as {username} failed: {_short(exc)}") from None
+
+    def push(self, repository: str, tag: str) -> str:
+        """Push one tag; returns the digest the registry reported."""
+        digest = None
+        for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                raise HubforgeError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
+            digest = (chunk.get("aux") or {}).get("Digest", digest)
+        if not digest:
+            raise HubforgeError(f"push of {repository}:{tag} reported no digest")
+        return digest
+
+    def remote_digest(self, reference: str) -> str:
+        try:
+            return self.client.api.inspect_distribution(reference)["Descriptor"]["digest"]
+        except docker.errors.APIError as exc:
+            raise HubforgeError(f"cannot read {reference} back from its registry: {_short(exc)}") from None
+
+    def try_pull(self, reference: str) -> bool:
+        """Pull when the registry has it; False when it does not (or cannot be reached)."""
+        try:
+            self.client.api.pull(reference)
+            return True
+        except docker.errors.APIError as exc:
+            log.info("no %s in the remote cache: %s", reference, _short(exc))
+            return False
+
+    def build_labels(self, parent: str, tag: str, labels: Mapping[str, str]) -> str:
+        """A thin image over `parent` that only sets labels (same layers, new config)."""
+        import io
+
+        lines = [f"FROM {parent}"] + [f'LABEL {k}="{v}"' for k, v in sorted(labels.items())]
+        for _ in self.client.api.build(fileobj=io.BytesIO("\n".join(lines).encode()), tag=tag, rm=True,
+                                        decode=True, network_mode="none"):
+            pass
+        image = self.image_id(tag)
+        if image is None:
+            raise HubforgeError(f"labelling {parent} as {tag} failed")
+        return image
+
     # -- builds ------------------------------------------------------------------------------------
     def build(
         self,
@@ -131,11 +177,16 @@ class Docker:
     # -- throwaway containers ----------------------------------------------------------------------
     def run_output(self, image: str, command: list[str], **kwargs) -> str:
         """Run a short-lived container and return its output; the container is always removed."""
-        container = self.client.containers.create(image, command, labels={"hubforge.role": "tool"}, **kwargs)
+        try:
+            container = self.client.containers.create(image, command, labels={"hubforge.role": "tool"}, **kwargs)
+        except docker.errors.APIError as exc:
+            raise HubforgeError(f"cannot create a container of {image}: {_short(exc)}") from None
         try:
             container.start()
             status = container.wait(timeout=600)
             output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.APIError as exc:  # e.g. the command does not exist in this image
+            raise HubforgeError(f"{command[0]} cannot run in {image}: {_short(exc)}") from None
         finally:
             try:
                 container.remove(force=True)

@@ -1,0 +1,140 @@
+"""Releases: versioned tags computed from data, safety checks, pushes with digest checks, provenance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, proc
+from .builder import Step
+from .errors import HubforgeError
+from .keys import digest_bytes
+
+log = logging.getLogger(__name__)
+
+DOCKER_HUB = "docker.io"
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
+RELEASED = ("hub", "lab", "gpu-probe")  # plus every built lab flavour
+
+
+@dataclass(frozen=True)
+class Version:
+    major: int
+    minor: int
+    patch: int
+    pre: str | None
+
+    @property
+    def stable(self) -> bool:
+        return self.pre is None
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}" + (f"-{self.pre}" if self.pre else "")
+
+
+def parse_version(text: str) -> Version:
+    match = _SEMVER.match(text.strip().removeprefix("v"))
+    if not match:
+        raise HubforgeError(f"--version {text!r} is not a semantic version; use X.Y.Z or X.Y.Z-rc.1")
+    major, minor, patch, pre = match.groups()
+    return Version(int(major), int(minor), int(patch), pre)
+
+
+def tags_for(version: Version, git12: str, flavor: str | None = None) -> list[str]:
+    """X.Y.Z, X.Y, X and latest for stable versions; X.Y.Z-pre only for pre-releases; always sha-<git12>.
+
+    A lab flavour adds its name as a suffix: 1.2.3-datascience, latest-datascience.
+    """
+    tags = [str(version)]
+    if version.stable:
+        tags += [f"{version.major}.{version.minor}", f"{version.major}", "latest"]
+    tags.append(f"sha-{git12}")
+    return [f"{tag}-{flavor}" for tag in tags] if flavor else tags
+
+
+def repository(registry: str, namespace: str, name: str) -> str:
+    """Where an image goes: `namespace/name` on Docker Hub, `registry/namespace/name` elsewhere."""
+    if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", namespace):
+        raise HubforgeError(f"--namespace {namespace!r} is not valid; use lower-case letters, digits, '.', '_' and '-'")
+    if registry in ("", DOCKER_HUB, "index.docker.io"):
+        return f"{namespace}/{name}"
+    return f"{registry.rstrip('/')}/{namespace}/{name}"
+
+
+@dataclass(frozen=True)
+class Push:
+    target: str  # hub, lab, lab-datascience, gpu-probe
+    source: str  # local image ref (by key)
+    repository: str
+    tags: tuple[str, ...]  # version tags, then the key tag (remote cache)
+
+
+def plan(steps: list[Step], registry: str, namespace: str, version: Version, git12: str) -> list[Push]:
+    """Every tag to push. Released images get version tags plus their key tag; the base gets only its
+    key tag, so that `invoke build --cache-from` elsewhere can skip the whole graph."""
+    pushes = []
+    for step in steps:
+        target = step.target
+        name = target.repository.split("/", 1)[1]
+        if target.name in RELEASED or target.name.startswith("lab-"):
+            flavor = None if target.flavor == "default" else target.flavor
+            tags = tuple(tags_for(version, git12, flavor)) + (step.key,)
+        else:
+            tags = (step.key,)
+        pushes.append(Push(target.name, step.ref, repository(registry, namespace, name), tags))
+    return pushes
+
+
+# -- safety --------------------------------------------------------------------------------------------------
+def git(root: Path, *args: str) -> str:
+    return proc.run(["git", "-C", str(root), *args], what=f"git {' '.join(args)}").stdout.strip()
+
+
+def check_tree(root: Path, version: Version, allow_dirty: bool) -> str:
+    """The full git sha of HEAD; refuse a dirty tree or an untagged HEAD unless allowed."""
+    sha = git(root, "rev-parse", "HEAD")
+    if allow_dirty:
+        return sha
+    dirty = git(root, "status", "--porcelain", "--untracked-files=no")
+    if dirty:
+        raise HubforgeError(f"the git tree has uncommitted changes ({len(dirty.splitlines())} files); commit them or pass --allow-dirty")
+    tags = set(git(root, "tag", "--points-at", "HEAD").split())
+    if not tags & {str(version), f"v{version}"}:
+        raise HubforgeError(f"HEAD is not tagged v{version}; run `git tag v{version}` or pass --allow-dirty")
+    return sha
+
+
+# -- provenance ----------------------------------------------------------------------------------------------
+def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Path, tools: Mapping[str, str]) -> dict[str, Any]:
+    target = step.target
+    locks = {path: digest_bytes((root / path).read_bytes())
+             for path in (target.python_lock, target.apt_lock, target.build_apt_lock) if path}
+    return {
+        "image": target.name,
+        "version": str(version),
+        "key": step.key,
+        "manifest": step.manifest.to_json(),
+        "git": {"sha": git_sha},
+        "base": {"key": base.key, "source": base.manifest.build_args},
+        "locks": locks,
+        "tools": dict(tools),
+    }
+
+
+def tool_versions(docker_version: str) -> dict[str, str]:
+    return {"hubforge": __version__, "python": platform.python_version(), "docker": docker_version}
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+Say = Callable[[str], None]

@@ -1,0 +1,113 @@
+"""A release to a local registry (Debian's docker-registry on loopback): push, verify, pull back, reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from ..helpers import wait_until
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "9.8.7"
+NAMESPACE = "hftest"
+SECRET = "fake-token-must-never-show"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not Path(binary).exists():
+        pytest.fail("Debian's docker-registry is missing: apt-get install docker-registry (.ci/run does)")
+    folder = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = folder / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    session = requests.Session()
+    session.trust_env = False
+    host = f"127.0.0.1:{port}"
+    try:
+        wait_until(lambda: session.get(f"http://{host}/v2/", timeout=2).status_code == 200, 30, "the registry")
+        yield host
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+        client = docker.from_env()
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(host):
+                    client.images.remove(tag, noprune=False)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def released(registry):
+    result = invoke("release", "--version", VERSION, "--registry", registry, "--namespace", NAMESPACE, "--push",
+                    "--allow-dirty", "--verbose", env={"DOCKERHUB_USERNAME": "ci", "DOCKERHUB_TOKEN": SECRET})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_no_secret_in_any_output(released):
+    assert SECRET not in released.stdout + released.stderr
+
+
+@pytest.mark.parametrize("image", ["hub", "lab", "gpu-probe"])
+def test_pulled_back_by_digest_with_the_version_label(registry, released, image):
+    client = docker.from_env()
+    digests = set()
+    for tag in (VERSION, "9.8", "9", "latest"):
+        digests.add(client.api.inspect_distribution(f"{registry}/{NAMESPACE}/{image}:{tag}")["Descriptor"]["digest"])
+    assert len(digests) == 1  # every version tag is the same image
+    digest = digests.pop()
+    pulled = client.images.pull(f"{registry}/{NAMESPACE}/{image}@{digest}")
+    assert pulled.labels["org.opencontainers.image.version"] == VERSION
+    local = client.images.get(f"{registry}/{NAMESPACE}/{image}:{VERSION}")
+    assert f"{registry}/{NAMESPACE}/{image}@{digest}" in local.attrs["RepoDigests"]
+
+
+def test_sbom_lists_what_is_really_installed(released):
+    sbom = json.loads((ROOT / "dist" / f"hub-{VERSION}.cdx.json").read_text())
+    purls = {c["purl"] for c in sbom["components"]}
+    assert any(p.startswith("pkg:pypi/jupyterhub@5.5.4") for p in purls)
+    assert any(p.startswith("pkg:deb/debian/python3.11@") for p in purls)
+    assert any(p.startswith("pkg:deb/debian/nodejs@") for p in purls)
+    provenance = json.loads((ROOT / "dist" / f"hub-{VERSION}.provenance.json").read_text())
+    assert len(provenance["git"]["sha"]) == 40 and provenance["digest"].startswith("sha256:")
+    assert "images/hub/requirements.lock" in provenance["locks"]
+    probe = json.loads((ROOT / "dist" / f"gpu-probe-{VERSION}.cdx.json").read_text())
+    assert {c["name"] for c in probe["components"]} >= {"busybox-static", "libc6"}
+
+
+def test_cache_from_pulls_instead_of_building(registry, released):
+    client = docker.from_env()
+    plan = invoke("build", "--target", "gpu-probe", "--plan")
+    key = next(line.split("hubforge/gpu-probe:")[1].split()[0] for line in plan.stdout.splitlines() if "hubforge/gpu-probe:" in line)
+    for tag in (f"hubforge/gpu-probe:{key}", "hubforge/gpu-probe:dev"):
+        client.images.remove(tag, force=True)
+    result = invoke("build", "--target", "gpu-probe", "--cache-from", f"{registry}/{NAMESPACE}")
+    assert result.returncode == 0, result.stderr
+    assert "pulled from the cache" in result.stdout and "building" not in result.stdout
+    assert client.images.get(f"hubforge/gpu-probe:{key}")
