@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hubclient import HubAPI, HubSession  # noqa: E402
-from tests.livestack import ADMIN, PASSWORD, start_stack, stop_stack  # noqa: E402
+from tests.hubclient import HubAPI  # noqa: E402
+from tests.livestack import ADMIN, claim_admin, start_stack, stop_stack  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -34,9 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hubforge-spawn-bench-") as tmp:
         live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"})
         try:
-            admin = HubSession(live.url)
-            admin.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
-            assert admin.login(ADMIN, PASSWORD).status_code == 302
+            admin = claim_admin(live)
             api = HubAPI(live.url, admin.new_token(ADMIN))
             users = [f"seq{i}" for i in range(10)] + [f"par{i}" for i in range(20)]
             assert api.request("POST", "hub/api/users", json={"usernames": users}).status_code == 201

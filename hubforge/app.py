@@ -17,7 +17,6 @@ from .builder import Builder, Settings, Step
 from .docker_io import Docker
 from .errors import BuildFailed, HubforgeError
 from .lock import lock_apt, lock_python
-from .targets import BASE_MODES, Graph, Target
 
 log = logging.getLogger(__name__)
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
@@ -166,7 +165,7 @@ def run_setup(settings: Settings) -> None:
 
 
 # -- the stack -------------------------------------------------------------------------------------------
-def stack_for(settings: Settings, options) -> "Stack":
+def stack_for(settings: Settings, options):
     from .docker_io import StackDocker
     from .stack import Stack
 

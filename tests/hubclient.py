@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
 
 import requests
@@ -97,3 +99,37 @@ class HubAPI:
                 return
             time.sleep(0.25)
         raise AssertionError(f"{name}'s server did not stop in {timeout}s")
+
+
+class EventListener:
+    """One open JupyterLab tab, as far as notifications go: the lab's event stream, read in a thread."""
+
+    def __init__(self, api: HubAPI, user: str) -> None:
+        self.events: list[dict] = []
+        self.arrived: dict[str, float] = {}  # message -> time.monotonic() when it came in
+        self.response = api.http.get(api.base + f"user/{user}/hubforge/notifications/events", stream=True,
+                                     verify=False, timeout=(5, 60))
+        assert self.response.status_code == 200, self.response.text
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.response.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    self.arrived.setdefault(event.get("message"), time.monotonic())
+                    self.events.append(event)
+        except (requests.RequestException, AttributeError):
+            pass  # closed by the test
+
+    def wait_for(self, message: str, timeout: float = 3.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if event.get("message") == message:
+                    return event
+            time.sleep(0.05)
+        return None
+
+    def close(self) -> None:
+        self.response.close()

@@ -11,6 +11,8 @@ from pathlib import Path
 import docker
 from testcontainers.compose import DockerCompose
 
+from .hubclient import HubAPI, HubSession
+
 from hubforge.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
 from hubforge.stack import PROJECT_LABEL, Stack, StackOptions
@@ -98,3 +100,21 @@ def stop_stack(live: LiveStack) -> None:
         container.remove(force=True)
     for volume in client.volumes.list(filters={"label": f"{PROJECT_LABEL}={live.project}"}):
         volume.remove(force=True)
+
+
+def claim_admin(live: LiveStack) -> HubSession:
+    """The admin's session: signs the admin up with the bootstrap secret unless that already happened."""
+    session = HubSession(live.url)
+    if session.login(ADMIN, PASSWORD).status_code != 302:
+        session.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
+        assert session.login(ADMIN, PASSWORD).status_code == 302, "the admin cannot log in"
+    return session
+
+
+def approved_user(live: LiveStack, admin: HubSession, name: str) -> tuple[HubSession, HubAPI]:
+    """A user who signed up and was approved: their cookie session and a token API."""
+    session = HubSession(live.url)
+    session.signup(name, PASSWORD)
+    admin.approve(name)
+    assert session.login(name, PASSWORD).status_code == 302, f"{name} cannot log in"
+    return session, HubAPI(live.url, session.new_token(name))

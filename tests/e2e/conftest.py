@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ..hubclient import HubAPI, HubSession
-from ..livestack import ADMIN, PASSWORD, start_stack, stop_stack
+from ..livestack import approved_user, claim_admin, start_stack, stop_stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
@@ -82,11 +82,7 @@ def live(tmp_path_factory, request):
 @pytest.fixture(scope="session")
 def admin_http(live) -> HubSession:
     """An admin session over HTTP (for arranging state quickly); signs the admin up if no test did."""
-    session = HubSession(live.url)
-    if session.login(ADMIN, PASSWORD).status_code != 302:
-        session.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
-        assert session.login(ADMIN, PASSWORD).status_code == 302
-    return session
+    return claim_admin(live)
 
 
 @pytest.fixture(scope="session")
@@ -94,11 +90,7 @@ def make_user(live, admin_http):
     """Sign up and approve a user over HTTP; returns its token API."""
 
     def make(name: str) -> HubAPI:
-        session = HubSession(live.url)
-        session.signup(name, PASSWORD)
-        admin_http.approve(name)
-        assert session.login(name, PASSWORD).status_code == 302, f"{name} cannot log in"
-        return HubAPI(live.url, session.new_token(name))
+        return approved_user(live, admin_http, name)[1]
 
     return make
 

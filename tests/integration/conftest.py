@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ..hubclient import HubAPI, HubSession
-from ..livestack import ADMIN, PASSWORD, start_stack, stop_stack
+from ..livestack import ADMIN, claim_admin, start_stack, stop_stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
@@ -34,10 +34,7 @@ def live(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def admin(live) -> HubSession:
-    session = HubSession(live.url)
-    session.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret() or "")
-    assert session.login(ADMIN, PASSWORD).status_code == 302
-    return session
+    return claim_admin(live)
 
 
 @pytest.fixture(scope="module")

@@ -2,64 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 
 import pytest
-import requests
 
-from ..hubclient import HubAPI, HubSession
-from ..livestack import PASSWORD
+from ..hubclient import EventListener
+from ..livestack import approved_user
 
 pytestmark = pytest.mark.integration
 
 
-def approved(live, admin, name: str) -> HubAPI:
-    session = HubSession(live.url)
-    session.signup(name, PASSWORD)
-    admin.approve(name)
-    assert session.login(name, PASSWORD).status_code == 302
-    return HubAPI(live.url, session.new_token(name))
-
-
-class Listener:
-    """One open JupyterLab tab, as far as notifications go: the lab's event stream, read in a thread."""
-
-    def __init__(self, api: HubAPI, user: str) -> None:
-        self.events: list[dict] = []
-        self.response = api.http.get(api.base + f"user/{user}/hubforge/notifications/events", stream=True,
-                                     verify=False, timeout=(5, 60))
-        assert self.response.status_code == 200, self.response.text
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            for line in self.response.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    self.events.append(json.loads(line[5:]))
-        except (requests.RequestException, AttributeError):
-            pass  # closed by the test
-
-    def wait_for(self, message: str, timeout: float = 3.0) -> dict | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events:
-                if event.get("message") == message:
-                    return event
-            time.sleep(0.05)
-        return None
-
-    def close(self) -> None:
-        self.response.close()
-
 
 @pytest.fixture(scope="module")
 def labs(live, admin):
-    users = {name: approved(live, admin, name) for name in ("viv", "walt")}
+    users = {name: approved_user(live, admin, name)[1] for name in ("viv", "walt")}
     for name, api in users.items():
         api.start(name)
-    listeners = {name: Listener(api, name) for name, api in users.items()}
+    listeners = {name: EventListener(api, name) for name, api in users.items()}
     time.sleep(0.5)  # the stream is open once the first byte arrived; give both a moment to subscribe
     yield users, listeners
     for listener in listeners.values():

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import json
 
 import pytest
 import requests
 
 from ..hubclient import HubSession
-from ..livestack import ADMIN, PASSWORD, ROOT, current_images
+from ..livestack import ADMIN, ROOT, current_images
 
 pytestmark = pytest.mark.integration
 

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from ..hubclient import HubAPI, HubSession
-from ..livestack import PASSWORD
+from ..livestack import approved_user
 
 pytestmark = pytest.mark.integration
 
 
-def approved(live, admin, name: str) -> tuple[HubSession, HubAPI]:
-    session = HubSession(live.url)
-    session.signup(name, PASSWORD)
-    admin.approve(name)
-    assert session.login(name, PASSWORD).status_code == 302
-    return session, HubAPI(live.url, session.new_token(name))
-
 
 @pytest.fixture(scope="module")
 def owner(live, admin):
-    session, api = approved(live, admin, "olive")
+    session, api = approved_user(live, admin, "olive")
     api.start("olive")
     return session, api
 
 
 @pytest.fixture(scope="module")
 def stranger(live, admin):
-    return approved(live, admin, "sam")
+    return approved_user(live, admin, "sam")
 
 
 def restart_url(name: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..hubclient import HubAPI, HubSession
-from ..livestack import ADMIN, PASSWORD
+from ..hubclient import HubSession
+from ..livestack import PASSWORD, approved_user
 
 pytestmark = pytest.mark.integration
 
@@ -43,16 +43,9 @@ def test_weak_passwords_are_refused(live):
         assert "successful" not in page.text.lower()
 
 
-def approved_user(live, admin, name: str) -> HubAPI:
-    session = HubSession(live.url)
-    session.signup(name, PASSWORD)
-    admin.approve(name)
-    assert session.login(name, PASSWORD).status_code == 302
-    return HubAPI(live.url, session.new_token(name))
-
 
 def test_spawn_and_lab_api_through_the_proxy(live, admin):
-    api = approved_user(live, admin, "first.last")
+    api = approved_user(live, admin, "first.last")[1]
     api.start("first.last")
     status = api.request("GET", "user/first.last/api/status")
     assert status.status_code == 200 and "kernels" in status.json()
@@ -65,7 +58,7 @@ def test_spawn_and_lab_api_through_the_proxy(live, admin):
 
 
 def test_workspace_survives_stop_and_start(live, admin):
-    api = approved_user(live, admin, "dave")
+    api = approved_user(live, admin, "dave")[1]
     api.start("dave")
     put = api.request("PUT", "user/dave/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"})
     assert put.status_code in (200, 201), put.text
@@ -77,14 +70,14 @@ def test_workspace_survives_stop_and_start(live, admin):
 
 def test_shared_volume_is_visible_to_two_users(live, admin):
     for name in ("erin", "frank"):
-        approved_user(live, admin, name).start(name)
+        approved_user(live, admin, name)[1].start(name)
     assert live.lab("erin").exec_run(["sh", "-c", "echo from-erin > /mnt/shared/note.txt"], user="lab").exit_code == 0
     result = live.lab("frank").exec_run(["cat", "/mnt/shared/note.txt"], user="lab")
     assert result.exit_code == 0 and result.output.decode().strip() == "from-erin"
 
 
 def test_docker_sock_group_is_granted_and_withdrawn(live, admin, admin_api):
-    api = approved_user(live, admin, "gina")
+    api = approved_user(live, admin, "gina")[1]
     assert admin_api.request("POST", "hub/api/groups/docker-sock/users", json={"users": ["gina"]}).status_code == 200
     api.start("gina")
     assert "/var/run/docker.sock" in {m["Destination"] for m in live.lab("gina").attrs["Mounts"]}

@@ -6,7 +6,6 @@ import base64
 import http.server
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
