@@ -86,3 +86,28 @@ def test_mmdebstrap_argv_trims_and_uses_all_three_suites():
         "deb http://mirror.example/debian bookworm-updates main",
         "deb http://deb.debian.org/debian-security bookworm-security main",
     ]
+
+
+class FailingBuildAPI:
+    """Stands in for docker-py's APIClient.build: replays the stream of a build whose 3rd step fails."""
+
+    def build(self, **kwargs):
+        assert kwargs["network_mode"] == "none"  # every image build is offline
+        yield {"stream": "Step 1/3 : FROM hubforge/base:abc\n"}
+        yield {"stream": "Step 2/3 : COPY debs/ /tmp/debs/\n"}
+        yield {"stream": "Step 3/3 : RUN apt-get install -y /tmp/debs/*.deb\n"}
+        for number in range(40):
+            yield {"stream": f"log line {number}\n"}
+        yield {"error": "The command '/bin/sh -c apt-get install' returned a non-zero code: 100"}
+
+
+def test_a_failed_build_names_the_step_and_shows_the_last_30_lines(tmp_path):
+    from hubforge.errors import BuildFailed
+
+    gateway = Docker(client=type("Client", (), {"api": FailingBuildAPI()})())
+    with pytest.raises(BuildFailed) as caught:
+        gateway.build(tmp_path, "hubforge/lab:key", {}, on_line=lambda line: None)
+    message = str(caught.value)
+    assert "failed at Step 3/3 : RUN apt-get install" in message
+    assert "log line 39" in message and "log line 10" in message and "log line 8\n" not in message
+    assert message.strip().endswith("returned a non-zero code: 100")
