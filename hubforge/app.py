@@ -233,7 +233,8 @@ def status(settings: Settings, options, as_json: bool) -> dict:
         table.add_row(service["service"], service["container"], service["state"], service["health"] or "-")
     console.print(table)
     if state.get("admin_unclaimed"):
-        say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed")
+        say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed "
+            f"(to read it again: docker exec {options.project}-hub-1 cat /srv/jupyterhub/data/admin-bootstrap-secret)")
     gpu = state.get("gpu") or {}
     say(f"GPU: mode {gpu.get('mode')}, {'enabled' if gpu.get('enabled') else 'disabled'}: {gpu.get('reason')}")
     if gpu.get("probe"):

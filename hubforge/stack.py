@@ -241,6 +241,9 @@ class Stack:
             "lab_images": dict(lab_images),
             "run_dir": str(options.run_dir),
         }
+        previous = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        if "bootstrap_shown" in previous:  # the secret was printed by an earlier `up`: not again
+            state["bootstrap_shown"] = previous["bootstrap_shown"]
         self.state_file.write_text(json.dumps(state, indent=1))
         return state
 
@@ -253,8 +256,7 @@ class Stack:
         state["admin_unclaimed"] = secret is not None
         if secret is not None:
             digest = hashlib.sha256(secret.encode()).hexdigest()
-            previous = json.loads(self.state_file.read_text()).get("bootstrap_shown") if self.state_file.exists() else None
-            if previous != digest:  # shown once, like an unlock key; it stays readable in the data volume
+            if state.get("bootstrap_shown") != digest:  # shown once, like an unlock key; it stays readable in the data volume
                 state["bootstrap_secret"] = secret
             state["bootstrap_shown"] = digest
             self.state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "bootstrap_secret"}, indent=1))
