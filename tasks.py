@@ -184,7 +184,8 @@ def status(c, json=False, project=None):
     app.status(settings(c), stack_options(c, project), json)
 
 
-@task(help={
+@task(positional=["service"], help={
+    "service": "hub, or a user's name for their lab (default: the whole stack)",
     "follow": "keep printing new lines",
     "tail": "how many lines to show first (default 200)",
     "project": "Compose project name (default hubforge)",

@@ -261,6 +261,9 @@ def logs(settings: Settings, options, service: str | None, follow: bool, tail: i
             return
     if not (options.run_dir / "compose.yml").exists():
         raise HubforgeError(f"no stack {options.project} here: start it with `invoke up`")
+    if service and service != "hub":
+        running = ", ".join(sorted(lab["Labels"].get("hubforge.user", "?") for lab in stack.lab_containers())) or "none"
+        raise HubforgeError(f"no service or running lab named {service!r}; services: hub; users with a running lab: {running}")
     argv = compose_argv(options.project, options.run_dir, "logs", f"--tail={tail}") + (["--follow"] if follow else [])
     proc.run(argv + ([service] if service else []), capture=False, check=False)
 
