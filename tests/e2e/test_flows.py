@@ -145,3 +145,15 @@ def test_gpu_off_path_here(live, make_user):
     assert state["gpu"]["probe"]["gpus"] == []
     inspected = docker.from_env().api.inspect_container(live.lab("uma").id)
     assert not inspected["HostConfig"].get("DeviceRequests")
+
+
+def test_an_admin_restarts_a_users_server_from_the_admin_view(live, make_user, admin_http, page):
+    api = make_user("vic")
+    api.start("vic")
+    before = live.lab("vic").id
+    LoginPage(page, live.url).login(ADMIN, PASSWORD)
+    page.goto(live.url + "hub/admin")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Restart the server of vic").click()
+    expect(page.get_by_role("status").filter(has_text="Restarted vic")).to_be_visible(timeout=90_000)
+    assert live.lab("vic").id == before
