@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
-from traitlets import Dict, Integer, Unicode, default, validate
+from jupyterhub.utils import url_path_join
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
@@ -91,9 +96,33 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def _internal_ip_default(self):
         return True
 
+    ready_poll_interval = Float(
+        0.1,
+        config=True,
+        help="""Seconds between the spawner's own checks that the new lab answers.
+
+        JupyterHub's readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...), so a lab that is
+        up after 2.4 s is first seen at about 4.8 s. Polling here, and returning once the lab answers,
+        lets JupyterHub's first check succeed at once.""",
+    )
+
     async def start(self):
         await self.apply_runtime()
-        return await super().start()
+        ip, port = await super().start()
+        await self.wait_until_answering(f"http://{ip}:{port}")
+        return ip, port
+
+    async def wait_until_answering(self, url: str) -> None:
+        """Poll the lab's unauthenticated /api until it answers; give up quietly at start_timeout."""
+        probe = url_path_join(url, self.server.base_url if self.server else "/", "api")
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch(probe, request_timeout=2, connect_timeout=1)
+                return
+            except (HTTPClientError, OSError):
+                await asyncio.sleep(self.ready_poll_interval)  # not listening yet
 
     async def apply_runtime(self) -> None:
         """Idempotent: set volumes, host config and environment for the user's *current* groups."""
