@@ -13,6 +13,13 @@ import urllib3
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the stack's certificate is self-signed
 
 
+def plain_get(url: str, **kwargs) -> requests.Response:
+    """One anonymous GET, as a browser with no cookies would make it (self-signed certificate accepted)."""
+    session = requests.Session()
+    session.trust_env = False
+    return session.get(url, verify=False, timeout=30, **kwargs)
+
+
 class HubSession:
     """One user's cookie session with the hub (form posts carry the page's _xsrf)."""
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
-from ..hubclient import HubSession
+from ..hubclient import HubSession, plain_get
 from ..livestack import ADMIN, ROOT, current_images
 
 pytestmark = pytest.mark.integration
@@ -24,25 +23,20 @@ STACK_ENV = {
 }
 
 
-def get(url: str, **kwargs) -> requests.Response:
-    session = requests.Session()
-    session.trust_env = False
-    return session.get(url, verify=False, timeout=30, **kwargs)
-
 
 def test_base_url_prefixes_every_path(live):
-    assert get(live.url + "jupyterhub/hub/health").status_code == 200
-    assert get(live.url + "hub/health").status_code == 404
+    assert plain_get(live.url + "jupyterhub/hub/health").status_code == 200
+    assert plain_get(live.url + "hub/health").status_code == 404
 
 
 def test_signup_is_off_and_the_admin_has_its_initial_password(live):
-    assert get(live.url + "jupyterhub/hub/signup").status_code == 404
+    assert plain_get(live.url + "jupyterhub/hub/signup").status_code == 404
     assert live.bootstrap_secret() is None
     assert HubSession(live.url + "jupyterhub/").login(ADMIN, "Initial-admin-pw-1").status_code == 302
 
 
 def test_custom_logo_is_served(live):
-    logo = get(live.url + "jupyterhub/hub/logo")
+    logo = plain_get(live.url + "jupyterhub/hub/logo")
     assert logo.status_code == 200 and logo.content == PNG
 
 

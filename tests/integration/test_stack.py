@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
-from ..hubclient import HubSession
+from ..hubclient import HubSession, plain_get
 from ..livestack import PASSWORD, approved_user
 
 pytestmark = pytest.mark.integration
 
 
-def plain(url: str, **kwargs) -> requests.Response:
-    session = requests.Session()
-    session.trust_env = False
-    return session.get(url, verify=False, timeout=30, **kwargs)
-
 
 def test_https_health_and_http_redirect(live):
-    assert plain(live.url + "hub/health").status_code == 200
-    redirect = plain(live.http_url + "hub/login", allow_redirects=False)
+    assert plain_get(live.url + "hub/health").status_code == 200
+    redirect = plain_get(live.http_url + "hub/login", allow_redirects=False)
     assert redirect.status_code in (301, 302, 307, 308)
     assert redirect.headers["location"].startswith("https://")
 
@@ -95,8 +89,8 @@ def test_builtin_groups_exist(admin_api):
 def test_metrics_need_the_scrape_token(live):
     token = next(line.split("=", 1)[1] for line in (live.stack.options.run_dir / ".env").read_text().splitlines()
                  if line.startswith("JUPYTERHUB_METRICS_TOKEN="))
-    assert plain(live.url + "hub/metrics").status_code == 403
-    scraped = plain(live.url + "hub/metrics", headers={"Authorization": f"token {token}"})
+    assert plain_get(live.url + "hub/metrics").status_code == 403
+    scraped = plain_get(live.url + "hub/metrics", headers={"Authorization": f"token {token}"})
     assert scraped.status_code == 200 and "jupyterhub_" in scraped.text
 
 
