@@ -257,15 +257,20 @@ def e2e(c, k=None, headed=False, keep=False, screenshots=None):
     "registry": "registry host (default docker.io, i.e. Docker Hub)",
     "namespace": "account or organisation (default: hubforge)",
     "push": "push for real; without it this is a dry run that prints every tag",
+    "dry_run": "print every tag and the image behind it, push nothing (the default)",
     "flavor": "also release this lab flavour (repeatable)",
     "allow_dirty": "release from a dirty tree or an untagged HEAD",
     "verbose": "log every step (secrets stay hidden)",
 }, iterable=["flavor"])
 @user_errors
-def release(c, version, registry="docker.io", namespace="hubforge", push=False, flavor=None, allow_dirty=False,
-            verbose=False):
+def release(c, version, registry="docker.io", namespace="hubforge", push=False, dry_run=False, flavor=None,
+            allow_dirty=False, verbose=False):
     """Tag, push and verify versioned images, with a CycloneDX SBOM and provenance for each."""
     from hubforge import app
+    from hubforge.errors import HubforgeError
+
+    if push and dry_run:
+        raise HubforgeError("--push and --dry-run contradict each other; pass one")
 
     app.configure_logging(verbose)
     user, token = os.environ.get("DOCKERHUB_USERNAME", ""), os.environ.get("DOCKERHUB_TOKEN", "")
