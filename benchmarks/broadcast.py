@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.hubclient import EventListener, HubAPI  # noqa: E402
-from tests.livestack import ADMIN, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
 
 LABS = 20
 
@@ -27,7 +27,7 @@ def main() -> None:
         live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"})
         try:
             admin = claim_admin(live)
-            api = HubAPI(live.url, admin.new_token(ADMIN))
+            api = admin_api(live, admin)
             users = [f"b{i:02d}" for i in range(LABS)]
             assert api.request("POST", "hub/api/users", json={"usernames": users}).status_code == 201
             with ThreadPoolExecutor(max_workers=LABS) as pool:

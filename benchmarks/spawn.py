@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.hubclient import HubAPI  # noqa: E402
-from tests.livestack import ADMIN, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -35,7 +35,7 @@ def main() -> None:
         live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"})
         try:
             admin = claim_admin(live)
-            api = HubAPI(live.url, admin.new_token(ADMIN))
+            api = admin_api(live, admin)
             users = [f"seq{i}" for i in range(10)] + [f"par{i}" for i in range(20)]
             assert api.request("POST", "hub/api/users", json={"usernames": users}).status_code == 201
 

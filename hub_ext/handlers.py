@@ -59,7 +59,7 @@ def authorize(handler: BaseHandler, target: str | None, *, admin_only: bool = Fa
     return user
 
 
-def spawner_of(handler: BaseHandler, user):
+def spawner_of(user):
     """The user's default server's spawner (its Docker gateway reaches the daemon)."""
     return user.spawners[""]
 
@@ -73,7 +73,7 @@ class RestartAPIHandler(APIHandler):
 
     async def post(self, user_name: str):
         user = authorize(self, user_name)
-        spawner = spawner_of(self, user)
+        spawner = spawner_of(user)
 
         async def moved() -> None:  # a restart may hand out a new address: tell the proxy
             self.db.commit()
@@ -96,7 +96,7 @@ class VolumesAPIHandler(APIHandler):
 
     async def get(self, user_name: str):
         user = authorize(self, user_name)
-        spawner = spawner_of(self, user)
+        spawner = spawner_of(user)
         names = user_names(prefix_of(spawner), user.name)
         self.write(json.dumps({"user": user.name, "running": bool(spawner.active),
                                "volumes": volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))}))
@@ -111,7 +111,7 @@ class VolumeResetAPIHandler(APIHandler):
             kinds = volume_kinds(parse_json(self.request.body))
         except BadRequest as exc:
             raise web.HTTPError(400, str(exc)) from None
-        spawner = spawner_of(self, user)
+        spawner = spawner_of(user)
         results = await reset_volumes(spawner, user_names(prefix_of(spawner), user.name), kinds)
         summary = " ".join(f"{kind}={r['result']}" for kind, r in results.items())
         audit.info("volume-reset by=%s user=%s %s", self.current_user.name, user.name, summary)
@@ -157,7 +157,7 @@ class VolumesPageHandler(BaseHandler):
     @web.authenticated
     async def get(self):
         user = authorize(self, self.get_argument("user", self.current_user.name))
-        spawner = spawner_of(self, user)
+        spawner = spawner_of(user)
         names = user_names(prefix_of(spawner), user.name)
         listing = volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))
         self.finish(await self.render_template("hubforge-volumes.html", target=user, running=bool(spawner.active),

@@ -127,9 +127,10 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     async def apply_runtime(self) -> None:
         """Idempotent: set volumes, host config and environment for the user's *current* groups."""
         names = self.names
+        groups = self.current_groups()
         runtime = lab_runtime(
             names=names,
-            groups=self.current_groups(),
+            groups=groups,
             shared_volume=self.shared_volume,
             gpu=self.gpu,
             pids_limit=self.pids_limit,
@@ -150,7 +151,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         for kind, volume in names.volumes.items():
             await self.ensure_volume(volume, {**self.labels(), VOLUME_LABEL: kind})
         await self.ensure_volume(self.shared_volume, {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"})
-        self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, self.current_groups(), self.gpu.enabled)
+        self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, groups, self.gpu.enabled)
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         """Create a volume with labels, so `invoke down` and the volume manager can find it.

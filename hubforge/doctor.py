@@ -164,7 +164,7 @@ def ensure(cache_dir: Path, need: set[str], say: Callable[[str], None]) -> None:
     if can_setup() and len(fixable) == len(failed):
         say("Missing: " + ", ".join(f"{c.name} ({c.detail})" for c in failed) + "; running `invoke setup` for it")
         setup(failed, say)
-        still = [c for c in checks(cache_dir, {n for n in need}) if not c.ok]
+        still = [c for c in checks(cache_dir, need) if not c.ok]
         if not still:
             return
         failed = still

@@ -280,7 +280,7 @@ class Stack:
             elapsed = time.monotonic() - started
             if state.get("Status") == "running" and health == "healthy":
                 return
-            if details and state.get("Status") in ("exited", "dead") or (state.get("Restarting")):
+            if details and (state.get("Status") in ("exited", "dead") or state.get("Restarting")):
                 tail = self.docker.logs(hub["Id"], tail=15).strip()
                 raise HubforgeError(f"the hub stopped while starting; its last lines:\n{tail}\n(see `invoke logs hub`)")
             if elapsed > timeout:

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,7 @@ def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: 
     """
     dist = normalize(name).replace("-", "_")
     stamp = max(epoch, 315532800)  # zip cannot store times before 1980
-    date_time = tuple(__import__("time").gmtime(stamp))[:6]
+    date_time = time.gmtime(stamp)[:6]
     files: list[tuple[str, bytes]] = []
     for path in sorted(source.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):

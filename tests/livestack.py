@@ -111,6 +111,11 @@ def claim_admin(live: LiveStack) -> HubSession:
     return session
 
 
+def admin_api(live: LiveStack, admin: HubSession) -> HubAPI:
+    """The admin's token API (for the REST calls a script would make)."""
+    return HubAPI(live.url, admin.new_token(ADMIN))
+
+
 def approved_user(live: LiveStack, admin: HubSession, name: str) -> tuple[HubSession, HubAPI]:
     """A user who signed up and was approved: their cookie session and a token API."""
     session = HubSession(live.url)

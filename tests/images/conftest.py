@@ -10,9 +10,7 @@ import docker
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from hubforge.builder import Builder, Settings
-from hubforge.docker_io import Docker
-from hubforge.targets import DEFAULT_SET, Graph
+from ..livestack import current_images
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"hubforge.test": "images"}
@@ -23,12 +21,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk cannot be 
 @pytest.fixture(scope="session")
 def built() -> dict[str, str]:
     """target name -> image ref for the current key; fails (not skips) when an image is missing."""
-    settings = Settings(root=ROOT, cache_dir=Path(os.path.expanduser("~/.cache/hubforge")))
-    builder = Builder(settings, Docker(), say=lambda message: None)
-    steps = builder.plan(Graph().closure(list(DEFAULT_SET)))
-    missing = [s.ref for s in steps if not s.exists]
-    assert not missing, f"images for the current keys are missing: {missing}; run `invoke build`"
-    return {s.target.name: s.ref for s in steps}
+    return current_images()[0]
 
 
 @pytest.fixture(scope="session")

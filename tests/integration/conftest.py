@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ..hubclient import HubAPI, HubSession
-from ..livestack import ADMIN, claim_admin, start_stack, stop_stack
+from .. import livestack
+from ..livestack import claim_admin, start_stack, stop_stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
@@ -39,4 +40,4 @@ def admin(live) -> HubSession:
 
 @pytest.fixture(scope="module")
 def admin_api(live, admin) -> HubAPI:
-    return HubAPI(live.url, admin.new_token(ADMIN))
+    return livestack.admin_api(live, admin)
