@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Error, Locator, Page, expect
+
+from ..helpers import wait_until
 
 USERNAME = re.compile(r"^Username:?$")
 PASSWORD = re.compile(r"^Password:?$")
+
+
+IF_INET6 = Path("/proc/net/if_inet6")
+IFA_F_TENTATIVE = 0x40
+ERROR_PAGE = "chrome-error:"
+
+
+def tentative_addresses() -> list[str]:
+    """The host's IPv6 addresses still in duplicate address detection (`ip -6 addr` says "tentative")."""
+    if not IF_INET6.exists():  # IPv6 is off: no address events to wait for
+        return []
+    rows = (line.split() for line in IF_INET6.read_text().splitlines())
+    return [f"{row[5]}:{row[0]}" for row in rows if len(row) == 6 and int(row[4], 16) & IFA_F_TENTATIVE]
+
+
+def settle_network() -> None:
+    """Wait until no new container interface is still getting its link-local address.
+
+    Chromium shares the Docker host's network namespace here. When a container starts, its host-side veth
+    gets an IPv6 address about a second later, and Chromium fails whatever connection it is opening at that
+    moment with net::ERR_NETWORK_CHANGED (a browser on another machine never sees this).
+    """
+    wait_until(lambda: not tentative_addresses() or None, 15, "host IPv6 addresses to leave DAD", interval=0.1)
+
+
+def navigate(page: Page, url: str, attempts: int = 3):
+    """`page.goto` once the host network is quiet, again if a container's interface changed it meanwhile."""
+    for attempt in range(1, attempts + 1):
+        settle_network()
+        try:
+            return page.goto(url)
+        except Error as error:
+            if "ERR_NETWORK_CHANGED" not in error.message or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 class HubPage:
@@ -15,8 +53,8 @@ class HubPage:
         self.page = page
         self.base = base
 
-    def open(self, path: str) -> None:
-        self.page.goto(self.base + path)
+    def open(self, path: str):
+        return navigate(self.page, self.base + path)
 
     def alert(self) -> Locator:
         return self.page.get_by_role("alert")
@@ -62,7 +100,12 @@ class HomePage(HubPage):
     def start(self) -> None:
         self.goto()
         self.page.get_by_role("button", name=re.compile(r"^(Start )?My Server$")).click()
-        self.page.wait_for_url(re.compile(r"/user/[^/]+/lab"))
+        self.page.wait_for_url(re.compile(rf"/user/[^/]+/lab|^{ERROR_PAGE}"), timeout=60_000)
+        if self.page.url.startswith(ERROR_PAGE):
+            # the redirect into the new lab met that lab's own interface coming up (see settle_network)
+            settle_network()
+            self.page.reload()
+            self.page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
 
     def stop(self) -> None:
         self.goto()
@@ -121,7 +164,7 @@ class JupyterLab:
         self.url = f"{base}user/{username}/lab"
 
     def open(self) -> None:
-        self.page.goto(self.url)
+        navigate(self.page, self.url)
         self.wait_ready()
 
     def wait_ready(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from ..livestack import ADMIN, PASSWORD
-from .pages import AuthorizePage, HomePage, JupyterLab, LoginPage, SignupPage, VolumesPage
+from .pages import AuthorizePage, HomePage, JupyterLab, LoginPage, SignupPage, VolumesPage, navigate
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ def test_admin_signs_up_is_approved_at_once_and_sees_admin_pages(live, page):
     signup.signup(ADMIN, PASSWORD, bootstrap_secret=live.bootstrap_secret())
     expect(page.get_by_role("alert")).to_contain_text("successful")
     LoginPage(page, live.url).login(ADMIN, PASSWORD)
-    page.goto(live.url + "hub/admin")
+    navigate(page, live.url + "hub/admin")
     expect(page.get_by_role("link", name="Admin")).to_be_visible()
     expect(page.get_by_role("link", name="Authorize users")).to_be_visible()
     expect(page.get_by_role("link", name="Broadcast")).to_be_visible()
@@ -110,7 +110,7 @@ def test_security_negatives(live, make_user, page):
     bob.start("ben")
     LoginPage(page, live.url).login("ann", PASSWORD)
     # the broadcast page and API are for admins only
-    response = page.goto(live.url + "hub/hubforge/broadcast")
+    response = navigate(page, live.url + "hub/hubforge/broadcast")
     assert response.status == 403
     assert alice.request("POST", "hub/api/hubforge/broadcast", json={"message": "hi"}).status_code == 403
     # A cannot restart or reset B, with A's cookie or with A's token
@@ -152,7 +152,7 @@ def test_an_admin_restarts_a_users_server_from_the_admin_view(live, make_user, a
     api.start("vic")
     before = live.lab("vic").id
     LoginPage(page, live.url).login(ADMIN, PASSWORD)
-    page.goto(live.url + "hub/admin")
+    navigate(page, live.url + "hub/admin")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Restart the server of vic").click()
     expect(page.get_by_role("status").filter(has_text="Restarted vic")).to_be_visible(timeout=90_000)

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from ..livestack import ADMIN, start_stack, stop_stack
-from .pages import AdminPage, AuthorizePage, LoginPage
+from .pages import AdminPage, AuthorizePage, LoginPage, navigate
 
 pytestmark = pytest.mark.e2e
 ADMIN_PASSWORD = "Initial-admin-pw-1"
@@ -20,7 +20,7 @@ def closed(tmp_path_factory, request):
 
 
 def test_admin_creates_a_user_when_signup_is_off(closed, page):
-    assert page.goto(closed.url + "hub/signup").status == 404
+    assert navigate(page, closed.url + "hub/signup").status == 404
     LoginPage(page, closed.url).login(ADMIN, ADMIN_PASSWORD)
     AdminPage(page, closed.url).add_user("zoe")
     AuthorizePage(page, closed.url).set_password("zoe", "Zoes-own-pass-7")
