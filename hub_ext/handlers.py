@@ -31,6 +31,7 @@ from .actions import (
     volume_kinds,
     volume_listing,
 )
+from .metrics import count_deliveries, count_restart, count_volume_resets
 from .naming import user_names
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
@@ -83,7 +84,9 @@ class RestartAPIHandler(APIHandler):
             result = await restart_server(spawner, user.name, moved)
         except web.HTTPError as exc:
             audit.info("restart by=%s user=%s result=refused status=%s", self.current_user.name, user.name, exc.status_code)
+            count_restart(None, refused=True)
             raise
+        count_restart(result)
         audit.info("restart by=%s user=%s container=%s result=%s seconds=%s", self.current_user.name, user.name,
                    result["container"][:12], result["status"], result.get("seconds"))
         if result["status"] != "restarted":
@@ -115,6 +118,7 @@ class VolumeResetAPIHandler(APIHandler):
         results = await reset_volumes(spawner, user_names(prefix_of(spawner), user.name), kinds)
         summary = " ".join(f"{kind}={r['result']}" for kind, r in results.items())
         audit.info("volume-reset by=%s user=%s %s", self.current_user.name, user.name, summary)
+        count_volume_resets(results)
         self.write(json.dumps({"user": user.name, "results": results}))
 
 
@@ -131,6 +135,7 @@ class BroadcastAPIHandler(APIHandler):
         payload = request.payload(sender.name)
         results = await asyncio.gather(*(self.deliver_to(user, payload) for user in targets))
         delivered = sum(1 for r in results if r["result"] == "delivered")
+        count_deliveries(results)
         audit.info("broadcast by=%s to=%s type=%s delivered=%d/%d message=%r", sender.name,
                    "all" if request.recipients is None else ",".join(request.recipients), request.type,
                    delivered, len(results), request.message)

@@ -1,9 +1,12 @@
-"""Test helpers shared by every tier: the one polling wait."""
+"""Test helpers shared by every tier: the one polling wait, and reading the Grafana dashboard's metrics."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,3 +27,22 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
         time.sleep(interval)
+
+
+METRIC_IN_EXPR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+SAMPLE_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def metric_family(name: str) -> str:
+    """A Prometheus sample or family name without its type suffix (`x_bucket`, `x_total` -> `x`)."""
+    for suffix in SAMPLE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def dashboard_metric_families(path: Path) -> set[str]:
+    """Every metric family that a Grafana dashboard's panel queries select."""
+    panels = json.loads(path.read_text())["panels"]
+    exprs = [target["expr"] for panel in panels for target in panel.get("targets", [])]
+    return {metric_family(name) for expr in exprs for name in METRIC_IN_EXPR.findall(expr)}

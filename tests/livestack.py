@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+from prometheus_client.parser import text_string_to_metric_families
 from testcontainers.compose import DockerCompose
 
-from .hubclient import HubAPI, HubSession
+from .hubclient import HubAPI, HubSession, plain_get
 
 from hubforge.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
@@ -63,6 +64,20 @@ class LiveStack:
         from hub_ext.naming import user_names
 
         return docker.from_env().containers.get(user_names(self.stack.options.volume_prefix, username).container)
+
+    def metrics_token(self) -> str:
+        env = (self.stack.options.run_dir / ".env").read_text().splitlines()
+        return next(line.split("=", 1)[1] for line in env if line.startswith("JUPYTERHUB_METRICS_TOKEN="))
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from /hub/metrics (0 when the hub has not recorded it), read with the scrape token."""
+        scraped = plain_get(self.url + "hub/metrics", headers={"Authorization": f"token {self.metrics_token()}"})
+        scraped.raise_for_status()
+        for family in text_string_to_metric_families(scraped.text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def dump_logs(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

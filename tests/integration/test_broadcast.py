@@ -25,8 +25,9 @@ def labs(live, admin):
         listener.close()
 
 
-def test_broadcast_reaches_every_running_lab_within_3_seconds(admin, labs):
+def test_broadcast_reaches_every_running_lab_within_3_seconds(live, admin, labs):
     _, listeners = labs
+    counted = live.metric("hubforge_broadcast_deliveries_total", result="delivered")
     sent = time.monotonic()
     response = admin.api("POST", "hubforge/broadcast", json={"message": "maintenance at 18:00", "type": "warning"})
     assert response.status_code == 200, response.text
@@ -35,6 +36,7 @@ def test_broadcast_reaches_every_running_lab_within_3_seconds(admin, labs):
     for listener in listeners.values():
         event = listener.wait_for("maintenance at 18:00", timeout=3.0 - (time.monotonic() - sent))
         assert event is not None and event["type"] == "warning" and event["sender"] == "admin"
+    assert live.metric("hubforge_broadcast_deliveries_total", result="delivered") == counted + len(results)
 
 
 def test_broadcast_to_a_subset_reaches_only_them(admin, labs):

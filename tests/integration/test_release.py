@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import requests
 
 from ..helpers import wait_until
-from ..livestack import free_port
+from ..livestack import current_images, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,3 +106,47 @@ def test_cache_from_pulls_instead_of_building(registry, released):
     assert result.returncode == 0, result.stderr
     assert "pulled from the cache" in result.stdout and "building" not in result.stdout
     assert client.images.get(f"hubforge/gpu-probe:{key}")
+
+
+@pytest.fixture
+def upstream(registry):
+    """A stand-in for Docker Hub's debian:bookworm-slim: the current base, pushed to the local registry.
+
+    Yields the digest-pinned reference; removes the pulled base and the stand-in's local tags afterwards.
+    """
+    client = docker.from_env()
+    base = current_images()[0]["base"]
+    repository = f"{registry}/library/debian"
+    client.images.get(base).tag(repository, "bookworm-slim")
+    client.images.push(repository, "bookworm-slim")
+    digest = client.api.inspect_distribution(f"{repository}:bookworm-slim")["Descriptor"]["digest"]
+    client.images.remove(f"{repository}:bookworm-slim")  # so the build really pulls
+    pulled_before = {tag for image in client.images.list("hubforge/base") for tag in image.tags}
+    yield f"{repository}:bookworm-slim@{digest}", digest
+    added = {tag for image in client.images.list("hubforge/base") + client.images.list(repository) for tag in image.tags}
+    for tag in added - pulled_before:  # the same image id carries the bootstrapped base's tags: untag only
+        client.images.remove(tag, noprune=True)
+    with contextlib.suppress(docker.errors.ImageNotFound):  # the digest reference a successful pull leaves
+        client.images.remove(f"{repository}@{digest}", noprune=True)
+
+
+def test_base_pull_takes_the_digest_pinned_upstream_from_a_registry(upstream):
+    reference, digest = upstream
+    env = {"INVOKE_HUBFORGE_UPSTREAM": reference}
+    result = invoke("build", "--target", "base", "--base", "pull", env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    plan = invoke("build", "--target", "base", "--base", "pull", "--plan", env=env)
+    key = next(line.split("hubforge/base:")[1].split()[0] for line in plan.stdout.splitlines() if "hubforge/base:" in line)
+    assert "up to date" in plan.stdout  # the base is a cached target in pull mode too
+    pulled = docker.from_env().images.get(f"hubforge/base:{key}")
+    assert reference.split(":bookworm-slim@")[0] + "@" + digest in pulled.attrs["RepoDigests"]
+    assert key != current_images()[0]["base"].split(":")[1]  # the upstream digest, not the mirror recipe, keys it
+
+
+def test_base_pull_refuses_a_digest_the_registry_does_not_have(upstream):
+    reference, _ = upstream
+    wrong = reference.split("@")[0] + "@sha256:" + "0" * 64
+    result = invoke("build", "--target", "base", "--base", "pull", env={"INVOKE_HUBFORGE_UPSTREAM": wrong})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert "cannot pull" in result.stderr and "sha256:" + "0" * 64 in result.stderr

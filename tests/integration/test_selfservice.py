@@ -38,9 +38,11 @@ def test_restart_keeps_the_container_and_files_and_gives_a_new_kernel(live, owne
     assert api.request("PUT", "user/olive/api/contents/a.txt", json={"type": "file", "format": "text", "content": "A"}).status_code in (200, 201)
     kernel = api.request("POST", "user/olive/api/kernels", json={"name": "python3"}).json()["id"]
     before = live.lab("olive").id
+    counted = live.metric("hubforge_server_restarts_total", result="restarted")
     response = session.api("POST", restart_url("olive"))
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "restarted"
+    assert live.metric("hubforge_server_restarts_total", result="restarted") == counted + 1
     assert live.lab("olive").id == before
     assert api.request("GET", "user/olive/api/contents/a.txt").json()["content"] == "A"
     assert kernel not in {k["id"] for k in api.request("GET", "user/olive/api/kernels").json()}
@@ -51,8 +53,10 @@ def test_restart_authorization_and_state(live, admin, admin_api, owner, stranger
     assert stranger_session.api("POST", restart_url("olive")).status_code == 403  # cookie
     assert stranger_api.request("POST", "hub/api/" + restart_url("olive")).status_code == 403  # token
     assert admin_api.request("POST", "hub/api/" + restart_url("nobody")).status_code == 404
+    refused = live.metric("hubforge_server_restarts_total", result="refused")
     stopped = stranger_api.request("POST", "hub/api/" + restart_url("sam"))
     assert stopped.status_code == 409 and "not running" in stopped.json()["message"]
+    assert live.metric("hubforge_server_restarts_total", result="refused") == refused + 1
 
 
 def test_cookie_post_without_xsrf_is_refused(owner):
@@ -74,8 +78,10 @@ def test_volume_reset_resets_only_what_was_chosen(live, owner):
     for body in ({"volumes": ["../home"]}, {"volumes": ["shared"]}, {"volume": "workspace"}):
         assert api.request("POST", "hub/api/hubforge/users/olive/volumes/reset", json=body).status_code == 400
     assert api.request("POST", "hub/api/hubforge/users/olive/volumes/reset", data=b"{oops").status_code == 400
+    removed = live.metric("hubforge_volume_resets_total", volume="workspace", result="removed")
     result = api.request("POST", "hub/api/hubforge/users/olive/volumes/reset", json={"volumes": ["workspace"]})
     assert result.status_code == 200 and result.json()["results"]["workspace"]["result"] == "removed"
+    assert live.metric("hubforge_volume_resets_total", volume="workspace", result="removed") == removed + 1
     api.start("olive")
     lab = live.lab("olive")
     present = lab.exec_run(["sh", "-c", "ls /home/lab/workspace/w.txt /home/lab/h.txt /home/lab/.cache/c.txt /mnt/shared/s.txt"], user="lab")

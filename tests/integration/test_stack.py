@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ..hubclient import HubSession, plain_get
-from ..livestack import PASSWORD, approved_user
+from ..helpers import dashboard_metric_families, metric_family
+from ..livestack import PASSWORD, ROOT, approved_user
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +88,13 @@ def test_builtin_groups_exist(admin_api):
 
 
 def test_metrics_need_the_scrape_token(live):
-    token = next(line.split("=", 1)[1] for line in (live.stack.options.run_dir / ".env").read_text().splitlines()
-                 if line.startswith("JUPYTERHUB_METRICS_TOKEN="))
+    token = live.metrics_token()
     assert plain_get(live.url + "hub/metrics").status_code == 403
     scraped = plain_get(live.url + "hub/metrics", headers={"Authorization": f"token {token}"})
     assert scraped.status_code == 200 and "jupyterhub_" in scraped.text
+    exported = {metric_family(line.split()[2]) for line in scraped.text.splitlines() if line.startswith("# TYPE ")}
+    missing = dashboard_metric_families(ROOT / "stack" / "grafana" / "hubforge.json") - exported
+    assert not missing, f"the Grafana dashboard queries metrics the hub does not export: {sorted(missing)}"
 
 
 def test_status_reports_the_stack(live):

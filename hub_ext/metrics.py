@@ -1,0 +1,49 @@
+"""hub_ext's Prometheus metrics, served with JupyterHub's own at /hub/metrics (same scrape token).
+
+They count what the audit lines record, so a dashboard shows self-service and broadcast activity
+beside JupyterHub's spawn and request metrics (stack/grafana/hubforge.json).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RESTARTS = Counter(
+    "hubforge_server_restarts",
+    "In-place restarts of users' servers, by result (restarted, failed, refused)",
+    ["result"],
+)
+RESTART_SECONDS = Histogram(
+    "hubforge_server_restart_duration_seconds",
+    "Time from the restart request until the lab answers again",
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 90),
+)
+VOLUME_RESETS = Counter(
+    "hubforge_volume_resets",
+    "Volumes reset by their owners or admins, by volume kind and result (removed, not found, failed)",
+    ["volume", "result"],
+)
+BROADCAST_DELIVERIES = Counter(
+    "hubforge_broadcast_deliveries",
+    "Broadcast notifications posted to labs, by result (delivered, failed)",
+    ["result"],
+)
+
+
+def count_restart(result: dict | None, refused: bool = False) -> None:
+    if refused or result is None:
+        RESTARTS.labels(result="refused").inc()
+        return
+    RESTARTS.labels(result=result["status"]).inc()
+    if result["status"] == "restarted":
+        RESTART_SECONDS.observe(result["seconds"])
+
+
+def count_volume_resets(results: dict[str, dict]) -> None:
+    for kind, outcome in results.items():
+        VOLUME_RESETS.labels(volume=kind, result=outcome["result"]).inc()
+
+
+def count_deliveries(results: list[dict]) -> None:
+    for outcome in results:
+        BROADCAST_DELIVERIES.labels(result=outcome["result"]).inc()
