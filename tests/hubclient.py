@@ -85,10 +85,11 @@ class HubAPI:
         response.raise_for_status()
         return response.json()
 
-    def start(self, name: str, timeout: float = 180) -> float:
-        """Start the user's server and wait until the lab answers through the proxy; return seconds taken."""
+    def start(self, name: str, timeout: float = 180, options: dict | None = None) -> float:
+        """Start the user's server (with spawner `options`, e.g. an image choice) and wait until the lab
+        answers through the proxy; return seconds taken."""
         started = time.monotonic()
-        response = self.request("POST", f"hub/api/users/{name}/server")
+        response = self.request("POST", f"hub/api/users/{name}/server", json=options)
         assert response.status_code in (201, 202), response.text
         while time.monotonic() - started < timeout:
             server = self.user(name)["servers"].get("")

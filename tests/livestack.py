@@ -86,7 +86,8 @@ class LiveStack:
             (folder / f"{container.name}.log").write_bytes(container.logs(tail=500))
 
 
-def start_stack(tmp: Path, env: dict[str, str] | None = None) -> LiveStack:
+def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None) -> LiveStack:
+    """A stack of the current images; `extra_lab_images` adds choices to the spawn page's image picker."""
     project = f"hft{secrets.token_hex(3)}"
     options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
                            bind="127.0.0.1", volume_prefix=f"{project}-lab")
@@ -95,7 +96,7 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None) -> LiveStack:
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
     stack = Stack(options, StackDocker(), ROOT, say=lambda message: None)
     images, lab_images = current_images()
-    stack.prepare(images, lab_images)
+    stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
     compose = DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True, keep_volumes=False)
     live = LiveStack(stack, compose, f"https://127.0.0.1:{options.https_port}/", f"http://127.0.0.1:{options.http_port}/")
     try:

@@ -1,12 +1,15 @@
-"""A stack with non-default settings: base URL, signup off, idle culler, custom logo; bad settings refused."""
+"""A stack with non-default settings: base URL, signup off, idle culler, custom logo, a second lab image in
+the picker; bad settings refused."""
 
 from __future__ import annotations
 
 import base64
+import re
 
+import docker
 import pytest
 
-from ..hubclient import HubSession, plain_get
+from ..hubclient import HubAPI, HubSession, plain_get
 from ..livestack import ADMIN, ROOT, current_images
 
 pytestmark = pytest.mark.integration
@@ -21,6 +24,10 @@ STACK_ENV = {
     "ENABLE_GPU_SUPPORT": "0",
     "JUPYTERHUB_LOGO_URI": "data:image/png;base64," + base64.b64encode(PNG).decode(),
 }
+# a second choice for the image picker, as a built flavour would add (the lab image under another name)
+PICKED = "hubforge/lab:picker-test"
+EXTRA_LAB_IMAGES = {"second": PICKED}
+ADMIN_PASSWORD = STACK_ENV["JUPYTERHUB_ADMIN_PASSWORD"]
 
 
 
@@ -32,7 +39,7 @@ def test_base_url_prefixes_every_path(live):
 def test_signup_is_off_and_the_admin_has_its_initial_password(live):
     assert plain_get(live.url + "jupyterhub/hub/signup").status_code == 404
     assert live.bootstrap_secret() is None
-    assert HubSession(live.url + "jupyterhub/").login(ADMIN, "Initial-admin-pw-1").status_code == 302
+    assert HubSession(live.url + "jupyterhub/").login(ADMIN, ADMIN_PASSWORD).status_code == 302
 
 
 def test_custom_logo_is_served(live):
@@ -47,10 +54,29 @@ def test_idle_culler_runs_as_a_hub_service(live):
     assert "idle-culler" in logs
 
 
+@pytest.fixture
+def picked_image():
+    client = docker.from_env()
+    client.images.get(current_images()[0]["lab"]).tag(PICKED)
+    yield PICKED
+    client.images.remove(PICKED, noprune=True)
+
+
+def test_the_image_picker_offers_each_lab_image_and_the_choice_is_spawned(live, picked_image):
+    session = HubSession(live.url + "jupyterhub/")
+    assert session.login(ADMIN, ADMIN_PASSWORD).status_code == 302
+    form = session.http.get(session.url("hub/spawn"), timeout=30).text
+    assert set(re.findall(r'<option value="([^"]+)"', form)) == {"default", "second"}
+    api = HubAPI(live.url + "jupyterhub/", session.new_token(ADMIN))
+    refused = api.request("POST", f"hub/api/users/{ADMIN}/server", json={"image": "hubforge/hub:dev"})
+    assert refused.status_code == 400 and "not in allowed list" in refused.json()["message"]
+    api.start(ADMIN, options={"image": "second"})
+    assert live.lab(ADMIN).attrs["Config"]["Image"] == picked_image
+    api.stop(ADMIN)
+
+
 def test_hub_refuses_bad_settings_in_one_line(tmp_path):
     """The hub image with the stack's config and ENABLE_GPU_SUPPORT=7 stops with one line naming it."""
-    import docker
-
     images, _ = current_images()
     client = docker.from_env()
     container = client.containers.create(
