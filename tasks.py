@@ -226,6 +226,7 @@ def test(c, quick=False, k=None):
     pytest(c, ["images/lab/hubforge-notify/tests"], selection)
     checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium"}, app.say)
     app.build(cfg, None, None, False, False)
+    app.build(cfg, "lab", "datascience", False, False)  # the image tests cover the flavour too
     pytest(c, ["tests/images", "tests/integration"], selection)
     pytest(c, ["tests/e2e"], PYTEST_BROWSER_ARGS + selection)
 

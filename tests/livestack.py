@@ -30,14 +30,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def current_images() -> tuple[dict[str, str], dict[str, str]]:
-    """The refs of the current keys (built by `invoke build`); fails when one is missing."""
+def built_refs(targets: list, command: str = "invoke build") -> dict[str, str]:
+    """target name -> ref of its current key; fails, naming `command`, when one is not built."""
     settings = Settings(root=ROOT, cache_dir=Path(os.path.expanduser("~/.cache/hubforge")))
-    steps = Builder(settings, Docker(), say=lambda message: None).plan(Graph().closure(list(DEFAULT_SET)))
+    steps = Builder(settings, Docker(), say=lambda message: None).plan(targets)
     missing = [s.ref for s in steps if not s.exists]
-    assert not missing, f"images for the current keys are missing: {missing}; run `invoke build`"
-    images = {s.target.name: s.ref for s in steps}
+    assert not missing, f"images for the current keys are missing: {missing}; run `{command}`"
+    return {s.target.name: s.ref for s in steps}
+
+
+def current_images() -> tuple[dict[str, str], dict[str, str]]:
+    """The refs of the current keys (built by `invoke build`), and the stack's lab image choices."""
+    images = built_refs(Graph().closure(list(DEFAULT_SET)))
     return images, {"default": images["lab"]}
+
+
+def flavour_image(flavor: str) -> str:
+    """The ref of a lab flavour's current key (built by `invoke build --target lab --flavor NAME`)."""
+    return built_refs(Graph().select("lab", flavor), f"invoke build --target lab --flavor {flavor}")[f"lab-{flavor}"]
 
 
 @dataclass

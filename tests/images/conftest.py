@@ -10,7 +10,7 @@ import docker
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from ..livestack import current_images
+from ..livestack import current_images, flavour_image
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"hubforge.test": "images"}
@@ -22,6 +22,12 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk cannot be 
 def built() -> dict[str, str]:
     """target name -> image ref for the current key; fails (not skips) when an image is missing."""
     return current_images()[0]
+
+
+@pytest.fixture(scope="session")
+def datascience() -> str:
+    """The datascience flavour's ref for its current key (`invoke test` builds it); fails when missing."""
+    return flavour_image("datascience")
 
 
 @pytest.fixture(scope="session")
