@@ -40,7 +40,10 @@ def lab_runtime(
     groups = set(groups)
     volumes = {name: {"bind": path, "mode": "rw"} for name, path in names.mounts().items()}
     volumes[shared_volume] = {"bind": SHARED_MOUNT, "mode": "rw"}
-    host_config: dict[str, Any] = {"pids_limit": pids_limit}
+    # The spawner removes the container itself when the server stops (DockerSpawner.remove). Docker's
+    # AutoRemove is off because `docker restart` of an AutoRemove container races with the removal:
+    # now and then the container is gone, or "marked for removal and cannot be started", after a restart.
+    host_config: dict[str, Any] = {"pids_limit": pids_limit, "auto_remove": False}
     if DOCKER_PRIVILEGED_GROUP in groups:
         host_config["privileged"] = True  # all capabilities: dropping any would contradict the grant
     else:

@@ -48,6 +48,15 @@ def navigate(page: Page, url: str, attempts: int = 3):
     raise AssertionError("unreachable")
 
 
+def wait_for_lab(page: Page) -> None:
+    """Follow a spawn's redirects until JupyterLab's URL; reload once if its own interface broke the last one."""
+    page.wait_for_url(re.compile(rf"/user/[^/]+/lab|^{ERROR_PAGE}"), timeout=90_000)
+    if page.url.startswith(ERROR_PAGE):  # the lab's veth came up during the redirect (see settle_network)
+        settle_network()
+        page.reload()
+        page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
+
+
 class HubPage:
     def __init__(self, page: Page, base: str) -> None:
         self.page = page
@@ -76,7 +85,12 @@ class LoginPage(HubPage):
         self.open("hub/login")
         self.page.get_by_label(USERNAME).fill(username)
         self.page.get_by_label(PASSWORD).fill(password)
-        self.page.get_by_role("button", name="Sign In").click()
+        with self.page.expect_navigation(timeout=60_000):
+            self.page.get_by_role("button", name="Sign In").click()
+        # JupyterHub starts the server at login and redirects into it: wait for that, so that no later
+        # navigation of the test races the redirect (a refused login stays on /hub/login)
+        if "/hub/spawn" in self.page.url and self.page.locator("#spawn_form").count() == 0:
+            wait_for_lab(self.page)
 
 
 class AuthorizePage(HubPage):
@@ -100,12 +114,7 @@ class HomePage(HubPage):
     def start(self) -> None:
         self.goto()
         self.page.get_by_role("button", name=re.compile(r"^(Start )?My Server$")).click()
-        self.page.wait_for_url(re.compile(rf"/user/[^/]+/lab|^{ERROR_PAGE}"), timeout=60_000)
-        if self.page.url.startswith(ERROR_PAGE):
-            # the redirect into the new lab met that lab's own interface coming up (see settle_network)
-            settle_network()
-            self.page.reload()
-            self.page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
+        wait_for_lab(self.page)
 
     def stop(self) -> None:
         self.goto()

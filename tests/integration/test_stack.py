@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import docker
 import pytest
 
 from ..hubclient import HubSession, plain_get
@@ -57,7 +58,10 @@ def test_workspace_survives_stop_and_start(live, admin):
     api.start("dave")
     put = api.request("PUT", "user/dave/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"})
     assert put.status_code in (200, 201), put.text
+    assert live.lab("dave").attrs["HostConfig"]["AutoRemove"] is False  # restarts in place need that
     api.stop("dave")
+    with pytest.raises(docker.errors.NotFound):  # the spawner removed the container itself
+        live.lab("dave")
     api.start("dave")
     got = api.request("GET", "user/dave/api/contents/keep.txt")
     assert got.status_code == 200 and got.json()["content"] == "kept"
