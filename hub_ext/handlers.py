@@ -15,7 +15,7 @@ from typing import Any
 from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.handlers.base import BaseHandler
-from jupyterhub.utils import url_path_join, wait_for_http_server
+from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -229,10 +229,36 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
         if (ip, port) != (spawner.server.ip, spawner.server.port):
             spawner.server.ip, spawner.server.port = ip, port
             await on_address_change()
-        await wait_for_http_server(spawner.server.url, timeout=READY_TIMEOUT_S)
+        await answers_again(spawner, container, spawner.server.url, READY_TIMEOUT_S)
     except Exception as exc:  # Docker refused, or the lab did not come back: report, do not hide
         return {"status": "failed", "container": container, "reason": str(exc)}
     return {"status": "restarted", "container": container, "seconds": round(time.monotonic() - started, 2)}
+
+
+async def answers_again(spawner, container: str, url: str, timeout: float, interval: float = 0.2) -> None:
+    """Wait until the restarted lab answers HTTP; fail at once when its container stops or disappears."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = (await spawner.docker("inspect_container", container))["State"]
+        except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                raise RuntimeError("the container is gone after the restart; start your server again") from None
+            raise
+        if not state.get("Running"):
+            raise RuntimeError(f"the container stopped after the restart (exit code {state.get('ExitCode')}); "
+                               "start your server again")
+        try:
+            await AsyncHTTPClient().fetch(url, request_timeout=2, connect_timeout=1, follow_redirects=False)
+            return
+        except HTTPClientError as exc:
+            if exc.code < 500:  # a redirect or a refusal is an answer: the server is up
+                return
+        except OSError:
+            pass  # not listening yet
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the lab did not answer within {timeout:.0f} s after the restart")
+        await asyncio.sleep(interval)
 
 
 async def reset_volumes(spawner, names, kinds: list[str]) -> dict[str, dict[str, Any]]:

@@ -143,8 +143,9 @@ def test_admin_pages_need_admin_servers():
 class FakeDaemon:
     """Stands in for DockerSpawner's async gateway: volumes by name, and restarts by container id."""
 
-    def __init__(self, volumes=(), in_use=()):
+    def __init__(self, volumes=(), in_use=(), container_state=None):
         self.volumes, self.in_use, self.calls = set(volumes), set(in_use), []
+        self.container_state = {"Running": True} if container_state is None else container_state  # {}: gone
 
     async def __call__(self, method, *args, **kwargs):
         assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
@@ -159,6 +160,10 @@ class FakeDaemon:
             return None
         if method == "restart":
             return None
+        if method == "inspect_container":
+            if self.container_state == {}:
+                raise FakeAPIError(404, "no such container")
+            return {"State": self.container_state}
         raise AssertionError(f"unexpected call {method}")
 
 
@@ -259,8 +264,22 @@ async def restart_against_lab(port):
 def test_restart_restarts_the_same_container_and_tells_the_proxy_if_it_moved():
     result, daemon, moved = asyncio.run(serve_and(restart_against_lab))
     assert result["status"] == "restarted" and result["container"] == "c0ffee" * 10
-    assert daemon.calls == [("restart", ("c0ffee" * 10,))]
+    assert daemon.calls[0] == ("restart", ("c0ffee" * 10,))
+    assert {call[0] for call in daemon.calls[1:]} == {"inspect_container"}
     assert moved == [True]
+
+
+@pytest.mark.parametrize(("state", "reason"), [
+    ({"Running": False, "ExitCode": 137}, "the container stopped after the restart (exit code 137)"),
+    ({}, "the container is gone after the restart"),
+])
+def test_a_restart_whose_container_dies_fails_at_once_with_the_reason(state, reason):
+    async def unreachable_lab():
+        spawner = FakeSpawner(FakeDaemon(container_state=state), url="http://127.0.0.1:9/user/alice/")
+        return await asyncio.wait_for(restart_server(spawner, "alice", None), timeout=5)  # not READY_TIMEOUT_S
+
+    result = asyncio.run(unreachable_lab())
+    assert result["status"] == "failed" and result["reason"].startswith(reason)
 
 
 def test_delivery_results():
