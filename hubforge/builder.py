@@ -15,7 +15,7 @@ from . import __version__, base, debs, labext, npm, proc, wheels
 from .docker_io import Docker
 from .errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
-from .locks import parse_apt_lock, parse_python_lock
+from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from .render import oci_labels, render
 from .targets import SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 
@@ -237,6 +237,7 @@ class Builder:
         for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
             if lock:
                 pins = parse_apt_lock((root / lock).read_text(), lock)
+                check_deb_arch(pins, self.debian_arch(), lock)
                 cache_debs.fetch(pins, progress)
                 cache_debs.stage(pins, context / folder)
         if target.python_lock or target.local_packages or target.lab_extensions:
@@ -254,8 +255,13 @@ class Builder:
             shutil.copytree(modules, context / "node_modules", symlinks=True)
         return context
 
+    def debian_arch(self) -> str:
+        """The daemon's architecture, as Debian and Go name it (amd64, arm64)."""
+        return self.docker.client.version().get("Arch", "amd64")
+
     def arch(self) -> str:
-        machine = self.docker.client.version().get("Arch", "amd64")
+        """The same, as wheel platform tags name it (x86_64, aarch64)."""
+        machine = self.debian_arch()
         return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 

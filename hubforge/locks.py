@@ -69,6 +69,19 @@ class DebPin:
         """The plain file name (apt refuses URL-escaped names such as `libssl3_3.0-1%7edeb12_amd64.deb`)."""
         return urllib.parse.unquote(self.url.rsplit("/", 1)[-1])
 
+    @property
+    def arch(self) -> str:
+        """The Debian architecture in the file name (`amd64`, `arm64`, or `all`)."""
+        return self.filename[: -len(".deb")].rsplit("_", 1)[-1]
+
+
+def check_deb_arch(pins: list[DebPin], arch: str, source: str) -> None:
+    """Refuse, in one line, a lock whose packages are for another architecture than the build's."""
+    foreign = sorted({pin.arch for pin in pins} - {arch, "all"})
+    if foreign:
+        raise HubforgeError(f"{source} pins {'/'.join(foreign)} packages, but this Docker daemon builds for {arch}; "
+                            f"build on an {foreign[0]} host, or run `invoke lock` here to lock for {arch}")
+
 
 APT_LOCK_HEADER = "# package version sha256 url -- written by `invoke lock`; the build installs exactly these .debs\n"
 

@@ -8,7 +8,7 @@ import pytest
 
 from hubforge import debs
 from hubforge.errors import HubforgeError
-from hubforge.locks import DebPin, format_apt_lock, parse_apt_lock, parse_python_lock, requested_packages
+from hubforge.locks import DebPin, check_deb_arch, format_apt_lock, parse_apt_lock, parse_python_lock, requested_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 H1, H2 = "a" * 64, "b" * 64
@@ -52,6 +52,16 @@ def test_apt_lock_round_trip_and_refusal():
     assert pins[0].filename == "tini_0.19.0-1+b3_amd64.deb"
     with pytest.raises(HubforgeError, match=r"apt.lock:2: expected 'package version sha256 url'"):
         parse_apt_lock("# c\ntini 1.0 nothex http://x/y.deb\n", "apt.lock")
+
+
+def test_a_lock_for_another_architecture_is_refused_in_one_line():
+    pins = parse_apt_lock((ROOT / "images/hub/apt.lock").read_text())
+    assert {pin.arch for pin in pins} == {"amd64", "all"}
+    check_deb_arch(pins, "amd64", "images/hub/apt.lock")  # the committed locks build here
+    with pytest.raises(HubforgeError) as refused:
+        check_deb_arch(pins, "arm64", "images/hub/apt.lock")
+    assert str(refused.value) == ("images/hub/apt.lock pins amd64 packages, but this Docker daemon builds for arm64; "
+                                  "build on an amd64 host, or run `invoke lock` here to lock for arm64")
 
 
 @pytest.mark.parametrize("lock", ["images/hub/apt.lock", "images/lab/apt.lock", "images/gpu-probe/apt.lock", "images/_shared/build-apt.lock"])
