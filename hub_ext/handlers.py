@@ -33,10 +33,12 @@ from .actions import (
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
 from .naming import user_names
+from .spawner import lab_answers
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")
 READY_TIMEOUT_S = 90
+RESTART_POLL_S = 0.2
 
 
 def authorize(handler: BaseHandler, target: str | None, *, admin_only: bool = False):
@@ -84,7 +86,7 @@ class RestartAPIHandler(APIHandler):
             result = await restart_server(spawner, user.name, moved)
         except web.HTTPError as exc:
             audit.info("restart by=%s user=%s result=refused status=%s", self.current_user.name, user.name, exc.status_code)
-            count_restart(None, refused=True)
+            count_restart(None)
             raise
         count_restart(result)
         audit.info("restart by=%s user=%s container=%s result=%s seconds=%s", self.current_user.name, user.name,
@@ -229,36 +231,25 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
         if (ip, port) != (spawner.server.ip, spawner.server.port):
             spawner.server.ip, spawner.server.port = ip, port
             await on_address_change()
-        await answers_again(spawner, container, spawner.server.url, READY_TIMEOUT_S)
+        if not await lab_answers(spawner.server.url, READY_TIMEOUT_S, RESTART_POLL_S,
+                                 alive=lambda: container_running(spawner, container)):
+            raise TimeoutError(f"the lab did not answer within {READY_TIMEOUT_S} s after the restart")
     except Exception as exc:  # Docker refused, or the lab did not come back: report, do not hide
         return {"status": "failed", "container": container, "reason": str(exc)}
     return {"status": "restarted", "container": container, "seconds": round(time.monotonic() - started, 2)}
 
 
-async def answers_again(spawner, container: str, url: str, timeout: float, interval: float = 0.2) -> None:
-    """Wait until the restarted lab answers HTTP; fail at once when its container stops or disappears."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            state = (await spawner.docker("inspect_container", container))["State"]
-        except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
-            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
-                raise RuntimeError("the container is gone after the restart; start your server again") from None
-            raise
-        if not state.get("Running"):
-            raise RuntimeError(f"the container stopped after the restart (exit code {state.get('ExitCode')}); "
-                               "start your server again")
-        try:
-            await AsyncHTTPClient().fetch(url, request_timeout=2, connect_timeout=1, follow_redirects=False)
-            return
-        except HTTPClientError as exc:
-            if exc.code < 500:  # a redirect or a refusal is an answer: the server is up
-                return
-        except OSError:
-            pass  # not listening yet
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"the lab did not answer within {timeout:.0f} s after the restart")
-        await asyncio.sleep(interval)
+async def container_running(spawner, container: str) -> None:
+    """Raise, with the reason, unless the container is running (it may stop or vanish during a restart)."""
+    try:
+        state = (await spawner.docker("inspect_container", container))["State"]
+    except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
+        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+            raise RuntimeError("the container is gone after the restart; start your server again") from None
+        raise
+    if not state.get("Running"):
+        raise RuntimeError(f"the container stopped after the restart (exit code {state.get('ExitCode')}); "
+                           "start your server again")
 
 
 async def reset_volumes(spawner, names, kinds: list[str]) -> dict[str, dict[str, Any]]:

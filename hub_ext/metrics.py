@@ -30,8 +30,9 @@ BROADCAST_DELIVERIES = Counter(
 )
 
 
-def count_restart(result: dict | None, refused: bool = False) -> None:
-    if refused or result is None:
+def count_restart(result: dict | None) -> None:
+    """A restart's outcome; None when it was refused before it began (not running, or busy)."""
+    if result is None:
         RESTARTS.labels(result="refused").inc()
         return
     RESTARTS.labels(result=result["status"]).inc()

@@ -34,6 +34,27 @@ def ensure_builtin_groups(db) -> list[str]:
     return made
 
 
+async def lab_answers(server_url: str, timeout: float, interval: float, alive=None) -> bool:
+    """Poll a lab's unauthenticated `<server_url>/api` until it answers; False once `timeout` has passed.
+
+    `alive`, when given, is awaited before each poll and raises when waiting is pointless (the container died).
+    """
+    probe = url_path_join(server_url, "api")
+    client = AsyncHTTPClient()
+    deadline = time.monotonic() + timeout
+    while True:
+        if alive is not None:
+            await alive()
+        try:
+            await client.fetch(probe, request_timeout=2, connect_timeout=1)
+            return True
+        except (HTTPClientError, OSError):
+            pass  # not listening yet
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+
+
 class HubforgeSpawnerMixin(LoggingConfigurable):
     """Engine-neutral part: everything here is data handed to the engine's spawner.
 
@@ -109,20 +130,10 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     async def start(self):
         await self.apply_runtime()
         ip, port = await super().start()
-        await self.wait_until_answering(f"http://{ip}:{port}")
+        # JupyterHub's own check follows; a lab that is not up by start_timeout is its to report
+        await lab_answers(url_path_join(f"http://{ip}:{port}", self.server.base_url if self.server else "/"),
+                          self.start_timeout, self.ready_poll_interval)
         return ip, port
-
-    async def wait_until_answering(self, url: str) -> None:
-        """Poll the lab's unauthenticated /api until it answers; give up quietly at start_timeout."""
-        probe = url_path_join(url, self.server.base_url if self.server else "/", "api")
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(probe, request_timeout=2, connect_timeout=1)
-                return
-            except (HTTPClientError, OSError):
-                await asyncio.sleep(self.ready_poll_interval)  # not listening yet
 
     async def apply_runtime(self) -> None:
         """Idempotent: set volumes, host config and environment for the user's *current* groups."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -237,7 +238,7 @@ class Builder:
         for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
             if lock:
                 pins = parse_apt_lock((root / lock).read_text(), lock)
-                check_deb_arch(pins, self.debian_arch(), lock)
+                check_deb_arch(pins, self.daemon_arch, lock)
                 cache_debs.fetch(pins, progress)
                 cache_debs.stage(pins, context / folder)
         if target.python_lock or target.local_packages or target.lab_extensions:
@@ -255,13 +256,14 @@ class Builder:
             shutil.copytree(modules, context / "node_modules", symlinks=True)
         return context
 
-    def debian_arch(self) -> str:
-        """The daemon's architecture, as Debian and Go name it (amd64, arm64)."""
+    @functools.cached_property
+    def daemon_arch(self) -> str:
+        """The daemon's architecture, as Debian and Go name it (amd64, arm64); asked once per build."""
         return self.docker.client.version().get("Arch", "amd64")
 
     def arch(self) -> str:
         """The same, as wheel platform tags name it (x86_64, aarch64)."""
-        machine = self.debian_arch()
+        machine = self.daemon_arch
         return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hub_ext import metrics
-from tests.helpers import dashboard_metric_families, metric_family
+from ..helpers import dashboard_metric_families, metric_family
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "stack" / "grafana" / "hubforge.json"
 
@@ -29,7 +29,7 @@ def test_a_restart_counts_its_result_and_duration():
 def test_a_refused_or_failed_restart_observes_no_duration():
     duration = sample("hubforge_server_restart_duration_seconds_count")
     refused, failed = sample("hubforge_server_restarts_total", result="refused"), sample("hubforge_server_restarts_total", result="failed")
-    metrics.count_restart(None, refused=True)
+    metrics.count_restart(None)
     metrics.count_restart({"status": "failed", "container": "c", "reason": "gone"})
     assert sample("hubforge_server_restarts_total", result="refused") == refused + 1
     assert sample("hubforge_server_restarts_total", result="failed") == failed + 1

@@ -233,14 +233,14 @@ class LabStandIn(RequestHandler):
         self.write({"id": "n1", "delivered_to": 2})
 
 
-class LabRoot(RequestHandler):
+class LabAPI(RequestHandler):
     def get(self, prefix):
         self.write("lab")
 
 
 async def serve_and(action):
     sock, port = bind_unused_port()
-    server = HTTPServer(Application([(r"/user/([^/]+)/hubforge/notify", LabStandIn), (r"/user/([^/]+)/", LabRoot)]))
+    server = HTTPServer(Application([(r"/user/([^/]+)/hubforge/notify", LabStandIn), (r"/user/([^/]+)/api", LabAPI)]))
     server.add_sockets([sock])
     try:
         return await action(port)
