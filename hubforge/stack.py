@@ -149,6 +149,15 @@ def parse_probe(code: int | None, output: str) -> dict[str, Any]:
     return result
 
 
+def config_digest(hub_config: str, config_d: Path) -> str:
+    """A digest of the hub's mounted configuration: a label on the hub, so Compose recreates it when
+    jupyterhub_config.py (after an upgrade) or a config.d/*.py file changes, as it does for .env."""
+    digest = hashlib.sha256(hub_config.encode())
+    for extra in sorted(config_d.glob("*.py")):
+        digest.update(extra.name.encode() + b"\0" + extra.read_bytes())
+    return digest.hexdigest()[:20]
+
+
 # -- execute -------------------------------------------------------------------------------------------
 class Stack:
     def __init__(self, options: StackOptions, docker: StackDocker, root: Path, say: Callable[[str], None]) -> None:
@@ -177,9 +186,9 @@ class Stack:
     def settings(self) -> tuple[dict[str, str], Any]:
         """The .env values, created with a fresh metrics token on the first `up`, and checked."""
         env_path = self.options.run_dir / ".env"
-        if not env_path.exists():
-            env_path.write_text(ENV_TEMPLATE.format(metrics_token=secrets.token_hex(24)))
-            env_path.chmod(0o600)
+        if not env_path.exists():  # private from its first byte: it holds the metrics token
+            with os.fdopen(os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as env_file:
+                env_file.write(ENV_TEMPLATE.format(metrics_token=secrets.token_hex(24)))
         values = read_env_file(env_path)
         if self.options.gpu is not None:
             values["ENABLE_GPU_SUPPORT"] = self.options.gpu
@@ -197,9 +206,11 @@ class Stack:
     def render(self, variables: Mapping[str, Any]) -> None:
         run_dir = self.options.run_dir
         (run_dir / "config.d").mkdir(parents=True, exist_ok=True)
+        hub_config = (self.root / "stack" / "jupyterhub_config.py").read_text()
+        (run_dir / "jupyterhub_config.py").write_text(hub_config)
         template = (self.root / "stack" / "compose.yml.j2").read_text()
+        variables = {**variables, "config_digest": config_digest(hub_config, run_dir / "config.d")}
         (run_dir / "compose.yml").write_text(render({"compose.yml.j2": template}, "compose.yml.j2", variables))
-        (run_dir / "jupyterhub_config.py").write_text((self.root / "stack" / "jupyterhub_config.py").read_text())
 
     def prepare(self, images: Mapping[str, str], lab_images: Mapping[str, str]) -> dict[str, Any]:
         """Check settings and ports, probe GPUs, render the run directory. Starts nothing."""

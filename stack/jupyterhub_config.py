@@ -106,6 +106,11 @@ c.HubforgeSpawner.gpu_mode = hub.gpu_mode
 c.HubforgeSpawner.gpu_probe = gpu_probe
 c.HubforgeSpawner.lab_services = hub.lab_services
 c.Spawner.default_url = "/lab"
+# Labs outlive the hub: a restart, a recreate after a settings change or a new hub image leaves every
+# running lab (and its kernels) running, and the hub finds them again from its database when it is back.
+# `invoke down` stops them explicitly. A lab that dies on its own is removed at the next poll.
+c.JupyterHub.cleanup_servers = False
+c.Spawner.poll_interval = 30  # seconds (JupyterHub's default, stated): a dead lab is noticed within ~33 s
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 120
 c.JupyterHub.load_groups = {name: {} for name in BUILTIN_GROUPS}  # created at start if missing

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import re
 import threading
 import time
+import uuid
 
 import requests
 import urllib3
@@ -107,6 +110,67 @@ class HubAPI:
                 return
             time.sleep(0.25)
         raise AssertionError(f"{name}'s server did not stop in {timeout}s")
+
+
+class KernelClient:
+    """A kernel in a user's lab, driven as JupyterLab drives it: REST to start it, the websocket to run code."""
+
+    def __init__(self, api: HubAPI, user: str, kernel_id: str | None = None) -> None:
+        self.api, self.user = api, user
+        if kernel_id is None:
+            response = api.request("POST", f"user/{user}/api/kernels", json={"name": "python3"})
+            assert response.status_code == 201, response.text
+            kernel_id = response.json()["id"]
+        self.id = kernel_id
+
+    def execute(self, code: str, timeout: float = 30) -> str:
+        """Run `code` over the kernel's websocket; its stdout plus the result's text/plain."""
+        return asyncio.run(self._execute(code, timeout))
+
+    async def _execute(self, code: str, timeout: float) -> str:
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        url = self.api.base.replace("https://", "wss://").replace("http://", "ws://")
+        request = HTTPRequest(f"{url}user/{self.user}/api/kernels/{self.id}/channels", validate_cert=False,
+                              headers={"Authorization": self.api.http.headers["Authorization"]},
+                              connect_timeout=10, request_timeout=timeout)
+        connection = await websocket_connect(request)
+        msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
+        connection.write_message(json.dumps({
+            "header": {"msg_id": msg_id, "session": session, "username": self.user, "msg_type": "execute_request",
+                       "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True},
+        }))
+        output, replied, idle = [], None, False
+        deadline = time.monotonic() + timeout
+        try:
+            while not (replied and idle):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no reply from kernel {self.id} within {timeout}s; so far: {output}")
+                raw = await asyncio.wait_for(connection.read_message(), remaining)
+                if raw is None:
+                    raise AssertionError(f"the websocket of kernel {self.id} closed; so far: {output}")
+                message = json.loads(raw)
+                if message.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind, content = message["header"]["msg_type"], message["content"]
+                if kind == "stream":
+                    output.append(content["text"])
+                elif kind in ("execute_result", "display_data"):
+                    output.append(content["data"].get("text/plain", ""))
+                elif kind == "error":
+                    raise AssertionError(f"{content['ename']}: {content['evalue']}")
+                elif kind == "execute_reply":
+                    replied = content
+                elif kind == "status" and content.get("execution_state") == "idle":
+                    idle = True
+        finally:
+            connection.close()
+        return "".join(output)
 
 
 class EventListener:

@@ -115,3 +115,30 @@ def test_a_failed_build_names_the_step_and_shows_the_last_30_lines(tmp_path):
     assert "failed at Step 3/3 : RUN apt-get install" in message
     assert "log line 39" in message and "log line 10" in message and "log line 8\n" not in message
     assert message.strip().endswith("returned a non-zero code: 100")
+
+
+def test_compose_plugin_is_a_copy_that_outlives_its_environment(tmp_path, monkeypatch):
+    """`invoke setup` used to link the plugin into the venv that ran it; deleting the venv broke `docker compose`."""
+    from hubforge import doctor
+
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / "docker-compose").write_text("#!/bin/sh\necho 'Docker Compose version v2.40.3'\n")
+    monkeypatch.setattr(doctor, "bundled_compose", lambda: venv / "docker-compose")
+    plugin = tmp_path / "home" / ".docker" / "cli-plugins" / "docker-compose"
+    plugin.parent.mkdir(parents=True)
+    plugin.symlink_to(tmp_path / "old-venv" / "docker-compose")  # a dangling link from an older setup
+    doctor.install_compose(lambda message: None, plugin)
+    (venv / "docker-compose").unlink()
+    venv.rmdir()
+    assert not plugin.is_symlink() and plugin.stat().st_mode & 0o111
+    assert "v2.40.3" in subprocess.run([str(plugin)], capture_output=True, text=True, check=True).stdout
+
+
+def test_doctor_names_the_local_registry_the_release_tests_need(monkeypatch):
+    from hubforge import doctor
+
+    monkeypatch.setattr(doctor, "which", lambda program: None)
+    monkeypatch.setattr(doctor, "REGISTRY_PATH", "/nonexistent/docker-registry")
+    (check,) = doctor.checks(Path("/tmp"), {"registry"})
+    assert not check.ok and check.apt == ("docker-registry",) and "apt-get install -y docker-registry" in check.fix

@@ -94,3 +94,14 @@ def test_workflows_are_valid_and_do_what_they_say():
     assert "--push" in step["run"]
     assert step["env"] == {"DOCKERHUB_USERNAME": "${{ secrets.DOCKERHUB_USERNAME }}",
                            "DOCKERHUB_TOKEN": "${{ secrets.DOCKERHUB_TOKEN }}"}
+
+
+def test_sbom_document_lists_each_package_with_its_purl():
+    """`invoke sbom` and `invoke release` build this document; it failed with ModuleNotFoundError on fresh installs."""
+    from hubforge.sbom import cyclonedx
+
+    doc = cyclonedx("hubforge/hub:abc", "hub", "1.2.3", [("Jinja2", "3.1.4")], [("libc6", "2.36-9", "amd64")])
+    assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.5"
+    assert doc["metadata"]["component"]["name"] == "hub" and doc["metadata"]["component"]["version"] == "1.2.3"
+    purls = sorted(c["purl"] for c in doc["components"])
+    assert purls == ["pkg:deb/debian/libc6@2.36-9?arch=amd64&distro=debian-12", "pkg:pypi/jinja2@3.1.4"]

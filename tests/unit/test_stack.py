@@ -12,7 +12,7 @@ import pytest
 from hub_ext.logo import LogoError, materialize
 from hub_ext.tls import ensure_self_signed
 from hubforge.errors import HubforgeError
-from hubforge.stack import compose_argv, parse_probe, port_free, read_env_file, validate_port, validate_project
+from hubforge.stack import compose_argv, config_digest, parse_probe, port_free, read_env_file, validate_port, validate_project
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
@@ -117,3 +117,19 @@ def test_self_signed_certificate_is_made_once(tmp_path):
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     first = cert.read_bytes()
     assert ensure_self_signed(cert, key, ["other"]) is False and cert.read_bytes() == first
+
+
+def test_config_digest_follows_the_hub_config_and_config_d(tmp_path):
+    """The hub carries this as a label: a changed jupyterhub_config.py or config.d file recreates it at `up`."""
+    config_d = tmp_path / "config.d"
+    config_d.mkdir()
+    first = config_digest("c.A = 1\n", config_d)
+    assert config_digest("c.A = 1\n", config_d) == first
+    assert config_digest("c.A = 2\n", config_d) != first
+    (config_d / "10-mine.py").write_text("c.Spawner.mem_limit = '8G'\n")
+    with_extra = config_digest("c.A = 1\n", config_d)
+    assert with_extra != first
+    (config_d / "10-mine.py").write_text("c.Spawner.mem_limit = '6G'\n")
+    assert config_digest("c.A = 1\n", config_d) != with_extra
+    (config_d / "notes.txt").write_text("not loaded by the hub")
+    assert config_digest("c.A = 1\n", config_d) == config_digest("c.A = 1\n", config_d)
