@@ -78,7 +78,7 @@ def build_wheel(source: Path, cache_root: Path, progress: Callable[[str], None] 
         return cached[0]
     # jlpm comes with this Python's jupyter-builder: find it (and let hatch-jupyter-builder find it) even
     # when the virtual environment was not activated, e.g. `.venv/bin/python -m invoke build`.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
     if shutil.which("jlpm", path=path) is None:
         raise HubforgeError("jlpm is not installed (needed to build the lab extension): python -m pip install jupyter-builder")
     cache_root.mkdir(parents=True, exist_ok=True)
