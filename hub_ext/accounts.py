@@ -11,10 +11,14 @@ import re
 import secrets
 from pathlib import Path
 
+from jupyterhub import orm
 from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.utils import new_token
+from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from tornado import web
 
-from .handlers import authorize
+from .handlers import audit, authorize, remove_volume, spawner_of, prefix_of, user_lock
+from .naming import user_names
 
 USERNAME_MAX = 64
 _FORBIDDEN = re.compile(r"[\s,/\\]")
@@ -92,9 +96,18 @@ class SignupHandler(BaseHandler):
         )
 
     async def post(self):
+        from .auth import client_address, describe_wait, hash_password
+
         auth = self.authenticator
         if not auth.signup_open():
             raise web.HTTPError(404)
+        address = client_address(self.request)
+        wait = auth.signup_wait(address)
+        if wait > 0:
+            self.set_status(429)
+            self.finish(await self.page("alert-danger", f"Too many attempts from your address; try again in {describe_wait(wait)}."))
+            return
+        auth.throttle.failed(None, address)  # every signup attempt spends the address's budget
         username = auth.normalize_username(self.get_body_argument("username", "", strip=True))
         password = self.get_body_argument("signup_password", "", strip=False)
         confirmation = self.get_body_argument("signup_password_confirmation", "", strip=False)
@@ -102,7 +115,9 @@ class SignupHandler(BaseHandler):
             password, confirmation, auth.minimum_password_length,
             auth.check_common_password and auth.is_common(password))
         is_admin = username in auth.admin_users
-        if problem is None and auth.user_exists(username):
+        if problem is None and (auth.user_exists(username) or (not is_admin and orm.User.find(self.db, username))):
+            # a hub user without an account is a leftover (deleted from NativeAuthenticator's table by hand or
+            # by an older hubforge): a new account must not inherit its groups, tokens or volumes
             problem = f"The username {username!r} is taken."
         if problem is None and is_admin and not auth.bootstrap.matches(self.get_body_argument("bootstrap_secret", "")):
             problem = ("Signing up as the admin needs the bootstrap secret that `invoke up` printed "
@@ -113,10 +128,10 @@ class SignupHandler(BaseHandler):
         if problem:
             self.finish(await self.page("alert-danger", problem, username))
             return
-        account = auth.create_user(username, password)
-        if account is None:
-            self.finish(await self.page("alert-danger", "The account could not be created; check the hub log.", username))
-            return
+        # Made here, not by NativeAuthenticator's create_user: that one hashes on the event loop and
+        # refuses while signup is off, which is exactly when the admin's bootstrap signup must work.
+        account = auth.store_account(username, password, hashed=await hash_password(password), approved=is_admin)
+        self.log.info("audit: signup user=%s approved=%s from=%s", account.username, is_admin, address)
         if is_admin:
             auth.bootstrap.consume()
             self.log.info("audit: admin account %s claimed with the bootstrap secret", username)
@@ -126,12 +141,44 @@ class SignupHandler(BaseHandler):
                                         "You can log in once an admin approves your account."))
 
 
+class LoginHandler(NativeLoginHandler):
+    """POST /login -- the password checked in a worker thread, throttled per account and address.
+
+    NativeAuthenticator's own handler reads `self.statsd` (gone in JupyterHub 6), checks bcrypt on the
+    event loop twice for a failed login, and tells a pending account's right password apart without any
+    limit. Here a throttled try answers 429 with the wait, and "not approved yet" is said only for a try
+    that the throttle let through.
+    """
+
+    async def post(self):
+        from .auth import LoginRefused
+
+        data = {arg: self.get_argument(arg, strip=False) for arg in self.request.arguments}
+        data.setdefault("username", "")
+        data.setdefault("password", "")
+        try:
+            user = await self.login_user(data)
+        except LoginRefused as exc:
+            self.set_status(429)
+            self.set_header("Retry-After", str(max(1, round(exc.wait))))
+            self.finish(await self._render(login_error=str(exc), username=data["username"]))
+            return
+        if user:
+            self._jupyterhub_user = user
+            self.redirect(self.get_next_url(user))
+            return
+        error = "Invalid username or password."
+        if getattr(self, "hubforge_pending", False):
+            error = f"User {data['username']} has not been approved by an administrator yet."
+        self.finish(await self._render(login_error=error, username=data["username"]))
+
+
 class AuthorizeAreaHandler(BaseHandler):
     """GET /authorize -- the admins' list of accounts, with Approve / Unapprove / Discard buttons."""
 
     @web.authenticated
     async def get(self):
-        authorize(self, None, admin_only=True)
+        authorize(self, None, admin_only=True, scope="admin:users")
         from nativeauthenticator.orm import UserInfo
 
         accounts = sorted(self.db.query(UserInfo).all(), key=lambda a: (a.is_authorized, a.username))
@@ -144,28 +191,63 @@ class ApprovalActionHandler(BaseHandler):
 
     @web.authenticated
     async def post(self, raw_name: str, action: str):
-        admin = authorize(self, None, admin_only=True)
+        admin = authorize(self, None, admin_only=True, scope="admin:users")
         auth = self.authenticator
         name = normalized_target(auth, raw_name)
         account = auth.get_user(name)
         if account is None:
             raise web.HTTPError(404, f"no account {name!r}")
+        detail = ""
         if action == "approve":
             changed = not account.is_authorized
             account.is_authorized = True
+            self.db.commit()
         elif action == "unapprove":
             if name in auth.admin_users:
                 raise web.HTTPError(400, "the admin cannot be unapproved")
             changed = bool(account.is_authorized)
             account.is_authorized = False
+            self.db.commit()
+            detail = await self.revoke(name, delete=False)
         else:
             if account.is_authorized:
                 raise web.HTTPError(409, f"{name} is approved: unapprove before discarding")
+            if self.get_body_argument("confirm", "").strip() != name:
+                raise web.HTTPError(400, f"type {name!r} to confirm: discarding deletes the account and its volumes")
             changed = True
             self.db.delete(account)
-        self.db.commit()
-        self.log.info("audit: approval by=%s user=%s action=%s changed=%s", admin.name, name, action, changed)
-        self.redirect(self.hub.base_url + "authorize?message=" + f"{name}: {action} done")
+            self.db.commit()
+            detail = await self.revoke(name, delete=True)
+        self.log.info("audit: approval by=%s user=%s action=%s changed=%s %s", admin.name, name, action, changed, detail)
+        self.redirect(self.hub.base_url + "authorize?message=" + f"{name}: {action} done" + (f" ({detail})" if detail else ""))
+
+    async def revoke(self, name: str, delete: bool) -> str:
+        """Take away everything an account gave: servers, tokens (API and OAuth), sessions; with `delete`,
+        also the hub user (groups, roles) and the home, workspace and cache volumes."""
+        user = self.find_user(name)
+        if user is None:
+            return "no hub user"
+        async with user_lock(name):
+            for server_name, spawner in list(user.spawners.items()):
+                if spawner.active or spawner.pending:
+                    await self.stop_single_user(user, server_name)
+            tokens = list(user.api_tokens)
+            for token in tokens:
+                self.db.delete(token)
+            user.orm_user.cookie_id = new_token()  # every login cookie names the old id: all sessions end
+            self.db.commit()
+            if not delete:
+                return f"server stopped, {len(tokens)} tokens revoked, sessions ended"
+            spawner = spawner_of(user)
+            volumes = user_names(prefix_of(spawner), name).volumes
+            removed = [await remove_volume(spawner, volume) for volume in volumes.values()]
+            await user.delete_spawners()
+            self.users.delete(user)
+        gone = ",".join(r["volume"] for r in removed if r["result"] in ("removed", "not found"))
+        failed = [f"{r['volume']}: {r.get('reason')}" for r in removed if r["result"] == "failed"]
+        if failed:
+            audit.warning("discard of %s could not delete volumes: %s", name, "; ".join(failed))
+        return f"hub user deleted, volumes deleted: {gone}" + (f"; NOT deleted: {'; '.join(failed)}" if failed else "")
 
 
 class NoChangeHandler(BaseHandler):
@@ -176,6 +258,7 @@ class NoChangeHandler(BaseHandler):
 
 
 handlers = [
+    (r"/login", LoginHandler),
     (r"/signup", SignupHandler),
     (r"/authorize", AuthorizeAreaHandler),
     (r"/authorize/([^/]+)/(approve|unapprove|discard)", ApprovalActionHandler),

@@ -7,16 +7,42 @@ and the handlers run in the hub with its sessions, XSRF checks, scopes and spawn
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.orm import UserInfo
-from traitlets import Unicode
+from traitlets import Float, Integer, Unicode, default
 
 from . import accounts
 from .handlers import default_handlers
+from .throttle import Throttle, describe_wait
+
+# bcrypt costs ~0.4 s of CPU here and releases the GIL: it runs in these threads, never on the event loop.
+HASHING = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bcrypt")
+# A hash to check against when the account does not exist, so that a miss costs as long as a hit.
+_NO_ACCOUNT = bcrypt.hashpw(b"no such account", bcrypt.gensalt())
+
+
+async def hash_password(password: str) -> bytes:
+    return await asyncio.get_running_loop().run_in_executor(HASHING, bcrypt.hashpw, password.encode(), bcrypt.gensalt())
+
+
+async def password_matches(password: str, hashed: bytes) -> bool:
+    return await asyncio.get_running_loop().run_in_executor(HASHING, bcrypt.checkpw, password.encode(), hashed)
+
+
+class LoginRefused(Exception):
+    """Why a login attempt was refused before its password was checked (throttling); str() is for the user."""
+
+    def __init__(self, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 TEMPLATES = str(Path(__file__).parent / "templates")
 
@@ -34,6 +60,27 @@ class HubforgeAuthenticator(NativeAuthenticator):
         config=True,
         help="Where the admin's one-time signup secret is kept (the hub's data volume).",
     )
+
+    login_free_failures = Integer(
+        5, config=True,
+        help="Failed logins for one account from one address before each further try must wait (LOGIN_MAX_FAILURES).")
+    login_max_delay = Float(
+        600, config=True,
+        help="The longest wait between tries, in seconds; the wait doubles from 1 s up to this (LOGIN_LOCKOUT_SECONDS).")
+    login_address_limit = Integer(
+        30, config=True,
+        help="Failed logins plus signups one client address may make per minute (LOGIN_ADDRESS_LIMIT). "
+             "Successful logins do not count, so a class behind one NAT logs in freely.")
+
+    @default("allowed_failed_logins")
+    def _no_native_lockout(self):
+        return 0  # NativeAuthenticator's lock-out counts per account only: anyone could lock the admin out
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started = datetime.now(timezone.utc).replace(tzinfo=None)  # JupyterHub stores naive UTC
+        self.throttle = Throttle(free_failures=self.login_free_failures, max_delay=self.login_max_delay,
+                                 address_budget=self.login_address_limit)
 
     def get_handlers(self, app):
         """NativeAuthenticator's routes, with signup and approval replaced by safe ones, plus hub_ext's."""
@@ -57,11 +104,14 @@ class HubforgeAuthenticator(NativeAuthenticator):
         return self.is_password_common(password)
 
     def add_user(self, user):
-        """Called when JupyterHub first creates a user: at start for the admin, or by an admin.
+        """Called for every user in the hub's database at each start, and when an admin adds a user.
 
-        No NativeAuthenticator account is made for the admin without a password: an account with
-        a password nobody knows is the trap that locks a fresh deployment out. Users an admin adds
-        get an approved account with an unusable password; the admin sets one at /hub/change-password/<name>.
+        - The admin gets an account only from JUPYTERHUB_ADMIN_PASSWORD; otherwise the admin signs up
+          with the bootstrap secret (an account with a password nobody knows would lock a fresh hub out).
+        - A user created while this hub runs (an admin adding them, or the operator's config) gets an
+          approved account with an unusable password; the admin sets one at /hub/change-password/<name>.
+        - A user from before this start without an account gets none: nothing but an admin's explicit
+          action approves anyone, and a restart must not bring back an account that was discarded.
         """
         result = super().add_user(user)
         if self.get_user(user.name) is None:
@@ -70,11 +120,63 @@ class HubforgeAuthenticator(NativeAuthenticator):
                     self.store_account(user.name, self.admin_password)
                 else:
                     self.bootstrap.ensure()  # the admin's signup will need it; `invoke up` prints it
-            else:
+            elif (getattr(user, "created", None) or self.started) >= self.started:
                 self.store_account(user.name, secrets.token_urlsafe(32))
+            else:
+                self.log.warning("user %s has no account (discarded?): not making one; they cannot log in", user.name)
         return result
 
-    def store_account(self, username: str, password: str) -> None:
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
-        self.db.add(UserInfo(username=username, password=hashed, is_authorized=True))
+    def store_account(self, username: str, password: str, hashed: bytes | None = None, approved: bool = True) -> UserInfo:
+        hashed = hashed or bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+        account = UserInfo(username=username, password=hashed, is_authorized=approved)
+        self.db.add(account)
         self.db.commit()
+        return account
+
+    async def authenticate(self, handler, data):
+        """The password checked off the event loop, with throttling per account and address.
+
+        Raises LoginRefused while the address must wait; the login page shows it with status 429.
+        A pending account's right password counts as a failure, so pending accounts are throttled too;
+        `handler.hubforge_pending` tells the page to say that approval is what is missing.
+        """
+        username = self.normalize_username(data.get("username", ""))
+        password = data.get("password", "")
+        address = client_address(handler.request)
+        wait = self.throttle.wait(username, address)
+        if wait > 0:
+            self.log.warning("login for %s from %s throttled for %.0f s", username, address, wait)
+            raise LoginRefused(f"Too many failed logins from your address; try again in {describe_wait(wait)}.", wait)
+        account = self.get_user(username) if username else None
+        matches = await password_matches(password, account.password if account else _NO_ACCOUNT)
+        if account is not None and matches and account.is_authorized:
+            self.throttle.succeeded(username, address)
+            return username
+        self.throttle.failed(username, address)
+        if account is not None and matches:
+            handler.hubforge_pending = True
+        return None
+
+    def signup_wait(self, address: str) -> float:
+        """Seconds until `address` may sign up again; each signup attempt spends the address's budget."""
+        return self.throttle.wait(None, address)
+
+
+def client_address(request) -> str:
+    """The client's address as the hub's own proxy saw it.
+
+    TLS ends in configurable-http-proxy inside the hub container, which appends the client's address to
+    X-Forwarded-For. Only that last entry is trusted, and only on a connection from the proxy (this
+    container's own address): tornado's xheaders would also believe a client's own X-Real-Ip, and a lab
+    could talk to the hub's port directly with any header it likes.
+    """
+    context = request.connection.context
+    peer = context.address[0] if isinstance(getattr(context, "address", None), tuple) else ""
+    try:
+        local = request.connection.stream.socket.getsockname()[0]
+    except (AttributeError, OSError):
+        local = ""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if peer and forwarded and (peer == local or peer in ("127.0.0.1", "::1")):
+        return forwarded.split(",")[-1].strip()
+    return peer or request.remote_ip

@@ -6,9 +6,11 @@ Every error is one line naming the variable, what it got and what is valid.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}
 _USERNAME = re.compile(r"^[^\s/]{1,64}$")
@@ -29,6 +31,8 @@ class HubConfig:
     password_min_length: int = 8
     login_max_failures: int = 5
     login_lockout_seconds: int = 600
+    login_address_limit: int = 30
+    admin_password: str = ""
     lab_mem_limit: str = "4G"
     lab_cpu_limit: float = 2.0
     lab_pids_limit: int = 1024
@@ -110,6 +114,28 @@ def parse_username(raw: str, name: str) -> str:
     return value.lower()  # JupyterHub normalises usernames to lower case
 
 
+def common_passwords() -> frozenset[str]:
+    """NativeAuthenticator's list of common passwords (empty where it is not installed, e.g. a bare host)."""
+    spec = importlib.util.find_spec("nativeauthenticator")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    listing = Path(next(iter(spec.submodule_search_locations))) / "common-credentials.txt"
+    return frozenset(listing.read_text().splitlines()) if listing.exists() else frozenset()
+
+
+def parse_admin_password(env: Mapping[str, str], minimum: int) -> str:
+    """JUPYTERHUB_ADMIN_PASSWORD obeys the same rules as every signup's password."""
+    value = env.get("JUPYTERHUB_ADMIN_PASSWORD", "")
+    if not value:
+        return ""
+    if len(value) < minimum:
+        raise ConfigError(f"JUPYTERHUB_ADMIN_PASSWORD is too short ({len(value)} characters); "
+                          f"use at least PASSWORD_MIN_LENGTH={minimum}")
+    if value in common_passwords():
+        raise ConfigError("JUPYTERHUB_ADMIN_PASSWORD is on the list of common passwords; choose another")
+    return value
+
+
 def from_environ(env: Mapping[str, str]) -> HubConfig:
     """All hub settings from `env`, checked. Raises ConfigError with one line on the first bad value."""
     services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
@@ -122,7 +148,9 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
         gpu_mode=parse_gpu_mode(env.get("ENABLE_GPU_SUPPORT", "")),
         password_min_length=_int(env, "PASSWORD_MIN_LENGTH", 8, 1),
         login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, 1),
-        login_lockout_seconds=_int(env, "LOGIN_LOCKOUT_SECONDS", 600, 0),
+        login_lockout_seconds=_int(env, "LOGIN_LOCKOUT_SECONDS", 600, 1),
+        login_address_limit=_int(env, "LOGIN_ADDRESS_LIMIT", 30, 1),
+        admin_password=parse_admin_password(env, _int(env, "PASSWORD_MIN_LENGTH", 8, 1)),
         lab_mem_limit=parse_memory("LAB_MEM_LIMIT", env.get("LAB_MEM_LIMIT", "") or "4G"),
         lab_cpu_limit=_float(env, "LAB_CPU_LIMIT", 2.0),
         lab_pids_limit=_int(env, "LAB_PIDS_LIMIT", 1024, 16),

@@ -7,9 +7,11 @@ The routes live under /hub/hubforge/ and /hub/api/hubforge/, clear of JupyterHub
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jupyterhub import orm
@@ -33,7 +35,7 @@ from .actions import (
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
 from .naming import user_names
-from .spawner import lab_answers
+from .spawner import lab_answers, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")
@@ -41,17 +43,18 @@ READY_TIMEOUT_S = 90
 RESTART_POLL_S = 0.2
 
 
-def authorize(handler: BaseHandler, target: str | None, *, admin_only: bool = False):
+def authorize(handler: BaseHandler, target: str | None, *, admin_only: bool = False, scope: str = "admin:servers"):
     """The one authorization check. Returns the target user (or the current user for admin pages).
 
-    Owner or admin for a user's server (scope servers!user=<name>); admin:servers for admin pages.
+    Owner or admin for a user's server (scope servers!user=<name>); for admin pages, `scope`:
+    admin:servers for servers and broadcast, admin:users for decisions about accounts.
     403 for anyone else, 404 for an unknown user the caller may otherwise act on.
     """
     current = handler.current_user
     if current is None:
         raise web.HTTPError(403, "log in first")
     if admin_only:
-        if not handler.has_scope("admin:servers"):
+        if not handler.has_scope(scope):
             raise web.HTTPError(403, "only admins may do this")
         return current
     if not handler.has_scope(f"servers!user={target}"):
@@ -60,6 +63,16 @@ def authorize(handler: BaseHandler, target: str | None, *, admin_only: bool = Fa
     if user is None:
         raise web.HTTPError(404, f"no user {target!r}")
     return user
+
+
+@contextlib.asynccontextmanager
+async def exclusively(name: str):
+    """The user's lock, or 409 at once when a start, restart or reset of theirs is already under way."""
+    lock = user_lock(name)
+    if lock.locked():
+        raise web.HTTPError(409, f"{name}'s server is busy with another start, restart or volume reset; try again when it settles")
+    async with lock:
+        yield
 
 
 def spawner_of(user):
@@ -83,7 +96,8 @@ class RestartAPIHandler(APIHandler):
             await self.proxy.add_user(user)
 
         try:
-            result = await restart_server(spawner, user.name, moved)
+            async with exclusively(user.name):
+                result = await restart_server(spawner, user.name, moved)
         except web.HTTPError as exc:
             audit.info("restart by=%s user=%s result=refused status=%s", self.current_user.name, user.name, exc.status_code)
             count_restart(None)
@@ -117,7 +131,8 @@ class VolumeResetAPIHandler(APIHandler):
         except BadRequest as exc:
             raise web.HTTPError(400, str(exc)) from None
         spawner = spawner_of(user)
-        results = await reset_volumes(spawner, user_names(prefix_of(spawner), user.name), kinds)
+        async with exclusively(user.name):
+            results = await reset_volumes(spawner, user_names(prefix_of(spawner), user.name), kinds)
         summary = " ".join(f"{kind}={r['result']}" for kind, r in results.items())
         audit.info("volume-reset by=%s user=%s %s", self.current_user.name, user.name, summary)
         count_volume_resets(results)
@@ -183,9 +198,31 @@ class BroadcastPageHandler(BaseHandler):
 
 
 # -- helpers that talk to Docker and the labs --------------------------------------------------------------
+SIZES_TTL_S = 60
+_SIZES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-sizes")
+_usage: dict[str, Any] = {"at": -SIZES_TTL_S, "future": None}
+
+
+async def disk_usage(spawner) -> dict:
+    """`docker system df`, at most once a minute for the whole hub, on a thread of its own.
+
+    It measures every volume on the host, which takes long on a busy one: run on DockerSpawner's single
+    executor it would queue every spawn behind it, and uncached any user could trigger it at will.
+    Concurrent callers share one measurement.
+    """
+    now, loop = time.monotonic(), asyncio.get_running_loop()
+    future = _usage["future"]
+    stale = future is None or future.get_loop() is not loop or (
+        future.done() and (future.cancelled() or future.exception() is not None or now - _usage["at"] > SIZES_TTL_S))
+    if stale:
+        future = loop.run_in_executor(_SIZES, spawner.client.df)
+        _usage.update(at=now, future=future)
+    return await asyncio.shield(future)
+
+
 async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None]:
     """Existing volumes of the user -> size in bytes (None when Docker has not measured it)."""
-    usage = await spawner.docker("df")
+    usage = await disk_usage(spawner)
     sizes = {}
     wanted = set(volumes.values())
     for volume in usage.get("Volumes") or []:
@@ -279,8 +316,12 @@ async def deliver(username: str, server_url: str, payload: dict[str, Any], token
         return {"user": username, "result": "failed", "reason": reason}
     except OSError as exc:
         return {"user": username, "result": "failed", "reason": f"cannot reach the lab: {exc}"}
-    answer = json.loads(response.body or b"{}")
-    return {"user": username, "result": "delivered", "tabs": answer.get("delivered_to")}
+    try:  # every user controls their own lab's answer: a bad one fails that recipient, never the broadcast
+        answer = json.loads(response.body or b"{}")
+        tabs = answer.get("delivered_to") if isinstance(answer, dict) else None
+    except ValueError:
+        return {"user": username, "result": "failed", "reason": "the lab answered something that is not JSON"}
+    return {"user": username, "result": "delivered", "tabs": tabs}
 
 
 # -- the URL table ---------------------------------------------------------------------------------------

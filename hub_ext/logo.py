@@ -17,14 +17,23 @@ class LogoError(ValueError):
     """The logo cannot be used; the message is one line naming the URI's problem."""
 
 
-def materialize(uri: str, workdir: Path, timeout: float = 10.0) -> Path:
-    """Return a local file with the logo's bytes. http(s) and data: are written into `workdir`."""
+LOGO_DIR = Path("/srv/jupyterhub/logo")  # the one folder a file:// logo may come from (mount it via the override)
+
+
+def materialize(uri: str, workdir: Path, timeout: float = 10.0, logo_dir: Path = LOGO_DIR) -> Path:
+    """Return a local file with the logo's bytes. http(s) and data: are written into `workdir`.
+
+    A file:// logo must lie in `logo_dir`: /hub/logo serves it without login, so a path anywhere else
+    could publish any file the hub can read, such as its cookie secret.
+    """
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme == "file":
-        path = Path(urllib.parse.unquote(parsed.path))
+        path = Path(urllib.parse.unquote(parsed.path)).resolve()
+        if not path.is_relative_to(logo_dir.resolve()):
+            raise LogoError(f"JUPYTERHUB_LOGO_URI={uri!r}: a file:// logo must be in {logo_dir}/ (mount it there via the override)")
         if not path.is_file():
             raise LogoError(f"JUPYTERHUB_LOGO_URI={uri!r}: no such file inside the hub container (mount it via the override)")
-        return path
+        return _write(workdir, mimetypes.guess_type(path.name)[0] or "", path.read_bytes()[: MAX_BYTES + 1], uri)
     if parsed.scheme == "data":
         header, _, payload = uri[5:].partition(",")
         media = header.split(";")[0] or "text/plain"

@@ -22,6 +22,15 @@ USER_LABEL = "hubforge.user"
 VOLUME_LABEL = "hubforge.volume"
 
 
+_USER_LOCKS: dict[str, asyncio.Lock] = {}
+
+
+def user_lock(name: str) -> asyncio.Lock:
+    """One lock per user for start, restart, volume reset and revocation: none of them may interleave
+    (a spawn between a reset's checks and its deletes would mount a half-reset set of volumes)."""
+    return _USER_LOCKS.setdefault(name, asyncio.Lock())
+
+
 def ensure_builtin_groups(db) -> list[str]:
     """Create the built-in groups that are missing (an admin may have deleted one); return those made."""
     made = []
@@ -152,6 +161,10 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         return status
 
     async def start(self):
+        async with user_lock(self.user.name):
+            return await self._start()
+
+    async def _start(self):
         await self.apply_runtime()
         ip, port = await super().start()
         # JupyterHub's own check follows; a lab that is not up by start_timeout is its to report

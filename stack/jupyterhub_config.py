@@ -79,12 +79,15 @@ c.JupyterHub.template_paths = [TEMPLATES, str(Path(nativeauthenticator.__file__)
 c.Authenticator.admin_users = {hub.admin}
 c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
 c.NativeAuthenticator.enable_signup = hub.enable_signup
-c.HubforgeAuthenticator.admin_password = env.get("JUPYTERHUB_ADMIN_PASSWORD", "")
+c.HubforgeAuthenticator.admin_password = hub.admin_password  # checked against the password rules
 c.HubforgeAuthenticator.bootstrap_secret_file = str(DATA / "admin-bootstrap-secret")
 c.NativeAuthenticator.minimum_password_length = hub.password_min_length
 c.NativeAuthenticator.check_common_password = True
-c.NativeAuthenticator.allowed_failed_logins = hub.login_max_failures
-c.NativeAuthenticator.seconds_before_next_try = hub.login_lockout_seconds
+# Throttling per account and client address with growing waits, and a budget per address (hub_ext.throttle);
+# NativeAuthenticator's own per-account lock-out, which anyone could aim at the admin, is off.
+c.HubforgeAuthenticator.login_free_failures = hub.login_max_failures
+c.HubforgeAuthenticator.login_max_delay = hub.login_lockout_seconds
+c.HubforgeAuthenticator.login_address_limit = hub.login_address_limit
 
 # -- spawning: one isolated lab container per user ----------------------------------------------------
 c.JupyterHub.spawner_class = "hub_ext.spawner.HubforgeSpawner"

@@ -52,3 +52,31 @@ def test_hub_ext_routes_do_not_touch_jupyterhubs_user_api(db):
     assert {route for route, _ in default_handlers} <= set(routes)
     assert all(not r.startswith("/api/users") for r, _ in default_handlers)
     assert "/signup" in routes and "/authorize" in routes
+
+
+class OldUser(NewUser):
+    """A user already in the hub's database when it started (JupyterHub calls add_user for each one)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        from datetime import datetime
+
+        self.created = datetime(2020, 1, 1)
+
+
+def test_a_restart_never_makes_an_account_for_a_user_without_one(db):
+    """A discarded user's hub row used to come back at the next start as an approved account."""
+    auth = make(db)
+    auth.add_user(OldUser("discarded"))
+    assert auth.get_user("discarded") is None
+
+
+def test_a_restart_keeps_an_unapproved_account_unapproved(db):
+    auth = make(db)
+    auth.store_account("pending", "a-Long-passw0rd!", approved=False)
+    auth.add_user(OldUser("pending"))
+    assert auth.get_user("pending").is_authorized is False
+
+
+def test_nativeauthenticators_own_lockout_is_off(db):
+    assert make(db).allowed_failed_logins == 0

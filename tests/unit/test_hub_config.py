@@ -25,6 +25,8 @@ def test_defaults_need_no_variables():
         ({"PASSWORD_MIN_LENGTH": "12"}, "password_min_length", 12),
         ({"LOGIN_MAX_FAILURES": "3"}, "login_max_failures", 3),
         ({"LOGIN_LOCKOUT_SECONDS": "60"}, "login_lockout_seconds", 60),
+        ({"LOGIN_ADDRESS_LIMIT": "100"}, "login_address_limit", 100),
+        ({"JUPYTERHUB_ADMIN_PASSWORD": "a-Long-passw0rd!"}, "admin_password", "a-Long-passw0rd!"),
         ({"LAB_MEM_LIMIT": "512m"}, "lab_mem_limit", "512M"),
         ({"LAB_MEM_LIMIT": "1.5GB"}, "lab_mem_limit", "1.5G"),
         ({"LAB_CPU_LIMIT": "0.5"}, "lab_cpu_limit", 0.5),
@@ -55,6 +57,11 @@ def test_good_values(env, field, expected):
         ({"IDLE_CULLER_TIMEOUT": "5"}, "IDLE_CULLER_TIMEOUT='5' is too small"),
         ({"JUPYTERHUB_ADMIN": "a b"}, "JUPYTERHUB_ADMIN='a b' is not a valid username"),
         ({"ENABLE_SERVICE_X": "perhaps"}, "ENABLE_SERVICE_X='perhaps' is not valid"),
+        ({"LOGIN_ADDRESS_LIMIT": "0"}, "LOGIN_ADDRESS_LIMIT='0' is too small"),
+        # the admin's initial password skipped the rules every signup obeys
+        ({"JUPYTERHUB_ADMIN_PASSWORD": "short"}, "JUPYTERHUB_ADMIN_PASSWORD is too short (5 characters)"),
+        ({"JUPYTERHUB_ADMIN_PASSWORD": "password123"}, "JUPYTERHUB_ADMIN_PASSWORD is on the list of common passwords"),
+        ({"JUPYTERHUB_ADMIN_PASSWORD": "a-Long-pw", "PASSWORD_MIN_LENGTH": "12"}, "use at least PASSWORD_MIN_LENGTH=12"),
     ],
 )
 def test_bad_values_name_variable_and_valid_values(env, message):

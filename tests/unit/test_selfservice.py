@@ -233,6 +233,13 @@ class LabStandIn(RequestHandler):
         self.write({"id": "n1", "delivered_to": 2})
 
 
+class HostileLab(RequestHandler):
+    """A lab whose owner changed its notify endpoint to answer with something that is not JSON."""
+
+    def post(self, prefix):
+        self.write("<html>not json</html>" if prefix == "mallory" else "[1, 2]")
+
+
 class LabAPI(RequestHandler):
     def get(self, prefix):
         self.write("lab")
@@ -240,7 +247,8 @@ class LabAPI(RequestHandler):
 
 async def serve_and(action):
     sock, port = bind_unused_port()
-    server = HTTPServer(Application([(r"/user/([^/]+)/hubforge/notify", LabStandIn), (r"/user/([^/]+)/api", LabAPI)]))
+    server = HTTPServer(Application([(r"/user/([^/]+)/hubforge/notify", LabStandIn), (r"/user/([^/]+)/api", LabAPI),
+                                     (r"/hostile/([^/]+)/hubforge/notify", HostileLab)]))
     server.add_sockets([sock])
     try:
         return await action(port)
@@ -304,3 +312,17 @@ def test_delivery_to_an_unreachable_lab_fails_with_a_reason():
     sock.close()
     result = asyncio.run(deliver("alice", f"http://127.0.0.1:{port}/user/alice/", {"message": "x"}, "t"))
     assert result["result"] == "failed" and result["reason"]
+
+
+def test_a_lab_answering_garbage_fails_only_its_own_delivery():
+    """It used to raise out of the broadcast: a 500 for everyone, with no audit line and no metrics."""
+    async def scenario(port):
+        return await asyncio.gather(
+            deliver("mallory", f"http://127.0.0.1:{port}/hostile/mallory/", {"message": "x"}, "good"),
+            deliver("trudy", f"http://127.0.0.1:{port}/hostile/trudy/", {"message": "x"}, "good"),
+            deliver("alice", f"http://127.0.0.1:{port}/user/alice/", {"message": "x"}, "good"))
+
+    garbage, not_an_object, ok = asyncio.run(serve_and(scenario))
+    assert garbage == {"user": "mallory", "result": "failed", "reason": "the lab answered something that is not JSON"}
+    assert not_an_object == {"user": "trudy", "result": "delivered", "tabs": None}
+    assert ok["result"] == "delivered"

@@ -74,9 +74,22 @@ def test_logo_from_data_uri(tmp_path):
 
 
 def test_logo_from_file_uri(tmp_path):
-    source = tmp_path / "mine.png"
+    (tmp_path / "logo").mkdir()
+    source = tmp_path / "logo" / "mine.png"
     source.write_bytes(PNG)
-    assert materialize(source.as_uri(), tmp_path / "work") == source
+    assert materialize(source.as_uri(), tmp_path / "work", logo_dir=tmp_path / "logo").read_bytes() == PNG
+
+
+@pytest.mark.parametrize("target", ["data/jupyterhub_cookie_secret", "logo/../data/jupyterhub_cookie_secret", "logo/link.png"])
+def test_a_file_logo_cannot_publish_other_files(tmp_path, target):
+    """/hub/logo serves the logo without login: a file:// logo outside its folder would leak e.g. the cookie secret."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "logo").mkdir()
+    secret = tmp_path / "data" / "jupyterhub_cookie_secret"
+    secret.write_bytes(b"\x89PNG-looking secret")
+    (tmp_path / "logo" / "link.png").symlink_to(secret)
+    with pytest.raises(LogoError, match="must be in"):
+        materialize((tmp_path / target).as_uri(), tmp_path / "work", logo_dir=tmp_path / "logo")
 
 
 def test_logo_from_http(tmp_path):
@@ -96,7 +109,8 @@ def test_logo_from_http(tmp_path):
     ("uri", "message"),
     [
         ("ftp://x/logo.png", "a file:// path or a data: URI"),
-        ("file:///nonexistent/logo.png", "no such file"),
+        ("file:///srv/jupyterhub/logo/nope.png", "no such file"),
+        ("file:///etc/passwd", "must be in /srv/jupyterhub/logo/"),
         ("data:text/plain,hello", "is not an image type"),
         ("data:image/png;base64,@@@", "not valid base64"),
         ("http://127.0.0.1:1/logo.png", "cannot be downloaded"),

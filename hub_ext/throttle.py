@@ -1,0 +1,83 @@
+"""Login and signup throttling that an attacker cannot turn into a lock-out.
+
+Two limits, both kept in the hub's memory (a restart forgets them, as NativeAuthenticator's did):
+
+- **Per account and client address**, growing delays. After `free_failures` failed logins for one
+  account from one address, each further try from that address must wait `base_delay`, then twice as
+  long, and so on up to `max_delay`. Another address is not affected: the right password from the
+  admin's own machine still logs in while an attacker elsewhere is slowed down. A pending account's
+  right password counts as a failure, so a pending account cannot be guessed faster than any other.
+- **Per client address**, a budget of failed logins and signups per `window` seconds. A successful
+  login costs nothing, so a class behind one NAT logging in at 9:00 is not refused.
+
+The clock is injectable, so the arithmetic is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MAX_TRACKED = 50_000  # entries before old ones are pruned: memory stays bounded under a spray of addresses
+
+
+@dataclass
+class Throttle:
+    free_failures: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 600.0
+    address_budget: int = 30
+    window: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _failures: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    _spent: dict[str, deque[float]] = field(default_factory=dict)
+
+    def delay(self, failures: int) -> float:
+        """How long to wait after `failures` failed logins (0 while they are within the free ones)."""
+        if failures < self.free_failures:
+            return 0.0
+        return min(self.base_delay * 2 ** (failures - self.free_failures), self.max_delay)
+
+    def wait(self, username: str | None, address: str) -> float:
+        """Seconds until `address` may try (`username`) again; 0 when it may now."""
+        now = self.clock()
+        waits = [0.0]
+        spent = self._recent(address, now)
+        if len(spent) >= self.address_budget:
+            waits.append(spent[0] + self.window - now)
+        if username is not None and (username, address) in self._failures:
+            count, last = self._failures[(username, address)]
+            waits.append(last + self.delay(count) - now)
+        return max(waits)
+
+    def failed(self, username: str | None, address: str) -> None:
+        """A failed login (username given) or a signup attempt (None): both spend the address's budget."""
+        now = self.clock()
+        self._prune(now)
+        self._recent(address, now).append(now)
+        if username is not None:
+            count, _ = self._failures.get((username, address), (0, now))
+            self._failures[(username, address)] = (count + 1, now)
+
+    def succeeded(self, username: str, address: str) -> None:
+        self._failures.pop((username, address), None)
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        spent = self._spent.setdefault(address, deque())
+        while spent and spent[0] <= now - self.window:
+            spent.popleft()
+        return spent
+
+    def _prune(self, now: float) -> None:
+        if len(self._failures) + len(self._spent) < MAX_TRACKED:
+            return
+        horizon = now - self.max_delay - self.window
+        self._failures = {k: v for k, v in self._failures.items() if v[1] > horizon}
+        self._spent = {k: v for k, v in self._spent.items() if v and v[-1] > now - self.window}
+
+
+def describe_wait(seconds: float) -> str:
+    seconds = max(1, round(seconds))
+    return f"{seconds} second{'s' if seconds != 1 else ''}" if seconds < 120 else f"{round(seconds / 60)} minutes"
