@@ -169,8 +169,21 @@ class LoginHandler(NativeLoginHandler):
             return
         error = "Invalid username or password."
         if getattr(self, "hubforge_pending", False):
-            error = f"User {data['username']} has not been approved by an administrator yet."
+            error = f"User {data['username']} has not been authorized by an administrator yet."
         self.finish(await self._render(login_error=error, username=data["username"]))
+
+    def _render(self, login_error=None, username=None, sync=False, **_error_details):
+        """JupyterHub shows a failed form post (an expired XSRF token, say) as the login form with the
+        message, rendering it with `sync=True` and the error's details; NativeAuthenticator's `_render`
+        takes neither, so the page came out blank. Pass `sync` on, drop the rest."""
+        self._render_sync = sync
+        try:
+            return super()._render(login_error=login_error, username=username)
+        finally:
+            self._render_sync = False
+
+    def render_template(self, name, sync=False, **ns):
+        return super().render_template(name, sync=sync or getattr(self, "_render_sync", False), **ns)
 
 
 class AuthorizeAreaHandler(BaseHandler):
@@ -183,6 +196,7 @@ class AuthorizeAreaHandler(BaseHandler):
 
         accounts = sorted(self.db.query(UserInfo).all(), key=lambda a: (a.is_authorized, a.username))
         self.finish(await self.render_template("hubforge-authorize.html", accounts=accounts,
+                                               admin_users=self.authenticator.admin_users,
                                                message=self.get_argument("message", "")))
 
 

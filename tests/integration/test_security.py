@@ -12,7 +12,7 @@ from ..hubclient import HubSession
 from ..livestack import ADMIN, PASSWORD
 
 pytestmark = pytest.mark.integration
-STACK_ENV = {"LOGIN_MAX_FAILURES": "5", "LOGIN_LOCKOUT_SECONDS": "600"}
+STACK_ENV = {"LOGIN_MAX_FAILURES": "5", "LOGIN_LOCKOUT_SECONDS": "600", "LOGIN_ADDRESS_LIMIT": "100"}
 
 
 def alert(response: requests.Response) -> str:
@@ -62,7 +62,7 @@ def test_unapprove_and_discard(live, admin):
     token = admin.xsrf("hub/authorize")
     admin.http.post(admin.url("hub/authorize/IDA/unapprove"), data={"_xsrf": token}, timeout=30)  # mixed case
     assert HubSession(live.url).login("ida", PASSWORD).status_code != 302
-    admin.http.post(admin.url("hub/authorize/ida/discard"), data={"_xsrf": token}, timeout=30)
+    admin.http.post(admin.url("hub/authorize/ida/discard"), data={"_xsrf": token, "confirm": "ida"}, timeout=30)
     assert "sent to the admin" in alert(user.signup("ida", PASSWORD))  # the name is free again
 
 
@@ -85,7 +85,7 @@ def test_refused_usernames_name_the_rule(live, name, rule):
     assert rule in alert(HubSession(live.url).signup(name, PASSWORD))
 
 
-def test_sixth_attempt_is_locked_out_even_with_the_right_password(live, admin):
+def test_after_five_failures_the_same_address_waits_even_with_the_right_password(live, admin):
     pending(live, "jon")
     admin.approve("jon")
     session = HubSession(live.url)

@@ -13,7 +13,8 @@ from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
 from hub_ext.actions import BadRequest, broadcast_request, delivery_token_scopes, parse_json, volume_kinds, volume_listing
-from hub_ext.handlers import authorize, deliver, reset_volumes, restart_server
+from hub_ext import handlers as hub_handlers
+from hub_ext.handlers import authorize, deliver, disk_usage, exclusively, reset_volumes, restart_server
 from hub_ext.naming import user_names
 
 # -- validation ---------------------------------------------------------------------------------------------
@@ -137,6 +138,71 @@ def test_admin_pages_need_admin_servers():
         authorize(HandlerStandIn(Who("alice"), {"servers!user=alice"}), None, admin_only=True)
     assert caught.value.status_code == 403
     assert authorize(HandlerStandIn(Who("root", True), {"admin:servers"}), None, admin_only=True).name == "root"
+
+
+def test_approval_pages_need_admin_users_not_just_admin_servers():
+    # a role that may manage servers (say, an operator's) may not decide who has an account
+    operator = HandlerStandIn(Who("ops"), {"admin:servers"})
+    with pytest.raises(web.HTTPError) as caught:
+        authorize(operator, None, admin_only=True, scope="admin:users")
+    assert caught.value.status_code == 403
+    assert authorize(HandlerStandIn(Who("root", True), {"admin:users"}), None, admin_only=True, scope="admin:users").name == "root"
+
+
+def test_a_second_restart_or_reset_of_one_user_is_refused_while_the_first_runs():
+    async def scenario():
+        first_inside, release = asyncio.Event(), asyncio.Event()
+
+        async def first():
+            async with exclusively("alice"):
+                first_inside.set()
+                await release.wait()
+
+        task = asyncio.create_task(first())
+        await first_inside.wait()
+        with pytest.raises(web.HTTPError) as caught:
+            async with exclusively("alice"):
+                raise AssertionError("two operations on alice's server ran at once")
+        async with exclusively("bob"):  # another user is not held up
+            pass
+        release.set()
+        await task
+        async with exclusively("alice"):  # and alice's next one runs once the first is done
+            pass
+        return caught.value.status_code
+
+    assert asyncio.run(scenario()) == 409
+
+
+class CountingClient:
+    """docker-py's client as far as `df` goes: counts calls and the threads they ran on."""
+
+    def __init__(self):
+        import threading
+
+        self.calls, self.threads, self._threading = 0, set(), threading
+
+    def df(self):
+        self.calls += 1
+        self.threads.add(self._threading.get_ident())
+        return {"Volumes": [{"Name": "v", "UsageData": {"Size": 7}}]}
+
+
+def test_volume_sizes_are_measured_once_a_minute_off_the_loop(monkeypatch):
+    import threading
+
+    monkeypatch.setitem(hub_handlers._usage, "future", None)
+    spawner = type("S", (), {"client": CountingClient()})()
+
+    async def twenty_users():
+        return await asyncio.gather(*(disk_usage(spawner) for _ in range(20)))
+
+    answers = asyncio.run(twenty_users())
+    assert spawner.client.calls == 1 and all(a["Volumes"][0]["UsageData"]["Size"] == 7 for a in answers)
+    assert threading.get_ident() not in spawner.client.threads
+    monkeypatch.setitem(hub_handlers._usage, "at", hub_handlers._usage["at"] - hub_handlers.SIZES_TTL_S - 1)
+    asyncio.run(twenty_users())  # a new loop, and the minute is over: measured again, once
+    assert spawner.client.calls == 2
 
 
 # -- the Docker-facing steps, against a fake daemon -----------------------------------------------------------

@@ -1,0 +1,220 @@
+"""Accounts that stay revoked, and a login that an attacker cannot turn against the admin.
+
+Each test plays the attack or the mistake on a live stack and shows it failing: a revoked user's token,
+cookie and server; a hub restart; a name signed up again after a discard; an attacker in a lab spraying
+the admin's login; guessing a pending account's password; bootstrap with signup off.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import docker
+import pytest
+
+from ..hubclient import HubAPI, HubSession, plain_get
+from ..livestack import ADMIN, PASSWORD, approved_user, claim_admin, start_stack, stop_stack
+
+pytestmark = pytest.mark.integration
+# The host's requests all reach the hub from one address (Docker's port forwarding), so its budget is
+# raised above what this module spends; the lab attacker below has its own address and the same budget.
+STACK_ENV = {"LOGIN_MAX_FAILURES": "5", "LOGIN_LOCKOUT_SECONDS": "600", "LOGIN_ADDRESS_LIMIT": "40"}
+
+
+def act(admin: HubSession, name: str, action: str, **fields: str):
+    token = admin.xsrf("hub/authorize")
+    return admin.http.post(admin.url(f"hub/authorize/{name}/{action}"), data={"_xsrf": token, **fields},
+                           allow_redirects=False, timeout=120)
+
+
+def approval_shown(admin: HubSession, name: str) -> str | None:
+    """'Yes' or 'No' in the authorize page's row for `name`; None when the page lists no such account."""
+    page = admin.http.get(admin.url("hub/authorize"), timeout=30)
+    page.raise_for_status()
+    match = re.search(rf"<td>{re.escape(name)}</td>\s*<td>(Yes|No)</td>", page.text)
+    return match.group(1) if match else None
+
+
+def user_volumes(live, name: str) -> set[str]:
+    from hub_ext.naming import user_names
+
+    wanted = set(user_names(live.stack.options.volume_prefix, name).volumes.values())
+    return {v.name for v in docker.from_env().volumes.list() if v.name in wanted}
+
+
+def wait_healthy(live, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if plain_get(live.url + "hub/health").status_code == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"the hub was not healthy {timeout}s after its restart")
+
+
+def test_unapprove_revokes_tokens_sessions_and_the_server(live, admin, admin_api):
+    session, api = approved_user(live, admin, "kim")
+    api.start("kim")
+    assert api.request("GET", "hub/api/user").status_code == 200
+    assert session.http.get(session.url("hub/home"), allow_redirects=False, timeout=30).status_code == 200
+
+    assert act(admin, "kim", "unapprove").status_code == 302
+
+    assert api.request("GET", "hub/api/user").status_code in (401, 403)  # the token made before is dead
+    assert admin_api.request("GET", "hub/api/users/kim/tokens").json()["api_tokens"] == []
+    home = session.http.get(session.url("hub/home"), allow_redirects=False, timeout=30)
+    assert home.status_code == 302 and "/hub/login" in home.headers["Location"]  # the cookie session is over
+    assert admin_api.user("kim")["servers"] == {}
+    assert "not been authorized" in HubSession(live.url).login("kim", PASSWORD).text
+
+
+def test_a_hub_restart_approves_nobody(live, admin):
+    pending_session = HubSession(live.url)
+    pending_session.signup("lee", PASSWORD)
+    _, api = approved_user(live, admin, "max")
+    api.start("max")
+    assert act(admin, "max", "unapprove").status_code == 302
+    assert act(admin, "max", "discard", confirm="max").status_code == 302
+
+    live.hub().restart(timeout=30)
+    wait_healthy(live)
+
+    assert approval_shown(admin, "lee") == "No"
+    assert approval_shown(admin, "max") is None  # discarded stays discarded: no account came back
+    assert HubSession(live.url).login("max", PASSWORD).status_code != 302
+    assert HubSession(live.url).login("lee", PASSWORD).status_code != 302
+
+
+def test_discard_asks_for_the_name_then_leaves_nothing_for_the_next_owner(live, admin, admin_api):
+    _, api = approved_user(live, admin, "nia")
+    assert admin_api.request("POST", "hub/api/groups/docker-sock/users", json={"users": ["nia"]}).status_code == 200
+    api.start("nia")
+    lab = live.lab("nia")
+    assert lab.exec_run(["sh", "-c", "echo secret > /home/lab/workspace/old.txt"], user="lab").exit_code == 0
+    api.stop("nia")
+    assert user_volumes(live, "nia")
+    assert act(admin, "nia", "unapprove").status_code == 302
+
+    assert act(admin, "nia", "discard").status_code == 400  # no confirmation: nothing happens
+    assert act(admin, "nia", "discard", confirm="someone-else").status_code == 400
+    assert approval_shown(admin, "nia") == "No" and user_volumes(live, "nia")
+
+    assert act(admin, "nia", "discard", confirm="nia").status_code == 302
+    assert admin_api.request("GET", "hub/api/users/nia").status_code == 404
+    assert user_volumes(live, "nia") == set()
+    groups = admin_api.request("GET", "hub/api/groups/docker-sock").json()
+    assert "nia" not in groups["users"]
+
+    _, newcomer = approved_user(live, admin, "nia")  # someone else takes the name
+    assert admin_api.user("nia")["groups"] == []
+    newcomer.start("nia")
+    listing = live.lab("nia").exec_run(["ls", "-A", "/home/lab/workspace"], user="lab")
+    assert listing.exit_code == 0 and b"old.txt" not in listing.output
+
+
+ATTACK = r"""
+import json, re, ssl, sys, urllib.error, urllib.parse, urllib.request
+hub = "https://hub:8443/hub/"  # through the hub's TLS proxy, as a browser would
+tls = ssl._create_unverified_context()
+cookies = {}
+
+def call(request):
+    try:
+        answer = urllib.request.urlopen(request, timeout=30, context=tls)
+    except urllib.error.HTTPError as exc:
+        answer = exc
+    for header in answer.headers.get_all("Set-Cookie") or []:
+        name, value = header.split(";", 1)[0].split("=", 1)
+        cookies[name] = value
+    return answer.status if hasattr(answer, "status") else answer.code, answer.read().decode()
+
+# the headers claim another address (the admin's, say), consistently: the hub must not believe them
+spoofed = {"X-Forwarded-For": sys.argv[2], "X-Real-Ip": sys.argv[2]}
+_, page = call(urllib.request.Request(hub + "login", headers=spoofed))
+xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+results = []
+for username, password in json.loads(sys.argv[1]):
+    body = urllib.parse.urlencode({"_xsrf": xsrf, "username": username, "password": password}).encode()
+    headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()), **spoofed}
+    status, text = call(urllib.request.Request(hub + "login", data=body, headers=headers))
+    alert = re.search(r'class="login_error"[^>]*>\s*(.*?)\s*</', text, re.S)
+    results.append([status, alert.group(1) if alert else re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))[-300:]])
+print(json.dumps(results))
+"""
+
+
+def attack_from_lab(live, lab_user: str, attempts: list[tuple[str, str]], claimed_address: str) -> list[tuple[int, str]]:
+    result = live.lab(lab_user).exec_run(["python3", "-c", ATTACK, json.dumps(attempts), claimed_address], user="lab")
+    assert result.exit_code == 0, result.output.decode()[-2000:]
+    return [tuple(r) for r in json.loads(result.output.decode().strip().splitlines()[-1])]
+
+
+def host_address(live) -> str:
+    """Where the host's requests come from, as the hub sees them: the stack network's gateway."""
+    network = next(iter(live.hub().attrs["NetworkSettings"]["Networks"].values()))
+    return network["Gateway"]
+
+
+def test_an_attacker_in_a_lab_cannot_lock_the_admin_out(live, admin):
+    _, api = approved_user(live, admin, "eve")
+    api.start("eve")
+    answers = attack_from_lab(live, "eve", [(ADMIN, f"wrong-guess-{i}") for i in range(20)], host_address(live))
+
+    statuses = [status for status, _ in answers]
+    assert statuses[:5] == [200] * 5, answers[:2]  # the free failures, answered "invalid"
+    assert "Invalid username or password" in answers[0][1]
+    assert statuses.count(429) >= 14  # then slowed down: most tries are refused unchecked
+    assert "try again in" in answers[-1][1]
+
+    # the admin, from the host, logs in at once with the right password
+    assert HubSession(live.url).login(ADMIN, PASSWORD).status_code == 302
+
+
+def test_one_address_cannot_spray_many_accounts(live, admin):
+    """A per-address budget: failed logins for ever new names run out of it, whatever the names."""
+    _, api = approved_user(live, admin, "ray")
+    api.start("ray")
+    answers = attack_from_lab(live, "ray", [(f"victim{i}", "wrong-guess-0") for i in range(45)], "10.0.0.9")
+    statuses = [status for status, _ in answers]
+    assert statuses[:40] == [200] * 40 and statuses[40:] == [429] * 5
+    assert "try again in" in answers[-1][1]
+    assert HubSession(live.url).login("ray", PASSWORD).status_code == 302  # other addresses are unaffected
+
+
+def test_a_pending_accounts_password_cannot_be_confirmed_beyond_the_limit(live):
+    session = HubSession(live.url)
+    session.signup("pia", PASSWORD)
+    for i in range(5):
+        assert session.login("pia", f"wrong-guess-{i}").status_code == 200
+    right = session.login("pia", PASSWORD)
+    assert right.status_code == 429  # refused unchecked: the guesser learns nothing
+    assert "not been authorized" not in right.text and "try again in" in right.text
+    assert int(right.headers["Retry-After"]) >= 1
+
+
+def test_an_expired_login_form_says_so(live):
+    session = HubSession(live.url)
+    session.xsrf("hub/login")
+    answer = session.http.post(session.url("hub/login"), data={"_xsrf": "stale", "username": "x", "password": "y"},
+                               allow_redirects=False, timeout=30)
+    assert answer.status_code == 403 and "Login form invalid or expired" in answer.text
+
+
+def test_bootstrap_with_signup_off(tmp_path_factory):
+    """ENABLE_SIGNUP=0 and no admin password: the admin still claims the hub with the bootstrap secret."""
+    closed = start_stack(tmp_path_factory.mktemp("closed"), {"ENABLE_SIGNUP": "0"})
+    try:
+        secret = closed.bootstrap_secret()
+        assert secret
+        assert "Signup is closed" in HubSession(closed.url).signup("someone", PASSWORD).text  # only the admin may
+        session = claim_admin(closed)
+        assert closed.bootstrap_secret() is None
+        assert plain_get(closed.url + "hub/signup").status_code == 404  # claimed: the page is gone
+        assert session.http.get(session.url("hub/authorize"), timeout=30).status_code == 200
+        assert HubAPI(closed.url, session.new_token(ADMIN)).user(ADMIN)["admin"] is True
+    finally:
+        stop_stack(closed)
