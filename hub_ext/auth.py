@@ -121,7 +121,10 @@ class HubforgeAuthenticator(NativeAuthenticator):
                 else:
                     self.bootstrap.ensure()  # the admin's signup will need it; `invoke up` prints it
             elif (getattr(user, "created", None) or self.started) >= self.started:
-                self.store_account(user.name, secrets.token_urlsafe(32))
+                # a random password nobody learns: the lowest bcrypt cost is enough (there is nothing to
+                # guess), and an admin adding 200 users at once does not hold the event loop for a minute
+                unusable = secrets.token_urlsafe(32).encode()
+                self.store_account(user.name, "", hashed=bcrypt.hashpw(unusable, bcrypt.gensalt(rounds=4)))
             else:
                 self.log.warning("user %s has no account (discarded?): not making one; they cannot log in", user.name)
         return result

@@ -106,6 +106,13 @@ class AuthorizePage(HubPage):
         self.page.get_by_role("button", name=f"Approve {username}", exact=True).click()
         expect(self.page.get_by_role("button", name=f"Unapprove {username}", exact=True)).to_be_visible()
 
+    def discard(self, username: str) -> None:
+        """Discard a pending account: the admin types its name, as the page asks, then confirms."""
+        self.open("hub/authorize")
+        self.page.get_by_label(f"Type {username} to confirm the discard", exact=True).fill(username)
+        self.page.get_by_role("button", name=f"Discard {username}", exact=True).click()
+        expect(self.page.get_by_role("status")).to_contain_text(f"{username}: discard done")
+
     def set_password(self, username: str, password: str) -> None:
         self.open("hub/authorize")
         self.page.get_by_role("button", name=f"Set password of {username}", exact=True).click()

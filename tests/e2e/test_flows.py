@@ -8,6 +8,7 @@ import docker
 import pytest
 from playwright.sync_api import expect
 
+from ..hubclient import HubSession
 from ..livestack import ADMIN, PASSWORD
 from .pages import AuthorizePage, HomePage, JupyterLab, LoginPage, SignupPage, VolumesPage, navigate
 
@@ -40,6 +41,15 @@ def test_user_signs_up_waits_for_approval_and_logs_in(live, admin_http, page, br
 
     LoginPage(page, live.url).login("pat", PASSWORD)  # in: the hub starts pat's server and opens it
     expect(page).to_have_url(re.compile(r"/user/pat/lab"))
+
+
+def test_admin_discards_a_pending_signup_by_typing_its_name(live, admin_http, browser):
+    HubSession(live.url).signup("quinn", PASSWORD)
+    admin = browser.new_context(ignore_https_errors=True).new_page()
+    LoginPage(admin, live.url).login(ADMIN, PASSWORD)
+    AuthorizePage(admin, live.url).discard("quinn")
+    expect(admin.get_by_role("button", name="Approve quinn", exact=True)).to_have_count(0)
+    expect(admin.get_by_text("their files are gone")).to_be_visible()  # the page says what discard deletes
 
 
 def test_spawn_notebook_and_isolation(live, make_user, page):

@@ -7,6 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from ..hubclient import HubSession
 from ..livestack import ADMIN, start_stack, stop_stack
 from .pages import AdminPage, AuthorizePage, LoginPage, navigate
 
@@ -29,3 +30,16 @@ def test_admin_creates_a_user_when_signup_is_off(closed, page):
     page.context.clear_cookies()
     LoginPage(page, closed.url).login("zoe", "Zoes-own-pass-7")  # in: the hub starts zoe's server and opens it
     expect(page).to_have_url(re.compile(r"/user/zoe/lab"))
+
+
+def test_the_admin_page_lists_every_user_past_the_apis_page_size(closed, page):
+    """/hub/api/users answers at most 200 users at a time: the servers table pages through all of them."""
+    admin = HubSession(closed.url)
+    assert admin.login(ADMIN, ADMIN_PASSWORD).status_code == 302
+    names = [f"bulk{i:03d}" for i in range(205)]
+    assert admin.api("POST", "users", json={"usernames": names}).status_code == 201
+    LoginPage(page, closed.url).login(ADMIN, ADMIN_PASSWORD)
+    navigate(page, closed.url + "hub/admin")
+    rows = page.locator("#hubforge-admin-rows tr")
+    expect(rows.filter(has_text="bulk204")).to_have_count(1)
+    assert rows.count() >= 206  # the admin, the users of the other test, and all 205
