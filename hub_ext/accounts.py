@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+import unicodedata
 from pathlib import Path
 
 from jupyterhub import orm
@@ -18,23 +19,51 @@ from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from tornado import web
 
 from .handlers import audit, authorize, remove_volume, spawner_of, prefix_of, user_lock
-from .naming import user_names
+from .naming import escape_username, user_names
 
 USERNAME_MAX = 64
+# Every accepted name must spawn: the escaped form goes into container and volume names
+# (`<prefix>-<escaped>_workspace`, at most 255 bytes with a prefix of up to 64).
+ESCAPED_MAX = 128
 _FORBIDDEN = re.compile(r"[\s,/\\]")
 ACTIONS = ("approve", "unapprove", "discard")
 
 
+def _invisible(name: str) -> tuple[str, str] | None:
+    """The first character that a page or a terminal would not show as itself: control characters
+    (ESC reaches an operator's terminal through `invoke logs`), format characters such as a zero-width
+    space (`admin` + U+200B looks like `admin`), private-use, unassigned and surrogate code points."""
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return char, "a control character"
+        if category == "Cf":
+            return char, "an invisible formatting character"
+        if category in ("Co", "Cn", "Cs"):
+            return char, "an unassigned or private-use character"
+    return None
+
+
 def username_problem(name: str) -> str | None:
-    """Why a signup name is refused, naming the rule; None when it is fine."""
+    """Why a signup name is refused, naming the rule; None when it is fine.
+
+    `name` is the normalised form (NFKC, lower case) that the hub stores and shows."""
     if not name:
         return "Choose a username."
     if len(name) > USERNAME_MAX:
         return f"Usernames are at most {USERNAME_MAX} characters (this one has {len(name)})."
+    hidden = _invisible(name)
+    if hidden:
+        char, kind = hidden
+        return f"Usernames cannot contain invisible characters; this one contains {kind} (U+{ord(char):04X})."
     bad = _FORBIDDEN.search(name)
     if bad:
         shown = {" ": "a space", ",": "a comma", "/": "a slash", "\\": "a backslash"}.get(bad.group(), "white space")
         return f"Usernames cannot contain spaces, commas or slashes; {name!r} contains {shown}."
+    escaped = len(escape_username(name))
+    if escaped > ESCAPED_MAX:
+        return (f"This username is too long once made safe for container and volume names ({escaped} of at most "
+                f"{ESCAPED_MAX} characters; each character other than a-z and 0-9 takes 3 to 12); choose a shorter one.")
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,6 +100,18 @@ class HubforgeAuthenticator(NativeAuthenticator):
     def signup_open(self) -> bool:
         """The signup page exists when signup is on, or while the admin has yet to claim the hub."""
         return self.enable_signup or self.admin_unclaimed()
+
+    def normalize_username(self, username: str) -> str:
+        """NFKC first, then JupyterHub's own (lower case, username_map): a full-width or ligature
+        look-alike of a name is that name, at signup, at login and in the API."""
+        return super().normalize_username(unicodedata.normalize("NFKC", username))
+
+    def validate_username(self, username: str) -> bool:
+        """The signup rules hold for every way a user is made, an admin's API call included (400)."""
+        problem = accounts.username_problem(username)
+        if problem:
+            self.log.warning("username %r refused: %s", username, problem)
+        return problem is None and super().validate_username(username)
 
     def is_common(self, password: str) -> bool:
         return self.is_password_common(password)
