@@ -221,15 +221,18 @@ async def disk_usage(spawner) -> dict:
 
 
 async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None]:
-    """Existing volumes of the user -> size in bytes (None when Docker has not measured it)."""
-    usage = await disk_usage(spawner)
-    sizes = {}
-    wanted = set(volumes.values())
-    for volume in usage.get("Volumes") or []:
-        if volume["Name"] in wanted:
-            size = (volume.get("UsageData") or {}).get("Size", -1)
-            sizes[volume["Name"]] = size if size >= 0 else None
-    return sizes
+    """Existing volumes of the user -> size in bytes (None when not measured yet).
+
+    Which volumes exist is asked each time (a cheap listing by name); sizes come from the shared
+    measurement of `disk_usage`, which may be up to a minute old and then lacks a volume made since.
+    """
+    found = await spawner.docker("volumes", filters={"name": list(volumes.values())})
+    existing = {v["Name"] for v in (found or {}).get("Volumes") or []} & set(volumes.values())
+    measured = {}
+    for volume in (await disk_usage(spawner)).get("Volumes") or []:
+        size = (volume.get("UsageData") or {}).get("Size", -1)
+        measured[volume["Name"]] = size if size >= 0 else None
+    return {name: measured.get(name) for name in existing}
 
 
 async def remove_volume(spawner, name: str) -> dict[str, Any]:

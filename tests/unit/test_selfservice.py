@@ -14,7 +14,7 @@ from tornado.web import Application, RequestHandler
 
 from hub_ext.actions import BadRequest, broadcast_request, delivery_token_scopes, parse_json, volume_kinds, volume_listing
 from hub_ext import handlers as hub_handlers
-from hub_ext.handlers import authorize, deliver, disk_usage, exclusively, reset_volumes, restart_server
+from hub_ext.handlers import authorize, deliver, disk_usage, exclusively, reset_volumes, restart_server, volume_sizes
 from hub_ext.naming import user_names
 
 # -- validation ---------------------------------------------------------------------------------------------
@@ -226,6 +226,9 @@ class FakeDaemon:
             return None
         if method == "restart":
             return None
+        if method == "volumes":  # Docker's name filter matches substrings, any of the given ones
+            wanted = kwargs["filters"]["name"]
+            return {"Volumes": [{"Name": n} for n in sorted(self.volumes) if any(w in n for w in wanted)]}
         if method == "inspect_container":
             if self.container_state == {}:
                 raise FakeAPIError(404, "no such container")
@@ -392,3 +395,16 @@ def test_a_lab_answering_garbage_fails_only_its_own_delivery():
     assert garbage == {"user": "mallory", "result": "failed", "reason": "the lab answered something that is not JSON"}
     assert not_an_object == {"user": "trudy", "result": "delivered", "tabs": None}
     assert ok["result"] == "delivered"
+
+
+def test_the_volume_manager_sees_volumes_made_or_removed_since_the_last_measurement(monkeypatch):
+    monkeypatch.setitem(hub_handlers._usage, "future", None)
+    measured = {"Volumes": [{"Name": NAMES.volumes["home"], "UsageData": {"Size": 4096}},
+                            {"Name": NAMES.volumes["cache"], "UsageData": {"Size": 10}}]}
+    spawner = FakeSpawner(FakeDaemon(volumes=[NAMES.volumes["home"], NAMES.volumes["workspace"], "jupyterlab-alicex_home"]),
+                          active=False)
+    spawner.client = type("Client", (), {"df": staticmethod(lambda: measured)})()
+
+    sizes = asyncio.run(volume_sizes(spawner, NAMES.volumes))
+    # home: measured; workspace: made since the measurement (exists, size unknown); cache: removed since
+    assert sizes == {NAMES.volumes["home"]: 4096, NAMES.volumes["workspace"]: None}
