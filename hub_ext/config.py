@@ -36,6 +36,12 @@ class HubConfig:
     lab_mem_limit: str = "4G"
     lab_cpu_limit: float = 2.0
     lab_pids_limit: int = 1024
+    lab_cpu_shares: int = 512
+    hub_mem_limit: str = "2G"
+    hub_cpu_limit: float = 2.0
+    hub_pids_limit: int = 2048
+    active_server_limit: int = 0
+    concurrent_spawn_limit: int = 100
     idle_culler_enabled: bool = False
     idle_culler_timeout: int = 3600
     logo_uri: str = ""
@@ -154,6 +160,12 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_mem_limit=parse_memory("LAB_MEM_LIMIT", env.get("LAB_MEM_LIMIT", "") or "4G"),
         lab_cpu_limit=_float(env, "LAB_CPU_LIMIT", 2.0),
         lab_pids_limit=_int(env, "LAB_PIDS_LIMIT", 1024, 16),
+        lab_cpu_shares=_int(env, "LAB_CPU_SHARES", 512, 2),
+        hub_mem_limit=parse_memory("HUB_MEM_LIMIT", env.get("HUB_MEM_LIMIT", "") or "2G"),
+        hub_cpu_limit=_float(env, "HUB_CPU_LIMIT", 2.0),
+        hub_pids_limit=_int(env, "HUB_PIDS_LIMIT", 2048, 64),
+        active_server_limit=_int(env, "ACTIVE_SERVER_LIMIT", 0, 0),
+        concurrent_spawn_limit=_int(env, "CONCURRENT_SPAWN_LIMIT", 100, 0),
         idle_culler_enabled=_bool(env, "IDLE_CULLER_ENABLED", False),
         idle_culler_timeout=_int(env, "IDLE_CULLER_TIMEOUT", 3600, 60),
         logo_uri=env.get("JUPYTERHUB_LOGO_URI", "").strip(),

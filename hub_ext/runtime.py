@@ -29,6 +29,7 @@ def lab_runtime(
     shared_volume: str,
     gpu: GpuDecision,
     pids_limit: int,
+    cpu_shares: int = 512,
     docker_socket: str = "/var/run/docker.sock",
     docker_socket_gid: int | None = None,
     services: Mapping[str, str] | None = None,
@@ -43,7 +44,8 @@ def lab_runtime(
     # The spawner removes the container itself when the server stops (DockerSpawner.remove). Docker's
     # AutoRemove is off because `docker restart` of an AutoRemove container races with the removal:
     # now and then the container is gone, or "marked for removal and cannot be started", after a restart.
-    host_config: dict[str, Any] = {"pids_limit": pids_limit, "auto_remove": False}
+    # cpu_shares: under contention a lab weighs half of the hub (1024), so a busy host still answers logins
+    host_config: dict[str, Any] = {"pids_limit": pids_limit, "cpu_shares": cpu_shares, "auto_remove": False}
     if DOCKER_PRIVILEGED_GROUP in groups:
         host_config["privileged"] = True  # all capabilities: dropping any would contradict the grant
     else:

@@ -80,6 +80,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     docker_socket = Unicode("/var/run/docker.sock", config=True, help="Host path of the Docker socket (docker-sock group).")
     docker_socket_gid = Integer(None, allow_none=True, config=True, help="Group id owning the Docker socket.")
     pids_limit = Integer(1024, config=True, help="Maximum number of processes in one lab.")
+    cpu_shares = Integer(512, min=2, config=True, help="CPU weight of one lab under contention (the hub has 1024).")
     gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
     gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
     lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
@@ -182,6 +183,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             shared_volume=self.shared_volume,
             gpu=self.gpu,
             pids_limit=self.pids_limit,
+            cpu_shares=self.cpu_shares,
             docker_socket=self.docker_socket,
             docker_socket_gid=self.docker_socket_gid,
             services=self.lab_services,

@@ -230,6 +230,10 @@ class StackDocker(Docker):
                 except docker.errors.NotFound:
                     pass  # already gone
 
+    def cpu_count(self) -> int:
+        """The daemon's CPUs: Compose refuses a `cpus` limit above it."""
+        return int(self.client.info().get("NCPU") or 1)
+
     def containers(self, labels: Mapping[str, str], all: bool = True) -> list[dict]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         return self.client.api.containers(all=all, filters=filters)

@@ -75,6 +75,12 @@ ENV_TEMPLATE = """\
 # LAB_MEM_LIMIT=4G
 # LAB_CPU_LIMIT=2
 # LAB_PIDS_LIMIT=1024
+# LAB_CPU_SHARES=512
+# HUB_MEM_LIMIT=2G
+# HUB_CPU_LIMIT=2
+# HUB_PIDS_LIMIT=2048
+# ACTIVE_SERVER_LIMIT=0
+# CONCURRENT_SPAWN_LIMIT=100
 # IDLE_CULLER_ENABLED=0
 # IDLE_CULLER_TIMEOUT=3600
 # JUPYTERHUB_LOGO_URI=
@@ -238,6 +244,9 @@ class Stack:
             "gpu_mode": gpu_mode,
             "gpu_probe": probe,
             "base_url": hub.base_url,
+            "hub_mem_limit": hub.hub_mem_limit,
+            "hub_cpus": min(hub.hub_cpu_limit, float(self.docker.cpu_count())),
+            "hub_pids_limit": hub.hub_pids_limit,
         })
         host = values.get("HUBFORGE_PUBLIC_HOST") or "localhost"
         port = "" if options.https_port == 443 else f":{options.https_port}"

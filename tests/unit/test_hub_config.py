@@ -34,6 +34,12 @@ def test_defaults_need_no_variables():
         ({"IDLE_CULLER_ENABLED": "1", "IDLE_CULLER_TIMEOUT": "600"}, "idle_culler_timeout", 600),
         ({"JUPYTERHUB_LOGO_URI": " file:///x.png "}, "logo_uri", "file:///x.png"),
         ({"ENABLE_SERVICE_CODE_SERVER": "1"}, "lab_services", {"ENABLE_SERVICE_CODE_SERVER": "1"}),
+        ({"LAB_CPU_SHARES": "256"}, "lab_cpu_shares", 256),
+        ({"HUB_MEM_LIMIT": "1g"}, "hub_mem_limit", "1G"),
+        ({"HUB_CPU_LIMIT": "1.5"}, "hub_cpu_limit", 1.5),
+        ({"HUB_PIDS_LIMIT": "512"}, "hub_pids_limit", 512),
+        ({"ACTIVE_SERVER_LIMIT": "40"}, "active_server_limit", 40),
+        ({"CONCURRENT_SPAWN_LIMIT": "0"}, "concurrent_spawn_limit", 0),
     ],
 )
 def test_good_values(env, field, expected):
@@ -58,6 +64,11 @@ def test_good_values(env, field, expected):
         ({"JUPYTERHUB_ADMIN": "a b"}, "JUPYTERHUB_ADMIN='a b' is not a valid username"),
         ({"ENABLE_SERVICE_X": "perhaps"}, "ENABLE_SERVICE_X='perhaps' is not valid"),
         ({"LOGIN_ADDRESS_LIMIT": "0"}, "LOGIN_ADDRESS_LIMIT='0' is too small"),
+        ({"LAB_CPU_SHARES": "1"}, "LAB_CPU_SHARES='1' is too small"),
+        ({"HUB_MEM_LIMIT": "big"}, "HUB_MEM_LIMIT='big' is not a memory size"),
+        ({"HUB_CPU_LIMIT": "0"}, "HUB_CPU_LIMIT='0' must be greater than 0"),
+        ({"HUB_PIDS_LIMIT": "10"}, "HUB_PIDS_LIMIT='10' is too small"),
+        ({"ACTIVE_SERVER_LIMIT": "-1"}, "ACTIVE_SERVER_LIMIT='-1' is too small"),
         # the admin's initial password skipped the rules every signup obeys
         ({"JUPYTERHUB_ADMIN_PASSWORD": "short"}, "JUPYTERHUB_ADMIN_PASSWORD is too short (5 characters)"),
         ({"JUPYTERHUB_ADMIN_PASSWORD": "password123"}, "JUPYTERHUB_ADMIN_PASSWORD is on the list of common passwords"),

@@ -43,7 +43,7 @@ def runtime(groups, gpu=OFF):
 
 def test_plain_user_is_locked_down():
     plain = runtime([])
-    assert plain.host_config == {"pids_limit": 512, "auto_remove": False, "privileged": False, "cap_drop": ["ALL"],
+    assert plain.host_config == {"pids_limit": 512, "cpu_shares": 512, "auto_remove": False, "privileged": False, "cap_drop": ["ALL"],
                                  "security_opt": ["no-new-privileges:true"], "device_requests": []}
     assert "/var/run/docker.sock" not in plain.volumes
     assert plain.volumes["p_shared"] == {"bind": "/mnt/shared", "mode": "rw"}

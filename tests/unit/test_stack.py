@@ -8,11 +8,13 @@ import socket
 import threading
 
 import pytest
+import yaml
+from pathlib import Path
 
 from hub_ext.logo import LogoError, materialize
 from hub_ext.tls import ensure_self_signed
 from hubforge.errors import HubforgeError
-from hubforge.stack import compose_argv, config_digest, parse_probe, port_free, read_env_file, validate_port, validate_project
+from hubforge.stack import Stack, StackOptions, compose_argv, config_digest, parse_probe, port_free, read_env_file, validate_port, validate_project
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
@@ -147,3 +149,28 @@ def test_config_digest_follows_the_hub_config_and_config_d(tmp_path):
     assert config_digest("c.A = 1\n", config_d) != with_extra
     (config_d / "notes.txt").write_text("not loaded by the hub")
     assert config_digest("c.A = 1\n", config_d) == config_digest("c.A = 1\n", config_d)
+
+
+class OneCpuDaemon:
+    """The Docker calls `prepare` makes, for a daemon with one CPU (no GPU probe: ENABLE_GPU_SUPPORT=0)."""
+
+    def cpu_count(self):
+        return 1
+
+    def containers(self, labels, all=True):
+        return []  # no hub of this project runs yet
+
+
+def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_path):
+    socket_file = tmp_path / "docker.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_file))
+    options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file))
+    options.run_dir.mkdir()
+    (options.run_dir / ".env").write_text("ENABLE_GPU_SUPPORT=0\nHUB_MEM_LIMIT=1g\nHUB_PIDS_LIMIT=600\n")
+    stack = Stack(options, OneCpuDaemon(), Path(__file__).resolve().parents[2], say=lambda message: None)
+    stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    hub = yaml.safe_load((options.run_dir / "compose.yml").read_text())["services"]["hub"]
+    # HUB_CPU_LIMIT's default of 2 is cut to the daemon's one CPU: Compose refuses more than there are
+    assert (hub["mem_limit"], hub["cpus"], hub["pids_limit"]) == ("1G", 1.0, 600)
+    listener.close()
