@@ -37,6 +37,7 @@ class HubConfig:
     lab_cpu_limit: float = 2.0
     lab_pids_limit: int = 1024
     lab_cpu_shares: int = 512
+    lab_read_only_root: bool = True
     hub_mem_limit: str = "2G"
     hub_cpu_limit: float = 2.0
     hub_pids_limit: int = 2048
@@ -161,6 +162,7 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_cpu_limit=_float(env, "LAB_CPU_LIMIT", 2.0),
         lab_pids_limit=_int(env, "LAB_PIDS_LIMIT", 1024, 16),
         lab_cpu_shares=_int(env, "LAB_CPU_SHARES", 512, 2),
+        lab_read_only_root=_bool(env, "LAB_READ_ONLY_ROOT", True),
         hub_mem_limit=parse_memory("HUB_MEM_LIMIT", env.get("HUB_MEM_LIMIT", "") or "2G"),
         hub_cpu_limit=_float(env, "HUB_CPU_LIMIT", 2.0),
         hub_pids_limit=_int(env, "HUB_PIDS_LIMIT", 2048, 64),

@@ -30,6 +30,7 @@ def lab_runtime(
     gpu: GpuDecision,
     pids_limit: int,
     cpu_shares: int = 512,
+    read_only_root: bool = True,
     docker_socket: str = "/var/run/docker.sock",
     docker_socket_gid: int | None = None,
     services: Mapping[str, str] | None = None,
@@ -46,6 +47,9 @@ def lab_runtime(
     # now and then the container is gone, or "marked for removal and cannot be started", after a restart.
     # cpu_shares: under contention a lab weighs half of the hub (1024), so a busy host still answers logins
     host_config: dict[str, Any] = {"pids_limit": pids_limit, "cpu_shares": cpu_shares, "auto_remove": False}
+    if read_only_root:  # the image cannot be changed from inside: only the volumes and a private /tmp are writable
+        host_config["read_only"] = True
+        host_config["tmpfs"] = {"/tmp": "mode=1777,nosuid,nodev"}  # in RAM: counts against the lab's memory limit
     if DOCKER_PRIVILEGED_GROUP in groups:
         host_config["privileged"] = True  # all capabilities: dropping any would contradict the grant
     else:

@@ -9,7 +9,7 @@ from dockerspawner import DockerSpawner
 from jupyterhub import orm
 from jupyterhub.utils import url_path_join
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Dict, Float, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
@@ -81,6 +81,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     docker_socket_gid = Integer(None, allow_none=True, config=True, help="Group id owning the Docker socket.")
     pids_limit = Integer(1024, config=True, help="Maximum number of processes in one lab.")
     cpu_shares = Integer(512, min=2, config=True, help="CPU weight of one lab under contention (the hub has 1024).")
+    read_only_root = Bool(True, config=True, help="Labs get a read-only root filesystem and a tmpfs /tmp (LAB_READ_ONLY_ROOT).")
     gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
     gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
     lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
@@ -184,6 +185,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             gpu=self.gpu,
             pids_limit=self.pids_limit,
             cpu_shares=self.cpu_shares,
+            read_only_root=self.read_only_root,
             docker_socket=self.docker_socket,
             docker_socket_gid=self.docker_socket_gid,
             services=self.lab_services,

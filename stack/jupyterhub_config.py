@@ -101,6 +101,7 @@ c.HubforgeSpawner.mem_limit = hub.lab_mem_limit
 c.HubforgeSpawner.cpu_limit = hub.lab_cpu_limit
 c.HubforgeSpawner.pids_limit = hub.lab_pids_limit
 c.HubforgeSpawner.cpu_shares = hub.lab_cpu_shares
+c.HubforgeSpawner.read_only_root = hub.lab_read_only_root
 c.JupyterHub.active_server_limit = hub.active_server_limit  # 0: no limit
 c.JupyterHub.concurrent_spawn_limit = hub.concurrent_spawn_limit  # 0: no limit
 c.HubforgeSpawner.project = env.get("HUBFORGE_PROJECT", "hubforge")

@@ -53,6 +53,20 @@ def test_spawn_and_lab_api_through_the_proxy(live, admin):
     assert not lab.attrs["HostConfig"].get("DeviceRequests")  # no GPU on this machine (auto)
 
 
+def test_labs_cannot_change_their_image_and_the_hub_has_limits(live, admin):
+    api = approved_user(live, admin, "rhea")[1]
+    api.start("rhea")
+    lab = live.lab("rhea")
+    assert lab.attrs["HostConfig"]["ReadonlyRootfs"] is True and lab.attrs["HostConfig"]["CpuShares"] == 512
+    # even root inside the container (as a docker-privileged user's tools might be) cannot plant a file
+    planted = lab.exec_run(["touch", "/usr/local/bin/planted"], user="root")
+    assert planted.exit_code != 0 and b"Read-only file system" in planted.output
+    assert lab.exec_run(["sh", "-c", "echo x > /tmp/scratch && cat /tmp/scratch"], user="lab").output == b"x\n"
+    assert api.request("GET", "user/rhea/api/status").status_code == 200  # and the lab works
+    hub = live.hub().attrs["HostConfig"]
+    assert hub["Memory"] == 2 * 2**30 and hub["NanoCpus"] > 0 and hub["PidsLimit"] == 2048
+
+
 def test_workspace_survives_stop_and_start(live, admin):
     api = approved_user(live, admin, "dave")[1]
     api.start("dave")

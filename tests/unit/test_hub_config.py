@@ -35,6 +35,7 @@ def test_defaults_need_no_variables():
         ({"JUPYTERHUB_LOGO_URI": " file:///x.png "}, "logo_uri", "file:///x.png"),
         ({"ENABLE_SERVICE_CODE_SERVER": "1"}, "lab_services", {"ENABLE_SERVICE_CODE_SERVER": "1"}),
         ({"LAB_CPU_SHARES": "256"}, "lab_cpu_shares", 256),
+        ({"LAB_READ_ONLY_ROOT": "0"}, "lab_read_only_root", False),
         ({"HUB_MEM_LIMIT": "1g"}, "hub_mem_limit", "1G"),
         ({"HUB_CPU_LIMIT": "1.5"}, "hub_cpu_limit", 1.5),
         ({"HUB_PIDS_LIMIT": "512"}, "hub_pids_limit", 512),

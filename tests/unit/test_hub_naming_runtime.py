@@ -43,10 +43,17 @@ def runtime(groups, gpu=OFF):
 
 def test_plain_user_is_locked_down():
     plain = runtime([])
-    assert plain.host_config == {"pids_limit": 512, "cpu_shares": 512, "auto_remove": False, "privileged": False, "cap_drop": ["ALL"],
+    assert plain.host_config == {"pids_limit": 512, "cpu_shares": 512, "auto_remove": False, "read_only": True,
+                                 "tmpfs": {"/tmp": "mode=1777,nosuid,nodev"}, "privileged": False, "cap_drop": ["ALL"],
                                  "security_opt": ["no-new-privileges:true"], "device_requests": []}
     assert "/var/run/docker.sock" not in plain.volumes
     assert plain.volumes["p_shared"] == {"bind": "/mnt/shared", "mode": "rw"}
+
+
+def test_a_lab_image_that_writes_its_root_can_have_it_writable():
+    writable = lab_runtime(names=user_names("p", "bob"), groups=[], shared_volume="p_shared", gpu=OFF, pids_limit=512,
+                           read_only_root=False)
+    assert "read_only" not in writable.host_config and "tmpfs" not in writable.host_config
 
 
 def test_docker_sock_group_mounts_the_socket_with_its_group():
