@@ -34,7 +34,7 @@ from .actions import (
     volume_listing,
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
-from .naming import user_names
+from .naming import foreign_owner, user_names
 from .spawner import lab_answers, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
@@ -227,7 +227,8 @@ async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None
     measurement of `disk_usage`, which may be up to a minute old and then lacks a volume made since.
     """
     found = await spawner.docker("volumes", filters={"name": list(volumes.values())})
-    existing = {v["Name"] for v in (found or {}).get("Volumes") or []} & set(volumes.values())
+    project = getattr(spawner, "project", "")
+    existing = {v["Name"] for v in (found or {}).get("Volumes") or [] if not foreign_owner(v, project)} & set(volumes.values())
     measured = {}
     for volume in (await disk_usage(spawner)).get("Volumes") or []:
         size = (volume.get("UsageData") or {}).get("Size", -1)
@@ -236,7 +237,11 @@ async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None
 
 
 async def remove_volume(spawner, name: str) -> dict[str, Any]:
+    """Delete one of the user's volumes; never one that another project owns."""
     try:
+        owner = foreign_owner(await spawner.docker("inspect_volume", name), getattr(spawner, "project", ""))
+        if owner:
+            return {"volume": name, "result": "failed", "reason": f"it belongs to the hubforge project {owner!r}"}
         await spawner.docker("remove_volume", name)
         return {"volume": name, "result": "removed"}
     except Exception as exc:  # docker.errors.NotFound / APIError

@@ -38,3 +38,23 @@ def user_names(prefix: str, username: str) -> UserNames:
         container=f"{prefix}-{escaped}",
         volumes={kind: f"{prefix}-{escaped}_{kind}" for kind in VOLUME_KINDS},
     )
+
+
+PROJECT_LABEL = "hubforge.project"
+
+
+def foreign_owner(volume: dict | None, project: str) -> str | None:
+    """The other project that owns `volume` (Docker's inspect or listing entry), or None when it is ours.
+
+    Each project owns its volumes: a hub never mounts, lists or deletes a volume labelled with another
+    project, even when the names collide (two projects configured with one volume prefix). A volume
+    without the label predates labelling and is treated as ours.
+    """
+    owner = ((volume or {}).get("Labels") or {}).get(PROJECT_LABEL)
+    return owner if owner and owner != project else None
+
+
+def default_volume_prefix(project: str) -> str:
+    """`jupyterlab` for the default project (the names every existing stack already has), else
+    `<project>-jupyterlab`: a second project's `alice` never gets the first one's volumes."""
+    return "jupyterlab" if project == "hubforge" else f"{project}-jupyterlab"

@@ -14,10 +14,9 @@ from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
 from .gpu import GpuDecision, decide
-from .naming import escape_username, user_names
+from .naming import PROJECT_LABEL, escape_username, foreign_owner, user_names
 from .runtime import BUILTIN_GROUPS, lab_runtime
 
-PROJECT_LABEL = "hubforge.project"
 USER_LABEL = "hubforge.user"
 VOLUME_LABEL = "hubforge.volume"
 
@@ -211,9 +210,14 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         Docker still fills a new, empty volume from the image's folder at the first mount.
         """
         try:
-            await self.docker("inspect_volume", name)
+            found = await self.docker("inspect_volume", name)
         except Exception as exc:  # docker.errors.NotFound: create it; anything else: let Docker create it
             if getattr(getattr(exc, "response", None), "status_code", None) != 404:
                 self.log.warning("cannot inspect volume %s: %s", name, exc)
                 return
             await self.docker("create_volume", name, labels=labels)
+            return
+        owner = foreign_owner(found, self.project)
+        if owner:
+            raise RuntimeError(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
+                               "its data is never mounted here (two projects with one volume prefix: see the README's \"Projects\")")

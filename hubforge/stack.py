@@ -17,6 +17,7 @@ from typing import Any
 
 from hub_ext.config import ConfigError, from_environ, parse_gpu_mode
 from hub_ext.gpu import ALL_GPUS, decide
+from hub_ext.naming import PROJECT_LABEL, default_volume_prefix
 
 from . import proc
 from .docker_io import StackDocker
@@ -25,7 +26,6 @@ from .render import render
 
 log = logging.getLogger(__name__)
 
-PROJECT_LABEL = "hubforge.project"
 HEALTH_TIMEOUT = 240
 BOOTSTRAP_SECRET = "/srv/jupyterhub/data/admin-bootstrap-secret"  # in the hub's data volume only
 
@@ -41,7 +41,11 @@ class StackOptions:
     bind: str = "0.0.0.0"
     gpu: str | None = None  # auto | on | off; None: ENABLE_GPU_SUPPORT from .env, else auto
     docker_socket: str = "/var/run/docker.sock"
-    volume_prefix: str = "jupyterlab"
+    volume_prefix: str = ""  # "": default_volume_prefix(project)
+
+    def __post_init__(self) -> None:
+        if not self.volume_prefix:
+            object.__setattr__(self, "volume_prefix", default_volume_prefix(self.project))
 
 
 def validate_port(name: str, value: object) -> int:

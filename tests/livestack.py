@@ -96,11 +96,13 @@ class LiveStack:
             (folder / f"{container.name}.log").write_bytes(container.logs(tail=500))
 
 
-def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None) -> LiveStack:
-    """A stack of the current images; `extra_lab_images` adds choices to the spawn page's image picker."""
+def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None,
+                volume_prefix: str | None = None) -> LiveStack:
+    """A stack of the current images; `extra_lab_images` adds choices to the spawn page's image picker;
+    `volume_prefix` "" takes the prefix `invoke up` would choose for the project."""
     project = f"hft{secrets.token_hex(3)}"
     options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
-                           bind="127.0.0.1", volume_prefix=f"{project}-lab")
+                           bind="127.0.0.1", volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix)
     options.run_dir.mkdir(parents=True)
     lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")

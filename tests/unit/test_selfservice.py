@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import docker
 import pytest
@@ -209,8 +210,9 @@ def test_volume_sizes_are_measured_once_a_minute_off_the_loop(monkeypatch):
 class FakeDaemon:
     """Stands in for DockerSpawner's async gateway: volumes by name, and restarts by container id."""
 
-    def __init__(self, volumes=(), in_use=(), container_state=None):
+    def __init__(self, volumes=(), in_use=(), container_state=None, owners=None):
         self.volumes, self.in_use, self.calls = set(volumes), set(in_use), []
+        self.owners = owners or {}  # volume -> the project its label names (else this one, "p")
         self.container_state = {"Running": True} if container_state is None else container_state  # {}: gone
 
     async def __call__(self, method, *args, **kwargs):
@@ -226,9 +228,14 @@ class FakeDaemon:
             return None
         if method == "restart":
             return None
+        if method == "inspect_volume":
+            if args[0] not in self.volumes:
+                raise FakeAPIError(404, "no such volume")
+            return {"Name": args[0], "Labels": {"hubforge.project": self.owners.get(args[0], "p")}}
         if method == "volumes":  # Docker's name filter matches substrings, any of the given ones
             wanted = kwargs["filters"]["name"]
-            return {"Volumes": [{"Name": n} for n in sorted(self.volumes) if any(w in n for w in wanted)]}
+            return {"Volumes": [{"Name": n, "Labels": {"hubforge.project": self.owners.get(n, "p")}}
+                                for n in sorted(self.volumes) if any(w in n for w in wanted)]}
         if method == "inspect_container":
             if self.container_state == {}:
                 raise FakeAPIError(404, "no such container")
@@ -251,7 +258,7 @@ class Server:
 class FakeSpawner:
     def __init__(self, daemon, active=True, ready=True, pending=None, url="http://127.0.0.1:1/user/alice/"):
         self.docker, self.active, self.ready, self.pending = daemon, active, ready, pending
-        self.object_id, self.server = "c0ffee" * 10, Server(url)
+        self.object_id, self.server, self.project = "c0ffee" * 10, Server(url), "p"
         self.container_address = ("10.0.0.2", 8888)  # where Docker says the container is now
 
     async def get_ip_and_port(self):
@@ -408,3 +415,27 @@ def test_the_volume_manager_sees_volumes_made_or_removed_since_the_last_measurem
     sizes = asyncio.run(volume_sizes(spawner, NAMES.volumes))
     # home: measured; workspace: made since the measurement (exists, size unknown); cache: removed since
     assert sizes == {NAMES.volumes["home"]: 4096, NAMES.volumes["workspace"]: None}
+
+
+def test_another_projects_volumes_are_neither_listed_nor_deleted(monkeypatch):
+    # two projects configured with one prefix: the names collide, the labels tell them apart
+    monkeypatch.setitem(hub_handlers._usage, "future", None)
+    daemon = FakeDaemon(volumes=NAMES.volumes.values(), owners={NAMES.volumes["workspace"]: "production"})
+    spawner = FakeSpawner(daemon, active=False)
+    spawner.client = type("Client", (), {"df": staticmethod(lambda: {"Volumes": []})})()
+    assert set(asyncio.run(volume_sizes(spawner, NAMES.volumes))) == {NAMES.volumes["home"], NAMES.volumes["cache"]}
+    results = asyncio.run(reset_volumes(spawner, NAMES, ["workspace", "cache"]))
+    assert results["workspace"] == {"volume": NAMES.volumes["workspace"], "result": "failed",
+                                    "reason": "it belongs to the hubforge project 'production'"}
+    assert results["cache"]["result"] == "removed"
+    assert NAMES.volumes["workspace"] in daemon.volumes
+
+
+def test_each_project_has_its_own_volume_names_and_the_default_keeps_the_old_ones():
+    from hub_ext.naming import default_volume_prefix
+    from hubforge.stack import StackOptions
+
+    assert StackOptions(project="hubforge", run_dir=Path("/x")).volume_prefix == "jupyterlab"  # existing data stays
+    staging = StackOptions(project="staging", run_dir=Path("/x")).volume_prefix
+    assert staging == default_volume_prefix("staging") == "staging-jupyterlab"
+    assert user_names(staging, "alice").volumes["home"] != user_names("jupyterlab", "alice").volumes["home"]
