@@ -92,6 +92,12 @@ def test_healthcheck_fails_when_the_server_is_down(built, tracked, target):
     assert code == 1 and "unhealthy" in output
 
 
+def test_every_image_states_its_healthcheck(built, client):
+    for target in ("hub", "lab"):
+        assert client.images.get(built[target]).attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
+    assert client.images.get(built["gpu-probe"]).attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]  # one-shot, on purpose
+
+
 def test_gpu_probe_reports_no_gpu_here(built, tracked):
     code, output = tracked.run(built["gpu-probe"])
     result = json.loads(output)
