@@ -123,6 +123,17 @@ def test_cookies_and_security_headers(live, admin):
     assert "frame-ancestors 'self'" in page.headers["Content-Security-Policy"]
 
 
+def test_no_page_may_frame_a_lab(live, admin):
+    from ..livestack import approved_user
+
+    _, api = approved_user(live, admin, "fay")
+    api.start("fay")
+    for path in ("user/fay/lab", "user/fay/api/status"):
+        answer = api.request("GET", path)
+        assert answer.status_code == 200
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"], path
+
+
 def test_the_http_port_only_redirects(live):
     plain = requests.Session()
     plain.trust_env = False
