@@ -22,6 +22,8 @@ import docker
 import docker.errors
 import pytest
 
+from hub_ext.naming import default_volume_prefix, user_names
+
 from ..helpers import wait_until
 from ..hubclient import HubAPI, HubSession, KernelClient, plain_get
 from ..livestack import ADMIN, PASSWORD, ROOT, free_port
@@ -39,6 +41,10 @@ class InvokedStack:
         self.stack_dir = stack_dir
         self.port, self.http_port = free_port(), free_port()
         self.url = f"https://127.0.0.1:{self.port}/"
+
+    def lab_name(self, user: str) -> str:
+        """The lab container's name, with the volume prefix `invoke up` gives this project."""
+        return user_names(default_volume_prefix(self.project), user).container
 
     @property
     def run_dir(self) -> Path:
@@ -134,7 +140,7 @@ def test_status_json_describes_the_stack(stack, first_up):
 def test_a_settings_change_recreates_the_hub_and_the_lab_keeps_its_kernel(stack, admin):
     name, api = new_user(stack, admin)
     api.start(name)
-    lab = docker.from_env().containers.get(f"jupyterlab-{name}")
+    lab = docker.from_env().containers.get(stack.lab_name(name))
     kernel = KernelClient(api, name)
     kernel.execute("answer = 41 + 1")
     hub_before = stack.hub().id
@@ -156,7 +162,7 @@ def test_a_killed_lab_is_removed_and_starts_again_with_its_files(stack, admin):
     api.start(name)
     put = api.request("PUT", f"user/{name}/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"})
     assert put.status_code in (200, 201), put.text
-    lab = docker.from_env().containers.get(f"jupyterlab-{name}")
+    lab = docker.from_env().containers.get(stack.lab_name(name))
     lab.kill()
 
     wait_until(lambda: server_stopped(api, name), DEAD_LAB_DEADLINE, f"the hub to show {name}'s killed server stopped")
