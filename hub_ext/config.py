@@ -7,6 +7,7 @@ Every error is one line naming the variable, what it got and what is valid.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ class HubConfig:
     logo_uri: str = ""
     metrics_token: str = ""
     lab_services: dict[str, str] = field(default_factory=dict)  # ENABLE_SERVICE_* passed to the labs
+    lab_subnet_pool: str = "10.213.0.0/16"
+    lab_allowed_ranges: tuple[str, ...] = ()
+    lab_network_guard: bool = True
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -121,6 +125,34 @@ def parse_username(raw: str, name: str) -> str:
     return value.lower()  # JupyterHub normalises usernames to lower case
 
 
+def parse_subnet_pool(raw: str) -> str:
+    """LAB_SUBNET_POOL: an IPv4 range that holds at least one lab network (a /29 each)."""
+    value = raw.strip() or "10.213.0.0/16"
+    try:
+        pool = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ConfigError(f"LAB_SUBNET_POOL={raw!r} is not an IPv4 network; use e.g. 10.213.0.0/16") from None
+    if pool.version != 4 or pool.prefixlen > 24:
+        raise ConfigError(f"LAB_SUBNET_POOL={raw!r} is too small or not IPv4; use a /24 or larger, e.g. 10.213.0.0/16")
+    return str(pool)
+
+
+def parse_ranges(raw: str, name: str) -> tuple[str, ...]:
+    """A comma-separated list of IPv4 networks or addresses, e.g. `10.1.2.0/24,192.168.5.10`."""
+    ranges = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IPv4 network or address; use e.g. 10.1.2.0/24,192.168.5.10") from None
+        if net.version != 4:
+            raise ConfigError(f"{name}: {item!r} is IPv6; labs have IPv4 only, list IPv4 ranges")
+        ranges.append(str(net))
+    return tuple(ranges)
+
+
 def common_passwords() -> frozenset[str]:
     """NativeAuthenticator's list of common passwords (empty where it is not installed, e.g. a bare host)."""
     spec = importlib.util.find_spec("nativeauthenticator")
@@ -173,4 +205,7 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
         logo_uri=env.get("JUPYTERHUB_LOGO_URI", "").strip(),
         metrics_token=env.get("JUPYTERHUB_METRICS_TOKEN", "").strip(),
         lab_services={k: "1" if _bool(env, k, False) else "0" for k in services},
+        lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
+        lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
+        lab_network_guard=_bool(env, "LAB_NETWORK_GUARD", True),
     )

@@ -58,3 +58,13 @@ def default_volume_prefix(project: str) -> str:
     """`jupyterlab` for the default project (the names every existing stack already has), else
     `<project>-jupyterlab`: a second project's `alice` never gets the first one's volumes."""
     return "jupyterlab" if project == "hubforge" else f"{project}-jupyterlab"
+
+
+def lab_network_name(stack_network: str, username: str) -> str:
+    """The lab's own network, shared with the hub only: `<stack network>-<escaped user>`.
+
+    It starts with the stack network's name on purpose: Docker gives a container on several networks
+    the default route of the network whose name sorts first, so the hub keeps its own network's route
+    however many lab networks it joins.
+    """
+    return f"{stack_network}-{escape_username(username)}"

@@ -34,6 +34,7 @@ def lab_runtime(
     docker_socket: str = "/var/run/docker.sock",
     docker_socket_gid: int | None = None,
     services: Mapping[str, str] | None = None,
+    disable_ipv6: bool = False,
 ) -> LabRuntime:
     """Everything a lab container gets, computed fresh from its inputs on every spawn.
 
@@ -60,6 +61,8 @@ def lab_runtime(
         volumes[docker_socket] = {"bind": LAB_SOCKET, "mode": "rw"}
         if docker_socket_gid is not None:
             host_config["group_add"] = [str(docker_socket_gid)]
+    if disable_ipv6:  # lab networks are IPv4 only; link-local IPv6 would reach the host around the guard's rules
+        host_config["sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}
     device_requests, gpu_env = lab_gpu_options(gpu)
     host_config["device_requests"] = device_requests
     environment = {**gpu_env, **dict(services or {})}

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
+import socket
 import time
 
+from docker.errors import APIError
+from docker.types import IPAMConfig, IPAMPool
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
 from jupyterhub.utils import url_path_join
@@ -14,11 +19,14 @@ from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
 from .gpu import GpuDecision, decide
-from .naming import PROJECT_LABEL, escape_username, foreign_owner, user_names
+from .naming import PROJECT_LABEL, escape_username, foreign_owner, lab_network_name, user_names
+from .networks import NETWORK_ROLE, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
 
 USER_LABEL = "hubforge.user"
 VOLUME_LABEL = "hubforge.volume"
+ROLE_LABEL = "hubforge.role"
+_NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 
 
 _USER_LOCKS: dict[str, asyncio.Lock] = {}
@@ -84,6 +92,30 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
     gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
     lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
+    stack_network = Unicode("hubforge_net", config=True, help="The stack's own network, where the hub is.")
+    lab_networks = Bool(
+        True,
+        config=True,
+        help="""Each lab on its own network, shared with the hub only, so no lab reaches another.
+
+        Off: every lab on the stack network (the pre-isolation layout), which lets labs reach each other.""",
+    )
+    subnet_pool = Unicode("10.213.0.0/16", config=True, help="IPv4 range carved into one /29 per lab network (LAB_SUBNET_POOL).")
+    hub_container = Unicode(
+        config=True,
+        help="The hub's own container, which joins every lab's network (default: this host name, the container id).",
+    )
+    hub_alias = Unicode("hub", config=True, help="The hub's name on each lab network (hub_connect_url uses it).")
+    disable_ipv6 = Bool(
+        os.path.exists("/proc/sys/net/ipv6/conf/all/disable_ipv6"),
+        config=True,
+        help="""Turn IPv6 off inside labs (their networks are IPv4 only): no link-local IPv6 path to the host
+        around the guard's IPv4 rules. Default: on wherever the kernel has IPv6.""",
+    )
+
+    @default("hub_container")
+    def _hub_container_default(self):
+        return socket.gethostname()
 
     @validate("gpu_mode")
     def _valid_gpu_mode(self, proposal):
@@ -127,6 +159,11 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def _internal_ip_default(self):
         return True
 
+    @default("network_name")
+    def _network_name_default(self):
+        """The lab's own network; derived from the name, so a restarted hub finds running labs on it."""
+        return lab_network_name(self.stack_network, self.user.name) if self.lab_networks else self.stack_network
+
     ready_poll_interval = Float(
         0.1,
         config=True,
@@ -150,6 +187,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if self.restarting:
             return None
         status = await super().poll()
+        if status is None and self.lab_networks and not getattr(self, "_hub_joined", False):
+            await self.join_hub(self.network_name)  # a new hub container (recreated) is on no lab network yet
         if status is not None and self.remove and self.object_id:
             self.log.warning("lab %s of %s is dead (%s): removing its container; the volumes stay",
                              self.object_name, self.user.name, status)
@@ -159,7 +198,13 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 self.log.warning("cannot remove the dead lab %s: %s", self.object_name, exc)
             else:
                 self.object_id = ""
+                await self.remove_lab_network()
         return status
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        if self.remove:
+            await self.remove_lab_network()
 
     async def start(self):
         async with user_lock(self.user.name):
@@ -188,6 +233,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             docker_socket=self.docker_socket,
             docker_socket_gid=self.docker_socket_gid,
             services=self.lab_services,
+            disable_ipv6=self.disable_ipv6,
         )
         if not hasattr(self, "_base_settings"):  # what the operator configured, kept once
             self._base_settings = (dict(self.extra_host_config or {}), dict(self.environment or {}),
@@ -202,6 +248,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         for kind, volume in names.volumes.items():
             await self.ensure_volume(volume, {**self.labels(), VOLUME_LABEL: kind})
         await self.ensure_volume(self.shared_volume, {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"})
+        if self.lab_networks:
+            await self.ensure_network(self.network_name)
         self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, groups, self.gpu.enabled)
 
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
@@ -221,3 +269,79 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if owner:
             raise RuntimeError(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
                                "its data is never mounted here (two projects with one volume prefix: see the README's \"Projects\")")
+
+    # -- the lab's own network ------------------------------------------------------------------------
+    async def inspect_network(self, name: str) -> dict | None:
+        try:
+            return await self.docker("inspect_network", name)
+        except Exception as exc:  # docker.errors.NotFound
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                return None
+            raise
+
+    async def ensure_network(self, name: str) -> None:
+        """The lab's network exists, is ours, and the hub is on it. A new one takes the first free /29 of
+        the pool; two hubs (projects) sharing a pool skip each other's subnets, as they skip any network's."""
+        async with _NETWORK_LOCK:
+            found = await self.inspect_network(name)
+            if found is None:
+                await self.create_lab_network(name)
+            else:
+                owner = foreign_owner(found, self.project)
+                if owner:
+                    raise RuntimeError(f"network {name} belongs to the hubforge project {owner!r}, not {self.project!r}; "
+                                       "give each project its own stack network")
+        await self.join_hub(name)
+
+    async def create_lab_network(self, name: str) -> None:
+        pool = ipaddress.ip_network(self.subnet_pool)
+        refused: list = []
+        for _ in range(8):  # another program may take a subnet between our listing and our create
+            used = used_subnets(await self.docker("networks"))
+            subnet = free_subnet(pool, used, skip=refused)
+            if subnet is None:
+                raise RuntimeError(f"no free /29 left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s lab network; "
+                                   "stop unused labs or set a larger LAB_SUBNET_POOL")
+            try:
+                await self.docker("create_network", name, driver="bridge",
+                                  ipam=IPAMConfig(pool_configs=[IPAMPool(**{k.lower(): v for k, v in network_spec(subnet).items()})]),
+                                  labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True)
+                self.log.info("lab network %s for %s: %s", name, self.user.name, subnet)
+                return
+            except APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+                refused.append(subnet)
+        raise RuntimeError(f"cannot find a free subnet in LAB_SUBNET_POOL={self.subnet_pool}: every try overlapped")
+
+    async def join_hub(self, name: str) -> None:
+        """Connect the hub to the lab's network, under its alias, unless it is there already."""
+        found = await self.inspect_network(name)
+        if found is None:
+            return  # a lab from before isolation, still on the stack network
+        if not any(cid.startswith(self.hub_container) or info.get("Name") == self.hub_container
+                   for cid, info in (found.get("Containers") or {}).items()):
+            try:
+                await self.docker("connect_container_to_network", self.hub_container, name, aliases=[self.hub_alias])
+            except Exception as exc:
+                if "already exists" not in str(exc):
+                    raise RuntimeError(f"the hub ({self.hub_container}) cannot join {name}: {exc}; "
+                                       "set c.HubforgeSpawner.hub_container to the hub's container name") from exc
+        self._hub_joined = True
+
+    async def remove_lab_network(self) -> None:
+        """Best effort: the hub leaves, the network goes (its /29 returns to the pool). A failure is logged."""
+        if not self.lab_networks:
+            return
+        name = self.network_name
+        try:
+            if await self.inspect_network(name) is None:
+                return
+            try:
+                await self.docker("disconnect_container_from_network", self.hub_container, name, force=True)
+            except Exception:  # noqa: BLE001 -- not connected: nothing to leave
+                pass
+            await self.docker("remove_network", name)
+        except Exception as exc:  # noqa: BLE001 -- the next start reuses it; `invoke down` removes it
+            self.log.warning("cannot remove the lab network %s: %s", name, exc)
+        self._hub_joined = False

@@ -264,6 +264,21 @@ class StackDocker(Docker):
         except docker.errors.NotFound:
             return False
 
+    def networks(self, labels: Mapping[str, str]) -> list[dict]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return self.client.api.networks(filters=filters)
+
+    def remove_network(self, network: str) -> bool:
+        """Remove a network, first disconnecting whatever is still on it (a hub that outlived `down`)."""
+        try:
+            details = self.client.api.inspect_network(network)
+            for container in (details.get("Containers") or {}):
+                self.client.api.disconnect_container_from_network(container, network, force=True)
+            self.client.api.remove_network(network)
+            return True
+        except docker.errors.NotFound:
+            return False
+
     def exec_output(self, container: str, command: list[str]) -> tuple[int, str]:
         """Run a command in a running container; (exit code, output)."""
         created = self.client.api.exec_create(container, command, stdout=True, stderr=True)

@@ -18,6 +18,7 @@ from typing import Any
 from hub_ext.config import ConfigError, from_environ, parse_gpu_mode
 from hub_ext.gpu import ALL_GPUS, decide
 from hub_ext.naming import PROJECT_LABEL, default_volume_prefix
+from hub_ext.networks import NETWORK_ROLE
 
 from . import proc
 from .docker_io import StackDocker
@@ -92,6 +93,9 @@ ENV_TEMPLATE = """\
 # HUBFORGE_PUBLIC_HOST=
 # SSL_CERT=
 # SSL_KEY=
+# LAB_SUBNET_POOL=10.213.0.0/16
+# LAB_ALLOWED_RANGES=
+# LAB_NETWORK_GUARD=1
 JUPYTERHUB_METRICS_TOKEN={metrics_token}
 """
 
@@ -252,6 +256,9 @@ class Stack:
             "hub_mem_limit": hub.hub_mem_limit,
             "hub_cpus": min(hub.hub_cpu_limit, float(self.docker.cpu_count())),
             "hub_pids_limit": hub.hub_pids_limit,
+            "network_guard": hub.lab_network_guard,
+            "lab_subnet_pool": hub.lab_subnet_pool,
+            "lab_allowed_ranges": list(hub.lab_allowed_ranges),
         })
         host = values.get("HUBFORGE_PUBLIC_HOST") or "localhost"
         port = "" if options.https_port == 443 else f":{options.https_port}"
@@ -262,6 +269,7 @@ class Stack:
             "http_port": options.http_port,
             "admin": hub.admin,
             "signup": hub.enable_signup,
+            "network_guard": hub.lab_network_guard,
             "gpu": decision.as_dict(),
             "images": dict(images),
             "lab_images": dict(lab_images),
@@ -275,8 +283,12 @@ class Stack:
 
     def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
         state = self.prepare(images, lab_images)
-        proc.run(compose_argv(self.options.project, self.options.run_dir, "up", "--detach", "--remove-orphans"),
-                 what="docker compose up")
+        try:
+            proc.run(compose_argv(self.options.project, self.options.run_dir, "up", "--detach", "--remove-orphans"),
+                     what="docker compose up")
+        except HubforgeError:
+            self.explain_guard()
+            raise
         self.wait_healthy(status)
         secret = self.bootstrap_secret()
         state["admin_unclaimed"] = secret is not None
@@ -287,6 +299,13 @@ class Stack:
             state["bootstrap_shown"] = digest
             self.state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "bootstrap_secret"}, indent=1))
         return state
+
+    def explain_guard(self) -> None:
+        """When the network guard could not start, its own line says why (Compose only says it exited)."""
+        for guard in self.docker.containers({PROJECT_LABEL: self.options.project, "hubforge.role": "netguard"}):
+            if guard.get("State") in ("exited", "dead", "restarting"):
+                tail = self.docker.logs(guard["Id"], tail=3).strip()
+                raise HubforgeError(f"the network guard did not start: {tail}")
 
     def bootstrap_secret(self) -> str | None:
         """The admin's one-time signup secret while the admin is unclaimed, read from the running hub."""
@@ -331,6 +350,9 @@ class Stack:
         else:
             for container in self.docker.containers({"com.docker.compose.project": self.options.project}):
                 self.docker.remove_container(container["Id"])
+        for network in self.docker.networks({PROJECT_LABEL: self.options.project, "hubforge.role": NETWORK_ROLE}):
+            if self.docker.remove_network(network["Id"]):
+                removed.append(network["Name"])
         if volumes:
             for volume in self.docker.volumes({PROJECT_LABEL: self.options.project}):
                 kind = volume.get("Labels", {}).get("hubforge.volume")

@@ -95,7 +95,10 @@ if "default" in lab_images:
     c.HubforgeSpawner.image = lab_images["default"]
 if len(lab_images) > 1:
     c.HubforgeSpawner.allowed_images = lab_images  # the spawn page offers a picker
-c.HubforgeSpawner.network_name = env.get("HUBFORGE_NETWORK", "hubforge")
+# Each lab on its own network with the hub (named from the stack network, addressed from LAB_SUBNET_POOL);
+# the netguard service keeps labs off private and link-local addresses (LAB_ALLOWED_RANGES excepted).
+c.HubforgeSpawner.stack_network = env.get("HUBFORGE_NETWORK", "hubforge_net")
+c.HubforgeSpawner.subnet_pool = hub.lab_subnet_pool
 c.HubforgeSpawner.notebook_dir = "/home/lab/workspace"
 c.HubforgeSpawner.mem_limit = hub.lab_mem_limit
 c.HubforgeSpawner.cpu_limit = hub.lab_cpu_limit

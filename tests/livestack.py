@@ -68,7 +68,8 @@ class LiveStack:
         return self.stack.bootstrap_secret()
 
     def hub(self):
-        return docker.from_env().containers.list(filters={"label": f"com.docker.compose.project={self.project}"})[0]
+        return docker.from_env().containers.list(filters={"label": [f"com.docker.compose.project={self.project}",
+                                                                    "com.docker.compose.service=hub"]})[0]
 
     def lab(self, username: str):
         from hub_ext.naming import user_names

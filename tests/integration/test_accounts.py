@@ -155,8 +155,7 @@ def attack_from_lab(live, lab_user: str, attempts: list[tuple[str, str]], claime
 
 def host_address(live) -> str:
     """Where the host's requests come from, as the hub sees them: the stack network's gateway."""
-    network = next(iter(live.hub().attrs["NetworkSettings"]["Networks"].values()))
-    return network["Gateway"]
+    return live.hub().attrs["NetworkSettings"]["Networks"][f"{live.project}_net"]["Gateway"]
 
 
 def test_an_attacker_in_a_lab_cannot_lock_the_admin_out(live, admin):

@@ -114,6 +114,8 @@ class RecordingVolumes:
 
     def __init__(self):
         self.volumes: dict[str, dict] = {}
+        self.networks: dict[str, dict] = {"bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}}
+        self.joined: list[tuple] = []
 
     async def __call__(self, method, *args, **kwargs):
         assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
@@ -126,6 +128,24 @@ class RecordingVolumes:
         if method == "create_volume":
             self.volumes[args[0]] = kwargs["labels"]
             return {"Name": args[0]}
+        if method in ("inspect_network", "connect_container_to_network") and args[-1] not in self.networks:
+            error = Exception("not found")
+            error.response = type("R", (), {"status_code": 404})()
+            raise error
+        if method == "inspect_network":
+            return self.networks[args[0]]
+        if method == "networks":
+            return list(self.networks.values())
+        if method == "create_network":
+            (pool,) = kwargs["ipam"]["Config"]
+            self.networks[args[0]] = {"Name": args[0], "Labels": kwargs["labels"], "Containers": {},
+                                      "IPAM": {"Config": [{"Subnet": pool["Subnet"], "Gateway": pool["Gateway"]}]}}
+            return {"Id": args[0]}
+        if method == "connect_container_to_network":
+            container, network = args
+            self.networks[network]["Containers"][container + "0" * 52] = {"Name": "hub"}
+            self.joined.append((container, network, tuple(kwargs["aliases"])))
+            return None
         raise AssertionError(f"unexpected docker call {method}")
 
 
@@ -142,7 +162,35 @@ def make_spawner(db, name="first.last"):
     spawner.project, spawner.volume_prefix, spawner.docker_socket_gid = "p", "jupyterlab", 998
     spawner.extra_host_config = {"dns": ["1.1.1.1"]}  # operator setting that must survive
     spawner.docker = RecordingVolumes()
+    spawner.hub_container, spawner.stack_network = "0123456789ab", "p_net"
     return spawner, user
+
+
+def test_each_lab_gets_its_own_network_and_the_hub_joins_it(db):
+    alice, _ = make_spawner(db, "alice")
+    bob, _ = make_spawner(db, "bob")
+    bob.docker = alice.docker  # one daemon
+    asyncio.run(alice.apply_runtime())
+    asyncio.run(bob.apply_runtime())
+    daemon = alice.docker
+    assert alice.network_name == "p_net-alice" and bob.network_name == "p_net-bob"
+    subnets = {name: net["IPAM"]["Config"][0]["Subnet"] for name, net in daemon.networks.items()}
+    # 10.213.0.0/29 is taken by another network: the pool's next /29s, one per lab
+    assert subnets["p_net-alice"] == "10.213.0.8/29" and subnets["p_net-bob"] == "10.213.0.16/29"
+    assert daemon.networks["p_net-alice"]["Labels"] == {"hubforge.project": "p", "hubforge.user": "alice",
+                                                        "hubforge.role": "lab-network"}
+    assert daemon.joined == [("0123456789ab", "p_net-alice", ("hub",)), ("0123456789ab", "p_net-bob", ("hub",))]
+    asyncio.run(alice.apply_runtime())  # again: the same network, and the hub is not joined twice
+    assert len(daemon.joined) == 2 and len(daemon.networks) == 3
+
+
+def test_a_network_of_another_project_is_never_joined(db):
+    spawner, _ = make_spawner(db, "carol")
+    spawner.docker.networks["p_net-carol"] = {"Name": "p_net-carol", "Labels": {"hubforge.project": "other"},
+                                              "Containers": {}, "IPAM": {"Config": []}}
+    with pytest.raises(RuntimeError, match="belongs to the hubforge project 'other'"):
+        asyncio.run(spawner.apply_runtime())
+    assert spawner.docker.joined == []
 
 
 def test_builtin_groups_come_back_after_deletion(db):

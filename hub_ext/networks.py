@@ -1,0 +1,122 @@
+"""Lab networks as data: one small bridge per lab, shared with the hub only, and the guard's firewall rules.
+
+Isolation between labs comes from Docker itself: containers on different bridge networks cannot reach
+each other, and the hub joins each lab's network to talk to it. What Docker does not block -- a lab
+reaching the host's private addresses, the cloud's metadata service at 169.254.169.254 or anything else
+on the operator's private networks -- the network guard blocks with the rules described here
+(hub_ext.netguard applies them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+NETWORK_ROLE = "lab-network"  # hubforge.role of a lab's network
+SUBNET_PREFIX = 29  # 8 addresses: network, gateway, lab, hub, and room to spare
+
+# What a lab may not reach unless the operator allows it by name (LAB_ALLOWED_RANGES): link-local (the
+# cloud metadata service), the private ranges of RFC 1918, and shared address space (carrier NAT, VPNs).
+BLOCKED_RANGES = ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+
+
+def used_subnets(networks: Iterable[Mapping]) -> list[IPv4Network]:
+    """The IPv4 subnets of Docker networks (entries of `docker network ls`/inspect, as the API returns them)."""
+    found = []
+    for network in networks:
+        for config in ((network.get("IPAM") or {}).get("Config") or []):
+            subnet = config.get("Subnet")
+            if not subnet:
+                continue
+            parsed = ipaddress.ip_network(subnet, strict=False)
+            if parsed.version == 4:
+                found.append(parsed)
+    return found
+
+
+def free_subnet(pool: IPv4Network, used: Iterable[IPv4Network], prefix: int = SUBNET_PREFIX,
+                skip: Iterable[IPv4Network] = ()) -> IPv4Network | None:
+    """The first /`prefix` of `pool` that overlaps none of `used` (nor `skip`), or None when the pool is full."""
+    taken = [net for net in (*used, *skip) if net.overlaps(pool)]
+    for candidate in pool.subnets(new_prefix=prefix):
+        if not any(candidate.overlaps(net) for net in taken):
+            return candidate
+    return None
+
+
+def pool_capacity(pool: IPv4Network, prefix: int = SUBNET_PREFIX) -> int:
+    return 2 ** (prefix - pool.prefixlen) if pool.prefixlen <= prefix else 0
+
+
+def network_spec(subnet: IPv4Network) -> dict:
+    """The IPAM pool of one lab network: its subnet and the first address as the gateway."""
+    return {"Subnet": str(subnet), "Gateway": str(next(subnet.hosts()))}
+
+
+# -- the network guard's rules ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GuardRules:
+    """Firewall rules for one project's labs, as iptables arguments.
+
+    Two chains: `forward` filters what labs send through the host (jumped to from DOCKER-USER, which
+    Docker evaluates before its own rules), `local` what labs send to the host itself (from INPUT).
+    Every rule returns (lets the packet on to Docker's rules) or rejects; none accepts, so Docker's own
+    isolation between networks stays in force.
+    """
+
+    pool: IPv4Network
+    forward_chain: str
+    local_chain: str
+    forward: tuple[tuple[str, ...], ...]
+    local: tuple[tuple[str, ...], ...]
+
+    def jumps(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(built-in chain, rule) pairs that send the labs' packets into this project's chains."""
+        return (("DOCKER-USER", ("-s", str(self.pool), "-j", self.forward_chain)),
+                ("INPUT", ("-s", str(self.pool), "-j", self.local_chain)))
+
+    def restore_script(self) -> str:
+        """An `iptables-restore --noflush` script: declares (and so empties) both chains and fills them at once."""
+        lines = ["*filter", f":{self.forward_chain} - [0:0]", f":{self.local_chain} - [0:0]"]
+        lines += [" ".join(("-A", self.forward_chain, *rule)) for rule in self.forward]
+        lines += [" ".join(("-A", self.local_chain, *rule)) for rule in self.local]
+        return "\n".join(lines + ["COMMIT", ""])
+
+
+def chain_names(project: str) -> tuple[str, str]:
+    """Per-project chain names within iptables' 28 characters; long names get a digest to stay unique."""
+    tag = project if len(project) <= 20 else project[:12] + hashlib.sha256(project.encode()).hexdigest()[:8]
+    return f"HF-{tag}-FWD", f"HF-{tag}-IN"
+
+
+def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] = (),
+                blocked: Iterable[str] = BLOCKED_RANGES) -> GuardRules:
+    """Rules that keep labs (sources in `pool`) off link-local and private addresses, except `allowed`.
+
+    Allowed through: replies, DNS (port 53: the daemon's resolver forwards from inside the lab, often to a
+    private resolver), published ports of this host (DNAT: public by design), the allowed ranges, and --
+    through the host only -- the lab's own network, where the hub is (other labs' networks stay
+    unreachable by Docker's isolation). The host's own addresses, its gateway on each lab network
+    included, are blocked like any other private address.
+    """
+    allowed = tuple(allowed)
+    blocked_nets = [ipaddress.ip_network(b) for b in blocked]
+    if not any(pool.subnet_of(b) for b in blocked_nets if b.version == 4):
+        blocked_nets.append(pool)  # a pool outside the private ranges: the host's gateways there are still the host
+    common = (
+        ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"),
+        ("-p", "udp", "--dport", "53", "-j", "RETURN"),
+        ("-p", "tcp", "--dport", "53", "-j", "RETURN"),
+        *(("-d", str(net), "-j", "RETURN") for net in allowed),
+    )
+    reject = []
+    for net in blocked_nets:
+        reject.append(("-d", str(net), "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"))
+        reject.append(("-d", str(net), "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"))
+    forward_chain, local_chain = chain_names(project)
+    forward = (*common[:1], ("-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"), *common[1:],
+               ("-d", str(pool), "-j", "RETURN"), *reject)
+    return GuardRules(pool, forward_chain, local_chain, tuple(forward), (*common, *reject))

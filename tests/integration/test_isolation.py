@@ -1,0 +1,168 @@
+"""Labs are isolated from each other and from private and link-local addresses (issue 12, part 3).
+
+Every probe starts inside a lab, as a user's code would. Nothing leaves this machine: the "outside"
+addresses live on a dummy interface the module creates and removes -- 169.254.100.1 stands for the
+cloud's metadata service, 192.0.2.10 (TEST-NET-1, never routed on the internet) for a public address.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ..livestack import approved_user
+
+pytestmark = pytest.mark.integration
+
+DUMMY = "hfiso0"
+METADATA = "169.254.100.1"
+PUBLIC = "192.0.2.10"
+
+PROBE = r"""
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+try:
+    socket.create_connection((host, port), timeout=3).close()
+except OSError as exc:
+    print(f"refused: {exc}")
+    sys.exit(1)
+print("connected")
+"""
+
+
+def reaches(container, host: str, port: int, user: str = "lab") -> bool:
+    """Whether a TCP connection from inside `container` to host:port succeeds (3 s timeout)."""
+    return container.exec_run(["python3", "-c", PROBE, host, str(port)], user=user).exit_code == 0
+
+
+def lab_address(container) -> str:
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    (address,) = {n["IPAddress"] for n in networks.values() if n.get("IPAddress")}
+    return address
+
+
+@pytest.fixture(scope="module")
+def labs(live, admin):
+    apis = {}
+    for name in ("alice", "bob"):
+        _, api = approved_user(live, admin, name)
+        api.start(name)
+        apis[name] = api
+    return apis
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """A dummy interface holding METADATA and PUBLIC, with a tiny package index listening on all of the
+    host's addresses (so also on the host's gateway in every lab network). Removed afterwards."""
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2 (`ip`) to create a dummy interface")
+    folder = tmp_path_factory.mktemp("index")
+    wheel = "hfprobe-1.0-py3-none-any.whl"
+    (folder / "simple" / "hfprobe").mkdir(parents=True)
+    (folder / "simple" / "hfprobe" / "index.html").write_text(f'<a href="/{wheel}">{wheel}</a>\n')
+    (folder / wheel).write_bytes(tiny_wheel())
+    subprocess.run(["ip", "link", "add", DUMMY, "type", "dummy"], check=True)
+    try:
+        for address in (METADATA, PUBLIC):
+            subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", DUMMY], check=True)
+        subprocess.run(["ip", "link", "set", DUMMY, "up"], check=True)
+        server = ThreadingHTTPServer(("0.0.0.0", 0), partial(SimpleHTTPRequestHandler, directory=str(folder)))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        subprocess.run(["ip", "link", "del", DUMMY], check=False)
+
+
+def tiny_wheel() -> bytes:
+    """A valid, empty wheel, so `pip download` has a real package to fetch."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr("hfprobe/__init__.py", "")
+        wheel.writestr("hfprobe-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: hfprobe\nVersion: 1.0\n")
+        wheel.writestr("hfprobe-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr("hfprobe-1.0.dist-info/RECORD", "")
+    return buffer.getvalue()
+
+
+def test_a_lab_cannot_reach_another_labs_server(live, labs):
+    alice, bob = live.lab("alice"), live.lab("bob")
+    assert reaches(live.hub(), lab_address(bob), 8888, user=""), "the hub itself must reach bob's server"
+    assert not reaches(alice, lab_address(bob), 8888), "alice reached bob's Jupyter server directly"
+    assert not reaches(alice, "hub", 8001), "alice reached the proxy's API"  # the hub's own ports: only 8081 and 8443
+
+
+def test_a_lab_cannot_reach_a_server_another_user_started(live, labs):
+    alice, bob = live.lab("alice"), live.lab("bob")
+    bob.exec_run(["python3", "-m", "http.server", "8765", "--bind", "0.0.0.0"], user="lab", detach=True)
+    deadline = time.monotonic() + 20
+    while not reaches(bob, "127.0.0.1", 8765):
+        assert time.monotonic() < deadline, "bob's http.server did not start"
+        time.sleep(0.5)
+    assert not reaches(alice, lab_address(bob), 8765), "alice reached bob's http.server"
+
+
+def test_a_lab_reaches_the_hub_and_its_own_server_through_the_proxy(live, labs):
+    alice = live.lab("alice")
+    assert reaches(alice, "hub", 8081), "a lab must reach the hub's API"
+    assert labs["alice"].request("GET", "user/alice/api/status").status_code == 200
+
+
+def test_link_local_and_private_addresses_are_blocked_while_the_internet_is_not(live, labs, outside):
+    port = outside
+    alice = live.lab("alice")
+    gateway = next(iter(alice.attrs["NetworkSettings"]["Networks"].values()))["Gateway"]
+    with socket.create_connection((METADATA, port), timeout=3):
+        pass  # the host reaches the "metadata service"
+    assert not reaches(alice, METADATA, port), "a lab reached a link-local address (the metadata service's range)"
+    assert not reaches(alice, gateway, port), "a lab reached the host on its private gateway address"
+    assert reaches(alice, PUBLIC, port), "a lab must reach public addresses (users pip install)"
+    download = alice.exec_run(["python3", "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                               "--index-url", f"http://{PUBLIC}:{port}/simple/", "--trusted-host", PUBLIC,
+                               "--dest", "/tmp/download", "hfprobe"], user="lab")
+    assert download.exit_code == 0, download.output.decode()[-800:]
+    assert b"Saved /tmp/download/hfprobe-1.0-py3-none-any.whl" in download.output
+
+
+def test_the_hub_keeps_its_own_default_route(live, labs):
+    """The hub is on every lab's network; its way out must stay its own network's gateway."""
+    hub = live.hub()
+    hub.reload()
+    stack_gateway = hub.attrs["NetworkSettings"]["Networks"][f"{live.project}_net"]["Gateway"]
+    routes = hub.exec_run(["cat", "/proc/net/route"]).output.decode().splitlines()[1:]
+    default = next(line.split() for line in routes if line.split()[1] == "00000000")
+    via = str(ipaddress.IPv4Address(bytes.fromhex(default[2])[::-1]))
+    assert via == stack_gateway, f"the hub's default route goes via {via}, a lab network's gateway"
+    assert len(hub.attrs["NetworkSettings"]["Networks"]) >= 3  # its own, alice's and bob's
+
+
+def test_the_guard_removes_its_rules_when_stopped_and_restores_them(live, labs, outside):
+    port = outside
+    guard = next(c for c in live.containers() if c.labels.get("hubforge.role") == "netguard")
+    alice = live.lab("alice")
+    guard.stop(timeout=10)
+    try:
+        chains = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+        assert f"HF-{live.project}-FWD" not in chains, "a stopped guard left its rules behind"
+        assert reaches(alice, METADATA, port), "without the guard the block is gone (the test must see it change)"
+    finally:
+        guard.start()
+    deadline = time.monotonic() + 30
+    while reaches(alice, METADATA, port):
+        assert time.monotonic() < deadline, "the restarted guard did not block the metadata address again"
+        time.sleep(1)
