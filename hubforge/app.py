@@ -237,6 +237,10 @@ def status(settings: Settings, options, as_json: bool) -> dict:
     if state.get("admin_unclaimed"):
         say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed "
             f"(to read it again: docker exec {options.project}-hub-1 cat /srv/jupyterhub/data/admin-bootstrap-secret)")
+    if state.get("network_guard") is False:
+        say("network guard: [bold]off[/] (LAB_NETWORK_GUARD=0): labs can reach private and link-local addresses, cloud metadata included")
+    elif state.get("network_guard"):
+        say("network guard: on (labs are kept off private and link-local addresses; see the netguard service above)")
     gpu = state.get("gpu") or {}
     say(f"GPU: mode {gpu.get('mode')}, {'enabled' if gpu.get('enabled') else 'disabled'}: {gpu.get('reason')}")
     if gpu.get("probe"):
