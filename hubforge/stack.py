@@ -304,8 +304,8 @@ class Stack:
         """When the network guard could not start, its own line says why (Compose only says it exited)."""
         for guard in self.docker.containers({PROJECT_LABEL: self.options.project, "hubforge.role": "netguard"}):
             if guard.get("State") in ("exited", "dead", "restarting"):
-                tail = self.docker.logs(guard["Id"], tail=3).strip()
-                raise HubforgeError(f"the network guard did not start: {tail}")
+                last = (self.docker.logs(guard["Id"], tail=1).strip() or "(no output)").removeprefix("hubforge-netguard: ")
+                raise HubforgeError(f"the network guard did not start: {last} (`invoke logs netguard` has the rest)")
 
     def bootstrap_secret(self) -> str | None:
         """The admin's one-time signup secret while the admin is unclaimed, read from the running hub."""

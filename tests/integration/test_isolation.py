@@ -63,7 +63,7 @@ def labs(live, admin):
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
-    """A dummy interface holding METADATA and PUBLIC, with a tiny package index listening on all of the
+    """A dummy interface (or a veth pair where the kernel has no dummy driver) holding METADATA and PUBLIC, with a tiny package index listening on all of the
     host's addresses (so also on the host's gateway in every lab network). Removed afterwards."""
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2 (`ip`) to create a dummy interface")
@@ -72,7 +72,10 @@ def outside(tmp_path_factory):
     (folder / "simple" / "hfprobe").mkdir(parents=True)
     (folder / "simple" / "hfprobe" / "index.html").write_text(f'<a href="/{wheel}">{wheel}</a>\n')
     (folder / wheel).write_bytes(tiny_wheel())
-    subprocess.run(["ip", "link", "add", DUMMY, "type", "dummy"], check=True)
+    if subprocess.run(["ip", "link", "add", DUMMY, "type", "dummy"], capture_output=True).returncode != 0:
+        # a kernel without the dummy driver (some VMs): a veth pair, whose far end stays unused, does the same
+        subprocess.run(["ip", "link", "add", DUMMY, "type", "veth", "peer", "name", DUMMY + "p"], check=True)
+        subprocess.run(["ip", "link", "set", DUMMY + "p", "up"], check=True)
     try:
         for address in (METADATA, PUBLIC):
             subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", DUMMY], check=True)
