@@ -18,9 +18,9 @@ from pathlib import Path
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.orm import UserInfo
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 
-from . import accounts
+from . import accounts, labaccess
 from .handlers import default_handlers
 from .throttle import Throttle, describe_wait
 
@@ -73,6 +73,11 @@ class HubforgeAuthenticator(NativeAuthenticator):
         help="Failed logins plus signups one client address may make per minute (LOGIN_ADDRESS_LIMIT). "
              "Successful logins do not count, so a class behind one NAT logs in freely.")
 
+    admin_lab_access = Bool(
+        False, config=True,
+        help="Admins may open other users' labs (LAB_ADMIN_ACCESS). Off: they manage servers but never open them "
+             "(hub_ext.labaccess says why).")
+
     @default("allowed_failed_logins")
     def _no_native_lockout(self):
         return 0  # NativeAuthenticator's lock-out counts per account only: anyone could lock the admin out
@@ -87,7 +92,7 @@ class HubforgeAuthenticator(NativeAuthenticator):
         """NativeAuthenticator's routes, with signup and approval replaced by safe ones, plus hub_ext's."""
         replaced = {route for route, _ in accounts.handlers}
         native = [(route, handler) for route, handler in super().get_handlers(app) if route not in replaced]
-        return list(accounts.handlers) + native + list(default_handlers)
+        return list(labaccess.handlers) + list(accounts.handlers) + native + list(default_handlers)
 
     @property
     def bootstrap(self) -> accounts.BootstrapSecret:

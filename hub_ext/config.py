@@ -52,6 +52,7 @@ class HubConfig:
     lab_subnet_pool: str = "10.213.0.0/16"
     lab_allowed_ranges: tuple[str, ...] = ()
     lab_network_guard: bool = True
+    lab_admin_access: bool = False
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -208,4 +209,5 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
         lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
         lab_network_guard=_bool(env, "LAB_NETWORK_GUARD", True),
+        lab_admin_access=_bool(env, "LAB_ADMIN_ACCESS", False),
     )

@@ -88,6 +88,8 @@ c.NativeAuthenticator.check_common_password = True
 c.HubforgeAuthenticator.login_free_failures = hub.login_max_failures
 c.HubforgeAuthenticator.login_max_delay = hub.login_lockout_seconds
 c.HubforgeAuthenticator.login_address_limit = hub.login_address_limit
+# Admins manage users' servers but do not open them (hub_ext.labaccess), unless LAB_ADMIN_ACCESS=1.
+c.HubforgeAuthenticator.admin_lab_access = hub.lab_admin_access
 
 # -- spawning: one isolated lab container per user ----------------------------------------------------
 c.JupyterHub.spawner_class = "hub_ext.spawner.HubforgeSpawner"

@@ -134,6 +134,23 @@ def test_no_page_may_frame_a_lab(live, admin):
         assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"], path
 
 
+def test_an_admin_does_not_open_a_users_lab_but_still_manages_it(live, admin):
+    """The admin's browser never gets a lab's token: the lab's code cannot borrow the admin's rights."""
+    from ..livestack import approved_user
+
+    owner, api = approved_user(live, admin, "gus")
+    api.start("gus")
+    opened = admin.http.get(admin.url("user/gus/api/status"), timeout=30)  # follows the lab's OAuth redirects
+    assert opened.status_code == 403, f"the admin opened gus's lab ({opened.status_code} at {opened.url})"
+    assert "Admins do not open other users' servers" in opened.text
+    assert "/hub/api/oauth2/authorize" in opened.url
+    mine = owner.http.get(owner.url("user/gus/api/status"), timeout=30)  # the owner opens it as ever
+    assert mine.status_code == 200 and mine.json()["started"]
+    # the admin keeps server management: stop through the admin's own API session
+    stopped = admin.api("DELETE", "users/gus/server")
+    assert stopped.status_code in (202, 204), stopped.text
+
+
 def test_the_http_port_only_redirects(live):
     plain = requests.Session()
     plain.trust_env = False
