@@ -53,6 +53,8 @@ class HubConfig:
     lab_allowed_ranges: tuple[str, ...] = ()
     lab_network_guard: bool = True
     lab_admin_access: bool = False
+    public_host: str = ""
+    lab_subdomains: bool = True
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -154,6 +156,51 @@ def parse_ranges(raw: str, name: str) -> tuple[str, ...]:
     return tuple(ranges)
 
 
+DEFAULT_HOST = "hub.localhost"  # browsers resolve *.localhost to loopback by themselves (RFC 6761)
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def parse_public_host(raw: str) -> str:
+    """HUBFORGE_PUBLIC_HOST: a DNS name or an IP address, without scheme, port or path."""
+    value = raw.strip().lower().rstrip(".")
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        raise ConfigError(f"HUBFORGE_PUBLIC_HOST={raw!r} is not a host name; use e.g. hub.example.org (no scheme, port or path)")
+    return value
+
+
+def subdomain_problem(host: str) -> str | None:
+    """Why labs cannot have their own subdomains of `host`, or None. Browsers take no wildcard certificate
+    right under a top-level name (`*.localhost`, `*.lan`), and an IP address has no subdomains."""
+    try:
+        ipaddress.ip_address(host)
+        return (f"HUBFORGE_PUBLIC_HOST={host} is an IP address, which has no subdomains for the labs; "
+                "use a DNS name with a wildcard record, or set LAB_SUBDOMAINS=0")
+    except ValueError:
+        pass
+    if "." not in host:
+        return (f"HUBFORGE_PUBLIC_HOST={host} has a single label: browsers accept no wildcard certificate *.{host}; "
+                f"use a name with a dot (e.g. hub.{host}), or set LAB_SUBDOMAINS=0")
+    return None
+
+
+def hub_host(config: "HubConfig") -> str:
+    """The name the hub is reached by: HUBFORGE_PUBLIC_HOST, else hub.localhost (labs at <user>.hub.localhost)."""
+    return config.public_host or DEFAULT_HOST
+
+
+def certificate_names(config: "HubConfig") -> list[str]:
+    """What the self-signed certificate covers: the hub's name, every lab's (a wildcard), and loopback."""
+    host = hub_host(config)
+    names = [host] + ([f"*.{host}"] if config.lab_subdomains and not subdomain_problem(host) else [])
+    return list(dict.fromkeys([*names, "localhost", "127.0.0.1"]))
+
+
 def common_passwords() -> frozenset[str]:
     """NativeAuthenticator's list of common passwords (empty where it is not installed, e.g. a bare host)."""
     spec = importlib.util.find_spec("nativeauthenticator")
@@ -178,6 +225,15 @@ def parse_admin_password(env: Mapping[str, str], minimum: int) -> str:
 
 def from_environ(env: Mapping[str, str]) -> HubConfig:
     """All hub settings from `env`, checked. Raises ConfigError with one line on the first bad value."""
+    config = _from_environ(env)
+    if config.lab_subdomains:
+        problem = subdomain_problem(hub_host(config))
+        if problem:
+            raise ConfigError(problem)
+    return config
+
+
+def _from_environ(env: Mapping[str, str]) -> HubConfig:
     services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
     for key, value in services.items():
         _bool(env, key, False)  # each must be a valid flag
@@ -210,4 +266,6 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
         lab_network_guard=_bool(env, "LAB_NETWORK_GUARD", True),
         lab_admin_access=_bool(env, "LAB_ADMIN_ACCESS", False),
+        public_host=parse_public_host(env.get("HUBFORGE_PUBLIC_HOST", "")),
+        lab_subdomains=_bool(env, "LAB_SUBDOMAINS", True),
     )

@@ -8,9 +8,34 @@ import os
 from pathlib import Path
 
 
+SELF_SIGNED_ORG = "hubforge self-signed"
+
+
+def missing_names(cert: Path, hostnames: list[str]) -> list[str]:
+    """The names a self-signed certificate made by hubforge does not cover (an older one, made before the
+    labs had subdomains). A certificate of anyone else's is never judged: [] for it."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return list(hostnames)  # unreadable: make a new one
+    orgs = [a.value for a in loaded.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if SELF_SIGNED_ORG not in orgs:
+        return []
+    try:
+        sans = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return list(hostnames)
+    have = {str(n) for n in sans.get_values_for_type(x509.DNSName)} | {str(n) for n in sans.get_values_for_type(x509.IPAddress)}
+    return [name for name in hostnames if name not in have]
+
+
 def ensure_self_signed(cert: Path, key: Path, hostnames: list[str], days: int = 825) -> bool:
-    """Write a self-signed certificate and key unless both exist. Returns True when it made them."""
-    if cert.exists() and key.exists():
+    """Write a self-signed certificate and key unless both exist and cover `hostnames` (the first one is
+    the subject). Returns True when it made them."""
+    if cert.exists() and key.exists() and not missing_names(cert, hostnames):
         return False
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -19,14 +44,13 @@ def ensure_self_signed(cert: Path, key: Path, hostnames: list[str], days: int = 
 
     private = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(["localhost", *hostnames]):
+    for host in dict.fromkeys([*hostnames, "localhost", "127.0.0.1"]):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hubforge self-signed")])
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, SELF_SIGNED_ORG)])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
         x509.CertificateBuilder()

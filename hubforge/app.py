@@ -237,6 +237,11 @@ def status(settings: Settings, options, as_json: bool) -> dict:
     if state.get("admin_unclaimed"):
         say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed "
             f"(to read it again: docker exec {options.project}-hub-1 cat /srv/jupyterhub/data/admin-bootstrap-secret)")
+    origin = state.get("lab_origin")
+    if origin and origin.startswith("shared"):
+        say("labs: [bold]share the hub's origin[/] (LAB_SUBDOMAINS=0): a lab's JavaScript runs with the hub session of whoever opens it")
+    elif origin:
+        say(f"labs: each on its own origin, {origin}")
     if state.get("network_guard") is False:
         say("network guard: [bold]off[/] (LAB_NETWORK_GUARD=0): labs can reach private and link-local addresses, cloud metadata included")
     elif state.get("network_guard"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_ext.config import ConfigError, from_environ, parse_gpu_mode
+from hub_ext.config import ConfigError, from_environ, hub_host, parse_gpu_mode
 from hub_ext.gpu import ALL_GPUS, decide
 from hub_ext.naming import PROJECT_LABEL, default_volume_prefix
 from hub_ext.networks import NETWORK_ROLE
@@ -90,7 +90,8 @@ ENV_TEMPLATE = """\
 # IDLE_CULLER_ENABLED=0
 # IDLE_CULLER_TIMEOUT=3600
 # JUPYTERHUB_LOGO_URI=
-# HUBFORGE_PUBLIC_HOST=
+# HUBFORGE_PUBLIC_HOST=hub.localhost
+# LAB_SUBDOMAINS=1
 # SSL_CERT=
 # SSL_KEY=
 # LAB_SUBNET_POOL=10.213.0.0/16
@@ -142,6 +143,32 @@ def port_free(bind: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def resolve(name: str) -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)}
+    except (socket.gaierror, UnicodeError):
+        return set()
+
+
+def subdomain_dns_problem(host: str, lookup: Callable[[str], set[str]] = resolve) -> str | None:
+    """Why a lab's subdomain of `host` would not reach this hub, or None.
+
+    Names under .localhost need no DNS: browsers send them to loopback themselves (RFC 6761). Any other
+    host needs a wildcard record: a made-up subdomain must resolve to where the hub's own name does.
+    """
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    probe = f"hubforge-dns-check.{host}"
+    own, theirs = lookup(host), lookup(probe)
+    if not own:
+        return f"HUBFORGE_PUBLIC_HOST={host} does not resolve; add a DNS record for it (and *.{host}), or fix the name"
+    if not theirs & own:
+        found = ", ".join(sorted(theirs)) or "nothing"
+        return (f"labs get their own subdomains, but {probe} resolves to {found}, not to {host} ({', '.join(sorted(own))}): "
+                f"add a wildcard DNS record *.{host} for this host, or set LAB_SUBDOMAINS=0 in .env (labs then share the hub's origin)")
+    return None
 
 
 def socket_gid(path: str) -> int:
@@ -235,6 +262,10 @@ class Stack:
         options.run_dir.mkdir(parents=True, exist_ok=True)
         values, hub = self.settings()
         gpu_mode = parse_gpu_mode(values.get("ENABLE_GPU_SUPPORT", "auto"))
+        if hub.lab_subdomains:
+            problem = subdomain_dns_problem(hub_host(hub))
+            if problem:
+                raise HubforgeError(f"{problem} (nothing was started)")
         self.check_ports()
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
@@ -261,7 +292,7 @@ class Stack:
             "lab_subnet_pool": hub.lab_subnet_pool,
             "lab_allowed_ranges": list(hub.lab_allowed_ranges),
         })
-        host = values.get("HUBFORGE_PUBLIC_HOST") or "localhost"
+        host = hub_host(hub)
         port = "" if options.https_port == 443 else f":{options.https_port}"
         state = {
             "project": options.project,
@@ -271,6 +302,7 @@ class Stack:
             "admin": hub.admin,
             "signup": hub.enable_signup,
             "network_guard": hub.lab_network_guard,
+            "lab_origin": f"https://<user>.{host}{port}/" if hub.lab_subdomains else "shared with the hub (LAB_SUBDOMAINS=0)",
             "gpu": decision.as_dict(),
             "images": dict(images),
             "lab_images": dict(lab_images),

@@ -12,7 +12,7 @@ from pathlib import Path
 import nativeauthenticator
 
 from hub_ext.auth import TEMPLATES
-from hub_ext.config import ConfigError, from_environ
+from hub_ext.config import ConfigError, certificate_names, from_environ, hub_host
 from hub_ext.logo import LogoError, materialize
 from hub_ext.runtime import BUILTIN_GROUPS
 from hub_ext.tls import ensure_self_signed
@@ -52,7 +52,15 @@ c.JupyterHub.hub_connect_url = "http://hub:8081"  # the hub's service name on th
 cert = Path(env.get("SSL_CERT") or CERTS / "tls.crt")
 key = Path(env.get("SSL_KEY") or CERTS / "tls.key")
 if not env.get("SSL_CERT"):
-    ensure_self_signed(cert, key, [h for h in (env.get("HUBFORGE_PUBLIC_HOST", ""),) if h])
+    ensure_self_signed(cert, key, certificate_names(hub))  # the labs' wildcard included; remade if it lacks one
+# Each lab on its own origin, https://<user>.<hub host>/: the hub's cookies never reach a lab, and a lab's
+# JavaScript cannot act on the hub with its visitor's session. LAB_SUBDOMAINS=0 keeps labs on the hub's origin.
+if hub.lab_subdomains:
+    public_port = env.get("HUBFORGE_HTTPS_PORT", "443")
+    c.JupyterHub.subdomain_host = f"https://{hub_host(hub)}" + ("" if public_port == "443" else f":{public_port}")
+    c.JupyterHub.subdomain_hook = "idna"  # JupyterHub 5's default, stated: unicode, dots and long names all map to one DNS label
+else:
+    c.JupyterHub.template_vars = {"hubforge_shared_origin": True}  # the admin page says so
 c.JupyterHub.ssl_cert = str(cert)
 c.JupyterHub.ssl_key = str(key)
 # The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.

@@ -9,11 +9,25 @@ import re
 import threading
 import time
 import uuid
+from urllib.parse import unquote, urlparse
 
 import requests
 import urllib3
+from jupyterhub.utils import subdomain_hook_idna
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the stack's certificate is self-signed
+
+
+def lab_url(base: str, path: str) -> str:
+    """The URL of `path` on the stack at `base`. A lab's path, `user/<name>/...`, is on the lab's own origin
+    when the hub runs with subdomains (its base is a *.localhost name, as the harness starts it):
+    https://<name>.hub.localhost:<port>/user/<name>/... -- named by JupyterHub's own subdomain rule."""
+    path = path.lstrip("/")
+    parsed = urlparse(base)
+    if path.startswith("user/") and (parsed.hostname or "").endswith(".localhost"):
+        name = unquote(path.split("/")[1])
+        return f"{parsed.scheme}://{subdomain_hook_idna(name, parsed.netloc, 'user')}/{path}"
+    return base + path
 
 
 def plain_get(url: str, **kwargs) -> requests.Response:
@@ -80,8 +94,11 @@ class HubAPI:
         self.http.trust_env = False
         self.http.headers["Authorization"] = f"token {token}"
 
+    def url(self, path: str) -> str:
+        return lab_url(self.base, path)
+
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        return self.http.request(method, self.base + path.lstrip("/"), timeout=kwargs.pop("timeout", 60), **kwargs)
+        return self.http.request(method, self.url(path), timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def user(self, name: str) -> dict:
         response = self.request("GET", f"hub/api/users/{name}")
@@ -131,8 +148,9 @@ class KernelClient:
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
-        url = self.api.base.replace("https://", "wss://").replace("http://", "ws://")
-        request = HTTPRequest(f"{url}user/{self.user}/api/kernels/{self.id}/channels", validate_cert=False,
+        url = self.api.url(f"user/{self.user}/api/kernels/{self.id}/channels")
+        url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        request = HTTPRequest(url, validate_cert=False,
                               headers={"Authorization": self.api.http.headers["Authorization"]},
                               connect_timeout=10, request_timeout=timeout)
         connection = await websocket_connect(request)
@@ -179,7 +197,7 @@ class EventListener:
     def __init__(self, api: HubAPI, user: str) -> None:
         self.events: list[dict] = []
         self.arrived: dict[str, float] = {}  # message -> time.monotonic() when it came in
-        self.response = api.http.get(api.base + f"user/{user}/hubforge/notifications/events", stream=True,
+        self.response = api.http.get(api.url(f"user/{user}/hubforge/notifications/events"), stream=True,
                                      verify=False, timeout=(5, 60))
         assert self.response.status_code == 200, self.response.text
         threading.Thread(target=self._read, daemon=True).start()

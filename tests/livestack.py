@@ -111,7 +111,9 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
     images, lab_images = current_images()
     stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
     compose = DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True, keep_volumes=False)
-    live = LiveStack(stack, compose, f"https://127.0.0.1:{options.https_port}/", f"http://127.0.0.1:{options.http_port}/")
+    # Reached by name, as a browser would: with subdomains (the default) labs live at <user>.hub.localhost
+    host = "127.0.0.1" if (env or {}).get("LAB_SUBDOMAINS") == "0" else "hub.localhost"
+    live = LiveStack(stack, compose, f"https://{host}:{options.https_port}/", f"http://{host}:{options.http_port}/")
     try:
         compose.start()
     except Exception:

@@ -40,7 +40,7 @@ class InvokedStack:
         self.project = f"hfl{secrets.token_hex(3)}"
         self.stack_dir = stack_dir
         self.port, self.http_port = free_port(), free_port()
-        self.url = f"https://127.0.0.1:{self.port}/"
+        self.url = f"https://hub.localhost:{self.port}/"  # labs at <user>.hub.localhost (tests/localdns.py)
 
     def lab_name(self, user: str) -> str:
         """The lab container's name, with the volume prefix `invoke up` gives this project."""
@@ -112,7 +112,7 @@ def server_stopped(api: HubAPI, name: str) -> bool:
 
 
 def test_first_up_waits_for_health_and_shows_the_secret_once(stack, first_up):
-    assert "hubforge is up" in first_up.stdout and stack.url.rstrip("/").replace("127.0.0.1", "localhost") in first_up.stdout
+    assert "hubforge is up" in first_up.stdout and stack.url.rstrip("/") in first_up.stdout
     assert stack.hub().attrs["State"]["Health"]["Status"] == "healthy"  # `up` returned only once it was
     assert plain_get(stack.url + "hub/health").status_code == 200
     assert "admin bootstrap secret" in first_up.stdout

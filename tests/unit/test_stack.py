@@ -132,7 +132,39 @@ def test_self_signed_certificate_is_made_once(tmp_path):
     assert "hub.example.org" in names.get_values_for_type(x509.DNSName)
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     first = cert.read_bytes()
-    assert ensure_self_signed(cert, key, ["other"]) is False and cert.read_bytes() == first
+    assert ensure_self_signed(cert, key, ["hub.example.org", "localhost"]) is False and cert.read_bytes() == first
+
+
+def test_an_older_self_signed_certificate_is_replaced_when_names_are_missing(tmp_path):
+    """A stack from before lab subdomains has no wildcard in its certificate: a new one is made."""
+    from cryptography import x509
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    ensure_self_signed(cert, key, ["hub.localhost"])
+    assert ensure_self_signed(cert, key, ["hub.localhost", "*.hub.localhost"]) is True
+    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"hub.localhost", "*.hub.localhost", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+
+
+def test_an_operators_certificate_is_never_replaced(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import datetime
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corp CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    theirs = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
+              .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+              .sign(private, hashes.SHA256()))
+    from cryptography.hazmat.primitives import serialization
+    cert.write_bytes(theirs.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(b"their key")
+    assert ensure_self_signed(cert, key, ["hub.localhost", "*.hub.localhost"]) is False
+    assert key.read_bytes() == b"their key"
 
 
 def test_config_digest_follows_the_hub_config_and_config_d(tmp_path):

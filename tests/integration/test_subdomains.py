@@ -1,0 +1,53 @@
+"""Each lab on its own origin (issue 12, part 1): every name signup accepts works as a subdomain, and the
+hub's cookies never reach a lab. The harness reaches the stack at hub.localhost (tests/localdns.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..hubclient import HubSession
+from ..livestack import PASSWORD, approved_user
+
+pytestmark = pytest.mark.integration
+
+NAMES = ["first.last", "zoë", "n" * 64]  # a dot, unicode, the longest name signup accepts
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_kind_of_name_gets_a_working_subdomain(live, admin, name):
+    _, api = approved_user(live, admin, name)
+    api.start(name)  # waits until the lab answers on its own origin
+    url = api.url(f"user/{name}/api/status")
+    host = url.split("/")[2]
+    assert host.endswith(".hub.localhost:" + live.url.rsplit(":", 1)[1].rstrip("/")) and host != live.url.split("/")[2]
+    assert len(host.split(".")[0]) <= 63  # one DNS label
+    assert api.request("GET", f"user/{name}/api/status").status_code == 200
+    api.stop(name)
+
+
+def test_the_hubs_cookies_never_reach_a_lab(live, admin):
+    owner, api = approved_user(live, admin, "cora")
+    api.start("cora")
+    session = HubSession(live.url)
+    login = session.login("cora", PASSWORD)
+    assert login.status_code == 302
+    assert not [c for c in login.raw.headers.getlist("Set-Cookie") if "domain=" in c.lower()]  # host-only cookies
+    lab = session.http.get(session.url("user/cora/lab"), timeout=60)  # the hub sends the browser to the lab's origin
+    assert lab.status_code == 200 and lab.url.startswith("https://cora.hub.localhost:"), lab.url
+    lab_host = lab.url.split("/")[2].split(":")[0]
+    sent_to_lab = {c.name for c in session.http.cookies if c.domain.lstrip(".") == lab_host}
+    hub_only = {c.name for c in session.http.cookies if c.domain.lstrip(".") == "hub.localhost"}
+    assert "jupyterhub-session-id" in hub_only and "jupyterhub-hub-login" in hub_only
+    assert not sent_to_lab & {"jupyterhub-session-id", "jupyterhub-hub-login"}, sent_to_lab
+
+
+def test_the_hub_still_answers_on_its_address(live):
+    """Scripts and health checks that use the address, not the name, still reach the hub."""
+    from ..hubclient import plain_get
+
+    port = live.url.rsplit(":", 1)[1]
+    assert plain_get(f"https://127.0.0.1:{port}hub/health").status_code == 200
+
+
+def test_status_says_where_labs_live(live):
+    assert live.stack.status()["lab_origin"].startswith("https://<user>.hub.localhost:")
