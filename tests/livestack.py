@@ -12,12 +12,15 @@ import docker
 from prometheus_client.parser import text_string_to_metric_families
 from testcontainers.compose import DockerCompose
 
+from . import localdns
 from .hubclient import HubAPI, HubSession, plain_get
 
 from hubforge.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
 from hubforge.stack import PROJECT_LABEL, Stack, StackOptions
 from hubforge.targets import DEFAULT_SET, Graph
+
+localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "admin"
