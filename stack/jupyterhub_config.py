@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import nativeauthenticator
+from jupyterhub.utils import subdomain_hook_idna
 
 from hub_ext.auth import TEMPLATES
 from hub_ext.config import ConfigError, certificate_names, from_environ, hub_host
@@ -58,7 +59,9 @@ if not env.get("SSL_CERT"):
 if hub.lab_subdomains:
     public_port = env.get("HUBFORGE_HTTPS_PORT", "443")
     c.JupyterHub.subdomain_host = f"https://{hub_host(hub)}" + ("" if public_port == "443" else f":{public_port}")
-    c.JupyterHub.subdomain_hook = "idna"  # JupyterHub 5's default, stated: unicode, dots and long names all map to one DNS label
+    # JupyterHub 5's "idna" rule, given as the function: unicode, dots and long names all become one DNS label.
+    # (The string "idna" reaches the services' code unresolved in JupyterHub 5.5.4: "'str' object is not callable".)
+    c.JupyterHub.subdomain_hook = subdomain_hook_idna
 else:
     c.JupyterHub.template_vars = {"hubforge_shared_origin": True}  # the admin page says so
 c.JupyterHub.ssl_cert = str(cert)
