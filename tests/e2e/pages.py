@@ -49,13 +49,30 @@ def navigate(page: Page, url: str, attempts: int = 3):
     return page.goto(url)  # the last attempt fails as it fails
 
 
-def wait_for_lab(page: Page) -> None:
-    """Follow a spawn's redirects until JupyterLab's URL; reload once if its own interface broke the last one."""
-    page.wait_for_url(re.compile(rf"/user/[^/]+/lab|^{ERROR_PAGE}"), timeout=90_000)
-    if page.url.startswith(ERROR_PAGE):  # the lab's veth came up during the redirect (see settle_network)
+def wait_for_lab(page: Page, attempts: int = 3) -> None:
+    """Follow a spawn's redirects until JupyterLab's URL; reload when an interface change broke a step.
+
+    Each lab has its own network: its bridge gets an address on the host as the lab starts, and Chromium,
+    sharing the host's network namespace here, fails the request in flight (see settle_network).
+    """
+    for attempt in range(attempts):
+        try:
+            page.wait_for_url(re.compile(rf"/user/[^/]+/lab|^{ERROR_PAGE}"), timeout=90_000)
+        except Error as error:
+            if "ERR_NETWORK_CHANGED" not in error.message or attempt == attempts - 1:
+                raise
+        else:
+            if not page.url.startswith(ERROR_PAGE):
+                return
+            if attempt == attempts - 1:
+                break
         settle_network()
-        page.reload()
-        page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
+        try:
+            page.reload()
+        except Error as error:
+            if "ERR_NETWORK_CHANGED" not in error.message:
+                raise
+    page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
 
 
 class HubPage:
