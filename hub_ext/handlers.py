@@ -35,7 +35,7 @@ from .actions import (
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
 from .naming import foreign_owner, user_names
-from .spawner import lab_answers, user_lock
+from .spawner import lab_answers, not_found, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")
@@ -292,7 +292,7 @@ async def container_running(spawner, container: str) -> None:
     try:
         state = (await spawner.docker("inspect_container", container))["State"]
     except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
-        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+        if not_found(exc):
             raise RuntimeError("the container is gone after the restart; start your server again") from None
         raise
     if not state.get("Running"):

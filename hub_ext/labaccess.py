@@ -43,11 +43,11 @@ class LabAuthorizeHandler(OAuthAuthorizeHandler):
     def check_lab_access(self) -> None:
         client_id = self.get_argument("client_id", None)
         user = self.current_user
-        if not client_id or user is None:
-            return  # JupyterHub's own handling answers these
+        admin_access = self.authenticator.admin_lab_access
+        if not client_id or user is None or admin_access or not user.admin:
+            return  # no question for this hub (JupyterHub's own handling answers the rest): no database query
         client = self.db.query(orm.OAuthClient).filter_by(identifier=client_id).first()
         spawner = client.spawner if client is not None else None
-        admin_access = bool(getattr(self.authenticator, "admin_lab_access", False))
         reason = refusal(user.orm_user, spawner, admin_access=admin_access,
                          shared=spawner is not None and is_shared(self.db, user.orm_user, spawner))
         if reason:

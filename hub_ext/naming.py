@@ -41,6 +41,7 @@ def user_names(prefix: str, username: str) -> UserNames:
 
 
 PROJECT_LABEL = "hubforge.project"
+ROLE_LABEL = "hubforge.role"  # what a labelled container or network is for: hub, netguard, lab-network...
 
 
 def foreign_owner(volume: dict | None, project: str) -> str | None:

@@ -51,9 +51,9 @@ def pool_capacity(pool: IPv4Network, prefix: int = SUBNET_PREFIX) -> int:
     return 2 ** (prefix - pool.prefixlen) if pool.prefixlen <= prefix else 0
 
 
-def network_spec(subnet: IPv4Network) -> dict:
-    """The IPAM pool of one lab network: its subnet and the first address as the gateway."""
-    return {"Subnet": str(subnet), "Gateway": str(next(subnet.hosts()))}
+def network_spec(subnet: IPv4Network) -> dict[str, str]:
+    """The IPAM pool of one lab network (docker.types.IPAMPool's arguments): the subnet, its first address the gateway."""
+    return {"subnet": str(subnet), "gateway": str(next(subnet.hosts()))}
 
 
 # -- the network guard's rules ---------------------------------------------------------------------------------

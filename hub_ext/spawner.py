@@ -19,17 +19,22 @@ from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
 from .gpu import GpuDecision, decide
-from .naming import PROJECT_LABEL, escape_username, foreign_owner, lab_network_name, user_names
+from .naming import PROJECT_LABEL, ROLE_LABEL, escape_username, foreign_owner, lab_network_name, user_names
 from .networks import NETWORK_ROLE, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
 
 USER_LABEL = "hubforge.user"
 VOLUME_LABEL = "hubforge.volume"
-ROLE_LABEL = "hubforge.role"
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 
 
 _USER_LOCKS: dict[str, asyncio.Lock] = {}
+
+
+def not_found(exc: BaseException) -> bool:
+    """Whether a Docker call failed because its object does not exist (docker.errors.NotFound, as it comes
+    back through DockerSpawner's executor)."""
+    return getattr(getattr(exc, "response", None), "status_code", None) == 404
 
 
 def user_lock(name: str) -> asyncio.Lock:
@@ -175,6 +180,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     )
 
     restarting = False  # set by hub_ext's restart in place: a stopped container then is expected, not a death
+    _hub_joined = False  # whether this hub container is on the lab's network (a recreated hub is on none)
 
     async def poll(self):
         """None while the lab runs; otherwise its exit status, and its container is removed.
@@ -187,8 +193,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if self.restarting:
             return None
         status = await super().poll()
-        if status is None and self.lab_networks and not getattr(self, "_hub_joined", False):
-            await self.join_hub(self.network_name)  # a new hub container (recreated) is on no lab network yet
+        if status is None and self.lab_networks and not self._hub_joined:
+            await self.join_hub(self.network_name, await self.inspect_network(self.network_name))
         if status is not None and self.remove and self.object_id:
             self.log.warning("lab %s of %s is dead (%s): removing its container; the volumes stay",
                              self.object_name, self.user.name, status)
@@ -260,7 +266,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         try:
             found = await self.docker("inspect_volume", name)
         except Exception as exc:  # docker.errors.NotFound: create it; anything else: let Docker create it
-            if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+            if not not_found(exc):
                 self.log.warning("cannot inspect volume %s: %s", name, exc)
                 return
             await self.docker("create_volume", name, labels=labels)
@@ -274,8 +280,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     async def inspect_network(self, name: str) -> dict | None:
         try:
             return await self.docker("inspect_network", name)
-        except Exception as exc:  # docker.errors.NotFound
-            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+        except Exception as exc:
+            if not_found(exc):
                 return None
             raise
 
@@ -286,12 +292,13 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             found = await self.inspect_network(name)
             if found is None:
                 await self.create_lab_network(name)
+                found = {"Containers": {}}  # new: nobody is on it yet
             else:
                 owner = foreign_owner(found, self.project)
                 if owner:
                     raise RuntimeError(f"network {name} belongs to the hubforge project {owner!r}, not {self.project!r}; "
                                        "give each project its own stack network")
-        await self.join_hub(name)
+        await self.join_hub(name, found)
 
     async def create_lab_network(self, name: str) -> None:
         pool = ipaddress.ip_network(self.subnet_pool)
@@ -304,7 +311,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                                    "stop unused labs or set a larger LAB_SUBNET_POOL")
             try:
                 await self.docker("create_network", name, driver="bridge",
-                                  ipam=IPAMConfig(pool_configs=[IPAMPool(**{k.lower(): v for k, v in network_spec(subnet).items()})]),
+                                  ipam=IPAMConfig(pool_configs=[IPAMPool(**network_spec(subnet))]),
                                   labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True)
                 self.log.info("lab network %s for %s: %s", name, self.user.name, subnet)
                 return
@@ -314,9 +321,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 refused.append(subnet)
         raise RuntimeError(f"cannot find a free subnet in LAB_SUBNET_POOL={self.subnet_pool}: every try overlapped")
 
-    async def join_hub(self, name: str) -> None:
-        """Connect the hub to the lab's network, under its alias, unless it is there already."""
-        found = await self.inspect_network(name)
+    async def join_hub(self, name: str, found: dict | None) -> None:
+        """Connect the hub to the lab's network (`found`: its inspection), under its alias, unless it is there already."""
         if found is None:
             return  # a lab from before isolation, still on the stack network
         if not any(cid.startswith(self.hub_container) or info.get("Name") == self.hub_container
@@ -335,13 +341,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             return
         name = self.network_name
         try:
-            if await self.inspect_network(name) is None:
-                return
             try:
                 await self.docker("disconnect_container_from_network", self.hub_container, name, force=True)
-            except Exception:  # noqa: BLE001 -- not connected: nothing to leave
+            except Exception:  # noqa: BLE001 -- not connected, or no such network: nothing to leave
                 pass
             await self.docker("remove_network", name)
         except Exception as exc:  # noqa: BLE001 -- the next start reuses it; `invoke down` removes it
-            self.log.warning("cannot remove the lab network %s: %s", name, exc)
+            if not not_found(exc):  # no network (a lab from before isolation): nothing to remove
+                self.log.warning("cannot remove the lab network %s: %s", name, exc)
         self._hub_joined = False

@@ -17,7 +17,7 @@ from typing import Any
 
 from hub_ext.config import ConfigError, from_environ, hub_host, parse_gpu_mode
 from hub_ext.gpu import ALL_GPUS, decide
-from hub_ext.naming import PROJECT_LABEL, default_volume_prefix
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, default_volume_prefix
 from hub_ext.networks import NETWORK_ROLE
 
 from . import proc
@@ -335,7 +335,7 @@ class Stack:
 
     def explain_guard(self) -> None:
         """When the network guard could not start, its own line says why (Compose only says it exited)."""
-        for guard in self.docker.containers({PROJECT_LABEL: self.options.project, "hubforge.role": "netguard"}):
+        for guard in self.docker.containers({PROJECT_LABEL: self.options.project, ROLE_LABEL: "netguard"}):
             if guard.get("State") in ("exited", "dead", "restarting"):
                 last = (self.docker.logs(guard["Id"], tail=1).strip() or "(no output)").removeprefix("hubforge-netguard: ")
                 raise HubforgeError(f"the network guard did not start: {last} (`invoke logs netguard` has the rest)")
@@ -383,7 +383,7 @@ class Stack:
         else:
             for container in self.docker.containers({"com.docker.compose.project": self.options.project}):
                 self.docker.remove_container(container["Id"])
-        for network in self.docker.networks({PROJECT_LABEL: self.options.project, "hubforge.role": NETWORK_ROLE}):
+        for network in self.docker.networks({PROJECT_LABEL: self.options.project, ROLE_LABEL: NETWORK_ROLE}):
             if self.docker.remove_network(network["Id"]):
                 removed.append(network["Name"])
         if volumes:

@@ -43,7 +43,7 @@ def test_used_subnets_reads_docker_listings_and_skips_ipv6():
 
 
 def test_network_spec_puts_the_gateway_first():
-    assert network_spec(ip_network("10.213.0.8/29")) == {"Subnet": "10.213.0.8/29", "Gateway": "10.213.0.9"}
+    assert network_spec(ip_network("10.213.0.8/29")) == {"subnet": "10.213.0.8/29", "gateway": "10.213.0.9"}
 
 
 @pytest.mark.parametrize("project", ["hubforge", "staging", "a", "team-1", "x_y"])
