@@ -1,0 +1,179 @@
+"""Load benchmark: simulated users take a browser's whole path through the hub, ramped up, with a bystander.
+
+Run: python benchmarks/load.py --users 100 --ramp 60   (needs the images of `invoke build`; starts and removes
+its own stack, so nothing is left behind)
+
+Each user logs in through the form, starts the default server through /hub/spawn and its progress stream,
+completes the lab's OAuth handshake, starts a kernel, runs cells over the kernel's websocket for the session's
+length, then stops the kernel and the server (tests/loadsim.py has the protocol). Printed: p50, p95 and max for
+each phase, the failures by phase with the first error of each kind, the hub's peak CPU and memory, the labs'
+memory, and the worst /hub/health latency a bystander saw during the whole run. `--storm N` first posts N
+logins at the same moment, reported the same way. `--json` prints the same figures as one JSON object.
+
+Every request comes from this host, so from one address: the stack runs with LOGIN_ADDRESS_LIMIT raised (the
+per-address budget would otherwise refuse the signups themselves). `--env KEY=VALUE` sets any other setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.hubclient import HubSession  # noqa: E402
+from tests.livestack import PASSWORD, LiveStack, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.loadsim import Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
+
+DEFAULT_ENV = {"LAB_MEM_LIMIT": "1G", "LOGIN_ADDRESS_LIMIT": "1000000"}
+
+
+def setting(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key or not key.isupper():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. LAB_MEM_LIMIT=2G), got {raw!r}")
+    return key, value
+
+
+def positive(kind):
+    def parse(raw: str):
+        value = kind(raw)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw!r}")
+        return value
+    return parse
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=positive(int), default=30, help="simulated users (default 30)")
+    parser.add_argument("--ramp", type=positive(float), default=30.0, help="seconds over which they arrive (default 30)")
+    parser.add_argument("--session", type=positive(float), default=10.0,
+                        help="seconds each user works between the first cell and stopping (default 10)")
+    parser.add_argument("--think", type=positive(float), default=5.0, help="seconds between a user's cells (default 5)")
+    parser.add_argument("--storm", type=positive(int), default=0, help="first, N logins posted at the same moment")
+    parser.add_argument("--spawn-timeout", type=positive(float), default=300.0, help="seconds a spawn may take (default 300)")
+    parser.add_argument("--env", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a stack setting for .env (repeatable); defaults: {DEFAULT_ENV}")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    return parser.parse_args(argv)
+
+
+def create_users(live: LiveStack, admin: HubSession, names: list[str], say) -> None:
+    """Sign each user up through the form and approve them as the admin, a few at a time."""
+    def one(name: str) -> None:
+        response = HubSession(live.url).signup(name, PASSWORD)
+        assert response.status_code == 200, f"signing up {name}: {response.status_code}"
+        admin.approve(name)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, names))
+    say(f"signed up and approved {len(names)} users in {time.monotonic() - started:.0f} s")
+
+
+def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dict, dict, dict, float]:
+    """Run one scenario with a fresh bystander and sampler: (record summary, bystander, resources, seconds)."""
+    record = Record()
+    sampler = Sampler(live.hub(), lambda: [c for c in live.containers() if c.status == "running"
+                                            and c.labels.get("hubforge.user")])
+    with Bystander(live.url.replace("hub.localhost", "127.0.0.1") + "hub/health") as bystander:
+        time.sleep(1.0)  # the bystander's process is up and polling
+        sampler.start()
+        started = time.monotonic()
+
+        async def bounded():
+            return await asyncio.wait_for(coroutine_factory(record), deadline_s)
+
+        try:
+            extra = asyncio.run(bounded())
+        except asyncio.TimeoutError:
+            extra = None
+            record.failures.setdefault("run", Counter())["deadline"] += 1
+            record.first_error[("run", "deadline")] = f"the run passed its deadline of {deadline_s:.0f} s"
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)
+        health = bystander.result()
+    summary = record.summary()
+    if extra is not None:
+        summary["all_answered_s"] = round(extra, 2)
+    return summary, health, sampler.summary(), elapsed
+
+
+def report(title: str, summary: dict, health: dict, resources: dict, elapsed: float, users: int) -> None:
+    print(f"\n{title}: {summary['completed']}/{users} completed in {elapsed:.1f} s"
+          + (f" (all answered in {summary['all_answered_s']:.2f} s)" if "all_answered_s" in summary else ""))
+    print(f"  {'phase':<12} {'ok':>5} {'failed':>6} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
+    for name, phase in summary["phases"].items():
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"  {name:<12} {phase['ok']:>5} {phase['failed']:>6} {fmt(phase['p50_s']):>8} {fmt(phase['p95_s']):>8} "
+              f"{fmt(phase['max_s']):>8}")
+    for name, phase in summary["phases"].items():
+        for error in phase["errors"]:
+            print(f"  failed in {name}: {error['count']} x {error['kind']}; first: {error['first']}")
+    print(f"  bystander /hub/health: {health['polls']} polls, p50 {health['p50_ms']} ms, p99 {health['p99_ms']} ms, "
+          f"worst {health['max_ms']} ms, {health['errors']} errors" + (f" (first: {health['first_error']})" if health['errors'] else ""))
+    print(f"  hub: peak memory {resources['hub_memory_peak_mib']} MiB, peak CPU {resources['hub_cpu_peak_cores']} cores "
+          f"(mean {resources['hub_cpu_mean_cores']})")
+    if resources["labs_seen"]:
+        print(f"  labs: {resources['labs_seen']} seen, per lab p50 {resources['lab_memory_p50_mib']} MiB, max "
+              f"{resources['lab_memory_max_mib']} MiB; at most {resources['labs_running_peak']} running together, "
+              f"{resources['labs_memory_total_mib']} MiB in all")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    env = {**DEFAULT_ENV, **dict(args.env)}
+    say = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    plan = Plan(session_s=args.session, think_s=args.think, spawn_timeout_s=args.spawn_timeout)
+    names = [f"load{i:03d}" for i in range(max(args.users, args.storm))]
+    results: dict = {"users": args.users, "ramp_s": args.ramp, "session_s": args.session, "storm": args.storm, "env": env}
+    with tempfile.TemporaryDirectory(prefix="hubforge-load-bench-") as tmp:
+        say(f"starting a stack ({', '.join(f'{k}={v}' for k, v in env.items())}) ...")
+        live = start_stack(Path(tmp), env)
+        try:
+            admin = claim_admin(live)
+            create_users(live, admin, names, say)
+            if args.storm:
+                say(f"storm: {args.storm} logins at the same moment ...")
+                logins = [(name, PASSWORD) for name in names[: args.storm]]
+                results["storm_result"] = dict(zip(("result", "bystander", "resources", "seconds"),
+                                                   scenario(live, lambda record: storm(live.url, logins, record, 120), 300)))
+            if args.users:
+                say(f"ramp: {args.users} users over {args.ramp:.0f} s, {args.session:.0f} s sessions ...")
+                users = [(name, PASSWORD) for name in names[: args.users]]
+                deadline = args.ramp + args.session + args.spawn_timeout + 300
+                results["ramp_result"] = dict(zip(("result", "bystander", "resources", "seconds"),
+                                                  scenario(live, lambda record: ramp(live.url, users, args.ramp, plan, record),
+                                                           deadline)))
+        finally:
+            stop_stack(live)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    results["simulator_cpu_s"] = round(own.ru_utime + own.ru_stime, 1)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        if "storm_result" in results:
+            r = results["storm_result"]
+            report(f"{args.storm} simultaneous logins", r["result"], r["bystander"], r["resources"], r["seconds"], args.storm)
+        if "ramp_result" in results:
+            r = results["ramp_result"]
+            report(f"{args.users} users over {args.ramp:.0f} s", r["result"], r["bystander"], r["resources"], r["seconds"],
+                   args.users)
+        print(f"\nthe simulator itself used {results['simulator_cpu_s']} s of CPU (it shares the host's cores)")
+    failed = any(phase["failed"] for r in ("storm_result", "ramp_result") if r in results
+                 for phase in results[r]["result"]["phases"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
