@@ -30,7 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hubclient import HubSession  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.hubclient import HubSession, plain_get  # noqa: E402
 from tests.livestack import PASSWORD, LiveStack, claim_admin, start_stack, stop_stack  # noqa: E402
 from tests.loadsim import Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
 
@@ -65,20 +67,52 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"a stack setting for .env (repeatable); defaults: {DEFAULT_ENV}")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--logs", type=Path, default=None, metavar="DIR", help="save the hub's and labs' logs there")
     return parser.parse_args(argv)
 
 
 def create_users(live: LiveStack, admin: HubSession, names: list[str], say) -> None:
-    """Sign each user up through the form and approve them as the admin, a few at a time."""
-    def one(name: str) -> None:
+    """Sign each user up through the form, a few at a time, then approve them as the admin."""
+    def signup(name: str) -> None:
         response = HubSession(live.url).signup(name, PASSWORD)
         assert response.status_code == 200, f"signing up {name}: {response.status_code}"
-        admin.approve(name)
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(one, names))
+        list(pool.map(signup, names))
+    # One admin session, not shared between threads. The form token comes from the small home page, not from
+    # /hub/authorize, which lists every account (configurable-http-proxy 4.6 on Node 18 sometimes drops a POST
+    # that follows a large response on the same connection).
+    token = admin.xsrf("hub/home")
+    for name in names:
+        response = admin.http.post(admin.url(f"hub/authorize/{name}/approve"), data={"_xsrf": token},
+                                   allow_redirects=False, timeout=30)
+        assert response.status_code == 302, f"approving {name}: {response.status_code}"
     say(f"signed up and approved {len(names)} users in {time.monotonic() - started:.0f} s")
+
+
+def event_loop_buckets(live: LiveStack) -> dict[float, float]:
+    """JupyterHub's own measure of its event loop: how many 50 ms ticks came late, by how much (cumulative)."""
+    scraped = plain_get(live.url + "hub/metrics", headers={"Authorization": f"token {live.metrics_token()}"})
+    scraped.raise_for_status()
+    buckets = {}
+    for family in text_string_to_metric_families(scraped.text):
+        for sample in family.samples:
+            if sample.name == "jupyterhub_event_loop_interval_seconds_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def stalls(before: dict[float, float], after: dict[float, float]) -> dict:
+    """Late ticks of the hub's event loop between two scrapes: over 100 ms, over 250 ms, and the longest's bucket."""
+    late = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+    total = late.get(float("inf"), 0)
+    over = lambda bound: int(total - late.get(bound, total))  # noqa: E731 -- ticks later than `bound`
+    bounds = sorted(late)
+    longest = next((b for b in bounds if late[b] >= total), None) if total else None
+    below = max((b for b in bounds if b < longest), default=0.0) if longest is not None else None
+    return {"ticks": int(total), "over_100ms": over(0.1), "over_250ms": over(0.25),
+            "longest_s": None if longest is None else [below, longest]}
 
 
 def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dict, dict, dict, float]:
@@ -86,6 +120,7 @@ def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dic
     record = Record()
     sampler = Sampler(live.hub(), lambda: [c for c in live.containers() if c.status == "running"
                                             and c.labels.get("hubforge.user")])
+    loop_before = event_loop_buckets(live)
     with Bystander(live.url.replace("hub.localhost", "127.0.0.1") + "hub/health") as bystander:
         time.sleep(1.0)  # the bystander's process is up and polling
         sampler.start()
@@ -103,6 +138,7 @@ def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dic
         elapsed = time.monotonic() - started
         time.sleep(0.5)
         health = bystander.result()
+    health["hub_event_loop"] = stalls(loop_before, event_loop_buckets(live))
     summary = record.summary()
     if extra is not None:
         summary["all_answered_s"] = round(extra, 2)
@@ -122,6 +158,11 @@ def report(title: str, summary: dict, health: dict, resources: dict, elapsed: fl
             print(f"  failed in {name}: {error['count']} x {error['kind']}; first: {error['first']}")
     print(f"  bystander /hub/health: {health['polls']} polls, p50 {health['p50_ms']} ms, p99 {health['p99_ms']} ms, "
           f"worst {health['max_ms']} ms, {health['errors']} errors" + (f" (first: {health['first_error']})" if health['errors'] else ""))
+    print("    its worst waits (ms at s into the run): " + ", ".join(f"{ms} at {at:g}" for ms, at in health["worst_at_s"]))
+    loop = health["hub_event_loop"]
+    if loop["longest_s"]:
+        print(f"  hub event loop (JupyterHub's own 50 ms ticks): {loop['over_100ms']} late by over 100 ms, "
+              f"{loop['over_250ms']} by over 250 ms; the latest by {loop['longest_s'][0]:g}-{loop['longest_s'][1]:g} s")
     print(f"  hub: peak memory {resources['hub_memory_peak_mib']} MiB, peak CPU {resources['hub_cpu_peak_cores']} cores "
           f"(mean {resources['hub_cpu_mean_cores']})")
     if resources["labs_seen"]:
@@ -156,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   scenario(live, lambda record: ramp(live.url, users, args.ramp, plan, record),
                                                            deadline)))
         finally:
+            if args.logs:
+                live.dump_logs(args.logs, tail="all")
             stop_stack(live)
     own = resource.getrusage(resource.RUSAGE_SELF)
     results["simulator_cpu_s"] = round(own.ru_utime + own.ru_stime, 1)

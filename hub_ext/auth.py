@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -24,8 +25,22 @@ from . import accounts, labaccess
 from .handlers import default_handlers
 from .throttle import Throttle, describe_wait
 
+HASHING_NICENESS = 10  # below the event loop: see lower_priority
+
+
+def lower_priority() -> None:
+    """Run this thread at a lower scheduling priority than the event loop's (nice +10; raising one's own
+    niceness needs no privilege). bcrypt still uses every idle core, but when the event loop has work --
+    a page, a proxy update, /hub/health -- it gets the CPU first instead of sharing it with the hashes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+    except OSError:  # not Linux, or refused: the hashes then share the CPU evenly, as before
+        pass
+
+
 # bcrypt costs ~0.4 s of CPU here and releases the GIL: it runs in these threads, never on the event loop.
-HASHING = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bcrypt")
+HASHING = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bcrypt",
+                             initializer=lower_priority)
 # A hash to check against when the account does not exist, so that a miss costs as long as a hit.
 _NO_ACCOUNT = bcrypt.hashpw(b"no such account", bcrypt.gensalt())
 

@@ -13,6 +13,7 @@ DOCKER_SOCK_GROUP = "docker-sock"
 DOCKER_PRIVILEGED_GROUP = "docker-privileged"
 BUILTIN_GROUPS = (DOCKER_SOCK_GROUP, DOCKER_PRIVILEGED_GROUP)
 LAB_SOCKET = "/var/run/docker.sock"
+SERVER_PROXY_EXTENSION = "jupyter_server_proxy"
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class LabRuntime:
     volumes: dict[str, dict[str, str]]  # source (volume name or host path) -> {"bind": path, "mode": rw|ro}
     host_config: dict[str, Any]
     environment: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # extra arguments of the lab's server
 
 
 def lab_runtime(
@@ -29,12 +31,13 @@ def lab_runtime(
     shared_volume: str,
     gpu: GpuDecision,
     pids_limit: int,
-    cpu_shares: int = 512,
+    cpu_shares: int = 128,
     read_only_root: bool = True,
     docker_socket: str = "/var/run/docker.sock",
     docker_socket_gid: int | None = None,
     services: Mapping[str, str] | None = None,
     disable_ipv6: bool = False,
+    server_proxy: bool = False,
 ) -> LabRuntime:
     """Everything a lab container gets, computed fresh from its inputs on every spawn.
 
@@ -66,4 +69,7 @@ def lab_runtime(
     device_requests, gpu_env = lab_gpu_options(gpu)
     host_config["device_requests"] = device_requests
     environment = {**gpu_env, **dict(services or {})}
-    return LabRuntime(volumes, host_config, environment)
+    # jupyter-server-proxy (/proxy/<port>/ for web apps a user runs) ships in the lab but is off in its image:
+    # its import alone (aiohttp) costs about 0.25 s of CPU at every lab start. LAB_SERVER_PROXY=1 turns it on.
+    args = (f"--ServerApp.jpserver_extensions={SERVER_PROXY_EXTENSION}=True",) if server_proxy else ()
+    return LabRuntime(volumes, host_config, environment, args)

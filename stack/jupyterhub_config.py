@@ -11,7 +11,9 @@ from pathlib import Path
 
 import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
+from tornado.httpclient import AsyncHTTPClient
 
+from hub_ext import database
 from hub_ext.auth import TEMPLATES
 from hub_ext.config import ConfigError, certificate_names, from_environ, hub_host
 from hub_ext.logo import LogoError, materialize
@@ -44,6 +46,7 @@ HTTPS_PORT, REDIRECT_PORT = 8443, 8080  # inside the container; `invoke up --por
 
 # -- hub, proxy and TLS ------------------------------------------------------------------------------
 c.JupyterHub.db_url = f"sqlite:///{DATA}/jupyterhub.sqlite"
+database.install()  # write-ahead log: commits on the event loop no longer wait for the disk
 c.JupyterHub.cookie_secret_file = str(DATA / "jupyterhub_cookie_secret")
 c.JupyterHub.base_url = hub.base_url
 c.JupyterHub.ip = "0.0.0.0"  # ip and port, not bind_url: JupyterHub rebuilds bind_url from them and base_url
@@ -120,6 +123,11 @@ c.HubforgeSpawner.cpu_shares = hub.lab_cpu_shares
 c.HubforgeSpawner.read_only_root = hub.lab_read_only_root
 c.JupyterHub.active_server_limit = hub.active_server_limit  # 0: no limit
 c.JupyterHub.concurrent_spawn_limit = hub.concurrent_spawn_limit  # 0: no limit
+c.HubforgeSpawner.start_concurrency = hub.lab_start_concurrency  # 0: the host's CPU cores; the rest queue in order
+# Tornado's HTTP client, which the whole hub shares (readiness checks of starting labs, every proxy update,
+# broadcast deliveries), runs 10 requests at a time unless told otherwise; JupyterHub switches to pycurl,
+# which this image does not carry. With 100 labs that queue is the bottleneck.
+AsyncHTTPClient.configure(None, max_clients=512)
 c.HubforgeSpawner.project = env.get("HUBFORGE_PROJECT", "hubforge")
 c.HubforgeSpawner.volume_prefix = env.get("HUBFORGE_VOLUME_PREFIX", "jupyterlab")
 c.HubforgeSpawner.shared_volume = env.get("HUBFORGE_SHARED_VOLUME", "jupyterhub_shared")
@@ -128,6 +136,7 @@ if env.get("HUBFORGE_DOCKER_GID"):
 c.HubforgeSpawner.gpu_mode = hub.gpu_mode
 c.HubforgeSpawner.gpu_probe = gpu_probe
 c.HubforgeSpawner.lab_services = hub.lab_services
+c.HubforgeSpawner.server_proxy = hub.lab_server_proxy
 c.Spawner.default_url = "/lab"
 # Labs outlive the hub: a restart, a recreate after a settings change or a new hub image leaves every
 # running lab (and its kernels) running, and the hub finds them again from its database when it is back.

@@ -93,11 +93,11 @@ class LiveStack:
                     return sample.value
         return 0.0
 
-    def dump_logs(self, folder: Path) -> None:
+    def dump_logs(self, folder: Path, tail: int | str = 500) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         client = docker.from_env()
         for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"}) + self.containers():
-            (folder / f"{container.name}.log").write_bytes(container.logs(tail=500))
+            (folder / f"{container.name}.log").write_bytes(container.logs(tail=tail))
 
 
 def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None,

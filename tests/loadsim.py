@@ -400,7 +400,8 @@ def _bystander(url: str, interval: float, stop, results) -> None:
     import urllib3
 
     urllib3.disable_warnings()
-    latencies, errors = [], []
+    latencies, errors, worst = [], [], []
+    began = time.monotonic()
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -410,8 +411,9 @@ def _bystander(url: str, interval: float, stop, results) -> None:
         except requests.RequestException as exc:
             errors.append(type(exc).__name__)
         latencies.append(time.monotonic() - started)
+        worst = sorted(worst + [(latencies[-1], started - began)], reverse=True)[:5]
         stop.wait(interval)
-    results.put({"latencies": latencies, "errors": errors})
+    results.put({"latencies": latencies, "errors": errors, "worst": worst})
 
 
 class Bystander:
@@ -437,7 +439,8 @@ class Bystander:
         return {"polls": len(found["latencies"]), "errors": len(found["errors"]),
                 "first_error": found["errors"][0] if found["errors"] else None,
                 "p50_ms": round(statistics.median(latencies) * 1000), "p99_ms": round(percentile(latencies, 0.99) * 1000),
-                "max_ms": round(max(latencies) * 1000)}
+                "max_ms": round(max(latencies) * 1000),
+                "worst_at_s": [[round(latency * 1000), round(at, 1)] for latency, at in found["worst"]]}
 
 
 def memory_bytes(stats: dict) -> int:
@@ -462,7 +465,7 @@ class Sampler(threading.Thread):
         self.lab_totals: list[tuple[int, int]] = []  # (labs running, their memory together)
 
     def run(self) -> None:
-        last, last_lab = None, 0.0
+        last, last_lab = None, 0.0  # last: (host CPU time, the hub's CPU time), nanoseconds
         for _ in range(1_000_000):  # bounded; ends when done is set
             if self.done.is_set():
                 return
@@ -470,10 +473,13 @@ class Sampler(threading.Thread):
             try:
                 stats = self.hub.stats(stream=False, one_shot=True)
                 self.hub_memory.append(memory_bytes(stats))
-                used = stats["cpu_stats"]["cpu_usage"]["total_usage"]
-                if last is not None:
-                    self.hub_cpu.append((used - last[1]) / 1e9 / max(1e-3, started - last[0]))
-                last = (started, used)
+                # docker stats' own formula: the hub's share of the host's CPU time, times the host's cores
+                cpu = stats["cpu_stats"]
+                host, used = cpu.get("system_cpu_usage", 0), cpu["cpu_usage"]["total_usage"]
+                cores = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or [1])
+                if last is not None and host > last[0]:
+                    self.hub_cpu.append((used - last[1]) / (host - last[0]) * cores)
+                last = (host, used)
                 if started - last_lab >= self.lab_interval:
                     last_lab = started
                     self.sample_labs()

@@ -80,3 +80,16 @@ def test_a_restart_keeps_an_unapproved_account_unapproved(db):
 
 def test_nativeauthenticators_own_lockout_is_off(db):
     assert make(db).allowed_failed_logins == 0
+
+
+def test_password_hashing_runs_below_the_event_loop():
+    """bcrypt's worker threads run at nice +10, so the hub's event loop is scheduled first on a busy host."""
+    import os
+    import threading
+
+    from hub_ext.auth import HASHING, HASHING_NICENESS
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    niceness = HASHING.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(10)
+    assert niceness == HASHING_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller's thread is unchanged

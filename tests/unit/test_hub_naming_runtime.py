@@ -43,7 +43,7 @@ def runtime(groups, gpu=OFF):
 
 def test_plain_user_is_locked_down():
     plain = runtime([])
-    assert plain.host_config == {"pids_limit": 512, "cpu_shares": 512, "auto_remove": False, "read_only": True,
+    assert plain.host_config == {"pids_limit": 512, "cpu_shares": 128, "auto_remove": False, "read_only": True,
                                  "tmpfs": {"/tmp": "mode=1777,nosuid,nodev"}, "privileged": False, "cap_drop": ["ALL"],
                                  "security_opt": ["no-new-privileges:true"], "device_requests": []}
     assert "/var/run/docker.sock" not in plain.volumes

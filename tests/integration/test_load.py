@@ -1,0 +1,51 @@
+"""The load simulator of benchmarks/load.py on a live stack: three users take a browser's whole path."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ..hubclient import HubSession
+from ..livestack import PASSWORD
+from ..loadsim import PHASES, Plan, Record, ramp, storm
+
+pytestmark = pytest.mark.integration
+USERS = ["sim0", "sim1", "sim2"]
+
+
+@pytest.fixture(scope="module")
+def users(live, admin):
+    for name in USERS:
+        assert HubSession(live.url).signup(name, PASSWORD).status_code == 200
+        admin.approve(name)
+    return [(name, PASSWORD) for name in USERS]
+
+
+def test_three_users_log_in_spawn_compute_and_stop(live, admin_api, users):
+    record = Record()
+    asyncio.run(asyncio.wait_for(ramp(live.url, users, 1.0, Plan(session_s=2, think_s=1), record), 300))
+    summary = record.summary()
+    assert record.failures == {}, summary
+    assert summary["completed"] == 3
+    assert set(summary["phases"]) == set(PHASES)
+    assert all(phase["ok"] >= 3 for phase in summary["phases"].values())
+    assert summary["phases"]["execute"]["ok"] >= 6  # a cell at the start and at least one more in the session
+    for name in USERS:  # the simulator's stop went through: nothing is left running
+        assert admin_api.user(name)["servers"] == {}
+
+
+def test_a_wrong_password_is_a_login_failure_with_its_reason(live, users):
+    record = Record()
+    asyncio.run(asyncio.wait_for(ramp(live.url, [("sim0", "not-the-password-1")], 0, Plan(session_s=0), record), 60))
+    assert record.completed == 0
+    assert set(record.failures) == {"login"}
+    (kind, message), = record.first_error.items()
+    assert kind[0] == "login" and "invalid" in message.lower(), message
+
+
+def test_a_storm_posts_every_login_at_once(live, users):
+    record = Record()
+    seconds = asyncio.run(asyncio.wait_for(storm(live.url, users, record, 60), 120))
+    assert record.failures == {} and record.completed == 3
+    assert len(record.durations["login"]) == 3 and seconds >= max(record.durations["login"]) * 0.99
