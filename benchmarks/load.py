@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -66,6 +67,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spawn-timeout", type=positive(float), default=300.0, help="seconds a spawn may take (default 300)")
     parser.add_argument("--env", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"a stack setting for .env (repeatable); defaults: {DEFAULT_ENV}")
+    parser.add_argument("--nice", type=positive(int), default=10,
+                        help="the simulator's niceness (default 10): it stands in for browsers on other machines, so it "
+                             "yields the CPU to the hub and the labs; the bystander keeps normal priority")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--logs", type=Path, default=None, metavar="DIR", help="save the hub's and labs' logs there")
     return parser.parse_args(argv)
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(session_s=args.session, think_s=args.think, spawn_timeout_s=args.spawn_timeout)
     names = [f"load{i:03d}" for i in range(max(args.users, args.storm))]
     results: dict = {"users": args.users, "ramp_s": args.ramp, "session_s": args.session, "storm": args.storm, "env": env}
+    os.nice(min(args.nice, 19))  # the bystander is spawned below with its own normal priority restored
     with tempfile.TemporaryDirectory(prefix="hubforge-load-bench-") as tmp:
         say(f"starting a stack ({', '.join(f'{k}={v}' for k, v in env.items())}) ...")
         live = start_stack(Path(tmp), env)

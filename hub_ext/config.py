@@ -44,7 +44,8 @@ class HubConfig:
     hub_pids_limit: int = 2048
     active_server_limit: int = 0
     concurrent_spawn_limit: int = 100
-    lab_start_concurrency: int = 0  # 0: the host's CPU cores
+    lab_start_concurrency: int = 0  # 0: one less than the host's CPU cores, at least one
+    lab_start_timeout: int = 600  # seconds, the wait for a start slot included
     lab_server_proxy: bool = False
     idle_culler_enabled: bool = False
     idle_culler_timeout: int = 3600
@@ -260,6 +261,7 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
         active_server_limit=_int(env, "ACTIVE_SERVER_LIMIT", 0, 0),
         concurrent_spawn_limit=_int(env, "CONCURRENT_SPAWN_LIMIT", 100, 0),
         lab_start_concurrency=_int(env, "LAB_START_CONCURRENCY", 0, 0),
+        lab_start_timeout=_int(env, "LAB_START_TIMEOUT", 600, 30),
         lab_server_proxy=_bool(env, "LAB_SERVER_PROXY", False),
         idle_culler_enabled=_bool(env, "IDLE_CULLER_ENABLED", False),
         idle_culler_timeout=_int(env, "IDLE_CULLER_TIMEOUT", 3600, 60),

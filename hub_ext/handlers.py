@@ -35,7 +35,7 @@ from .actions import (
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
 from .naming import foreign_owner, user_names
-from .spawner import lab_answers, not_found, user_lock
+from .spawner import container_running, lab_answers, not_found, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")
@@ -285,19 +285,6 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
     finally:
         spawner.restarting = False
     return {"status": "restarted", "container": container, "seconds": round(time.monotonic() - started, 2)}
-
-
-async def container_running(spawner, container: str) -> None:
-    """Raise, with the reason, unless the container is running (it may stop or vanish during a restart)."""
-    try:
-        state = (await spawner.docker("inspect_container", container))["State"]
-    except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
-        if not_found(exc):
-            raise RuntimeError("the container is gone after the restart; start your server again") from None
-        raise
-    if not state.get("Running"):
-        raise RuntimeError(f"the container stopped after the restart (exit code {state.get('ExitCode')}); "
-                           "start your server again")
 
 
 async def reset_volumes(spawner, names, kinds: list[str]) -> dict[str, dict[str, Any]]:

@@ -39,6 +39,19 @@ def not_found(exc: BaseException) -> bool:
     return getattr(getattr(exc, "response", None), "status_code", None) == 404
 
 
+async def container_running(spawner, container: str) -> None:
+    """Raise, with the reason, unless the container is running (it may stop or vanish while a lab starts or restarts)."""
+    try:
+        state = (await spawner.docker("inspect_container", container))["State"]
+    except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
+        if not_found(exc):
+            raise RuntimeError("the lab's container is gone; start your server again") from None
+        raise
+    if not state.get("Running"):
+        raise RuntimeError(f"the lab's container stopped (exit code {state.get('ExitCode')}); "
+                           "see `invoke logs <user>`, then start your server again")
+
+
 class StartSlots:
     """At most `size` labs start at once; the others wait their turn, first come first served.
 
@@ -244,7 +257,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         min=0,
         config=True,
         help="""Most labs starting at the same moment (LAB_START_CONCURRENCY); the others wait in arrival order and
-        their progress page says how many are ahead. 0: as many as the host has CPU cores.""",
+        their progress page says how many are ahead. 0: one less than the host's CPU cores (at least one), which
+        leaves a core to the hub and to the users who are already working.""",
     )
 
     @property
@@ -259,7 +273,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
 
     @property
     def slots(self) -> StartSlots:
-        return start_slots(self.start_concurrency or os.cpu_count() or 2)
+        return start_slots(self.start_concurrency or max(1, (os.cpu_count() or 2) - 1))
 
     _start_ticket: asyncio.Future | None = None  # this spawn's place in the start queue (None: not queued yet)
 
@@ -333,9 +347,11 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         await self.slots.acquire(ticket)
         try:
             ip, port = await super().start()
-            # JupyterHub's own check follows; a lab that is not up by start_timeout is its to report
+            # JupyterHub's own check follows; a lab that is not up by start_timeout is its to report. A lab whose
+            # container exits (a bad image, out of memory) fails at once with the reason instead of at the timeout.
+            container = self.object_id
             await lab_answers(url_path_join(f"http://{ip}:{port}", self.server.base_url if self.server else "/"),
-                              self.start_timeout, self.ready_poll_interval)
+                              self.start_timeout, self.ready_poll_interval, alive=lambda: container_running(self, container))
         finally:
             self.slots.release()
         return ip, port

@@ -13,7 +13,7 @@ import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
-from hub_ext import database
+from hub_ext import database, process
 from hub_ext.auth import TEMPLATES
 from hub_ext.config import ConfigError, certificate_names, from_environ, hub_host
 from hub_ext.logo import LogoError, materialize
@@ -47,6 +47,7 @@ HTTPS_PORT, REDIRECT_PORT = 8443, 8080  # inside the container; `invoke up --por
 # -- hub, proxy and TLS ------------------------------------------------------------------------------
 c.JupyterHub.db_url = f"sqlite:///{DATA}/jupyterhub.sqlite"
 database.install()  # write-ahead log: commits on the event loop no longer wait for the disk
+process.tune_garbage_collection()  # short, rare full collections: no pauses of the event loop with many users
 c.JupyterHub.cookie_secret_file = str(DATA / "jupyterhub_cookie_secret")
 c.JupyterHub.base_url = hub.base_url
 c.JupyterHub.ip = "0.0.0.0"  # ip and port, not bind_url: JupyterHub rebuilds bind_url from them and base_url
@@ -123,7 +124,7 @@ c.HubforgeSpawner.cpu_shares = hub.lab_cpu_shares
 c.HubforgeSpawner.read_only_root = hub.lab_read_only_root
 c.JupyterHub.active_server_limit = hub.active_server_limit  # 0: no limit
 c.JupyterHub.concurrent_spawn_limit = hub.concurrent_spawn_limit  # 0: no limit
-c.HubforgeSpawner.start_concurrency = hub.lab_start_concurrency  # 0: the host's CPU cores; the rest queue in order
+c.HubforgeSpawner.start_concurrency = hub.lab_start_concurrency  # 0: cores - 1 (at least 1); the rest queue in order
 # Tornado's HTTP client, which the whole hub shares (readiness checks of starting labs, every proxy update,
 # broadcast deliveries), runs 10 requests at a time unless told otherwise; JupyterHub switches to pycurl,
 # which this image does not carry. With 100 labs that queue is the bottleneck.
@@ -143,7 +144,7 @@ c.Spawner.default_url = "/lab"
 # `invoke down` stops them explicitly. A lab that dies on its own is removed at the next poll.
 c.JupyterHub.cleanup_servers = False
 c.Spawner.poll_interval = 30  # seconds (JupyterHub's default, stated): a dead lab is noticed within ~33 s
-c.Spawner.start_timeout = 180
+c.Spawner.start_timeout = hub.lab_start_timeout  # the wait for a start slot included; a lab that dies fails at once
 c.Spawner.http_timeout = 120
 c.JupyterHub.load_groups = {name: {} for name in BUILTIN_GROUPS}  # created at start if missing
 

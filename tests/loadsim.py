@@ -390,10 +390,16 @@ async def storm(base: str, users: list[tuple[str, str]], record: Record, timeout
 # -- the bystander and the samplers ---------------------------------------------------------------------------
 def _bystander(url: str, interval: float, stop, results) -> None:
     """In its own process, so the simulator's own work never delays it: GET /hub/health every `interval`."""
+    import os
+
     import requests
 
     from tests import localdns
 
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # a user's normal priority, whatever the simulator's (root may lower it)
+    except OSError:
+        pass  # not root: it keeps the simulator's niceness, and says less about the hub than it could
     localdns.install()
     session = requests.Session()
     session.verify, session.trust_env = False, False

@@ -103,3 +103,16 @@ def test_gpu_probe_reports_no_gpu_here(built, tracked):
     result = json.loads(output)
     assert code == 3
     assert result["gpus"] == [] and "nvidia-smi" in result["reason"]
+
+
+def test_lab_start_up_skips_what_a_lab_does_not_use(built, tracked):
+    """The lab's server imports neither the hub's database layers nor the extensions that are off by default."""
+    script = ("python3 -c 'import sys, jupyterhub.singleuser.extension, jupyterhub.services.auth; "
+              "print(sorted(m for m in (\"sqlalchemy\", \"alembic\", \"jupyterhub.orm\") if m in sys.modules))'; "
+              "jupyter server extension list 2>&1")
+    code, output = tracked.run(built["lab"], ["sh", "-c", script])
+    assert code == 0, output
+    lines = output.splitlines()
+    assert lines[0] == "[]"
+    enabled = {line.split()[0] for line in lines if "enabled" in line and "disabled" not in line and line.startswith("    ")}
+    assert enabled == {"hubforge_notify", "jupyterlab", "jupyter_server_terminals"}, output

@@ -41,6 +41,10 @@ def test_defaults_need_no_variables():
         ({"HUB_PIDS_LIMIT": "512"}, "hub_pids_limit", 512),
         ({"ACTIVE_SERVER_LIMIT": "40"}, "active_server_limit", 40),
         ({"CONCURRENT_SPAWN_LIMIT": "0"}, "concurrent_spawn_limit", 0),
+        ({"LAB_START_CONCURRENCY": "4"}, "lab_start_concurrency", 4),
+        ({"LAB_START_TIMEOUT": "900"}, "lab_start_timeout", 900),
+        ({"LAB_SERVER_PROXY": "1"}, "lab_server_proxy", True),
+        ({}, "lab_cpu_shares", 128),
     ],
 )
 def test_good_values(env, field, expected):
@@ -70,6 +74,9 @@ def test_good_values(env, field, expected):
         ({"HUB_CPU_LIMIT": "0"}, "HUB_CPU_LIMIT='0' must be greater than 0"),
         ({"HUB_PIDS_LIMIT": "10"}, "HUB_PIDS_LIMIT='10' is too small"),
         ({"ACTIVE_SERVER_LIMIT": "-1"}, "ACTIVE_SERVER_LIMIT='-1' is too small"),
+        ({"LAB_START_CONCURRENCY": "two"}, "LAB_START_CONCURRENCY='two' is not a whole number"),
+        ({"LAB_START_TIMEOUT": "10"}, "LAB_START_TIMEOUT='10' is too small; use an integer >= 30"),
+        ({"LAB_SERVER_PROXY": "yes please"}, "LAB_SERVER_PROXY='yes please' is not valid; use 1 or 0"),
         # the admin's initial password skipped the rules every signup obeys
         ({"JUPYTERHUB_ADMIN_PASSWORD": "short"}, "JUPYTERHUB_ADMIN_PASSWORD is too short (5 characters)"),
         ({"JUPYTERHUB_ADMIN_PASSWORD": "password123"}, "JUPYTERHUB_ADMIN_PASSWORD is on the list of common passwords"),

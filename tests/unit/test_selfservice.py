@@ -354,8 +354,8 @@ def test_restart_restarts_the_same_container_and_tells_the_proxy_if_it_moved():
 
 
 @pytest.mark.parametrize(("state", "reason"), [
-    ({"Running": False, "ExitCode": 137}, "the container stopped after the restart (exit code 137)"),
-    ({}, "the container is gone after the restart"),
+    ({"Running": False, "ExitCode": 137}, "the lab's container stopped (exit code 137)"),
+    ({}, "the lab's container is gone"),
 ])
 def test_a_restart_whose_container_dies_fails_at_once_with_the_reason(state, reason):
     async def unreachable_lab():
