@@ -13,7 +13,6 @@ MESSAGE_MAX = 140
 TYPES = ("default", "info", "success", "warning", "error", "in-progress")
 AUTOCLOSE_MAX_MS = 600_000
 DELIVERY_TIMEOUT_S = 5.0
-TOKEN_LIFETIME_S = 60
 VOLUME_DESCRIPTIONS = {
     "home": "Your home folder: shell history, dotfiles, pip --user packages and settings",
     "workspace": "Your notebooks and files (the folder JupyterLab opens)",
@@ -110,7 +109,3 @@ def broadcast_request(body: Any, known_users: Iterable[str]) -> Broadcast:
         raise BadRequest(f'recipients must be "all" or a non-empty list of user names, got {recipients!r}')
     return Broadcast(message, kind, auto_close, chosen)
 
-
-def delivery_token_scopes(username: str) -> list[str]:
-    """The only scope a broadcast's delivery token has: access to that one user's default server."""
-    return [f"access:servers!server={username}/"]

@@ -52,6 +52,23 @@ async def container_running(spawner, container: str) -> None:
                            "see `invoke logs <user>`, then start your server again")
 
 
+async def server_token(spawner) -> str:
+    """The lab's own API token (JUPYTERHUB_API_TOKEN in its environment), which the hub made at its spawn.
+
+    The spawner holds it from the spawn on; a hub recreated while the lab ran reads it back from the
+    container's environment once (Docker shows it to the hub, as it shows everything) and keeps it.
+    """
+    if not spawner.api_token and getattr(spawner, "object_id", None):
+        try:
+            env = (await spawner.docker("inspect_container", spawner.object_id))["Config"]["Env"] or []
+        except Exception as exc:  # noqa: BLE001 -- gone meanwhile: the delivery says why it failed
+            spawner.log.warning("cannot read the server token of %s's lab: %s", spawner.user.name, exc)
+            return ""
+        found = next((line.split("=", 1)[1] for line in env if line.startswith("JUPYTERHUB_API_TOKEN=")), "")
+        spawner.api_token = found
+    return spawner.api_token
+
+
 class StartSlots:
     """At most `size` labs start at once; the others wait their turn, first come first served.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from hub_ext.actions import BadRequest, broadcast_request, delivery_token_scopes, parse_json, volume_kinds, volume_listing
+from hub_ext.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
 from hub_ext import handlers as hub_handlers
 from hub_ext.handlers import authorize, deliver, disk_usage, exclusively, reset_volumes, restart_server, volume_sizes
+from hub_ext.spawner import server_token
 from hub_ext.naming import user_names
 
 # -- validation ---------------------------------------------------------------------------------------------
@@ -88,10 +90,6 @@ def test_good_broadcast():
     assert broadcast_request({"message": "hi"}, USERS).recipients is None
     markup = "<img src=x onerror=alert(1)>"
     assert broadcast_request({"message": markup}, USERS).payload("admin")["message"] == markup  # text, as typed
-
-
-def test_delivery_token_opens_only_that_users_server():
-    assert delivery_token_scopes("first.last") == ["access:servers!server=first.last/"]
 
 
 # -- authorization --------------------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ class FakeDaemon:
         if method == "inspect_container":
             if self.container_state == {}:
                 raise FakeAPIError(404, "no such container")
-            return {"State": self.container_state}
+            return {"State": self.container_state, "Config": {"Env": ["PATH=/bin", f"JUPYTERHUB_API_TOKEN={SERVER_TOKEN}"]}}
         raise AssertionError(f"unexpected call {method}")
 
 
@@ -266,6 +264,21 @@ class FakeSpawner:
 
 
 NAMES = user_names("jupyterlab", "alice")
+SERVER_TOKEN = "the-labs-own-token"
+
+
+def test_a_broadcast_uses_the_labs_own_token_read_back_once_after_a_hub_restart():
+    daemon = FakeDaemon()
+    spawner = FakeSpawner(daemon)
+    spawner.api_token = "given-at-spawn"
+    assert asyncio.run(server_token(spawner)) == "given-at-spawn" and daemon.calls == []
+    spawner.api_token = ""  # a recreated hub: the spawner's state does not keep the token
+    assert asyncio.run(server_token(spawner)) == SERVER_TOKEN
+    assert asyncio.run(server_token(spawner)) == SERVER_TOKEN
+    assert [call[0] for call in daemon.calls] == ["inspect_container"]  # read once, then kept
+    gone = FakeSpawner(FakeDaemon(container_state={}))
+    gone.api_token, gone.user, gone.log = "", type("User", (), {"name": "alice"})(), logging.getLogger("test")
+    assert asyncio.run(server_token(gone)) == ""  # the delivery then fails with that reason
 
 
 def test_reset_removes_only_the_chosen_volumes():

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import os
 import reprlib
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 import tornado.web
+from jupyter_server.auth import User
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.iostream import StreamClosedError
@@ -93,8 +96,33 @@ def parse_notification(body: bytes) -> dict[str, Any]:
     }
 
 
+SERVER_TOKEN_ENV = "JUPYTERHUB_API_TOKEN"  # the token JupyterHub gave this server when it spawned it
+
+
+def presents_server_token(authorization: str, environ=os.environ) -> bool:
+    """Whether an Authorization header carries this server's own API token.
+
+    Only the hub, which made it, and this server's own user (the `hubforge-notify` CLI sends it) hold that token.
+    Checked here, it needs no round trip to the hub: a broadcast to a hundred labs would otherwise have each of
+    them ask the hub about a new token at the same moment.
+    """
+    expected = environ.get(SERVER_TOKEN_ENV, "")
+    scheme, _, offered = authorization.partition(" ")
+    return bool(expected) and scheme.lower() in ("token", "bearer") and hmac.compare_digest(
+        offered.strip().encode(), expected.encode())
+
+
 class NotifyHandler(APIHandler):
     """POST {base_url}hubforge/notify: any caller the server authenticates may notify every open tab."""
+
+    async def prepare(self) -> None:
+        if presents_server_token(self.request.headers.get("Authorization", "")):
+            if not self.check_host():
+                raise tornado.web.HTTPError(403)
+            user = User(username=os.environ.get("JUPYTERHUB_USER", "server"))
+            self.current_user = self._jupyter_current_user = user
+            return
+        await super().prepare()  # anyone else: the server's own authentication (JupyterHub's, in a lab)
 
     @tornado.web.authenticated
     def post(self) -> None:

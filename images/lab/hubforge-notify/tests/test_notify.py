@@ -59,6 +59,32 @@ async def test_unauthenticated_post_is_refused_and_not_delivered(sse, server_url
         assert (await events.next())["message"] == "marker"  # the refused one never arrived
 
 
+SERVER_TOKEN = "the-token-jupyterhub-gave-this-server"
+
+
+async def test_the_servers_own_token_is_checked_here_without_the_hub(sse, server_url, token, monkeypatch):
+    """What the hub's broadcast sends: this server's JUPYTERHUB_API_TOKEN, compared in the server itself."""
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", SERVER_TOKEN)
+    monkeypatch.setenv("JUPYTERHUB_USER", "alice")
+    async with sse() as events:
+        reply = await post(server_url, {"message": "from the hub", "sender": "admin"}, SERVER_TOKEN)
+        assert reply.status_code == 200, reply.text
+        assert (await events.next())["message"] == "from the hub"
+        near_miss = await post(server_url, {"message": "spoofed"}, SERVER_TOKEN[:-1] + "X")
+        assert near_miss.status_code == 403
+        await post(server_url, {"message": "marker"}, token)
+        assert (await events.next())["message"] == "marker"  # the near miss never arrived
+
+
+@pytest.mark.parametrize("header", ["", "token ", "Basic dXNlcjpwYXNz", f"token {SERVER_TOKEN} extra"])
+def test_no_server_token_or_a_malformed_header_is_not_the_servers_token(header):
+    from hubforge_notify.handlers import presents_server_token
+
+    assert presents_server_token(f"token {SERVER_TOKEN}", {"JUPYTERHUB_API_TOKEN": SERVER_TOKEN})
+    assert not presents_server_token(header, {"JUPYTERHUB_API_TOKEN": SERVER_TOKEN})
+    assert not presents_server_token("token ", {})  # outside JupyterHub there is no server token to match
+
+
 async def test_events_need_authentication(sse, server_url):
     async with httpx.AsyncClient() as client:
         reply = await client.get(server_url + "hubforge/notifications/events")
