@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hubclient import EventListener, HubAPI  # noqa: E402
 from tests.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.loadsim import memory_bytes  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="time one broadcast until the last of N running labs has it")
@@ -38,6 +39,10 @@ def main() -> None:
             with ThreadPoolExecutor(max_workers=min(labs, 8)) as pool:  # spawns queue for a start slot anyway
                 list(pool.map(lambda name: api.start(name, timeout=600), users))
             print(f"{labs} labs running after {time.monotonic() - started:.0f} s", flush=True)
+            lab_memory = sorted(memory_bytes(live.lab(name).stats(stream=False, one_shot=True)) for name in users)
+            print(f"memory with {labs} labs running: hub {memory_bytes(live.hub().stats(stream=False, one_shot=True)) / 2**20:.0f} MiB; "
+                  f"a lab p50 {lab_memory[len(lab_memory) // 2] / 2**20:.0f} MiB, max {lab_memory[-1] / 2**20:.0f} MiB, "
+                  f"all labs {sum(lab_memory) / 2**30:.1f} GiB", flush=True)
             listeners = [EventListener(HubAPI(live.url, api.request("POST", f"hub/api/users/{n}/tokens",
                                                                       json={"expires_in": 600}).json()["token"]), n)
                          for n in users]

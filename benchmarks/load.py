@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(min(args.nice, 19))  # the bystander is spawned below with its own normal priority restored
     with tempfile.TemporaryDirectory(prefix="hubforge-load-bench-") as tmp:
         say(f"starting a stack ({', '.join(f'{k}={v}' for k, v in env.items())}) ...")
-        live = start_stack(Path(tmp), env)
+        try:
+            live = start_stack(Path(tmp), env)
+        except AssertionError as exc:  # the images of the current keys are missing: says which command builds them
+            say(f"load.py: {exc}")
+            return 2
         try:
             admin = claim_admin(live)
             create_users(live, admin, names, say)

@@ -23,13 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hubclient import HubSession  # noqa: E402
 from tests.livestack import PASSWORD, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.loadsim import percentile  # noqa: E402
 
 USERS = 30
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 class Bystander(threading.Thread):

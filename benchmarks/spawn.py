@@ -18,17 +18,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hubclient import HubAPI  # noqa: E402
 from tests.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+from tests.loadsim import memory_bytes, percentile  # noqa: E402
 
 
 def memory_mb(container) -> float:
-    stats = container.stats(stream=False)
-    usage = stats["memory_stats"].get("usage", 0) - stats["memory_stats"].get("stats", {}).get("inactive_file", 0)
-    return usage / 2**20
+    return memory_bytes(container.stats(stream=False, one_shot=True)) / 2**20
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""The load simulator of benchmarks/load.py on a live stack: three users take a browser's whole path."""
+"""The load simulator of benchmarks/load.py on a live stack: three users take a browser's whole path.
+
+The stack also runs with LAB_SERVER_PROXY=1, which turns jupyter-server-proxy on in the labs."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import asyncio
 
 import pytest
 
-from ..hubclient import HubSession
-from ..livestack import PASSWORD
+from ..helpers import WEB_APP, wait_until
+from ..hubclient import HubSession, KernelClient
+from ..livestack import PASSWORD, approved_user
 from ..loadsim import PHASES, Plan, Record, ramp, storm
 
 pytestmark = pytest.mark.integration
+STACK_ENV = {"LAB_SERVER_PROXY": "1"}
 USERS = ["sim0", "sim1", "sim2"]
 
 
@@ -49,3 +53,13 @@ def test_a_storm_posts_every_login_at_once(live, users):
     seconds = asyncio.run(asyncio.wait_for(storm(live.url, users, record, 60), 120))
     assert record.failures == {} and record.completed == 3
     assert len(record.durations["login"]) == 3 and seconds >= max(record.durations["login"]) * 0.99
+
+
+def test_with_the_server_proxy_on_a_web_app_in_the_lab_is_reached_at_its_port(live, admin):
+    api = approved_user(live, admin, "webby")[1]
+    api.start("webby")
+    assert KernelClient(api, "webby").execute(WEB_APP).strip() == "started"
+    page = wait_until(lambda: (r := api.request("GET", "user/webby/proxy/8050/")).status_code == 200 and r,
+                      30, "the lab's web app through /proxy/8050/")
+    assert "Directory listing" in page.text
+    api.stop("webby")

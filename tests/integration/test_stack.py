@@ -5,8 +5,8 @@ from __future__ import annotations
 import docker
 import pytest
 
-from ..hubclient import HubSession, plain_get
-from ..helpers import dashboard_metric_families, metric_family
+from ..hubclient import HubSession, KernelClient, plain_get
+from ..helpers import WEB_APP, dashboard_metric_families, metric_family
 from ..livestack import PASSWORD, ROOT, approved_user
 
 pytestmark = pytest.mark.integration
@@ -51,6 +51,15 @@ def test_spawn_and_lab_api_through_the_proxy(live, admin):
     assert mounts["/home/lab/workspace"] == f"{live.stack.options.volume_prefix}-first-2elast_workspace"
     assert lab.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert not lab.attrs["HostConfig"].get("DeviceRequests")  # no GPU on this machine (auto)
+
+
+def test_the_server_proxy_is_off_by_default(live, admin):
+    """LAB_SERVER_PROXY=0: a web app the user runs in the lab has no /proxy/<port>/ route (test_load.py: on)."""
+    api = approved_user(live, admin, "nowebby")[1]
+    api.start("nowebby")
+    assert KernelClient(api, "nowebby").execute(WEB_APP).strip() == "started"
+    assert api.request("GET", "user/nowebby/proxy/8050/").status_code == 404
+    api.stop("nowebby")
 
 
 def test_labs_cannot_change_their_image_and_the_hub_has_limits(live, admin):
