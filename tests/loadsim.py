@@ -147,7 +147,7 @@ async def login(browser: Browser, name: str, password: str, form: str | None = N
     response = await browser.http.post(urljoin(browser.base, "hub/login"),
                                        data={"_xsrf": form, "username": name, "password": password})
     if response.status_code != 302:
-        error = re.search(r'class="alert[^"]*"[^>]*>\s*([^<]+)', response.text)
+        error = re.search(r'class="(?:alert|login_error)[^"]*"[^>]*>\s*([^<]+)', response.text)
         raise Refused(f"HTTP {response.status_code}", (error.group(1).strip() if error else response.text[:160]))
     return response.headers["location"]
 

@@ -66,7 +66,7 @@ def test_labs_cannot_change_their_image_and_the_hub_has_limits(live, admin):
     api = approved_user(live, admin, "rhea")[1]
     api.start("rhea")
     lab = live.lab("rhea")
-    assert lab.attrs["HostConfig"]["ReadonlyRootfs"] is True and lab.attrs["HostConfig"]["CpuShares"] == 512
+    assert lab.attrs["HostConfig"]["ReadonlyRootfs"] is True and lab.attrs["HostConfig"]["CpuShares"] == 128
     # even root inside the container (as a docker-privileged user's tools might be) cannot plant a file
     planted = lab.exec_run(["touch", "/usr/local/bin/planted"], user="root")
     assert planted.exit_code != 0 and b"Read-only file system" in planted.output
