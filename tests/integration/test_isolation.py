@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import random
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,10 @@ import pytest
 from ..livestack import approved_user
 
 pytestmark = pytest.mark.integration
+
+# A pool of the module's own: another project's guard on this host (a second stack, or one a killed run
+# left behind, which Docker restarts with the daemon) blocks the default pool's labs, not these.
+STACK_ENV = {"LAB_SUBNET_POOL": f"10.{random.randint(214, 250)}.{random.randint(0, 255)}.0/24"}
 
 DUMMY = "hfiso0"
 METADATA = "169.254.100.1"
@@ -162,7 +167,8 @@ def test_the_guard_removes_its_rules_when_stopped_and_restores_them(live, labs, 
     try:
         chains = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
         assert f"HF-{live.project}-FWD" not in chains, "a stopped guard left its rules behind"
-        assert reaches(alice, METADATA, port), "without the guard the block is gone (the test must see it change)"
+        others = [line for line in chains.splitlines() if "-j HF-" in line]
+        assert reaches(alice, METADATA, port), f"without the guard the block is gone (the test must see it change); other guards' jumps: {others}"
     finally:
         guard.start()
     deadline = time.monotonic() + 30
