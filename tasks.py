@@ -29,9 +29,9 @@ def user_errors(fn):
 
 def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
-    from hubforge.builder import Settings
+    from hubforge.build.builder import Settings
     from hubforge.errors import HubforgeError
-    from hubforge.targets import BASE_MODES
+    from hubforge.build.targets import BASE_MODES
 
     if base not in BASE_MODES:
         raise HubforgeError(f"--base={base!r} is not valid; use one of: {', '.join(BASE_MODES)}")
@@ -121,19 +121,22 @@ def setup(c):
     app.run_setup(settings(c))
 
 
-def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None):
-    """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project)."""
+def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None, engine=None):
+    """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project, hubforge.engine).
+    Without --engine, a stack that is already up keeps the engine it was started with."""
     from hubforge.errors import HubforgeError
-    from hubforge.stack import StackOptions, validate_port, validate_project
+    from hubforge.stack import StackOptions, recorded_engine, validate_engine, validate_port, validate_project
 
     cfg = c.config.get("hubforge", {})
     project = validate_project(project or cfg.get("project", "hubforge"))
     if gpu is not None and gpu not in ("auto", "on", "off"):
         raise HubforgeError(f"--gpu={gpu!r} is not valid; use auto, on or off")
     stack_dir = Path(os.path.expanduser(cfg.get("stack_dir", "~/.config/hubforge")))
+    engine = validate_engine(engine or recorded_engine(stack_dir / project) or cfg.get("engine", "compose"))
     return StackOptions(
         project=project,
         run_dir=stack_dir / project,
+        engine=engine,
         https_port=validate_port("--port", https_port if https_port is not None else cfg.get("https_port", 443)),
         http_port=validate_port("--http-port", http_port if http_port is not None else cfg.get("http_port", 80)),
         bind=bind or cfg.get("bind", "0.0.0.0"),
@@ -148,14 +151,15 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
     "http_port": "host port that redirects to HTTPS (default 80)",
     "project": "Compose project name (default hubforge); each project is a separate hub",
     "bind": "host address to publish on (default 0.0.0.0)",
+    "engine": "compose (one host, the default) or swarm (a Docker Swarm, from a manager node); default: hubforge.engine in invoke.yaml",
 })
 @user_errors
-def up(c, gpu=None, port=None, http_port=None, project=None, bind=None):
+def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=None):
     """Build what is missing, then start the hub (HTTPS) and wait until it is healthy."""
     from hubforge import app
 
     app.configure_logging(False)
-    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind))
+    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind, engine))
 
 
 @task(help={

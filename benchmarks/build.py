@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubforge.builder import Builder, Settings  # noqa: E402
+from hubforge.build.builder import Builder, Settings  # noqa: E402
 from hubforge.docker_io import Docker  # noqa: E402
-from hubforge.targets import DEFAULT_SET, Graph  # noqa: E402
+from hubforge.build.targets import DEFAULT_SET, Graph  # noqa: E402
 
 
 def timed(argv: list[str], **kwargs) -> float:

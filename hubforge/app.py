@@ -13,10 +13,10 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import doctor
-from .builder import Builder, Settings, Step
+from .build.builder import Builder, Settings, Step
 from .docker_io import Docker
 from .errors import BuildFailed, HubforgeError
-from .lock import lock_apt, lock_python
+from .build.lock import lock_apt, lock_python
 
 log = logging.getLogger(__name__)
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
@@ -169,14 +169,14 @@ def run_setup(settings: Settings) -> None:
 # -- the stack -------------------------------------------------------------------------------------------
 def stack_for(settings: Settings, options):
     from .docker_io import StackDocker
-    from .stack import Stack
+    from .stack import open_stack
 
-    return Stack(options, StackDocker(), settings.root, say)
+    return open_stack(options, StackDocker(), settings.root, say)
 
 
 def up(settings: Settings, options) -> dict:
     """Build what is missing, start the stack, wait for health, print the URL and the next step."""
-    from .targets import DEFAULT_SET
+    from .build.targets import DEFAULT_SET
 
     doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
     steps = build(settings, None, None, False, False)
@@ -262,7 +262,6 @@ def status(settings: Settings, options, as_json: bool) -> dict:
 
 def logs(settings: Settings, options, service: str | None, follow: bool, tail: int) -> None:
     from . import proc
-    from .stack import compose_argv
 
     stack = stack_for(settings, options)
     for lab in stack.lab_containers():  # `invoke logs alice` shows alice's lab
@@ -270,38 +269,30 @@ def logs(settings: Settings, options, service: str | None, follow: bool, tail: i
             argv = ["docker", "logs", f"--tail={tail}"] + (["--follow"] if follow else []) + [lab["Id"]]
             proc.run(argv, capture=False, check=False)
             return
-    if not (options.run_dir / "compose.yml").exists():
+    if not (options.run_dir / stack.run_file).exists():
         raise HubforgeError(f"no stack {options.project} here: start it with `invoke up`")
     if service and service != "hub":
         running = ", ".join(sorted(lab["Labels"].get("hubforge.user", "?") for lab in stack.lab_containers())) or "none"
         raise HubforgeError(f"no service or running lab named {service!r}; services: hub; users with a running lab: {running}")
-    argv = compose_argv(options.project, options.run_dir, "logs", f"--tail={tail}") + (["--follow"] if follow else [])
-    proc.run(argv + ([service] if service else []), capture=False, check=False)
+    proc.run(stack.logs_argv(service, follow, tail), capture=False, check=False)
 
 
 # -- releases --------------------------------------------------------------------------------------------
 def release(settings: Settings, version_text: str, registry: str, namespace: str, push: bool,
             flavors: list[str], allow_dirty: bool, credentials: tuple[str, str] | None) -> list:
     """Dry run: print every tag and the image behind it. --push: label, push, verify digests, SBOM, provenance."""
-    from . import release as rel
-    from .sbom import cyclonedx, inventory
-    from .targets import DEFAULT_SET
+    from .release import pipeline
+    from .release.plan import check_tree, git, parse_version
 
-    version = rel.parse_version(version_text)
+    request = pipeline.Request(parse_version(version_text), registry, namespace, tuple(flavors))
     doctor.ensure(settings.cache_dir, {"docker"}, say)
-    if push:
-        git_sha = rel.check_tree(settings.root, version, allow_dirty)
-    else:
-        git_sha = rel.git(settings.root, "rev-parse", "HEAD")
+    git_sha = check_tree(settings.root, request.version, allow_dirty) if push else git(settings.root, "rev-parse", "HEAD")
     builder = make_builder(settings)
-    names = list(DEFAULT_SET) + [f"lab-{flavor}" for flavor in flavors]
-    for flavor in flavors:
-        builder.graph.select("lab", flavor)  # one clear line for an unknown flavour
-    steps = builder.plan(builder.graph.closure(names))
+    steps = pipeline.release_steps(builder, request.flavors)
     for step in steps:
         run_step(builder, step, False)
-    pushes = rel.plan(steps, registry, namespace, version, git_sha[:12])
-    table = Table("image", "tag", "from", title=f"release {version} ({'push' if push else 'dry run'})")
+    pushes = pipeline.pushes_for(request, steps, git_sha)
+    table = Table("image", "tag", "from", title=f"release {request.version} ({'push' if push else 'dry run'})")
     for item in pushes:
         for tag in item.tags:
             table.add_row(item.repository, tag, item.source)
@@ -309,67 +300,14 @@ def release(settings: Settings, version_text: str, registry: str, namespace: str
     if not push:
         say("dry run: nothing pushed (add --push)")
         return pushes
-    docker = builder.docker
-    if credentials:
-        docker.login(registry if registry != rel.DOCKER_HUB else "", *credentials)
-    base = next(s for s in steps if s.target.name == "base")
-    by_name = {s.target.name: s for s in steps}
-    dist = settings.root / "dist"
-    tools = rel.tool_versions(docker.client.version().get("Version", "?"))
-    for item in pushes:
-        step = by_name[item.target]
-        labels = {"org.opencontainers.image.version": str(version), "org.opencontainers.image.revision": git_sha}
-        released = f"{item.repository}:{item.tags[0]}"
-        if item.target != "base":
-            docker.build_labels(item.source, released, labels)
-        else:
-            docker.tag(item.source, item.repository, item.tags[0])
-        for tag in item.tags:
-            docker.tag(released, item.repository, tag)
-            pushed = docker.push(item.repository, tag)
-            remote = docker.remote_digest(f"{item.repository}:{tag}")
-            local = {d.split("@", 1)[1] for d in docker.inspect(released).get("RepoDigests", []) if "@" in d}
-            if remote != pushed or pushed not in local:
-                raise HubforgeError(f"{item.repository}:{tag}: the registry has {remote}, the push said {pushed}, locally {sorted(local)}")
-            say(f"  pushed {item.repository}:{tag} {remote}")
-        if item.target == "base":
-            continue
-        python, debian = inventory(docker, released)
-        if not debian and step.target.apt_lock:  # no dpkg database inside (gpu-probe): what its build copied in
-            debian = copied_packages(docker, settings.root / step.target.apt_lock, base.ref)
-        image_name = item.repository.rsplit("/", 1)[1] + ("" if step.target.flavor == "default" else f"-{step.target.flavor}")
-        sbom_path = rel.write_json(dist / f"{image_name}-{version}.cdx.json",
-                                   cyclonedx(released, image_name, str(version), python, debian))
-        prov = rel.provenance(step, base, version, git_sha, settings.root, tools)
-        prov["digest"] = remote
-        rel.write_json(dist / f"{image_name}-{version}.provenance.json", prov)
-        say(f"  {image_name}: SBOM {sbom_path.name} ({len(python)} Python, {len(debian)} Debian packages), provenance written")
+    pipeline.publish(builder, settings.root, request, steps, pushes, git_sha, credentials, say)
     return pushes
-
-
-def copied_packages(docker, apt_lock: Path, base_ref: str) -> list[tuple[str, str, str]]:
-    """The packages a dpkg-less image was assembled from: its lock's .debs plus the base's glibc."""
-    from .locks import parse_apt_lock
-    from .sbom import inventory
-
-    pins = [(p.package, p.version, p.filename.rsplit("_", 1)[-1].removesuffix(".deb")) for p in parse_apt_lock(apt_lock.read_text())]
-    _, base_debs = inventory(docker, base_ref)
-    return pins + [d for d in base_debs if d[0] == "libc6"]
 
 
 def sbom(settings: Settings, image: str, output: Path | None) -> Path:
     """A CycloneDX SBOM of any local image."""
-    from .release import write_json
-    from .sbom import cyclonedx, inventory
+    from .release.pipeline import image_sbom
 
-    docker = Docker()
-    if docker.image_id(image) is None:
-        raise HubforgeError(f"no image {image!r} here; build it or pull it first")
-    python, debian = inventory(docker, image)
-    labels = docker.inspect(image).get("Config", {}).get("Labels") or {}
-    name = image.split("/")[-1].split(":")[0]
-    version = labels.get("org.opencontainers.image.version", "unknown")
-    path = output or settings.root / "dist" / f"{name}-{version}.cdx.json"
-    write_json(path, cyclonedx(image, name, version, python, debian))
-    say(f"{path}: {len(python)} Python and {len(debian)} Debian packages")
+    path, python, debian = image_sbom(Docker(), image, settings.root / "dist", output)
+    say(f"{path}: {python} Python and {debian} Debian packages")
     return path

@@ -15,10 +15,10 @@ from testcontainers.compose import DockerCompose
 from . import localdns
 from .hubclient import HubAPI, HubSession, plain_get
 
-from hubforge.builder import Builder, Settings
+from hubforge.build.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
-from hubforge.stack import PROJECT_LABEL, Stack, StackOptions
-from hubforge.targets import DEFAULT_SET, Graph
+from hubforge.stack import PROJECT_LABEL, StackOptions, open_stack
+from hubforge.build.targets import DEFAULT_SET, Graph
 
 localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do
 
@@ -110,7 +110,7 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
     options.run_dir.mkdir(parents=True)
     lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
-    stack = Stack(options, StackDocker(), ROOT, say=lambda message: None)
+    stack = open_stack(options, StackDocker(), ROOT, say=lambda message: None)
     images, lab_images = current_images()
     stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
     compose = DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True, keep_volumes=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.builder import KEY_LABEL
-from hubforge.locks import parse_python_lock
+from hubforge.build.builder import KEY_LABEL
+from hubforge.build.locks import parse_python_lock
 
 from ..helpers import wait_until
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.base import mmdebstrap_argv
+from hubforge.build.base import mmdebstrap_argv
 from hubforge.docker_io import Docker
 from hubforge.errors import DockerUnavailable, HubforgeError
-from hubforge.targets import BaseSpec, Graph
+from hubforge.build.targets import BaseSpec, Graph
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_DAEMON = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}

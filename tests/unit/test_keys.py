@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.keys import Manifest, explain
-from hubforge.targets import DEFAULT_SET, Graph
+from hubforge.build.keys import Manifest, explain
+from hubforge.build.targets import DEFAULT_SET, Graph
 
 ALL = list(DEFAULT_SET) + ["lab-datascience"]
 
@@ -75,7 +75,7 @@ def test_pull_and_bootstrap_bases_have_different_keys(source_tree, make_builder)
 
 
 def test_the_upstream_digest_is_the_pull_key(source_tree, make_builder, tmp_path):
-    from hubforge.builder import Builder, Settings
+    from hubforge.build.builder import Builder, Settings
 
     from .conftest import EmptyImageStore
 

@@ -10,7 +10,7 @@ import yaml
 
 from hubforge.errors import HubforgeError
 from hubforge.proc import redact
-from hubforge.release import Version, check_tree, parse_version, repository, tags_for
+from hubforge.release.plan import Version, check_tree, parse_version, repository, tags_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def test_workflows_are_valid_and_do_what_they_say():
 
 def test_sbom_document_lists_each_package_with_its_purl():
     """`invoke sbom` and `invoke release` build this document; it failed with ModuleNotFoundError on fresh installs."""
-    from hubforge.sbom import cyclonedx
+    from hubforge.release.sbom import cyclonedx
 
     doc = cyclonedx("hubforge/hub:abc", "hub", "1.2.3", [("Jinja2", "3.1.4")], [("libc6", "2.36-9", "amd64")])
     assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.5"

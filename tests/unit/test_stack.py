@@ -14,7 +14,8 @@ from pathlib import Path
 from hub_ext.logo import LogoError, materialize
 from hub_ext.tls import ensure_self_signed
 from hubforge.errors import HubforgeError
-from hubforge.stack import Stack, StackOptions, compose_argv, config_digest, parse_probe, port_free, read_env_file, validate_port, validate_project
+from hubforge.stack import ComposeStack, StackOptions, compose_argv, validate_port, validate_project
+from hubforge.stack.settings import config_digest, parse_probe, port_free, read_env_file
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
@@ -200,7 +201,7 @@ def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_pat
     options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file))
     options.run_dir.mkdir()
     (options.run_dir / ".env").write_text("ENABLE_GPU_SUPPORT=0\nHUB_MEM_LIMIT=1g\nHUB_PIDS_LIMIT=600\n")
-    stack = Stack(options, OneCpuDaemon(), Path(__file__).resolve().parents[2], say=lambda message: None)
+    stack = ComposeStack(options, OneCpuDaemon(), Path(__file__).resolve().parents[2], say=lambda message: None)
     stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
     hub = yaml.safe_load((options.run_dir / "compose.yml").read_text())["services"]["hub"]
     # HUB_CPU_LIMIT's default of 2 is cut to the daemon's one CPU: Compose refuses more than there are

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, base, debs, labext, npm, proc, wheels
-from .docker_io import Docker
-from .errors import HubforgeError
+from .. import __version__, proc
+from . import base, debs, labext, npm, wheels
+from ..docker_io import Docker
+from ..errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
 from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
-from .render import oci_labels, render
+from ..render import oci_labels, render
 from .targets import SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def input_digests(root: Path, paths: tuple[str, ...]) -> dict[str, str]:
         elif path.is_file():
             digests[rel] = digest_bytes(path.read_bytes())
         else:
-            raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/targets.py or run `invoke lock`")
+            raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/build/targets.py or run `invoke lock`")
     return digests
 
 

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import HubforgeError
+from ..errors import HubforgeError
 from .locks import DebPin
 from .wheels import file_sha256
 

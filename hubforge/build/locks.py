@@ -7,7 +7,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HubforgeError
+from ..errors import HubforgeError
 
 _REQ = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(?P<version>[^\s;]+)")
 _HASH = re.compile(r"--hash=sha256:(?P<hash>[0-9a-f]{64})")

@@ -15,8 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
-from .errors import HubforgeError
+from .. import proc
+from ..errors import HubforgeError
 from .keys import digest_bytes
 from .locks import PythonPin, normalize
 

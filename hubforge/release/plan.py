@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, proc
-from .builder import Step
-from .errors import HubforgeError
-from .keys import digest_bytes
+from .. import __version__, proc
+from ..build.builder import Step
+from ..errors import HubforgeError
+from ..build.keys import digest_bytes
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import HubforgeError
+from ..errors import HubforgeError
 
 # Every image is stamped with this time (OCI `created`, file mtimes of the bootstrap rootfs), so two
 # builds of the same inputs are the same bytes. Change it only to mark a new era of images.

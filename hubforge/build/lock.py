@@ -6,8 +6,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from . import debs, proc
-from .docker_io import Docker
+from .. import proc
+from . import debs
+from ..docker_io import Docker
 from .locks import format_apt_lock, requested_packages
 from .targets import Target
 from .wheels import PYTHON_VERSION

@@ -9,9 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import proc
-from .docker_io import Docker
-from .errors import HubforgeError
+from .. import proc
+from ..docker_io import Docker
+from ..errors import HubforgeError
 from .targets import SOURCE_DATE_EPOCH, BaseSpec
 
 log = logging.getLogger(__name__)

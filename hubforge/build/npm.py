@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import proc
+from .. import proc
 from .keys import digest_bytes
 
 

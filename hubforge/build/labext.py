@@ -13,8 +13,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import proc
-from .errors import HubforgeError
+from .. import proc
+from ..errors import HubforgeError
 
 # Build outputs and caches, relative to the source root: never part of the key.
 GENERATED = frozenset({"node_modules", "lib", "dist", "build", ".yarn/cache", ".yarn/unplugged",

@@ -11,8 +11,8 @@ from cyclonedx.output import make_outputter
 from cyclonedx.schema import OutputFormat, SchemaVersion
 from packageurl import PackageURL
 
-from .docker_io import Docker
-from .errors import HubforgeError
+from ..docker_io import Docker
+from ..errors import HubforgeError
 
 PYTHON_INVENTORY = (
     "import importlib.metadata as m, json; "

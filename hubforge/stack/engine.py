@@ -1,4 +1,5 @@
-"""The compose stack: render the run directory, start it with Compose v2, wait for health, report."""
+"""The stack, whatever runs it: settings, ports, GPUs, rendering, health, the bootstrap secret, labs,
+status and down. An engine (compose.py, swarm.py) says how its stack file is started and removed."""
 
 from __future__ import annotations
 
@@ -7,205 +8,25 @@ import json
 import logging
 import os
 import secrets
-import socket
-import stat
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hub_ext.config import ConfigError, from_environ, hub_host, parse_gpu_mode
 from hub_ext.gpu import ALL_GPUS, decide
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, default_volume_prefix
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
 from hub_ext.networks import NETWORK_ROLE
 
-from . import proc
-from .docker_io import StackDocker
-from .errors import HubforgeError
-from .render import render
+from ..docker_io import StackDocker
+from ..errors import HubforgeError
+from ..render import render
+from .settings import (BOOTSTRAP_SECRET, ENV_TEMPLATE, HEALTH_TIMEOUT, StackOptions, config_digest, parse_probe,
+                       port_free, read_env_file, socket_gid, subdomain_dns_problem)
 
 log = logging.getLogger(__name__)
 
-HEALTH_TIMEOUT = 240
-BOOTSTRAP_SECRET = "/srv/jupyterhub/data/admin-bootstrap-secret"  # in the hub's data volume only
 
-
-@dataclass(frozen=True)
-class StackOptions:
-    """What `invoke up` was asked for."""
-
-    project: str
-    run_dir: Path
-    https_port: int = 443
-    http_port: int = 80
-    bind: str = "0.0.0.0"
-    gpu: str | None = None  # auto | on | off; None: ENABLE_GPU_SUPPORT from .env, else auto
-    docker_socket: str = "/var/run/docker.sock"
-    volume_prefix: str = ""  # "": default_volume_prefix(project)
-
-    def __post_init__(self) -> None:
-        if not self.volume_prefix:
-            object.__setattr__(self, "volume_prefix", default_volume_prefix(self.project))
-
-
-def validate_port(name: str, value: object) -> int:
-    try:
-        port = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise HubforgeError(f"{name}={value!r} is not a port number; use 1-65535") from None
-    if not 1 <= port <= 65535:
-        raise HubforgeError(f"{name}={value!r} is out of range; use 1-65535")
-    return port
-
-
-def validate_project(project: str) -> str:
-    if not project or not all(ch.isalnum() or ch in "-_" for ch in project) or not project[0].isalnum() or project != project.lower():
-        raise HubforgeError(f"--project={project!r} is not valid; use lower-case letters, digits, '-' and '_'")
-    return project
-
-
-# -- the run directory ---------------------------------------------------------------------------------
-ENV_TEMPLATE = """\
-# hubforge stack settings (Compose .env). Kept across `invoke up`; edit and run `invoke up` again.
-# Every variable, with its default, is documented in the README ("Configuration").
-# JUPYTERHUB_ADMIN=admin
-# ENABLE_SIGNUP=1
-# JUPYTERHUB_BASE_URL=/
-# ENABLE_GPU_SUPPORT=2
-# PASSWORD_MIN_LENGTH=8
-# LOGIN_MAX_FAILURES=5
-# LOGIN_LOCKOUT_SECONDS=600
-# LOGIN_ADDRESS_LIMIT=30
-# LAB_MEM_LIMIT=4G
-# LAB_CPU_LIMIT=2
-# LAB_PIDS_LIMIT=1024
-# LAB_CPU_SHARES=128
-# LAB_READ_ONLY_ROOT=1
-# LAB_SERVER_PROXY=0
-# HUB_MEM_LIMIT=2G
-# HUB_CPU_LIMIT=2
-# HUB_PIDS_LIMIT=2048
-# ACTIVE_SERVER_LIMIT=0
-# CONCURRENT_SPAWN_LIMIT=100
-# LAB_START_CONCURRENCY=0
-# LAB_START_TIMEOUT=600
-# IDLE_CULLER_ENABLED=0
-# IDLE_CULLER_TIMEOUT=3600
-# JUPYTERHUB_LOGO_URI=
-# HUBFORGE_PUBLIC_HOST=hub.localhost
-# LAB_SUBDOMAINS=1
-# SSL_CERT=
-# SSL_KEY=
-# LAB_SUBNET_POOL=10.213.0.0/16
-# LAB_ALLOWED_RANGES=
-# LAB_NETWORK_GUARD=1
-# LAB_ADMIN_ACCESS=0
-JUPYTERHUB_METRICS_TOKEN={metrics_token}
-"""
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a Compose .env file (comments and blank lines skipped, quotes removed)."""
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "=" not in line:
-            raise HubforgeError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip().removeprefix("export ").strip()] = value
-    return values
-
-
-def compose_files(run_dir: Path) -> list[Path]:
-    files = [run_dir / "compose.yml"]
-    if (run_dir / "compose.override.yml").exists():
-        files.append(run_dir / "compose.override.yml")
-    return files
-
-
-def compose_argv(project: str, run_dir: Path, *args: str) -> list[str]:
-    argv = ["docker", "compose", "--project-name", project, "--project-directory", str(run_dir)]
-    for path in compose_files(run_dir):
-        argv += ["--file", str(path)]
-    return argv + list(args)
-
-
-def port_free(bind: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind, port))
-        except OSError:
-            return False
-    return True
-
-
-def resolve(name: str) -> set[str]:
-    try:
-        return {info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)}
-    except (socket.gaierror, UnicodeError):
-        return set()
-
-
-def subdomain_dns_problem(host: str, lookup: Callable[[str], set[str]] = resolve) -> str | None:
-    """Why a lab's subdomain of `host` would not reach this hub, or None.
-
-    Names under .localhost need no DNS: browsers send them to loopback themselves (RFC 6761). Any other
-    host needs a wildcard record: a made-up subdomain must resolve to where the hub's own name does.
-    """
-    if host == "localhost" or host.endswith(".localhost"):
-        return None
-    probe = f"hubforge-dns-check.{host}"
-    own, theirs = lookup(host), lookup(probe)
-    if not own:
-        return f"HUBFORGE_PUBLIC_HOST={host} does not resolve; add a DNS record for it (and *.{host}), or fix the name"
-    if not theirs & own:
-        found = ", ".join(sorted(theirs)) or "nothing"
-        return (f"labs get their own subdomains, but {probe} resolves to {found}, not to {host} ({', '.join(sorted(own))}): "
-                f"add a wildcard DNS record *.{host} for this host, or set LAB_SUBDOMAINS=0 in .env (labs then share the hub's origin)")
-    return None
-
-
-def socket_gid(path: str) -> int:
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise HubforgeError(f"cannot stat the Docker socket {path} ({exc.strerror}); is the daemon running?") from exc
-    if not stat.S_ISSOCK(info.st_mode):
-        raise HubforgeError(f"{path} is not a socket; set hubforge.docker_socket in invoke.yaml")
-    return info.st_gid
-
-
-def parse_probe(code: int | None, output: str) -> dict[str, Any]:
-    """The probe's JSON, or a no-GPU result that says why there is none."""
-    if code is None:
-        return {"gpus": [], "driver": None, "cuda": None, "reason": f"Docker refused the GPU request: {output}"}
-    try:
-        result = json.loads(output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"gpus": [], "driver": None, "cuda": None, "reason": f"probe exited {code} without JSON: {output[:200]!r}"}
-    result.setdefault("reason", None)
-    return result
-
-
-def config_digest(hub_config: str, config_d: Path) -> str:
-    """A digest of the hub's mounted configuration: a label on the hub, so Compose recreates it when
-    jupyterhub_config.py (after an upgrade) or a config.d/*.py file changes, as it does for .env."""
-    digest = hashlib.sha256(hub_config.encode())
-    for extra in sorted(config_d.glob("*.py")):
-        digest.update(extra.name.encode() + b"\0" + extra.read_bytes())
-    return digest.hexdigest()[:20]
-
-
-# -- execute -------------------------------------------------------------------------------------------
 class Stack:
     def __init__(self, options: StackOptions, docker: StackDocker, root: Path, say: Callable[[str], None]) -> None:
         self.options = options
@@ -217,9 +38,35 @@ class Stack:
     def state_file(self) -> Path:
         return self.options.run_dir / "stack.json"
 
+    # -- what each engine does its own way -------------------------------------------------------------
+    run_file = ""  # the rendered stack file in the run directory
+    template = ""  # its template in stack/
+
     def hub_container(self) -> dict | None:
-        found = self.docker.containers({"com.docker.compose.project": self.options.project, "com.docker.compose.service": "hub"})
-        return found[0] if found else None
+        """The hub's container (summary form, as `docker ps` lists it), or None."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start (or update) the rendered stack."""
+        raise NotImplementedError
+
+    def services(self) -> list[dict[str, Any]]:
+        """The stack's own services: service, container, state, health (and node, where there are nodes)."""
+        raise NotImplementedError
+
+    def remove(self, volumes: bool) -> None:
+        """Remove the stack's services and containers (not the labs); its own volumes only when asked."""
+        raise NotImplementedError
+
+    def engine_variables(self) -> dict[str, Any]:
+        """Template variables only this engine needs."""
+        return {}
+
+    def engine_state(self) -> dict[str, Any]:
+        """What `invoke status` shows about this engine (nodes, for Swarm)."""
+        return {}
+
+    # -- shared --------------------------------------------------------------------------------------------
 
     def check_ports(self) -> None:
         hub = self.hub_container()
@@ -255,9 +102,10 @@ class Stack:
         (run_dir / "config.d").mkdir(parents=True, exist_ok=True)
         hub_config = (self.root / "stack" / "jupyterhub_config.py").read_text()
         (run_dir / "jupyterhub_config.py").write_text(hub_config)
-        template = (self.root / "stack" / "compose.yml.j2").read_text()
-        variables = {**variables, "config_digest": config_digest(hub_config, run_dir / "config.d")}
-        (run_dir / "compose.yml").write_text(render({"compose.yml.j2": template}, "compose.yml.j2", variables))
+        template = (self.root / "stack" / self.template).read_text()
+        variables = {**variables, **self.engine_variables(), "engine": self.options.engine,
+                     "config_digest": config_digest(hub_config, run_dir / "config.d")}
+        (run_dir / self.run_file).write_text(render({self.template: template}, self.template, variables))
 
     def prepare(self, images: Mapping[str, str], lab_images: Mapping[str, str]) -> dict[str, Any]:
         """Check settings and ports, probe GPUs, render the run directory. Starts nothing."""
@@ -299,6 +147,7 @@ class Stack:
         port = "" if options.https_port == 443 else f":{options.https_port}"
         state = {
             "project": options.project,
+            "engine": options.engine,
             "url": f"https://{host}{port}{hub.base_url}",
             "https_port": options.https_port,
             "http_port": options.http_port,
@@ -320,8 +169,7 @@ class Stack:
     def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
         state = self.prepare(images, lab_images)
         try:
-            proc.run(compose_argv(self.options.project, self.options.run_dir, "up", "--detach", "--remove-orphans"),
-                     what="docker compose up")
+            self.start()
         except HubforgeError:
             self.explain_guard()
             raise
@@ -380,12 +228,7 @@ class Stack:
         for lab in self.lab_containers():
             self.docker.remove_container(lab["Id"])
             removed.append(lab["Names"][0].lstrip("/"))
-        if (self.options.run_dir / "compose.yml").exists():
-            args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
-            proc.run(compose_argv(self.options.project, self.options.run_dir, *args), what="docker compose down")
-        else:
-            for container in self.docker.containers({"com.docker.compose.project": self.options.project}):
-                self.docker.remove_container(container["Id"])
+        self.remove(volumes)
         for network in self.docker.networks({PROJECT_LABEL: self.options.project, ROLE_LABEL: NETWORK_ROLE}):
             if self.docker.remove_network(network["Id"]):
                 removed.append(network["Name"])
@@ -400,15 +243,7 @@ class Stack:
 
     def status(self) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"project": self.options.project}
-        services = []
-        for container in self.docker.containers({"com.docker.compose.project": self.options.project}):
-            details = self.docker.inspect_container(container["Id"]) or {}
-            services.append({
-                "service": container["Labels"].get("com.docker.compose.service"),
-                "container": container["Names"][0].lstrip("/"),
-                "state": container.get("State"),
-                "health": details.get("State", {}).get("Health", {}).get("Status"),
-            })
+        services = self.services()
         labs = []
         for container in self.lab_containers():
             details = self.docker.inspect_container(container["Id"]) or {}
@@ -421,6 +256,7 @@ class Stack:
                 "device_requests": (details.get("HostConfig") or {}).get("DeviceRequests") or [],
             })
         state["services"] = services
+        state.update(self.engine_state())
         state["labs"] = labs
         state["admin_unclaimed"] = self.bootstrap_secret() is not None
         state.pop("bootstrap_shown", None)

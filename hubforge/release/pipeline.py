@@ -1,0 +1,102 @@
+"""The release pipeline: which images and tags, then label, push, verify digests, SBOM and provenance.
+
+It prints nothing itself: progress goes to the `say` callback, as the builder's does, so the terminal
+(app.py) decides how it looks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..build.builder import Builder, Step
+from ..build.locks import parse_apt_lock
+from ..build.targets import DEFAULT_SET
+from ..docker_io import Docker
+from ..errors import HubforgeError
+from . import plan as rel
+from .sbom import cyclonedx, inventory
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    version: rel.Version
+    registry: str
+    namespace: str
+    flavors: tuple[str, ...] = ()
+
+
+def release_steps(builder: Builder, flavors: tuple[str, ...]) -> list[Step]:
+    """The plan of every released image (and the base): the default set plus the named lab flavours."""
+    for flavor in flavors:
+        builder.graph.select("lab", flavor)  # one clear line for an unknown flavour
+    return builder.plan(builder.graph.closure(list(DEFAULT_SET) + [f"lab-{flavor}" for flavor in flavors]))
+
+
+def pushes_for(request: Request, steps: list[Step], git_sha: str) -> list[rel.Push]:
+    return rel.plan(steps, request.registry, request.namespace, request.version, git_sha[:12])
+
+
+def publish(builder: Builder, root: Path, request: Request, steps: list[Step], pushes: list[rel.Push], git_sha: str,
+            credentials: tuple[str, str] | None, say: Say) -> None:
+    """Label and push every tag, check that the registry holds what was pushed, then write each image's
+    SBOM and provenance to dist/."""
+    docker = builder.docker
+    if credentials:
+        docker.login(request.registry if request.registry != rel.DOCKER_HUB else "", *credentials)
+    base = next(s for s in steps if s.target.name == "base")
+    by_name = {s.target.name: s for s in steps}
+    dist = root / "dist"
+    tools = rel.tool_versions(docker.client.version().get("Version", "?"))
+    version = request.version
+    for item in pushes:
+        step = by_name[item.target]
+        labels = {"org.opencontainers.image.version": str(version), "org.opencontainers.image.revision": git_sha}
+        released = f"{item.repository}:{item.tags[0]}"
+        if item.target != "base":
+            docker.build_labels(item.source, released, labels)
+        else:
+            docker.tag(item.source, item.repository, item.tags[0])
+        for tag in item.tags:
+            docker.tag(released, item.repository, tag)
+            pushed = docker.push(item.repository, tag)
+            remote = docker.remote_digest(f"{item.repository}:{tag}")
+            local = {d.split("@", 1)[1] for d in docker.inspect(released).get("RepoDigests", []) if "@" in d}
+            if remote != pushed or pushed not in local:
+                raise HubforgeError(f"{item.repository}:{tag}: the registry has {remote}, the push said {pushed}, locally {sorted(local)}")
+            say(f"  pushed {item.repository}:{tag} {remote}")
+        if item.target == "base":
+            continue
+        python, debian = inventory(docker, released)
+        if not debian and step.target.apt_lock:  # no dpkg database inside (gpu-probe): what its build copied in
+            debian = copied_packages(docker, root / step.target.apt_lock, base.ref)
+        image_name = item.repository.rsplit("/", 1)[1] + ("" if step.target.flavor == "default" else f"-{step.target.flavor}")
+        sbom_path = rel.write_json(dist / f"{image_name}-{version}.cdx.json",
+                                   cyclonedx(released, image_name, str(version), python, debian))
+        prov = rel.provenance(step, base, version, git_sha, root, tools)
+        prov["digest"] = remote
+        rel.write_json(dist / f"{image_name}-{version}.provenance.json", prov)
+        say(f"  {image_name}: SBOM {sbom_path.name} ({len(python)} Python, {len(debian)} Debian packages), provenance written")
+
+
+def copied_packages(docker: Docker, apt_lock: Path, base_ref: str) -> list[tuple[str, str, str]]:
+    """The packages a dpkg-less image was assembled from: its lock's .debs plus the base's glibc."""
+    pins = [(p.package, p.version, p.filename.rsplit("_", 1)[-1].removesuffix(".deb")) for p in parse_apt_lock(apt_lock.read_text())]
+    _, base_debs = inventory(docker, base_ref)
+    return pins + [d for d in base_debs if d[0] == "libc6"]
+
+
+def image_sbom(docker: Docker, image: str, default_dir: Path, output: Path | None) -> tuple[Path, int, int]:
+    """A CycloneDX SBOM of any local image: (path, Python packages, Debian packages)."""
+    if docker.image_id(image) is None:
+        raise HubforgeError(f"no image {image!r} here; build it or pull it first")
+    python, debian = inventory(docker, image)
+    labels = docker.inspect(image).get("Config", {}).get("Labels") or {}
+    name = image.split("/")[-1].split(":")[0]
+    version = labels.get("org.opencontainers.image.version", "unknown")
+    path = output or default_dir / f"{name}-{version}.cdx.json"
+    rel.write_json(path, cyclonedx(image, name, version, python, debian))
+    return path, len(python), len(debian)

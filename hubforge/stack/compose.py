@@ -1,0 +1,64 @@
+"""The compose engine: the rendered compose.yml, started with Compose v2 on this one host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import proc
+from .engine import Stack
+
+PROJECT = "com.docker.compose.project"
+SERVICE = "com.docker.compose.service"
+
+
+def compose_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / "compose.yml"]
+    if (run_dir / "compose.override.yml").exists():
+        files.append(run_dir / "compose.override.yml")
+    return files
+
+
+def compose_argv(project: str, run_dir: Path, *args: str) -> list[str]:
+    argv = ["docker", "compose", "--project-name", project, "--project-directory", str(run_dir)]
+    for path in compose_files(run_dir):
+        argv += ["--file", str(path)]
+    return argv + list(args)
+
+
+class ComposeStack(Stack):
+    run_file = "compose.yml"
+    template = "compose.yml.j2"
+
+    def compose(self, *args: str) -> list[str]:
+        return compose_argv(self.options.project, self.options.run_dir, *args)
+
+    def hub_container(self) -> dict | None:
+        found = self.docker.containers({PROJECT: self.options.project, SERVICE: "hub"})
+        return found[0] if found else None
+
+    def start(self) -> None:
+        proc.run(self.compose("up", "--detach", "--remove-orphans"), what="docker compose up")
+
+    def remove(self, volumes: bool) -> None:
+        if (self.options.run_dir / self.run_file).exists():
+            proc.run(self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else [])), what="docker compose down")
+        else:
+            for container in self.docker.containers({PROJECT: self.options.project}):
+                self.docker.remove_container(container["Id"])
+
+    def services(self) -> list[dict[str, Any]]:
+        services = []
+        for container in self.docker.containers({PROJECT: self.options.project}):
+            details = self.docker.inspect_container(container["Id"]) or {}
+            services.append({
+                "service": container["Labels"].get(SERVICE),
+                "container": container["Names"][0].lstrip("/"),
+                "state": container.get("State"),
+                "health": details.get("State", {}).get("Health", {}).get("Status"),
+            })
+        return services
+
+    def logs_argv(self, service: str | None, follow: bool, tail: int) -> list[str]:
+        argv = self.compose("logs", f"--tail={tail}") + (["--follow"] if follow else [])
+        return argv + ([service] if service else [])
