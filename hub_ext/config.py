@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ENGINES = ("compose", "swarm")  # what runs the stack and the labs: `invoke up --engine`, HUBFORGE_ENGINE in the hub
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}
 _USERNAME = re.compile(r"^[^\s/]{1,64}$")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])?[bB]?$")
@@ -55,6 +56,8 @@ class HubConfig:
     lab_subnet_pool: str = "10.213.0.0/16"
     lab_allowed_ranges: tuple[str, ...] = ()
     lab_network_guard: bool = True
+    lab_volume_driver: str = ""  # swarm engine: shared storage; empty: node-pinned local volumes
+    lab_volume_driver_opts: dict[str, str] = field(default_factory=dict)
     lab_admin_access: bool = False
     public_host: str = ""
     lab_subdomains: bool = True
@@ -157,6 +160,33 @@ def parse_ranges(raw: str, name: str) -> tuple[str, ...]:
             raise ConfigError(f"{name}: {item!r} is IPv6; labs have IPv4 only, list IPv4 ranges")
         ranges.append(str(net))
     return tuple(ranges)
+
+
+_DRIVER = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,127}$")
+
+
+def parse_volume_driver(raw: str) -> str:
+    """LAB_VOLUME_DRIVER: a volume driver's name (local, or a plugin such as vieux/sshfs:latest), or empty."""
+    value = raw.strip()
+    if value and not _DRIVER.match(value):
+        raise ConfigError(f"LAB_VOLUME_DRIVER={raw!r} is not a volume driver name; use e.g. local or vieux/sshfs")
+    return value
+
+
+def parse_driver_options(raw: str, driver: str) -> dict[str, str]:
+    """LAB_VOLUME_DRIVER_OPTS: `key=value` pairs separated by `;` (NFS's `o` has commas of its own):
+    type=nfs;o=addr=10.0.0.5,rw,nfsvers=4;device=:/exports/hubforge"""
+    options = {}
+    for item in (part.strip() for part in raw.split(";")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"LAB_VOLUME_DRIVER_OPTS: {item!r} is not key=value; use e.g. type=nfs;o=addr=10.0.0.5,rw;device=:/export")
+        options[key.strip()] = value.strip()
+    if options and not driver:
+        raise ConfigError("LAB_VOLUME_DRIVER_OPTS is set but LAB_VOLUME_DRIVER is empty; set LAB_VOLUME_DRIVER=local for NFS")
+    return options
 
 
 DEFAULT_HOST = "hub.localhost"  # browsers resolve *.localhost to loopback by themselves (RFC 6761)
@@ -271,6 +301,9 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
         lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
         lab_network_guard=_bool(env, "LAB_NETWORK_GUARD", True),
+        lab_volume_driver=parse_volume_driver(env.get("LAB_VOLUME_DRIVER", "")),
+        lab_volume_driver_opts=parse_driver_options(env.get("LAB_VOLUME_DRIVER_OPTS", ""),
+                                                    parse_volume_driver(env.get("LAB_VOLUME_DRIVER", ""))),
         lab_admin_access=_bool(env, "LAB_ADMIN_ACCESS", False),
         public_host=parse_public_host(env.get("HUBFORGE_PUBLIC_HOST", "")),
         lab_subdomains=_bool(env, "LAB_SUBDOMAINS", True),

@@ -33,7 +33,7 @@ from .actions import (
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
 from .naming import foreign_owner, user_names
-from .spawner import container_running, lab_answers, not_found, server_token, user_lock
+from .spawner import lab_answers, not_found, server_token, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")
@@ -267,13 +267,12 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
     container = spawner.object_id
     spawner.restarting = True  # JupyterHub's poll must not take the stopped moment for a death
     try:
-        await spawner.docker("restart", container, timeout=10)
+        container = await spawner.restart_lab()  # the same container (compose), a new task of the same service (swarm)
         ip, port = await spawner.get_ip_and_port()
         if (ip, port) != (spawner.server.ip, spawner.server.port):
             spawner.server.ip, spawner.server.port = ip, port
             await on_address_change()
-        if not await lab_answers(spawner.server.url, READY_TIMEOUT_S, RESTART_POLL_S,
-                                 alive=lambda: container_running(spawner, container)):
+        if not await lab_answers(spawner.server.url, READY_TIMEOUT_S, RESTART_POLL_S, alive=spawner.lab_alive(container)):
             raise TimeoutError(f"the lab did not answer within {READY_TIMEOUT_S} s after the restart")
     except Exception as exc:  # Docker refused, or the lab did not come back: report, do not hide
         return {"status": "failed", "container": container, "reason": str(exc)}

@@ -22,7 +22,7 @@ from traitlets.config import LoggingConfigurable
 from .config import GPU_MODES
 from .gpu import GpuDecision, decide
 from .naming import PROJECT_LABEL, ROLE_LABEL, escape_username, foreign_owner, lab_network_name, user_names
-from .networks import NETWORK_ROLE, free_subnet, network_spec, used_subnets
+from .networks import NETWORK_ROLE, SUBNET_PREFIX, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
 
 USER_LABEL = "hubforge.user"
@@ -60,7 +60,7 @@ async def server_token(spawner) -> str:
     """
     if not spawner.api_token and getattr(spawner, "object_id", None):
         try:
-            env = (await spawner.docker("inspect_container", spawner.object_id))["Config"]["Env"] or []
+            env = await spawner.lab_environment()
         except Exception as exc:  # noqa: BLE001 -- gone meanwhile: the delivery says why it failed
             spawner.log.warning("cannot read the server token of %s's lab: %s", spawner.user.name, exc)
             return ""
@@ -368,10 +368,23 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             # container exits (a bad image, out of memory) fails at once with the reason instead of at the timeout.
             container = self.object_id
             await lab_answers(url_path_join(f"http://{ip}:{port}", self.server.base_url if self.server else "/"),
-                              self.start_timeout, self.ready_poll_interval, alive=lambda: container_running(self, container))
+                              self.start_timeout, self.ready_poll_interval, alive=self.lab_alive(container))
         finally:
             self.slots.release()
         return ip, port
+
+    async def lab_environment(self) -> list[str]:
+        """The lab's environment as Docker holds it (NAME=value lines)."""
+        return (await self.docker("inspect_container", self.object_id))["Config"]["Env"] or []
+
+    def lab_alive(self, container: str):
+        """An awaitable check for lab_answers: raises, with the reason, once `container` is not running."""
+        return lambda: container_running(self, container)
+
+    async def restart_lab(self) -> str:
+        """Restart the lab in place (same container, same volumes); returns what now runs it."""
+        await self.docker("restart", self.object_id, timeout=10)
+        return self.object_id
 
     async def apply_runtime(self) -> None:
         """Idempotent: set volumes, host config and environment for the user's *current* groups."""
@@ -451,19 +464,22 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                                        "give each project its own stack network")
         await self.join_hub(name, found)
 
+    network_prefix = SUBNET_PREFIX  # each lab network's size: a /29 bridge holds the gateway, the lab and the hub
+    network_options: dict = {"driver": "bridge"}
+
     async def create_lab_network(self, name: str) -> None:
         pool = ipaddress.ip_network(self.subnet_pool)
         refused: list = []
         for _ in range(8):  # another program may take a subnet between our listing and our create
             used = used_subnets(await self.docker("networks"))
-            subnet = free_subnet(pool, used, skip=refused)
+            subnet = free_subnet(pool, used, prefix=self.network_prefix, skip=refused)
             if subnet is None:
-                raise RuntimeError(f"no free /29 left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s lab network; "
+                raise RuntimeError(f"no free /{self.network_prefix} left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s lab network; "
                                    "stop unused labs or set a larger LAB_SUBNET_POOL")
             try:
-                await self.docker("create_network", name, driver="bridge",
-                                  ipam=IPAMConfig(pool_configs=[IPAMPool(**network_spec(subnet))]),
-                                  labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True)
+                await self.docker("create_network", name, ipam=IPAMConfig(pool_configs=[IPAMPool(**network_spec(subnet))]),
+                                  labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True,
+                                  **self.network_options)
                 self.log.info("lab network %s for %s: %s", name, self.user.name, subnet)
                 return
             except APIError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -287,3 +288,38 @@ class StackDocker(Docker):
 
     def logs(self, container: str, tail: int = 200) -> str:
         return self.client.api.logs(container, tail=tail).decode(errors="replace")
+
+    # -- the swarm ---------------------------------------------------------------------------------------
+    def swarm_state(self) -> dict[str, Any]:
+        """This daemon's swarm membership: LocalNodeState (inactive, active...), ControlAvailable (a manager)."""
+        return self.client.info().get("Swarm") or {}
+
+    def swarm_init(self, advertise_addr: str) -> None:
+        try:
+            self.client.swarm.init(advertise_addr=advertise_addr)
+        except docker.errors.APIError as exc:
+            raise HubforgeError(f"cannot make this host a swarm manager ({_short(exc)}); "
+                                f"run `docker swarm init --advertise-addr <this host's address>` yourself") from None
+
+    def swarm_node_id(self) -> str:
+        return self.swarm_state().get("NodeID", "")
+
+    def nodes(self) -> list[dict]:
+        return self.client.api.nodes()
+
+    def services(self, labels: Mapping[str, str]) -> list[dict]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return self.client.api.services(filters=filters)
+
+    def tasks(self, service: str) -> list[dict]:
+        try:
+            return self.client.api.tasks(filters={"service": service})
+        except docker.errors.NotFound:
+            return []
+
+    def remove_service(self, service: str) -> bool:
+        try:
+            self.client.api.remove_service(service)
+            return True
+        except docker.errors.NotFound:
+            return False

@@ -15,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from hub_ext import database, process
 from hub_ext.auth import TEMPLATES
-from hub_ext.config import ConfigError, certificate_names, from_environ, hub_host
+from hub_ext.config import ENGINES, ConfigError, certificate_names, from_environ, hub_host
 from hub_ext.logo import LogoError, materialize
 from hub_ext.runtime import BUILTIN_GROUPS
 from hub_ext.tls import ensure_self_signed
@@ -107,7 +107,15 @@ c.HubforgeAuthenticator.login_address_limit = hub.login_address_limit
 c.HubforgeAuthenticator.admin_lab_access = hub.lab_admin_access
 
 # -- spawning: one isolated lab container per user ----------------------------------------------------
-c.JupyterHub.spawner_class = "hub_ext.spawner.HubforgeSpawner"
+# The engine (`invoke up --engine`) picks the spawner; both take every setting below (HubforgeSwarmSpawner is a
+# HubforgeSpawner whose labs are Swarm services).
+ENGINE = env.get("HUBFORGE_ENGINE", "compose")
+if ENGINE not in ENGINES:
+    refuse(f"HUBFORGE_ENGINE={ENGINE!r} is not an engine; use compose or swarm (start the stack with `invoke up`)")
+c.JupyterHub.spawner_class = "hub_ext.swarm.HubforgeSwarmSpawner" if ENGINE == "swarm" else "hub_ext.spawner.HubforgeSpawner"
+if ENGINE == "swarm":
+    c.HubforgeSwarmSpawner.volume_driver = hub.lab_volume_driver  # empty: node-pinned volumes
+    c.HubforgeSwarmSpawner.volume_driver_options = hub.lab_volume_driver_opts
 if "default" in lab_images:
     c.HubforgeSpawner.image = lab_images["default"]
 if len(lab_images) > 1:

@@ -41,6 +41,7 @@ class Stack:
     # -- what each engine does its own way -------------------------------------------------------------
     run_file = ""  # the rendered stack file in the run directory
     template = ""  # its template in stack/
+    guards_labs = True  # whether this engine runs the network guard (LAB_NETWORK_GUARD)
 
     def hub_container(self) -> dict | None:
         """The hub's container (summary form, as `docker ps` lists it), or None."""
@@ -57,6 +58,14 @@ class Stack:
     def remove(self, volumes: bool) -> None:
         """Remove the stack's services and containers (not the labs); its own volumes only when asked."""
         raise NotImplementedError
+
+    def remove_labs(self) -> list[str]:
+        """Remove every user's lab (never their volumes); returns what went."""
+        removed = []
+        for lab in self.lab_containers():
+            self.docker.remove_container(lab["Id"])
+            removed.append(lab["Names"][0].lstrip("/"))
+        return removed
 
     def engine_variables(self) -> dict[str, Any]:
         """Template variables only this engine needs."""
@@ -120,6 +129,9 @@ class Stack:
         self.check_ports()
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
+        if hub.lab_network_guard and not self.guards_labs:
+            self.say(f"note: the {options.engine} engine runs no network guard yet: labs can reach private and "
+                     "link-local addresses (the cloud's metadata service included) unless the nodes' firewalls block them")
         self.render({
             "run_dir": str(options.run_dir),
             "project": options.project,
@@ -139,7 +151,7 @@ class Stack:
             "hub_mem_limit": hub.hub_mem_limit,
             "hub_cpus": min(hub.hub_cpu_limit, float(self.docker.cpu_count())),
             "hub_pids_limit": hub.hub_pids_limit,
-            "network_guard": hub.lab_network_guard,
+            "network_guard": hub.lab_network_guard and self.guards_labs,
             "lab_subnet_pool": hub.lab_subnet_pool,
             "lab_allowed_ranges": list(hub.lab_allowed_ranges),
         })
@@ -153,7 +165,7 @@ class Stack:
             "http_port": options.http_port,
             "admin": hub.admin,
             "signup": hub.enable_signup,
-            "network_guard": hub.lab_network_guard,
+            "network_guard": hub.lab_network_guard and self.guards_labs,
             "lab_origin": f"https://<user>.{host}{port}/" if hub.lab_subdomains else "shared with the hub (LAB_SUBDOMAINS=0)",
             "gpu": decision.as_dict(),
             "images": dict(images),
@@ -224,10 +236,7 @@ class Stack:
 
     def down(self, volumes: bool, user_volumes: bool) -> list[str]:
         """Stop and remove the stack's containers (labs too); volumes only when asked. Returns what went."""
-        removed = []
-        for lab in self.lab_containers():
-            self.docker.remove_container(lab["Id"])
-            removed.append(lab["Names"][0].lstrip("/"))
+        removed = self.remove_labs()
         self.remove(volumes)
         for network in self.docker.networks({PROJECT_LABEL: self.options.project, ROLE_LABEL: NETWORK_ROLE}):
             if self.docker.remove_network(network["Id"]):

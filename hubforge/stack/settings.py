@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub_ext.config import ENGINES
 from hub_ext.naming import default_volume_prefix
 
 from ..errors import HubforgeError
@@ -39,7 +40,6 @@ class StackOptions:
             object.__setattr__(self, "volume_prefix", default_volume_prefix(self.project))
 
 
-ENGINES = ("compose", "swarm")
 
 
 def validate_engine(engine: str) -> str:

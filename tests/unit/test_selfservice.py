@@ -17,7 +17,7 @@ from tornado.web import Application, RequestHandler
 from hub_ext.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
 from hub_ext import handlers as hub_handlers
 from hub_ext.handlers import authorize, deliver, disk_usage, exclusively, reset_volumes, restart_server, volume_sizes
-from hub_ext.spawner import server_token
+from hub_ext.spawner import HubforgeSpawner, server_token
 from hub_ext.naming import user_names
 
 # -- validation ---------------------------------------------------------------------------------------------
@@ -261,6 +261,10 @@ class FakeSpawner:
 
     async def get_ip_and_port(self):
         return self.container_address
+
+    restart_lab = HubforgeSpawner.restart_lab  # the compose engine's own restart and liveness check, on the fake daemon
+    lab_alive = HubforgeSpawner.lab_alive
+    lab_environment = HubforgeSpawner.lab_environment
 
 
 NAMES = user_names("jupyterlab", "alice")

@@ -1,0 +1,245 @@
+"""Labs as Swarm services: DockerSpawner's SwarmSpawner, given the same per-user decisions (hub_ext.runtime)
+that the compose engine's containers get, translated into a service spec.
+
+What a container has and a service has not is said here, once: privileged mode (the docker-privileged
+group is refused with one line), CPU weight and no-new-privileges. Everything else carries over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from docker.types import DriverConfig, Mount, Placement, Resources, RestartPolicy
+from dockerspawner import SwarmSpawner
+from traitlets import Dict, Integer, Unicode
+
+from .naming import PROJECT_LABEL, foreign_owner
+from .runtime import DOCKER_PRIVILEGED_GROUP
+from .spawner import VOLUME_LABEL, HubforgeSpawner, not_found
+
+GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
+WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
+ANCHOR_SECONDS = 30
+
+
+class SwarmRefused(RuntimeError):
+    """What Swarm cannot do for this user, said in one line on the spawn page."""
+
+
+def service_mounts(volumes: dict[str, dict[str, str]], tmpfs: dict[str, str], labels: dict[str, dict[str, str]],
+                   driver: DriverConfig | None) -> list[Mount]:
+    """Mounts of a lab service: named volumes (labelled, from `driver` when shared storage is on), host paths
+    as binds (the Docker socket), and a tmpfs for each tmpfs path of the host config."""
+    mounts = []
+    for source, spec in volumes.items():
+        read_only = spec.get("mode") == "ro"
+        if source.startswith("/"):
+            mounts.append(Mount(target=spec["bind"], source=source, type="bind", read_only=read_only))
+        else:
+            mounts.append(Mount(target=spec["bind"], source=source, type="volume", read_only=read_only,
+                                labels=labels.get(source), driver_config=driver))
+    for target in tmpfs:
+        mounts.append(Mount(target=target, source=None, type="tmpfs", tmpfs_mode=0o1777))
+    return mounts
+
+
+def container_spec_options(host_config: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """ContainerSpec arguments for what the host config asks; refuses what a service cannot be."""
+    if host_config.get("privileged"):
+        raise SwarmRefused(f"the {DOCKER_PRIVILEGED_GROUP} group cannot work on the swarm engine (Swarm services are never "
+                           "privileged): an admin removes the user from it, or runs the compose engine")
+    options: dict[str, Any] = {"labels": dict(labels), "read_only": bool(host_config.get("read_only"))}
+    if host_config.get("cap_drop"):
+        options["cap_drop"] = list(host_config["cap_drop"])
+    if host_config.get("group_add"):
+        options["groups"] = list(host_config["group_add"])
+    if host_config.get("sysctls"):
+        options["sysctls"] = dict(host_config["sysctls"])
+    return options
+
+
+def service_resources(mem_limit: Any, cpu_limit: float | None, pids_limit: int, gpus: int) -> Resources:
+    """Limits of a lab service; GPUs as the nodes' generic resource, so the scheduler places GPU labs on GPU nodes."""
+    resources = Resources(mem_limit=mem_limit or None, cpu_limit=int(cpu_limit * 1e9) if cpu_limit else None,
+                          generic_resources={GPU_RESOURCE: gpus} if gpus else None)
+    resources.setdefault("Limits", {})["Pids"] = pids_limit  # docker-py's Resources has no argument for it (API 1.41)
+    return resources
+
+
+def task_error(task: dict | None) -> str:
+    status = (task or {}).get("Status") or {}
+    return status.get("Err") or status.get("Message") or status.get("State") or "no task"
+
+
+class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
+    """Each lab a one-replica service on its own attachable overlay network, shared with the hub only."""
+
+    network_prefix = 28  # an overlay also holds each node's load-balancer address
+    network_options = {"driver": "overlay", "attachable": True, "scope": "swarm"}
+
+    gpus_per_lab = Integer(1, min=1, config=True, help=f"How many {GPU_RESOURCE} generic resources a lab asks for when GPUs are on.")
+    node_id = Unicode("", help="The node that holds this user's volumes (node-pinned storage), kept in the hub's database.")
+    volume_driver = Unicode(
+        "",
+        config=True,
+        help="""Shared storage (LAB_VOLUME_DRIVER): the volume driver of every lab volume, so labs can run on any node
+        (local with NFS options, or a plugin). Empty: node-pinned storage, each user's lab stays on the node with their volumes.""",
+    )
+    volume_driver_options = Dict(config=True, help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS.")
+
+    # -- state: the pin outlives stops ------------------------------------------------------------------
+    def load_state(self, state):
+        super().load_state(state)
+        self.node_id = state.get("node_id", "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.node_id:
+            state["node_id"] = self.node_id
+        return state
+
+    def clear_state(self):
+        node = self.node_id
+        super().clear_state()
+        self.node_id = node  # where the volumes are does not change when the lab stops
+
+    @property
+    def pinned(self) -> bool:
+        return not self.volume_driver
+
+    # -- the spec ---------------------------------------------------------------------------------------
+    async def apply_runtime(self) -> None:
+        await super().apply_runtime()
+        host_config = self.extra_host_config
+        labels = self.labels()
+        self.extra_container_spec = container_spec_options(host_config, labels)
+        env = dict(self.environment)
+        if host_config.get("device_requests"):
+            env.pop("NVIDIA_VISIBLE_DEVICES", None)  # the node's runtime exposes the GPU the scheduler assigned
+        self.environment = env
+        resources = service_resources(self.mem_limit, self.cpu_limit, self.pids_limit,
+                                      self.gpus_per_lab if host_config.get("device_requests") else 0)
+        self.extra_task_spec = {"resources": resources, "restart_policy": RestartPolicy(condition="any", delay=1_000_000_000),
+                                "placement": Placement(constraints=await self.placement())}
+        self.extra_endpoint_spec = {"mode": "dnsrr"}  # the lab's own address: no virtual IP to route through
+        volume_labels = {volume: {**labels, VOLUME_LABEL: kind} for kind, volume in self.names.volumes.items()}
+        volume_labels[self.shared_volume] = {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"}
+        driver = DriverConfig(self.volume_driver, self.volume_driver_options or None) if self.volume_driver else None
+        self._mounts = service_mounts(self.volumes, host_config.get("tmpfs") or {}, volume_labels, driver)
+
+    @property
+    def mounts(self):
+        return getattr(self, "_mounts", [])
+
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Volumes are made by Docker on the node the lab lands on, labelled from the mounts; one that exists on
+        this node is still checked for its owner."""
+        try:
+            found = await self.docker("inspect_volume", name)
+        except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: made at the mount
+            if not not_found(exc):
+                self.log.warning("cannot inspect volume %s: %s", name, exc)
+            return
+        owner = foreign_owner(found, self.project)
+        if owner:
+            raise SwarmRefused(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
+                               "its data is never mounted here")
+
+    async def placement(self) -> list[str]:
+        """Where the lab may run: the node with the user's volumes (once known), and only ready nodes."""
+        if not self.pinned or not self.node_id:
+            return []
+        try:
+            node = await self.docker("inspect_node", self.node_id)
+        except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: the node left the swarm
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                raise SwarmRefused(f"{self.user.name}'s files are on node {self.node_id[:12]}, which has left the swarm; "
+                                   "an admin moves or resets them (README: \"Running on several hosts\")") from None
+            raise
+        state = (node.get("Status") or {}).get("State")
+        name = (node.get("Description") or {}).get("Hostname", self.node_id[:12])
+        if state != "ready" or (node.get("Spec") or {}).get("Availability") != "active":
+            raise SwarmRefused(f"{self.user.name}'s files are on node {name}, which is {state} "
+                               f"({(node.get('Spec') or {}).get('Availability')}); try again when it is back, or ask an admin")
+        return [f"node.id == {self.node_id}"]
+
+    # -- start, readiness, restart -----------------------------------------------------------------------
+    async def ensure_network(self, name: str) -> None:
+        """Made here; the hub joins once the lab's task runs (a service's container joins only networks its node has)."""
+        if await self.inspect_network(name) is None:
+            await self.create_lab_network(name)
+
+    async def start_object(self):
+        """Wait for the task to run, polling every `ready_poll_interval` (SwarmSpawner backs off from 1 s to 11 s),
+        failing at once with the task's reason; then record the node and let the hub join the lab's network."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            task = await self.get_task()
+            state = ((task or {}).get("Status") or {}).get("State", "")
+            if state == "running":
+                break
+            if task is None or state not in WAITING:
+                raise RuntimeError(f"the lab's service did not start: {task_error(task)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the lab's service is still {state} after {self.start_timeout} s: {task_error(task)}")
+            await asyncio.sleep(self.ready_poll_interval)
+        if self.pinned and task.get("NodeID"):
+            self.node_id = task["NodeID"]
+        await self.join_hub(self.network_name, await self.inspect_network(self.network_name))
+
+    def lab_alive(self, container: str):
+        async def alive() -> None:
+            task = await self.get_task()
+            state = ((task or {}).get("Status") or {}).get("State", "")
+            if state != "running" and state not in WAITING:
+                raise RuntimeError(f"the lab stopped: {task_error(task)}; start your server again")
+        return alive
+
+    async def restart_lab(self) -> str:
+        """Swarm has no restart of a task in place: a forced update replaces it on the same node, with the same
+        volumes and network; the files stay, the processes (kernels) start afresh, as with a container restart."""
+        before = (await self.get_task() or {}).get("ID")
+        service = await self.docker("inspect_service", self.object_id)
+        template = dict(service["Spec"]["TaskTemplate"])
+        template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
+        await self.docker("update_service", self.object_id, service["Version"]["Index"], task_template=template,
+                          fetch_current_spec=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            task = await self.get_task()
+            if task and task.get("ID") != before and (task.get("Status") or {}).get("State") == "running":
+                return self.object_id
+            await asyncio.sleep(self.ready_poll_interval)
+        raise RuntimeError("the lab's new task did not run within 120 s")
+
+    async def join_hub(self, name: str, found: dict | None) -> None:
+        """Connect the hub to the lab's network. A service's container joins only networks its node has: when
+        the lab runs elsewhere, a short-lived helper container on this node brings the network here first."""
+        if found is None:
+            return
+        try:
+            await super().join_hub(found.get("Id", name), found)
+        except RuntimeError as exc:
+            if "not found" not in str(exc):
+                raise
+            anchor = await self.anchor(found["Id"])
+            try:
+                await super().join_hub(found["Id"], found)
+            finally:
+                await self.docker("remove_container", anchor, force=True)
+
+    async def anchor(self, network: str) -> str:
+        hub = await self.docker("inspect_container", self.hub_container)
+        created = await self.docker("create_container", hub["Config"]["Image"], ["sleep", str(ANCHOR_SECONDS)],
+                                    entrypoint=[], labels={PROJECT_LABEL: self.project},
+                                    host_config=self.client.create_host_config(network_mode=network, auto_remove=True),
+                                    networking_config=self.client.create_networking_config(
+                                        {network: self.client.create_endpoint_config()}))
+        await self.docker("start", created["Id"])
+        return created["Id"]
+
+    async def lab_environment(self) -> list[str]:
+        service = await self.docker("inspect_service", self.object_id)
+        return service["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env") or []
