@@ -42,6 +42,8 @@ def user_names(prefix: str, username: str) -> UserNames:
 
 PROJECT_LABEL = "hubforge.project"
 ROLE_LABEL = "hubforge.role"  # what a labelled container or network is for: hub, netguard, lab-network...
+USER_LABEL = "hubforge.user"  # the user a lab, its service or its volume belongs to
+VOLUME_LABEL = "hubforge.volume"  # what a volume is: home, workspace, cache, shared, hub-data...
 
 
 def foreign_owner(volume: dict | None, project: str) -> str | None:

@@ -56,6 +56,18 @@ def network_spec(subnet: IPv4Network) -> dict[str, str]:
     return {"subnet": str(subnet), "gateway": str(next(subnet.hosts()))}
 
 
+def overlay_spec(subnet: IPv4Network) -> dict[str, str]:
+    """A lab's overlay network: Swarm hands out addresses from the lower half only (iprange), and the upper half
+    keeps one fixed address for the hub (hub_address), which joins with `network connect` outside Swarm's allocator."""
+    lower = next(subnet.subnets(prefixlen_diff=1))
+    return {**network_spec(subnet), "iprange": str(lower)}
+
+
+def hub_address(subnet: IPv4Network) -> str:
+    """The hub's address on a lab's overlay: the subnet's last usable one, outside the range Swarm allocates from."""
+    return str(subnet.broadcast_address - 1)
+
+
 # -- the network guard's rules ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GuardRules:

@@ -21,12 +21,10 @@ from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
 from .gpu import GpuDecision, decide
-from .naming import PROJECT_LABEL, ROLE_LABEL, escape_username, foreign_owner, lab_network_name, user_names
+from .naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL, escape_username, foreign_owner, lab_network_name, user_names
 from .networks import NETWORK_ROLE, SUBNET_PREFIX, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
 
-USER_LABEL = "hubforge.user"
-VOLUME_LABEL = "hubforge.volume"
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 
 
@@ -467,6 +465,9 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     network_prefix = SUBNET_PREFIX  # each lab network's size: a /29 bridge holds the gateway, the lab and the hub
     network_options: dict = {"driver": "bridge"}
 
+    def ipam_pool(self, subnet) -> dict[str, str]:
+        return network_spec(subnet)
+
     async def create_lab_network(self, name: str) -> None:
         pool = ipaddress.ip_network(self.subnet_pool)
         refused: list = []
@@ -477,7 +478,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 raise RuntimeError(f"no free /{self.network_prefix} left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s lab network; "
                                    "stop unused labs or set a larger LAB_SUBNET_POOL")
             try:
-                await self.docker("create_network", name, ipam=IPAMConfig(pool_configs=[IPAMPool(**network_spec(subnet))]),
+                await self.docker("create_network", name, ipam=IPAMConfig(pool_configs=[IPAMPool(**self.ipam_pool(subnet))]),
                                   labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True,
                                   **self.network_options)
                 self.log.info("lab network %s for %s: %s", name, self.user.name, subnet)

@@ -8,19 +8,22 @@ group is refused with one line), CPU weight and no-new-privileges. Everything el
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import Any
 
-from docker.types import DriverConfig, Mount, Placement, Resources, RestartPolicy
+from docker.types import DriverConfig, Healthcheck, Mount, Placement, Resources, RestartPolicy
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
-from .naming import PROJECT_LABEL, foreign_owner
+from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL, foreign_owner
+from .networks import hub_address, overlay_spec
 from .runtime import DOCKER_PRIVILEGED_GROUP
-from .spawner import VOLUME_LABEL, HubforgeSpawner, not_found
+from .spawner import _NETWORK_LOCK, HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
-WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
+WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
+STARTED = {"starting", "running"}  # the container runs ("starting" until its health check passes): the spawner's own readiness check follows
 ANCHOR_SECONDS = 30
 
 
@@ -76,9 +79,13 @@ def task_error(task: dict | None) -> str:
 class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     """Each lab a one-replica service on its own attachable overlay network, shared with the hub only."""
 
-    network_prefix = 28  # an overlay also holds each node's load-balancer address
+    network_prefix = 28  # an overlay also holds each node's load-balancer address, and the hub's fixed one
     network_options = {"driver": "overlay", "attachable": True, "scope": "swarm"}
 
+    def ipam_pool(self, subnet) -> dict[str, str]:
+        return overlay_spec(subnet)
+
+    stop_wait = Integer(30, config=True, help="Seconds a stop waits for the lab's container on this node to be gone.")
     gpus_per_lab = Integer(1, min=1, config=True, help=f"How many {GPU_RESOURCE} generic resources a lab asks for when GPUs are on.")
     node_id = Unicode("", help="The node that holds this user's volumes (node-pinned storage), kept in the hub's database.")
     volume_driver = Unicode(
@@ -114,7 +121,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         await super().apply_runtime()
         host_config = self.extra_host_config
         labels = self.labels()
-        self.extra_container_spec = container_spec_options(host_config, labels)
+        # No image health check for labs on Swarm: a task's DNS name is given only once it is healthy, which with
+        # the image's 10 s interval held every start up by 10 s. The spawner checks readiness itself, every 0.1 s.
+        self.extra_container_spec = {**container_spec_options(host_config, labels), "healthcheck": Healthcheck(test=["NONE"])}
         env = dict(self.environment)
         if host_config.get("device_requests"):
             env.pop("NVIDIA_VISIBLE_DEVICES", None)  # the node's runtime exposes the GPU the scheduler assigned
@@ -167,9 +176,17 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
 
     # -- start, readiness, restart -----------------------------------------------------------------------
     async def ensure_network(self, name: str) -> None:
-        """Made here; the hub joins once the lab's task runs (a service's container joins only networks its node has)."""
-        if await self.inspect_network(name) is None:
-            await self.create_lab_network(name)
+        """The lab's overlay exists and the hub is on it before the lab starts: its server asks the hub at once."""
+        async with _NETWORK_LOCK:
+            found = await self.inspect_network(name)
+            if found is None:
+                await self.create_lab_network(name)
+                found = await self.inspect_network(name)
+            else:
+                owner = foreign_owner(found, self.project)
+                if owner:
+                    raise SwarmRefused(f"network {name} belongs to the hubforge project {owner!r}, not {self.project!r}")
+        await self.join_hub(name, found)
 
     async def start_object(self):
         """Wait for the task to run, polling every `ready_poll_interval` (SwarmSpawner backs off from 1 s to 11 s),
@@ -178,7 +195,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         while True:
             task = await self.get_task()
             state = ((task or {}).get("Status") or {}).get("State", "")
-            if state == "running":
+            if state in STARTED:
                 break
             if task is None or state not in WAITING:
                 raise RuntimeError(f"the lab's service did not start: {task_error(task)}")
@@ -187,13 +204,12 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             await asyncio.sleep(self.ready_poll_interval)
         if self.pinned and task.get("NodeID"):
             self.node_id = task["NodeID"]
-        await self.join_hub(self.network_name, await self.inspect_network(self.network_name))
 
     def lab_alive(self, container: str):
         async def alive() -> None:
             task = await self.get_task()
             state = ((task or {}).get("Status") or {}).get("State", "")
-            if state != "running" and state not in WAITING:
+            if state not in STARTED and state not in WAITING:
                 raise RuntimeError(f"the lab stopped: {task_error(task)}; start your server again")
         return alive
 
@@ -209,7 +225,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             task = await self.get_task()
-            if task and task.get("ID") != before and (task.get("Status") or {}).get("State") == "running":
+            if task and task.get("ID") != before and (task.get("Status") or {}).get("State") in STARTED:
                 return self.object_id
             await asyncio.sleep(self.ready_poll_interval)
         raise RuntimeError("the lab's new task did not run within 120 s")
@@ -219,16 +235,47 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         the lab runs elsewhere, a short-lived helper container on this node brings the network here first."""
         if found is None:
             return
+        subnet = ipaddress.ip_network(found["IPAM"]["Config"][0]["Subnet"])
+        address = hub_address(subnet)
+        # The lab reaches the hub at this fixed address: no DNS name, which Swarm gives a task only once it is healthy
+        # and which a container joined by `network connect` may not get; the same again after the hub is recreated.
+        self.hub_connect_url = f"http://{address}:{self.hub.port}"
+        if any(info.get("IPv4Address", "").split("/")[0] == address for info in (found.get("Containers") or {}).values()):
+            self._hub_joined = True
+            return
         try:
-            await super().join_hub(found.get("Id", name), found)
+            await self.connect_hub(found["Id"], address)
         except RuntimeError as exc:
             if "not found" not in str(exc):
                 raise
-            anchor = await self.anchor(found["Id"])
+            anchor = await self.anchor(found["Id"])  # the network is not on this node yet: bring it here
             try:
-                await super().join_hub(found["Id"], found)
+                await self.connect_hub(found["Id"], address)
             finally:
                 await self.docker("remove_container", anchor, force=True)
+        self._hub_joined = True
+
+    async def stop(self, now=False):
+        """Remove the service, then wait (at most `stop_wait` s) until its container on this node is gone: Swarm
+        stops it after the removal returns, and a volume reset straight after the stop would find the volume in use."""
+        await super().stop(now=now)
+        filters = {"label": [f"{PROJECT_LABEL}={self.project}", f"{USER_LABEL}={self.user.name}"]}
+        deadline = time.monotonic() + self.stop_wait
+        while await self.docker("containers", all=True, filters=filters) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def remove_lab_network(self) -> None:
+        """Kept when the lab stops, with the hub on it: a removed service's task leaves the network only later, and
+        a network removed and made again under the same name in that time is not found when the next task starts.
+        Its /28 returns to the pool at `invoke down`."""
+
+    async def connect_hub(self, network: str, address: str) -> None:
+        try:
+            await self.docker("connect_container_to_network", self.hub_container, network,
+                              aliases=[self.hub_alias], ipv4_address=address)
+        except Exception as exc:  # noqa: BLE001 -- docker.errors.APIError, through the executor
+            if "already exists" not in str(exc):
+                raise RuntimeError(f"the hub ({self.hub_container}) cannot join the lab's network {network[:12]}: {exc}") from exc
 
     async def anchor(self, network: str) -> str:
         hub = await self.docker("inspect_container", self.hub_container)

@@ -56,7 +56,7 @@ def flavour_image(flavor: str) -> str:
 @dataclass
 class LiveStack:
     stack: Stack
-    compose: DockerCompose
+    compose: DockerCompose | None  # None: the swarm engine, deployed and removed by the stack itself
     url: str
     http_url: str
 
@@ -71,12 +71,17 @@ class LiveStack:
         return self.stack.bootstrap_secret()
 
     def hub(self):
-        return docker.from_env().containers.list(filters={"label": [f"com.docker.compose.project={self.project}",
-                                                                    "com.docker.compose.service=hub"]})[0]
+        return docker.from_env().containers.get(self.stack.hub_container()["Id"])
 
     def lab(self, username: str):
         from hub_ext.naming import user_names
 
+        if self.stack.options.engine == "swarm":  # a task's container: <service>.1.<task id>, found by its labels
+            found = docker.from_env().containers.list(filters={"label": [f"{PROJECT_LABEL}={self.project}",
+                                                                         f"hubforge.user={username}"]})
+            if not found:
+                raise docker.errors.NotFound(f"no running lab of {username}")
+            return found[0]
         return docker.from_env().containers.get(user_names(self.stack.options.volume_prefix, username).container)
 
     def metrics_token(self) -> str:
@@ -101,24 +106,31 @@ class LiveStack:
 
 
 def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None,
-                volume_prefix: str | None = None) -> LiveStack:
+                volume_prefix: str | None = None, engine: str = "compose") -> LiveStack:
     """A stack of the current images; `extra_lab_images` adds choices to the spawn page's image picker;
-    `volume_prefix` "" takes the prefix `invoke up` would choose for the project."""
+    `volume_prefix` "" takes the prefix `invoke up` would choose for the project. On the swarm engine the ports
+    are published on every address (its routing mesh binds no single one); the tests still reach them on loopback."""
     project = f"hft{secrets.token_hex(3)}"
     options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
-                           bind="127.0.0.1", volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix)
+                           bind="127.0.0.1" if engine == "compose" else "0.0.0.0", engine=engine,
+                           volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix)
     options.run_dir.mkdir(parents=True)
     lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
     stack = open_stack(options, StackDocker(), ROOT, say=lambda message: None)
     images, lab_images = current_images()
     stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
-    compose = DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True, keep_volumes=False)
+    compose = None if engine != "compose" else DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True,
+                                                             keep_volumes=False)
     # Reached by name, as a browser would: with subdomains (the default) labs live at <user>.hub.localhost
     host = "127.0.0.1" if (env or {}).get("LAB_SUBDOMAINS") == "0" else "hub.localhost"
     live = LiveStack(stack, compose, f"https://{host}:{options.https_port}/", f"http://{host}:{options.http_port}/")
     try:
-        compose.start()
+        if compose is None:
+            stack.start()
+            stack.wait_healthy(lambda message: None)
+        else:
+            compose.start()
     except Exception:
         stop_stack(live)
         raise
@@ -128,7 +140,8 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
 def stop_stack(live: LiveStack) -> None:
     """Remove everything the stack made: labs, hub, network and every volume with its project label."""
     live.stack.down(volumes=True, user_volumes=True)
-    live.compose.stop(down=True)
+    if live.compose is not None:
+        live.compose.stop(down=True)
     client = docker.from_env()
     for container in live.containers():
         container.remove(force=True)

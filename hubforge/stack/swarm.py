@@ -90,8 +90,8 @@ class SwarmStack(Stack):
 
     def engine_variables(self) -> dict[str, Any]:
         if self.options.bind not in ("0.0.0.0", "::"):
-            raise HubforgeError(f"--bind {self.options.bind} cannot be honoured on the swarm engine: its routing mesh publishes "
-                                "the ports on every node's addresses; use --bind 0.0.0.0 (and a firewall) or the compose engine")
+            raise HubforgeError(f"--bind {self.options.bind} cannot be honoured on the swarm engine: Swarm publishes a service's "
+                                "ports on every address of its node; use --bind 0.0.0.0 (and a firewall) or the compose engine")
         self.ensure_manager()
         return {"manager_node": self.docker.swarm_node_id()}
 

@@ -25,10 +25,10 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, request):
-    """A stack per test module; a module sets STACK_ENV for its own .env settings and EXTRA_LAB_IMAGES
-    for more choices in the image picker."""
+    """A stack per test module; a module sets STACK_ENV for its own .env settings, EXTRA_LAB_IMAGES
+    for more choices in the image picker and STACK_ENGINE for the swarm engine."""
     stack = start_stack(tmp_path_factory.mktemp("stack"), getattr(request.module, "STACK_ENV", None),
-                        getattr(request.module, "EXTRA_LAB_IMAGES", None))
+                        getattr(request.module, "EXTRA_LAB_IMAGES", None), engine=getattr(request.module, "STACK_ENGINE", "compose"))
     yield stack
     if getattr(request.session, "stack_failed", False):
         stack.dump_logs(RESULTS / "logs" / stack.project)
