@@ -190,7 +190,7 @@ def up(settings: Settings, options) -> dict:
         state = stack.up(images, lab_images, status.update)
     gpu = state["gpu"]
     say(f"[bold green]hubforge is up[/] at [bold]{state['url']}[/] (project {state['project']}, GPU: {gpu['reason']})")
-    say(f"  settings: {options.run_dir}/.env   compose: {options.run_dir}/compose.yml")
+    say(f"  settings: {options.run_dir}/.env   {options.engine} file: {options.run_dir / stack.run_file}")
     if state.get("bootstrap_secret"):
         say(f"  admin bootstrap secret (shown once; also in the hub's data volume): [bold]{state['bootstrap_secret']}[/]")
     if state.get("admin_unclaimed"):
@@ -229,20 +229,31 @@ def status(settings: Settings, options, as_json: bool) -> dict:
     if not state["services"]:
         say(f"stack {options.project} is not running (start it with `invoke up`)")
         return state
-    say(f"[bold]{state.get('url', '?')}[/] (project {state['project']})")
-    table = Table("service", "container", "state", "health")
+    say(f"[bold]{state.get('url', '?')}[/] (project {state['project']}, engine {state.get('engine', 'compose')})")
+    on_nodes = "nodes" in state
+    table = Table("service", "container", "state", "health", *(["node"] if on_nodes else []))
     for service in state["services"]:
-        table.add_row(service["service"], service["container"], service["state"], service["health"] or "-")
+        table.add_row(service["service"], service["container"], service["state"], service["health"] or "-",
+                      *([service.get("node", "?")] if on_nodes else []))
     console.print(table)
+    if on_nodes:
+        nodes = Table("node", "id", "role", "state", "availability", "address", "GPUs")
+        for node in state["nodes"]:
+            nodes.add_row(node["hostname"], node["id"][:12], node["role"], node["state"], node["availability"], node["address"], str(node["gpus"]))
+        console.print(nodes)
     if state.get("admin_unclaimed"):
+        hub = next((s["container"] for s in state["services"] if s["service"] == "hub"), "<hub container>")
         say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed "
-            f"(to read it again: docker exec {options.project}-hub-1 cat /srv/jupyterhub/data/admin-bootstrap-secret)")
+            f"(to read it again: docker exec {hub} cat /srv/jupyterhub/data/admin-bootstrap-secret)")
     origin = state.get("lab_origin")
     if origin and origin.startswith("shared"):
         say("labs: [bold]share the hub's origin[/] (LAB_SUBDOMAINS=0): a lab's JavaScript runs with the hub session of whoever opens it")
     elif origin:
         say(f"labs: each on its own origin, {origin}")
-    if state.get("network_guard") is False:
+    if state.get("engine") == "swarm":
+        say("network guard: [bold]not available on the swarm engine yet[/]: labs can reach private and link-local addresses "
+            "unless the nodes' firewalls block them (README: \"Running on several hosts\")")
+    elif state.get("network_guard") is False:
         say("network guard: [bold]off[/] (LAB_NETWORK_GUARD=0): labs can reach private and link-local addresses, cloud metadata included")
     elif state.get("network_guard"):
         say("network guard: on (labs are kept off private and link-local addresses; see the netguard service above)")
@@ -255,6 +266,11 @@ def status(settings: Settings, options, as_json: bool) -> dict:
         for lab in state["labs"]:
             labs.add_row(lab["user"], lab["container"], lab["state"], lab["health"] or "-", "yes" if lab["device_requests"] else "no")
         console.print(labs)
+    if state.get("lab_placement"):  # every node's labs, as the swarm schedules them (the table above: this node's)
+        placed = Table("user", "service", "node", "state")
+        for user, where in sorted(state["lab_placement"].items()):
+            placed.add_row(user, where["service"], where["node"], where["state"])
+        console.print(placed)
     else:
         say("no user servers are running")
     return state
