@@ -1,11 +1,13 @@
 """Spawn benchmark: start request -> lab API answering through the proxy, 10 sequential and 20 concurrent.
 
-Run: python benchmarks/spawn.py   (needs the images of `invoke build`; starts and removes its own stack)
-Prints p50/p95 for both runs, the hub's memory and an idle lab's memory.
+Run: python benchmarks/spawn.py [--engine swarm]   (needs the images of `invoke build`; starts and removes its own
+stack; on swarm, makes this host a single-node swarm when it is in none and leaves it after)
+Prints p50/p95 for both runs, a second start of the sequential users, the hub's memory and an idle lab's memory.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -26,8 +28,14 @@ def memory_mb(container) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("compose", "swarm"), default="compose")
+    engine = parser.parse_args().engine
+    import docker
+
+    was_member = docker.from_env().info()["Swarm"]["LocalNodeState"] == "active"
     with tempfile.TemporaryDirectory(prefix="hubforge-spawn-bench-") as tmp:
-        live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"})
+        live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"}, engine=engine)
         try:
             admin = claim_admin(live)
             api = admin_api(live, admin)
@@ -41,21 +49,34 @@ def main() -> None:
                 sequential.append(api.start(name))
             for name in users[:10]:
                 api.stop(name)
+            again = []
+            for name in users[:10]:  # second starts: the volumes (and on swarm the lab's network) exist
+                again.append(api.start(name))
+                api.stop(name)
 
             with ThreadPoolExecutor(max_workers=20) as pool:
                 results = list(pool.map(lambda name: _try(api, name), users[10:]))
             concurrent = [r for r in results if isinstance(r, float)]
             failures = [r for r in results if not isinstance(r, float)]
             hub = live.hub()
+            print(f"engine {engine}")
             print(f"sequential spawns (10): p50 {statistics.median(sequential):.2f} s, p95 {percentile(sequential, 0.95):.2f} s, "
                   f"max {max(sequential):.2f} s")
+            print(f"second starts (10): p50 {statistics.median(again):.2f} s, p95 {percentile(again, 0.95):.2f} s")
             print(f"concurrent spawns (20): {len(concurrent)}/20 succeeded, p50 {statistics.median(concurrent):.2f} s, "
                   f"p95 {percentile(concurrent, 0.95):.2f} s, max {max(concurrent):.2f} s")
             for failure in failures:
                 print(f"  failed: {failure}")
+            if failures:  # the hub's own reasons
+                errors = [line for line in live.hub().logs(tail=5000).decode(errors="replace").splitlines()
+                          if "Unhandled error starting" in line]
+                for line in errors[:5]:
+                    print(f"  hub: {line[:300]}")
             print(f"hub memory with 20 labs running: {memory_mb(hub):.0f} MiB; an idle lab: {idle_lab:.0f} MiB")
         finally:
             stop_stack(live)
+            if engine == "swarm" and not was_member:
+                docker.from_env().swarm.leave(force=True)
 
 
 def _try(api: HubAPI, name: str):

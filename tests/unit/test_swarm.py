@@ -1,0 +1,195 @@
+"""The swarm engine as data: the rendered stack file, and the lab's runtime translated into a service spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import types
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hub_ext.config import ConfigError, from_environ
+from hub_ext.gpu import decide
+from hub_ext.naming import user_names
+from hub_ext.networks import hub_address, overlay_spec
+from hub_ext.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
+from hub_ext.swarm import (GPU_RESOURCE, HubforgeSwarmSpawner, SwarmRefused, container_spec_options, service_mounts,
+                           service_resources)
+from hubforge.errors import HubforgeError
+from hubforge.stack import StackOptions
+from hubforge.stack.swarm import SwarmStack, node_summary, running_task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ManagerDaemon:
+    """The Docker calls SwarmStack.prepare makes, on a swarm manager with one CPU and no stack deployed yet."""
+
+    def __init__(self, state="active", manager=True):
+        self.state, self.manager, self.inits = state, manager, []
+
+    def swarm_state(self):
+        return {"LocalNodeState": self.state, "ControlAvailable": self.manager, "NodeID": "node1"}
+
+    def swarm_init(self, address):
+        self.inits.append(address)
+        self.state = "active"
+
+    def swarm_node_id(self):
+        return "node1"
+
+    def services(self, labels):
+        return []
+
+    def containers(self, labels, all=True):
+        return []
+
+    def cpu_count(self):
+        return 1
+
+
+def swarm_stack(tmp_path, daemon, bind="0.0.0.0", env="ENABLE_GPU_SUPPORT=0\n"):
+    socket_file = tmp_path / "docker.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_file))
+    options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, bind=bind,
+                           docker_socket=str(socket_file), engine="swarm")
+    options.run_dir.mkdir()
+    (options.run_dir / ".env").write_text(env)
+    return SwarmStack(options, daemon, ROOT, say=lambda message: None), listener
+
+
+def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path):
+    stack, listener = swarm_stack(tmp_path, ManagerDaemon())
+    state = stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    rendered = yaml.safe_load((stack.options.run_dir / "stack.yml").read_text())
+    listener.close()
+    assert "name" not in rendered and rendered["version"] == "3.9"  # `docker stack deploy` takes format 3
+    hub = rendered["services"]["hub"]
+    assert set(rendered["services"]) == {"hub"}  # no netguard on Swarm (yet): status says so
+    assert hub["deploy"]["placement"]["constraints"] == ["node.id == node1"]
+    assert hub["deploy"]["resources"]["limits"] == {"memory": "2G", "cpus": "1.0", "pids": 2048}
+    assert hub["deploy"]["endpoint_mode"] == "dnsrr"
+    assert [p["mode"] for p in hub["ports"]] == ["host", "host"] and {p["published"] for p in hub["ports"]} == {9443, 9080}
+    assert hub["environment"]["HUBFORGE_ENGINE"] == "swarm"
+    assert hub["user"].startswith("1000:") and "group_add" not in hub and "mem_limit" not in hub
+    assert rendered["networks"]["hub"]["driver"] == "overlay" and rendered["networks"]["hub"]["attachable"] is True
+    assert {v["target"] for v in hub["volumes"] if isinstance(v, dict)} >= {"/var/run/docker.sock", "/tmp"}
+    assert state["engine"] == "swarm" and state["network_guard"] is False
+
+
+def test_compose_renders_as_before_from_the_same_template(tmp_path):
+    from hubforge.stack import ComposeStack
+
+    stack, listener = swarm_stack(tmp_path, ManagerDaemon())
+    compose = ComposeStack(dataclasses.replace(stack.options, engine="compose"), ManagerDaemon(), ROOT, say=lambda message: None)
+    compose.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    listener.close()
+    rendered = yaml.safe_load((stack.options.run_dir / "compose.yml").read_text())
+    assert rendered["name"] == "p" and set(rendered["services"]) == {"hub", "netguard"}
+    assert "deploy" not in rendered["services"]["hub"] and rendered["services"]["hub"]["restart"] == "unless-stopped"
+
+
+def test_a_fresh_host_becomes_a_single_node_swarm_and_a_worker_is_refused(tmp_path):
+    daemon = ManagerDaemon(state="inactive")
+    stack, listener = swarm_stack(tmp_path, daemon)
+    stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    assert len(daemon.inits) == 1
+    worker, _ = swarm_stack(tmp_path / "w", ManagerDaemon(manager=False)) if (tmp_path / "w").mkdir() is None else (None, None)
+    with pytest.raises(HubforgeError, match="swarm worker: run `invoke up --engine swarm` on a manager"):
+        worker.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    listener.close()
+
+
+def test_a_bind_address_swarm_cannot_honour_is_refused_in_one_line(tmp_path):
+    stack, listener = swarm_stack(tmp_path, ManagerDaemon(), bind="127.0.0.1")
+    with pytest.raises(HubforgeError) as refused:
+        stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    listener.close()
+    assert "--bind 127.0.0.1 cannot be honoured on the swarm engine" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (stack.options.run_dir / "stack.yml").exists()
+
+
+def runtime(groups=(), gpu="off"):
+    return lab_runtime(names=user_names("jl", "ann"), groups=groups, shared_volume="p_shared",
+                       gpu=decide(gpu, None), pids_limit=512, docker_socket_gid=998, disable_ipv6=True)
+
+
+def test_the_runtime_becomes_a_container_spec():
+    options = container_spec_options(runtime([DOCKER_SOCK_GROUP]).host_config, {"hubforge.user": "ann"})
+    assert options["cap_drop"] == ["ALL"] and options["read_only"] is True and options["groups"] == ["998"]
+    assert options["sysctls"] == {"net.ipv6.conf.all.disable_ipv6": "1"} and options["labels"] == {"hubforge.user": "ann"}
+
+
+def test_docker_privileged_is_refused_with_one_line():
+    with pytest.raises(SwarmRefused) as refused:
+        container_spec_options(runtime([DOCKER_PRIVILEGED_GROUP]).host_config, {})
+    assert f"the {DOCKER_PRIVILEGED_GROUP} group cannot work on the swarm engine" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_mounts_are_labelled_volumes_binds_for_paths_and_a_tmpfs():
+    lab = runtime([DOCKER_SOCK_GROUP])
+    names = user_names("jl", "ann")
+    labels = {names.volumes["workspace"]: {"hubforge.user": "ann", "hubforge.volume": "workspace"}}
+    mounts = {m["Target"]: m for m in service_mounts(lab.volumes, lab.host_config["tmpfs"], labels, None)}
+    workspace = mounts["/home/lab/workspace"]
+    assert workspace["Type"] == "volume" and workspace["Source"] == names.volumes["workspace"]
+    assert workspace["VolumeOptions"]["Labels"] == labels[names.volumes["workspace"]]
+    assert mounts["/var/run/docker.sock"]["Type"] == "bind" and mounts["/mnt/shared"]["Type"] == "volume"
+    assert mounts["/tmp"]["Type"] == "tmpfs" and mounts["/tmp"]["TmpfsOptions"]["Mode"] == 0o1777
+
+
+def test_shared_storage_gives_every_volume_the_driver():
+    from docker.types import DriverConfig
+
+    lab = runtime()
+    driver = DriverConfig("local", {"type": "nfs", "o": "addr=10.0.0.5,rw", "device": ":/export"})
+    volumes = [m for m in service_mounts(lab.volumes, {}, {}, driver) if m["Type"] == "volume"]
+    assert volumes and all(m["VolumeOptions"]["DriverConfig"]["Name"] == "local" for m in volumes)
+
+
+def test_resources_carry_pids_and_gpus_as_the_nodes_generic_resource():
+    plain = service_resources(2**30, 2.0, 512, 0)
+    assert plain["Limits"] == {"MemoryBytes": 2**30, "NanoCPUs": 2_000_000_000, "Pids": 512} and "Reservations" not in plain
+    gpu = service_resources(None, None, 512, 1)
+    assert gpu["Reservations"]["GenericResources"] == [{"DiscreteResourceSpec": {"Kind": GPU_RESOURCE, "Value": 1}}]
+
+
+def test_the_hub_has_a_fixed_address_outside_swarms_range_on_each_lab_overlay():
+    subnet = ip_network("10.213.0.16/28")
+    spec = overlay_spec(subnet)
+    assert spec == {"subnet": "10.213.0.16/28", "gateway": "10.213.0.17", "iprange": "10.213.0.16/29"}
+    assert ip_address(hub_address(subnet)) in subnet and ip_address(hub_address(subnet)) not in ip_network(spec["iprange"])
+
+
+def test_the_node_pin_outlives_a_stop():
+    spawner = HubforgeSwarmSpawner(name_template="jl-ann", user=types.SimpleNamespace(name="ann", id=1, escaped_name="ann", url="/user/ann/"))
+    spawner.load_state({"object_id": "svc", "node_id": "node7"})
+    spawner.clear_state()
+    assert spawner.get_state().get("node_id") == "node7"
+
+
+def test_volume_driver_settings():
+    hub = from_environ({"LAB_VOLUME_DRIVER": "local", "LAB_VOLUME_DRIVER_OPTS": "type=nfs;o=addr=10.0.0.5,rw,nfsvers=4;device=:/x"})
+    assert hub.lab_volume_driver == "local" and hub.lab_volume_driver_opts == {"type": "nfs", "o": "addr=10.0.0.5,rw,nfsvers=4", "device": ":/x"}
+    with pytest.raises(ConfigError, match="LAB_VOLUME_DRIVER_OPTS is set but LAB_VOLUME_DRIVER is empty"):
+        from_environ({"LAB_VOLUME_DRIVER_OPTS": "type=nfs"})
+    with pytest.raises(ConfigError, match="is not key=value"):
+        from_environ({"LAB_VOLUME_DRIVER": "local", "LAB_VOLUME_DRIVER_OPTS": "nfs"})
+    with pytest.raises(ConfigError, match="is not a volume driver name"):
+        from_environ({"LAB_VOLUME_DRIVER": "Bad Driver!"})
+
+
+def test_status_helpers_read_nodes_and_tasks():
+    node = {"ID": "n1", "Spec": {"Role": "worker", "Availability": "active", "Labels": {}},
+            "Description": {"Hostname": "gpu1", "Resources": {"GenericResources": [
+                {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]}},
+            "Status": {"State": "ready", "Addr": "10.0.0.7"}}
+    assert node_summary(node) == {"id": "n1", "hostname": "gpu1", "role": "worker", "availability": "active",
+                                  "state": "ready", "address": "10.0.0.7", "gpus": 2, "labels": {}}
+    tasks = [{"ID": "old", "DesiredState": "shutdown", "UpdatedAt": "2"}, {"ID": "new", "DesiredState": "running", "UpdatedAt": "1"}]
+    assert running_task(tasks)["ID"] == "new" and running_task([]) is None
