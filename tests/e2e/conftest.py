@@ -49,9 +49,15 @@ def _timeouts(request):
         page.set_default_navigation_timeout(60_000)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by parameters, which would undo this order
 def pytest_collection_modifyitems(items):
-    """The admin's first signup claims the shared stack, so that flow runs before any other."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("claims_admin") else 1)
+    """The admin's first signup claims the shared stack, so that flow runs before any other. The swarm engine's
+    flows run last: leaving the swarm afterwards left the shared compose stack's hub answering 503."""
+    def rank(item) -> int:
+        if item.get_closest_marker("claims_admin"):
+            return 0
+        return 2 if item.module.__name__.endswith("test_swarm") else 1
+    items.sort(key=rank)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
