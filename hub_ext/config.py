@@ -270,6 +270,7 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
     services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
     for key, value in services.items():
         _bool(env, key, False)  # each must be a valid flag
+    volume_driver = parse_volume_driver(env.get("LAB_VOLUME_DRIVER", ""))
     return HubConfig(
         admin=parse_username(env.get("JUPYTERHUB_ADMIN", "admin") or "admin", "JUPYTERHUB_ADMIN"),
         enable_signup=_bool(env, "ENABLE_SIGNUP", True),
@@ -301,9 +302,8 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
         lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
         lab_network_guard=_bool(env, "LAB_NETWORK_GUARD", True),
-        lab_volume_driver=parse_volume_driver(env.get("LAB_VOLUME_DRIVER", "")),
-        lab_volume_driver_opts=parse_driver_options(env.get("LAB_VOLUME_DRIVER_OPTS", ""),
-                                                    parse_volume_driver(env.get("LAB_VOLUME_DRIVER", ""))),
+        lab_volume_driver=volume_driver,
+        lab_volume_driver_opts=parse_driver_options(env.get("LAB_VOLUME_DRIVER_OPTS", ""), volume_driver),
         lab_admin_access=_bool(env, "LAB_ADMIN_ACCESS", False),
         public_host=parse_public_host(env.get("HUBFORGE_PUBLIC_HOST", "")),
         lab_subdomains=_bool(env, "LAB_SUBDOMAINS", True),

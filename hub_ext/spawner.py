@@ -420,6 +420,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             await self.ensure_network(self.network_name)
         self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, groups, self.gpu.enabled)
 
+    creates_volumes = True  # False where the engine makes them at the mount, on whichever node the lab lands
+
     async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
         """Create a volume with labels, so `invoke down` and the volume manager can find it.
 
@@ -431,7 +433,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             if not not_found(exc):
                 self.log.warning("cannot inspect volume %s: %s", name, exc)
                 return
-            await self.docker("create_volume", name, labels=labels)
+            if self.creates_volumes:
+                await self.docker("create_volume", name, labels=labels)
             return
         owner = foreign_owner(found, self.project)
         if owner:
@@ -453,8 +456,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         async with _NETWORK_LOCK:
             found = await self.inspect_network(name)
             if found is None:
-                await self.create_lab_network(name)
-                found = {"Containers": {}}  # new: nobody is on it yet
+                found = await self.create_lab_network(name)  # new: nobody is on it yet
             else:
                 owner = foreign_owner(found, self.project)
                 if owner:
@@ -468,7 +470,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def ipam_pool(self, subnet) -> dict[str, str]:
         return network_spec(subnet)
 
-    async def create_lab_network(self, name: str) -> None:
+    async def create_lab_network(self, name: str) -> dict:
+        """Make the lab's network on the first free subnet of the pool; returns what an inspection would (Id, IPAM)."""
         pool = ipaddress.ip_network(self.subnet_pool)
         refused: list = []
         for _ in range(8):  # another program may take a subnet between our listing and our create
@@ -478,11 +481,11 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 raise RuntimeError(f"no free /{self.network_prefix} left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s lab network; "
                                    "stop unused labs or set a larger LAB_SUBNET_POOL")
             try:
-                await self.docker("create_network", name, ipam=IPAMConfig(pool_configs=[IPAMPool(**self.ipam_pool(subnet))]),
-                                  labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True,
-                                  **self.network_options)
+                created = await self.docker("create_network", name, ipam=IPAMConfig(pool_configs=[IPAMPool(**self.ipam_pool(subnet))]),
+                                            labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True,
+                                            **self.network_options)
                 self.log.info("lab network %s for %s: %s", name, self.user.name, subnet)
-                return
+                return {"Id": created["Id"], "Name": name, "IPAM": {"Config": [{"Subnet": str(subnet)}]}, "Containers": {}}
             except APIError as exc:
                 if "overlap" not in str(exc).lower():
                     raise

@@ -16,10 +16,10 @@ from docker.types import DriverConfig, Healthcheck, Mount, Placement, Resources,
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
-from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL, foreign_owner
+from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
 from .networks import hub_address, overlay_spec
 from .runtime import DOCKER_PRIVILEGED_GROUP
-from .spawner import _NETWORK_LOCK, HubforgeSpawner, not_found
+from .spawner import HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
@@ -79,6 +79,7 @@ def task_error(task: dict | None) -> str:
 class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     """Each lab a one-replica service on its own attachable overlay network, shared with the hub only."""
 
+    creates_volumes = False  # Docker makes them, labelled from the mounts, on the node the lab lands on
     network_prefix = 28  # an overlay also holds each node's load-balancer address, and the hub's fixed one
     network_options = {"driver": "overlay", "attachable": True, "scope": "swarm"}
 
@@ -142,20 +143,6 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     def mounts(self):
         return getattr(self, "_mounts", [])
 
-    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
-        """Volumes are made by Docker on the node the lab lands on, labelled from the mounts; one that exists on
-        this node is still checked for its owner."""
-        try:
-            found = await self.docker("inspect_volume", name)
-        except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: made at the mount
-            if not not_found(exc):
-                self.log.warning("cannot inspect volume %s: %s", name, exc)
-            return
-        owner = foreign_owner(found, self.project)
-        if owner:
-            raise SwarmRefused(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
-                               "its data is never mounted here")
-
     async def placement(self) -> list[str]:
         """Where the lab may run: the node with the user's volumes (once known), and only ready nodes."""
         if not self.pinned or not self.node_id:
@@ -163,7 +150,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         try:
             node = await self.docker("inspect_node", self.node_id)
         except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: the node left the swarm
-            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+            if not_found(exc):
                 raise SwarmRefused(f"{self.user.name}'s files are on node {self.node_id[:12]}, which has left the swarm; "
                                    "an admin moves or resets them (README: \"Running on several hosts\")") from None
             raise
@@ -175,22 +162,10 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         return [f"node.id == {self.node_id}"]
 
     # -- start, readiness, restart -----------------------------------------------------------------------
-    async def ensure_network(self, name: str) -> None:
-        """The lab's overlay exists and the hub is on it before the lab starts: its server asks the hub at once."""
-        async with _NETWORK_LOCK:
-            found = await self.inspect_network(name)
-            if found is None:
-                await self.create_lab_network(name)
-                found = await self.inspect_network(name)
-            else:
-                owner = foreign_owner(found, self.project)
-                if owner:
-                    raise SwarmRefused(f"network {name} belongs to the hubforge project {owner!r}, not {self.project!r}")
-        await self.join_hub(name, found)
-
     async def start_object(self):
-        """Wait for the task to run, polling every `ready_poll_interval` (SwarmSpawner backs off from 1 s to 11 s),
-        failing at once with the task's reason; then record the node and let the hub join the lab's network."""
+        """Wait for the task's container to start, polling every `ready_poll_interval` (SwarmSpawner backs off from
+        1 s to 11 s) and failing at once with the task's reason; then record the node (the hub joined the lab's
+        network before the service was made, in ensure_network)."""
         deadline = time.monotonic() + self.start_timeout
         while True:
             task = await self.get_task()

@@ -266,13 +266,13 @@ def status(settings: Settings, options, as_json: bool) -> dict:
         for lab in state["labs"]:
             labs.add_row(lab["user"], lab["container"], lab["state"], lab["health"] or "-", "yes" if lab["device_requests"] else "no")
         console.print(labs)
+    elif not state.get("lab_placement"):
+        say("no user servers are running")
     if state.get("lab_placement"):  # every node's labs, as the swarm schedules them (the table above: this node's)
         placed = Table("user", "service", "node", "state")
         for user, where in sorted(state["lab_placement"].items()):
             placed.add_row(user, where["service"], where["node"], where["state"])
         console.print(placed)
-    else:
-        say("no user servers are running")
     return state
 
 

@@ -204,6 +204,20 @@ def _short(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
+def label_filter(labels: Mapping[str, str]) -> dict[str, list[str]]:
+    """The API's filter for objects carrying every one of `labels`."""
+    return {"label": [f"{k}={v}" for k, v in labels.items()]}
+
+
+def removed(remove: Callable[[str], object], name: str) -> bool:
+    """Call a removal; False when the object was already gone."""
+    try:
+        remove(name)
+        return True
+    except docker.errors.NotFound:
+        return False
+
+
 class StackDocker(Docker):
     """The stack's Docker calls: probes, labelled containers and volumes."""
 
@@ -236,7 +250,7 @@ class StackDocker(Docker):
         return int(self.client.info().get("NCPU") or 1)
 
     def containers(self, labels: Mapping[str, str], all: bool = True) -> list[dict]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        filters = label_filter(labels)
         return self.client.api.containers(all=all, filters=filters)
 
     def inspect_container(self, container: str) -> dict | None:
@@ -255,18 +269,14 @@ class StackDocker(Docker):
                 raise
 
     def volumes(self, labels: Mapping[str, str]) -> list[dict]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        filters = label_filter(labels)
         return self.client.api.volumes(filters=filters).get("Volumes") or []
 
     def remove_volume(self, name: str) -> bool:
-        try:
-            self.client.api.remove_volume(name)
-            return True
-        except docker.errors.NotFound:
-            return False
+        return removed(self.client.api.remove_volume, name)
 
     def networks(self, labels: Mapping[str, str]) -> list[dict]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        filters = label_filter(labels)
         return self.client.api.networks(filters=filters)
 
     def remove_network(self, network: str) -> bool:
@@ -308,7 +318,7 @@ class StackDocker(Docker):
         return self.client.api.nodes()
 
     def services(self, labels: Mapping[str, str]) -> list[dict]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        filters = label_filter(labels)
         return self.client.api.services(filters=filters)
 
     def tasks(self, service: str) -> list[dict]:
@@ -318,8 +328,4 @@ class StackDocker(Docker):
             return []
 
     def remove_service(self, service: str) -> bool:
-        try:
-            self.client.api.remove_service(service)
-            return True
-        except docker.errors.NotFound:
-            return False
+        return removed(self.client.api.remove_service, service)

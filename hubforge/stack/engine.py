@@ -129,7 +129,8 @@ class Stack:
         self.check_ports()
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
-        if hub.lab_network_guard and not self.guards_labs:
+        guarded = hub.lab_network_guard and self.guards_labs
+        if hub.lab_network_guard and not guarded:
             self.say(f"note: the {options.engine} engine runs no network guard yet: labs can reach private and "
                      "link-local addresses (the cloud's metadata service included) unless the nodes' firewalls block them")
         self.render({
@@ -151,7 +152,7 @@ class Stack:
             "hub_mem_limit": hub.hub_mem_limit,
             "hub_cpus": min(hub.hub_cpu_limit, float(self.docker.cpu_count())),
             "hub_pids_limit": hub.hub_pids_limit,
-            "network_guard": hub.lab_network_guard and self.guards_labs,
+            "network_guard": guarded,
             "lab_subnet_pool": hub.lab_subnet_pool,
             "lab_allowed_ranges": list(hub.lab_allowed_ranges),
         })
@@ -165,7 +166,7 @@ class Stack:
             "http_port": options.http_port,
             "admin": hub.admin,
             "signup": hub.enable_signup,
-            "network_guard": hub.lab_network_guard and self.guards_labs,
+            "network_guard": guarded,
             "lab_origin": f"https://<user>.{host}{port}/" if hub.lab_subdomains else "shared with the hub (LAB_SUBDOMAINS=0)",
             "gpu": decision.as_dict(),
             "images": dict(images),
