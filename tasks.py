@@ -125,7 +125,8 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
     """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project, hubforge.engine).
     Without --engine, a stack that is already up keeps the engine it was started with."""
     from hubforge.errors import HubforgeError
-    from hubforge.stack import StackOptions, recorded_engine, validate_engine, validate_port, validate_project
+    from hubforge.stack import (StackOptions, recorded_engine, validate_engine, validate_port, validate_project,
+                                validate_routing_mesh)
 
     cfg = c.config.get("hubforge", {})
     project = validate_project(project or cfg.get("project", "hubforge"))
@@ -142,6 +143,8 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
         bind=bind or cfg.get("bind", "0.0.0.0"),
         gpu=gpu,
         docker_socket=cfg.get("docker_socket", "/var/run/docker.sock"),
+        registry_port=validate_port("hubforge.swarm_registry_port", cfg.get("swarm_registry_port", 5000)),
+        routing_mesh=validate_routing_mesh(str(cfg.get("swarm_routing_mesh", "auto"))),
     )
 
 

@@ -18,7 +18,7 @@ from jupyterhub.utils import new_token
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from tornado import web
 
-from .handlers import audit, authorize, remove_volume, spawner_of, prefix_of, user_lock
+from .handlers import audit, authorize, spawner_of, prefix_of, user_lock
 from .naming import escape_username, user_names
 
 USERNAME_MAX = 64
@@ -283,7 +283,7 @@ class ApprovalActionHandler(BaseHandler):
                 return f"server stopped, {len(tokens)} tokens revoked, sessions ended"
             spawner = spawner_of(user)
             volumes = user_names(prefix_of(spawner), name).volumes
-            removed = [await remove_volume(spawner, volume) for volume in volumes.values()]
+            removed = await spawner.remove_volumes(list(volumes.values()))
             await user.delete_spawners()
             self.users.delete(user)
         gone = ",".join(r["volume"] for r in removed if r["result"] in ("removed", "not found"))

@@ -231,22 +231,6 @@ async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None
     return {name: measured.get(name) for name in existing}
 
 
-async def remove_volume(spawner, name: str) -> dict[str, Any]:
-    """Delete one of the user's volumes; never one that another project owns."""
-    try:
-        owner = foreign_owner(await spawner.docker("inspect_volume", name), getattr(spawner, "project", ""))
-        if owner:
-            return {"volume": name, "result": "failed", "reason": f"it belongs to the hubforge project {owner!r}"}
-        await spawner.docker("remove_volume", name)
-        return {"volume": name, "result": "removed"}
-    except Exception as exc:  # docker.errors.NotFound / APIError
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status == 404:
-            return {"volume": name, "result": "not found"}
-        reason = getattr(exc, "explanation", None) or str(exc)
-        return {"volume": name, "result": "failed", "reason": str(reason)}
-
-
 def running_users(handler: BaseHandler) -> list:
     users = []
     for orm_user in handler.db.query(orm.User):
@@ -285,7 +269,8 @@ async def reset_volumes(spawner, names, kinds: list[str]) -> dict[str, dict[str,
     """Delete exactly the chosen volumes of a stopped server; 409 while it runs."""
     if spawner.active or spawner.pending:
         raise web.HTTPError(409, "the server is running: stop it before resetting volumes")
-    return {kind: await remove_volume(spawner, names.volumes[kind]) for kind in kinds}
+    results = await spawner.remove_volumes([names.volumes[kind] for kind in kinds])
+    return dict(zip(kinds, results))
 
 
 async def deliver(username: str, server_url: str, payload: dict[str, Any], token: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from docker.errors import APIError
 from docker.types import IPAMConfig, IPAMPool
@@ -24,6 +25,7 @@ from .gpu import GpuDecision, decide
 from .naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL, escape_username, foreign_owner, lab_network_name, user_names
 from .networks import NETWORK_ROLE, SUBNET_PREFIX, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
+from .volumes import remove_volume
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 
@@ -440,6 +442,10 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if owner:
             raise RuntimeError(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
                                "its data is never mounted here (two projects with one volume prefix: see the README's \"Projects\")")
+
+    async def remove_volumes(self, names: list[str]) -> list[dict[str, Any]]:
+        """Delete these volumes of the user's (a reset, a discarded account), in order; one result each."""
+        return [await remove_volume(self.docker, name, self.project) for name in names]
 
     # -- the lab's own network ------------------------------------------------------------------------
     async def inspect_network(self, name: str) -> dict | None:

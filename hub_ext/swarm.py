@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import time
 from typing import Any
 
-from docker.types import DriverConfig, Healthcheck, Mount, Placement, Resources, RestartPolicy
+from docker.types import ContainerSpec, DriverConfig, Healthcheck, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
@@ -20,11 +21,15 @@ from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
 from .networks import hub_address, overlay_spec
 from .runtime import DOCKER_PRIVILEGED_GROUP
 from .spawner import HubforgeSpawner, not_found
+from .volumes import parse_answer
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
 STARTED = {"starting", "running"}  # the container runs ("starting" until its health check passes): the spawner's own readiness check follows
 ANCHOR_SECONDS = 30
+IMAGE_MAP = "/srv/jupyterhub/registry/images.json"  # written by `invoke up` after it pushed the images (hubforge.stack.swarm)
+HELPER_TIMEOUT = 120
+NODE_CHECK_SECONDS = 2.0
 
 
 class SwarmRefused(RuntimeError):
@@ -71,6 +76,26 @@ def service_resources(mem_limit: Any, cpu_limit: float | None, pids_limit: int, 
     return resources
 
 
+def node_gpus(node: dict) -> int:
+    generic = ((node.get("Description") or {}).get("Resources") or {}).get("GenericResources") or []
+    return sum(int((r.get("DiscreteResourceSpec") or {}).get("Value", 0)) for r in generic
+               if (r.get("DiscreteResourceSpec") or {}).get("Kind") == GPU_RESOURCE)
+
+
+def least_loaded(nodes: list[dict], running: list[dict], gpus: int = 0) -> str:
+    """The node a new lab's first task goes to: ready and active, with the GPUs asked for, and running the fewest
+    tasks (Swarm's own spread, which counts every service's tasks). Ties go to the lowest id, so the choice is stable."""
+    eligible = [n for n in nodes if (n.get("Status") or {}).get("State") == "ready"
+                and (n.get("Spec") or {}).get("Availability") == "active" and node_gpus(n) >= gpus]
+    if not eligible:
+        need = f" with {gpus} {GPU_RESOURCE}" if gpus else ""
+        raise SwarmRefused(f"no node of the swarm is ready and active{need}: an admin checks `invoke status`")
+    load: dict[str, int] = {}
+    for task in running:
+        load[task.get("NodeID", "")] = load.get(task.get("NodeID", ""), 0) + 1
+    return min(eligible, key=lambda n: (load.get(n["ID"], 0), n["ID"]))["ID"]
+
+
 def task_error(task: dict | None) -> str:
     status = (task or {}).get("Status") or {}
     return status.get("Err") or status.get("Message") or status.get("State") or "no task"
@@ -86,8 +111,11 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     def ipam_pool(self, subnet) -> dict[str, str]:
         return overlay_spec(subnet)
 
+    pending_timeout = Integer(
+        60, config=True, help="Seconds a lab's task may stay pending (no node can take it: resources, GPUs, constraints) before the start fails with Swarm's reason.")
     stop_wait = Integer(30, config=True, help="Seconds a stop waits for the lab's container on this node to be gone.")
     gpus_per_lab = Integer(1, min=1, config=True, help=f"How many {GPU_RESOURCE} generic resources a lab asks for when GPUs are on.")
+    lab_gpus = Integer(0, help="The GPUs this start asks for (0 without the GPU mode).")
     node_id = Unicode("", help="The node that holds this user's volumes (node-pinned storage), kept in the hub's database.")
     volume_driver = Unicode(
         "",
@@ -96,6 +124,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         (local with NFS options, or a plugin). Empty: node-pinned storage, each user's lab stays on the node with their volumes.""",
     )
     volume_driver_options = Dict(config=True, help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS.")
+    image_map = Unicode(IMAGE_MAP, config=True, help="The JSON file mapping each built image to its digest in the stack's registry.")
 
     # -- state: the pin outlives stops ------------------------------------------------------------------
     def load_state(self, state):
@@ -129,8 +158,8 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         if host_config.get("device_requests"):
             env.pop("NVIDIA_VISIBLE_DEVICES", None)  # the node's runtime exposes the GPU the scheduler assigned
         self.environment = env
-        resources = service_resources(self.mem_limit, self.cpu_limit, self.pids_limit,
-                                      self.gpus_per_lab if host_config.get("device_requests") else 0)
+        self.lab_gpus = self.gpus_per_lab if host_config.get("device_requests") else 0
+        resources = service_resources(self.mem_limit, self.cpu_limit, self.pids_limit, self.lab_gpus)
         self.extra_task_spec = {"resources": resources, "restart_policy": RestartPolicy(condition="any", delay=1_000_000_000),
                                 "placement": Placement(constraints=await self.placement())}
         self.extra_endpoint_spec = {"mode": "dnsrr"}  # the lab's own address: no virtual IP to route through
@@ -161,12 +190,94 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                                f"({(node.get('Spec') or {}).get('Availability')}); try again when it is back, or ask an admin")
         return [f"node.id == {self.node_id}"]
 
+    def registry_ref(self, image: str) -> str | None:
+        """`image` as every node pulls it (the stack's registry, by digest), or None before `invoke up` pushed it."""
+        try:
+            with open(self.image_map, encoding="utf-8") as found:
+                pinned = json.load(found)
+        except (OSError, ValueError):
+            return None
+        ref = pinned.get(image) if isinstance(pinned, dict) else None
+        return ref if isinstance(ref, str) else None
+
+    async def hub_node(self) -> str:
+        if not getattr(self, "_hub_node", ""):
+            self._hub_node = (await self.docker("info"))["Swarm"]["NodeID"]
+        return self._hub_node
+
+    async def create_object(self):
+        """The service, from the registry's copy of the image (one not pushed yet exists on the hub's node only).
+        With node-pinned storage a first start chooses the node here, so the service is pinned from its first task:
+        a restart (a forced update) or a crash (restart policy any) would otherwise let Swarm move it off its volumes."""
+        ref = self.registry_ref(self.image)
+        self.extra_container_spec = {**self.extra_container_spec, "image": ref or self.image}
+        constraints = list(self.extra_task_spec["placement"].get("Constraints") or [])
+        if ref is None:
+            self.log.warning("%s is not in the stack's registry (yet): %s's lab runs on the hub's node", self.image, self.user.name)
+            constraints.append(f"node.id == {await self.hub_node()}")
+        elif self.pinned and not self.node_id:
+            nodes = await self.docker("nodes")
+            running = await self.docker("tasks", filters={"desired-state": "running"})
+            constraints.append(f"node.id == {least_loaded(nodes, running, self.lab_gpus)}")
+        self.extra_task_spec = {**self.extra_task_spec, "placement": Placement(constraints=sorted(set(constraints)))}
+        return await super().create_object()
+
+    # -- volumes on the node that holds them ------------------------------------------------------------
+    async def remove_volumes(self, names: list[str]) -> list[dict[str, Any]]:
+        """On the hub's node, directly; on another node, through a one-shot helper service placed there (the hub
+        has only its own node's socket): the hub image, from the stack's registry, with that node's socket."""
+        if not self.pinned or not self.node_id or self.node_id == await self.hub_node():
+            return await super().remove_volumes(names)
+        failed = [{"volume": name, "result": "failed"} for name in names]
+        try:
+            await self.placement()  # the node is there and ready, else the reason
+            results = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "remove", "--project", self.project, *names])
+        except (SwarmRefused, RuntimeError) as exc:
+            return [{**r, "reason": str(exc)} for r in failed]
+        return results
+
+    async def on_node(self, node: str, command: list[str]) -> list[dict[str, Any]]:
+        """Run a hub_ext helper once on `node`, with the node's Docker socket; its answer line, parsed."""
+        hub = await self.docker("inspect_container", self.hub_container)
+        image = self.registry_ref(hub["Config"]["Image"])
+        if image is None:
+            raise RuntimeError(f"the hub's image is not in the stack's registry, so no helper can run on node {node[:12]}; "
+                               "run `invoke up --engine swarm` again on the manager")
+        spec = ContainerSpec(image, command=command, user="0:0", read_only=True,
+                             labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"},
+                             mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind")],
+                             env=["PYTHONDONTWRITEBYTECODE=1"])
+        template = TaskTemplate(spec, restart_policy=RestartPolicy(condition="none"), placement=Placement(constraints=[f"node.id == {node}"]),
+                                resources=Resources(mem_limit=128 * 2**20))
+        name = f"{self.service_name}-helper-{int(time.time() * 1000) % 10**8}"
+        service = await self.docker("create_service", template, name=name, labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"})
+        service_id = service["ID"]
+        try:
+            deadline = time.monotonic() + HELPER_TIMEOUT
+            while True:
+                tasks = await self.docker("tasks", filters={"service": service_id})
+                state = ((tasks[0] if tasks else {}).get("Status") or {}).get("State", "")
+                if state in ("complete", "failed", "rejected", "shutdown", "orphaned"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the helper on node {node[:12]} did not finish within {HELPER_TIMEOUT} s ({state or 'no task'})")
+                await asyncio.sleep(0.2)
+            logs = await asyncio.wrap_future(self.executor.submit(  # a stream: read to its end off the event loop
+                lambda: b"".join(self.client.service_logs(service_id, stdout=True, stderr=True))))
+            answer = parse_answer(logs.decode(errors="replace"))
+            if answer is None:
+                raise RuntimeError(f"the helper on node {node[:12]} gave no answer ({state}: {task_error(tasks[0] if tasks else None)})")
+            return answer
+        finally:
+            await self.docker("remove_service", service_id)
+
     # -- start, readiness, restart -----------------------------------------------------------------------
     async def start_object(self):
         """Wait for the task's container to start, polling every `ready_poll_interval` (SwarmSpawner backs off from
         1 s to 11 s) and failing at once with the task's reason; then record the node (the hub joined the lab's
         network before the service was made, in ensure_network)."""
-        deadline = time.monotonic() + self.start_timeout
+        started = time.monotonic()
+        deadline, next_check = started + self.start_timeout, started + NODE_CHECK_SECONDS
         while True:
             task = await self.get_task()
             state = ((task or {}).get("Status") or {}).get("State", "")
@@ -174,8 +285,14 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                 break
             if task is None or state not in WAITING:
                 raise RuntimeError(f"the lab's service did not start: {task_error(task)}")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise RuntimeError(f"the lab's service is still {state} after {self.start_timeout} s: {task_error(task)}")
+            if now > next_check:  # Swarm keeps a task it cannot place pending for ever, and one on a lost node waiting
+                await self.placement()  # the user's node went down or left since the service was made: say so
+                if state == "pending" and now - started > self.pending_timeout:
+                    raise RuntimeError(f"no node can take {self.user.name}'s lab after {self.pending_timeout} s: {task_error(task)}")
+                next_check = now + NODE_CHECK_SECONDS
             await asyncio.sleep(self.ready_poll_interval)
         if self.pinned and task.get("NodeID"):
             self.node_id = task["NodeID"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import contextlib
+import socket
 import json
 import re
 import threading
@@ -222,4 +224,8 @@ class EventListener:
         return None
 
     def close(self) -> None:
+        """Shut the stream's socket first: closing the response alone waits for the reader's read to time out."""
+        connection = getattr(self.response.raw, "_connection", None)
+        with contextlib.suppress(OSError, AttributeError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
         self.response.close()

@@ -113,7 +113,8 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
     project = f"hft{secrets.token_hex(3)}"
     options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
                            bind="127.0.0.1" if engine == "compose" else "0.0.0.0", engine=engine,
-                           volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix)
+                           volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix,
+                           registry_port=free_port(), routing_mesh="off")
     options.run_dir.mkdir(parents=True)
     lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
@@ -128,6 +129,7 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
     try:
         if compose is None:
             stack.start()
+            stack.distribute(images, {**lab_images, **(extra_lab_images or {})}, lambda message: None)
             stack.wait_healthy(lambda message: None)
         else:
             compose.start()

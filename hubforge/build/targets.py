@@ -141,10 +141,19 @@ TARGETS: tuple[Target, ...] = (
         budget_mb=40,
         description="prints the GPUs that the NVIDIA runtime gives a container, as JSON",
     ),
+    Target(
+        name="registry",
+        repository=f"{NAMESPACE}/registry",
+        template="images/registry/Dockerfile.j2",
+        inputs=("images/registry/config.yml",),
+        apt_lock="images/registry/apt.lock",
+        budget_mb=60,
+        description="the swarm engine's image registry (Distribution), so that every node gets the built images",
+    ),
 )
 
 # What `invoke build` builds with no --target: flavours other than the default are opt-in.
-DEFAULT_SET = ("base", "hub", "lab", "gpu-probe")
+DEFAULT_SET = ("base", "hub", "lab", "gpu-probe", "registry")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,9 @@ class Stack:
         """What `invoke status` shows about this engine (nodes, for Swarm)."""
         return {}
 
+    def distribute(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> None:
+        """Make the built images available wherever labs may run (a registry, for Swarm); one host needs nothing."""
+
     # -- shared --------------------------------------------------------------------------------------------
 
     def check_ports(self) -> None:
@@ -137,6 +140,7 @@ class Stack:
             "run_dir": str(options.run_dir),
             "project": options.project,
             "hub_image": images["hub"],
+            "registry_image": images.get("registry", ""),
             "lab_images": dict(lab_images),
             "network": f"{options.project}_net",
             "shared_volume": f"{options.project}_shared",
@@ -186,6 +190,7 @@ class Stack:
         except HubforgeError:
             self.explain_guard()
             raise
+        self.distribute(images, lab_images, status)
         self.wait_healthy(status)
         secret = self.bootstrap_secret()
         state["admin_unclaimed"] = secret is not None

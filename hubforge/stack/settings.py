@@ -34,6 +34,8 @@ class StackOptions:
     docker_socket: str = "/var/run/docker.sock"
     engine: str = "compose"  # compose | swarm (ENGINES)
     volume_prefix: str = ""  # "": default_volume_prefix(project)
+    registry_port: int = 5000  # swarm: the image registry's port on every node (hubforge.swarm_registry_port)
+    routing_mesh: str = "auto"  # swarm: auto | on | off -- publish the registry through the routing mesh (IPVS)
 
     def __post_init__(self) -> None:
         if not self.volume_prefix:
@@ -46,6 +48,15 @@ def validate_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise HubforgeError(f"--engine={engine!r} is not an engine; use {' or '.join(ENGINES)}")
     return engine
+
+
+ROUTING_MESH = ("auto", "on", "off")
+
+
+def validate_routing_mesh(value: str) -> str:
+    if value not in ROUTING_MESH:
+        raise HubforgeError(f"hubforge.swarm_routing_mesh={value!r} is not valid; use auto, on or off")
+    return value
 
 
 def recorded_engine(run_dir: Path) -> str | None:

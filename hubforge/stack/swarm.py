@@ -7,8 +7,14 @@ when it is in none, so a fresh machine needs no step of its own.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from hub_ext.naming import PROJECT_LABEL, USER_LABEL
@@ -16,10 +22,14 @@ from hub_ext.naming import PROJECT_LABEL, USER_LABEL
 from .. import proc
 from ..errors import HubforgeError
 from .engine import Stack
+from .settings import port_free
 
 NAMESPACE = "com.docker.stack.namespace"
 SERVICE = "com.docker.swarm.service.name"
 REMOVE_TIMEOUT = 60.0
+REGISTRY_TIMEOUT = 90.0
+IMAGE_MAP = "registry/images.json"  # in the run directory; the hub reads it at every spawn (hub_ext.swarm)
+MANIFESTS = ", ".join(("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"))
 
 
 def advertise_address() -> str:
@@ -30,6 +40,34 @@ def advertise_address() -> str:
             return probe.getsockname()[0]
         except OSError:
             return "127.0.0.1"
+
+
+def routing_mesh_available() -> bool:
+    """Whether this kernel has IPVS, which Swarm's routing mesh and virtual IPs need: loaded, built in, or a module."""
+    if Path("/proc/net/ip_vs").exists() or Path("/sys/module/ip_vs").exists():
+        return True
+    return any(Path("/lib/modules", os.uname().release).glob("kernel/net/netfilter/ipvs/ip_vs.ko*"))
+
+
+def registry_digest(registry: str, repository: str, tag: str, timeout: float = 5.0) -> str | None:
+    """The digest under which `registry` holds repository:tag, or None when it has no such tag."""
+    request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
+                                     headers={"Accept": MANIFESTS})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 -- our own registry, on loopback
+            return answer.headers.get("Docker-Content-Digest")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise HubforgeError(f"the stack's registry at {registry} answered {exc.code} for {repository}:{tag}") from None
+
+
+def registry_answers(registry: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{registry}/v2/", timeout=2) as answer:  # noqa: S310
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def node_summary(node: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +85,14 @@ def node_summary(node: dict[str, Any]) -> dict[str, Any]:
         "gpus": gpus,
         "labels": spec.get("Labels") or {},
     }
+
+
+def node_names(nodes: list[dict[str, Any]]) -> dict[str, str]:
+    """Node id -> what status calls it: its hostname, with the id's start when several nodes share one."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        counts[node["hostname"]] = counts.get(node["hostname"], 0) + 1
+    return {n["id"]: n["hostname"] if counts[n["hostname"]] == 1 else f"{n['hostname']}/{n['id'][:6]}" for n in nodes}
 
 
 def running_task(tasks: list[dict]) -> dict | None:
@@ -81,19 +127,66 @@ class SwarmStack(Stack):
         elif not state.get("ControlAvailable"):
             raise HubforgeError("this host is a swarm worker: run `invoke up --engine swarm` on a manager node")
 
+    @property
+    def registry(self) -> str:
+        """Where every node pulls the stack's images: its own loopback (the routing mesh, or a forward, behind it)."""
+        return f"127.0.0.1:{self.options.registry_port}"
+
+    @property
+    def routing_mesh(self) -> bool:
+        return self.options.routing_mesh == "on" or (self.options.routing_mesh == "auto" and routing_mesh_available())
+
     def check_ports(self) -> None:
         self.ensure_manager()  # before anything asks the swarm
         for service in self.docker.services({NAMESPACE: self.options.project}):
             if service["Spec"]["Name"] == self.hub_service:
                 return  # ours: `up` again updates the stack in place
         super().check_ports()
+        if not port_free("0.0.0.0", self.options.registry_port):
+            raise HubforgeError(f"port {self.options.registry_port} (the swarm's image registry) is already in use; choose "
+                                "another with hubforge.swarm_registry_port in invoke.yaml (nothing was started)")
 
     def engine_variables(self) -> dict[str, Any]:
         if self.options.bind not in ("0.0.0.0", "::"):
             raise HubforgeError(f"--bind {self.options.bind} cannot be honoured on the swarm engine: Swarm publishes a service's "
                                 "ports on every address of its node; use --bind 0.0.0.0 (and a firewall) or the compose engine")
         self.ensure_manager()
-        return {"manager_node": self.docker.swarm_node_id()}
+        image_map = self.options.run_dir / IMAGE_MAP
+        image_map.parent.mkdir(exist_ok=True)
+        if not image_map.exists():
+            image_map.write_text("{}\n")  # the bind's source must exist; until the push, labs stay on this manager
+        return {"manager_node": self.docker.swarm_node_id(), "registry_port": self.options.registry_port,
+                "registry_mesh": self.routing_mesh}
+
+    def distribute(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> None:
+        """Push the hub's and the labs' images to the stack's registry by key (once per key) and record the digest of
+        each in images.json, from which the hub runs labs and helpers on any node. Workers pull on first use."""
+        deadline = time.monotonic() + REGISTRY_TIMEOUT
+        while not registry_answers(self.registry):
+            if time.monotonic() > deadline:
+                raise HubforgeError(f"the stack's registry did not answer at {self.registry} within {REGISTRY_TIMEOUT:.0f} s "
+                                    "(`invoke logs registry`); labs can still run on this manager")
+            status(f"waiting for the stack's registry at {self.registry}")
+            time.sleep(0.5)
+        pinned = {}
+        for ref in sorted({images["hub"], *lab_images.values()}):
+            repository, key = ref.rsplit(":", 1)
+            digest = registry_digest(self.registry, repository, key)
+            if digest is None:
+                status(f"pushing {ref} to the stack's registry (once per key)")
+                started = time.monotonic()
+                self.docker.tag(ref, f"{self.registry}/{repository}", key)
+                digest = self.docker.push(f"{self.registry}/{repository}", key)
+                self.say(f"pushed {ref} to the stack's registry in {time.monotonic() - started:.1f} s")
+            pinned[ref] = f"{self.registry}/{repository}@{digest}"
+        image_map = self.options.run_dir / IMAGE_MAP
+        staged = image_map.with_suffix(".tmp")
+        staged.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+        staged.replace(image_map)
+        workers = [n for n in self.docker.nodes() if (n.get("Spec") or {}).get("Role") == "worker"]
+        if workers and not self.routing_mesh:
+            self.say(f"note: the routing mesh is off (no IPVS here): the {len(workers)} worker(s) reach the registry at "
+                     f"{self.registry} only through a forward of their own to this manager (README: \"Running on several hosts\")")
 
     def hub_container(self) -> dict | None:
         found = [c for c in self.docker.containers({NAMESPACE: self.options.project, SERVICE: self.hub_service})]
@@ -127,7 +220,7 @@ class SwarmStack(Stack):
     def services(self) -> list[dict[str, Any]]:
         if not self.in_swarm():
             return []
-        nodes = {n["ID"]: node_summary(n)["hostname"] for n in self.docker.nodes()}
+        nodes = node_names([node_summary(n) for n in self.docker.nodes()])
         services = []
         for service in self.docker.services({NAMESPACE: self.options.project}):
             task = running_task(self.docker.tasks(service["ID"]))
@@ -147,7 +240,9 @@ class SwarmStack(Stack):
         if not self.in_swarm():
             return {"nodes": [], "lab_placement": {}}
         nodes = [node_summary(n) for n in self.docker.nodes()]
-        names = {n["id"]: n["hostname"] for n in nodes}
+        names = node_names(nodes)
+        for node in nodes:
+            node["name"] = names[node["id"]]
         placement = {}
         for service in self.lab_services():
             task = running_task(self.docker.tasks(service["ID"]))

@@ -265,6 +265,7 @@ class FakeSpawner:
     restart_lab = HubforgeSpawner.restart_lab  # the compose engine's own restart and liveness check, on the fake daemon
     lab_alive = HubforgeSpawner.lab_alive
     lab_environment = HubforgeSpawner.lab_environment
+    remove_volumes = HubforgeSpawner.remove_volumes
 
 
 NAMES = user_names("jupyterlab", "alice")

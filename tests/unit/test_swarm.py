@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import types
 from ipaddress import ip_address, ip_network
@@ -55,8 +56,11 @@ def swarm_stack(tmp_path, daemon, bind="0.0.0.0", env="ENABLE_GPU_SUPPORT=0\n"):
     socket_file = tmp_path / "docker.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(socket_file))
+    with socket.socket() as probe:  # a port nothing listens on, for the registry
+        probe.bind(("127.0.0.1", 0))
+        registry_port = probe.getsockname()[1]
     options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, bind=bind,
-                           docker_socket=str(socket_file), engine="swarm")
+                           docker_socket=str(socket_file), engine="swarm", registry_port=registry_port, routing_mesh="off")
     options.run_dir.mkdir()
     (options.run_dir / ".env").write_text(env)
     return SwarmStack(options, daemon, ROOT, say=lambda message: None), listener
@@ -64,12 +68,19 @@ def swarm_stack(tmp_path, daemon, bind="0.0.0.0", env="ENABLE_GPU_SUPPORT=0\n"):
 
 def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path):
     stack, listener = swarm_stack(tmp_path, ManagerDaemon())
-    state = stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    state = stack.prepare({"hub": "h:1", "gpu-probe": "g:1", "registry": "r:1"}, {"default": "l:1"})
     rendered = yaml.safe_load((stack.options.run_dir / "stack.yml").read_text())
     listener.close()
     assert "name" not in rendered and rendered["version"] == "3.9"  # `docker stack deploy` takes format 3
     hub = rendered["services"]["hub"]
-    assert set(rendered["services"]) == {"hub"}  # no netguard on Swarm (yet): status says so
+    assert set(rendered["services"]) == {"hub", "registry"}  # no netguard on Swarm (yet): status says so
+    registry = rendered["services"]["registry"]
+    assert registry["image"] == "r:1" and registry["deploy"]["placement"]["constraints"] == ["node.id == node1"]
+    assert registry["ports"] == [{"target": 5000, "published": stack.options.registry_port, "protocol": "tcp", "mode": "host"}]
+    assert registry["deploy"]["endpoint_mode"] == "dnsrr"  # no mesh: no virtual IP either
+    assert json.loads((stack.options.run_dir / "registry" / "images.json").read_text()) == {}  # the hub's bind has a source
+    assert {"type": "bind", "source": str(stack.options.run_dir / "registry"), "target": "/srv/jupyterhub/registry",
+            "read_only": True} in hub["volumes"]
     assert hub["deploy"]["placement"]["constraints"] == ["node.id == node1"]
     assert hub["deploy"]["resources"]["limits"] == {"memory": "2G", "cpus": "1.0", "pids": 2048}
     assert hub["deploy"]["endpoint_mode"] == "dnsrr"
@@ -193,3 +204,41 @@ def test_status_helpers_read_nodes_and_tasks():
                                   "state": "ready", "address": "10.0.0.7", "gpus": 2, "labels": {}}
     tasks = [{"ID": "old", "DesiredState": "shutdown", "UpdatedAt": "2"}, {"ID": "new", "DesiredState": "running", "UpdatedAt": "1"}]
     assert running_task(tasks)["ID"] == "new" and running_task([]) is None
+
+
+def swarm_node(node_id: str, state: str = "ready", availability: str = "active", gpus: int = 0) -> dict:
+    resources = {"GenericResources": [{"DiscreteResourceSpec": {"Kind": GPU_RESOURCE, "Value": gpus}}]} if gpus else {}
+    return {"ID": node_id, "Status": {"State": state}, "Spec": {"Availability": availability},
+            "Description": {"Resources": resources}}
+
+
+def test_a_first_start_goes_to_the_ready_node_with_the_fewest_tasks():
+    from hub_ext.swarm import least_loaded
+
+    nodes = [swarm_node("manager"), swarm_node("w1"), swarm_node("w2"), swarm_node("w3", state="down"),
+             swarm_node("w4", availability="drain")]
+    running = [{"NodeID": "manager"}, {"NodeID": "manager"}, {"NodeID": "w1"}]  # the hub and the registry; one lab
+    assert least_loaded(nodes, running) == "w2"
+    assert least_loaded(nodes, running + [{"NodeID": "w2"}]) == "w1"  # a tie: the lowest id, every time
+    assert least_loaded(nodes + [swarm_node("g1", gpus=2)], running, gpus=1) == "g1"  # GPU labs only where GPUs are
+    with pytest.raises(SwarmRefused, match="no node of the swarm is ready and active with 1 NVIDIA-GPU"):
+        least_loaded(nodes, running, gpus=1)
+
+
+def test_labs_run_from_the_registry_by_digest_once_pushed(tmp_path):
+    spawner = HubforgeSwarmSpawner(image_map=str(tmp_path / "images.json"))
+    assert spawner.registry_ref("hubforge/lab:k1") is None  # before `invoke up` pushed: the hub's node only
+    (tmp_path / "images.json").write_text('{"hubforge/lab:k1": "127.0.0.1:5000/hubforge/lab@sha256:ab"}')
+    assert spawner.registry_ref("hubforge/lab:k1") == "127.0.0.1:5000/hubforge/lab@sha256:ab"
+    assert spawner.registry_ref("hubforge/lab:k2") is None
+    (tmp_path / "images.json").write_text("[not json")
+    assert spawner.registry_ref("hubforge/lab:k1") is None
+
+
+def test_the_volume_helpers_answer_is_read_back_from_its_logs():
+    from hub_ext.volumes import RESULT_PREFIX, parse_answer
+
+    logs = f"starting\n{RESULT_PREFIX}[{{\"volume\": \"v\", \"result\": \"removed\"}}]\n"
+    assert parse_answer(logs) == [{"volume": "v", "result": "removed"}]
+    assert parse_answer("Traceback (most recent call last):\n  ...\n") is None  # died before answering
+    assert parse_answer(f"{RESULT_PREFIX}{{truncated") is None

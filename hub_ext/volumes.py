@@ -1,0 +1,86 @@
+"""Removing a user's volumes: one rule, run by the hub on its own node and, on Swarm, by a one-shot helper
+service on the node that holds them (`python3 -m hub_ext.volumes remove ...`, which prints one JSON line).
+
+A volume of another project is never removed, even when the names collide (naming.foreign_owner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .naming import foreign_owner
+
+RESULT_PREFIX = "hubforge-volumes: "  # the helper's answer line in its service's logs
+
+
+Gateway = Callable[..., Awaitable[Any]]  # DockerSpawner.docker: (APIClient method name, *args) -> its result
+
+
+async def remove_volume(docker: Gateway, name: str, project: str) -> dict[str, Any]:
+    """Delete one volume through the Docker gateway of this node; a result, never an exception."""
+    try:
+        owner = foreign_owner(await docker("inspect_volume", name), project)
+        if owner:
+            return {"volume": name, "result": "failed", "reason": f"it belongs to the hubforge project {owner!r}"}
+        await docker("remove_volume", name)
+        return {"volume": name, "result": "removed"}
+    except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound / APIError
+        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+            return {"volume": name, "result": "not found"}
+        return {"volume": name, "result": "failed", "reason": str(getattr(exc, "explanation", None) or exc)}
+
+
+def parse_answer(logs: str) -> list[dict[str, Any]] | None:
+    """The helper's results from its logs, or None when it printed none (it failed before answering)."""
+    for line in reversed(logs.splitlines()):
+        _, marker, payload = line.partition(RESULT_PREFIX)
+        if marker:
+            try:
+                results = json.loads(payload)
+            except ValueError:
+                return None
+            return results if isinstance(results, list) else None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m hub_ext.volumes", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    remove = commands.add_parser("remove", help="remove the named volumes of one project on this node")
+    remove.add_argument("--project", required=True)
+    remove.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait for a volume in use by a stopping container (the lab's service was just removed)")
+    remove.add_argument("names", nargs="+")
+    args = parser.parse_args(argv)
+
+    import docker  # the helper's own node: its socket is mounted at the default path
+
+    api = docker.APIClient(timeout=60)
+
+    async def gateway(method: str, *call_args: Any) -> Any:
+        return getattr(api, method)(*call_args)
+
+    async def remove_when_free(name: str) -> dict[str, Any]:
+        deadline = time.monotonic() + args.wait
+        while True:
+            result = await remove_volume(gateway, name, args.project)
+            if "in use" not in result.get("reason", "") or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(0.5)
+
+    async def remove_all() -> list[dict[str, Any]]:
+        return [await remove_when_free(name) for name in args.names]
+
+    results = asyncio.run(remove_all())
+    print(RESULT_PREFIX + json.dumps(results), flush=True)
+    return 0 if all(r["result"] != "failed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The swarm engine on three nodes of one machine: this host's engine (the manager) and two more engines, each in
+a network namespace of its own (tests/swarmnodes.py). One worker joins before the stack, one after it is up.
+
+Labs spread over the nodes and run from the stack's registry by digest; a second start, a restart and a volume
+reset each happen on the node that holds the user's volumes; a broadcast reaches every node; and a worker that
+leaves gives its users a clear error rather than a hang."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import docker
+import pytest
+
+from hub_ext.naming import user_names
+
+from ..hubclient import EventListener
+from ..livestack import approved_user
+from ..swarmnodes import Cluster
+from .test_swarm import put_file, service_of, spawn_failure
+
+pytestmark = pytest.mark.integration
+STACK_ENGINE = "swarm"
+POOL = f"10.{random.randint(214, 250)}.{random.randint(0, 255)}.0/24"
+STACK_ENV = {"LAB_SUBNET_POOL": POOL}
+USERS = ("ann", "ben", "cat", "dan", "eve")
+LEAVE_SECONDS = 30  # a start on a node that left fails within this, with the reason
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """Two more engines; the first joins now, the second once the stack is up (`nodes`)."""
+    if docker.from_env().info()["Swarm"]["LocalNodeState"] != "inactive":
+        pytest.fail("this host is already in a swarm: the multi-node tests make their own (`docker swarm leave --force`)")
+    made = Cluster(count=2, join=1)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(live, cluster):
+    """The stack is up: forward each worker's registry port (the mesh's part), then the late node joins."""
+    cluster.forward_registry(live.stack.options.registry_port)
+    cluster.join(cluster.nodes[1])
+    return {"manager": live.stack.docker.swarm_node_id(), **{node.name: node.node_id for node in cluster.nodes}}
+
+
+def task_node(live, user: str) -> str:
+    service = service_of(live, user)
+    tasks = [t for t in live.stack.docker.tasks(service["ID"]) if t.get("DesiredState") == "running"]
+    assert len(tasks) == 1, f"{user}: {len(tasks)} running tasks"
+    return tasks[0]["NodeID"]
+
+
+def worker_of(cluster, node_id: str):
+    return next(node for node in cluster.nodes if node.node_id == node_id)
+
+
+@pytest.fixture(scope="module")
+def placed(live, admin, nodes):
+    """Every user's lab started once; user -> node id. Swarm spreads tasks over the nodes."""
+    apis = {}
+    for user in USERS:
+        apis[user] = approved_user(live, admin, user)
+        apis[user][1].start(user)
+    return {user: task_node(live, user) for user in USERS}, apis
+
+
+def on_a_worker(placed, nodes) -> list[str]:
+    return [user for user, node in placed[0].items() if node != nodes["manager"]]
+
+
+def test_labs_spread_over_the_nodes_and_run_from_the_registry_by_digest(live, cluster, nodes, placed):
+    where = placed[0]
+    assert len(set(where.values())) >= 2 and set(where.values()) - {nodes["manager"]}, where
+    assert nodes["hfnode1"] in where.values(), "no lab on the node that joined after `invoke up`"  # it pulled the image
+    registry = f"127.0.0.1:{live.stack.options.registry_port}/"
+    for user in USERS:
+        image = service_of(live, user)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        assert image.startswith(registry) and "@sha256:" in image, image  # by digest: exactly what the manager built
+    late = worker_of(cluster, nodes["hfnode1"]).client()
+    assert any(d.startswith(registry) for image in late.images.list() for d in image.attrs.get("RepoDigests") or [])
+
+
+def test_the_second_start_lands_on_the_node_with_the_volumes_and_finds_the_file(live, nodes, placed):
+    user = on_a_worker(placed, nodes)[0]
+    api = placed[1][user][1]
+    put_file(api, user, "keep.txt", "kept on a worker")
+    api.stop(user)
+    api.start(user)
+    assert task_node(live, user) == placed[0][user]
+    constraints = service_of(live, user)["Spec"]["TaskTemplate"]["Placement"]["Constraints"]
+    assert f"node.id == {placed[0][user]}" in constraints
+    assert api.request("GET", f"user/{user}/api/contents/keep.txt").json()["content"] == "kept on a worker"
+
+
+def test_a_restart_on_a_worker_keeps_the_file(live, nodes, placed):
+    user = on_a_worker(placed, nodes)[-1]
+    session, api = placed[1][user]
+    put_file(api, user, "restart.txt", "still here")
+    before = [t["ID"] for t in live.stack.docker.tasks(service_of(live, user)["ID"]) if t.get("DesiredState") == "running"]
+    response = session.api("POST", f"hubforge/users/{user}/restart")
+    assert response.status_code == 200 and response.json()["status"] == "restarted", response.text
+    assert task_node(live, user) == placed[0][user]
+    after = [t["ID"] for t in live.stack.docker.tasks(service_of(live, user)["ID"]) if t.get("DesiredState") == "running"]
+    assert after != before
+    assert api.request("GET", f"user/{user}/api/contents/restart.txt").json()["content"] == "still here"
+
+
+def test_a_broadcast_reaches_labs_on_every_node(live, admin, placed):
+    running = {user: placed[1][user][1] for user in USERS}
+    listeners = {user: EventListener(api, user) for user, api in running.items()}
+    try:
+        time.sleep(0.5)
+        response = admin.api("POST", "hubforge/broadcast", json={"message": "three nodes, one message", "type": "info"})
+        assert response.status_code == 200, response.text
+        results = {r["user"]: r["result"] for r in response.json()["results"]}
+        assert all(results.get(user) == "delivered" for user in USERS), results
+        for user, listener in listeners.items():
+            assert listener.wait_for("three nodes, one message", timeout=5) is not None, f"{user} on {placed[0][user][:12]}"
+    finally:
+        for listener in listeners.values():
+            listener.close()
+
+
+def test_status_names_each_node_and_where_each_lab_runs(live, nodes, placed):
+    state = live.stack.status()
+    assert sorted(n["role"] for n in state["nodes"]) == ["manager", "worker", "worker"]
+    labels = {n["id"]: n["name"] for n in state["nodes"]}
+    assert len(set(labels.values())) == 3  # one hostname on every engine here: status tells them apart by id
+    for user in USERS:
+        assert state["lab_placement"][user]["node"] == labels[placed[0][user]]
+
+
+def test_a_volume_reset_removes_the_volumes_on_their_node(live, cluster, nodes, placed):
+    user = on_a_worker(placed, nodes)[0]
+    session, api = placed[1][user]
+    names = user_names(live.stack.options.volume_prefix, user)
+    worker = worker_of(cluster, placed[0][user]).client()
+    assert names.volumes["workspace"] in {v.name for v in worker.volumes.list()}
+    api.stop(user)
+    response = session.api("POST", f"hubforge/users/{user}/volumes/reset", json={"volumes": ["workspace"]})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"]["workspace"]["result"] == "removed", response.text
+    left = {v.name for v in worker.volumes.list()}
+    assert names.volumes["workspace"] not in left and names.volumes["home"] in left
+    assert not [s for s in live.stack.docker.services({"hubforge.project": live.project})
+                if (s["Spec"].get("Labels") or {}).get("hubforge.role") == "helper"]  # the helper service is gone
+    api.start(user)
+    assert task_node(live, user) == placed[0][user]
+    assert api.request("GET", f"user/{user}/api/contents/keep.txt").status_code == 404
+
+
+def test_a_worker_that_leaves_gives_its_users_a_clear_error(live, cluster, nodes, placed):
+    user = on_a_worker(placed, nodes)[0]
+    api = placed[1][user][1]
+    api.stop(user)
+    cluster.leave(worker_of(cluster, placed[0][user]))
+    started = time.monotonic()
+    message = spawn_failure(api, user)
+    assert time.monotonic() - started < LEAVE_SECONDS
+    assert f"{user}'s files are on node" in message and ("down" in message or "left the swarm" in message), message
