@@ -30,12 +30,31 @@ def memory_mb(container) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("compose", "swarm"), default="compose")
-    engine = parser.parse_args().engine
+    parser.add_argument("--workers", type=int, default=0, choices=range(0, 5),
+                        help="swarm: this many more engines, in network namespaces of their own, join as workers (as in the tests)")
+    args = parser.parse_args()
+    engine = args.engine
+    if args.workers and engine != "swarm":
+        parser.error("--workers needs --engine swarm")
     import docker
 
     was_member = docker.from_env().info()["Swarm"]["LocalNodeState"] == "active"
+    cluster = None
+    if args.workers:
+        from tests.swarmnodes import Cluster
+
+        if was_member:
+            parser.error("--workers makes its own swarm: this host is in one already (`docker swarm leave --force`)")
+        cluster = Cluster(count=args.workers)
+        try:
+            cluster.start()
+        except Exception:
+            cluster.stop()
+            raise
     with tempfile.TemporaryDirectory(prefix="hubforge-spawn-bench-") as tmp:
         live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"}, engine=engine)
+        if cluster is not None:
+            cluster.forward_registry(live.stack.options.registry_port)
         try:
             admin = claim_admin(live)
             api = admin_api(live, admin)
@@ -44,7 +63,7 @@ def main() -> None:
 
             sequential = [api.start(users[0])]
             time.sleep(5)  # idle: nothing talks to it, and the start-up settles
-            idle_lab = memory_mb(live.lab(users[0]))  # measured before other labs share the host's memory
+            idle_lab = idle_memory(live, users[0])  # measured before other labs share the host's memory
             for name in users[1:10]:
                 sequential.append(api.start(name))
             for name in users[:10]:
@@ -59,7 +78,14 @@ def main() -> None:
             concurrent = [r for r in results if isinstance(r, float)]
             failures = [r for r in results if not isinstance(r, float)]
             hub = live.hub()
-            print(f"engine {engine}")
+            print(f"engine {engine}" + (f", {args.workers} workers + the manager" if args.workers else ""))
+            if engine == "swarm":
+                placement = live.stack.engine_state()["lab_placement"]
+                spread: dict[str, int] = {}
+                for name in users[10:]:
+                    node = placement.get(name, {}).get("node", "?")
+                    spread[node] = spread.get(node, 0) + 1
+                print("concurrent labs per node: " + ", ".join(f"{node} {count}" for node, count in sorted(spread.items())))
             print(f"sequential spawns (10): p50 {statistics.median(sequential):.2f} s, p95 {percentile(sequential, 0.95):.2f} s, "
                   f"max {max(sequential):.2f} s")
             print(f"second starts (10): p50 {statistics.median(again):.2f} s, p95 {percentile(again, 0.95):.2f} s")
@@ -72,11 +98,24 @@ def main() -> None:
                           if "Unhandled error starting" in line]
                 for line in errors[:5]:
                     print(f"  hub: {line[:300]}")
-            print(f"hub memory with 20 labs running: {memory_mb(hub):.0f} MiB; an idle lab: {idle_lab:.0f} MiB")
+            print(f"hub memory with 20 labs running: {memory_mb(hub):.0f} MiB; an idle lab: "
+                  + (f"{idle_lab:.0f} MiB" if idle_lab is not None else "(on a worker, not measured)"))
         finally:
             stop_stack(live)
-            if engine == "swarm" and not was_member:
+            if cluster is not None:
+                cluster.stop()
+            elif engine == "swarm" and not was_member:
                 docker.from_env().swarm.leave(force=True)
+
+
+def idle_memory(live, user: str) -> float | None:
+    """The lab's memory, when it runs on this host's engine (with workers it may not)."""
+    import docker
+
+    try:
+        return memory_mb(live.lab(user))
+    except docker.errors.NotFound:
+        return None
 
 
 def _try(api: HubAPI, name: str):

@@ -137,6 +137,27 @@ class VolumeResetAPIHandler(APIHandler):
         self.write(json.dumps({"user": user.name, "results": results}))
 
 
+class NodeAPIHandler(APIHandler):
+    """DELETE /api/hubforge/users/:name/node -- admins: forget the node that holds a user's volumes (Swarm, node-pinned
+    storage), when that node is gone for good. The next start lands on any ready node, with new, empty volumes."""
+
+    async def delete(self, user_name: str):
+        authorize(self, None, admin_only=True)
+        user = authorize(self, user_name)
+        spawner = spawner_of(user)
+        forget = getattr(spawner, "forget_node", None)
+        if forget is None:
+            raise web.HTTPError(409, "only the swarm engine (with node-pinned storage) ties users to a node")
+        async with exclusively(user.name):
+            if spawner.active or spawner.pending:
+                raise web.HTTPError(409, f"{user.name}'s server is running: stop it before forgetting its node")
+            node = forget()
+            spawner.orm_spawner.state = spawner.get_state()
+            self.db.commit()
+        audit.info("forget-node by=%s user=%s node=%s", self.current_user.name, user.name, node or "-")
+        self.write(json.dumps({"user": user.name, "forgot": node or None}))
+
+
 class BroadcastAPIHandler(APIHandler):
     """POST /api/hubforge/broadcast -- deliver a notification to every chosen running lab, concurrently."""
 
@@ -303,6 +324,7 @@ default_handlers = [
     (r"/api/hubforge/users/([^/]+)/restart", RestartAPIHandler),
     (r"/api/hubforge/users/([^/]+)/volumes", VolumesAPIHandler),
     (r"/api/hubforge/users/([^/]+)/volumes/reset", VolumeResetAPIHandler),
+    (r"/api/hubforge/users/([^/]+)/node", NodeAPIHandler),
     (r"/api/hubforge/broadcast", BroadcastAPIHandler),
     (r"/hubforge/volumes", VolumesPageHandler),
     (r"/hubforge/broadcast", BroadcastPageHandler),

@@ -142,6 +142,11 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         super().clear_state()
         self.node_id = node  # where the volumes are does not change when the lab stops
 
+    def forget_node(self) -> str:
+        """An admin's decision for a user whose node is gone: the next start goes anywhere, with new volumes."""
+        node, self.node_id = self.node_id, ""
+        return node
+
     @property
     def pinned(self) -> bool:
         return not self.volume_driver
@@ -180,14 +185,16 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             node = await self.docker("inspect_node", self.node_id)
         except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: the node left the swarm
             if not_found(exc):
-                raise SwarmRefused(f"{self.user.name}'s files are on node {self.node_id[:12]}, which has left the swarm; "
-                                   "an admin moves or resets them (README: \"Running on several hosts\")") from None
+                raise SwarmRefused(f"{self.user.name}'s files are on node {self.node_id[:12]}, which has left the swarm; an admin "
+                                   f"brings it back, or forgets it (DELETE /hub/api/hubforge/users/{self.user.name}/node: "
+                                   "new, empty volumes on another node)") from None
             raise
         state = (node.get("Status") or {}).get("State")
         name = (node.get("Description") or {}).get("Hostname", self.node_id[:12])
         if state != "ready" or (node.get("Spec") or {}).get("Availability") != "active":
             raise SwarmRefused(f"{self.user.name}'s files are on node {name}, which is {state} "
-                               f"({(node.get('Spec') or {}).get('Availability')}); try again when it is back, or ask an admin")
+                               f"({(node.get('Spec') or {}).get('Availability')}); try again when it is back, or an admin forgets it "
+                               f"(DELETE /hub/api/hubforge/users/{self.user.name}/node: new, empty volumes on another node)")
         return [f"node.id == {self.node_id}"]
 
     def registry_ref(self, image: str) -> str | None:

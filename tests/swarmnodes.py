@@ -63,6 +63,9 @@ class Cluster:
 
     # -- up ---------------------------------------------------------------------------------------------
     def start(self) -> None:
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            raise RuntimeError(f"{BRIDGE} exists: another multi-node run is under way, or one was interrupted "
+                               f"(then: ip link delete {BRIDGE}; ip netns delete {self.nodes[0].name} ...)")
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
         sh("ip", "addr", "add", f"{MANAGER}/24", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")

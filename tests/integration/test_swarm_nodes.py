@@ -155,12 +155,20 @@ def test_a_volume_reset_removes_the_volumes_on_their_node(live, cluster, nodes, 
     assert api.request("GET", f"user/{user}/api/contents/keep.txt").status_code == 404
 
 
-def test_a_worker_that_leaves_gives_its_users_a_clear_error(live, cluster, nodes, placed):
+def test_a_worker_that_leaves_gives_its_users_a_clear_error_and_an_admin_can_forget_it(live, cluster, nodes, placed, admin_api):
     user = on_a_worker(placed, nodes)[0]
-    api = placed[1][user][1]
+    session, api = placed[1][user]
+    put_file(api, user, "before-leave.txt", "on the node that leaves")
     api.stop(user)
     cluster.leave(worker_of(cluster, placed[0][user]))
     started = time.monotonic()
     message = spawn_failure(api, user)
     assert time.monotonic() - started < LEAVE_SECONDS
     assert f"{user}'s files are on node" in message and ("down" in message or "left the swarm" in message), message
+    assert f"/hub/api/hubforge/users/{user}/node" in message  # what an admin can do about it
+    assert session.api("DELETE", f"hubforge/users/{user}/node").status_code == 403  # not the user's own decision
+    response = admin_api.request("DELETE", f"hub/api/hubforge/users/{user}/node")
+    assert response.status_code == 200 and response.json() == {"user": user, "forgot": placed[0][user]}, response.text
+    api.start(user)
+    assert task_node(live, user) != placed[0][user]
+    assert api.request("GET", f"user/{user}/api/contents/before-leave.txt").status_code == 404  # new volumes, on a node that is here
