@@ -52,7 +52,7 @@ def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | No
 
 
 @task(help={
-    "target": "one of base, hub, lab, gpu-probe (default: all of them)",
+    "target": "one of base, hub, lab, gpu-probe, registry (default: all of them)",
     "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
     "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
     "plan": "print the graph, keys and what would rebuild and why; build nothing",
@@ -70,7 +70,7 @@ def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, n
 
 
 @task(help={
-    "target": "lock only this target (hub, lab, lab-datascience, gpu-probe)",
+    "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry)",
     "only": "python | apt: lock only one kind",
     "base": "auto | pull | bootstrap, for resolving Debian packages",
 })

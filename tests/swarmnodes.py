@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 
 BRIDGE = "hfswarm0"
-SUBNET = "10.213.0"  # the bridge's /24: .1 is this host (the manager), .2 and up the workers
+SUBNET = "10.198.77"  # apart from LAB_SUBNET_POOL's default (10.213.0.0/16); the bridge's /24: .1 is this host (the manager), .2 and up the workers
 MANAGER = f"{SUBNET}.1"
 ROOT = Path("/var/lib/hubforge-test-nodes")
 START_TIMEOUT = 60

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import docker
 import pytest
+import requests
 
 from hubforge.build.builder import KEY_LABEL
 from hubforge.build.locks import parse_python_lock
@@ -116,3 +118,27 @@ def test_lab_start_up_skips_what_a_lab_does_not_use(built, tracked):
     assert lines[0] == "[]"
     enabled = {line.split()[0] for line in lines if "enabled" in line and "disabled" not in line and line.startswith("    ")}
     assert enabled == {"hubforge_notify", "jupyterlab", "jupyter_server_terminals"}, output
+
+
+def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built, client, tracked):
+    """The swarm engine's registry: the registry binary and glibc only, uid 65532, answering the v2 API."""
+    labels = client.images.get(built["registry"]).labels
+    assert labels[KEY_LABEL] == built["registry"].rsplit(":", 1)[1]
+    assert client.images.get(built["registry"]).attrs["Config"]["User"] == "65532:65532"
+    container = tracked.start(built["registry"], read_only=True, cap_drop=["ALL"]).get_wrapped_container()
+    container.reload()
+    address = container.attrs["NetworkSettings"]["IPAddress"]
+
+    def answers() -> bool:
+        try:
+            return requests.get(f"http://{address}:5000/v2/", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(answers, timeout=15, what="the registry's /v2/ answer")
+    shell = client.containers.create(built["registry"], ["sh", "-c", "id"], entrypoint=[], labels={"hubforge.test": "images"})
+    try:
+        with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
+            shell.start()  # no shell, no tools: nothing runs in it but the registry
+    finally:
+        shell.remove(force=True)
