@@ -128,7 +128,7 @@ class Cluster:
     def forward_registry(self, port: int) -> None:
         """What the routing mesh would give each worker: the stack's registry on its own 127.0.0.1."""
         for node in self.nodes:
-            node.nsenter("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
+            node.nsenter("sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet")  # per namespace; no procps needed
             rules = [["-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.1/32", "-p", "tcp", "--dport", str(port),
                       "-j", "DNAT", "--to-destination", f"{MANAGER}:{port}"],
                      ["-t", "nat", "-A", "POSTROUTING", "-s", "127.0.0.1/32", "-o", "eth0", "-j", "MASQUERADE"]]
