@@ -127,6 +127,29 @@ def test_a_broadcast_reaches_labs_on_every_node(live, admin, placed):
             listener.close()
 
 
+def lab_container(live, cluster, user: str, node_id: str):
+    engine = live.stack.docker.client if node_id == live.stack.docker.swarm_node_id() else worker_of(cluster, node_id).client()
+    found = engine.containers.list(filters={"label": [f"hubforge.project={live.project}", f"hubforge.user={user}"]})
+    assert len(found) == 1, f"{user}: {len(found)} containers on {node_id[:12]}"
+    return found[0]
+
+
+def test_the_shared_volume_is_shared_by_the_labs_of_one_node(live, cluster, placed):
+    """Node-pinned storage: /mnt/shared is a local volume, one per node (README). Shared storage makes it one."""
+    by_node: dict[str, list[str]] = {}
+    for user, node in placed[0].items():
+        by_node.setdefault(node, []).append(user)
+    node, (writer, reader, *_) = next((n, users) for n, users in by_node.items() if len(users) >= 2)
+    elsewhere = next(users[0] for n, users in by_node.items() if n != node)
+    token = f"shared-{random.randint(0, 10**9)}"
+    code, output = lab_container(live, cluster, writer, node).exec_run(["sh", "-c", f"echo {token} > /mnt/shared/{writer}.txt"], user="lab")
+    assert code == 0, output
+    code, output = lab_container(live, cluster, reader, node).exec_run(["cat", f"/mnt/shared/{writer}.txt"], user="lab")
+    assert code == 0 and output.decode().strip() == token  # the same node: the same volume
+    code, output = lab_container(live, cluster, elsewhere, placed[0][elsewhere]).exec_run(["cat", f"/mnt/shared/{writer}.txt"], user="lab")
+    assert code != 0 and token not in output.decode()  # another node: another volume of that name
+
+
 def test_status_names_each_node_and_where_each_lab_runs(live, nodes, placed):
     state = live.stack.status()
     assert sorted(n["role"] for n in state["nodes"]) == ["manager", "worker", "worker"]
