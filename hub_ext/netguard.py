@@ -81,6 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--project", required=True)
     parser.add_argument("--pool", required=True, type=ipaddress.IPv4Network, help="LAB_SUBNET_POOL")
     parser.add_argument("--allow", action="append", default=[], type=ipaddress.IPv4Network, help="LAB_ALLOWED_RANGES")
+    parser.add_argument("--interface", default="", help="match by the bridge packets come from (Swarm: docker_gwbridge)")
     parser.add_argument("--once", action="store_true", help="install and exit (no watching, no removal)")
     parser.add_argument("--remove", action="store_true", help="remove the project's rules and exit")
     return parser.parse_args(argv)
@@ -90,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stop = threading.Event()
     try:
-        guard = Guard(guard_rules(args.project, args.pool, args.allow), pick_iptables())
+        guard = Guard(guard_rules(args.project, args.pool, args.allow, interface=args.interface), pick_iptables())
         if args.remove:
             guard.remove()
             return 0
         guard.install()
-        print(f"hubforge-netguard: labs in {args.pool} are kept off link-local and private addresses"
+        print(f"hubforge-netguard: labs in {args.interface or args.pool} are kept off link-local and private addresses"
               f"{' except ' + ', '.join(map(str, args.allow)) if args.allow else ''} ({guard.iptables})", flush=True)
         if args.once:
             return 0

@@ -84,11 +84,13 @@ class GuardRules:
     local_chain: str
     forward: tuple[tuple[str, ...], ...]
     local: tuple[tuple[str, ...], ...]
+    interface: str = ""  # match packets by the bridge they come from instead of the pool (Swarm: docker_gwbridge)
 
     def jumps(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """(built-in chain, rule) pairs that send the labs' packets into this project's chains."""
-        return (("DOCKER-USER", ("-s", str(self.pool), "-j", self.forward_chain)),
-                ("INPUT", ("-s", str(self.pool), "-j", self.local_chain)))
+        source = ("-i", self.interface) if self.interface else ("-s", str(self.pool))
+        return (("DOCKER-USER", (*source, "-j", self.forward_chain)),
+                ("INPUT", (*source, "-j", self.local_chain)))
 
     def restore_script(self) -> str:
         """An `iptables-restore --noflush` script: declares (and so empties) both chains and fills them at once."""
@@ -105,8 +107,11 @@ def chain_names(project: str) -> tuple[str, str]:
 
 
 def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] = (),
-                blocked: Iterable[str] = BLOCKED_RANGES) -> GuardRules:
+                blocked: Iterable[str] = BLOCKED_RANGES, interface: str = "") -> GuardRules:
     """Rules that keep labs (sources in `pool`) off link-local and private addresses, except `allowed`.
+
+    On Swarm a lab's packets to anywhere but its overlay leave through the node's `docker_gwbridge`, from an
+    address of that bridge: there `interface` selects them instead of the pool (every swarm task on the node).
 
     Allowed through: replies, DNS (port 53: the daemon's resolver forwards from inside the lab, often to a
     private resolver), published ports of this host (DNAT: public by design), the allowed ranges, and --
@@ -131,4 +136,4 @@ def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] 
     forward_chain, local_chain = chain_names(project)
     forward = (*common[:1], ("-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"), *common[1:],
                ("-d", str(pool), "-j", "RETURN"), *reject)
-    return GuardRules(pool, forward_chain, local_chain, tuple(forward), (*common, *reject))
+    return GuardRules(pool, forward_chain, local_chain, tuple(forward), (*common, *reject), interface)

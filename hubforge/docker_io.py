@@ -329,3 +329,26 @@ class StackDocker(Docker):
 
     def remove_service(self, service: str) -> bool:
         return removed(self.client.api.remove_service, service)
+
+    def ensure_host_service(self, name: str, image: str, command: list[str], labels: Mapping[str, str],
+                            cap_add: list[str], ready_file: str) -> bool:
+        """A global service on every node's host network, as root with only `cap_add`, on a read-only root. One that
+        is there with the same image, command and labels stays; a different one is replaced. True when (re)made."""
+        for service in self.client.api.services(filters={"name": name}):
+            spec = service["Spec"]
+            if spec["Name"] != name:
+                continue
+            container = spec["TaskTemplate"]["ContainerSpec"]
+            if container.get("Image") == image and container.get("Command") == command and spec.get("Labels") == dict(labels):
+                return False
+            self.remove_service(service["ID"])
+        self.client.services.create(
+            image, command=command, name=name, labels=dict(labels), container_labels=dict(labels),
+            mode=docker.types.ServiceMode("global"), networks=["host"], user="0:0", read_only=True,
+            cap_add=cap_add, cap_drop=["ALL"], env=["PYTHONDONTWRITEBYTECODE=1"],
+            mounts=[docker.types.Mount("/tmp", None, type="tmpfs"), docker.types.Mount("/run", None, type="tmpfs")],
+            restart_policy=docker.types.RestartPolicy(condition="any", delay=2_000_000_000),
+            resources=docker.types.Resources(mem_limit=64 * 2**20),
+            healthcheck=docker.types.Healthcheck(test=["CMD", "test", "-f", ready_file], interval=2_000_000_000,
+                                                 timeout=3_000_000_000, retries=3, start_period=30_000_000_000))
+        return True

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hub_ext.naming import PROJECT_LABEL, USER_LABEL
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
+from hub_ext.netguard import READY as GUARD_READY
 
 from .. import proc
 from ..errors import HubforgeError
@@ -105,7 +106,8 @@ def running_task(tasks: list[dict]) -> dict | None:
 class SwarmStack(Stack):
     run_file = "stack.yml"
     template = "compose.yml.j2"
-    guards_labs = False  # the network guard's rules match bridge sources; overlay traffic leaves through docker_gwbridge
+    guards_labs = True  # a global service: the guard on every node, matching what leaves through docker_gwbridge
+    gateway_bridge = "docker_gwbridge"
 
     def in_swarm(self) -> bool:
         state = self.docker.swarm_state()
@@ -183,6 +185,7 @@ class SwarmStack(Stack):
         staged = image_map.with_suffix(".tmp")
         staged.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
         staged.replace(image_map)
+        self.guard_nodes(pinned[images["hub"]])
         workers = [n for n in self.docker.nodes() if (n.get("Spec") or {}).get("Role") == "worker"]
         if workers and not self.routing_mesh:
             self.say(f"note: the routing mesh is off (no IPVS here): the {len(workers)} worker(s) reach the registry at "
@@ -196,6 +199,31 @@ class SwarmStack(Stack):
     def start(self) -> None:
         proc.run(["docker", "stack", "deploy", "--compose-file", str(self.options.run_dir / self.run_file),
                   "--prune", "--resolve-image", "never", self.options.project], what="docker stack deploy")
+
+    def pinned(self, ref: str) -> str | None:
+        """`ref` as the nodes pull it (images.json, written by `distribute`), or None before the push."""
+        try:
+            return json.loads((self.options.run_dir / IMAGE_MAP).read_text()).get(ref)
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    @property
+    def guard_service(self) -> str:
+        return f"{self.options.project}_netguard"
+
+    def guard_nodes(self, hub_image: str) -> None:
+        """The network guard of the compose engine, as a global service from the registry's hub image: every node,
+        a node that joins later included, keeps its labs off link-local and private addresses (LAB_NETWORK_GUARD)."""
+        _, hub = self.settings()
+        if not hub.lab_network_guard:
+            self.docker.remove_service(self.guard_service)
+            return
+        command = ["python3", "-m", "hub_ext.netguard", "--project", self.options.project, "--pool", str(hub.lab_subnet_pool),
+                   "--interface", self.gateway_bridge, *(a for net in hub.lab_allowed_ranges for a in ("--allow", str(net)))]
+        labels = {PROJECT_LABEL: self.options.project, ROLE_LABEL: "netguard"}
+        if self.docker.ensure_host_service(self.guard_service, hub_image, command, labels, ["NET_ADMIN", "NET_RAW"],
+                                           ready_file=str(GUARD_READY)):
+            self.say("the network guard runs on every node (a global service)")
 
     def lab_services(self) -> list[dict]:
         if not self.in_swarm():
@@ -211,6 +239,8 @@ class SwarmStack(Stack):
         return removed + super().remove_labs()
 
     def remove(self, volumes: bool) -> None:
+        if self.in_swarm():
+            self.docker.remove_service(self.guard_service)  # not part of the stack file: made after the push
         if self.in_swarm() and self.docker.services({NAMESPACE: self.options.project}):
             proc.run(["docker", "stack", "rm", self.options.project], what="docker stack rm")
         deadline = time.monotonic() + REMOVE_TIMEOUT  # `stack rm` returns before the containers are gone
@@ -222,7 +252,8 @@ class SwarmStack(Stack):
             return []
         nodes = node_names([node_summary(n) for n in self.docker.nodes()])
         services = []
-        for service in self.docker.services({NAMESPACE: self.options.project}):
+        guard = self.docker.services({PROJECT_LABEL: self.options.project, ROLE_LABEL: "netguard"})
+        for service in [*self.docker.services({NAMESPACE: self.options.project}), *guard]:
             task = running_task(self.docker.tasks(service["ID"]))
             status = (task or {}).get("Status") or {}
             container = (status.get("ContainerStatus") or {}).get("ContainerID", "")

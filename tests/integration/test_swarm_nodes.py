@@ -7,7 +7,9 @@ leaves gives its users a clear error rather than a hang."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import time
 
 import docker
@@ -18,7 +20,7 @@ from hub_ext.naming import user_names
 from ..hubclient import EventListener
 from ..livestack import approved_user
 from ..swarmnodes import Cluster
-from .test_swarm import put_file, service_of, spawn_failure
+from .test_swarm import LISTENER, put_file, service_of, spawn_failure
 
 pytestmark = pytest.mark.integration
 STACK_ENGINE = "swarm"
@@ -148,6 +150,57 @@ def test_the_shared_volume_is_shared_by_the_labs_of_one_node(live, cluster, plac
     assert code == 0 and output.decode().strip() == token  # the same node: the same volume
     code, output = lab_container(live, cluster, elsewhere, placed[0][elsewhere]).exec_run(["cat", f"/mnt/shared/{writer}.txt"], user="lab")
     assert code != 0 and token not in output.decode()  # another node: another volume of that name
+
+
+GUARDED = "10.199.77.1"  # a private address on an interface in a worker's namespace: nothing leaves the machine
+PROBE = ("import socket\ntry:\n    c = socket.create_connection(('" + GUARDED + "', 9999), timeout=3); print(c.recv(64))\n"
+         "except OSError as e:\n    print(type(e).__name__)\n")
+
+
+def guard_tasks_running(live, count: int, timeout: float = 60) -> str:
+    """"" once the guard's global service runs `count` tasks, else what its tasks say."""
+    deadline = time.monotonic() + timeout
+    states = "no guard service"
+    while time.monotonic() < deadline:
+        guard = live.stack.docker.services({"hubforge.project": live.project, "hubforge.role": "netguard"})
+        tasks = live.stack.docker.tasks(guard[0]["ID"]) if guard else []
+        if sum(1 for t in tasks if (t.get("Status") or {}).get("State") == "running") >= count:
+            time.sleep(1)  # the guard installs its rules as it starts
+            return ""
+        states = "; ".join(f"{t.get('NodeID', '')[:6]} {t['Status'].get('State')} {t['Status'].get('Err', '')}" for t in tasks)
+        time.sleep(0.5)
+    return states
+
+
+def test_the_network_guard_keeps_labs_on_every_node_off_private_addresses(live, cluster, placed):
+    """The attack first: with the guard's service gone, a lab on a worker reads a secret from a private address of
+    its node. With the guard back (a global service, so on that worker too) the same connection is refused."""
+    user = next(u for u, n in placed[0].items() if n == cluster.nodes[0].node_id)
+    node = cluster.nodes[0]
+    node.nsenter("ip", "link", "add", "hfguard0", "type", "veth", "peer", "name", "hfguard1")  # no dummy driver here
+    node.nsenter("ip", "addr", "add", f"{GUARDED}/32", "dev", "hfguard0")
+    for end in ("hfguard0", "hfguard1"):
+        node.nsenter("ip", "link", "set", end, "up")
+    bounded = LISTENER.replace("'0.0.0.0'", f"'{GUARDED}'").replace("s.listen(4)", "s.listen(4); s.settimeout(120)")
+    listener = subprocess.Popen(["nsenter", f"--net={node.netns}", "python3", "-c", bounded])  # nsenter execs: the pid is python's
+    lab = lab_container(live, cluster, user, node.node_id)
+    try:
+        time.sleep(1)
+        problem = guard_tasks_running(live, 3)
+        assert not problem, f"the guard does not run on every node: {problem}"
+        assert "ConnectionRefusedError" in lab.exec_run(["python3", "-c", PROBE], user="lab").output.decode()
+        live.stack.docker.remove_service(f"{live.project}_netguard")  # its tasks remove their rules as they stop
+        deadline, leaked = time.monotonic() + 30, ""
+        while "walt-secret" not in leaked and time.monotonic() < deadline:
+            time.sleep(1)
+            leaked = lab.exec_run(["python3", "-c", PROBE], user="lab").output.decode()
+        assert "walt-secret" in leaked, leaked  # unguarded: the lab reads a private address of its node
+        live.stack.guard_nodes(live.stack.pinned(json.loads(live.stack.state_file.read_text())["images"]["hub"]))
+        assert not guard_tasks_running(live, 3)
+        assert "ConnectionRefusedError" in lab.exec_run(["python3", "-c", PROBE], user="lab").output.decode()
+    finally:
+        listener.kill()
+        node.nsenter("ip", "link", "delete", "hfguard0", check=False)
 
 
 def test_status_names_each_node_and_where_each_lab_runs(live, nodes, placed):

@@ -134,3 +134,11 @@ def test_labs_get_ipv6_off_when_asked():
     off = lab_runtime(names=names, groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64)
     assert on.host_config["sysctls"] == {"net.ipv6.conf.all.disable_ipv6": "1"}
     assert "sysctls" not in off.host_config
+
+
+def test_on_swarm_the_guard_matches_what_leaves_through_the_gateway_bridge():
+    # a lab's packets off its overlay come from docker_gwbridge's own addresses, not from the pool
+    rules = guard_rules("staging", ip_network("10.213.0.0/16"), interface="docker_gwbridge")
+    assert rules.jumps() == (("DOCKER-USER", ("-i", "docker_gwbridge", "-j", "HF-staging-FWD")),
+                             ("INPUT", ("-i", "docker_gwbridge", "-j", "HF-staging-IN")))
+    assert rules.forward == guard_rules("staging", ip_network("10.213.0.0/16")).forward  # the same decisions

@@ -73,7 +73,7 @@ def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path
     listener.close()
     assert "name" not in rendered and rendered["version"] == "3.9"  # `docker stack deploy` takes format 3
     hub = rendered["services"]["hub"]
-    assert set(rendered["services"]) == {"hub", "registry"}  # no netguard on Swarm (yet): status says so
+    assert set(rendered["services"]) == {"hub", "registry"}  # the guard is a global service from the registry's image
     registry = rendered["services"]["registry"]
     assert registry["image"] == "r:1" and registry["deploy"]["placement"]["constraints"] == ["node.id == node1"]
     assert registry["ports"] == [{"target": 5000, "published": stack.options.registry_port, "protocol": "tcp", "mode": "host"}]
@@ -89,7 +89,7 @@ def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path
     assert hub["user"].startswith("1000:") and "group_add" not in hub and "mem_limit" not in hub
     assert rendered["networks"]["hub"]["driver"] == "overlay" and rendered["networks"]["hub"]["attachable"] is True
     assert {v["target"] for v in hub["volumes"] if isinstance(v, dict)} >= {"/var/run/docker.sock", "/tmp"}
-    assert state["engine"] == "swarm" and state["network_guard"] is False
+    assert state["engine"] == "swarm" and state["network_guard"] is True  # a global service, made after the push
 
 
 def test_compose_renders_as_before_from_the_same_template(tmp_path):
