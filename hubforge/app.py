@@ -250,11 +250,11 @@ def status(settings: Settings, options, as_json: bool) -> dict:
         say("labs: [bold]share the hub's origin[/] (LAB_SUBDOMAINS=0): a lab's JavaScript runs with the hub session of whoever opens it")
     elif origin:
         say(f"labs: each on its own origin, {origin}")
-    if state.get("engine") == "swarm":
-        say("network guard: [bold]not available on the swarm engine yet[/]: labs can reach private and link-local addresses "
-            "unless the nodes' firewalls block them (README: \"Running on several hosts\")")
-    elif state.get("network_guard") is False:
+    if state.get("network_guard") is False:
         say("network guard: [bold]off[/] (LAB_NETWORK_GUARD=0): labs can reach private and link-local addresses, cloud metadata included")
+    elif state.get("network_guard") and state.get("engine") == "swarm":
+        say("network guard: on every node (the global netguard service): every swarm task's traffic through docker_gwbridge "
+            "is kept off private and link-local addresses, LAB_ALLOWED_RANGES excepted")
     elif state.get("network_guard"):
         say("network guard: on (labs are kept off private and link-local addresses; see the netguard service above)")
     gpu = state.get("gpu") or {}
