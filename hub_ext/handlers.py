@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jupyterhub import orm
@@ -214,42 +213,9 @@ class BroadcastPageHandler(BaseHandler):
 
 
 # -- helpers that talk to Docker and the labs --------------------------------------------------------------
-SIZES_TTL_S = 60
-_SIZES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-sizes")
-_usage: dict[str, Any] = {"at": -SIZES_TTL_S, "future": None}
-
-
-async def disk_usage(spawner) -> dict:
-    """`docker system df`, at most once a minute for the whole hub, on a thread of its own.
-
-    It measures every volume on the host, which takes long on a busy one: run on DockerSpawner's single
-    executor it would queue every spawn behind it, and uncached any user could trigger it at will.
-    Concurrent callers share one measurement.
-    """
-    now, loop = time.monotonic(), asyncio.get_running_loop()
-    future = _usage["future"]
-    stale = future is None or future.get_loop() is not loop or (
-        future.done() and (future.cancelled() or future.exception() is not None or now - _usage["at"] > SIZES_TTL_S))
-    if stale:
-        future = loop.run_in_executor(_SIZES, spawner.client.df)
-        _usage.update(at=now, future=future)
-    return await asyncio.shield(future)
-
-
 async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None]:
-    """Existing volumes of the user -> size in bytes (None when not measured yet).
-
-    Which volumes exist is asked each time (a cheap listing by name); sizes come from the shared
-    measurement of `disk_usage`, which may be up to a minute old and then lacks a volume made since.
-    """
-    found = await spawner.docker("volumes", filters={"name": list(volumes.values())})
-    project = getattr(spawner, "project", "")
-    existing = {v["Name"] for v in (found or {}).get("Volumes") or [] if not foreign_owner(v, project)} & set(volumes.values())
-    measured = {}
-    for volume in (await disk_usage(spawner)).get("Volumes") or []:
-        size = (volume.get("UsageData") or {}).get("Size", -1)
-        measured[volume["Name"]] = size if size >= 0 else None
-    return {name: measured.get(name) for name in existing}
+    """Existing volumes of the user -> size in bytes (None when not measured yet), on the node that holds them."""
+    return await spawner.volume_sizes(list(volumes.values()))
 
 
 def running_users(handler: BaseHandler) -> list:

@@ -25,9 +25,29 @@ from .gpu import GpuDecision, decide
 from .naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL, escape_username, foreign_owner, lab_network_name, user_names
 from .networks import NETWORK_ROLE, SUBNET_PREFIX, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
-from .volumes import remove_volume
+from .volumes import measure, remove_volume
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
+SIZES_TTL_S = 60
+_SIZES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-sizes")
+_usage: dict[str, Any] = {"at": -SIZES_TTL_S, "future": None}
+
+
+async def disk_usage(client) -> dict:
+    """`docker system df` of this node, at most once a minute for the whole hub, on a thread of its own.
+
+    It measures every volume on the host, which takes long on a busy one: run on DockerSpawner's single
+    executor it would queue every spawn behind it, and uncached any user could trigger it at will.
+    Concurrent callers share one measurement.
+    """
+    now, loop = time.monotonic(), asyncio.get_running_loop()
+    future = _usage["future"]
+    stale = future is None or future.get_loop() is not loop or (
+        future.done() and (future.cancelled() or future.exception() is not None or now - _usage["at"] > SIZES_TTL_S))
+    if stale:
+        future = loop.run_in_executor(_SIZES, client.df)
+        _usage.update(at=now, future=future)
+    return await asyncio.shield(future)
 
 
 _USER_LOCKS: dict[str, asyncio.Lock] = {}
@@ -446,6 +466,14 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     async def remove_volumes(self, names: list[str]) -> list[dict[str, Any]]:
         """Delete these volumes of the user's (a reset, a discarded account), in order; one result each."""
         return [await remove_volume(self.docker, name, self.project) for name in names]
+
+    async def volume_sizes(self, names: list[str]) -> dict[str, int | None]:
+        """Which of these volumes of the user's exist, with their sizes (None: not measured yet).
+
+        Which exist is asked each time (a cheap listing by name); sizes come from the shared measurement of
+        `disk_usage`, which may be up to a minute old and then lacks a volume made since."""
+        found = await self.docker("volumes", filters={"name": names})
+        return measure((found or {}).get("Volumes") or [], await disk_usage(self.client), names, self.project)
 
     # -- the lab's own network ------------------------------------------------------------------------
     async def inspect_network(self, name: str) -> dict | None:

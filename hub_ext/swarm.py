@@ -20,7 +20,7 @@ from traitlets import Dict, Integer, Unicode
 from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
 from .networks import hub_address, overlay_spec
 from .runtime import DOCKER_PRIVILEGED_GROUP
-from .spawner import HubforgeSpawner, not_found
+from .spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 from .volumes import parse_answer
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
@@ -30,6 +30,7 @@ ANCHOR_SECONDS = 30
 IMAGE_MAP = "/srv/jupyterhub/registry/images.json"  # written by `invoke up` after it pushed the images (hubforge.stack.swarm)
 HELPER_TIMEOUT = 120
 NODE_CHECK_SECONDS = 2.0
+_REMOTE_SIZES: dict[tuple[str, tuple[str, ...]], tuple[float, dict[str, int | None]]] = {}  # (node, names) -> (when, sizes)
 
 
 class SwarmRefused(RuntimeError):
@@ -241,7 +242,30 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             results = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "remove", "--project", self.project, *names])
         except (SwarmRefused, RuntimeError) as exc:
             return [{**r, "reason": str(exc)} for r in failed]
+        finally:
+            self.forget_sizes()  # what exists there has changed
         return results
+
+    async def volume_sizes(self, names: list[str]) -> dict[str, int | None]:
+        """On another node, through the same one-shot helper as a reset, at most once a minute per user (a page view
+        costs a few seconds the first time). When the node cannot answer, every volume shows with its size unknown rather than as absent."""
+        if not self.pinned or not self.node_id or self.node_id == await self.hub_node():
+            return await super().volume_sizes(names)
+        key = (self.node_id, tuple(names))
+        cached = _REMOTE_SIZES.get(key)
+        if cached is None or time.monotonic() - cached[0] > SIZES_TTL_S:
+            try:
+                await self.placement()
+                answer = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "sizes", "--project", self.project, *names])
+            except (SwarmRefused, RuntimeError) as exc:
+                self.log.warning("volume sizes of %s on node %s: %s", self.user.name, self.node_id[:12], exc)
+                return dict.fromkeys(names)  # shown as "size unknown"; a reset says what is really there
+            cached = _REMOTE_SIZES[key] = (time.monotonic(), {r["volume"]: r.get("size") for r in answer if "volume" in r})
+        return dict(cached[1])
+
+    def forget_sizes(self) -> None:
+        for key in [k for k in _REMOTE_SIZES if k[0] == self.node_id]:
+            _REMOTE_SIZES.pop(key, None)
 
     async def on_node(self, node: str, command: list[str]) -> list[dict[str, Any]]:
         """Run a hub_ext helper once on `node`, with the node's Docker socket; its answer line, parsed."""

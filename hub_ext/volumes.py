@@ -1,5 +1,6 @@
-"""Removing a user's volumes: one rule, run by the hub on its own node and, on Swarm, by a one-shot helper
-service on the node that holds them (`python3 -m hub_ext.volumes remove ...`, which prints one JSON line).
+"""Measuring and removing a user's volumes: one rule each, run by the hub on its own node and, on Swarm, by a
+one-shot helper service on the node that holds them (`python3 -m hub_ext.volumes sizes|remove ...`, which prints
+one JSON line).
 
 A volume of another project is never removed, even when the names collide (naming.foreign_owner).
 """
@@ -36,6 +37,17 @@ async def remove_volume(docker: Gateway, name: str, project: str) -> dict[str, A
         return {"volume": name, "result": "failed", "reason": str(getattr(exc, "explanation", None) or exc)}
 
 
+def measure(found: list[dict[str, Any]], usage: dict[str, Any], wanted: list[str], project: str) -> dict[str, int | None]:
+    """Which of `wanted` exist and are this project's (from a volume listing), with their sizes in bytes from a
+    `docker system df` answer (None: not measured yet, e.g. a volume made since the measurement)."""
+    existing = {v["Name"] for v in found if not foreign_owner(v, project)} & set(wanted)
+    measured = {}
+    for volume in usage.get("Volumes") or []:
+        size = (volume.get("UsageData") or {}).get("Size", -1)
+        measured[volume["Name"]] = size if size >= 0 else None
+    return {name: measured.get(name) for name in sorted(existing)}
+
+
 def parse_answer(logs: str) -> list[dict[str, Any]] | None:
     """The helper's results from its logs, or None when it printed none (it failed before answering)."""
     for line in reversed(logs.splitlines()):
@@ -57,11 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     remove.add_argument("--wait", type=float, default=30.0,
                         help="seconds to wait for a volume in use by a stopping container (the lab's service was just removed)")
     remove.add_argument("names", nargs="+")
+    sizes = commands.add_parser("sizes", help="which of the named volumes of one project exist on this node, with their sizes")
+    sizes.add_argument("--project", required=True)
+    sizes.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
 
     import docker  # the helper's own node: its socket is mounted at the default path
 
     api = docker.APIClient(timeout=60)
+    if args.command == "sizes":
+        found = (api.volumes(filters={"name": args.names}) or {}).get("Volumes") or []
+        measured = measure(found, api.df(), args.names, args.project)
+        print(RESULT_PREFIX + json.dumps([{"volume": name, "size": size} for name, size in measured.items()]), flush=True)
+        return 0
 
     async def gateway(method: str, *call_args: Any) -> Any:
         return getattr(api, method)(*call_args)

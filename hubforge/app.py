@@ -280,16 +280,17 @@ def logs(settings: Settings, options, service: str | None, follow: bool, tail: i
     from . import proc
 
     stack = stack_for(settings, options)
-    for lab in stack.lab_containers():  # `invoke logs alice` shows alice's lab
-        if service and service in (lab["Labels"].get("hubforge.user"), lab["Names"][0].lstrip("/")):
-            argv = ["docker", "logs", f"--tail={tail}"] + (["--follow"] if follow else []) + [lab["Id"]]
-            proc.run(argv, capture=False, check=False)
+    own = sorted({"hub", *(s["service"] for s in stack.services())})
+    if service and service not in own:
+        lab = stack.lab_logs_argv(service, follow, tail)  # `invoke logs alice`: alice's lab, on whichever node it runs
+        if lab:
+            proc.run(lab, capture=False, check=False)
             return
+        running = ", ".join(stack.lab_users()) or "none"
+        raise HubforgeError(f"no service or running lab named {service!r}; services: {', '.join(own)}; "
+                            f"users with a running lab: {running}")
     if not (options.run_dir / stack.run_file).exists():
         raise HubforgeError(f"no stack {options.project} here: start it with `invoke up`")
-    if service and service != "hub":
-        running = ", ".join(sorted(lab["Labels"].get("hubforge.user", "?") for lab in stack.lab_containers())) or "none"
-        raise HubforgeError(f"no service or running lab named {service!r}; services: hub; users with a running lab: {running}")
     proc.run(stack.logs_argv(service, follow, tail), capture=False, check=False)
 
 

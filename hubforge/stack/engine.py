@@ -240,6 +240,17 @@ class Stack:
         return [c for c in self.docker.containers({PROJECT_LABEL: self.options.project})
                 if c.get("Labels", {}).get("hubforge.user")]
 
+    def lab_logs_argv(self, name: str, follow: bool, tail: int) -> list[str] | None:
+        """`docker logs` of the lab of user `name` (or of the container so named), wherever it runs; None if none."""
+        for lab in self.lab_containers():
+            if name in (lab["Labels"].get("hubforge.user"), lab["Names"][0].lstrip("/")):
+                return ["docker", "logs", f"--tail={tail}", *(["--follow"] if follow else []), lab["Id"]]
+        return None
+
+    def lab_users(self) -> list[str]:
+        """Users whose lab exists, on any node."""
+        return sorted({lab["Labels"].get("hubforge.user", "?") for lab in self.lab_containers()})
+
     def down(self, volumes: bool, user_volumes: bool) -> list[str]:
         """Stop and remove the stack's containers (labs too); volumes only when asked. Returns what went."""
         removed = self.remove_labs()

@@ -231,6 +231,16 @@ class SwarmStack(Stack):
         return [s for s in self.docker.services({PROJECT_LABEL: self.options.project})
                 if (s["Spec"].get("Labels") or {}).get(USER_LABEL)]
 
+    def lab_logs_argv(self, name: str, follow: bool, tail: int) -> list[str] | None:
+        """A lab is a service here: `docker service logs` reads its task's logs on whichever node it runs."""
+        for service in self.lab_services():
+            if name in (service["Spec"]["Labels"][USER_LABEL], service["Spec"]["Name"]):
+                return ["docker", "service", "logs", f"--tail={tail}", *(["--follow"] if follow else []), service["ID"]]
+        return super().lab_logs_argv(name, follow, tail)
+
+    def lab_users(self) -> list[str]:
+        return sorted({*(s["Spec"]["Labels"][USER_LABEL] for s in self.lab_services()), *super().lab_users()})
+
     def remove_labs(self) -> list[str]:
         removed = []
         for service in self.lab_services():

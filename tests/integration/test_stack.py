@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import docker
 import pytest
 
@@ -129,6 +133,19 @@ def test_status_reports_the_stack(live):
     assert state["running"] and any(s["service"] == "hub" and s["health"] == "healthy" for s in state["services"])
     assert state["gpu"]["mode"] == "auto" and state["gpu"]["enabled"] is False
     assert {lab["user"] for lab in state["labs"]} >= {"first.last", "dave"}
+
+
+def test_logs_of_a_user_show_their_lab_and_an_unknown_name_is_one_line(live, tmp_path):
+    argv = live.stack.lab_logs_argv("first.last", follow=False, tail=200)
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "/user/first.last/" in shown.stdout + shown.stderr
+    assert live.stack.lab_logs_argv("nobody-here", follow=False, tail=10) is None
+    result = subprocess.run([sys.executable, "-m", "invoke", "logs", "nobody-here", "--project", live.project],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = result.stderr.strip()
+    assert error.count("\n") == 0 and "no service or running lab named 'nobody-here'" in error and "first.last" in error, error
 
 
 def test_down_removes_containers_and_keeps_volumes(live):

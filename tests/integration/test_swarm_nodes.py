@@ -113,6 +113,22 @@ def test_a_restart_on_a_worker_keeps_the_file(live, nodes, placed):
     assert api.request("GET", f"user/{user}/api/contents/restart.txt").json()["content"] == "still here"
 
 
+def test_the_volume_manager_and_the_logs_reach_a_lab_on_a_worker(live, nodes, placed):
+    """The hub has only its own node's socket: sizes come from a helper on the worker, logs through the service."""
+    user = on_a_worker(placed, nodes)[-1]
+    session, api = placed[1][user]
+    put_file(api, user, "measured.txt", "x" * 50_000)
+    response = session.api("GET", f"hubforge/users/{user}/volumes")
+    assert response.status_code == 200, response.text
+    listing = {v["kind"]: v for v in response.json()["volumes"]}
+    assert listing["home"]["exists"] and listing["workspace"]["exists"], listing  # not "not made yet"
+    assert (listing["workspace"]["size_bytes"] or 0) >= 50_000, listing
+    argv = live.stack.lab_logs_argv(user, follow=False, tail=200)
+    assert argv[:3] == ["docker", "service", "logs"], argv
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert f"/user/{user}/" in shown.stdout + shown.stderr, shown.stdout[-2000:] + shown.stderr[-2000:]
+
+
 def test_a_broadcast_reaches_labs_on_every_node(live, admin, placed):
     running = {user: placed[1][user][1] for user in USERS}
     listeners = {user: EventListener(api, user) for user, api in running.items()}

@@ -16,7 +16,9 @@ from tornado.web import Application, RequestHandler
 
 from hub_ext.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
 from hub_ext import handlers as hub_handlers
-from hub_ext.handlers import authorize, deliver, disk_usage, exclusively, reset_volumes, restart_server, volume_sizes
+from hub_ext.handlers import authorize, deliver, exclusively, reset_volumes, restart_server, volume_sizes
+from hub_ext import spawner as hub_spawner
+from hub_ext.spawner import disk_usage
 from hub_ext.spawner import HubforgeSpawner, server_token
 from hub_ext.naming import user_names
 
@@ -190,16 +192,16 @@ class CountingClient:
 def test_volume_sizes_are_measured_once_a_minute_off_the_loop(monkeypatch):
     import threading
 
-    monkeypatch.setitem(hub_handlers._usage, "future", None)
+    monkeypatch.setitem(hub_spawner._usage, "future", None)
     spawner = type("S", (), {"client": CountingClient()})()
 
     async def twenty_users():
-        return await asyncio.gather(*(disk_usage(spawner) for _ in range(20)))
+        return await asyncio.gather(*(disk_usage(spawner.client) for _ in range(20)))
 
     answers = asyncio.run(twenty_users())
     assert spawner.client.calls == 1 and all(a["Volumes"][0]["UsageData"]["Size"] == 7 for a in answers)
     assert threading.get_ident() not in spawner.client.threads
-    monkeypatch.setitem(hub_handlers._usage, "at", hub_handlers._usage["at"] - hub_handlers.SIZES_TTL_S - 1)
+    monkeypatch.setitem(hub_spawner._usage, "at", hub_spawner._usage["at"] - hub_spawner.SIZES_TTL_S - 1)
     asyncio.run(twenty_users())  # a new loop, and the minute is over: measured again, once
     assert spawner.client.calls == 2
 
@@ -266,6 +268,7 @@ class FakeSpawner:
     lab_alive = HubforgeSpawner.lab_alive
     lab_environment = HubforgeSpawner.lab_environment
     remove_volumes = HubforgeSpawner.remove_volumes
+    volume_sizes = HubforgeSpawner.volume_sizes
 
 
 NAMES = user_names("jupyterlab", "alice")
@@ -423,7 +426,7 @@ def test_a_lab_answering_garbage_fails_only_its_own_delivery():
 
 
 def test_the_volume_manager_sees_volumes_made_or_removed_since_the_last_measurement(monkeypatch):
-    monkeypatch.setitem(hub_handlers._usage, "future", None)
+    monkeypatch.setitem(hub_spawner._usage, "future", None)
     measured = {"Volumes": [{"Name": NAMES.volumes["home"], "UsageData": {"Size": 4096}},
                             {"Name": NAMES.volumes["cache"], "UsageData": {"Size": 10}}]}
     spawner = FakeSpawner(FakeDaemon(volumes=[NAMES.volumes["home"], NAMES.volumes["workspace"], "jupyterlab-alicex_home"]),
@@ -437,7 +440,7 @@ def test_the_volume_manager_sees_volumes_made_or_removed_since_the_last_measurem
 
 def test_another_projects_volumes_are_neither_listed_nor_deleted(monkeypatch):
     # two projects configured with one prefix: the names collide, the labels tell them apart
-    monkeypatch.setitem(hub_handlers._usage, "future", None)
+    monkeypatch.setitem(hub_spawner._usage, "future", None)
     daemon = FakeDaemon(volumes=NAMES.volumes.values(), owners={NAMES.volumes["workspace"]: "production"})
     spawner = FakeSpawner(daemon, active=False)
     spawner.client = type("Client", (), {"df": staticmethod(lambda: {"Volumes": []})})()

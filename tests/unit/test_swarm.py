@@ -242,3 +242,20 @@ def test_the_volume_helpers_answer_is_read_back_from_its_logs():
     assert parse_answer(logs) == [{"volume": "v", "result": "removed"}]
     assert parse_answer("Traceback (most recent call last):\n  ...\n") is None  # died before answering
     assert parse_answer(f"{RESULT_PREFIX}{{truncated") is None
+
+
+def test_volume_sizes_name_only_this_projects_volumes_that_exist_with_their_measured_size():
+    """One rule for the hub's node and the helper on another node: which of the user's volumes exist, and their sizes."""
+    from hub_ext.naming import PROJECT_LABEL
+    from hub_ext.volumes import measure
+
+    found = [{"Name": "lab-alice_home", "Labels": {PROJECT_LABEL: "p"}},
+             {"Name": "lab-alice_workspace", "Labels": {PROJECT_LABEL: "p"}},
+             {"Name": "lab-alice_cache", "Labels": {PROJECT_LABEL: "other"}},  # another project's, same name
+             {"Name": "unrelated", "Labels": {}}]
+    usage = {"Volumes": [{"Name": "lab-alice_home", "UsageData": {"Size": 4096}},
+                         {"Name": "lab-alice_cache", "UsageData": {"Size": 9}},
+                         {"Name": "lab-alice_workspace", "UsageData": {"Size": -1}}]}  # -1: Docker has not measured it
+    wanted = ["lab-alice_home", "lab-alice_workspace", "lab-alice_cache"]
+    assert measure(found, usage, wanted, "p") == {"lab-alice_home": 4096, "lab-alice_workspace": None}
+    assert measure(found, {}, wanted, "p") == {"lab-alice_home": None, "lab-alice_workspace": None}
