@@ -52,7 +52,7 @@ def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | No
 
 
 @task(help={
-    "target": "one of base, hub, lab, gpu-probe, registry (default: all of them)",
+    "target": "one of base, hub, lab, gpu-probe, registry, idp (default: all but idp, the tests' OpenID Connect provider)",
     "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
     "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
     "plan": "print the graph, keys and what would rebuild and why; build nothing",
@@ -70,7 +70,7 @@ def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, n
 
 
 @task(help={
-    "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry)",
+    "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, idp)",
     "only": "python | apt: lock only one kind",
     "base": "auto | pull | bootstrap, for resolving Debian packages",
 })
@@ -234,6 +234,7 @@ def test(c, quick=False, k=None):
     checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium", "registry"}, app.say)
     app.build(cfg, None, None, False, False)
     app.build(cfg, "lab", "datascience", False, False)  # the image tests cover the flavour too
+    app.build(cfg, "idp", None, False, False)  # the OpenID Connect provider the sign-in tests use
     pytest(c, ["tests/images", "tests/integration"], selection)
     pytest(c, ["tests/e2e"], PYTEST_BROWSER_ARGS + selection)
 
@@ -252,6 +253,7 @@ def e2e(c, k=None, headed=False, keep=False, screenshots=None):
     cfg = settings(c)
     checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium"}, app.say)
     app.build(cfg, None, None, False, False)
+    app.build(cfg, "idp", None, False, False)  # the OpenID Connect provider of the sign-in flow
     extra = list(PYTEST_BROWSER_ARGS)
     extra += ["-k", repr(k)] if k else []
     extra += ["--headed"] if headed else []

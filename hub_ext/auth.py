@@ -20,6 +20,7 @@ import bcrypt
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.orm import UserInfo
 from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from . import accounts, labaccess
 from .handlers import default_handlers
@@ -63,7 +64,33 @@ class LoginRefused(Exception):
 TEMPLATES = str(Path(__file__).parent / "templates")
 
 
-class HubforgeAuthenticator(NativeAuthenticator):
+class HubforgeAuthMixin(LoggingConfigurable):
+    """What every hubforge authenticator shares, whoever checks the password: hub_ext's pages and APIs, the
+    admins' lab access, and one set of username rules (NFKC, then the signup rules) for every way a user is made."""
+
+    admin_lab_access = Bool(
+        False, config=True,
+        help="Admins may open other users' labs (LAB_ADMIN_ACCESS). Off: they manage servers but never open them "
+             "(hub_ext.labaccess says why).")
+
+    def hubforge_handlers(self, own: list) -> list:
+        """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and hub_ext's."""
+        return list(labaccess.handlers) + list(own) + list(default_handlers)
+
+    def normalize_username(self, username: str) -> str:
+        """NFKC first, then JupyterHub's own (lower case, username_map): a full-width or ligature
+        look-alike of a name is that name, at signup, at login and in the API."""
+        return super().normalize_username(unicodedata.normalize("NFKC", username))
+
+    def validate_username(self, username: str) -> bool:
+        """The signup rules hold for every way a user is made, an admin's API call included (400)."""
+        problem = accounts.username_problem(username)
+        if problem:
+            self.log.warning("username %r refused: %s", username, problem)
+        return problem is None and super().validate_username(username)
+
+
+class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
     admin_password = Unicode(
         "",
         config=True,
@@ -88,11 +115,6 @@ class HubforgeAuthenticator(NativeAuthenticator):
         help="Failed logins plus signups one client address may make per minute (LOGIN_ADDRESS_LIMIT). "
              "Successful logins do not count, so a class behind one NAT logs in freely.")
 
-    admin_lab_access = Bool(
-        False, config=True,
-        help="Admins may open other users' labs (LAB_ADMIN_ACCESS). Off: they manage servers but never open them "
-             "(hub_ext.labaccess says why).")
-
     @default("allowed_failed_logins")
     def _no_native_lockout(self):
         return 0  # NativeAuthenticator's lock-out counts per account only: anyone could lock the admin out
@@ -107,7 +129,7 @@ class HubforgeAuthenticator(NativeAuthenticator):
         """NativeAuthenticator's routes, with signup and approval replaced by safe ones, plus hub_ext's."""
         replaced = {route for route, _ in accounts.handlers}
         native = [(route, handler) for route, handler in super().get_handlers(app) if route not in replaced]
-        return list(labaccess.handlers) + list(accounts.handlers) + native + list(default_handlers)
+        return self.hubforge_handlers(list(accounts.handlers) + native)
 
     @property
     def bootstrap(self) -> accounts.BootstrapSecret:
@@ -120,18 +142,6 @@ class HubforgeAuthenticator(NativeAuthenticator):
     def signup_open(self) -> bool:
         """The signup page exists when signup is on, or while the admin has yet to claim the hub."""
         return self.enable_signup or self.admin_unclaimed()
-
-    def normalize_username(self, username: str) -> str:
-        """NFKC first, then JupyterHub's own (lower case, username_map): a full-width or ligature
-        look-alike of a name is that name, at signup, at login and in the API."""
-        return super().normalize_username(unicodedata.normalize("NFKC", username))
-
-    def validate_username(self, username: str) -> bool:
-        """The signup rules hold for every way a user is made, an admin's API call included (400)."""
-        problem = accounts.username_problem(username)
-        if problem:
-            self.log.warning("username %r refused: %s", username, problem)
-        return problem is None and super().validate_username(username)
 
     def is_common(self, password: str) -> bool:
         return self.is_password_common(password)

@@ -13,15 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
+from .parse import ConfigError, flag
+
 ENGINES = ("compose", "swarm")  # what runs the stack and the labs: `invoke up --engine`, HUBFORGE_ENGINE in the hub
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}
 _USERNAME = re.compile(r"^[^\s/]{1,64}$")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])?[bB]?$")
 _BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
-
-
-class ConfigError(ValueError):
-    """A bad environment value; str() is the one line the hub prints before refusing to start."""
 
 
 @dataclass(frozen=True)
@@ -61,17 +60,8 @@ class HubConfig:
     lab_admin_access: bool = False
     public_host: str = ""
     lab_subdomains: bool = True
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={env[name]!r} is not valid; use 1 or 0")
+    authenticator: str = "native"  # AUTHENTICATOR: native (signup and approval) or oidc (an OpenID Connect provider)
+    oidc: OIDCConfig | None = None  # the OIDC_* settings, with AUTHENTICATOR=oidc
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -266,14 +256,23 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
     return config
 
 
+def parse_authenticator(raw: str) -> str:
+    value = raw.strip().lower() or "native"
+    if value not in AUTHENTICATORS:
+        raise ConfigError(f"AUTHENTICATOR={raw!r} is not valid; use native (signup with approval) or oidc (OpenID Connect)")
+    return value
+
+
 def _from_environ(env: Mapping[str, str]) -> HubConfig:
+    authenticator = parse_authenticator(env.get("AUTHENTICATOR", ""))
+    oidc = parse_oidc(env) if authenticator == "oidc" else None
     services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
     for key, value in services.items():
-        _bool(env, key, False)  # each must be a valid flag
+        flag(env, key, False)  # each must be a valid flag
     volume_driver = parse_volume_driver(env.get("LAB_VOLUME_DRIVER", ""))
     return HubConfig(
         admin=parse_username(env.get("JUPYTERHUB_ADMIN", "admin") or "admin", "JUPYTERHUB_ADMIN"),
-        enable_signup=_bool(env, "ENABLE_SIGNUP", True),
+        enable_signup=flag(env, "ENABLE_SIGNUP", True),
         base_url=parse_base_url(env.get("JUPYTERHUB_BASE_URL", "/")),
         gpu_mode=parse_gpu_mode(env.get("ENABLE_GPU_SUPPORT", "")),
         password_min_length=_int(env, "PASSWORD_MIN_LENGTH", 8, 1),
@@ -285,7 +284,7 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_cpu_limit=_float(env, "LAB_CPU_LIMIT", 2.0),
         lab_pids_limit=_int(env, "LAB_PIDS_LIMIT", 1024, 16),
         lab_cpu_shares=_int(env, "LAB_CPU_SHARES", 128, 2),
-        lab_read_only_root=_bool(env, "LAB_READ_ONLY_ROOT", True),
+        lab_read_only_root=flag(env, "LAB_READ_ONLY_ROOT", True),
         hub_mem_limit=parse_memory("HUB_MEM_LIMIT", env.get("HUB_MEM_LIMIT", "") or "2G"),
         hub_cpu_limit=_float(env, "HUB_CPU_LIMIT", 2.0),
         hub_pids_limit=_int(env, "HUB_PIDS_LIMIT", 2048, 64),
@@ -293,18 +292,20 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
         concurrent_spawn_limit=_int(env, "CONCURRENT_SPAWN_LIMIT", 100, 0),
         lab_start_concurrency=_int(env, "LAB_START_CONCURRENCY", 0, 0),
         lab_start_timeout=_int(env, "LAB_START_TIMEOUT", 600, 30),
-        lab_server_proxy=_bool(env, "LAB_SERVER_PROXY", False),
-        idle_culler_enabled=_bool(env, "IDLE_CULLER_ENABLED", False),
+        lab_server_proxy=flag(env, "LAB_SERVER_PROXY", False),
+        idle_culler_enabled=flag(env, "IDLE_CULLER_ENABLED", False),
         idle_culler_timeout=_int(env, "IDLE_CULLER_TIMEOUT", 3600, 60),
         logo_uri=env.get("JUPYTERHUB_LOGO_URI", "").strip(),
         metrics_token=env.get("JUPYTERHUB_METRICS_TOKEN", "").strip(),
-        lab_services={k: "1" if _bool(env, k, False) else "0" for k in services},
+        lab_services={k: "1" if flag(env, k, False) else "0" for k in services},
         lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
         lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
-        lab_network_guard=_bool(env, "LAB_NETWORK_GUARD", True),
+        lab_network_guard=flag(env, "LAB_NETWORK_GUARD", True),
         lab_volume_driver=volume_driver,
         lab_volume_driver_opts=parse_driver_options(env.get("LAB_VOLUME_DRIVER_OPTS", ""), volume_driver),
-        lab_admin_access=_bool(env, "LAB_ADMIN_ACCESS", False),
+        lab_admin_access=flag(env, "LAB_ADMIN_ACCESS", False),
         public_host=parse_public_host(env.get("HUBFORGE_PUBLIC_HOST", "")),
-        lab_subdomains=_bool(env, "LAB_SUBDOMAINS", True),
+        lab_subdomains=flag(env, "LAB_SUBDOMAINS", True),
+        authenticator=authenticator,
+        oidc=oidc,
     )

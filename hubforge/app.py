@@ -193,7 +193,12 @@ def up(settings: Settings, options) -> dict:
     say(f"  settings: {options.run_dir}/.env   {options.engine} file: {options.run_dir / stack.run_file}")
     if state.get("bootstrap_secret"):
         say(f"  admin bootstrap secret (shown once; also in the hub's data volume): [bold]{state['bootstrap_secret']}[/]")
-    if state.get("admin_unclaimed"):
+    if state.get("oidc"):
+        oidc = state["oidc"]
+        say(f"  sign-in: OpenID Connect at {oidc['issuer']} (client {oidc['client_id']}); the hub lets in {oidc['who_gets_in']}")
+        say(f"  register this redirect URI at the provider: [bold]{oidc['redirect_uri']}[/]"
+            + (f", and this post-logout redirect URI: {oidc['post_logout_redirect_uri']}" if oidc.get("post_logout_redirect_uri") else ""))
+    elif state.get("admin_unclaimed"):
         say(f"  next: sign up as [bold]{state['admin']}[/] at {state['url']}hub/signup with the bootstrap secret, then log in")
     elif state["signup"]:
         say(f"  next: log in at {state['url']}hub/login; users sign up at {state['url']}hub/signup and you approve them at {state['url']}hub/authorize")
@@ -245,6 +250,10 @@ def status(settings: Settings, options, as_json: bool) -> dict:
         hub = next((s["container"] for s in state["services"] if s["service"] == "hub"), "<hub container>")
         say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed "
             f"(to read it again: docker exec {hub} cat /srv/jupyterhub/data/admin-bootstrap-secret)")
+    if state.get("oidc"):
+        oidc = state["oidc"]
+        say(f"sign-in: OpenID Connect at {oidc['issuer']} (client {oidc['client_id']}, redirect URI {oidc['redirect_uri']}); "
+            f"lets in {oidc['who_gets_in']}")
     origin = state.get("lab_origin")
     if origin and origin.startswith("shared"):
         say("labs: [bold]share the hub's origin[/] (LAB_SUBDOMAINS=0): a lab's JavaScript runs with the hub session of whoever opens it")

@@ -60,14 +60,17 @@ if not env.get("SSL_CERT"):
     ensure_self_signed(cert, key, certificate_names(hub))  # the labs' wildcard included; remade if it lacks one
 # Each lab on its own origin, https://<user>.<hub host>/: the hub's cookies never reach a lab, and a lab's
 # JavaScript cannot act on the hub with its visitor's session. LAB_SUBDOMAINS=0 keeps labs on the hub's origin.
+PUBLIC_PORT = env.get("HUBFORGE_HTTPS_PORT", "443")  # as published by `invoke up --port`
+PUBLIC_ORIGIN = f"https://{hub_host(hub)}" + ("" if PUBLIC_PORT == "443" else f":{PUBLIC_PORT}")
 if hub.lab_subdomains:
-    public_port = env.get("HUBFORGE_HTTPS_PORT", "443")
-    c.JupyterHub.subdomain_host = f"https://{hub_host(hub)}" + ("" if public_port == "443" else f":{public_port}")
+    c.JupyterHub.subdomain_host = PUBLIC_ORIGIN
     # JupyterHub 5's "idna" rule, given as the function: unicode, dots and long names all become one DNS label.
     # (The string "idna" reaches the services' code unresolved in JupyterHub 5.5.4: "'str' object is not callable".)
     c.JupyterHub.subdomain_hook = subdomain_hook_idna
-else:
-    c.JupyterHub.template_vars = {"hubforge_shared_origin": True}  # the admin page says so
+c.JupyterHub.template_vars = {
+    "hubforge_shared_origin": not hub.lab_subdomains,  # the admin page says so
+    "hubforge_native": hub.authenticator == "native",  # signup and approval pages exist
+}
 c.JupyterHub.ssl_cert = str(cert)
 c.JupyterHub.ssl_key = str(key)
 # The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.
@@ -87,24 +90,67 @@ c.JupyterHub.tornado_settings = {
     "cookie_options": {"secure": True},
 }
 
-# -- authentication: NativeAuthenticator, self-signup with admin approval ------------------------------
-# NativeAuthenticator plus hub_ext's pages and APIs (registered through Authenticator.get_handlers).
-c.JupyterHub.authenticator_class = "hub_ext.auth.HubforgeAuthenticator"
-c.JupyterHub.template_paths = [TEMPLATES, str(Path(nativeauthenticator.__file__).parent / "templates")]
-c.Authenticator.admin_users = {hub.admin}
-c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
-c.NativeAuthenticator.enable_signup = hub.enable_signup
-c.HubforgeAuthenticator.admin_password = hub.admin_password  # checked against the password rules
-c.HubforgeAuthenticator.bootstrap_secret_file = str(DATA / "admin-bootstrap-secret")
-c.NativeAuthenticator.minimum_password_length = hub.password_min_length
-c.NativeAuthenticator.check_common_password = True
-# Throttling per account and client address with growing waits, and a budget per address (hub_ext.throttle);
-# NativeAuthenticator's own per-account lock-out, which anyone could aim at the admin, is off.
-c.HubforgeAuthenticator.login_free_failures = hub.login_max_failures
-c.HubforgeAuthenticator.login_max_delay = hub.login_lockout_seconds
-c.HubforgeAuthenticator.login_address_limit = hub.login_address_limit
-# Admins manage users' servers but do not open them (hub_ext.labaccess), unless LAB_ADMIN_ACCESS=1.
-c.HubforgeAuthenticator.admin_lab_access = hub.lab_admin_access
+# -- authentication: NativeAuthenticator (signup with approval), or an OpenID Connect provider ---------------------
+# Both register hub_ext's pages and APIs through Authenticator.get_handlers, and share hub_ext.auth.HubforgeAuthMixin:
+# one set of username rules, and admins' access to labs (hub_ext.labaccess), unless LAB_ADMIN_ACCESS=1.
+c.HubforgeAuthMixin.admin_lab_access = hub.lab_admin_access
+if hub.authenticator == "oidc":
+    from hub_ext.oidc import OIDCError, discover, logout_url, stored_key
+    from hub_ext.oidcauth import GROUPS_KEY
+
+    oidc = hub.oidc
+    try:  # the issuer must answer now: a hub that cannot sign anyone in stops with one line instead
+        endpoints = discover(oidc, say=lambda message: print(f"hubforge: {message}", file=sys.stderr, flush=True))
+    except OIDCError as exc:
+        refuse(str(exc))
+    c.JupyterHub.authenticator_class = "hub_ext.oidcauth.HubforgeOIDCAuthenticator"
+    c.JupyterHub.template_paths = [TEMPLATES]  # JupyterHub's login page: one "Sign in with <name>" button
+    auth = c.HubforgeOIDCAuthenticator
+    auth.login_service = oidc.login_name
+    auth.client_id = oidc.client_id
+    auth.client_secret = oidc.client_secret  # from .env or OIDC_CLIENT_SECRET_FILE (a secret mounted by the stack)
+    auth.authorize_url = endpoints.authorization
+    auth.token_url = endpoints.token  # the hub's own calls go to OIDC_INTERNAL_URL when set
+    auth.userdata_url = endpoints.userinfo
+    auth.userdata_from_id_token = oidc.claims_from == "id_token"
+    auth.scope = list(oidc.scopes)
+    auth.username_claim = oidc.username_claim
+    if hub.public_host or hub.lab_subdomains:  # else oauthenticator takes it from the request's own host
+        auth.oauth_callback_url = f"{PUBLIC_ORIGIN}{hub.base_url}hub/oauth_callback"
+    # Who gets in and who is admin come from the provider, at every login and every OIDC_RECHECK_SECONDS after it
+    # (with the stored token: auth state, encrypted with a key kept in the hub's data volume).
+    auth.manage_groups = True
+    auth.auth_state_groups_key = GROUPS_KEY  # hub_ext.oidc.hub_groups: provider groups, never the built-in names
+    auth.groups_claim = oidc.groups_claim
+    auth.group_map = [list(pair) for pair in oidc.group_map]
+    auth.allow_all = oidc.allow_all
+    auth.allowed_groups = set(oidc.allowed_groups)
+    auth.allowed_users = set(oidc.allowed_users)
+    auth.admin_groups = set(oidc.admin_groups)
+    auth.admin_users = set(oidc.admin_users)  # JUPYTERHUB_ADMIN is not used: a provider may let anyone pick that name
+    auth.who_gets_in = oidc.who_gets_in
+    auth.enable_auth_state = True
+    auth.auth_refresh_age = oidc.recheck_seconds
+    c.CryptKeeper.keys = [stored_key(DATA / "auth-state-key")]
+    if oidc.logout_provider and endpoints.end_session:  # RP-initiated logout: the provider's session ends too
+        auth.logout_redirect_url = logout_url(endpoints.end_session, oidc.client_id, f"{PUBLIC_ORIGIN}{hub.base_url}")
+else:
+    # NativeAuthenticator plus hub_ext's pages and APIs (registered through Authenticator.get_handlers).
+    c.JupyterHub.authenticator_class = "hub_ext.auth.HubforgeAuthenticator"
+    c.JupyterHub.template_paths = [TEMPLATES, str(Path(nativeauthenticator.__file__).parent / "templates")]
+    c.JupyterHub.load_groups = {name: {} for name in BUILTIN_GROUPS}  # created at start if missing
+    c.Authenticator.admin_users = {hub.admin}
+    c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
+    c.NativeAuthenticator.enable_signup = hub.enable_signup
+    c.HubforgeAuthenticator.admin_password = hub.admin_password  # checked against the password rules
+    c.HubforgeAuthenticator.bootstrap_secret_file = str(DATA / "admin-bootstrap-secret")
+    c.NativeAuthenticator.minimum_password_length = hub.password_min_length
+    c.NativeAuthenticator.check_common_password = True
+    # Throttling per account and client address with growing waits, and a budget per address (hub_ext.throttle);
+    # NativeAuthenticator's own per-account lock-out, which anyone could aim at the admin, is off.
+    c.HubforgeAuthenticator.login_free_failures = hub.login_max_failures
+    c.HubforgeAuthenticator.login_max_delay = hub.login_lockout_seconds
+    c.HubforgeAuthenticator.login_address_limit = hub.login_address_limit
 
 # -- spawning: one isolated lab container per user ----------------------------------------------------
 # The engine (`invoke up --engine`) picks the spawner; both take every setting below (HubforgeSwarmSpawner is a
@@ -154,7 +200,6 @@ c.JupyterHub.cleanup_servers = False
 c.Spawner.poll_interval = 30  # seconds (JupyterHub's default, stated): a dead lab is noticed within ~33 s
 c.Spawner.start_timeout = hub.lab_start_timeout  # the wait for a start slot included; a lab that dies fails at once
 c.Spawner.http_timeout = 120
-c.JupyterHub.load_groups = {name: {} for name in BUILTIN_GROUPS}  # created at start if missing
 
 # -- services: idle culler and Prometheus metrics -----------------------------------------------------
 services, roles = [], []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .hubclient import HubAPI, HubSession, plain_get
 from hubforge.build.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
 from hubforge.stack import PROJECT_LABEL, StackOptions, open_stack
+from hubforge.stack.compose import compose_files
 from hubforge.build.targets import DEFAULT_SET, Graph
 
 localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do
@@ -106,10 +108,12 @@ class LiveStack:
 
 
 def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None,
-                volume_prefix: str | None = None, engine: str = "compose") -> LiveStack:
+                volume_prefix: str | None = None, engine: str = "compose",
+                before: Callable[[StackOptions], None] | None = None) -> LiveStack:
     """A stack of the current images; `extra_lab_images` adds choices to the spawn page's image picker;
-    `volume_prefix` "" takes the prefix `invoke up` would choose for the project. On the swarm engine the ports
-    are published on every address (its routing mesh binds no single one); the tests still reach them on loopback."""
+    `volume_prefix` "" takes the prefix `invoke up` would choose for the project; `before` writes more files into
+    the run folder (a compose.override.yml) once the ports are chosen. On the swarm engine the ports are published
+    on every address (its routing mesh binds no single one); the tests still reach them on loopback."""
     project = f"hft{secrets.token_hex(3)}"
     options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
                            bind="127.0.0.1" if engine == "compose" else "0.0.0.0", engine=engine,
@@ -118,10 +122,13 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
     options.run_dir.mkdir(parents=True)
     lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
+    if before is not None:
+        before(options)
     stack = open_stack(options, StackDocker(), ROOT, say=lambda message: None)
     images, lab_images = current_images()
     stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
-    compose = None if engine != "compose" else DockerCompose(options.run_dir, compose_file_name="compose.yml", wait=True,
+    files = [path.name for path in compose_files(options.run_dir)]  # compose.override.yml too, as `invoke up` does
+    compose = None if engine != "compose" else DockerCompose(options.run_dir, compose_file_name=files, wait=True,
                                                              keep_volumes=False)
     # Reached by name, as a browser would: with subdomains (the default) labs live at <user>.hub.localhost
     host = "127.0.0.1" if (env or {}).get("LAB_SUBDOMAINS") == "0" else "hub.localhost"

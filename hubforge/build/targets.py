@@ -142,6 +142,16 @@ TARGETS: tuple[Target, ...] = (
         description="prints the GPUs that the NVIDIA runtime gives a container, as JSON",
     ),
     Target(
+        name="idp",
+        repository=f"{NAMESPACE}/idp",
+        template="images/idp/Dockerfile.j2",
+        inputs=SHARED_TEMPLATES + ("images/idp/server.mjs",),
+        apt_lock="images/idp/apt.lock",
+        npm_dir="images/idp",
+        budget_mb=200,
+        description="an OpenID Connect provider for the tests (oidc-provider), standing in for Keycloak or Casdoor",
+    ),
+    Target(
         name="registry",
         repository=f"{NAMESPACE}/registry",
         template="images/registry/Dockerfile.j2",
@@ -152,7 +162,7 @@ TARGETS: tuple[Target, ...] = (
     ),
 )
 
-# What `invoke build` builds with no --target: flavours other than the default are opt-in.
+# What `invoke build` builds with no --target: flavours other than the default, and the tests' idp, are opt-in.
 DEFAULT_SET = ("base", "hub", "lab", "gpu-probe", "registry")
 
 

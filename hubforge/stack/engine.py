@@ -25,6 +25,7 @@ from .settings import (BOOTSTRAP_SECRET, ENV_TEMPLATE, HEALTH_TIMEOUT, StackOpti
                        port_free, read_env_file, socket_gid, subdomain_dns_problem)
 
 log = logging.getLogger(__name__)
+HUB_UID = 1000  # the hub's user in its image and stack file
 
 
 class Stack:
@@ -159,6 +160,7 @@ class Stack:
             "network_guard": guarded,
             "lab_subnet_pool": hub.lab_subnet_pool,
             "lab_allowed_ranges": list(hub.lab_allowed_ranges),
+            "oidc_secret": self.oidc_secret(hub),
         })
         host = hub_host(hub)
         port = "" if options.https_port == 443 else f":{options.https_port}"
@@ -170,6 +172,7 @@ class Stack:
             "http_port": options.http_port,
             "admin": hub.admin,
             "signup": hub.enable_signup,
+            "authenticator": hub.authenticator,
             "network_guard": guarded,
             "lab_origin": f"https://<user>.{host}{port}/" if hub.lab_subdomains else "shared with the hub (LAB_SUBDOMAINS=0)",
             "gpu": decision.as_dict(),
@@ -177,11 +180,29 @@ class Stack:
             "lab_images": dict(lab_images),
             "run_dir": str(options.run_dir),
         }
+        if hub.oidc:  # what the provider needs to know; never the client secret
+            state["oidc"] = {"issuer": hub.oidc.issuer, "client_id": hub.oidc.client_id, "who_gets_in": hub.oidc.who_gets_in,
+                             "redirect_uri": f"{state['url']}hub/oauth_callback",
+                             "post_logout_redirect_uri": state["url"] if hub.oidc.logout_provider else None}
         previous = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         if "bootstrap_shown" in previous:  # the secret was printed by an earlier `up`: not again
             state["bootstrap_shown"] = previous["bootstrap_shown"]
         self.state_file.write_text(json.dumps(state, indent=1))
         return state
+
+    def oidc_secret(self, hub) -> dict[str, str] | None:
+        """OIDC_CLIENT_SECRET_FILE, mounted into the hub as a secret: its path on this host, and a name that changes with
+        its contents (a swarm secret cannot be changed in place). The hub runs as uid 1000 and must be able to read it."""
+        path = hub.oidc.secret_file if hub.oidc else ""
+        if not path:
+            return None
+        info = os.stat(path)  # readable: from_environ read it a moment ago
+        if self.options.engine == "compose" and not (info.st_uid == HUB_UID or info.st_mode & 0o004
+                                                     or (info.st_gid == HUB_UID and info.st_mode & 0o040)):
+            raise HubforgeError(f"OIDC_CLIENT_SECRET_FILE={path} is not readable by the hub (uid {HUB_UID}), which reads it "
+                                f"where it is: run `chown {HUB_UID} {path} && chmod 0400 {path}` (nothing was started)")
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+        return {"file": str(Path(path).resolve()), "name": f"{self.options.project}_oidc_client_secret_{digest}"}
 
     def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
         state = self.prepare(images, lab_images)

@@ -26,7 +26,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 @pytest.mark.parametrize(
     ("target", "flavor", "message"),
     [
-        ("nope", None, "unknown target 'nope'; valid targets: base, gpu-probe, hub, lab, registry"),
+        ("nope", None, "unknown target 'nope'; valid targets: base, gpu-probe, hub, idp, lab, registry"),
         ("lab", "gpu", "unknown flavour 'gpu' of lab; valid flavours: datascience, default"),
         (None, "datascience", "--flavor needs --target lab"),
     ],
@@ -54,7 +54,7 @@ def test_docker_daemon_missing_is_one_line():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["build", "--target", "nope"], "error: unknown target 'nope'; valid targets: base, gpu-probe, hub, lab, registry"),
+        (["build", "--target", "nope"], "error: unknown target 'nope'; valid targets: base, gpu-probe, hub, idp, lab, registry"),
         (["build", "--base", "cloud"], "error: --base='cloud' is not valid; use one of: auto, pull, bootstrap"),
         (["clean", "--keep", "-1"], "error: --keep must be 0 or more, got -1"),
         (["lock", "--only", "npm"], "error: --only='npm' is not valid; use python or apt"),

@@ -1,0 +1,116 @@
+"""AUTHENTICATOR=oidc: oauthenticator's GenericOAuthenticator, with hubforge's pages, username rules and access checks.
+
+The provider decides who someone is and which groups they are in; hub_ext.oidc decides, as plain data, who gets
+in and into which hub groups. What this class adds to oauthenticator:
+- access is asked again at every login and every OIDC_RECHECK_SECONDS while signed in (with the stored token), and
+  whoever has lost it is refused with a page that says why, and their servers are stopped;
+- the built-in groups (docker-sock, docker-privileged) never come from a provider group of the same name: they
+  follow OIDC_GROUP_MAP when it is set, and the admins otherwise;
+- a username from a claim obeys the same rules as a signup's, and a refusal names the rule.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jupyterhub import orm
+from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.oauth2 import OAuthCallbackHandler
+from tornado import web
+from traitlets import List, Tuple, Unicode
+
+from . import accounts
+from .auth import HubforgeAuthMixin
+from .oidc import groups_from_claims, hub_groups, refusal_message
+
+audit = logging.getLogger("hubforge.audit")
+GROUPS_KEY = "hubforge_groups"  # where the hub groups of a sign-in are kept in its auth_state (auth_state_groups_key)
+
+
+class OIDCCallbackHandler(OAuthCallbackHandler):
+    """oauthenticator's callback, whose refusal says why (the authenticator leaves the reason on the handler)."""
+
+    async def get(self):
+        self.check_arguments()
+        user = await self.login_user()
+        if user is None:
+            raise web.HTTPError(403, getattr(self, "hubforge_refusal", None) or self.authenticator.custom_403_message)
+        self.redirect(self.get_next_url(user))
+
+
+class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
+    """Sign-in at an OpenID Connect provider; see the module's docstring for what hubforge adds."""
+
+    callback_handler = OIDCCallbackHandler
+
+    groups_claim = Unicode(
+        "groups", config=True,
+        help="The claim that lists a user's groups at the provider (OIDC_GROUPS_CLAIM); dots name a nested claim.")
+    group_map = List(
+        Tuple(Unicode(), Unicode()), config=True,
+        help="""Provider groups mapped onto hubforge's built-in groups, as (provider group, built-in group) pairs
+        (OIDC_GROUP_MAP). Empty: the built-in groups are managed by the hub's admins, as with NativeAuthenticator.""")
+    who_gets_in = Unicode(
+        "", config=True, help="Who this hub lets in, in words, for the refusal page (from hub_ext.oidc.OIDCConfig).")
+
+    def get_handlers(self, app):
+        return self.hubforge_handlers(super().get_handlers(app))
+
+    # -- groups ---------------------------------------------------------------------------------------------
+    async def update_auth_model(self, auth_model):
+        """The hub groups of this sign-in, decided once (hub_ext.oidc.hub_groups) and handed to oauthenticator's group
+        management through the auth state: the allowed and admin groups are checked against them."""
+        auth_model = await super().update_auth_model(auth_model)
+        state = auth_model["auth_state"]
+        claims = state.get(self.user_auth_state_key) or {}
+        provider = groups_from_claims(claims, self.groups_claim)
+        state[GROUPS_KEY] = sorted(hub_groups(provider, tuple(self.group_map), self.current_groups(auth_model["name"])))
+        return auth_model
+
+    def current_groups(self, name: str) -> set[str]:
+        user = self.db.query(orm.User).filter(orm.User.name == name).first() if self.db is not None else None
+        return {group.name for group in user.groups} if user is not None else set()
+
+    # -- sign-in: who is refused, and why ---------------------------------------------------------------
+    async def authenticate(self, handler, data=None, **kwargs):
+        model = await super().authenticate(handler, data, **kwargs)
+        if model and handler is not None:
+            handler.hubforge_signed_in_as = model["name"]  # the provider vouched for this name; we may still refuse it
+        return model
+
+    async def get_authenticated_user(self, handler, data):
+        model = await super().get_authenticated_user(handler, data)
+        name = getattr(handler, "hubforge_signed_in_as", None)
+        if model is None and name:
+            problem = accounts.username_problem(name)
+            if problem:
+                handler.hubforge_refusal = (f"The identity provider names you {name!r}, which this hub cannot use as a "
+                                            f"username: {problem} Ask the hub's administrator to choose another claim "
+                                            "(OIDC_USERNAME_CLAIM).")
+            else:
+                handler.hubforge_refusal = refusal_message(name, self.who_gets_in or "the users and groups the operator chose")
+                await self.withdraw(handler, name, "refused at login")
+        return model
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        """oauthenticator's refresh (the provider's userinfo, with the stored token or a refreshed one), then the same
+        access check as at login: someone removed from the allowed groups loses the hub within OIDC_RECHECK_SECONDS."""
+        model = await super().refresh_user(user, handler, **kwargs)
+        if isinstance(model, dict) and not self.allow_all:  # groups already applied, as at login
+            if not await self.check_allowed(user.name, model):
+                self.log.warning("%s has lost access at the identity provider", user.name)
+                await self.withdraw(handler, user.name, "lost access at the provider")
+                return False
+        return model
+
+    async def withdraw(self, handler, name: str, why: str) -> None:
+        """Stop every server of a user who may no longer use the hub (their files stay)."""
+        user = handler.find_user(name) if handler is not None else None
+        if user is None:
+            return
+        stopped = []
+        for server_name, spawner in list(user.spawners.items()):
+            if spawner.active and not spawner.pending:
+                await handler.stop_single_user(user, server_name)
+                stopped.append(server_name or "default")
+        audit.info("oidc-withdraw user=%s why=%r stopped=%s", name, why, ",".join(stopped) or "-")

@@ -1,0 +1,273 @@
+"""AUTHENTICATOR=oidc, without a hub or a provider: the settings and their one-line errors, the discovery document,
+who gets into which groups, the refusal and logout, and the rendered stack's secret."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import stat
+import urllib.error
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from hub_ext.config import ConfigError, from_environ
+from hub_ext.oidc import (OIDCConfig, OIDCError, discover, groups_from_claims, hub_groups, logout_url, parse_discovery,
+                          parse_oidc, refusal_message, stored_key)
+
+BASE = {"AUTHENTICATOR": "oidc", "OIDC_ISSUER": "https://login.example.org/realms/team", "OIDC_CLIENT_ID": "hub",
+        "OIDC_CLIENT_SECRET": "s3cret", "OIDC_ALLOWED_GROUPS": "data-science"}
+
+
+def test_native_stays_the_default_and_ignores_oidc_settings():
+    config = from_environ({"OIDC_ISSUER": "not even a url"})
+    assert config.authenticator == "native" and config.oidc is None
+
+
+def test_oidc_settings_and_their_defaults():
+    config = from_environ({**BASE, "OIDC_ALLOWED_USERS": "Ada, bob", "OIDC_ADMIN_GROUPS": "hub admins,ops",
+                           "OIDC_GROUP_MAP": "platform=docker-sock", "OIDC_SCOPES": "openid,profile email groups"}).oidc
+    assert config.issuer == "https://login.example.org/realms/team" and config.client_secret == "s3cret"
+    assert config.allowed_users == {"ada", "bob"} and config.allowed_groups == {"data-science"}
+    assert config.admin_groups == {"hub admins", "ops"}  # group names keep spaces and case
+    assert config.group_map == (("platform", "docker-sock"),)
+    assert config.scopes == ("openid", "profile", "email", "groups")
+    assert (config.username_claim, config.groups_claim, config.claims_from) == ("preferred_username", "groups", "userinfo")
+    assert (config.login_name, config.logout_provider, config.start_wait, config.recheck_seconds) == ("OpenID Connect", False, 30, 300)
+    assert "s3cret" not in repr(config)  # never in a log line or a traceback's locals
+    assert config.who_gets_in == "members of data-science and the users ada, bob"
+
+
+def test_the_client_secret_comes_from_a_file(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    env = {**BASE, "OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": str(secret)}
+    assert from_environ(env).oidc.client_secret == "from-a-file"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"AUTHENTICATOR": "ldap"}, "AUTHENTICATOR='ldap' is not valid; use native (signup with approval) or oidc"),
+    ({"OIDC_ISSUER": ""}, "AUTHENTICATOR=oidc needs OIDC_ISSUER"),
+    ({"OIDC_ISSUER": "login.example.org"}, "OIDC_ISSUER='login.example.org' is not a URL"),
+    ({"OIDC_ISSUER": "http://login.example.org"}, "uses plain http; an issuer must use https (http only for localhost)"),
+    ({"OIDC_ISSUER": "https://x.org/?a=b"}, "is not a URL"),
+    ({"OIDC_INTERNAL_URL": "keycloak:8080"}, "OIDC_INTERNAL_URL='keycloak:8080' is not a URL"),
+    ({"OIDC_CLIENT_ID": " "}, "AUTHENTICATOR=oidc needs OIDC_CLIENT_ID"),
+    ({"OIDC_CLIENT_SECRET": ""}, "needs OIDC_CLIENT_SECRET or OIDC_CLIENT_SECRET_FILE"),
+    ({"OIDC_CLIENT_SECRET_FILE": "/no/such/file"}, "OIDC_CLIENT_SECRET and OIDC_CLIENT_SECRET_FILE are both set"),
+    ({"OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": "/no/such/file"}, "OIDC_CLIENT_SECRET_FILE=/no/such/file: cannot read it"),
+    ({"OIDC_ALLOWED_GROUPS": ""}, "needs to know who gets in: set OIDC_ALLOWED_GROUPS, OIDC_ALLOWED_USERS, or OIDC_ALLOW_ALL=1"),
+    ({"OIDC_ALLOW_ALL": "maybe"}, "OIDC_ALLOW_ALL='maybe' is not valid; use 1 or 0"),
+    ({"OIDC_SCOPES": "profile email"}, "lacks openid"),
+    ({"OIDC_CLAIMS_FROM": "token"}, "OIDC_CLAIMS_FROM='token' is not valid; use userinfo or id_token"),
+    ({"OIDC_GROUP_MAP": "platform"}, "OIDC_GROUP_MAP: 'platform' is not provider-group=built-in-group"),
+    ({"OIDC_GROUP_MAP": "platform=root"}, "'root' is not a built-in group; use one of docker-sock, docker-privileged"),
+    ({"OIDC_START_WAIT": "-1"}, "OIDC_START_WAIT='-1' is not a number of seconds"),
+    ({"OIDC_RECHECK_SECONDS": "soon"}, "OIDC_RECHECK_SECONDS='soon' is not a number of seconds"),
+])
+def test_bad_oidc_settings_are_one_line_naming_the_variable(change, message):
+    with pytest.raises(ConfigError) as caught:
+        from_environ({**BASE, **change})
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_plain_http_is_allowed_to_loopback_only():
+    for issuer in ("http://localhost:9000", "http://idp.localhost:9000", "http://127.0.0.1:9000"):
+        assert parse_oidc({**BASE, "OIDC_ISSUER": issuer}).issuer == issuer
+    assert parse_oidc({**BASE, "OIDC_INTERNAL_URL": "http://keycloak:8080/realms/team"}).internal_url  # inside the stack
+
+
+# -- discovery ------------------------------------------------------------------------------------------------
+CONFIG = parse_oidc({**BASE, "OIDC_INTERNAL_URL": "http://keycloak:8080/realms/team/"})
+DOCUMENT = {
+    "issuer": "https://login.example.org/realms/team",
+    "authorization_endpoint": "https://login.example.org/realms/team/protocol/openid-connect/auth",
+    "token_endpoint": "https://login.example.org/realms/team/protocol/openid-connect/token",
+    "userinfo_endpoint": "https://login.example.org/realms/team/protocol/openid-connect/userinfo",
+    "end_session_endpoint": "https://login.example.org/realms/team/protocol/openid-connect/logout",
+}
+
+
+def test_the_browser_keeps_the_issuers_address_and_the_hub_calls_the_internal_one():
+    found = parse_discovery(DOCUMENT, CONFIG)
+    assert found.authorization == DOCUMENT["authorization_endpoint"]
+    assert found.end_session == DOCUMENT["end_session_endpoint"]
+    assert found.token == "http://keycloak:8080/realms/team/protocol/openid-connect/token"
+    assert found.userinfo == "http://keycloak:8080/realms/team/protocol/openid-connect/userinfo"
+    # an endpoint on another host (Entra's userinfo on graph.microsoft.com) is left where it is
+    elsewhere = parse_discovery({**DOCUMENT, "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo"}, CONFIG)
+    assert elsewhere.userinfo == "https://graph.microsoft.com/oidc/userinfo"
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({**DOCUMENT, "issuer": "https://evil.example.org"}, "does not match the issuer the provider names, 'https://evil.example.org'"),
+    ({k: v for k, v in DOCUMENT.items() if k != "token_endpoint"}, "the discovery document has no token_endpoint"),
+    ({k: v for k, v in DOCUMENT.items() if k != "userinfo_endpoint"}, "userinfo_endpoint (or set OIDC_CLAIMS_FROM=id_token)"),
+    (["not", "an", "object"], "is not a JSON object"),
+])
+def test_a_wrong_discovery_document_is_refused(document, message):
+    with pytest.raises(OIDCError) as caught:
+        parse_discovery(document, CONFIG)
+    assert message in str(caught.value)
+
+
+class Clock:
+    """Time that passes only when the code under test sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_discovery_waits_for_an_issuer_that_is_not_up_yet_then_answers():
+    clock, asked = Clock(), []
+
+    def fetch(url, timeout):
+        asked.append(url)
+        if len(asked) < 3:
+            raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        return DOCUMENT
+
+    found = discover(CONFIG, fetch=fetch, say=lambda message: None, clock=clock, sleep=clock.sleep)
+    assert asked == ["http://keycloak:8080/realms/team/.well-known/openid-configuration"] * 3  # asked where the hub reaches it
+    assert found.issuer == DOCUMENT["issuer"] and clock.now < CONFIG.start_wait
+
+
+def test_discovery_gives_up_after_the_wait_with_one_line():
+    clock = Clock()
+
+    def fetch(url, timeout):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    with pytest.raises(OIDCError) as caught:
+        discover(CONFIG, fetch=fetch, say=lambda message: None, clock=clock, sleep=clock.sleep)
+    assert str(caught.value).startswith("OIDC_INTERNAL_URL: the issuer does not answer at http://keycloak:8080/realms/team/")
+    assert "after 30 s" in str(caught.value) and "\n" not in str(caught.value)
+    assert 30 <= clock.now < 33
+
+
+def test_an_issuer_that_answers_wrongly_fails_at_once():
+    clock = Clock()
+
+    def fetch(url, timeout):
+        raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+
+    with pytest.raises(OIDCError) as caught:
+        discover(CONFIG, fetch=fetch, say=lambda message: None, clock=clock, sleep=clock.sleep)
+    assert "answered 404 Not Found; check the issuer URL" in str(caught.value) and clock.now == 0
+
+
+# -- who gets in, and into which groups --------------------------------------------------------------------------
+def test_a_provider_group_named_like_a_builtin_group_grants_nothing():
+    assert hub_groups({"team", "docker-sock", "docker-privileged"}, (), set()) == {"team"}
+
+
+def test_without_a_map_the_admins_builtin_memberships_are_kept():
+    assert hub_groups({"team"}, (), {"docker-sock", "old-provider-group"}) == {"team", "docker-sock"}
+
+
+def test_with_a_map_the_builtin_groups_follow_the_provider_both_ways():
+    mapping = (("platform", "docker-sock"),)
+    assert hub_groups({"team", "platform"}, mapping, set()) == {"team", "platform", "docker-sock"}
+    assert hub_groups({"team"}, mapping, {"docker-sock"}) == {"team"}  # removed at the provider: removed here
+
+
+@pytest.mark.parametrize(("claims", "claim", "expected"), [
+    ({"groups": ["a", "b"]}, "groups", {"a", "b"}),
+    ({"groups": "a"}, "groups", {"a"}),
+    ({}, "groups", set()),
+    ({"realm_access": {"roles": ["x"]}}, "realm_access.roles", {"x"}),
+    ({"groups": {"not": "a list"}}, "groups", set()),
+])
+def test_the_groups_claim(claims, claim, expected):
+    assert groups_from_claims(claims, claim) == expected
+
+
+def test_the_refusal_says_who_signed_in_and_who_gets_in():
+    message = refusal_message("mallory", CONFIG.who_gets_in)
+    assert "as mallory" in message and "members of data-science" in message
+
+
+def test_rp_initiated_logout_names_the_client_and_where_to_return():
+    url = logout_url("https://idp/logout", "hub", "https://hub.example.org/")
+    assert url == "https://idp/logout?client_id=hub&post_logout_redirect_uri=https%3A%2F%2Fhub.example.org%2F"
+    assert logout_url("https://idp/logout?x=1", "hub", "https://h/").startswith("https://idp/logout?x=1&client_id=hub")
+
+
+def test_the_auth_state_key_is_made_once_and_kept_private(tmp_path):
+    key = stored_key(tmp_path / "key")
+    assert len(bytes.fromhex(key)) == 32 and stored_key(tmp_path / "key") == key
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
+
+
+# -- the authenticator's decisions, on oauthenticator's own code paths ------------------------------------------
+def authenticator(**config):
+    from hub_ext.oidcauth import GROUPS_KEY, HubforgeOIDCAuthenticator
+
+    made = HubforgeOIDCAuthenticator(manage_groups=True, auth_state_groups_key=GROUPS_KEY, **config)
+    made.db = None  # no hub database: no one has groups yet
+    return made
+
+
+def test_membership_in_the_allowed_groups_is_what_lets_a_user_in():
+    auth = authenticator(allowed_groups={"team"}, admin_groups={"admins"})
+
+    async def model(groups):
+        state = {"oauth_user": {"preferred_username": "ada", "groups": groups}}
+        made = await auth.update_auth_model({"name": "ada", "admin": None, "auth_state": state})
+        made = await auth._apply_managed_groups(made)
+        return made, await auth.check_allowed("ada", made)
+
+    member, allowed = asyncio.run(model(["team"]))
+    assert allowed and member["groups"] == ["team"] and not member["admin"]
+    admin, allowed = asyncio.run(model(["admins", "docker-sock"]))
+    assert allowed and admin["admin"] and admin["groups"] == ["admins"]  # the provider's docker-sock is not ours
+    outsider, allowed = asyncio.run(model(["contractors"]))
+    assert not allowed
+
+
+def test_a_claimed_username_obeys_the_signup_rules():
+    auth = authenticator(allow_all=True)
+    assert auth.normalize_username("Ｚoë.Müller@Example.org") == "zoë.müller@example.org"
+    assert auth.validate_username("zoë.müller@example.org")
+    assert not auth.validate_username("two words")
+
+
+def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
+    from hubforge.stack import StackOptions
+    from hubforge.stack.compose import ComposeStack
+
+    socket_file = tmp_path / "docker.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_file))
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)  # root's own: the hub (uid 1000) could not read it
+    options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file))
+    options.run_dir.mkdir()
+    env = "\n".join(f"{k}={v}" for k, v in {**BASE, "OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": str(secret),
+                                            "ENABLE_GPU_SUPPORT": "0"}.items())
+    (options.run_dir / ".env").write_text(env + "\n")
+    daemon = SimpleNamespace(cpu_count=lambda: 2, containers=lambda labels, all=True: [])
+    stack = ComposeStack(options, daemon, Path(__file__).resolve().parents[2], say=lambda message: None)
+    from hubforge.errors import HubforgeError
+
+    with pytest.raises(HubforgeError) as caught:
+        stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    assert f"OIDC_CLIENT_SECRET_FILE={secret} is not readable by the hub (uid 1000)" in str(caught.value)
+    secret.chmod(0o644)
+    state = stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    rendered = yaml.safe_load((options.run_dir / "compose.yml").read_text())
+    hub = rendered["services"]["hub"]
+    assert hub["environment"]["OIDC_CLIENT_SECRET_FILE"] == "/run/secrets/oidc_client_secret"
+    assert hub["secrets"] == ["oidc_client_secret"] and rendered["secrets"]["oidc_client_secret"]["file"] == str(secret)
+    assert "s3cret" not in (options.run_dir / "compose.yml").read_text() + (options.run_dir / "stack.json").read_text()
+    assert state["oidc"]["redirect_uri"] == "https://hub.localhost:9443/hub/oauth_callback"
+    listener.close()
