@@ -95,7 +95,11 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
     async def refresh_user(self, user, handler=None, **kwargs):
         """oauthenticator's refresh (the provider's userinfo, with the stored token or a refreshed one), then the same
         access check as at login: someone removed from the allowed groups loses the hub within OIDC_RECHECK_SECONDS."""
-        model = await super().refresh_user(user, handler, **kwargs)
+        try:
+            model = await super().refresh_user(user, handler, **kwargs)
+        except web.HTTPError as exc:  # OIDC_CLAIMS_FROM=id_token: the stored ID token has expired; sign in again
+            self.log.info("%s signs in again: %s", user.name, exc.log_message)
+            return False
         if isinstance(model, dict) and not self.allow_all:  # groups already applied, as at login
             if not await self.check_allowed(user.name, model):
                 self.log.warning("%s has lost access at the identity provider", user.name)
