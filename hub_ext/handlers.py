@@ -31,8 +31,8 @@ from .actions import (
     volume_listing,
 )
 from .metrics import count_deliveries, count_restart, count_volume_resets
-from .naming import foreign_owner, user_names
-from .spawner import lab_answers, not_found, server_token, user_lock
+from .naming import user_names
+from .spawner import lab_answers, server_token, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")

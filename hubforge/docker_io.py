@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,20 @@ class Docker:
     def tag(self, ref: str, repository: str, tag: str) -> None:
         self.client.api.tag(ref, repository, tag, force=True)
 
-    def import_rootfs(self, tarball: Path, repository: str, tag: str, changes: Iterable[str]) -> str:
-        with tarball.open("rb") as data:
-            result = self.client.api.import_image_from_data(data, repository=repository, tag=tag, changes=list(changes))
-        log.debug("import: %s", result)
-        image = self.image_id(f"{repository}:{tag}")
-        if image is None:
-            raise HubforgeError(f"docker import of {tarball} produced no image: {result}")
-        return image
+    def save(self, ref: str, path: Path) -> None:
+        """`docker save` of one image into `path`."""
+        with path.open("wb") as out:
+            for chunk in self.client.api.get_image(ref, chunk_size=1 << 20):
+                out.write(chunk)
+
+    def load(self, path: Path, expected: str) -> None:
+        """`docker load` of an archive that holds the image `expected` (an id); refuses if Docker loaded another."""
+        with path.open("rb") as data:
+            for message in self.client.api.load_image(data):
+                if "error" in message:
+                    raise HubforgeError(f"docker load of {path.name} failed: {message['error'].strip()}")
+        if self.image_id(expected) != expected:
+            raise HubforgeError(f"docker load of {path.name} did not give the image {expected[:19]}")
 
     def pull(self, reference: str) -> None:
         try:

@@ -20,7 +20,7 @@ from urllib.parse import urljoin
 import requests
 
 from .hubclient import HubSession
-from .livestack import ROOT, built_refs, free_port
+from .livestack import built_refs, free_port
 
 from hubforge.build.targets import Graph
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import proc
 from ..docker_io import Docker
 from ..errors import HubforgeError
+from .normalize import rootfs_archive
 from .targets import SOURCE_DATE_EPOCH, BaseSpec
 
 log = logging.getLogger(__name__)
@@ -40,23 +41,28 @@ def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path) -> list[str]:
     return argv
 
 
-def bootstrap(docker: Docker, spec: BaseSpec, recipe_path: Path, repository: str, tag: str, progress=None) -> str:
-    """Make the rootfs with mmdebstrap and import it as `repository:tag`. Needs root."""
+def bootstrap(docker: Docker, spec: BaseSpec, recipe_path: Path, ref: str, scratch: Path, progress=None) -> str:
+    """Make the rootfs with mmdebstrap (SOURCE_DATE_EPOCH set) and load it as `ref`, normalised like every built image:
+    the same mirror state gives the same image id. Needs root."""
     if shutil.which("mmdebstrap") is None:
         raise HubforgeError("--base=bootstrap needs mmdebstrap: run `invoke setup` or `apt-get install mmdebstrap`")
     if os.geteuid() != 0:
         raise HubforgeError("--base=bootstrap needs root (mmdebstrap --mode=root); run as root or use --base=pull")
     recipe = json.loads(recipe_path.read_text())
-    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp:
         output = Path(tmp) / "rootfs.tar"
         if progress:
             progress(f"bootstrapping Debian {spec.suite} from {spec.mirror} (mmdebstrap, ~30 s)")
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
         proc.run(mmdebstrap_argv(spec, recipe, output), env=env, what="bootstrapping the base rootfs (mmdebstrap)")
         if progress:
-            progress("importing the rootfs into Docker")
-        changes = ['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'CMD ["bash"]']
-        return docker.import_rootfs(output, repository, tag, changes)
+            progress("loading the rootfs into Docker")
+        runtime = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["bash"]}
+        made_by = f"hubforge: mmdebstrap --variant={recipe['variant']} {spec.suite} {spec.mirror}"
+        image_id = rootfs_archive(output, Path(tmp) / "image.tar", [ref], runtime, made_by, SOURCE_DATE_EPOCH, Path(tmp))
+        output.unlink()
+        docker.load(Path(tmp) / "image.tar", image_id)
+        return image_id
 
 
 def pull(docker: Docker, spec: BaseSpec, repository: str, tag: str, progress=None) -> str:

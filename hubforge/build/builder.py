@@ -6,17 +6,18 @@ import functools
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__, proc
+from .. import __version__
 from . import base, debs, labext, npm, wheels
 from ..docker_io import Docker
 from ..errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
+from .normalize import iso, normalize_saved
 from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
 from .targets import SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 SOURCE_URL = "https://github.com/hubforge/hubforge"
 LICENSE = "BSD-3-Clause"
 KEY_LABEL = "io.hubforge.key"
+RAW_REPOSITORY = "hubforge-build"  # the classic builder's output, before normalize() rewrites it under the key
 TARGET_LABEL = "io.hubforge.target"
 
 
@@ -204,21 +206,43 @@ class Builder:
             if spec.mode == "pull":
                 base.pull(self.docker, spec, target.repository, step.key, progress)
             else:
-                base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], target.repository, step.key, progress)
+                base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], step.ref, self.scratch_dir(), progress)
         else:
             context = self.stage_context(step, progress)
+            raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"
             try:
-                self.docker.build(context, step.ref, self.build_labels(step), on_line, nocache=self.settings.no_cache)
+                self.docker.build(context, raw, self.build_labels(step), on_line, nocache=self.settings.no_cache)
             finally:
                 shutil.rmtree(context, ignore_errors=True)
+            progress("normalising: layers sorted, times clamped to SOURCE_DATE_EPOCH, build residue dropped")
+            self.normalize(raw, step.ref)
         self.ensure_friendly_tag(step)
         self.remember(step)
 
+    def normalize(self, raw: str, ref: str) -> str:
+        """The classic builder's image `raw`, rewritten in its normal form and loaded as `ref` (hubforge.build.normalize);
+        `raw` is removed. Returns the new image id, which depends on the image's contents only."""
+        work = Path(tempfile.mkdtemp(prefix="normalize-", dir=self.scratch_dir()))
+        try:
+            self.docker.save(raw, work / "saved.tar")
+            image_id, _ = normalize_saved(work / "saved.tar", work / "normal.tar", [ref], SOURCE_DATE_EPOCH, work)
+            (work / "saved.tar").unlink()
+            self.docker.load(work / "normal.tar", image_id)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self.docker.remove_image(raw)
+        return image_id
+
+    def scratch_dir(self) -> Path:
+        path = self.settings.cache_dir / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def build_labels(self, step: Step) -> dict[str, str]:
-        created = datetime.fromtimestamp(SOURCE_DATE_EPOCH, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        """Labels of every built image. No revision: an image is a function of its key's inputs, and a commit that
+        changes none of them must not change it (`invoke release` labels the revision it releases from)."""
         return {
-            "org.opencontainers.image.revision": git_revision(self.settings.root),
-            "org.opencontainers.image.created": created,
+            "org.opencontainers.image.created": iso(SOURCE_DATE_EPOCH),
             KEY_LABEL: step.key,
             TARGET_LABEL: step.target.name,
         }
@@ -266,14 +290,6 @@ class Builder:
         """The same, as wheel platform tags name it (x86_64, aarch64)."""
         machine = self.daemon_arch
         return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-
-
-def git_revision(root: Path) -> str:
-    result = proc.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=False)
-    if result.returncode != 0:
-        return "unknown"
-    dirty = proc.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], check=False).stdout.strip()
-    return result.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def elapsed(start: float) -> str:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hub_ext.config import ConfigError, from_environ
-from hub_ext.oidc import (OIDCConfig, OIDCError, discover, groups_from_claims, hub_groups, logout_url, parse_discovery,
+from hub_ext.oidc import (OIDCError, discover, groups_from_claims, hub_groups, logout_url, parse_discovery,
                           parse_oidc, refusal_message, stored_key)
 
 BASE = {"AUTHENTICATOR": "oidc", "OIDC_ISSUER": "https://login.example.org/realms/team", "OIDC_CLIENT_ID": "hub",

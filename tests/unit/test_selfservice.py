@@ -15,7 +15,6 @@ from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
 from hub_ext.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
-from hub_ext import handlers as hub_handlers
 from hub_ext.handlers import authorize, deliver, exclusively, reset_volumes, restart_server, volume_sizes
 from hub_ext import spawner as hub_spawner
 from hub_ext.spawner import disk_usage
