@@ -27,7 +27,7 @@ def user_errors(fn):
     return wrapper
 
 
-def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None):
+def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None, jobs=None):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
     from hubforge.build.builder import Settings
     from hubforge.errors import HubforgeError
@@ -48,7 +48,20 @@ def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | No
         upstream=cfg.get("upstream", defaults.upstream),
         no_cache=no_cache,
         cache_from=cache_from,
+        jobs=validate_jobs(jobs if jobs is not None else cfg.get("build_jobs", 0)),
     )
+
+
+def validate_jobs(value) -> int:
+    from hubforge.errors import HubforgeError
+
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        jobs = -1
+    if jobs < 0:
+        raise HubforgeError(f"--jobs={value!r} is not valid; use a whole number, 0 for one per core (at most 4)")
+    return jobs
 
 
 @task(help={
@@ -59,14 +72,23 @@ def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | No
     "verbose": "stream the full build log",
     "no_cache": "rebuild the selected targets from scratch: no layer cache, existing keys ignored",
     "cache_from": "REGISTRY/NAMESPACE: pull <name>:<key> from there instead of building, when it exists",
+    "jobs": "targets built at once (default 0: one per core, at most 4; hubforge.build_jobs in invoke.yaml)",
+    "check": "TARGET: build it twice from clean and compare; name the files that differ and exit 1 if any do",
 })
 @user_errors
-def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False, cache_from=None):
+def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False, cache_from=None,
+          jobs=None, check=None):
     """Build the images whose content key is not yet in the local image store."""
     from hubforge import app
+    from hubforge.errors import HubforgeError
 
     app.configure_logging(verbose)
-    app.build(settings(c, base, no_cache, cache_from), target, flavor, plan, verbose)
+    if check is not None:
+        if target not in (None, check):
+            raise HubforgeError(f"--check {check} and --target {target} name different targets; give one")
+        app.check(settings(c, base, no_cache, cache_from, jobs), check, flavor, verbose)
+        return
+    app.build(settings(c, base, no_cache, cache_from, jobs), target, flavor, plan, verbose)
 
 
 @task(help={

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import doctor
-from .build.builder import Builder, Settings, Step
+from .build.builder import Builder, Settings, Step, default_jobs, run_plan
 from .docker_io import Docker
-from .errors import BuildFailed, HubforgeError
+from .errors import HubforgeError
 from .build.lock import lock_apt, lock_python
 
 log = logging.getLogger(__name__)
@@ -52,49 +53,125 @@ def build(settings: Settings, target: str | None, flavor: str | None, plan_only:
     if plan_only:
         print_plan(builder, steps)
         return steps
+    prepare_host(builder, steps)
+    jobs = settings.jobs or default_jobs()
+    with BuildBoard(console, verbose) as board:
+        run_plan(steps, jobs, lambda step: run_step(builder, step, board))
+    built = sum(1 for s in steps if not s.exists)
+    say(f"[bold]done[/] in {time.monotonic() - started:.1f}s: {built} built, {len(steps) - built} up to date"
+        + (f" ({jobs} at a time)" if built > 1 else ""))
+    return steps
+
+
+def prepare_host(builder: Builder, steps: list[Step]) -> None:
+    settings = builder.settings
     if builder.base_mode_used == "bootstrap" and not steps[0].exists:
         doctor.ensure(settings.cache_dir, {"bootstrap", "disk"}, say)
     if any(not s.exists and s.target.name != "base" for s in steps) and not settings.cache_from:
         doctor.ensure(settings.cache_dir, {"node"}, say)  # npm ci and the lab extension run on the host
-    for step in steps:
-        run_step(builder, step, verbose)
-    built = sum(1 for s in steps if not s.exists)
-    say(f"[bold]done[/] in {time.monotonic() - started:.1f}s: {built} built, {len(steps) - built} up to date")
-    return steps
 
 
-def run_step(builder: Builder, step: Step, verbose: bool) -> None:
+class BuildBoard:
+    """What a build shows: a permanent line when a target starts and when it ends, and one live line per target
+    that is building (its current step), so that targets built at once stay readable. The only printer of a build."""
+
+    def __init__(self, console: Console, verbose: bool) -> None:
+        from rich.live import Live
+
+        self.console, self.verbose = console, verbose
+        self.lines: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.live = Live(console=console, transient=True, refresh_per_second=6, get_renderable=self.render)
+
+    def __enter__(self) -> BuildBoard:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+
+    def render(self):
+        from rich.text import Text
+
+        with self.lock:
+            return Text("\n".join(f"  … {name}: {line}" for name, line in self.lines.items()), overflow="ellipsis", no_wrap=True)
+
+    def status(self, name: str, line: str) -> None:
+        with self.lock:
+            self.lines[name] = line
+
+    def say(self, message: str, name: str | None = None) -> None:
+        """A permanent line; `name`'s live line ends with it."""
+        with self.lock:
+            if name is not None:
+                self.lines.pop(name, None)
+        self.live.console.print(message)
+
+    def log(self, name: str, line: str) -> None:
+        if self.verbose:
+            self.live.console.print(f"    {name}| {line}", markup=False, highlight=False)
+
+
+def run_step(builder: Builder, step: Step, board: BuildBoard) -> None:
     name = step.target.name
     if step.exists:
         builder.ensure_friendly_tag(step)
-        say(f"  [green]✓[/] {name:<16} {step.ref}  up to date (skipped)")
+        board.say(f"  [green]✓[/] {name:<16} {step.ref}  up to date (skipped)")
         return
     reasons = step.reasons if len(step.reasons) <= 5 else step.reasons[:4] + [f"and {len(step.reasons) - 4} more inputs (--plan lists them)"]
     started = time.monotonic()
-    with console.status(f"{name}: checking the remote cache") as status:
-        if builder.pull_from_cache(step, lambda message: status.update(f"{name}: {message}")):
-            say(f"  [green]✓[/] {name:<16} {step.ref}  pulled from the cache {builder.settings.cache_from} in {time.monotonic() - started:.0f}s")
-            return
-    say(f"  [yellow]▶[/] {name:<16} {step.ref}  building: {'; '.join(reasons)}")
-    with console.status(f"{name}: starting") as status:
-        def on_line(line: str) -> None:
-            if verbose:
-                console.print(f"    {line}", markup=False, highlight=False)
-            if line.startswith("Step "):
-                status.update(f"{name}: {line[:110]}")
+    board.status(name, "checking the remote cache")
+    if builder.pull_from_cache(step, lambda message: board.status(name, message)):
+        board.say(f"  [green]✓[/] {name:<16} {step.ref}  pulled from the cache {builder.settings.cache_from} in {time.monotonic() - started:.0f}s", name)
+        return
+    board.say(f"  [yellow]▶[/] {name:<16} {step.ref}  building: {'; '.join(reasons)}")
 
-        def progress(message: str) -> None:
-            status.update(f"{name}: {message}")
-            if verbose:
-                say(f"    {message}")
+    def on_line(line: str) -> None:
+        board.log(name, line)
+        if line.startswith("Step "):
+            board.status(name, line[:110])
 
-        try:
-            builder.build_step(step, on_line, progress)
-        except BuildFailed:
-            say(f"  [red]✗[/] {name} failed after {time.monotonic() - started:.0f}s")
-            raise
+    def progress(message: str) -> None:
+        board.status(name, message)
+        board.log(name, message)
+
+    board.status(name, "starting")
+    try:
+        builder.build_step(step, on_line, progress)
+    except BaseException:
+        board.say(f"  [red]✗[/] {name} failed after {time.monotonic() - started:.0f}s", name)
+        raise
     size = builder.docker.inspect(step.ref).get("Size", 0) / 1e6
-    say(f"  [green]✓[/] {name:<16} {step.ref}  built in {time.monotonic() - started:.0f}s ({size:.0f} MB), tagged {step.target.friendly_ref}")
+    board.say(f"  [green]✓[/] {name:<16} {step.ref}  built in {time.monotonic() - started:.0f}s ({size:.0f} MB), tagged {step.target.friendly_ref}", name)
+
+
+def check(settings: Settings, target: str, flavor: str | None, verbose: bool) -> None:
+    """`invoke build --check TARGET`: its parents as usual, then the target twice from clean, compared."""
+    builder = make_builder(settings)
+    steps = builder.plan(builder.graph.select(target, flavor))
+    *parents, step = steps
+    if parents:
+        prepare_host(builder, parents)
+        with BuildBoard(console, verbose) as board:
+            run_plan(parents, settings.jobs or default_jobs(), lambda parent: run_step(builder, parent, board))
+    prepare_host(builder, [step] if step.target.name != "base" else steps)
+    started = time.monotonic()
+    say(f"  [yellow]▶[/] {step.target.name:<16} {step.ref}  checking: two builds from clean, compared file by file")
+    with BuildBoard(console, verbose) as board:
+        def on_line(line: str) -> None:
+            board.log(step.target.name, line)
+            if line.startswith("Step "):
+                board.status(step.target.name, line[:110])
+
+        result = builder.check(step, on_line, lambda message: board.status(step.target.name, message))
+    took = time.monotonic() - started
+    if result.same:
+        say(f"  [green]✓[/] {step.target.name:<16} reproducible: both builds are {result.first} ({result.files} files), in {took:.0f}s")
+        return
+    say(f"  [red]✗[/] {step.target.name:<16} not reproducible: {result.first[:19]} and {result.second[:19]} differ; the first files that do:")
+    for line in result.differences:
+        console.print(f"      {line}", markup=False, highlight=False)
+    raise HubforgeError(f"{step.target.name} is not reproducible: two clean builds differ ({len(result.differences)} files listed above)")
 
 
 def lock(settings: Settings, target: str | None, only: str | None) -> None:

@@ -124,19 +124,6 @@ class Docker:
             log.info("no %s in the remote cache: %s", reference, _short(exc))
             return False
 
-    def build_labels(self, parent: str, tag: str, labels: Mapping[str, str]) -> str:
-        """A thin image over `parent` that only sets labels (same layers, new config)."""
-        import io
-
-        lines = [f"FROM {parent}"] + [f'LABEL {k}="{v}"' for k, v in sorted(labels.items())]
-        for _ in self.client.api.build(fileobj=io.BytesIO("\n".join(lines).encode()), tag=tag, rm=True,
-                                        decode=True, network_mode="none"):
-            pass
-        image = self.image_id(tag)
-        if image is None:
-            raise HubforgeError(f"labelling {parent} as {tag} failed")
-        return image
-
     # -- builds ------------------------------------------------------------------------------------
     def build(
         self,

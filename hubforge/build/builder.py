@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from . import base, debs, labext, npm, wheels
 from ..docker_io import Docker
 from ..errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
-from .normalize import iso, normalize_saved
+from .normalize import differences, iso, normalize_saved, saved_entries
 from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
 from .targets import SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
@@ -27,7 +30,10 @@ log = logging.getLogger(__name__)
 SOURCE_URL = "https://github.com/hubforge/hubforge"
 LICENSE = "BSD-3-Clause"
 KEY_LABEL = "io.hubforge.key"
-RAW_REPOSITORY = "hubforge-build"  # the classic builder's output, before normalize() rewrites it under the key
+# The normaliser's own source is an input of every built image: it decides the bytes (hubforge.build.normalize).
+NORMALIZER = {"hubforge/build/normalize.py": digest_bytes((Path(__file__).parent / "normalize.py").read_bytes())}
+RAW_REPOSITORY = "hubforge-build"
+CHECK_REPOSITORY = "hubforge-check"  # `invoke build --check`: the two builds it compares, removed after  # the classic builder's output, before normalize() rewrites it under the key
 TARGET_LABEL = "io.hubforge.target"
 
 
@@ -44,10 +50,26 @@ class Settings:
     upstream: str = BaseSpec(mode="pull").upstream
     no_cache: bool = False  # rebuild every selected target without Docker's layer cache
     cache_from: str | None = None  # REGISTRY/NAMESPACE whose <name>:<key> tags stand in for builds
+    jobs: int = 0  # targets built at once; 0: default_jobs()
 
     def spec(self, mode: str) -> BaseSpec:
         return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
                         security_mirror=self.security_mirror)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Two clean builds of one target, compared."""
+
+    ref: str
+    first: str  # image id of each build
+    second: str
+    differences: list[str]  # the first files that differ, with what differs; empty when the builds are the same
+    files: int
+
+    @property
+    def same(self) -> bool:
+        return self.first == self.second and not self.differences
 
 
 @dataclass
@@ -114,11 +136,12 @@ class Builder:
         self.state_dir = settings.cache_dir / "state"
         self.base_mode_used: str | None = None
         self.base_reason = ""
+        self.staging = threading.Lock()
 
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
         target = self.graph.targets["base"]
-        inputs = input_digests(self.settings.root, target.inputs) if mode == "bootstrap" else {}
+        inputs = {**input_digests(self.settings.root, target.inputs), **NORMALIZER} if mode == "bootstrap" else {}
         return Manifest("base", "", inputs, self.settings.spec(mode).describe(), None)
 
     def resolve_base_mode(self) -> str:
@@ -144,7 +167,7 @@ class Builder:
             parent_ref = f"{self.graph.targets[target.parent].repository}:{parent_key}"
         dockerfile = render(template_texts(self.settings.root, target), target.template,
                             render_variables(target, parent_ref))
-        return Manifest(target.name, dockerfile, input_digests(self.settings.root, target.all_inputs()),
+        return Manifest(target.name, dockerfile, {**input_digests(self.settings.root, target.all_inputs()), **NORMALIZER},
                         dict(target.build_args), parent_key)
 
     def plan(self, targets: list[Target]) -> list[Step]:
@@ -200,37 +223,84 @@ class Builder:
         return True
 
     def build_step(self, step: Step, on_line: Callable[[str], None], progress: Callable[[str], None]) -> None:
+        self.make(step, step.ref, on_line, progress, nocache=self.settings.no_cache)
+        self.ensure_friendly_tag(step)
+        self.remember(step)
+
+    # -- verify ------------------------------------------------------------------------------------------
+    def check(self, step: Step, on_line: Callable[[str], None], progress: Callable[[str], None],
+              against_existing: bool = False) -> CheckResult:
+        """Build `step` twice from clean (no layer cache; the host's input caches are verified by hash) and compare
+        the two: the same image id, or the first files that differ and how. The parents must exist.
+        `against_existing`: build once, and compare with the image already built for this key."""
+        refs, ids, files = [f"{CHECK_REPOSITORY}/{step.target.name}:{step.key}-{n}" for n in (1, 2)], [], []
+        if against_existing:
+            existing = self.docker.image_id(step.ref)
+            if existing is None:
+                raise HubforgeError(f"{step.ref} is not built, so there is nothing to compare with; run `invoke build`")
+            progress(f"reading the files of {step.ref}")
+            ids.append(existing)
+            files.append(self.image_entries(step.ref))
+            refs = refs[1:]
+        try:
+            for attempt, ref in enumerate(refs, 2 - len(refs) + 1):
+                progress(f"clean build {attempt} of 2")
+                ids.append(self.make(step, ref, on_line, progress, nocache=True))
+                progress(f"reading the files of build {attempt}")
+                files.append(self.image_entries(ref))
+            lines = differences(files[0], files[1])
+            if ids[0] != ids[1] and not lines:
+                lines = ["the files are the same; the image configs differ (docker image inspect both to compare)"]
+            if not lines and self.docker.image_id(step.ref) is None:
+                self.docker.tag(refs[-1], step.target.repository, step.key)  # checked: it may as well be the build
+                self.ensure_friendly_tag(step)
+                self.remember(step)
+            return CheckResult(step.ref, ids[0], ids[1], lines, len(files[0]))
+        finally:
+            for ref in refs:
+                self.docker.remove_image(ref)
+
+    def image_entries(self, ref: str) -> dict:
+        work = Path(tempfile.mkdtemp(prefix="check-", dir=self.scratch_dir()))
+        try:
+            self.docker.save(ref, work / "saved.tar")
+            return saved_entries(work / "saved.tar")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def make(self, step: Step, ref: str, on_line: Callable[[str], None], progress: Callable[[str], None],
+             nocache: bool) -> str:
+        """Build `step` as `ref` (normalised); returns its image id."""
         target = step.target
         if target.name == "base":
             spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
             if spec.mode == "pull":
-                base.pull(self.docker, spec, target.repository, step.key, progress)
-            else:
-                base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], step.ref, self.scratch_dir(), progress)
-        else:
+                return base.pull(self.docker, spec, *ref.rsplit(":", 1), progress)
+            return base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], ref, self.scratch_dir(), progress)
+        with self.staging:  # the host's input caches are shared: one target fills them at a time
             context = self.stage_context(step, progress)
-            raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"
-            try:
-                self.docker.build(context, raw, self.build_labels(step), on_line, nocache=self.settings.no_cache)
-            finally:
-                shutil.rmtree(context, ignore_errors=True)
-            progress("normalising: layers sorted, times clamped to SOURCE_DATE_EPOCH, build residue dropped")
-            self.normalize(raw, step.ref)
-        self.ensure_friendly_tag(step)
-        self.remember(step)
+        raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"
+        try:
+            self.docker.build(context, raw, self.build_labels(step), on_line, nocache=nocache)
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
+        progress("normalising: layers sorted, times clamped to SOURCE_DATE_EPOCH, build residue dropped")
+        return self.normalize(raw, ref)
 
-    def normalize(self, raw: str, ref: str) -> str:
-        """The classic builder's image `raw`, rewritten in its normal form and loaded as `ref` (hubforge.build.normalize);
-        `raw` is removed. Returns the new image id, which depends on the image's contents only."""
+    def normalize(self, raw: str, ref: str, labels: dict[str, str] | None = None, keep: bool = False) -> str:
+        """The image `raw` (the classic builder's), rewritten in its normal form and loaded as `ref`
+        (hubforge.build.normalize), with `labels` added; `raw` is removed unless `keep`. Returns the new image id,
+        which depends on the image's contents (and those labels) only."""
         work = Path(tempfile.mkdtemp(prefix="normalize-", dir=self.scratch_dir()))
         try:
             self.docker.save(raw, work / "saved.tar")
-            image_id, _ = normalize_saved(work / "saved.tar", work / "normal.tar", [ref], SOURCE_DATE_EPOCH, work)
+            image_id, _ = normalize_saved(work / "saved.tar", work / "normal.tar", [ref], SOURCE_DATE_EPOCH, work, labels)
             (work / "saved.tar").unlink()
             self.docker.load(work / "normal.tar", image_id)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        self.docker.remove_image(raw)
+            if not keep:
+                self.docker.remove_image(raw)
         return image_id
 
     def scratch_dir(self) -> Path:
@@ -294,3 +364,37 @@ class Builder:
 
 def elapsed(start: float) -> str:
     return f"{time.monotonic() - start:.1f}s"
+
+
+def run_plan(steps: list[Step], jobs: int, run: Callable[[Step], None]) -> None:
+    """Run `run` on every step, each after its parent, at most `jobs` at a time (after `base`, the other targets do
+    not depend on one another). The first failure starts nothing new; what runs finishes; then it is raised."""
+    names = {s.target.name for s in steps}
+    done: set[str] = set()
+    pending = list(steps)
+    running: dict[Future, Step] = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="build") as pool:
+        while True:
+            if failure is None:
+                for step in [s for s in pending if s.target.parent not in names or s.target.parent in done]:
+                    if len(running) >= max(1, jobs):
+                        break
+                    pending.remove(step)
+                    running[pool.submit(run, step)] = step
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                step = running.pop(future)
+                if future.exception() is None:
+                    done.add(step.target.name)
+                elif failure is None:
+                    failure = future.exception()
+    if failure is not None:
+        raise failure
+
+
+def default_jobs(cpus: int | None = None) -> int:
+    """Targets built at once when `--jobs` is 0: one per core, at most 4 (the daemon and the disk are shared)."""
+    return max(1, min(4, cpus if cpus is not None else (os.cpu_count() or 1)))

@@ -77,7 +77,7 @@ class Target:
         return tuple(sorted(paths))
 
 
-SHARED_TEMPLATES = ("images/_shared/harden.j2",)
+SHARED_TEMPLATES = ("images/_shared/harden.j2", "images/_shared/scrub.j2")
 VENV_TEMPLATES = ("images/_shared/venv.j2",)
 BUILD_APT_LOCK = "images/_shared/build-apt.lock"
 

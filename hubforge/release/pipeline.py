@@ -56,8 +56,8 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         step = by_name[item.target]
         labels = {"org.opencontainers.image.version": str(version), "org.opencontainers.image.revision": git_sha}
         released = f"{item.repository}:{item.tags[0]}"
-        if item.target != "base":
-            docker.build_labels(item.source, released, labels)
+        if item.target != "base":  # the built image with two more labels, as reproducible as it is
+            builder.normalize(item.source, released, labels, keep=True)
         else:
             docker.tag(item.source, item.repository, item.tags[0])
         for tag in item.tags:
@@ -76,7 +76,9 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         image_name = item.repository.rsplit("/", 1)[1] + ("" if step.target.flavor == "default" else f"-{step.target.flavor}")
         sbom_path = rel.write_json(dist / f"{image_name}-{version}.cdx.json",
                                    cyclonedx(released, image_name, str(version), python, debian))
-        prov = rel.provenance(step, base, version, git_sha, root, tools)
+        built = docker.inspect(step.ref)
+        prov = rel.provenance(step, base, version, git_sha, root, tools,
+                              {"image_id": built["Id"], "layers": built["RootFS"]["Layers"]})
         prov["digest"] = remote
         rel.write_json(dist / f"{image_name}-{version}.provenance.json", prov)
         say(f"  {image_name}: SBOM {sbom_path.name} ({len(python)} Python, {len(debian)} Debian packages), provenance written")

@@ -15,6 +15,7 @@ from .. import __version__, proc
 from ..build.builder import Step
 from ..errors import HubforgeError
 from ..build.keys import digest_bytes
+from ..build.targets import SOURCE_DATE_EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,16 @@ def check_tree(root: Path, version: Version, allow_dirty: bool) -> str:
 
 
 # -- provenance ----------------------------------------------------------------------------------------------
-def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Path, tools: Mapping[str, str]) -> dict[str, Any]:
+def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Path, tools: Mapping[str, str],
+               built: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What was released and what a rebuild needs to give the same bytes. `built`: the image of the key as
+    `invoke build` made it (its id and layer digests), which a rebuild at `git.sha` gives again."""
     target = step.target
     locks = {path: digest_bytes((root / path).read_bytes())
              for path in (target.python_lock, target.apt_lock, target.build_apt_lock) if path}
+    flavor = "" if target.flavor == "default" else f" --flavor {target.flavor}"
+    family = target.name.split("-")[0] if target.name.startswith("lab-") else target.name
+    base_flag = base.manifest.build_args.get("mode", "")
     return {
         "image": target.name,
         "version": str(version),
@@ -124,6 +131,17 @@ def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Pat
         "base": {"key": base.key, "source": base.manifest.build_args},
         "locks": locks,
         "tools": dict(tools),
+        "built": dict(built or {}),
+        "rebuild": {
+            "source_date_epoch": SOURCE_DATE_EPOCH,
+            "steps": [f"git checkout {git_sha}",
+                      f"invoke build --target {family}{flavor} --base {base_flag} --no-cache",
+                      f"docker image inspect {target.repository}:{step.key} --format '{{{{.Id}}}} {{{{json .RootFS.Layers}}}}'"],
+            "expect": "the image id and layer digests under `built`; the released image has the same layers, and its config "
+                      "adds only the version and revision labels",
+            "note": "a bootstrapped base gives the same bytes from the same state of its Debian mirror; a pulled base is "
+                    "pinned by digest",
+        },
     }
 
 

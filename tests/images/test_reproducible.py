@@ -1,0 +1,75 @@
+"""Same inputs, same bytes: a clean rebuild of each image gives the image `invoke build` made, to the byte (image id
+and layer digests); the bootstrapped base does too; and a build that stamps the time is caught and named.
+
+Each image here is rebuilt with no layer cache (the host's input caches are kept: they are verified by hash) and
+compared with the image of its key, which `invoke test` built before: on a fresh machine, from clean as well. The
+datascience flavour is left out for CI's time (`invoke build --check lab --flavor datascience` checks it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hubforge.build.builder import Builder, Settings
+from hubforge.build.targets import BaseSpec, Graph, Target
+from hubforge.docker_io import Docker
+
+pytestmark = pytest.mark.images
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.path.expanduser("~/.cache/hubforge"))
+
+
+def builder(root: Path = ROOT, graph: Graph | None = None) -> Builder:
+    return Builder(Settings(root=root, cache_dir=CACHE), Docker(), graph, say=lambda message: None)
+
+
+@pytest.mark.parametrize("name", ["gpu-probe", "registry", "hub", "lab"])
+def test_a_clean_rebuild_is_the_same_image(name):
+    made = builder()
+    step = made.plan(made.graph.select(name, None))[-1]
+    assert step.exists, f"{step.ref} is missing; run `invoke build`"
+    result = made.check(step, lambda line: None, lambda message: None, against_existing=True)
+    assert result.differences == [], f"{name}: " + "; ".join(result.differences)
+    assert result.first == result.second
+    layers = made.docker.inspect(step.ref)["RootFS"]["Layers"]
+    assert made.docker.inspect(step.ref)["Created"].startswith("2026-01-01T00:00:00")  # SOURCE_DATE_EPOCH, not the clock
+    assert len(layers) >= 1 and result.files > 10
+
+
+def test_the_bootstrapped_base_is_the_same_image_from_the_same_mirror():
+    made = builder()
+    step = made.plan([made.graph.targets["base"]])[0]
+    if made.base_mode_used != "bootstrap":
+        pytest.skip(f"the base here comes from {made.base_mode_used}: a pinned digest, the same by construction")
+    result = made.check(step, lambda line: None, lambda message: None)
+    assert result.same, "; ".join(result.differences)
+
+
+def test_a_build_that_stamps_the_time_is_caught_and_the_file_named(tmp_path):
+    """A target of its own (FROM the current base) that writes the time into a file: the check names that file."""
+    (tmp_path / "images" / "base").mkdir(parents=True)
+    shutil.copy(ROOT / "images" / "base" / "bootstrap.json", tmp_path / "images" / "base" / "bootstrap.json")
+    (tmp_path / "images" / "stamp").mkdir()
+    (tmp_path / "images" / "stamp" / "Dockerfile.j2").write_text(
+        "FROM {{ parent }}\nRUN date +%s%N > /etc/build-stamp && echo fixed > /etc/fixed\n")
+    real = builder()
+    graph = Graph({"base": real.graph.targets["base"],
+                   "stamp": Target("stamp", "hubforge-test/stamp", "images/stamp/Dockerfile.j2", description="stamps the time")})
+    made = Builder(Settings(root=tmp_path, cache_dir=CACHE, base_mode=real.resolve_base_mode()), Docker(), graph,
+                   say=lambda message: None)
+    base, step = made.plan(graph.closure(["stamp"]))
+    assert base.exists, "the base of the current key is missing; run `invoke build`"
+    try:
+        result = made.check(step, lambda line: None, lambda message: None)
+    finally:
+        made.docker.remove_image(step.ref)
+    assert not result.same
+    assert result.differences == ["etc/build-stamp: contents"], result.differences  # and nothing else differs
+    assert made.docker.image_id(f"hubforge-check/stamp:{step.key}-1") is None  # the compared builds are removed
+
+
+def test_the_upstream_base_spec_is_pinned_by_digest():
+    assert "@sha256:" in BaseSpec(mode="pull").upstream  # what makes `--base=pull` reproducible
