@@ -17,7 +17,6 @@ from . import doctor
 from .build.builder import Builder, Settings, Step, default_jobs, run_plan
 from .docker_io import Docker
 from .errors import HubforgeError
-from .build.lock import lock_apt, lock_python
 
 log = logging.getLogger(__name__)
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
@@ -175,6 +174,8 @@ def check(settings: Settings, target: str, flavor: str | None, verbose: bool) ->
 
 
 def lock(settings: Settings, target: str | None, only: str | None) -> None:
+    from .build.lock import lock_apt, lock_python
+
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     builder = make_builder(settings)
     graph = builder.graph

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
+import importlib
+import json
 import logging
+import os
+import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-import docker
-import docker.errors
-import requests.exceptions
 
 from .errors import BuildFailed, DockerUnavailable, HubforgeError
 
@@ -19,21 +21,106 @@ START_HINT = "start it with `invoke setup` (as root on Debian/Ubuntu) or `sudo d
 LOG_TAIL = 30
 
 
+class _Lazy:
+    """A module imported at its first use: the Docker SDK (and requests under it) cost more to import than a no-op
+    build takes, which needs none of it."""
+
+    def __init__(self, name: str) -> None:
+        self._name, self._module = name, None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+docker = _Lazy("docker")
+requests = _Lazy("requests")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Light:
+    """The few Engine API calls a no-op build makes (ping, image inspect, tag), over the daemon's unix socket with
+    the standard library. Everything else goes through the SDK."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path, self.timeout = path, timeout
+
+    @classmethod
+    def for_environment(cls) -> Light | None:
+        host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
+        return cls(host.removeprefix("unix://")) if host.startswith("unix://") else None
+
+    def request(self, method: str, path: str) -> tuple[int, bytes]:
+        connection = _UnixHTTPConnection(self.path, self.timeout)
+        try:
+            connection.request(method, path)
+            answer = connection.getresponse()
+            return answer.status, answer.read()
+        finally:
+            connection.close()
+
+    def image_id(self, ref: str) -> str | None:
+        status, body = self.request("GET", f"/images/{urllib.parse.quote(ref, safe='/:@')}/json")
+        if status == 404:
+            return None
+        if status != 200:
+            raise HubforgeError(f"the Docker daemon answered {status} for image {ref}: {body[:200]!r}")
+        return json.loads(body)["Id"]
+
+    def tag(self, ref: str, repository: str, tag: str) -> None:
+        query = urllib.parse.urlencode({"repo": repository, "tag": tag})
+        status, body = self.request("POST", f"/images/{urllib.parse.quote(ref, safe='/:@')}/tag?{query}")
+        if status != 201:
+            raise HubforgeError(f"cannot tag {ref} as {repository}:{tag}: {body[:200]!r}")
+
+
 class Docker:
     """A thin, synchronous wrapper over docker-py with errors a user can act on."""
 
-    def __init__(self, client: docker.DockerClient | None = None, timeout: int = 600) -> None:
-        if client is None:
+    def __init__(self, client: Any = None, timeout: int = 600) -> None:
+        self._client, self.timeout = client, timeout
+        self.light = Light.for_environment() if client is None else None
+        if client is not None:
+            return
+        if self.light is not None:
             try:
-                client = docker.from_env(timeout=timeout)
-                client.ping()
+                status, _ = self.light.request("GET", "/_ping")
+            except OSError as exc:
+                raise DockerUnavailable(f"the Docker daemon is not reachable at {self.light.path} ({exc.strerror or exc}); "
+                                        f"{START_HINT}") from None
+            if status != 200:
+                raise DockerUnavailable(f"the Docker daemon at {self.light.path} answered {status} to a ping; {START_HINT}")
+        else:
+            self.client.ping()
+
+    @property
+    def client(self):
+        """The SDK's client, made at its first use."""
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=self.timeout)
+                if self.light is None:
+                    self._client.ping()
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 raise DockerUnavailable(f"the Docker daemon is not reachable ({_short(exc)}); {START_HINT}") from exc
-        self.client = client
+        return self._client
 
     # -- images ------------------------------------------------------------------------------------
     def image_id(self, ref: str) -> str | None:
         """The image id for a tag or digest reference, or None when it is not in the local store."""
+        if self.light is not None:
+            return self.light.image_id(ref)
         try:
             return self.client.api.inspect_image(ref)["Id"]
         except docker.errors.ImageNotFound:
@@ -43,6 +130,9 @@ class Docker:
         return self.client.api.inspect_image(ref)
 
     def tag(self, ref: str, repository: str, tag: str) -> None:
+        if self.light is not None:
+            self.light.tag(ref, repository, tag)
+            return
         self.client.api.tag(ref, repository, tag, force=True)
 
     def save(self, ref: str, path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,19 @@ class Check:
 
 
 def docker_answers(timeout: float = 5.0) -> tuple[bool, str]:
+    from .docker_io import Light
+
+    light = Light.for_environment()
+    if light is not None:  # the standard library: no SDK to import for a check that passes on every build
+        light.timeout = timeout
+        try:
+            status, body = light.request("GET", "/version")
+        except OSError as exc:
+            return False, f"cannot connect to {light.path}: {exc.strerror or exc}"
+        if status != 200:
+            return False, f"{light.path} answered {status}"
+        version = json.loads(body)
+        return True, f"Docker Engine {version.get('Version')} (API {version.get('ApiVersion')})"
     import docker
     import docker.errors
     import requests.exceptions

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jinja2
-
 from .errors import HubforgeError
 
 
@@ -15,6 +13,8 @@ def render(templates: Mapping[str, str], entry: str, variables: Mapping[str, obj
     Templates reach each other by their repo-relative path (`{% include "images/_shared/harden.j2" %}`),
     so the only files a render can see are the ones the target declared.
     """
+    import jinja2  # only when something is rendered: a no-op build takes its Dockerfiles from the render cache
+
     env = jinja2.Environment(
         loader=jinja2.DictLoader(dict(templates)),
         undefined=jinja2.StrictUndefined,

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from . import base, debs, labext, npm, wheels
+from . import labext
 from ..docker_io import Docker
 from ..errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
 from .normalize import differences, iso, normalize_saved, saved_entries
 from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
-from .targets import SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
+from .targets import PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,69 @@ class Step:
         return f"{self.target.repository}:{self.key}"
 
 
-def input_digests(root: Path, paths: tuple[str, ...]) -> dict[str, str]:
+RACY_SECONDS = 2
+
+
+class PlanCache:
+    """What planning computed last time, so that a no-op build neither hashes nor renders again.
+
+    - A file's digest is kept with its size and modification time; when either differs, the file is hashed again.
+      A file changed in the last RACY_SECONDS is not kept (as git does): the file system's clock is coarse, and a
+      second same-size write within one tick would keep its time.
+    - A rendered Dockerfile is kept under the digest of its template texts and variables (the render is pure).
+    Kept in the build state folder; a damaged or missing file only means computing everything once more."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.changed = path, False
+        self.data: dict[str, dict] = {"files": {}, "renders": {}}
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_text())
+                if isinstance(loaded, dict) and set(loaded) == {"files", "renders"}:
+                    self.data = loaded
+            except (OSError, ValueError):
+                pass
+
+    def digest(self, path: Path) -> str:
+        info = path.stat()
+        known = self.data["files"].get(str(path))
+        if known and known[0] == info.st_size and known[1] == info.st_mtime_ns:
+            return known[2]
+        value = digest_bytes(path.read_bytes())
+        if time.time_ns() - info.st_mtime_ns > RACY_SECONDS * 1e9:
+            self.data["files"][str(path)] = [info.st_size, info.st_mtime_ns, value]
+            self.changed = True
+        return value
+
+    def render(self, templates: dict[str, str], entry: str, variables: dict[str, object]) -> str:
+        key = digest_bytes(json.dumps([templates, entry, variables], sort_keys=True, default=str).encode())
+        if key not in self.data["renders"]:
+            self.data["renders"][key] = render(templates, entry, variables)
+            self.changed = True
+        return self.data["renders"][key]
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(self.data))
+        staged.replace(self.path)
+        self.changed = False
+
+
+def input_digests(root: Path, paths: tuple[str, ...], cache: PlanCache | None = None) -> dict[str, str]:
     """sha256 of every declared input file; a declared folder contributes each source file below it
     (build outputs such as node_modules, lib and __pycache__ are not sources)."""
+    cache = cache or PlanCache(None)
     digests: dict[str, str] = {}
     for rel in paths:
         path = root / rel
         if path.is_dir():
             for child in labext.source_files(path):
-                digests[f"{rel}/{child}"] = digest_bytes((path / child).read_bytes())
+                digests[f"{rel}/{child}"] = cache.digest(path / child)
         elif path.is_file():
-            digests[rel] = digest_bytes(path.read_bytes())
+            digests[rel] = cache.digest(path)
         else:
             raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/build/targets.py or run `invoke lock`")
     return digests
@@ -118,7 +170,7 @@ def render_variables(target: Target, parent_ref: str | None) -> dict[str, object
         "parent": parent_ref,
         "flavor": target.flavor,
         "source_date_epoch": SOURCE_DATE_EPOCH,
-        "python_version": wheels.PYTHON_VERSION,
+        "python_version": PYTHON_VERSION,
         "labels": oci_labels(
             title=f"hubforge {target.name}", version=__version__, description=target.description,
             source=SOURCE_URL, licenses=LICENSE,
@@ -137,11 +189,12 @@ class Builder:
         self.base_mode_used: str | None = None
         self.base_reason = ""
         self.staging = threading.Lock()
+        self.cache = PlanCache(self.state_dir / "plan-cache.json")
 
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
         target = self.graph.targets["base"]
-        inputs = {**input_digests(self.settings.root, target.inputs), **NORMALIZER} if mode == "bootstrap" else {}
+        inputs = {**input_digests(self.settings.root, target.inputs, self.cache), **NORMALIZER} if mode == "bootstrap" else {}
         return Manifest("base", "", inputs, self.settings.spec(mode).describe(), None)
 
     def resolve_base_mode(self) -> str:
@@ -165,9 +218,9 @@ class Builder:
         parent_ref = None
         if target.parent:
             parent_ref = f"{self.graph.targets[target.parent].repository}:{parent_key}"
-        dockerfile = render(template_texts(self.settings.root, target), target.template,
-                            render_variables(target, parent_ref))
-        return Manifest(target.name, dockerfile, {**input_digests(self.settings.root, target.all_inputs()), **NORMALIZER},
+        dockerfile = self.cache.render(template_texts(self.settings.root, target), target.template,
+                                       render_variables(target, parent_ref))
+        return Manifest(target.name, dockerfile, {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER},
                         dict(target.build_args), parent_key)
 
     def plan(self, targets: list[Target]) -> list[Step]:
@@ -189,6 +242,7 @@ class Builder:
             if exists and self.settings.no_cache:
                 exists, reasons = False, ["--no-cache"]
             steps.append(Step(target, manifest, exists, reasons))
+        self.cache.save()
         return steps
 
     # -- state: the manifest of the last build of each target, for explanations --------------------
@@ -271,6 +325,8 @@ class Builder:
     def make(self, step: Step, ref: str, on_line: Callable[[str], None], progress: Callable[[str], None],
              nocache: bool) -> str:
         """Build `step` as `ref` (normalised); returns its image id."""
+        from . import base  # the execute layer: imported when something is built, so a no-op stays quick
+
         target = step.target
         if target.name == "base":
             spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
@@ -319,6 +375,7 @@ class Builder:
 
     def stage_context(self, step: Step, progress: Callable[[str], None]) -> Path:
         """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules."""
+        from . import debs, npm, wheels
         target, root, cache = step.target, self.settings.root, self.settings.cache_dir
         context = cache / "contexts" / f"{target.name}-{step.key}"
         shutil.rmtree(context, ignore_errors=True)

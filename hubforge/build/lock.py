@@ -11,7 +11,7 @@ from . import debs
 from ..docker_io import Docker
 from .locks import format_apt_lock, requested_packages
 from .targets import Target
-from .wheels import PYTHON_VERSION
+from .targets import PYTHON_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from ..errors import HubforgeError
 # builds of the same inputs are the same bytes. Change it only to mark a new era of images.
 SOURCE_DATE_EPOCH = 1767225600  # 2026-01-01T00:00:00Z
 
+PYTHON_VERSION = "3.11"  # Debian bookworm's python3, which every image runs
 NAMESPACE = "hubforge"
 FRIENDLY_TAG = "dev"
 BASE_MODES = ("auto", "pull", "bootstrap")

@@ -19,13 +19,13 @@ from .. import proc
 from ..errors import HubforgeError
 from .keys import digest_bytes
 from .locks import PythonPin, normalize
+from .targets import PYTHON_VERSION
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
 
 log = logging.getLogger(__name__)
 
-PYTHON_VERSION = "3.11"  # Debian bookworm's python3, which every image runs
 # A wheel for glibc 2.17 .. 2.36 runs on bookworm (glibc 2.36).
 def platform_tags(arch: str) -> list[str]:
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.keys import Manifest, explain
+from hubforge.build.keys import Manifest, digest_bytes, explain
 from hubforge.build.targets import DEFAULT_SET, Graph
 
 ALL = list(DEFAULT_SET) + ["lab-datascience"]
@@ -117,3 +117,38 @@ def test_explain_names_the_changed_input():
     assert explain(previous, manifest(build_args={"X": "2"})) == ["build arg X changed ('1' -> '2')"]
     assert explain(None, manifest()) == ["never built here before"]
     assert "a is no longer an input" in explain(previous, manifest(inputs={"b": "2"}))
+
+
+def test_the_plan_cache_hashes_a_file_again_when_it_changes(tmp_path):
+    """The no-op build's cache trusts size and modification time only for files older than a clock tick or two."""
+    import os
+
+    from hubforge.build.builder import RACY_SECONDS, PlanCache
+
+    state, source = tmp_path / "plan-cache.json", tmp_path / "input.txt"
+    source.write_text("one")
+    first = PlanCache(state)
+    assert first.digest(source) == digest_bytes(b"one")
+    source.write_text("two")  # same size, most likely the same coarse time stamp: a fresh file is never cached
+    assert first.digest(source) == digest_bytes(b"two")
+    old = source.stat().st_mtime - RACY_SECONDS - 10
+    os.utime(source, (old, old))
+    first.digest(source)
+    first.save()
+    second = PlanCache(state)
+    assert second.data["files"][str(source)][2] == digest_bytes(b"two") and not second.changed
+    source.write_text("six")
+    os.utime(source, (old + 1, old + 1))  # another time: hashed again
+    assert second.digest(source) == digest_bytes(b"six")
+    (tmp_path / "plan-cache.json").write_text("{not json")
+    assert PlanCache(state).digest(source) == digest_bytes(b"six")  # a damaged cache is only a slower plan
+
+
+def test_the_plan_cache_renders_once_per_template_and_variables(tmp_path):
+    from hubforge.build.builder import PlanCache
+
+    cache = PlanCache(tmp_path / "plan-cache.json")
+    assert cache.render({"t.j2": "FROM {{ parent }}\n"}, "t.j2", {"parent": "a"}) == "FROM a\n"
+    assert cache.render({"t.j2": "FROM {{ parent }}\n"}, "t.j2", {"parent": "b"}) == "FROM b\n"
+    assert cache.render({"t.j2": "FROM {{ parent }} AS x\n"}, "t.j2", {"parent": "a"}) == "FROM a AS x\n"
+    assert len(cache.data["renders"]) == 3

@@ -29,6 +29,27 @@ def test_rendering_is_deterministic_and_complete(name):
     assert 'org.opencontainers.image.licenses="BSD-3-Clause"' in first
 
 
+INSTRUCTIONS = {"FROM", "RUN", "COPY", "ENV", "ARG", "LABEL", "USER", "WORKDIR", "EXPOSE", "VOLUME", "HEALTHCHECK",
+                "ENTRYPOINT", "CMD", "SHELL", "STOPSIGNAL"}
+
+
+@pytest.mark.parametrize("name", ["hub", "lab", "lab-datascience", "gpu-probe", "registry", "idp"])
+def test_every_logical_line_is_an_instruction(name):
+    """An include that ends in a newline splits a RUN in two, which only the daemon would notice otherwise."""
+    target = Graph().targets[name]
+    text = render(template_texts(ROOT, target), target.template, render_variables(target, "p"))
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    assert not current, "a line continues past the end of the file"
+    assert [line for line in logical if line.split()[0] not in INSTRUCTIONS] == []
+
+
 @pytest.mark.parametrize("name", ["hub", "lab", "gpu-probe"])
 def test_no_add_and_a_non_root_user(name):
     target = Graph().targets[name]
