@@ -1,8 +1,9 @@
-"""Build benchmark: a cold build, a no-op `invoke build` against a warm `docker build`, and image sizes.
+"""Build benchmark: a cold build, one target at a time against several at once; a no-op `invoke build` against a
+warm `docker build`; and image sizes.
 
 Run: python benchmarks/build.py [--skip-cold]
-The cold build uses `invoke build --no-cache` with an empty host cache, so it downloads and
-bootstraps too; it replaces the images of the current keys with identical rebuilds.
+Each cold build uses `invoke build --no-cache` with an empty host cache, so it downloads and bootstraps too; it
+replaces the images of the current keys with identical rebuilds (the build is reproducible, so the same ids).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubforge.build.builder import Builder, Settings  # noqa: E402
+from hubforge.build.builder import Builder, Settings, default_jobs  # noqa: E402
 from hubforge.docker_io import Docker  # noqa: E402
 from hubforge.build.targets import DEFAULT_SET, Graph  # noqa: E402
 
@@ -40,10 +41,17 @@ def main() -> None:
     docker, graph = Docker(), Graph()
 
     if not args.skip_cold:
-        # Cold: every target rebuilt with no layer cache (base re-bootstrapped) and empty host caches.
-        with tempfile.TemporaryDirectory(prefix="hubforge-bench-cache-") as cache:
-            cold = timed(invoke + ["--no-cache"], env={**os.environ, "INVOKE_HUBFORGE_CACHE_DIR": cache})
-        print(f"cold build, all targets (no layer cache, empty wheel/.deb/npm caches, base bootstrapped): {cold:.1f} s")
+        # Cold: every target rebuilt with no layer cache (base re-bootstrapped) and empty host caches; first one
+        # target at a time (as every build was before), then as many at once as `invoke build` chooses here.
+        cold = {}
+        for label, jobs in (("one at a time (--jobs 1)", "1"), (f"at once (--jobs 0: {default_jobs()} here)", "0")):
+            with tempfile.TemporaryDirectory(prefix="hubforge-bench-cache-") as cache:
+                cold[label] = timed(invoke + ["--no-cache", "--jobs", jobs], env={**os.environ, "INVOKE_HUBFORGE_CACHE_DIR": cache})
+        print("cold build, all targets (no layer cache, empty wheel/.deb/npm caches, base bootstrapped):")
+        for label, seconds in cold.items():
+            print(f"  {label:<28} {seconds:6.1f} s")
+        serial, parallel = cold.values()
+        print(f"  -> {serial / parallel:.2f}x")
     timed(invoke)  # make sure everything exists with the normal cache
 
     noop = [timed(invoke) for _ in range(args.runs)]
