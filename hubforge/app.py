@@ -10,13 +10,11 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
-from rich.tree import Tree
 
 from . import doctor
-from .build.builder import Builder, Settings, Step, default_jobs, run_plan
+from .build.builder import CHECK_REPOSITORY, RAW_REPOSITORY, Builder, Settings, Step, default_jobs, run_plan
 from .docker_io import Docker
-from .errors import HubforgeError
+from .errors import DockerUnavailable, HubforgeError
 
 log = logging.getLogger(__name__)
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
@@ -34,7 +32,18 @@ def make_builder(settings: Settings) -> Builder:
     return Builder(settings, Docker(), say=say)
 
 
+def daemon(settings: Settings) -> Docker:
+    """The Docker gateway; when no daemon answers, `invoke setup`'s fix where it can apply it, else one line."""
+    try:
+        return Docker()
+    except DockerUnavailable:
+        doctor.ensure(settings.cache_dir, {"docker"}, say)
+        return Docker()
+
+
 def print_plan(builder: Builder, steps: list[Step]) -> None:
+    from rich.tree import Tree
+
     tree = Tree(f"[bold]targets[/] (base: {builder.base_mode_used}, {builder.base_reason})")
     nodes = {}
     for step in steps:
@@ -46,8 +55,7 @@ def print_plan(builder: Builder, steps: list[Step]) -> None:
 
 def build(settings: Settings, target: str | None, flavor: str | None, plan_only: bool, verbose: bool) -> list[Step]:
     started = time.monotonic()
-    doctor.ensure(settings.cache_dir, {"docker"}, say)
-    builder = make_builder(settings)
+    builder = Builder(settings, daemon(settings), say=say)
     steps = builder.plan(builder.graph.select(target, flavor))
     if plan_only:
         print_plan(builder, steps)
@@ -207,15 +215,23 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
     except Exception as exc:  # a broken tree must not stop a clean; keep friendly tags then
         log.warning("cannot compute current keys (%s); keeping only friendly tags", exc)
     removed = 0
-    for repository in sorted({t.repository for t in graph.targets.values()}):
-        images = sorted(builder.docker.images(repository), key=lambda i: i.get("Created", 0), reverse=True)
-        stale = [i for i in images if not set(i.get("RepoTags") or []) & (current | {f"{repository}:dev"})]
-        for image in stale[keep:]:
+
+    def newest_first(image: dict) -> str:  # every image is `created` at SOURCE_DATE_EPOCH: when it was made here counts
+        return (builder.docker.inspect(image["Id"]).get("Metadata") or {}).get("LastTagTime") or ""
+
+    transient = [f"{RAW_REPOSITORY}/{name}" for name in graph.targets] + [f"{CHECK_REPOSITORY}/{name}" for name in graph.targets]
+    for repository in sorted({t.repository for t in graph.targets.values()}) + transient:
+        images = sorted(builder.docker.images(repository), key=newest_first, reverse=True)
+        if repository in transient:  # what a build or a check left when it was stopped: never kept
+            stale, keep_here = images, 0
+        else:
+            stale, keep_here = [i for i in images if not set(i.get("RepoTags") or []) & (current | {f"{repository}:dev"})], keep
+        for image in stale[keep_here:]:
             for ref in image.get("RepoTags") or [image["Id"]]:
                 say(f"  {'would remove' if dry_run else 'removing'} {ref}")
                 if not dry_run and builder.docker.remove_image(ref):
                     removed += 1
-    for folder in ["contexts"] + (["wheels", "debs", "npm"] if wheels else []):
+    for folder in ["contexts", "scratch"] + (["wheels", "debs", "npm"] if wheels else []):
         path = settings.cache_dir / folder
         if path.exists():
             say(f"  {'would remove' if dry_run else 'removing'} {path}")
@@ -226,6 +242,8 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
 
 def report_doctor(settings: Settings) -> bool:
     results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry"})
+    from rich.table import Table
+
     table = Table("check", "status", "detail", "fix")
     for check in results:
         table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail, "" if check.ok else check.fix)
@@ -304,6 +322,8 @@ def down(settings: Settings, options, volumes: bool, user_volumes: bool, yes: bo
 
 def status(settings: Settings, options, as_json: bool) -> dict:
     import json as _json
+
+    from rich.table import Table
 
     state = stack_for(settings, options).status()
     if as_json:
@@ -396,6 +416,8 @@ def release(settings: Settings, version_text: str, registry: str, namespace: str
     for step in steps:
         run_step(builder, step, False)
     pushes = pipeline.pushes_for(request, steps, git_sha)
+    from rich.table import Table
+
     table = Table("image", "tag", "from", title=f"release {request.version} ({'push' if push else 'dry run'})")
     for item in pushes:
         for tag in item.tags:

@@ -80,6 +80,7 @@ class Step:
     manifest: Manifest
     exists: bool
     reasons: list[str] = field(default_factory=list)
+    image: str | None = None  # the image id of the key when the plan was made
 
     @property
     def key(self) -> str:
@@ -237,11 +238,12 @@ class Builder:
                     keys.update({s.target.name: s.key for s in parent_steps})
                 manifest = self.manifest(target, keys[target.parent])
             keys[target.name] = manifest.key()
-            exists = self.docker.image_id(f"{target.repository}:{manifest.key()}") is not None
+            image = self.docker.image_id(f"{target.repository}:{manifest.key()}")
+            exists = image is not None
             reasons = [] if exists else explain(self.last_manifest(target.name), manifest)
             if exists and self.settings.no_cache:
                 exists, reasons = False, ["--no-cache"]
-            steps.append(Step(target, manifest, exists, reasons))
+            steps.append(Step(target, manifest, exists, reasons, image))
         self.cache.save()
         return steps
 
@@ -260,7 +262,8 @@ class Builder:
     # -- execute -----------------------------------------------------------------------------------
     def ensure_friendly_tag(self, step: Step) -> None:
         target = step.target
-        if self.docker.image_id(target.friendly_ref) != self.docker.image_id(step.ref):
+        image = (step.image if step.exists else None) or self.docker.image_id(step.ref)
+        if self.docker.image_id(target.friendly_ref) != image:
             self.docker.tag(step.ref, target.repository, target.friendly_tag)
 
     def pull_from_cache(self, step: Step, progress: Callable[[str], None]) -> bool:
