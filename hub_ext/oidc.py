@@ -181,10 +181,10 @@ class Endpoints:
     end_session: str = ""
 
 
-def internal(url: str, issuer: str, internal_url: str) -> str:
-    """`url` under the issuer, moved to where the hub reaches the issuer (OIDC_INTERNAL_URL)."""
-    if internal_url and url.startswith(issuer):
-        return internal_url + url[len(issuer):]
+def rebase(url: str, old: str, new: str) -> str:
+    """`url` under `old`, moved under `new` (no change when either is empty or `url` is elsewhere)."""
+    if old and new and url.startswith(old):
+        return new + url[len(old):]
     return url
 
 
@@ -202,12 +202,16 @@ def parse_discovery(document: object, config: OIDCConfig) -> Endpoints:
         missing.append("userinfo_endpoint (or set OIDC_CLAIMS_FROM=id_token)")
     if missing:
         raise OIDCError(f"OIDC_ISSUER={config.issuer}: the discovery document has no {', '.join(missing)}")
+    # A provider may name its endpoints after the issuer (Keycloak with its hostname set) or after the address it was
+    # asked at (oidc-provider, Keycloak without one, Casdoor without `origin`): the browser's go to the issuer's
+    # address, and the hub's own to the internal one, whichever the document used.
+    issuer, inside = config.issuer, config.internal_url
     return Endpoints(
         issuer=found,
-        authorization=str(document["authorization_endpoint"]),
-        token=internal(str(document["token_endpoint"]), config.issuer, config.internal_url),
-        userinfo=internal(str(document.get("userinfo_endpoint") or ""), config.issuer, config.internal_url),
-        end_session=str(document.get("end_session_endpoint") or ""),
+        authorization=rebase(str(document["authorization_endpoint"]), inside, issuer),
+        token=rebase(str(document["token_endpoint"]), issuer, inside),
+        userinfo=rebase(str(document.get("userinfo_endpoint") or ""), issuer, inside),
+        end_session=rebase(str(document.get("end_session_endpoint") or ""), inside, issuer),
     )
 
 

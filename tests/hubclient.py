@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlparse
 
 import requests
 import urllib3
+from requests.utils import requote_uri
 from jupyterhub.utils import subdomain_hook_idna
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the stack's certificate is self-signed
@@ -150,7 +151,7 @@ class KernelClient:
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
-        url = self.api.url(f"user/{self.user}/api/kernels/{self.id}/channels")
+        url = requote_uri(self.api.url(f"user/{self.user}/api/kernels/{self.id}/channels"))  # a name may be unicode or an e-mail
         url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         request = HTTPRequest(url, validate_cert=False,
                               headers={"Authorization": self.api.http.headers["Authorization"]},

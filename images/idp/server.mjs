@@ -16,6 +16,7 @@ const CONFIG = process.env.IDP_CONFIG || '/etc/idp/config.json';
 const load = () => JSON.parse(readFileSync(CONFIG, 'utf8'));
 const boot = load();
 
+
 function findUser(username) {
   return (load().users || []).find((user) => user.username === username);
 }
@@ -56,98 +57,106 @@ async function formBody(req) {
   return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
 }
 
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const provider = new Provider(boot.issuer, {
-  clients: boot.clients,
-  jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), kid: 'idp-1', use: 'sig', alg: 'RS256' }] },
-  cookies: { keys: [randomBytes(32).toString('hex')] },
-  // Scopes are the keys: "groups" is a scope of its own, as Keycloak's and Casdoor's are.
-  claims: {
-    openid: ['sub'],
-    profile: ['preferred_username', 'name'],
-    email: ['email', 'email_verified'],
-    groups: ['groups'],
-  },
-  async findAccount(ctx, sub) {
-    const user = findUser(sub);
-    if (!user) return undefined;
-    return {
-      accountId: sub,
-      async claims() {
-        const now = findUser(sub) || user; // read again: group changes show at the next userinfo call
-        return {
-          sub,
-          preferred_username: now.preferred_username || now.username,
-          name: now.name || now.username,
-          email: now.email,
-          email_verified: true,
-          groups: now.groups || [],
-        };
-      },
-    };
-  },
-  features: {
-    devInteractions: { enabled: false },
-    // The provider's own pages, without the stock ones' web fonts: nothing here loads from outside this machine.
-    rpInitiatedLogout: {
-      enabled: true,
-      logoutSource(ctx, form) {
-        ctx.body = page('hubforge test IdP: sign out', `<p>Do you want to sign out of the identity provider?</p>${form}
-<button autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
-<button type="submit" form="op.logoutForm">No, stay signed in</button>`);
-      },
-      postLogoutSuccessSource(ctx) {
-        ctx.body = page('hubforge test IdP: signed out', '<p>You are signed out of the identity provider.</p>');
+function serve() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const provider = new Provider(boot.issuer, {
+    clients: boot.clients,
+    jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), kid: 'idp-1', use: 'sig', alg: 'RS256' }] },
+    cookies: { keys: [randomBytes(32).toString('hex')] },
+    // Scopes are the keys: "groups" is a scope of its own, as Keycloak's and Casdoor's are.
+    claims: {
+      openid: ['sub'],
+      profile: ['preferred_username', 'name'],
+      email: ['email', 'email_verified'],
+      groups: ['groups'],
+    },
+    async findAccount(ctx, sub) {
+      const user = findUser(sub);
+      if (!user) return undefined;
+      return {
+        accountId: sub,
+        async claims() {
+          const now = findUser(sub) || user; // read again: group changes show at the next userinfo call
+          return {
+            sub,
+            preferred_username: now.preferred_username || now.username,
+            name: now.name || now.username,
+            email: now.email,
+            email_verified: true,
+            groups: now.groups || [],
+          };
+        },
+      };
+    },
+    features: {
+      devInteractions: { enabled: false },
+      // The provider's own pages, without the stock ones' web fonts: nothing here loads from outside this machine.
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource(ctx, form) {
+          ctx.body = page('hubforge test IdP: sign out', `<p>Do you want to sign out of the identity provider?</p>${form}
+  <button autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+  <button type="submit" form="op.logoutForm">No, stay signed in</button>`);
+        },
+        postLogoutSuccessSource(ctx) {
+          ctx.body = page('hubforge test IdP: signed out', '<p>You are signed out of the identity provider.</p>');
+        },
       },
     },
-  },
-  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
-  ttl: { AccessToken: 3600, IdToken: 3600, Interaction: 600, Session: 86400, Grant: 86400 },
-});
-provider.proxy = true;
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    ttl: { AccessToken: 3600, IdToken: 3600, Interaction: 600, Session: 86400, Grant: 86400 },
+  });
+  provider.proxy = true;
 
-// The login page and the consent policy of a first-party provider: every client here is trusted, so the grant
-// covers what the client asked for, as an organisation's own Keycloak realm would be configured.
-provider.use(async (ctx, next) => {
-  const match = ctx.path.match(/^\/interaction\/([^/]+)(\/login)?$/);
-  if (!match) return next();
-  ctx.set('Cache-Control', 'no-store');
-  const details = await provider.interactionDetails(ctx.req, ctx.res);
-  const client = await provider.Client.find(details.params.client_id);
-  const clientName = client?.clientName || details.params.client_id;
-  if (details.prompt.name === 'consent') {
-    const grant = details.grantId ? await provider.Grant.find(details.grantId)
-      : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
-    const missing = details.prompt.details;
-    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
-    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
-    const grantId = await grant.save();
-    ctx.respond = false;
-    return provider.interactionFinished(ctx.req, ctx.res, { consent: { grantId } }, { mergeWithLastSubmission: true });
-  }
-  if (ctx.method === 'GET' && !match[2]) {
-    ctx.type = 'html';
-    ctx.body = loginForm(details.uid, clientName);
-    return undefined;
-  }
-  if (ctx.method === 'POST' && match[2]) {
-    const form = await formBody(ctx.req);
-    const user = findUser(form.get('username') || '');
-    if (!user || !samePassword(form.get('password') || '', user.password)) {
-      console.log(`idp: refused a sign-in as ${JSON.stringify(form.get('username'))}`);
-      ctx.status = 401;
+  // The login page and the consent policy of a first-party provider: every client here is trusted, so the grant
+  // covers what the client asked for, as an organisation's own Keycloak realm would be configured.
+  provider.use(async (ctx, next) => {
+    const match = ctx.path.match(/^\/interaction\/([^/]+)(\/login)?$/);
+    if (!match) return next();
+    ctx.set('Cache-Control', 'no-store');
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    const client = await provider.Client.find(details.params.client_id);
+    const clientName = client?.clientName || details.params.client_id;
+    if (details.prompt.name === 'consent') {
+      const grant = details.grantId ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+      const missing = details.prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      const grantId = await grant.save();
+      ctx.respond = false;
+      return provider.interactionFinished(ctx.req, ctx.res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    }
+    if (ctx.method === 'GET' && !match[2]) {
       ctx.type = 'html';
-      ctx.body = loginForm(details.uid, clientName, 'Invalid username or password.');
+      ctx.body = loginForm(details.uid, clientName);
       return undefined;
     }
-    console.log(`idp: ${user.username} signed in for ${details.params.client_id}`);
-    ctx.respond = false;
-    return provider.interactionFinished(ctx.req, ctx.res, { login: { accountId: user.username } },
-      { mergeWithLastSubmission: false });
-  }
-  ctx.status = 405;
-  return undefined;
-});
+    if (ctx.method === 'POST' && match[2]) {
+      const form = await formBody(ctx.req);
+      const user = findUser(form.get('username') || '');
+      if (!user || !samePassword(form.get('password') || '', user.password)) {
+        console.log(`idp: refused a sign-in as ${JSON.stringify(form.get('username'))}`);
+        ctx.status = 401;
+        ctx.type = 'html';
+        ctx.body = loginForm(details.uid, clientName, 'Invalid username or password.');
+        return undefined;
+      }
+      console.log(`idp: ${user.username} signed in for ${details.params.client_id}`);
+      ctx.respond = false;
+      return provider.interactionFinished(ctx.req, ctx.res, { login: { accountId: user.username } },
+        { mergeWithLastSubmission: false });
+    }
+    ctx.status = 405;
+    return undefined;
+  });
+  const port = Number(boot.port || process.env.PORT || 9000);
+  provider.listen(port, '0.0.0.0', () => console.log(`idp: ${boot.issuer} listening on port ${port}`));
+}
 
-const port = Number(boot.port || process.env.PORT || 9000);
-provider.listen(port, '0.0.0.0', () => console.log(`idp: ${boot.issuer} listening on port ${port}`));
+if (process.argv.includes('--health')) { // the image's health check: the discovery document answers
+  const url = `http://127.0.0.1:${boot.port || 9000}/.well-known/openid-configuration`;
+  fetch(url).then((answer) => process.exit(answer.ok ? 0 : 1), () => process.exit(1));
+} else {
+  serve();
+}

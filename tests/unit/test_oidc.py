@@ -96,6 +96,10 @@ def test_the_browser_keeps_the_issuers_address_and_the_hub_calls_the_internal_on
     assert found.end_session == DOCUMENT["end_session_endpoint"]
     assert found.token == "http://keycloak:8080/realms/team/protocol/openid-connect/token"
     assert found.userinfo == "http://keycloak:8080/realms/team/protocol/openid-connect/userinfo"
+    # a provider that names its endpoints after the address it was asked at (oidc-provider; Keycloak without a hostname)
+    asked_inside = {key: value.replace("https://login.example.org/realms/team", "http://keycloak:8080/realms/team")
+                    for key, value in DOCUMENT.items() if key != "issuer"}
+    assert parse_discovery({**asked_inside, "issuer": DOCUMENT["issuer"]}, CONFIG) == found
     # an endpoint on another host (Entra's userinfo on graph.microsoft.com) is left where it is
     elsewhere = parse_discovery({**DOCUMENT, "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo"}, CONFIG)
     assert elsewhere.userinfo == "https://graph.microsoft.com/oidc/userinfo"
