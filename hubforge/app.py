@@ -413,8 +413,8 @@ def release(settings: Settings, version_text: str, registry: str, namespace: str
     git_sha = check_tree(settings.root, request.version, allow_dirty) if push else git(settings.root, "rev-parse", "HEAD")
     builder = make_builder(settings)
     steps = pipeline.release_steps(builder, request.flavors)
-    for step in steps:
-        run_step(builder, step, False)
+    with BuildBoard(console, False) as board:
+        run_plan(steps, settings.jobs or default_jobs(), lambda step: run_step(builder, step, board))
     pushes = pipeline.pushes_for(request, steps, git_sha)
     from rich.table import Table
 

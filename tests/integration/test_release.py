@@ -79,6 +79,14 @@ def test_pulled_back_by_digest_with_the_version_label(registry, released, image)
     digest = digests.pop()
     pulled = client.images.pull(f"{registry}/{NAMESPACE}/{image}@{digest}")
     assert pulled.labels["org.opencontainers.image.version"] == VERSION
+    assert len(pulled.labels["org.opencontainers.image.revision"]) == 40
+    # verifiable: the provenance names the built image, whose layers the pulled image has byte for byte, and the
+    # release's own config is as reproducible (its time is SOURCE_DATE_EPOCH, not the moment of the release)
+    provenance = json.loads((ROOT / "dist" / f"{image}-{VERSION}.provenance.json").read_text())
+    assert pulled.attrs["RootFS"]["Layers"] == provenance["built"]["layers"]
+    assert client.images.get(provenance["built"]["image_id"]).attrs["RootFS"]["Layers"] == provenance["built"]["layers"]
+    assert pulled.attrs["Created"].startswith("2026-01-01T00:00:00")
+    assert provenance["rebuild"]["steps"][0] == f"git checkout {provenance['git']['sha']}"
     local = client.images.get(f"{registry}/{NAMESPACE}/{image}:{VERSION}")
     assert f"{registry}/{NAMESPACE}/{image}@{digest}" in local.attrs["RepoDigests"]
 
