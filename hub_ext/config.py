@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
-from .parse import ConfigError, flag
+from .parse import USERNAME, ConfigError, flag
 
 ENGINES = ("compose", "swarm")  # what runs the stack and the labs: `invoke up --engine`, HUBFORGE_ENGINE in the hub
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}
-_USERNAME = re.compile(r"^[^\s/]{1,64}$")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])?[bB]?$")
 _BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
 
@@ -119,7 +118,7 @@ def parse_base_url(raw: str) -> str:
 
 def parse_username(raw: str, name: str) -> str:
     value = raw.strip()
-    if not _USERNAME.match(value):
+    if not USERNAME.match(value):
         raise ConfigError(f"{name}={raw!r} is not a valid username; use 1-64 characters without spaces or '/'")
     return value.lower()  # JupyterHub normalises usernames to lower case
 

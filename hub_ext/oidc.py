@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .parse import ConfigError, flag
+from .parse import USERNAME, ConfigError, flag
 from .runtime import BUILTIN_GROUPS
 
 AUTHENTICATORS = ("native", "oidc")
@@ -80,6 +80,15 @@ def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
 def _names(env: Mapping[str, str], name: str) -> frozenset[str]:
     """A comma-separated list (group names keep their case and may contain spaces and slashes: GitLab's paths)."""
     return frozenset(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def _users(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """A comma-separated list of usernames, lower-cased as the hub stores them."""
+    users = frozenset(n.lower() for n in _names(env, name))
+    for user in sorted(users):
+        if not USERNAME.match(user):
+            raise OIDCError(f"{name}: {user!r} is not a valid username; use 1-64 characters without spaces or '/'")
+    return users
 
 
 def _loopback(host: str) -> bool:
@@ -152,10 +161,10 @@ def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path:
         groups_claim=env.get("OIDC_GROUPS_CLAIM", "").strip() or OIDCConfig.groups_claim,
         claims_from=claims_from,
         allowed_groups=_names(env, "OIDC_ALLOWED_GROUPS"),
-        allowed_users=frozenset(n.lower() for n in _names(env, "OIDC_ALLOWED_USERS")),
+        allowed_users=_users(env, "OIDC_ALLOWED_USERS"),
         allow_all=flag(env, "OIDC_ALLOW_ALL", False),
         admin_groups=_names(env, "OIDC_ADMIN_GROUPS"),
-        admin_users=frozenset(n.lower() for n in _names(env, "OIDC_ADMIN_USERS")),
+        admin_users=_users(env, "OIDC_ADMIN_USERS"),
         group_map=parse_group_map(env.get("OIDC_GROUP_MAP", "")),
         login_name=env.get("OIDC_LOGIN_NAME", "").strip() or OIDCConfig.login_name,
         logout_provider=flag(env, "OIDC_LOGOUT_PROVIDER", False),
@@ -256,16 +265,15 @@ def hub_groups(provider_groups: set[str], group_map: tuple[tuple[str, str], ...]
 
     - Every provider group becomes a hub group of the same name, except the names of hubforge's built-in groups:
       a provider group that happens to be called `docker-sock` must not hand out the host's Docker socket.
-    - With OIDC_GROUP_MAP the built-in groups follow the provider: a user is in one exactly while they are in a
-      provider group mapped onto it.
-    - Without it, the built-in groups stay the admins' to manage in the hub: the memberships in `current` are kept.
+    - A built-in group that OIDC_GROUP_MAP maps onto follows the provider: a user is in it exactly while they are in
+      a provider group mapped onto it.
+    - Every other built-in group stays the admins' to manage in the hub: its memberships in `current` are kept.
     """
     builtin = set(BUILTIN_GROUPS)
+    mapped = {target for _, target in group_map}
     groups = {g for g in provider_groups if g not in builtin}
-    if group_map:
-        groups |= {target for source, target in group_map if source in provider_groups}
-    else:
-        groups |= current & builtin
+    groups |= {target for source, target in group_map if source in provider_groups}
+    groups |= current & (builtin - mapped)
     return groups
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 
 from jupyterhub import orm
+from jupyterhub.crypto import decrypt
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler
 from tornado import web
+from tornado.httpclient import HTTPClientError
 from traitlets import List, Tuple, Unicode
 
 from . import accounts
@@ -71,40 +73,82 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         user = self.db.query(orm.User).filter(orm.User.name == name).first() if self.db is not None else None
         return {group.name for group in user.groups} if user is not None else set()
 
+    # -- who is who: a hub user is one account at the provider ------------------------------------------------
+    def subject(self, model: dict) -> str:
+        """The provider's own, stable id of whoever signed in (`sub`), unlike the username claim, which a provider
+        may let its users change."""
+        return str(((model.get("auth_state") or {}).get(self.user_auth_state_key) or {}).get("sub") or "")
+
+    async def bound_subject(self, name: str) -> str:
+        """The `sub` that hub user `name` signed in with last (kept, encrypted, in their auth state), or ""."""
+        user = self.db.query(orm.User).filter(orm.User.name == name).first() if self.db is not None else None
+        if user is None or not user.encrypted_auth_state:
+            return ""
+        try:
+            state = await decrypt(user.encrypted_auth_state)
+        except Exception as exc:  # noqa: BLE001 -- a key that changed, or no key: not bound as far as we can tell
+            self.log.warning("cannot read the auth state of %s: %s", name, exc)
+            return ""
+        return self.subject({"auth_state": state or {}})
+
     # -- sign-in: who is refused, and why ---------------------------------------------------------------
     async def authenticate(self, handler, data=None, **kwargs):
         model = await super().authenticate(handler, data, **kwargs)
         if model and handler is not None:
             handler.hubforge_signed_in_as = model["name"]  # the provider vouched for this name; we may still refuse it
+            handler.hubforge_subject = self.subject(model)
         return model
 
     async def get_authenticated_user(self, handler, data):
         model = await super().get_authenticated_user(handler, data)
-        name = getattr(handler, "hubforge_signed_in_as", None)
-        if model is None and name:
-            problem = accounts.username_problem(name)
-            if problem:
-                handler.hubforge_refusal = (f"The identity provider names you {name!r}, which this hub cannot use as a "
-                                            f"username: {problem} Ask the hub's administrator to choose another claim "
-                                            "(OIDC_USERNAME_CLAIM).")
-            else:
-                handler.hubforge_refusal = refusal_message(name, self.who_gets_in or "the users and groups the operator chose")
-                await self.withdraw(handler, name, "refused at login")
-        return model
+        name, subject = getattr(handler, "hubforge_signed_in_as", None), getattr(handler, "hubforge_subject", "")
+        if name is None:
+            return model
+        bound = await self.bound_subject(name)
+        if model is not None and bound and subject and bound != subject:
+            # The name came back at the provider, now someone else's (renamed, or freed and taken): not this hub user
+            audit.warning("oidc-refused user=%s why='another account at the provider' sub=%s bound=%s", name, subject, bound)
+            handler.hubforge_refusal = (f"The identity provider names you {name}, but this hub's user {name} belongs to "
+                                        "another account there. Ask the hub's administrator to sort it out.")
+            return None
+        if model is not None:
+            model["admin"] = bool(model.get("admin"))  # only the provider makes admins: an admin flag from before goes
+            return model
+        problem = accounts.username_problem(name)
+        if problem:
+            handler.hubforge_refusal = (f"The identity provider names you {name!r}, which this hub cannot use as a "
+                                        f"username: {problem} Ask the hub's administrator to choose another claim "
+                                        "(OIDC_USERNAME_CLAIM).")
+            return None
+        handler.hubforge_refusal = refusal_message(name, self.who_gets_in or "the users and groups the operator chose")
+        if bound and bound == subject:  # the same person, who has lost access: their servers stop too
+            await self.withdraw(handler, name, "refused at login")
+        return None
 
     async def refresh_user(self, user, handler=None, **kwargs):
         """oauthenticator's refresh (the provider's userinfo, with the stored token or a refreshed one), then the same
-        access check as at login: someone removed from the allowed groups loses the hub within OIDC_RECHECK_SECONDS."""
+        checks as at login: someone removed from the allowed groups loses the hub within OIDC_RECHECK_SECONDS, and an
+        account the provider now names differently, or a different account, signs in again."""
         try:
             model = await super().refresh_user(user, handler, **kwargs)
         except web.HTTPError as exc:  # OIDC_CLAIMS_FROM=id_token: the stored ID token has expired; sign in again
             self.log.info("%s signs in again: %s", user.name, exc.log_message)
             return False
-        if isinstance(model, dict) and not self.allow_all:  # groups already applied, as at login
-            if not await self.check_allowed(user.name, model):
-                self.log.warning("%s has lost access at the identity provider", user.name)
-                await self.withdraw(handler, user.name, "lost access at the provider")
-                return False
+        except (HTTPClientError, OSError) as exc:  # the provider is down or unreachable: nothing new to go by
+            self.log.warning("cannot recheck %s at the identity provider (%s): unchanged until it answers", user.name, exc)
+            return True
+        if not isinstance(model, dict):
+            return model
+        bound = self.subject({"auth_state": await user.get_auth_state() or {}})
+        if model["name"] != user.name or (bound and self.subject(model) != bound):
+            self.log.warning("%s is now %r (sub %s) at the identity provider: signs in again", user.name, model["name"],
+                             self.subject(model))
+            return False
+        model["admin"] = bool(model.get("admin"))
+        if not self.allow_all and not await self.check_allowed(user.name, model):
+            self.log.warning("%s has lost access at the identity provider", user.name)
+            await self.withdraw(handler, user.name, "lost access at the provider")
+            return False
         return model
 
     async def withdraw(self, handler, name: str, why: str) -> None:

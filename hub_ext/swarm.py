@@ -11,8 +11,10 @@ import asyncio
 import ipaddress
 import json
 import time
+import uuid
 from typing import Any
 
+from docker.errors import APIError
 from docker.types import ContainerSpec, DriverConfig, Healthcheck, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
@@ -30,7 +32,7 @@ ANCHOR_SECONDS = 30
 IMAGE_MAP = "/srv/jupyterhub/registry/images.json"  # written by `invoke up` after it pushed the images (hubforge.stack.swarm)
 HELPER_TIMEOUT = 120
 NODE_CHECK_SECONDS = 2.0
-_REMOTE_SIZES: dict[tuple[str, tuple[str, ...]], tuple[float, dict[str, int | None]]] = {}  # (node, names) -> (when, sizes)
+_REMOTE_SIZES: dict[tuple[str, tuple[str, ...]], tuple[float, asyncio.Task]] = {}  # (node, names) -> (when, measurement)
 
 
 class SwarmRefused(RuntimeError):
@@ -240,30 +242,35 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         try:
             await self.placement()  # the node is there and ready, else the reason
             results = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "remove", "--project", self.project, *names])
-        except (SwarmRefused, RuntimeError) as exc:
-            return [{**r, "reason": str(exc)} for r in failed]
+        except (SwarmRefused, RuntimeError, APIError) as exc:
+            return [{**r, "reason": str(getattr(exc, "explanation", None) or exc)} for r in failed]
         finally:
             self.forget_sizes()  # what exists there has changed
         return results
 
     async def volume_sizes(self, names: list[str]) -> dict[str, int | None]:
-        """On another node, through the same one-shot helper as a reset, at most once a minute per user (a page view
-        costs a few seconds the first time). When the node cannot answer, every volume shows with its size unknown rather than as absent."""
+        """On another node, through the same one-shot helper as a reset, at most once a minute per user; requests that
+        come while one is measuring share it. A page view costs a few seconds the first time. When the node cannot
+        answer, every volume shows with its size unknown rather than as absent."""
         if not self.pinned or not self.node_id or self.node_id == await self.hub_node():
             return await super().volume_sizes(names)
-        key = (self.node_id, tuple(names))
-        cached = _REMOTE_SIZES.get(key)
-        if cached is None or time.monotonic() - cached[0] > SIZES_TTL_S:
-            try:
-                await self.placement()
-                answer = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "sizes", "--project", self.project, *names])
-            except (SwarmRefused, RuntimeError) as exc:
-                self.log.warning("volume sizes of %s on node %s: %s", self.user.name, self.node_id[:12], exc)
-                return dict.fromkeys(names)  # shown as "size unknown"; a reset says what is really there
-            cached = _REMOTE_SIZES[key] = (time.monotonic(), {r["volume"]: r.get("size") for r in answer if "volume" in r})
-        return dict(cached[1])
+        key, loop = (self.node_id, tuple(names)), asyncio.get_running_loop()
+        entry = _REMOTE_SIZES.get(key)
+        if entry is None or entry[1].get_loop() is not loop or (entry[1].done() and time.monotonic() - entry[0] > SIZES_TTL_S):
+            entry = _REMOTE_SIZES[key] = (time.monotonic(), loop.create_task(self.measure_on_node(names)))
+        return dict(await asyncio.shield(entry[1]))
+
+    async def measure_on_node(self, names: list[str]) -> dict[str, int | None]:
+        try:
+            await self.placement()
+            answer = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "sizes", "--project", self.project, *names])
+        except Exception as exc:  # noqa: BLE001 -- SwarmRefused, RuntimeError, docker.errors.APIError: sizes unknown
+            self.log.warning("volume sizes of %s on node %s: %s", self.user.name, self.node_id[:12], exc)
+            return dict.fromkeys(names)  # shown as "size unknown"; a reset says what is really there
+        return {r["volume"]: r.get("size") for r in answer if "volume" in r}
 
     def forget_sizes(self) -> None:
+        """What exists on the node changed (a reset): the next view measures again, and one measuring now is not kept."""
         for key in [k for k in _REMOTE_SIZES if k[0] == self.node_id]:
             _REMOTE_SIZES.pop(key, None)
 
@@ -280,7 +287,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                              env=["PYTHONDONTWRITEBYTECODE=1"])
         template = TaskTemplate(spec, restart_policy=RestartPolicy(condition="none"), placement=Placement(constraints=[f"node.id == {node}"]),
                                 resources=Resources(mem_limit=128 * 2**20))
-        name = f"{self.service_name}-helper-{int(time.time() * 1000) % 10**8}"
+        name = f"{self.service_name}-helper-{uuid.uuid4().hex[:12]}"  # two at the same moment must not collide
         service = await self.docker("create_service", template, name=name, labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"})
         service_id = service["ID"]
         try:

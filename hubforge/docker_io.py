@@ -141,14 +141,18 @@ class Docker:
             for chunk in self.client.api.get_image(ref, chunk_size=1 << 20):
                 out.write(chunk)
 
-    def load(self, path: Path, expected: str) -> None:
-        """`docker load` of an archive that holds the image `expected` (an id); refuses if Docker loaded another."""
+    def load(self, path: Path, ref: str, layers: list[str]) -> str:
+        """`docker load` of an archive that holds `ref` with these layers (diff ids); returns the image id the store
+        gave it. The layers are checked rather than the id: with the containerd image store an id is the digest of a
+        manifest, not of the config that hubforge wrote."""
         with path.open("rb") as data:
             for message in self.client.api.load_image(data):
                 if "error" in message:
                     raise HubforgeError(f"docker load of {path.name} failed: {message['error'].strip()}")
-        if self.image_id(expected) != expected:
-            raise HubforgeError(f"docker load of {path.name} did not give the image {expected[:19]}")
+        found = self.inspect(ref)
+        if found.get("RootFS", {}).get("Layers") != [f"sha256:{layer}" for layer in layers]:
+            raise HubforgeError(f"docker load of {path.name} did not give {ref} the layers it was written with")
+        return found["Id"]
 
     def pull(self, reference: str) -> None:
         try:

@@ -111,8 +111,10 @@ if hub.authenticator == "oidc":
     auth.client_secret = oidc.client_secret  # from .env or OIDC_CLIENT_SECRET_FILE (a secret mounted by the stack)
     auth.authorize_url = endpoints.authorization
     auth.token_url = endpoints.token  # the hub's own calls go to OIDC_INTERNAL_URL when set
-    auth.userdata_url = endpoints.userinfo
-    auth.userdata_from_id_token = oidc.claims_from == "id_token"
+    if oidc.claims_from == "id_token":  # oauthenticator takes one or the other, never both
+        auth.userdata_from_id_token = True
+    else:
+        auth.userdata_url = endpoints.userinfo
     auth.scope = list(oidc.scopes)
     auth.username_claim = oidc.username_claim
     if hub.public_host or hub.lab_subdomains:  # else oauthenticator takes it from the request's own host

@@ -59,10 +59,9 @@ def bootstrap(docker: Docker, spec: BaseSpec, recipe_path: Path, ref: str, scrat
             progress("loading the rootfs into Docker")
         runtime = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["bash"]}
         made_by = f"hubforge: mmdebstrap --variant={recipe['variant']} {spec.suite} {spec.mirror}"
-        image_id = rootfs_archive(output, Path(tmp) / "image.tar", [ref], runtime, made_by, SOURCE_DATE_EPOCH, Path(tmp))
+        _, layers = rootfs_archive(output, Path(tmp) / "image.tar", [ref], runtime, made_by, SOURCE_DATE_EPOCH, Path(tmp))
         output.unlink()
-        docker.load(Path(tmp) / "image.tar", image_id)
-        return image_id
+        return docker.load(Path(tmp) / "image.tar", ref, layers)
 
 
 def pull(docker: Docker, spec: BaseSpec, repository: str, tag: str, progress=None) -> str:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class Step:
 
 
 RACY_SECONDS = 2
+# What else a render depends on: the renderer's source and Jinja's version (read from its metadata, not imported).
+RENDERER = [digest_bytes((Path(__file__).parents[1] / "render.py").read_bytes()),
+            importlib.metadata.version("jinja2")]
 
 
 class PlanCache:
@@ -126,7 +130,7 @@ class PlanCache:
         return value
 
     def render(self, templates: dict[str, str], entry: str, variables: dict[str, object]) -> str:
-        key = digest_bytes(json.dumps([templates, entry, variables], sort_keys=True, default=str).encode())
+        key = digest_bytes(json.dumps([RENDERER, templates, entry, variables], sort_keys=True, default=str).encode())
         if key not in self.data["renders"]:
             self.data["renders"][key] = render(templates, entry, variables)
             self.changed = True
@@ -353,9 +357,9 @@ class Builder:
         work = Path(tempfile.mkdtemp(prefix="normalize-", dir=self.scratch_dir()))
         try:
             self.docker.save(raw, work / "saved.tar")
-            image_id, _ = normalize_saved(work / "saved.tar", work / "normal.tar", [ref], SOURCE_DATE_EPOCH, work, labels)
+            _, layers = normalize_saved(work / "saved.tar", work / "normal.tar", [ref], SOURCE_DATE_EPOCH, work, labels)
             (work / "saved.tar").unlink()
-            self.docker.load(work / "normal.tar", image_id)
+            image_id = self.docker.load(work / "normal.tar", ref, layers)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if not keep:
@@ -428,29 +432,41 @@ def elapsed(start: float) -> str:
 
 def run_plan(steps: list[Step], jobs: int, run: Callable[[Step], None]) -> None:
     """Run `run` on every step, each after its parent, at most `jobs` at a time (after `base`, the other targets do
-    not depend on one another). The first failure starts nothing new; what runs finishes; then it is raised."""
+    not depend on one another). The first failure starts nothing new; what runs finishes; then it is raised.
+
+    The workers are daemon threads: Ctrl-C ends the command at once (the daemon stops a build whose client went
+    away; `invoke clean` removes what it left), instead of waiting for every build that is running."""
     names = {s.target.name for s in steps}
     done: set[str] = set()
     pending = list(steps)
-    running: dict[Future, Step] = {}
+    finished: queue.Queue[tuple[Step, BaseException | None]] = queue.Queue()
+    running = 0
     failure: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="build") as pool:
-        while True:
-            if failure is None:
-                for step in [s for s in pending if s.target.parent not in names or s.target.parent in done]:
-                    if len(running) >= max(1, jobs):
-                        break
-                    pending.remove(step)
-                    running[pool.submit(run, step)] = step
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                step = running.pop(future)
-                if future.exception() is None:
-                    done.add(step.target.name)
-                elif failure is None:
-                    failure = future.exception()
+
+    def work(step: Step) -> None:
+        try:
+            run(step)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread, which raises it
+            finished.put((step, exc))
+        else:
+            finished.put((step, None))
+
+    while True:
+        if failure is None:
+            for step in [s for s in pending if s.target.parent not in names or s.target.parent in done]:
+                if running >= max(1, jobs):
+                    break
+                pending.remove(step)
+                threading.Thread(target=work, args=(step,), name=f"build-{step.target.name}", daemon=True).start()
+                running += 1
+        if not running:
+            break
+        step, error = finished.get()
+        running -= 1
+        if error is None:
+            done.add(step.target.name)
+        elif failure is None:
+            failure = error
     if failure is not None:
         raise failure
 

@@ -285,9 +285,9 @@ def normalize_saved(saved: Path, archive: Path, tags: list[str], epoch: int, wor
 
 
 def rootfs_archive(rootfs: Path, archive: Path, tags: list[str], runtime: dict[str, Any], created_by: str, epoch: int,
-                   workdir: Path) -> str:
+                   workdir: Path) -> tuple[str, list[str]]:
     """A root filesystem tar (mmdebstrap's) -> a `docker load` archive of a one-layer image with `runtime` as its config,
-    as `docker import` would make it but with nothing of the moment in it. Returns the image id."""
+    as `docker import` would make it but with nothing of the moment in it. Returns the image id and the layer."""
     scratch = workdir / "layer.tar"
     with rootfs.open("rb") as source, scratch.open("w+b") as normal, archive.open("wb") as sink:
         diff_id = normalize_layer(source, normal, epoch)
@@ -296,7 +296,7 @@ def rootfs_archive(rootfs: Path, archive: Path, tags: list[str], runtime: dict[s
         config = image_config({"config": runtime, "history": [{"created_by": created_by}]}, [diff_id], epoch)
         image_id = writer.finish(config, tags)
     scratch.unlink()
-    return image_id
+    return image_id, [diff_id]
 
 
 def saved_image(archive: IO[bytes]) -> tuple[dict[str, Any], list[str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hubforge.build.builder import Builder, Settings
-from hubforge.build.targets import BaseSpec, Graph, Target
+from hubforge.build.targets import Graph, Target
 from hubforge.docker_io import Docker
 
 pytestmark = pytest.mark.images
@@ -70,6 +70,3 @@ def test_a_build_that_stamps_the_time_is_caught_and_the_file_named(tmp_path):
     assert result.differences == ["etc/build-stamp: contents"], result.differences  # and nothing else differs
     assert made.docker.image_id(f"hubforge-check/stamp:{step.key}-1") is None  # the compared builds are removed
 
-
-def test_the_upstream_base_spec_is_pinned_by_digest():
-    assert "@sha256:" in BaseSpec(mode="pull").upstream  # what makes `--base=pull` reproducible

@@ -174,6 +174,37 @@ def test_the_client_secret_is_never_shown(live, idp):
     assert "/run/secrets/oidc_client_secret" in json.dumps(live.hub().attrs["Mounts"])  # from the file, as a secret
 
 
+def test_claims_from_the_id_token_start_a_hub_that_sends_browsers_to_the_provider(live, idp):
+    """OIDC_CLAIMS_FROM=id_token (Entra's way): the hub image with the stack's config, on the stack's network, against
+    the provider there; it starts, and its login sends the browser to the issuer."""
+    images, _ = current_images()
+    client = docker.from_env()
+    env = {**idp.env(OIDC_ALLOW_ALL="1", OIDC_CLAIMS_FROM="id_token"), "OIDC_CLIENT_SECRET_FILE": "",
+           "OIDC_CLIENT_SECRET": idp.secret, "LAB_SUBDOMAINS": "0"}
+    container = client.containers.create(
+        images["hub"], environment=env, labels={"hubforge.test": "integration"}, network=f"{live.project}_net",
+        volumes={str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}},
+        tmpfs={"/srv/jupyterhub/data": "uid=1000", "/srv/jupyterhub/certs": "uid=1000"})
+    try:
+        container.start()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            container.reload()
+            health = container.attrs["State"].get("Health", {}).get("Status")
+            if health == "healthy" or container.status != "running":
+                break
+            time.sleep(1)
+        logs = container.logs().decode()
+        assert health == "healthy", logs[-3000:]
+        code, out = container.exec_run(["python3", "-c", "import http.client, ssl; c = http.client.HTTPSConnection("
+                                        "'127.0.0.1', 8443, context=ssl._create_unverified_context()); "
+                                        "c.request('GET', '/hub/oauth_login'); r = c.getresponse(); print(r.status, r.getheader('Location'))"])
+        assert out.decode().startswith(f"302 {idp.issuer}/auth?"), out.decode()[-2000:]
+        assert "Traceback" not in logs
+    finally:
+        container.remove(force=True)
+
+
 def test_an_issuer_that_does_not_answer_stops_the_hub_with_one_line(tmp_path):
     images, _ = current_images()
     client = docker.from_env()

@@ -4,6 +4,7 @@ who gets into which groups, the refusal and logout, and the rendered stack's sec
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import stat
 import urllib.error
@@ -65,6 +66,8 @@ def test_the_client_secret_comes_from_a_file(tmp_path):
     ({"OIDC_GROUP_MAP": "platform"}, "OIDC_GROUP_MAP: 'platform' is not provider-group=built-in-group"),
     ({"OIDC_GROUP_MAP": "platform=root"}, "'root' is not a built-in group; use one of docker-sock, docker-privileged"),
     ({"OIDC_START_WAIT": "-1"}, "OIDC_START_WAIT='-1' is not a number of seconds"),
+    ({"OIDC_ADMIN_USERS": "ada, two words"}, "OIDC_ADMIN_USERS: 'two words' is not a valid username"),
+    ({"OIDC_ALLOWED_USERS": "a/b"}, "OIDC_ALLOWED_USERS: 'a/b' is not a valid username"),
     ({"OIDC_RECHECK_SECONDS": "soon"}, "OIDC_RECHECK_SECONDS='soon' is not a number of seconds"),
 ])
 def test_bad_oidc_settings_are_one_line_naming_the_variable(change, message):
@@ -177,10 +180,12 @@ def test_without_a_map_the_admins_builtin_memberships_are_kept():
     assert hub_groups({"team"}, (), {"docker-sock", "old-provider-group"}) == {"team", "docker-sock"}
 
 
-def test_with_a_map_the_builtin_groups_follow_the_provider_both_ways():
+def test_with_a_map_the_mapped_builtin_groups_follow_the_provider_both_ways_and_the_others_stay():
     mapping = (("platform", "docker-sock"),)
     assert hub_groups({"team", "platform"}, mapping, set()) == {"team", "platform", "docker-sock"}
     assert hub_groups({"team"}, mapping, {"docker-sock"}) == {"team"}  # removed at the provider: removed here
+    # an admin's docker-privileged, which no provider group maps onto, is the admin's to take away
+    assert hub_groups({"team"}, mapping, {"docker-privileged"}) == {"team", "docker-privileged"}
 
 
 @pytest.mark.parametrize(("claims", "claim", "expected"), [
@@ -237,6 +242,134 @@ def test_membership_in_the_allowed_groups_is_what_lets_a_user_in():
     assert not allowed
 
 
+# -- who is who: the provider's `sub` binds a hub user, not the username claim ----------------------------------
+class Provider:
+    """Stands in for the provider's side of the code flow: the claims its userinfo endpoint would answer with. The
+    rest -- oauthenticator's auth model, the groups, and hubforge's decisions -- runs as it does in the hub."""
+
+    def __init__(self, claims=None, failure=None):
+        self.claims, self.failure = claims, failure
+
+
+def signing_in(provider: Provider, db, **config):
+    from hub_ext.oidcauth import GROUPS_KEY, HubforgeOIDCAuthenticator
+
+    class Signing(HubforgeOIDCAuthenticator):
+        def build_access_tokens_request_params(self, handler, data=None):
+            return {}
+
+        async def get_token_info(self, handler, params):
+            return {"access_token": "token", "token_type": "Bearer"}
+
+        async def token_to_user(self, token_info):
+            if provider.failure:
+                raise provider.failure
+            return dict(provider.claims)
+
+    made = Signing(manage_groups=True, auth_state_groups_key=GROUPS_KEY, enable_auth_state=True, username_claim="preferred_username",
+                   **config)
+    made.db = db
+    return made
+
+
+class Handler:
+    """What the hub's request handler gives the authenticator: its user lookup and server stop."""
+
+    def __init__(self, users=None):
+        self.users, self.stopped = users or {}, []
+
+    def find_user(self, name):
+        return self.users.get(name)
+
+    async def stop_single_user(self, user, server_name):
+        self.stopped.append(user.name)
+
+
+@pytest.fixture
+def hub_db():
+    import secrets as _secrets
+
+    from jupyterhub import orm
+    from jupyterhub.crypto import CryptKeeper
+
+    CryptKeeper.instance().keys = [_secrets.token_bytes(32)]
+    return orm.new_session_factory("sqlite:///:memory:")()
+
+
+def bind(db, name, sub, admin=False, groups=()):
+    from jupyterhub import orm
+    from jupyterhub.crypto import encrypt
+
+    user = orm.User(name=name, admin=admin)
+    db.add(user)
+    for group in groups:
+        found = db.query(orm.Group).filter_by(name=group).first() or orm.Group(name=group)
+        user.groups.append(found)
+    if sub:
+        async def sealed():
+            return await encrypt({"oauth_user": {"sub": sub, "preferred_username": name}})
+
+        user.encrypted_auth_state = asyncio.run(sealed())
+    db.commit()
+    return user
+
+
+def test_a_name_taken_over_at_the_provider_does_not_get_the_hub_user_or_stop_their_servers(hub_db):
+    bind(hub_db, "bob", "sub-bob", groups=["docker-sock"])
+    server = type("Spawner", (), {"active": True, "pending": None})()
+    handler = Handler({"bob": type("User", (), {"name": "bob", "spawners": {"": server}})()})
+    taker = Provider({"sub": "sub-alice", "preferred_username": "bob", "groups": ["team"]})
+    auth = signing_in(taker, hub_db, allowed_groups={"team"})
+    assert asyncio.run(auth.get_authenticated_user(handler, None)) is None
+    assert "belongs to another account" in handler.hubforge_refusal
+    assert handler.stopped == []
+    outsider = signing_in(Provider({"sub": "sub-mallory", "preferred_username": "bob", "groups": []}), hub_db,
+                          allowed_groups={"team"})
+    assert asyncio.run(outsider.get_authenticated_user(handler, None)) is None
+    assert handler.stopped == []  # a refused stranger who claims bob's name does not stop bob's server
+    bob = signing_in(Provider({"sub": "sub-bob", "preferred_username": "bob", "groups": []}), hub_db, allowed_groups={"team"})
+    assert asyncio.run(bob.get_authenticated_user(handler, None)) is None
+    assert handler.stopped == ["bob"]  # bob himself, out of the group: his server stops
+
+
+def test_the_same_account_keeps_its_builtin_groups_and_a_stale_admin_flag_goes(hub_db):
+    bind(hub_db, "admin", "", admin=True)  # the native admin of a hub that switched to OIDC
+    bind(hub_db, "ada", "sub-ada", groups=["docker-sock"])
+    auth = signing_in(Provider({"sub": "sub-admin", "preferred_username": "admin", "groups": ["team"]}), hub_db,
+                      allowed_groups={"team"})
+    model = asyncio.run(auth.get_authenticated_user(Handler(), None))
+    assert model["name"] == "admin" and model["admin"] is False
+    ada = signing_in(Provider({"sub": "sub-ada", "preferred_username": "ada", "groups": ["team", "docker-sock"]}), hub_db,
+                     allowed_groups={"team"})
+    model = asyncio.run(ada.get_authenticated_user(Handler(), None))
+    assert model["groups"] == ["docker-sock", "team"]  # kept from the hub, not taken from the provider's group
+
+
+class Stored:
+    """A hub user as refresh_user sees it: a name and the auth state of its last sign-in."""
+
+    def __init__(self, name, sub):
+        self.name, self.state = name, {"oauth_user": {"sub": sub}, "token_response": {"access_token": "t", "token_type": "Bearer"}}
+
+    async def get_auth_state(self):
+        return self.state
+
+
+def test_a_recheck_signs_in_again_when_the_provider_now_names_another_account_or_is_down(hub_db):
+    from tornado.httpclient import HTTPClientError
+
+    bind(hub_db, "alice", "sub-alice")
+    bind(hub_db, "bob", "sub-bob", groups=["docker-sock"])
+    renamed = signing_in(Provider({"sub": "sub-alice", "preferred_username": "bob", "groups": ["team"]}), hub_db,
+                         allowed_groups={"team"})
+    assert asyncio.run(renamed.refresh_user(Stored("alice", "sub-alice"), Handler())) is False  # never bob's groups
+    same = signing_in(Provider({"sub": "sub-alice", "preferred_username": "alice", "groups": ["team"]}), hub_db,
+                      allowed_groups={"team"})
+    assert asyncio.run(same.refresh_user(Stored("alice", "sub-alice"), Handler()))["groups"] == ["team"]
+    down = signing_in(Provider(failure=HTTPClientError(599, "connection refused")), hub_db, allowed_groups={"team"})
+    assert asyncio.run(down.refresh_user(Stored("alice", "sub-alice"), Handler())) is True  # unchanged, no 500
+
+
 def test_a_claimed_username_obeys_the_signup_rules():
     auth = authenticator(allow_all=True)
     assert auth.normalize_username("Ｚoë.Müller@Example.org") == "zoë.müller@example.org"
@@ -244,6 +377,7 @@ def test_a_claimed_username_obeys_the_signup_rules():
     assert not auth.validate_username("two words")
 
 
+@pytest.mark.skipif(os.getuid() == 1000, reason="run as the hub's own uid, a file of one's own is readable by the hub")
 def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
     from hubforge.stack import StackOptions
     from hubforge.stack.compose import ComposeStack
