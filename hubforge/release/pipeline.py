@@ -61,10 +61,13 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         else:
             docker.tag(item.source, item.repository, item.tags[0])
         for tag in item.tags:
-            docker.tag(released, item.repository, tag)
+            # The key tag is the remote cache of `invoke build --cache-from`: the built image itself, so that a pull by
+            # key gives the bytes a build of that key gives (the version tags carry the release's two labels).
+            image = item.source if tag == step.key else released
+            docker.tag(image, item.repository, tag)
             pushed = docker.push(item.repository, tag)
             remote = docker.remote_digest(f"{item.repository}:{tag}")
-            local = {d.split("@", 1)[1] for d in docker.inspect(released).get("RepoDigests", []) if "@" in d}
+            local = {d.split("@", 1)[1] for d in docker.inspect(image).get("RepoDigests", []) if "@" in d}
             if remote != pushed or pushed not in local:
                 raise HubforgeError(f"{item.repository}:{tag}: the registry has {remote}, the push said {pushed}, locally {sorted(local)}")
             say(f"  pushed {item.repository}:{tag} {remote}")

@@ -108,12 +108,14 @@ def test_cache_from_pulls_instead_of_building(registry, released):
     client = docker.from_env()
     plan = invoke("build", "--target", "gpu-probe", "--plan")
     key = next(line.split("hubforge/gpu-probe:")[1].split()[0] for line in plan.stdout.splitlines() if "hubforge/gpu-probe:" in line)
+    built = client.images.get(f"hubforge/gpu-probe:{key}").id
     for tag in (f"hubforge/gpu-probe:{key}", "hubforge/gpu-probe:dev"):
         client.images.remove(tag, force=True)
     result = invoke("build", "--target", "gpu-probe", "--cache-from", f"{registry}/{NAMESPACE}")
     assert result.returncode == 0, result.stderr
     assert "pulled from the cache" in result.stdout and "building" not in result.stdout
-    assert client.images.get(f"hubforge/gpu-probe:{key}")
+    # the cache holds the built image itself, not the release's labelled copy: the same bytes as a build of the key
+    assert client.images.get(f"hubforge/gpu-probe:{key}").id == built
 
 
 @pytest.fixture
