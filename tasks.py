@@ -7,9 +7,20 @@ import os
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+import invoke
+from invoke import Exit
 
 ROOT = Path(__file__).resolve().parent
+
+
+class Task(invoke.Task):
+    """A task whose flags never take -h, so that `invoke TASK -h` is always its help."""
+
+    def arg_opts(self, name, default, taken_names):
+        return super().arg_opts(name, default, taken_names | {"h"})
+
+
+task = functools.partial(invoke.task, klass=Task)
 
 
 def user_errors(fn):

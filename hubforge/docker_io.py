@@ -70,13 +70,13 @@ class Light:
         finally:
             connection.close()
 
-    def image_id(self, ref: str) -> str | None:
+    def image(self, ref: str) -> dict | None:
         status, body = self.request("GET", f"/images/{urllib.parse.quote(ref, safe='/:@')}/json")
         if status == 404:
             return None
         if status != 200:
             raise HubforgeError(f"the Docker daemon answered {status} for image {ref}: {body[:200]!r}")
-        return json.loads(body)["Id"]
+        return json.loads(body)
 
     def tag(self, ref: str, repository: str, tag: str) -> None:
         query = urllib.parse.urlencode({"repo": repository, "tag": tag})
@@ -117,14 +117,19 @@ class Docker:
         return self._client
 
     # -- images ------------------------------------------------------------------------------------
-    def image_id(self, ref: str) -> str | None:
-        """The image id for a tag or digest reference, or None when it is not in the local store."""
+    def image(self, ref: str) -> dict | None:
+        """`docker image inspect` of a tag or digest reference, or None when it is not in the local store."""
         if self.light is not None:
-            return self.light.image_id(ref)
+            return self.light.image(ref)
         try:
-            return self.client.api.inspect_image(ref)["Id"]
+            return self.client.api.inspect_image(ref)
         except docker.errors.ImageNotFound:
             return None
+
+    def image_id(self, ref: str) -> str | None:
+        """The image id for a tag or digest reference, or None when it is not in the local store."""
+        found = self.image(ref)
+        return found["Id"] if found else None
 
     def inspect(self, ref: str) -> dict:
         return self.client.api.inspect_image(ref)

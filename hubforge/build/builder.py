@@ -36,6 +36,14 @@ NORMALIZER = {"hubforge/build/normalize.py": digest_bytes((Path(__file__).parent
 RAW_REPOSITORY = "hubforge-build"
 CHECK_REPOSITORY = "hubforge-check"  # `invoke build --check`: the two builds it compares, removed after  # the classic builder's output, before normalize() rewrites it under the key
 TARGET_LABEL = "io.hubforge.target"
+# Only `invoke release` writes it: an image under a key tag that carries it is a release's copy, never a build.
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+def release_revision(inspected: dict | None) -> str:
+    """The revision label of an inspected image ("" when it has none, as every build)."""
+    labels = ((inspected or {}).get("Config") or {}).get("Labels") or {}
+    return labels.get(REVISION_LABEL, "")
 
 
 @dataclass(frozen=True)
@@ -242,9 +250,14 @@ class Builder:
                     keys.update({s.target.name: s.key for s in parent_steps})
                 manifest = self.manifest(target, keys[target.parent])
             keys[target.name] = manifest.key()
-            image = self.docker.image_id(f"{target.repository}:{manifest.key()}")
+            ref = f"{target.repository}:{manifest.key()}"
+            found = self.docker.image(ref)
+            image = found["Id"] if found else None
             exists = image is not None
             reasons = [] if exists else explain(self.last_manifest(target.name), manifest)
+            revision = release_revision(found)
+            if revision:  # left by an older `invoke release`, which tagged its labelled copy under the key
+                exists, reasons = False, [f"{ref} is a release's copy (revision {revision[:12]}), not a build"]
             if exists and self.settings.no_cache:
                 exists, reasons = False, ["--no-cache"]
             steps.append(Step(target, manifest, exists, reasons, image))
@@ -277,6 +290,11 @@ class Builder:
         remote = f"{self.settings.cache_from.rstrip('/')}/{step.target.repository.split('/', 1)[1]}:{step.key}"
         progress(f"looking for {remote}")
         if not self.docker.try_pull(remote):
+            return False
+        revision = release_revision(self.docker.image(remote))
+        if revision:
+            progress(f"{remote} is a release's copy (revision {revision[:12]}), not a build: building instead")
+            self.docker.remove_image(remote)
             return False
         self.docker.tag(remote, step.target.repository, step.key)
         self.ensure_friendly_tag(step)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..build.builder import Builder, Step
+from ..build.builder import REVISION_LABEL, Builder, Step
 from ..build.locks import parse_apt_lock
 from ..build.targets import DEFAULT_SET
 from ..docker_io import Docker
@@ -54,7 +54,7 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
     version = request.version
     for item in pushes:
         step = by_name[item.target]
-        labels = {"org.opencontainers.image.version": str(version), "org.opencontainers.image.revision": git_sha}
+        labels = {"org.opencontainers.image.version": str(version), REVISION_LABEL: git_sha}
         released = f"{item.repository}:{item.tags[0]}"
         if item.target != "base":  # the built image with two more labels, as reproducible as it is
             builder.normalize(item.source, released, labels, keep=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.builder import Builder, Settings
+from hubforge.build.builder import REVISION_LABEL, Builder, Settings
 from hubforge.build.targets import Graph, Target
 from hubforge.docker_io import Docker
 
@@ -37,6 +37,27 @@ def test_a_clean_rebuild_is_the_same_image(name):
     layers = made.docker.inspect(step.ref)["RootFS"]["Layers"]
     assert made.docker.inspect(step.ref)["Created"].startswith("2026-01-01T00:00:00")  # SOURCE_DATE_EPOCH, not the clock
     assert len(layers) >= 1 and result.files > 10
+
+
+def test_a_release_copy_left_under_the_key_tag_is_built_again():
+    """An older `invoke release` tagged its labelled copy under the key: on a machine that kept it, `invoke build`
+    took that copy for the build. It is built again instead, and the build is the image the key had before."""
+    made = builder()
+    step = made.plan(made.graph.select("gpu-probe", None))[-1]
+    assert step.exists and step.image, f"{step.ref} is missing; run `invoke build`"
+    copy = "hubforge-test/gpu-probe:released"
+    made.normalize(step.ref, copy, {REVISION_LABEL: "a940933c8cd099e2521af9598be1452200ba7d80",
+                                    "org.opencontainers.image.version": "9.8.7"}, keep=True)
+    try:
+        made.docker.tag(copy, step.target.repository, step.key)
+        again = made.plan(made.graph.select("gpu-probe", None))[-1]
+        assert not again.exists
+        assert again.reasons == [f"{step.ref} is a release's copy (revision a940933c8cd0), not a build"]
+        made.build_step(again, lambda line: None, lambda message: None)
+        assert made.docker.image_id(step.ref) == step.image
+        assert made.plan(made.graph.select("gpu-probe", None))[-1].exists
+    finally:
+        made.docker.remove_image(copy)
 
 
 def test_the_bootstrapped_base_is_the_same_image_from_the_same_mirror():

@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class EmptyImageStore:
     """Stands in for the Docker daemon where a test is about keys, not images: no image exists."""
 
+    def image(self, ref: str) -> None:
+        return None
+
     def image_id(self, ref: str) -> None:
         return None
 

@@ -71,6 +71,15 @@ def test_tasks_refuse_bad_flags_in_one_line(args, expected):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("name", ["build", "up", "e2e"])
+def test_dash_h_is_each_tasks_help(name):
+    """invoke gives a flag the first free letter of its name: --check, --http-port and --headed took -h, so that
+    `invoke build -h` built (and `invoke e2e -h` ran the browser tests) instead of printing the help."""
+    result = invoke(name, "-h", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: inv[oke] [--core-opts] {name} [--options]")
+
+
 def test_build_without_daemon_says_how_to_start_it():
     result = invoke("build", "--plan", env=NO_DAEMON)
     lines = result.stderr.strip().splitlines()
