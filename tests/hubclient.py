@@ -114,6 +114,13 @@ class HubAPI:
         started = time.monotonic()
         response = self.request("POST", f"hub/api/users/{name}/server", json=options)
         assert response.status_code in (201, 202), response.text
+        return self.wait_ready(name, timeout, started)
+
+    def wait_ready(self, name: str, timeout: float = 180, started: float | None = None) -> float:
+        """Wait until the user's server, started by someone else (a sign-in that lands on /hub/spawn), answers
+        through the proxy; return seconds taken."""
+        started = time.monotonic() if started is None else started
+        assert self.user(name)["servers"].get("") is not None, f"{name} has no server, starting or started"
         while time.monotonic() - started < timeout:
             server = self.user(name)["servers"].get("")
             if server and server.get("ready") and self.request("GET", f"user/{name}/api/status").status_code == 200:

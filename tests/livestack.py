@@ -20,6 +20,7 @@ from hubforge.build.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
 from hubforge.stack import PROJECT_LABEL, StackOptions, open_stack
 from hubforge.stack.compose import compose_files
+from hubforge.stack.engine import Stack
 from hubforge.build.targets import DEFAULT_SET, Graph
 
 localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do

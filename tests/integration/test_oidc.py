@@ -78,7 +78,7 @@ def test_a_member_signs_in_through_the_code_flow_and_runs_code(live, ada):
     session, api = ada
     assert api.user("ada")["admin"] is True  # a member of OIDC_ADMIN_GROUPS
     assert set(api.user("ada")["groups"]) >= {TEAM, ADMINS}
-    api.start("ada")
+    api.wait_ready("ada")  # the sign-in started the lab, as JupyterHub does: the code flow ends at /hub/spawn
     assert KernelClient(api, "ada").execute("print(6 * 7)").strip() == "42"
 
 
@@ -99,7 +99,7 @@ def test_an_email_username_with_unicode_gets_the_usual_rules_and_no_builtin_grou
     user = ada[1].user(name)
     assert TEAM in user["groups"] and "docker-sock" not in user["groups"]  # OIDC_GROUP_MAP is empty: admins decide
     api = HubAPI(live.url, session.new_token(name))
-    api.start(name)
+    api.wait_ready(name)  # started by the sign-in
     lab = live.lab(name)
     assert lab.name.startswith(live.stack.options.volume_prefix + "-zo")  # escaped like a native name
     assert not any(m.get("Destination") == "/var/run/docker.sock" for m in lab.attrs["Mounts"])
@@ -124,7 +124,7 @@ def test_a_member_removed_at_the_provider_is_refused_at_the_next_login_and_their
     session, answer = sign_in(live.url, "bob", PASSWORD)
     assert answer.status_code == 200
     api = HubAPI(live.url, session.new_token("bob"))
-    api.start("bob")
+    api.wait_ready("bob")  # started by the sign-in
     idp.set_groups("bob", ["alumni"])
     _, again = sign_in(live.url, "bob", PASSWORD)
     assert again.status_code == 403 and "You signed in at the identity provider as bob" in again.text
@@ -137,7 +137,7 @@ def test_a_signed_in_member_who_loses_access_is_signed_out_within_the_recheck_an
     session, answer = sign_in(live.url, "cleo", PASSWORD)
     assert answer.status_code == 200
     api = HubAPI(live.url, session.new_token("cleo"))
-    api.start("cleo")
+    api.wait_ready("cleo")  # started by the sign-in
     assert session.http.get(session.url("hub/home"), allow_redirects=False, timeout=30).status_code == 200
     idp.set_groups("cleo", [])
     time.sleep(RECHECK_SECONDS + 1)  # the recheck interval must pass: that is what is tested

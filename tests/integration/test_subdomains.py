@@ -36,7 +36,6 @@ def test_the_hubs_cookies_never_reach_a_lab(live, admin):
     assert "domain=" not in login_cookie.lower()  # the credential is host-only: the hub's name, never a lab's
     lab = session.http.get(session.url("user/cora/lab"), timeout=60)  # the hub sends the browser to the lab's origin
     assert lab.status_code == 200 and lab.url.startswith("https://cora.hub.localhost:"), lab.url
-    lab_host = lab.url.split("/")[2].split(":")[0]
     login_jar = [c for c in session.http.cookies if c.name == "jupyterhub-hub-login"]
     assert login_jar and all(c.domain == "hub.localhost" and not c.domain_specified for c in login_jar)
     sent = session.http.get(lab.url.split("/user/")[0] + "/user/cora/api/me", timeout=30).request.headers.get("Cookie", "")

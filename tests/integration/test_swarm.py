@@ -13,7 +13,7 @@ import pytest
 
 from hub_ext.naming import user_names
 
-from ..hubclient import EventListener, KernelClient
+from ..hubclient import EventListener
 from ..livestack import approved_user
 
 pytestmark = pytest.mark.integration
