@@ -36,6 +36,12 @@ def settle_network() -> None:
     wait_until(lambda: not tentative_addresses() or None, 15, "host IPv6 addresses to leave DAD", interval=0.1)
 
 
+# What a navigation reports when something else moved the page under it: a container's interface (see
+# settle_network), or the page's own script navigating at the same moment (the spawn-pending page goes to the
+# lab when it is ready, so a reload sent then finds the old document detached).
+NAVIGATION_LOST = ("ERR_NETWORK_CHANGED", "Not attached to an active page", "interrupted by another navigation")
+
+
 def navigate(page: Page, url: str, attempts: int = 3):
     """`page.goto` once the host network is quiet, again if a container's interface changed it meanwhile."""
     for _ in range(attempts - 1):
@@ -69,8 +75,8 @@ def wait_for_lab(page: Page, attempts: int = 3) -> None:
         settle_network()
         try:
             page.reload()
-        except Error as error:
-            if "ERR_NETWORK_CHANGED" not in error.message:
+        except Error as error:  # the next wait_for_url follows wherever the page went instead
+            if not any(lost in error.message for lost in NAVIGATION_LOST):
                 raise
     page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
 
@@ -153,10 +159,20 @@ class HomePage(HubPage):
         expect(self.page.get_by_role("button", name="Start My Server")).to_be_visible(timeout=60_000)
 
     def restart(self) -> None:
+        """Restart from the home page, and wait for the reload that the page does itself once it says so.
+
+        Without that wait, the test's next navigation races the page's own (800 ms after "Restarted") and
+        Chromium aborts one of them ("interrupted by another navigation").
+        """
         self.goto()
         self.page.once("dialog", lambda dialog: dialog.accept())
-        self.page.get_by_role("button", name="Restart server").click()
-        expect(self.page.get_by_role("status")).to_contain_text("Restarted", timeout=90_000)
+        try:
+            with self.page.expect_navigation(timeout=120_000):
+                self.page.get_by_role("button", name="Restart server").click()
+                expect(self.page.get_by_role("status")).to_contain_text("Restarted", timeout=90_000)
+        except Error as error:  # the restart brought up the lab's interface as the page reloaded
+            if "ERR_NETWORK_CHANGED" not in error.message:
+                raise
 
     def manage_volumes(self) -> None:
         self.goto()
