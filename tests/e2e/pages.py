@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from pathlib import Path
 
 from playwright.sync_api import Error, Locator, Page, expect
@@ -40,6 +42,27 @@ def settle_network() -> None:
 # settle_network), or the page's own script navigating at the same moment (the spawn-pending page goes to the
 # lab when it is ready, so a reload sent then finds the old document detached).
 NAVIGATION_LOST = ("ERR_NETWORK_CHANGED", "Not attached to an active page", "interrupted by another navigation")
+
+
+_LOSSES: weakref.WeakKeyDictionary[Page, list[str]] = weakref.WeakKeyDictionary()
+
+
+def network_losses(page: Page) -> list[str]:
+    """The URLs of the page's requests that failed with ERR_NETWORK_CHANGED, recorded from the first call on.
+
+    A document's own load succeeds or fails where the test sees it, but the scripts that JupyterLab loads
+    after it fail silently: the lab then stays blank (ChunkLoadError) and only a reload brings it up.
+    """
+    lost = _LOSSES.get(page)
+    if lost is None:
+        lost = _LOSSES[page] = []
+
+        def record(request) -> None:
+            if request.failure and "ERR_NETWORK_CHANGED" in request.failure:
+                lost.append(request.url)
+
+        page.on("requestfailed", record)
+    return lost
 
 
 def navigate(page: Page, url: str, attempts: int = 3):
@@ -85,6 +108,7 @@ class HubPage:
     def __init__(self, page: Page, base: str) -> None:
         self.page = page
         self.base = base
+        network_losses(page)  # from here on: the lab that a login or a start opens may lose a script
 
     def open(self, path: str):
         return navigate(self.page, self.base + path)
@@ -218,13 +242,40 @@ class JupyterLab:
     def __init__(self, page: Page, base: str, username: str) -> None:
         self.page = page
         self.url = f"{base}user/{username}/lab"
+        network_losses(page)
 
     def open(self) -> None:
         navigate(self.page, self.url)
         self.wait_ready()
 
-    def wait_ready(self) -> None:
-        expect(self.page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+    def wait_ready(self, timeout: float = 60, reloads: int = 2) -> None:
+        """Wait for JupyterLab's main area; reload it when one of its requests was lost to a network change.
+
+        A new lab's interface comes up on the host while its page loads, and Chromium, sharing the host's
+        network namespace here, fails the script chunks in flight (see settle_network). A lab that is
+        really broken still fails: after `reloads` reloads, or `timeout` seconds with nothing lost.
+        """
+        lost = network_losses(self.page)
+        panel = self.page.locator("#jp-main-dock-panel")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                expect(panel).to_be_visible(timeout=5_000)
+                lost.clear()  # what was lost before the lab came up no longer matters
+                return
+            except AssertionError:
+                if lost and reloads > 0:
+                    reloads -= 1
+                    lost.clear()
+                    settle_network()
+                    try:
+                        self.page.reload()
+                    except Error as error:
+                        if not any(cause in error.message for cause in NAVIGATION_LOST):
+                            raise
+                    deadline = time.monotonic() + timeout
+                elif time.monotonic() >= deadline:
+                    raise
 
     def new_notebook(self) -> None:
         self.page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
