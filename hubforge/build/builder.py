@@ -40,10 +40,11 @@ TARGET_LABEL = "io.hubforge.target"
 REVISION_LABEL = "org.opencontainers.image.revision"
 
 
-def release_revision(inspected: dict | None) -> str:
-    """The revision label of an inspected image ("" when it has none, as every build)."""
+def release_copy(ref: str, inspected: dict | None) -> str:
+    """Why the inspected image under `ref` is not a build ("" when it is one: a build has no revision label)."""
     labels = ((inspected or {}).get("Config") or {}).get("Labels") or {}
-    return labels.get(REVISION_LABEL, "")
+    revision = labels.get(REVISION_LABEL, "")
+    return f"{ref} is a release's copy (revision {revision[:12]}), not a build" if revision else ""
 
 
 @dataclass(frozen=True)
@@ -255,9 +256,9 @@ class Builder:
             image = found["Id"] if found else None
             exists = image is not None
             reasons = [] if exists else explain(self.last_manifest(target.name), manifest)
-            revision = release_revision(found)
-            if revision:  # left by an older `invoke release`, which tagged its labelled copy under the key
-                exists, reasons = False, [f"{ref} is a release's copy (revision {revision[:12]}), not a build"]
+            copy = release_copy(ref, found)
+            if copy:  # left by an older `invoke release`, which tagged its labelled copy under the key
+                exists, reasons = False, [copy]
             if exists and self.settings.no_cache:
                 exists, reasons = False, ["--no-cache"]
             steps.append(Step(target, manifest, exists, reasons, image))
@@ -291,9 +292,9 @@ class Builder:
         progress(f"looking for {remote}")
         if not self.docker.try_pull(remote):
             return False
-        revision = release_revision(self.docker.image(remote))
-        if revision:
-            progress(f"{remote} is a release's copy (revision {revision[:12]}), not a build: building instead")
+        copy = release_copy(remote, self.docker.image(remote))
+        if copy:
+            progress(f"{copy}: building instead")
             self.docker.remove_image(remote)
             return False
         self.docker.tag(remote, step.target.repository, step.key)

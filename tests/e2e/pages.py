@@ -65,6 +65,16 @@ def network_losses(page: Page) -> list[str]:
     return lost
 
 
+def reload_settled(page: Page) -> None:
+    """Reload once the host network is quiet; a reload lost to another navigation is left to the caller's next wait."""
+    settle_network()
+    try:
+        page.reload()
+    except Error as error:
+        if not any(cause in error.message for cause in NAVIGATION_LOST):
+            raise
+
+
 def navigate(page: Page, url: str, attempts: int = 3):
     """`page.goto` once the host network is quiet, again if a container's interface changed it meanwhile."""
     for _ in range(attempts - 1):
@@ -95,12 +105,7 @@ def wait_for_lab(page: Page, attempts: int = 3) -> None:
                 return
             if attempt == attempts - 1:
                 break
-        settle_network()
-        try:
-            page.reload()
-        except Error as error:  # the next wait_for_url follows wherever the page went instead
-            if not any(lost in error.message for lost in NAVIGATION_LOST):
-                raise
+        reload_settled(page)  # the next wait_for_url follows wherever the page went instead
     page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=60_000)
 
 
@@ -267,12 +272,7 @@ class JupyterLab:
                 if lost and reloads > 0:
                     reloads -= 1
                     lost.clear()
-                    settle_network()
-                    try:
-                        self.page.reload()
-                    except Error as error:
-                        if not any(cause in error.message for cause in NAVIGATION_LOST):
-                            raise
+                    reload_settled(self.page)
                     deadline = time.monotonic() + timeout
                 elif time.monotonic() >= deadline:
                     raise
