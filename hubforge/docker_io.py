@@ -132,7 +132,11 @@ class Docker:
         return found["Id"] if found else None
 
     def inspect(self, ref: str) -> dict:
-        return self.client.api.inspect_image(ref)
+        """`docker image inspect` of an image that must be here."""
+        found = self.image(ref)
+        if found is None:
+            raise HubforgeError(f"no image {ref!r} here; build it or pull it first")
+        return found
 
     def tag(self, ref: str, repository: str, tag: str) -> None:
         if self.light is not None:

@@ -96,10 +96,8 @@ def copied_packages(docker: Docker, apt_lock: Path, base_ref: str) -> list[tuple
 
 def image_sbom(docker: Docker, image: str, default_dir: Path, output: Path | None) -> tuple[Path, int, int]:
     """A CycloneDX SBOM of any local image: (path, Python packages, Debian packages)."""
-    if docker.image_id(image) is None:
-        raise HubforgeError(f"no image {image!r} here; build it or pull it first")
+    labels = docker.inspect(image).get("Config", {}).get("Labels") or {}  # first: it says when the image is missing
     python, debian = inventory(docker, image)
-    labels = docker.inspect(image).get("Config", {}).get("Labels") or {}
     name = image.split("/")[-1].split(":")[0]
     version = labels.get("org.opencontainers.image.version", "unknown")
     path = output or default_dir / f"{name}-{version}.cdx.json"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import docker
@@ -145,3 +147,10 @@ def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built
             shell.start()  # no shell, no tools: nothing runs in it but the registry
     finally:
         shell.remove(force=True)
+
+
+def test_sbom_of_an_image_that_is_not_here_says_so_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "invoke", "sbom", "hubforge/absent:0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no image 'hubforge/absent:0' here; build it or pull it first"
