@@ -6,6 +6,7 @@ explicit, idempotent POST with XSRF, and a GET never changes anything.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import re
 import secrets
@@ -18,8 +19,8 @@ from jupyterhub.utils import new_token
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from tornado import web
 
-from .handlers import audit, authorize, spawner_of, prefix_of, user_lock
-from .naming import escape_username, user_names
+from .handlers import audit, authorize, spawner_of, user_lock
+from .naming import escape_username
 
 USERNAME_MAX = 64
 # Every accepted name must spawn: the escaped form goes into container and volume names
@@ -42,6 +43,20 @@ def _invisible(name: str) -> tuple[str, str] | None:
         if category in ("Co", "Cn", "Cs"):
             return char, "an unassigned or private-use character"
     return None
+
+
+def loggable(text: str) -> str:
+    """`text` as a log line may carry it: every character that is not printable (controls such as ESC or a newline,
+    format characters such as a zero-width space, separators other than the space, unassigned code points) and
+    the backslash become Python escapes. A name typed at the login form cannot colour or clear an operator's
+    terminal (`invoke logs`), forge a log line, or hide a character in a look-alike of another name."""
+    return "".join(char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
+
+
+# Names whose signup is hashing its password. The check that a name is free and the row that takes it are a
+# bcrypt apart, off the event loop: without this, simultaneous signups for one name all found it free.
+_SIGNING_UP: set[str] = set()
 
 
 def username_problem(name: str) -> str | None:
@@ -131,12 +146,11 @@ class SignupHandler(BaseHandler):
         if not auth.signup_open():
             raise web.HTTPError(404)
         address = client_address(self.request)
-        wait = auth.signup_wait(address)
+        wait = auth.signup_wait(address)  # every signup attempt spends the address's budget
         if wait > 0:
             self.set_status(429)
             self.finish(await self.page("alert-danger", f"Too many attempts from your address; try again in {describe_wait(wait)}."))
             return
-        auth.throttle.failed(None, address)  # every signup attempt spends the address's budget
         username = auth.normalize_username(self.get_body_argument("username", "", strip=True))
         password = self.get_body_argument("signup_password", "", strip=False)
         confirmation = self.get_body_argument("signup_password_confirmation", "", strip=False)
@@ -144,14 +158,15 @@ class SignupHandler(BaseHandler):
             password, confirmation, auth.minimum_password_length,
             auth.check_common_password and auth.is_common(password))
         is_admin = username in auth.admin_users
-        if problem is None and (auth.user_exists(username) or (not is_admin and orm.User.find(self.db, username))):
+        if problem is None and (auth.user_exists(username) or username in _SIGNING_UP
+                                or (not is_admin and orm.User.find(self.db, username))):
             # a hub user without an account is a leftover (deleted from NativeAuthenticator's table by hand or
             # by an older hubforge): a new account must not inherit its groups, tokens or volumes
             problem = f"The username {username!r} is taken."
         if problem is None and is_admin and not auth.bootstrap.matches(self.get_body_argument("bootstrap_secret", "")):
             problem = ("Signing up as the admin needs the bootstrap secret that `invoke up` printed "
                        "(it is also in the hub's data volume).")
-            self.log.warning("admin signup for %s refused: wrong or missing bootstrap secret", username)
+            self.log.warning("admin signup for %s refused: wrong or missing bootstrap secret", loggable(username))
         if problem is None and not is_admin and not auth.enable_signup:
             problem = "Signup is closed; ask an admin to create your account."
         if problem:
@@ -159,11 +174,21 @@ class SignupHandler(BaseHandler):
             return
         # Made here, not by NativeAuthenticator's create_user: that one hashes on the event loop and
         # refuses while signup is off, which is exactly when the admin's bootstrap signup must work.
-        account = auth.store_account(username, password, hashed=await hash_password(password), approved=is_admin)
-        self.log.info("audit: signup user=%s approved=%s from=%s", account.username, is_admin, address)
+        _SIGNING_UP.add(username)
+        try:
+            hashed = await hash_password(password)
+            # an admin may have added the user while the hash ran
+            account = None if auth.user_exists(username) else auth.store_account(username, password, hashed=hashed,
+                                                                                 approved=is_admin)
+        finally:
+            _SIGNING_UP.discard(username)
+        if account is None:
+            self.finish(await self.page("alert-danger", f"The username {username!r} is taken.", username))
+            return
+        self.log.info("audit: signup user=%s approved=%s from=%s", loggable(account.username), is_admin, loggable(address))
         if is_admin:
             auth.bootstrap.consume()
-            self.log.info("audit: admin account %s claimed with the bootstrap secret", username)
+            self.log.info("audit: admin account %s claimed with the bootstrap secret", loggable(username))
             self.finish(await self.page("alert-success", "The signup was successful! You can now log in as the admin."))
         else:
             self.finish(await self.page("alert-info", "Your information has been sent to the admin. "
@@ -215,6 +240,94 @@ class LoginHandler(NativeLoginHandler):
         return super().render_template(name, sync=sync or getattr(self, "_render_sync", False), **ns)
 
 
+class ChangePasswordHandler(BaseHandler):
+    """GET/POST /change-password -- users change their own password (NativeAuthenticator's page, as it looks).
+
+    NativeAuthenticator's own handler checks the current password with bcrypt on the event loop, without any
+    limit: 20 wrong posts froze every page of the hub for seconds, and guessed on unthrottled. Here the current
+    password goes through login's own path (`password_holder`: throttled per account and address, checked in
+    the hashing pool), a throttled try answers 429 with the wait, and the new password follows the signup rules.
+    """
+
+    async def page(self, alert: str = "", message: str = "") -> str:
+        return await self.render_template("change-password.html", user_name=self.current_user.name,
+                                          result_message=message, alert=alert)
+
+    @web.authenticated
+    async def get(self):
+        self.finish(await self.page())
+
+    @web.authenticated
+    async def post(self):
+        from .auth import LoginRefused, client_address, describe_wait, hash_password
+
+        auth, name = self.authenticator, self.current_user.name
+        address = client_address(self.request)
+        new = self.get_body_argument("new_password", "", strip=False)
+        confirmation = self.get_body_argument("new_password_confirmation", "", strip=False)
+        try:
+            account = await auth.password_holder(name, self.get_body_argument("old_password", "", strip=False),
+                                                 address, "change-password")
+        except LoginRefused as exc:
+            self.set_status(429)
+            self.set_header("Retry-After", str(max(1, round(exc.wait))))
+            self.finish(await self.page("alert-danger", "Too many wrong passwords from your address; "
+                                        f"try again in {describe_wait(exc.wait)}."))
+            return
+        if account is None:
+            self.log.warning("change-password for %s from %s: wrong current password", loggable(name), loggable(address))
+            self.finish(await self.page("alert-danger", "Your current password was incorrect. Please try again."))
+            return
+        auth.throttle.succeeded(name, address)  # the right password: this try costs nothing, as a login
+        problem = password_problem(new, confirmation, auth.minimum_password_length,
+                                   auth.check_common_password and auth.is_common(new))
+        if problem:
+            self.finish(await self.page("alert-danger", problem))
+            return
+        account.password = await hash_password(new)
+        self.db.commit()
+        self.log.info("audit: password changed by=%s user=%s from=%s", loggable(name), loggable(name), loggable(address))
+        self.finish(await self.page("alert-success", "Your password has been changed successfully!"))
+
+
+class ChangePasswordAdminHandler(BaseHandler):
+    """GET/POST /change-password/:name -- an admin sets a user's password (one they forgot, or a user the admin
+    added). NativeAuthenticator's page as it looks; the new password is hashed in the pool, not on the event loop."""
+
+    async def page(self, name: str, alert: str = "", message: str = "") -> str:
+        return await self.render_template("change-password-admin.html", user_name=name,
+                                          result_message=message, alert=alert)
+
+    def target(self, raw_name: str):
+        account = self.authenticator.get_user(normalized_target(self.authenticator, raw_name))
+        if account is None:
+            raise web.HTTPError(404, f"no account {raw_name!r}")
+        return account
+
+    @web.authenticated
+    async def get(self, raw_name: str):
+        authorize(self, None, admin_only=True, scope="admin:users")
+        self.finish(await self.page(self.target(raw_name).username))
+
+    @web.authenticated
+    async def post(self, raw_name: str):
+        from .auth import hash_password
+
+        admin = authorize(self, None, admin_only=True, scope="admin:users")
+        auth, account = self.authenticator, self.target(raw_name)
+        new = self.get_body_argument("new_password", "", strip=False)
+        problem = password_problem(new, self.get_body_argument("new_password_confirmation", "", strip=False),
+                                   auth.minimum_password_length, auth.check_common_password and auth.is_common(new))
+        if problem:
+            self.finish(await self.page(account.username, "alert-danger", problem))
+            return
+        account.password = await hash_password(new)
+        self.db.commit()
+        self.log.info("audit: password changed by=%s user=%s", admin.name, account.username)
+        self.finish(await self.page(account.username, "alert-success",
+                                    f"The password for {account.username} has been changed successfully"))
+
+
 class AuthorizeAreaHandler(BaseHandler):
     """GET /authorize -- the admins' list of accounts, with Approve / Unapprove / Discard buttons."""
 
@@ -238,7 +351,10 @@ class ApprovalActionHandler(BaseHandler):
         auth = self.authenticator
         name = normalized_target(auth, raw_name)
         account = auth.get_user(name)
-        if account is None:
+        if account is None and not (action == "discard" and self.find_user(name)):
+            if action == "discard":  # a retried discard: the first one finished
+                self.redirect(self.hub.base_url + "authorize?message=" + f"{name}: nothing left to discard")
+                return
             raise web.HTTPError(404, f"no account {name!r}")
         detail = ""
         if action == "approve":
@@ -253,44 +369,78 @@ class ApprovalActionHandler(BaseHandler):
             self.db.commit()
             detail = await self.revoke(name, delete=False)
         else:
-            if account.is_authorized:
+            if account is not None and account.is_authorized:
                 raise web.HTTPError(409, f"{name} is approved: unapprove before discarding")
             if self.get_body_argument("confirm", "").strip() != name:
                 raise web.HTTPError(400, f"type {name!r} to confirm: discarding deletes the account and its volumes")
             changed = True
-            self.db.delete(account)
-            self.db.commit()
+            # the account row goes last: a discard that fails half-way leaves it, so the admin can simply retry
             detail = await self.revoke(name, delete=True)
+            if account is not None:
+                self.db.delete(account)
+                self.db.commit()
         self.log.info("audit: approval by=%s user=%s action=%s changed=%s %s", admin.name, name, action, changed, detail)
         self.redirect(self.hub.base_url + "authorize?message=" + f"{name}: {action} done" + (f" ({detail})" if detail else ""))
 
     async def revoke(self, name: str, delete: bool) -> str:
-        """Take away everything an account gave: servers, tokens (API and OAuth), sessions; with `delete`,
-        also the hub user (groups, roles) and the home, workspace and cache volumes."""
+        """Take away everything an account gave, credentials first: tokens (API and OAuth) and sessions end before
+        anything can wait, then the servers stop (a start still pending is cancelled), and with `delete` the hub
+        user goes with its groups and roles, and its spawner's delete_forever removes its volumes."""
         user = self.find_user(name)
         if user is None:
             return "no hub user"
+        tokens = end_credentials(self.db, user)
+        stopped = await self.stop_servers(user)
+        if not delete:
+            return f"{len(tokens)} tokens revoked, sessions ended, {stopped}"
         async with user_lock(name):
-            for server_name, spawner in list(user.spawners.items()):
-                if spawner.active or spawner.pending:
-                    await self.stop_single_user(user, server_name)
-            tokens = list(user.api_tokens)
-            for token in tokens:
-                self.db.delete(token)
-            user.orm_user.cookie_id = new_token()  # every login cookie names the old id: all sessions end
-            self.db.commit()
-            if not delete:
-                return f"server stopped, {len(tokens)} tokens revoked, sessions ended"
-            spawner = spawner_of(user)
-            volumes = user_names(prefix_of(spawner), name).volumes
-            removed = await spawner.remove_volumes(list(volumes.values()))
-            await user.delete_spawners()
+            removed = await spawner_of(user).delete_forever()  # what JupyterHub's own user deletion calls
             self.users.delete(user)
         gone = ",".join(r["volume"] for r in removed if r["result"] in ("removed", "not found"))
         failed = [f"{r['volume']}: {r.get('reason')}" for r in removed if r["result"] == "failed"]
         if failed:
             audit.warning("discard of %s could not delete volumes: %s", name, "; ".join(failed))
         return f"hub user deleted, volumes deleted: {gone}" + (f"; NOT deleted: {'; '.join(failed)}" if failed else "")
+
+    async def stop_servers(self, user) -> str:
+        """Stop every server of the user, never failing the request: a start still pending is cancelled (JupyterHub
+        refuses to stop a pending server, and a user can hold a start pending on purpose) and then stopped."""
+        stopped, errors = 0, []
+        for server_name, spawner in list(user.spawners.items()):
+            try:
+                if spawner.pending == "spawn":
+                    future = spawner._spawn_future  # JupyterHub's own DELETE .../server interrupts a start the same way
+                    if future is not None and not future.done():
+                        future.cancel()
+                    getattr(spawner, "cancel_start", lambda: False)()  # ... which does not reach the spawner's start
+                if spawner.pending == "stop":
+                    continue  # already on its way down
+                # the lock: a start in its Docker phase finishes first (and is then stopped); one queued behind this
+                # revocation asks the authenticator first (may_start) and is refused
+                async with user_lock(user.name):
+                    if spawner.active or spawner.pending:
+                        with contextlib.suppress(Exception):  # a start interrupted before the proxy knew of it
+                            await self.proxy.delete_user(user, server_name)
+                        await user.stop(server_name)
+                        stopped += 1
+            except Exception as exc:  # noqa: BLE001 -- report it; the credentials are already gone
+                self.log.exception("revocation: stopping %s's server %r failed", user.name, server_name)
+                errors.append(f"{server_name or 'default'}: {exc}")
+        said = f"{stopped} server{'s' if stopped != 1 else ''} stopped"
+        return said + (f"; could NOT stop {'; '.join(errors)}" if errors else "")
+
+
+def end_credentials(db, user) -> list:
+    """Every API and OAuth token of the user deleted and every login cookie void (they name the old cookie id),
+    committed at once; returns the tokens deleted."""
+    tokens = list(user.api_tokens)
+    for token in tokens:
+        db.delete(token)
+    for code in db.query(orm.OAuthCode).filter_by(user_id=user.id):
+        db.delete(code)
+    user.orm_user.cookie_id = new_token()
+    db.commit()
+    return tokens
 
 
 class NoChangeHandler(BaseHandler):
@@ -303,6 +453,8 @@ class NoChangeHandler(BaseHandler):
 handlers = [
     (r"/login", LoginHandler),
     (r"/signup", SignupHandler),
+    (r"/change-password", ChangePasswordHandler),
+    (r"/change-password/([^/]+)", ChangePasswordAdminHandler),
     (r"/authorize", AuthorizeAreaHandler),
     (r"/authorize/([^/]+)/(approve|unapprove|discard)", ApprovalActionHandler),
     (r"/authorize/([^/]*)", NoChangeHandler),

@@ -23,6 +23,7 @@ from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import accounts, labaccess
+from .accounts import loggable
 from .handlers import default_handlers
 from .throttle import Throttle, describe_wait
 
@@ -139,6 +140,16 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         """True while no admin account exists and none will be made from JUPYTERHUB_ADMIN_PASSWORD."""
         return not self.admin_password and any(self.get_user(name) is None for name in self.admin_users)
 
+    def may_start(self, name: str) -> str | None:
+        """Why `name` may not start a lab now, or None (hub_ext.spawner asks at every start, under the user's lock):
+        an account unapproved or discarded while its start waited for a slot stays stopped."""
+        if name in self.admin_users:
+            return None
+        account = self.get_user(name)
+        if account is None or not account.is_authorized:
+            return f"{name}'s account is not approved (it was unapproved or discarded); ask an admin"
+        return None
+
     def signup_open(self) -> bool:
         """The signup page exists when signup is on, or while the admin has yet to claim the hub."""
         return self.enable_signup or self.admin_unclaimed()
@@ -187,25 +198,31 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         `handler.hubforge_pending` tells the page to say that approval is what is missing.
         """
         username = self.normalize_username(data.get("username", ""))
-        password = data.get("password", "")
         address = client_address(handler.request)
-        wait = self.throttle.wait(username, address)
-        if wait > 0:
-            self.log.warning("login for %s from %s throttled for %.0f s", username, address, wait)
-            raise LoginRefused(f"Too many failed logins from your address; try again in {describe_wait(wait)}.", wait)
-        account = self.get_user(username) if username else None
-        matches = await password_matches(password, account.password if account else _NO_ACCOUNT)
-        if account is not None and matches and account.is_authorized:
+        account = await self.password_holder(username, data.get("password", ""), address, "login")
+        if account is not None and account.is_authorized:
             self.throttle.succeeded(username, address)
             return username
-        self.throttle.failed(username, address)
-        if account is not None and matches:
+        if account is not None:
             handler.hubforge_pending = True
         return None
 
+    async def password_holder(self, username: str, password: str, address: str, purpose: str) -> UserInfo | None:
+        """The account of `username` when `password` is its password, else None: the one path for every password
+        check (login, change-password). The try is reserved from the throttle before bcrypt runs, in the hashing
+        pool, and stays counted as a failure; the caller gives it back (`throttle.succeeded`) only for a try that
+        did what it came for. Raises LoginRefused, unchecked, while `address` must wait."""
+        wait = self.throttle.reserve(username, address)
+        if wait > 0:
+            self.log.warning("%s for %s from %s throttled for %.0f s", purpose, loggable(username), loggable(address), wait)
+            raise LoginRefused(f"Too many failed logins from your address; try again in {describe_wait(wait)}.", wait)
+        account = self.get_user(username) if username else None
+        matches = await password_matches(password, account.password if account else _NO_ACCOUNT)
+        return account if account is not None and matches else None
+
     def signup_wait(self, address: str) -> float:
-        """Seconds until `address` may sign up again; each signup attempt spends the address's budget."""
-        return self.throttle.wait(None, address)
+        """Seconds until `address` may sign up again, or 0: then this attempt has spent one of the address's budget."""
+        return self.throttle.reserve(None, address)
 
 
 def client_address(request) -> str:

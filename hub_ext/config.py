@@ -15,11 +15,13 @@ from pathlib import Path
 
 from .oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
 from .parse import USERNAME, ConfigError, flag
+from .runtime import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
 
 ENGINES = ("compose", "swarm")  # what runs the stack and the labs: `invoke up --engine`, HUBFORGE_ENGINE in the hub
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])?[bB]?$")
 _BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
+_LOG_SIZE = re.compile(r"^([1-9]\d*)([kmg]?)$")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class HubConfig:
     lab_subnet_pool: str = "10.213.0.0/16"
     lab_allowed_ranges: tuple[str, ...] = ()
     lab_network_guard: bool = True
+    log_max_size: str = DEFAULT_LOG_MAX_SIZE  # every container's json-file log rotates at this size...
+    log_max_files: int = DEFAULT_LOG_MAX_FILES  # ...and keeps this many files
     lab_volume_driver: str = ""  # swarm engine: shared storage; empty: node-pinned local volumes
     lab_volume_driver_opts: dict[str, str] = field(default_factory=dict)
     lab_admin_access: bool = False
@@ -95,6 +99,17 @@ def parse_memory(name: str, raw: str) -> str:
     if not match or float(match.group(1)) <= 0:
         raise ConfigError(f"{name}={raw!r} is not a memory size; use e.g. 512M, 4G or a byte count")
     return raw.strip().upper().rstrip("B") or raw
+
+
+def parse_log_size(raw: str) -> str:
+    """LOG_MAX_SIZE: json-file's max-size, a whole number of bytes with k, m or g (10m). At least 1m, so the few files
+    kept still hold what a failing container last said."""
+    value = raw.strip().lower().removesuffix("b") or DEFAULT_LOG_MAX_SIZE
+    match = _LOG_SIZE.match(value)
+    size = int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ") if match else 0
+    if size < 1024 ** 2:
+        raise ConfigError(f"LOG_MAX_SIZE={raw!r} is not a log size of at least 1m; use e.g. 10m or 1g")
+    return value
 
 
 def parse_gpu_mode(raw: str, name: str = "ENABLE_GPU_SUPPORT") -> str:
@@ -300,6 +315,8 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
         lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
         lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
         lab_network_guard=flag(env, "LAB_NETWORK_GUARD", True),
+        log_max_size=parse_log_size(env.get("LOG_MAX_SIZE", "")),
+        log_max_files=_int(env, "LOG_MAX_FILES", DEFAULT_LOG_MAX_FILES, 1),
         lab_volume_driver=volume_driver,
         lab_volume_driver_opts=parse_driver_options(env.get("LAB_VOLUME_DRIVER_OPTS", ""), volume_driver),
         lab_admin_access=flag(env, "LAB_ADMIN_ACCESS", False),

@@ -44,6 +44,21 @@ PROJECT_LABEL = "hubforge.project"
 ROLE_LABEL = "hubforge.role"  # what a labelled container or network is for: hub, netguard, lab-network...
 USER_LABEL = "hubforge.user"  # the user a lab, its service or its volume belongs to
 VOLUME_LABEL = "hubforge.volume"  # what a volume is: home, workspace, cache, shared, hub-data...
+ACCOUNT_LABEL = "hubforge.account"  # which hub user a user's volume was made for: account_id() of that user
+
+
+def account_id(created) -> str:
+    """One hub user among everyone who ever held the name: the time its row was made (JupyterHub's `created`).
+
+    A user's volumes carry it, so a volume left by a deleted user is never mounted by the next owner of the name."""
+    return created.strftime("%Y%m%dT%H%M%S%fZ") if created is not None else ""
+
+
+def stale_owner(volume: dict | None, account: str) -> str | None:
+    """The earlier account a user's volume was made for, when it is not `account`; None when it may be mounted.
+    A volume without the label predates it, and is the user's."""
+    made_for = ((volume or {}).get("Labels") or {}).get(ACCOUNT_LABEL)
+    return made_for if made_for and account and made_for != account else None
 
 
 def foreign_owner(volume: dict | None, project: str) -> str | None:

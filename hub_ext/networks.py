@@ -107,17 +107,25 @@ def chain_names(project: str) -> tuple[str, str]:
 
 
 def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] = (),
-                blocked: Iterable[str] = BLOCKED_RANGES, interface: str = "") -> GuardRules:
+                blocked: Iterable[str] = BLOCKED_RANGES, interface: str = "",
+                published: Iterable[tuple[int, int]] = (), resolvers: Iterable[str] | None = (),
+                closed: Iterable[int] = ()) -> GuardRules:
     """Rules that keep labs (sources in `pool`) off link-local and private addresses, except `allowed`.
 
     On Swarm a lab's packets to anywhere but its overlay leave through the node's `docker_gwbridge`, from an
     address of that bridge: there `interface` selects them instead of the pool (every swarm task on the node).
 
-    Allowed through: replies, DNS (port 53: the daemon's resolver forwards from inside the lab, often to a
-    private resolver), published ports of this host (DNAT: public by design), the allowed ranges, and --
-    through the host only -- the lab's own network, where the hub is (other labs' networks stay
-    unreachable by Docker's isolation). The host's own addresses, its gateway on each lab network
-    included, are blocked like any other private address.
+    Allowed through: replies; DNS to the host's `resolvers` only (Docker's embedded DNS at 127.0.0.11 sends
+    what it cannot answer itself from inside the lab's namespace, so those packets come from the lab's address,
+    often to a private resolver); the stack's own `published` ports, as (host port, container port) pairs of
+    connections Docker's port mapping DNAT-ed (any other forward on the host -- libvirt, kube-proxy, the Swarm
+    ingress, one made by hand -- stays blocked like the private address it leads to); the allowed ranges; and --
+    through the host only -- the lab's own network, where the hub is (other labs' networks stay unreachable by
+    Docker's isolation). The host's own addresses, its gateway on each lab network included, are blocked like
+    any other private address.
+
+    `closed` ports of the host (the swarm registry's) are refused at every address of the host, public ones
+    included: Docker's proxy answers a lab there through INPUT, and a DNAT-ed connection arrives through FORWARD.
     """
     allowed = tuple(allowed)
     blocked_nets = [ipaddress.ip_network(b) for b in blocked]
@@ -125,8 +133,7 @@ def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] 
         blocked_nets.append(pool)  # a pool outside the private ranges: the host's gateways there are still the host
     common = (
         ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"),
-        ("-p", "udp", "--dport", "53", "-j", "RETURN"),
-        ("-p", "tcp", "--dport", "53", "-j", "RETURN"),
+        *dns_rules(resolvers),
         *(("-d", str(net), "-j", "RETURN") for net in allowed),
     )
     reject = []
@@ -134,6 +141,42 @@ def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] 
         reject.append(("-d", str(net), "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"))
         reject.append(("-d", str(net), "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"))
     forward_chain, local_chain = chain_names(project)
-    forward = (*common[:1], ("-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"), *common[1:],
-               ("-d", str(pool), "-j", "RETURN"), *reject)
-    return GuardRules(pool, forward_chain, local_chain, tuple(forward), (*common, *reject), interface)
+    # After Docker's DNAT the packet goes to the container's port; the original port is conntrack's to tell
+    published_rules = tuple(("-p", "tcp", "--dport", str(target), "-m", "conntrack", "--ctstate", "DNAT",
+                             "--ctorigdstport", str(port), "-j", "RETURN") for port, target in sorted(set(published)))
+    closed = sorted(set(closed))
+    closed_local = tuple(("-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset") for port in closed)
+    closed_forward = tuple(("-p", "tcp", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", str(port),
+                            "-j", "REJECT", "--reject-with", "tcp-reset") for port in closed)
+    forward = (*common[:1], *closed_forward, *published_rules, *common[1:], ("-d", str(pool), "-j", "RETURN"), *reject)
+    return GuardRules(pool, forward_chain, local_chain, tuple(forward), (*common[:1], *closed_local, *common[1:], *reject), interface)
+
+
+def dns_rules(resolvers: Iterable[str] | None) -> tuple[tuple[str, ...], ...]:
+    """Port 53 to each of `resolvers` (UDP and TCP); None: to any address (the host's resolvers are unknown)."""
+    if resolvers is None:
+        return (("-p", "udp", "--dport", "53", "-j", "RETURN"), ("-p", "tcp", "--dport", "53", "-j", "RETURN"))
+    return tuple(("-d", f"{address}/32", "-p", proto, "--dport", "53", "-j", "RETURN")
+                 for address in sorted(set(resolvers), key=ipaddress.IPv4Address) for proto in ("udp", "tcp"))
+
+
+STUB_RESOLVERS = frozenset({"127.0.0.53", "127.0.0.54"})  # systemd-resolved's stubs: Docker reads its upstream file instead
+
+
+def upstream_resolvers(resolv_conf: str, upstream: str | None = None) -> tuple[str, ...] | None:
+    """The resolvers Docker's embedded DNS forwards a lab's queries to, from the host's resolv.conf as Docker reads it:
+    IPv4 nameservers, loopback ones dropped (a lab's namespace cannot reach them; Docker drops them too). Where
+    resolv.conf names only systemd-resolved's stub, Docker uses the real list (/run/systemd/resolve/resolv.conf,
+    `upstream`); None when that is needed but not given: the resolvers are then unknown."""
+    names = [line.split()[1] for line in resolv_conf.splitlines() if line.split()[:1] == ["nameserver"] and len(line.split()) > 1]
+    if names and set(names) <= STUB_RESOLVERS:
+        return None if upstream is None else upstream_resolvers(upstream)
+    found = []
+    for name in names:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            continue
+        if address.version == 4 and not address.is_loopback and str(address) not in found:
+            found.append(str(address))
+    return tuple(found)

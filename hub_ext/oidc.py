@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import secrets
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -40,6 +41,7 @@ class OIDCConfig:
     client_id: str  # OIDC_CLIENT_ID
     client_secret: str = field(default="", repr=False)  # OIDC_CLIENT_SECRET, or the contents of OIDC_CLIENT_SECRET_FILE
     secret_file: str = ""  # OIDC_CLIENT_SECRET_FILE as given (a path on the host; SECRET_IN_HUB inside the hub)
+    secret_file_mode: int = 0  # its permission bits, as they were when it was read
     internal_url: str = ""  # OIDC_INTERNAL_URL: where the hub itself reaches the issuer, when that differs
     scopes: tuple[str, ...] = ("openid", "profile", "email")  # OIDC_SCOPES
     username_claim: str = "preferred_username"  # OIDC_USERNAME_CLAIM
@@ -66,6 +68,17 @@ class OIDCConfig:
         if self.allowed_users:
             parts.append("the users " + ", ".join(sorted(self.allowed_users)))
         return " and ".join(parts)
+
+    @property
+    def secret_warning(self) -> str:
+        """One line when OIDC_CLIENT_SECRET_FILE is readable by every user of the machine; empty when it is not."""
+        if not self.secret_file or not self.secret_file_mode & stat.S_IROTH:
+            return ""
+        mounted = self.secret_file == SECRET_IN_HUB  # the hub's view of the host's file: the same mode, another path
+        where = "the host's OIDC_CLIENT_SECRET_FILE" if mounted else f"OIDC_CLIENT_SECRET_FILE={self.secret_file}"
+        path = "FILE" if mounted else self.secret_file
+        return (f"{where} is readable by every user (mode {self.secret_file_mode:04o}), and the client secret lets anyone act "
+                f"as this hub at the provider; make it private: chown 1000 {path} && chmod 0400 {path}")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
@@ -127,8 +140,10 @@ def parse_group_map(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(set(pairs)))
 
 
-def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path: Path(path).read_text()) -> OIDCConfig:
-    """The OIDC_* settings from `env` (AUTHENTICATOR=oidc), checked; raises OIDCError with one line."""
+def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path: Path(path).read_text(),
+               mode: Callable[[str], int] = lambda path: stat.S_IMODE(os.stat(path).st_mode)) -> OIDCConfig:
+    """The OIDC_* settings from `env` (AUTHENTICATOR=oidc), checked; raises OIDCError with one line. The secret file's
+    permission bits (`mode`) are kept for `OIDCConfig.secret_warning`."""
     if not env.get("OIDC_ISSUER", "").strip():
         raise OIDCError("AUTHENTICATOR=oidc needs OIDC_ISSUER, the provider's issuer URL (e.g. https://login.example.org/realms/team)")
     issuer = parse_url("OIDC_ISSUER", env["OIDC_ISSUER"], https_only=True)
@@ -137,11 +152,12 @@ def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path:
     if not client_id:
         raise OIDCError("AUTHENTICATOR=oidc needs OIDC_CLIENT_ID, the client (application) id registered at the provider")
     secret, secret_file = env.get("OIDC_CLIENT_SECRET", "").strip(), env.get("OIDC_CLIENT_SECRET_FILE", "").strip()
+    secret_mode = 0
     if secret and secret_file:
         raise OIDCError("OIDC_CLIENT_SECRET and OIDC_CLIENT_SECRET_FILE are both set; keep one")
     if secret_file:
         try:
-            secret = read(secret_file).strip()
+            secret, secret_mode = read(secret_file).strip(), mode(secret_file)
         except OSError as exc:
             raise OIDCError(f"OIDC_CLIENT_SECRET_FILE={secret_file}: cannot read it ({exc.strerror or exc})") from None
         if not secret:
@@ -155,7 +171,8 @@ def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path:
     if claims_from not in CLAIM_SOURCES:
         raise OIDCError(f"OIDC_CLAIMS_FROM={claims_from!r} is not valid; use userinfo or id_token")
     config = OIDCConfig(
-        issuer=issuer, client_id=client_id, client_secret=secret, secret_file=secret_file, internal_url=internal,
+        issuer=issuer, client_id=client_id, client_secret=secret, secret_file=secret_file, secret_file_mode=secret_mode,
+        internal_url=internal,
         scopes=scopes,
         username_claim=env.get("OIDC_USERNAME_CLAIM", "").strip() or OIDCConfig.username_claim,
         groups_claim=env.get("OIDC_GROUPS_CLAIM", "").strip() or OIDCConfig.groups_claim,

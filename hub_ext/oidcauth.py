@@ -3,7 +3,10 @@
 The provider decides who someone is and which groups they are in; hub_ext.oidc decides, as plain data, who gets
 in and into which hub groups. What this class adds to oauthenticator:
 - access is asked again at every login and every OIDC_RECHECK_SECONDS while signed in (with the stored token), and
-  whoever has lost it is refused with a page that says why, and their servers are stopped;
+  whoever has lost it is refused with a page that says why, and their servers are stopped. The allow-lists decide
+  each time: a name taken out of OIDC_ALLOWED_USERS, or a member taken out of an allowed group, is out, however long
+  they have been a hub user (JupyterHub's allow_existing_users stays off). The recheck also runs on its own for every
+  user with a running server, so that one who never comes back to the hub (a terminal left open) is stopped too;
 - the built-in groups (docker-sock, docker-privileged) never come from a provider group of the same name: they
   follow OIDC_GROUP_MAP when it is set, and the admins otherwise;
 - a username from a claim obeys the same rules as a signup's, and a refusal names the rule.
@@ -11,6 +14,7 @@ in and into which hub groups. What this class adds to oauthenticator:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from jupyterhub import orm
@@ -19,7 +23,7 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import List, Tuple, Unicode
+from traitlets import List, Tuple, Unicode, default
 
 from . import accounts
 from .auth import HubforgeAuthMixin
@@ -55,7 +59,22 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
     who_gets_in = Unicode(
         "", config=True, help="Who this hub lets in, in words, for the refusal page (from hub_ext.oidc.OIDCConfig).")
 
+    hub = None  # the JupyterHub application, for what no request starts: the recheck of idle users' servers
+    rechecking: asyncio.Task | None = None  # recheck_forever, kept so that it is not garbage-collected
+
+    @default("allow_existing_users")
+    def _only_the_allow_lists(self):
+        # With it on, every user in the hub's database stays allowed for ever (JupyterHub turns it on whenever
+        # allowed_users is set; oauthenticator 16+ happens not to): a name taken out of OIDC_ALLOWED_USERS would
+        # still get in. Who gets in is decided by the allow-lists at every login and recheck, and by nothing else.
+        return False
+
     def get_handlers(self, app):
+        # The one hook that hands an authenticator the application: the recheck of idle users needs its users, proxy
+        # and event loop (this runs inside JupyterHub.initialize, on that loop).
+        self.hub = app
+        if self.auth_refresh_age and not self.allow_all:
+            self.rechecking = asyncio.get_running_loop().create_task(self.recheck_forever())
         return self.hubforge_handlers(super().get_handlers(app))
 
     # -- groups ---------------------------------------------------------------------------------------------
@@ -152,13 +171,60 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         return model
 
     async def withdraw(self, handler, name: str, why: str) -> None:
-        """Stop every server of a user who may no longer use the hub (their files stay)."""
-        user = handler.find_user(name) if handler is not None else None
+        """Stop every server of a user who may no longer use the hub (their files stay). `handler` is None when the
+        periodic recheck found it: no request is under way."""
+        user = handler.find_user(name) if handler is not None else self.hub_user(name)
         if user is None:
             return
         stopped = []
         for server_name, spawner in list(user.spawners.items()):
             if spawner.active and not spawner.pending:
-                await handler.stop_single_user(user, server_name)
+                await self.stop_server(handler, user, server_name)
                 stopped.append(server_name or "default")
         audit.info("oidc-withdraw user=%s why=%r stopped=%s", name, why, ",".join(stopped) or "-")
+
+    def hub_user(self, name: str):
+        if self.hub is None:
+            return None
+        try:
+            return self.hub.users[name]
+        except KeyError:
+            return None
+
+    async def stop_server(self, handler, user, server_name: str) -> None:
+        if handler is not None:
+            await handler.stop_single_user(user, server_name)
+        else:  # what BaseHandler.stop_single_user does, without a request: out of the proxy, then stopped
+            await self.hub.proxy.delete_user(user, server_name)
+            await user.stop(server_name)
+
+    # -- the recheck that no request starts ---------------------------------------------------------------------
+    async def recheck_forever(self) -> None:
+        """Every OIDC_RECHECK_SECONDS, the recheck of every user with a running server. A request from the user
+        rechecks them too (JupyterHub's auth_refresh_age), but one who never makes another (a kernel or terminal
+        left running, a websocket already open) would keep their server: here their access is asked for anyway."""
+        while True:
+            await asyncio.sleep(self.auth_refresh_age)
+            try:
+                await self.recheck_all()
+            except Exception:  # noqa: BLE001 -- one bad round must not end the rechecks for good
+                self.log.exception("the recheck of running servers failed; trying again in %s s", self.auth_refresh_age)
+
+    async def recheck_all(self) -> list[str]:
+        """Recheck every user with a running server (refresh_user stops whoever has lost access); the names stopped."""
+        running = [user for user in list(self.hub.users.values())
+                   if any(s.active and not s.pending for s in user.spawners.values())]
+        stopped = []
+        for user in running:
+            try:
+                model = await self.refresh_user(user, None)
+            except Exception:  # noqa: BLE001 -- the provider's 5xx for one user: the others are still rechecked
+                self.log.exception("cannot recheck %s at the identity provider: unchanged until the next recheck", user.name)
+                continue
+            if isinstance(model, dict) and model.get("auth_state"):
+                # a token refreshed by this recheck replaces the stored one (a provider that rotates refresh tokens
+                # has already invalidated the old one)
+                await user.save_auth_state(model["auth_state"])
+            if not any(s.active for s in user.spawners.values()):
+                stopped.append(user.name)
+        return stopped

@@ -14,6 +14,18 @@ DOCKER_PRIVILEGED_GROUP = "docker-privileged"
 BUILTIN_GROUPS = (DOCKER_SOCK_GROUP, DOCKER_PRIVILEGED_GROUP)
 LAB_SOCKET = "/var/run/docker.sock"
 SERVER_PROXY_EXTENSION = "jupyter_server_proxy"
+LOG_DRIVER = "json-file"  # set on every container the stack runs, whatever the daemon's default: its rotation is ours
+DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = "10m", 3  # LOG_MAX_SIZE, LOG_MAX_FILES: at most 30 MB per container
+
+
+def log_options(max_size: str, max_files: int) -> dict[str, str]:
+    """json-file's rotation (LOG_MAX_SIZE, LOG_MAX_FILES): a container that prints without end keeps at most
+    max_size x max_files of log on the host. The same options for a container, a service's task and a Compose service."""
+    return {"max-size": max_size, "max-file": str(max_files)}
+
+
+def default_log_options() -> dict[str, str]:
+    return log_options(DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ def lab_runtime(
     services: Mapping[str, str] | None = None,
     disable_ipv6: bool = False,
     server_proxy: bool = False,
+    logs: Mapping[str, str] | None = None,
 ) -> LabRuntime:
     """Everything a lab container gets, computed fresh from its inputs on every spawn.
 
@@ -50,7 +63,8 @@ def lab_runtime(
     # AutoRemove is off because `docker restart` of an AutoRemove container races with the removal:
     # now and then the container is gone, or "marked for removal and cannot be started", after a restart.
     # cpu_shares: under contention a lab weighs half of the hub (1024), so a busy host still answers logins
-    host_config: dict[str, Any] = {"pids_limit": pids_limit, "cpu_shares": cpu_shares, "auto_remove": False}
+    host_config: dict[str, Any] = {"pids_limit": pids_limit, "cpu_shares": cpu_shares, "auto_remove": False,
+                                   "log_config": {"type": LOG_DRIVER, "config": dict(logs or default_log_options())}}
     if read_only_root:  # the image cannot be changed from inside: only the volumes and a private /tmp are writable
         host_config["read_only"] = True
         host_config["tmpfs"] = {"/tmp": "mode=1777,nosuid,nodev"}  # in RAM: counts against the lab's memory limit

@@ -16,13 +16,15 @@ from docker.types import IPAMConfig, IPAMPool
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
 from jupyterhub.utils import url_path_join
+from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .config import GPU_MODES
 from .gpu import GpuDecision, decide
-from .naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL, escape_username, foreign_owner, lab_network_name, user_names
+from .naming import (ACCOUNT_LABEL, PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL, account_id, escape_username,
+                     foreign_owner, lab_network_name, stale_owner, user_names)
 from .networks import NETWORK_ROLE, SUBNET_PREFIX, free_subnet, network_spec, used_subnets
 from .runtime import BUILTIN_GROUPS, lab_runtime
 from .volumes import measure, remove_volume
@@ -197,6 +199,11 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     docker_socket = Unicode("/var/run/docker.sock", config=True, help="Host path of the Docker socket (docker-sock group).")
     docker_socket_gid = Integer(None, allow_none=True, config=True, help="Group id owning the Docker socket.")
     pids_limit = Integer(1024, config=True, help="Maximum number of processes in one lab.")
+    log_options = Dict(
+        config=True,
+        help="""json-file options of every lab's log (LOG_MAX_SIZE, LOG_MAX_FILES): rotated, so a lab that prints
+        without end cannot fill the host's disk. Empty: 10m x 3.""",
+    )
     cpu_shares = Integer(128, min=2, config=True, help="CPU weight of one lab under contention (the hub has 1024).")
     read_only_root = Bool(True, config=True, help="Labs get a read-only root filesystem and a tmpfs /tmp (LAB_READ_ONLY_ROOT).")
     gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
@@ -250,6 +257,29 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
 
     def labels(self) -> dict[str, str]:
         return {PROJECT_LABEL: self.project, USER_LABEL: self.user.name}
+
+    def volume_labels(self, kind: str) -> dict[str, str]:
+        """A user's volume: the user's labels, its kind, and the account it is made for (naming.account_id)."""
+        return {**self.labels(), VOLUME_LABEL: kind, ACCOUNT_LABEL: account_id(getattr(self.user.orm_user, "created", None))}
+
+    def start_refusal(self) -> str | None:
+        """Why this user may not start now, or None: an account revoked while its start waited (a start that was
+        queued behind the revocation must not bring the lab back). Asked of the authenticator, when it can tell."""
+        may_start = getattr(self.user.authenticator, "may_start", None)
+        return may_start(self.user.name) if may_start is not None else None
+
+    async def delete_forever(self):
+        """JupyterHub calls this when the user is deleted, by any route (the admin page, the REST API, Discard): the
+        user's home, workspace and cache go too, on whichever node holds them, so that whoever later takes the name
+        starts empty (KubeSpawner deletes a deleted user's volume claims the same way)."""
+        results = await self.remove_volumes(list(self.names.volumes.values()))
+        failed = [f"{r['volume']}: {r.get('reason')}" for r in results if r["result"] == "failed"]
+        if failed:  # the account label still keeps them from the next owner (ensure_volume refuses them)
+            self.log.error("deleted user %s: volumes NOT removed: %s", self.user.name, "; ".join(failed))
+        else:
+            self.log.info("deleted user %s: volumes removed: %s", self.user.name,
+                          ", ".join(r["volume"] for r in results if r["result"] == "removed") or "none existed")
+        return results
 
     def current_groups(self) -> list[str]:
         ensure_builtin_groups(self.user.db)
@@ -307,6 +337,15 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     @default("client_kwargs")
     def _client_kwargs_default(self):
         return {"max_pool_size": max(10, self.docker_threads)}  # a connection for each thread
+
+    start_slot_seconds = Float(
+        20,
+        min=1,
+        config=True,
+        help="""Longest a start keeps its start slot while its lab has yet to answer (seconds). A lab is ready in one or
+        two seconds of CPU; one that takes longer is waiting for something, or is held pending on purpose by its owner
+        (a server config in their home that never returns), and must not keep everyone else's start waiting.""",
+    )
 
     @property
     def slots(self) -> StartSlots:
@@ -373,24 +412,51 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if self.remove:
             await self.remove_lab_network()
 
+    _start_task: asyncio.Task | None = None  # the start under way (JupyterHub shields it from cancelling its spawn)
+
     async def start(self):
-        async with user_lock(self.user.name):
-            return await self._start()
+        self._start_task = asyncio.current_task()
+        try:
+            async with user_lock(self.user.name):
+                return await self._start()
+        finally:
+            self._start_task = None
+
+    def cancel_start(self) -> bool:
+        """Interrupt a start under way (a revocation): it stops waiting -- for a slot, for Docker, for the lab to
+        answer -- and lets go of the user's lock. JupyterHub's own cancel of a pending spawn does not reach it:
+        User.spawn waits for start() through gen.with_timeout, which protects it from cancellation."""
+        task = self._start_task
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     async def _start(self):
         self._start_ticket = None
+        refusal = self.start_refusal()
+        if refusal:
+            raise web.HTTPError(403, refusal)
         await self.apply_runtime()
         ticket = self._start_ticket = asyncio.get_running_loop().create_future()
         await self.slots.acquire(ticket)
+        held = True
         try:
             ip, port = await super().start()
             # JupyterHub's own check follows; a lab that is not up by start_timeout is its to report. A lab whose
             # container exits (a bad image, out of memory) fails at once with the reason instead of at the timeout.
-            container = self.object_id
-            await lab_answers(url_path_join(f"http://{ip}:{port}", self.server.base_url if self.server else "/"),
-                              self.start_timeout, self.ready_poll_interval, alive=self.lab_alive(container))
+            url = url_path_join(f"http://{ip}:{port}", self.server.base_url if self.server else "/")
+            alive = self.lab_alive(self.object_id)
+            in_slot = min(self.start_timeout, self.start_slot_seconds)
+            if not await lab_answers(url, in_slot, self.ready_poll_interval, alive=alive):
+                # Not busy starting (that takes a second or two of CPU): waiting for something, or held on purpose by
+                # its owner's own server config. The next lab in line takes the slot; this one keeps its time to answer.
+                self.slots.release()
+                held = False
+                await lab_answers(url, self.start_timeout - in_slot, self.ready_poll_interval, alive=alive)
         finally:
-            self.slots.release()
+            if held:
+                self.slots.release()
         return ip, port
 
     async def lab_environment(self) -> list[str]:
@@ -423,6 +489,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             services=self.lab_services,
             disable_ipv6=self.disable_ipv6,
             server_proxy=self.server_proxy,
+            logs=self.log_options,
         )
         if not hasattr(self, "_base_settings"):  # what the operator configured, kept once
             self._base_settings = (dict(self.extra_host_config or {}), dict(self.environment or {}),
@@ -436,7 +503,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         labels = {**base_create.get("labels", {}), **self.labels()}
         self.extra_create_kwargs = {**base_create, "labels": labels}
         for kind, volume in names.volumes.items():
-            await self.ensure_volume(volume, {**self.labels(), VOLUME_LABEL: kind})
+            await self.ensure_volume(volume, self.volume_labels(kind))
         await self.ensure_volume(self.shared_volume, {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"})
         if self.lab_networks:
             await self.ensure_network(self.network_name)
@@ -462,6 +529,11 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if owner:
             raise RuntimeError(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
                                "its data is never mounted here (two projects with one volume prefix: see the README's \"Projects\")")
+        earlier = stale_owner(found, labels.get(ACCOUNT_LABEL, ""))
+        if earlier:
+            raise RuntimeError(f"volume {name} was made for an earlier user named {self.user.name!r} (account {earlier}), "
+                               f"which was deleted: its files are never mounted for a new owner; an admin removes it with "
+                               f"`docker volume rm {name}`")
 
     async def remove_volumes(self, names: list[str]) -> list[dict[str, Any]]:
         """Delete these volumes of the user's (a reset, a discarded account), in order; one result each."""

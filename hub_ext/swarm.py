@@ -21,7 +21,7 @@ from traitlets import Dict, Integer, Unicode
 
 from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
 from .networks import hub_address, overlay_spec
-from .runtime import DOCKER_PRIVILEGED_GROUP
+from .runtime import DOCKER_PRIVILEGED_GROUP, LOG_DRIVER, default_log_options
 from .spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 from .volumes import parse_answer
 
@@ -30,9 +30,11 @@ WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "
 STARTED = {"starting", "running"}  # the container runs ("starting" until its health check passes): the spawner's own readiness check follows
 ANCHOR_SECONDS = 30
 IMAGE_MAP = "/srv/jupyterhub/registry/images.json"  # written by `invoke up` after it pushed the images (hubforge.stack.swarm)
+REGISTRY_AUTH = "/run/secrets/registry_auth"  # the registry's credentials, a swarm secret of the hub (stack/compose.yml.j2)
 HELPER_TIMEOUT = 120
 NODE_CHECK_SECONDS = 2.0
 _REMOTE_SIZES: dict[tuple[str, tuple[str, ...]], tuple[float, asyncio.Task]] = {}  # (node, names) -> (when, measurement)
+_LOGGED_IN: set[tuple[int, str]] = set()  # (id of the Docker client, registry) that the client holds credentials for
 
 
 class SwarmRefused(RuntimeError):
@@ -128,6 +130,8 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     )
     volume_driver_options = Dict(config=True, help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS.")
     image_map = Unicode(IMAGE_MAP, config=True, help="The JSON file mapping each built image to its digest in the stack's registry.")
+    registry_auth = Unicode(REGISTRY_AUTH, config=True,
+                            help="The stack's registry credentials (JSON: username, password), given to Swarm with every service of its images.")
 
     # -- state: the pin outlives stops ------------------------------------------------------------------
     def load_state(self, state):
@@ -169,9 +173,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         self.lab_gpus = self.gpus_per_lab if host_config.get("device_requests") else 0
         resources = service_resources(self.mem_limit, self.cpu_limit, self.pids_limit, self.lab_gpus)
         self.extra_task_spec = {"resources": resources, "restart_policy": RestartPolicy(condition="any", delay=1_000_000_000),
-                                "placement": Placement(constraints=await self.placement())}
+                                "placement": Placement(constraints=await self.placement()), "log_driver": self.task_logs()}
         self.extra_endpoint_spec = {"mode": "dnsrr"}  # the lab's own address: no virtual IP to route through
-        volume_labels = {volume: {**labels, VOLUME_LABEL: kind} for kind, volume in self.names.volumes.items()}
+        volume_labels = {volume: self.volume_labels(kind) for kind, volume in self.names.volumes.items()}
         volume_labels[self.shared_volume] = {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"}
         driver = DriverConfig(self.volume_driver, self.volume_driver_options or None) if self.volume_driver else None
         self._mounts = service_mounts(self.volumes, host_config.get("tmpfs") or {}, volume_labels, driver)
@@ -179,6 +183,10 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     @property
     def mounts(self):
         return getattr(self, "_mounts", [])
+
+    def task_logs(self) -> DriverConfig:
+        """The rotated json-file log of a lab's, or a helper's, task (LOG_MAX_SIZE, LOG_MAX_FILES)."""
+        return DriverConfig(LOG_DRIVER, dict(self.log_options or default_log_options()))
 
     async def placement(self) -> list[str]:
         """Where the lab may run: the node with the user's volumes (once known), and only ready nodes."""
@@ -210,6 +218,22 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         ref = pinned.get(image) if isinstance(pinned, dict) else None
         return ref if isinstance(ref, str) else None
 
+    async def registry_login(self, ref: str) -> None:
+        """Give the Docker client the registry's credentials, once: docker-py sends them (X-Registry-Auth) with every
+        service it makes from that registry's images, and Swarm hands them to the node that pulls. The login itself
+        asks the registry, through this node's daemon."""
+        registry = ref.split("/", 1)[0]
+        if (id(self.client), registry) in _LOGGED_IN:
+            return
+        try:
+            with open(self.registry_auth, encoding="utf-8") as found:
+                auth = json.load(found)
+            await self.docker("login", username=auth["username"], password=auth["password"], registry=registry, reauth=True)
+        except (OSError, ValueError, KeyError, TypeError, APIError) as exc:  # a node other than this one will not pull
+            self.log.warning("no credentials for the stack's registry %s (%s): a lab on another node cannot pull", registry, exc)
+            return
+        _LOGGED_IN.add((id(self.client), registry))
+
     async def hub_node(self) -> str:
         if not getattr(self, "_hub_node", ""):
             self._hub_node = (await self.docker("info"))["Swarm"]["NodeID"]
@@ -225,10 +249,12 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         if ref is None:
             self.log.warning("%s is not in the stack's registry (yet): %s's lab runs on the hub's node", self.image, self.user.name)
             constraints.append(f"node.id == {await self.hub_node()}")
-        elif self.pinned and not self.node_id:
-            nodes = await self.docker("nodes")
-            running = await self.docker("tasks", filters={"desired-state": "running"})
-            constraints.append(f"node.id == {least_loaded(nodes, running, self.lab_gpus)}")
+        else:
+            await self.registry_login(ref)
+            if self.pinned and not self.node_id:
+                nodes = await self.docker("nodes")
+                running = await self.docker("tasks", filters={"desired-state": "running"})
+                constraints.append(f"node.id == {least_loaded(nodes, running, self.lab_gpus)}")
         self.extra_task_spec = {**self.extra_task_spec, "placement": Placement(constraints=sorted(set(constraints)))}
         return await super().create_object()
 
@@ -281,12 +307,13 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         if image is None:
             raise RuntimeError(f"the hub's image is not in the stack's registry, so no helper can run on node {node[:12]}; "
                                "run `invoke up --engine swarm` again on the manager")
+        await self.registry_login(image)
         spec = ContainerSpec(image, command=command, user="0:0", read_only=True,
                              labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"},
                              mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind")],
                              env=["PYTHONDONTWRITEBYTECODE=1"])
         template = TaskTemplate(spec, restart_policy=RestartPolicy(condition="none"), placement=Placement(constraints=[f"node.id == {node}"]),
-                                resources=Resources(mem_limit=128 * 2**20))
+                                resources=Resources(mem_limit=128 * 2**20), log_driver=self.task_logs())
         name = f"{self.service_name}-helper-{uuid.uuid4().hex[:12]}"  # two at the same moment must not collide
         service = await self.docker("create_service", template, name=name, labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"})
         service_id = service["ID"]
@@ -411,7 +438,8 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         hub = await self.docker("inspect_container", self.hub_container)
         created = await self.docker("create_container", hub["Config"]["Image"], ["sleep", str(ANCHOR_SECONDS)],
                                     entrypoint=[], labels={PROJECT_LABEL: self.project},
-                                    host_config=self.client.create_host_config(network_mode=network, auto_remove=True),
+                                    host_config=self.client.create_host_config(network_mode=network, auto_remove=True, log_config={
+                                        "type": LOG_DRIVER, "config": dict(self.log_options or default_log_options())}),
                                     networking_config=self.client.create_networking_config(
                                         {network: self.client.create_endpoint_config()}))
         await self.docker("start", created["Id"])

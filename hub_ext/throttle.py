@@ -10,6 +10,10 @@ Two limits, both kept in the hub's memory (a restart forgets them, as NativeAuth
 - **Per client address**, a budget of failed logins and signups per `window` seconds. A successful
   login costs nothing, so a class behind one NAT logging in at 9:00 is not refused.
 
+An attempt is counted when it is let through (`reserve`), before its password is hashed, and a login that
+works gives it back. Counted only once bcrypt had answered, 50 simultaneous guesses all passed the check: 50
+password checks however small the budget, and a hashing pool full of them.
+
 The clock is injectable, so the arithmetic is tested without sleeping.
 """
 
@@ -52,6 +56,15 @@ class Throttle:
             waits.append(last + self.delay(count) - now)
         return max(waits)
 
+    def reserve(self, username: str | None, address: str) -> float:
+        """Count an attempt before it is made: the seconds it must wait (nothing is counted then), or 0 when it may
+        go ahead, counted as a failure until `succeeded` gives it back. Nothing awaits between the check and the
+        count, so on the hub's event loop no two attempts can both take the budget's last place."""
+        wait = self.wait(username, address)
+        if wait <= 0:
+            self.failed(username, address)
+        return wait
+
     def failed(self, username: str | None, address: str) -> None:
         """A failed login (username given) or a signup attempt (None): both spend the address's budget."""
         now = self.clock()
@@ -62,7 +75,14 @@ class Throttle:
             self._failures[(username, address)] = (count + 1, now)
 
     def succeeded(self, username: str, address: str) -> None:
+        """A login that worked: its reservation is given back (successful logins cost the address nothing) and the
+        account's failures from this address are forgotten."""
         self._failures.pop((username, address), None)
+        spent = self._spent.get(address)
+        if spent:
+            # The newest entry goes, not necessarily this attempt's own: every newer one was counted while this
+            # password was being checked, so a place frees earlier by at most that check's time. The count is exact.
+            spent.pop()
 
     def _recent(self, address: str, now: float) -> deque[float]:
         spent = self._spent.setdefault(address, deque())

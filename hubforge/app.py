@@ -241,7 +241,8 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
 
 
 def report_doctor(settings: Settings) -> bool:
-    results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry"})
+    results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry",
+                                                 "resolver"})
     from rich.table import Table
 
     table = Table("check", "status", "detail", "fix")
@@ -252,7 +253,8 @@ def report_doctor(settings: Settings) -> bool:
 
 
 def run_setup(settings: Settings) -> None:
-    failed = [c for c in doctor.checks(settings.cache_dir, {"docker", "compose", "bootstrap", "node", "chromium", "registry"}) if not c.ok]
+    failed = [c for c in doctor.checks(settings.cache_dir, {"docker", "compose", "bootstrap", "node", "chromium", "registry",
+                                                            "resolver"}) if not c.ok]
     if not failed:
         say("setup: nothing to do")
         return

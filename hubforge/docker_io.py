@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hub_ext.runtime import LOG_DRIVER, default_log_options
+
 from .errors import BuildFailed, DockerUnavailable, HubforgeError
 
 log = logging.getLogger(__name__)
@@ -201,10 +203,11 @@ class Docker:
         except docker.errors.APIError as exc:  # the message never contains the password
             raise HubforgeError(f"login to {registry or 'Docker Hub'} as {username} failed: {_short(exc)}") from None
 
-    def push(self, repository: str, tag: str) -> str:
-        """Push one tag; returns the digest the registry reported."""
+    def push(self, repository: str, tag: str, auth: Mapping[str, str] | None = None) -> str:
+        """Push one tag (with `auth`, else the credentials of the last login to that registry); returns the digest the
+        registry reported."""
         digest = None
-        for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+        for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=dict(auth) if auth else None):
             if "error" in chunk:
                 raise HubforgeError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
             digest = (chunk.get("aux") or {}).get("Digest", digest)
@@ -326,7 +329,8 @@ class StackDocker(Docker):
         container = None
         try:
             requests_ = [docker.types.DeviceRequest(**r) for r in device_requests]
-            host_config = self.client.api.create_host_config(device_requests=requests_)
+            host_config = self.client.api.create_host_config(device_requests=requests_, log_config={
+                "type": LOG_DRIVER, "config": default_log_options()})  # one line of output; rotated all the same
             created = self.client.api.create_container(image, host_config=host_config, labels={"hubforge.role": "gpu-probe"})
             container = created["Id"]
             self.client.api.start(container)
@@ -427,21 +431,25 @@ class StackDocker(Docker):
         return removed(self.client.api.remove_service, service)
 
     def ensure_host_service(self, name: str, image: str, command: list[str], labels: Mapping[str, str],
-                            cap_add: list[str], ready_file: str) -> bool:
-        """A global service on every node's host network, as root with only `cap_add`, on a read-only root. One that
-        is there with the same image, command and labels stays; a different one is replaced. True when (re)made."""
+                            cap_add: list[str], ready_file: str, log_options: Mapping[str, str] | None = None) -> bool:
+        """A global service on every node's host network, as root with only `cap_add`, on a read-only root, its log
+        rotated (json-file with `log_options`). One that is there with the same image, command, labels and log stays;
+        a different one is replaced. True when (re)made."""
+        logs = {"Name": LOG_DRIVER, "Options": dict(log_options or default_log_options())}
         for service in self.client.api.services(filters={"name": name}):
             spec = service["Spec"]
             if spec["Name"] != name:
                 continue
             container = spec["TaskTemplate"]["ContainerSpec"]
-            if container.get("Image") == image and container.get("Command") == command and spec.get("Labels") == dict(labels):
+            if (container.get("Image") == image and container.get("Command") == command and spec.get("Labels") == dict(labels)
+                    and spec["TaskTemplate"].get("LogDriver") == logs):
                 return False
             self.remove_service(service["ID"])
         self.client.services.create(
             image, command=command, name=name, labels=dict(labels), container_labels=dict(labels),
             mode=docker.types.ServiceMode("global"), networks=["host"], user="0:0", read_only=True,
             cap_add=cap_add, cap_drop=["ALL"], env=["PYTHONDONTWRITEBYTECODE=1"],
+            log_driver=logs["Name"], log_driver_options=logs["Options"],
             mounts=[docker.types.Mount("/tmp", None, type="tmpfs"), docker.types.Mount("/run", None, type="tmpfs")],
             restart_policy=docker.types.RestartPolicy(condition="any", delay=2_000_000_000),
             resources=docker.types.Resources(mem_limit=64 * 2**20),

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -125,11 +126,27 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
         ok = len(found) == 2
         results.append(Check("node and npm (build on the host)", ok, "found" if ok else f"missing: {' '.join(sorted({'node', 'npm'} - set(found)))}",
                              "sudo apt-get install -y nodejs npm", apt=("nodejs", "npm")))
+    if "resolver" in need:
+        ok, detail = localhost_resolves()
+        results.append(Check("*.localhost for scripts", ok, detail,
+                             "sudo apt-get install -y libnss-myhostname (or use the address `invoke status --json` gives as api_url)",
+                             apt=("libnss-myhostname",)))
     if "registry" in need:
         found = which(REGISTRY) or (REGISTRY_PATH if Path(REGISTRY_PATH).exists() else None)
         results.append(Check("local registry (release tests)", bool(found), found or "missing",
                              "sudo apt-get install -y docker-registry", apt=("docker-registry",)))
     return results
+
+
+def localhost_resolves(name: str = "hub.localhost") -> tuple[bool, str]:
+    """Whether this machine's own resolver finds `name` (what `invoke up` prints). Browsers and curl send every
+    *.localhost name to loopback by themselves; Python, and so scripts, do only where glibc is told to
+    (libnss-myhostname, or systemd-resolved as on Ubuntu)."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)}
+    except OSError as exc:
+        return False, f"{name} does not resolve here ({exc.strerror or exc}): scripts cannot reach the hub by its name"
+    return True, f"{name} -> {', '.join(sorted(found))}"
 
 
 def can_setup() -> bool:

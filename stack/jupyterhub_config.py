@@ -13,11 +13,11 @@ import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
-from hub_ext import database, process
+from hub_ext import database, process, publichost
 from hub_ext.auth import TEMPLATES
 from hub_ext.config import ENGINES, ConfigError, certificate_names, from_environ, hub_host
 from hub_ext.logo import LogoError, materialize
-from hub_ext.runtime import BUILTIN_GROUPS
+from hub_ext.runtime import BUILTIN_GROUPS, log_options
 from hub_ext.tls import ensure_self_signed
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub's config loader
@@ -67,6 +67,12 @@ if hub.lab_subdomains:
     # JupyterHub 5's "idna" rule, given as the function: unicode, dots and long names all become one DNS label.
     # (The string "idna" reaches the services' code unresolved in JupyterHub 5.5.4: "'str' object is not callable".)
     c.JupyterHub.subdomain_hook = subdomain_hook_idna
+    # The hub's login cookie as `__Host-jupyterhub-hub-login`: a browser refuses a `__Host-` cookie that names a Domain,
+    # so no lab page (not even its 404, whose headers the lab's owner controls) can plant its owner's login cookie on
+    # the hub for an admin who visits it (login fixation). JupyterHub recommends it exactly with per-user domains.
+    c.JupyterHub.cookie_host_prefix_enabled = True
+    # The cookies name the public host: a browser that opened the hub under another name (127.0.0.1) is sent there.
+    publichost.install(PUBLIC_ORIGIN, hub.base_url)
 c.JupyterHub.template_vars = {
     "hubforge_shared_origin": not hub.lab_subdomains,  # the admin page says so
     "hubforge_native": hub.authenticator == "native",  # signup and approval pages exist
@@ -99,6 +105,8 @@ if hub.authenticator == "oidc":
     from hub_ext.oidcauth import GROUPS_KEY
 
     oidc = hub.oidc
+    if oidc.secret_warning:  # used all the same: refusing would stop a running hub over a mode it can name
+        print(f"hubforge: warning: {oidc.secret_warning}", file=sys.stderr, flush=True)
     try:  # the issuer must answer now: a hub that cannot sign anyone in stops with one line instead
         endpoints = discover(oidc, say=lambda message: print(f"hubforge: {message}", file=sys.stderr, flush=True))
     except OIDCError as exc:
@@ -176,6 +184,7 @@ c.HubforgeSpawner.notebook_dir = "/home/lab/workspace"
 c.HubforgeSpawner.mem_limit = hub.lab_mem_limit
 c.HubforgeSpawner.cpu_limit = hub.lab_cpu_limit
 c.HubforgeSpawner.pids_limit = hub.lab_pids_limit
+c.HubforgeSpawner.log_options = log_options(hub.log_max_size, hub.log_max_files)  # rotated: a lab cannot fill the disk
 c.HubforgeSpawner.cpu_shares = hub.lab_cpu_shares
 c.HubforgeSpawner.read_only_root = hub.lab_read_only_root
 c.JupyterHub.active_server_limit = hub.active_server_limit  # 0: no limit

@@ -77,8 +77,14 @@ class HubSession:
         response.raise_for_status()
         return response
 
+    def hub_xsrf(self) -> str:
+        """The hub's _xsrf cookie; a sign-in that ends in the lab also holds the lab's, set for <user>.<hub host>."""
+        host = urlparse(self.base).hostname
+        found = [c.value for c in self.http.cookies if c.name == "_xsrf" and c.domain.lstrip(".") == host]
+        return found[0] if found else self.http.cookies.get("_xsrf", "")
+
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        headers = {"X-XSRFToken": self.http.cookies.get("_xsrf", ""), **kwargs.pop("headers", {})}
+        headers = {"X-XSRFToken": self.hub_xsrf(), **kwargs.pop("headers", {})}
         return self.http.request(method, self.url(f"hub/api/{path.lstrip('/')}"), headers=headers, timeout=60, **kwargs)
 
     def new_token(self, username: str) -> str:

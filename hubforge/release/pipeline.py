@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..build.builder import REVISION_LABEL, Builder, Step
-from ..build.locks import parse_apt_lock
 from ..build.targets import DEFAULT_SET
 from ..docker_io import Docker
 from ..errors import HubforgeError
 from . import plan as rel
-from .sbom import cyclonedx, inventory
+from .sbom import cyclonedx, inventory, npm_inventory
 
 Say = Callable[[str], None]
 
@@ -73,33 +72,27 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
             say(f"  pushed {item.repository}:{tag} {remote}")
         if item.target == "base":
             continue
-        python, debian = inventory(docker, released)
-        if not debian and step.target.apt_lock:  # no dpkg database inside (gpu-probe): what its build copied in
-            debian = copied_packages(docker, root / step.target.apt_lock, base.ref)
+        python, debian = inventory(docker, released)  # gpu-probe: the status paragraphs of what its build copied in
+        npm = npm_inventory(docker, released)
         image_name = item.repository.rsplit("/", 1)[1] + ("" if step.target.flavor == "default" else f"-{step.target.flavor}")
         sbom_path = rel.write_json(dist / f"{image_name}-{version}.cdx.json",
-                                   cyclonedx(released, image_name, str(version), python, debian))
+                                   cyclonedx(released, image_name, str(version), python, debian, npm))
         built = docker.inspect(step.ref)
         prov = rel.provenance(step, base, version, git_sha, root, tools,
                               {"image_id": built["Id"], "layers": built["RootFS"]["Layers"]})
         prov["digest"] = remote
         rel.write_json(dist / f"{image_name}-{version}.provenance.json", prov)
-        say(f"  {image_name}: SBOM {sbom_path.name} ({len(python)} Python, {len(debian)} Debian packages), provenance written")
-
-
-def copied_packages(docker: Docker, apt_lock: Path, base_ref: str) -> list[tuple[str, str, str]]:
-    """The packages a dpkg-less image was assembled from: its lock's .debs plus the base's glibc."""
-    pins = [(p.package, p.version, p.filename.rsplit("_", 1)[-1].removesuffix(".deb")) for p in parse_apt_lock(apt_lock.read_text())]
-    _, base_debs = inventory(docker, base_ref)
-    return pins + [d for d in base_debs if d[0] == "libc6"]
+        say(f"  {image_name}: SBOM {sbom_path.name} ({len(python)} Python, {len(debian)} Debian, {len(npm)} npm packages), "
+            "provenance written")
 
 
 def image_sbom(docker: Docker, image: str, default_dir: Path, output: Path | None) -> tuple[Path, int, int]:
-    """A CycloneDX SBOM of any local image: (path, Python packages, Debian packages)."""
+    """A CycloneDX SBOM of any local image: (path, Python packages, Debian packages); npm packages are listed too."""
     labels = docker.inspect(image).get("Config", {}).get("Labels") or {}  # first: it says when the image is missing
     python, debian = inventory(docker, image)
+    npm = npm_inventory(docker, image)
     name = image.split("/")[-1].split(":")[0]
     version = labels.get("org.opencontainers.image.version", "unknown")
     path = output or default_dir / f"{name}-{version}.cdx.json"
-    rel.write_json(path, cyclonedx(image, name, version, python, debian))
+    rel.write_json(path, cyclonedx(image, name, version, python, debian, npm))
     return path, len(python), len(debian)

@@ -16,6 +16,7 @@ from typing import Any
 from hub_ext.config import ConfigError, from_environ, hub_host, parse_gpu_mode
 from hub_ext.gpu import ALL_GPUS, decide
 from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
+from hub_ext.netguard import SYSTEMD_UPSTREAM
 from hub_ext.networks import NETWORK_ROLE
 
 from ..docker_io import StackDocker
@@ -27,6 +28,14 @@ from .settings import (BOOTSTRAP_SECRET, ENV_TEMPLATE, HEALTH_TIMEOUT, StackOpti
 log = logging.getLogger(__name__)
 HUB_UID = 1000  # the hub's user in its image and stack file
 
+
+
+def script_address(bind: str) -> str:
+    """Where a script on this machine reaches the hub's published port by address: loopback, unless the port is
+    bound to one other address only."""
+    if bind in ("0.0.0.0", "::", "127.0.0.1", ""):
+        return "127.0.0.1"
+    return f"[{bind}]" if ":" in bind else bind
 
 class Stack:
     def __init__(self, options: StackOptions, docker: StackDocker, root: Path, say: Callable[[str], None]) -> None:
@@ -160,6 +169,9 @@ class Stack:
             "network_guard": guarded,
             "lab_subnet_pool": hub.lab_subnet_pool,
             "lab_allowed_ranges": list(hub.lab_allowed_ranges),
+            "systemd_resolved": SYSTEMD_UPSTREAM.exists(),  # the guard reads the labs' resolvers from it (hub_ext.netguard)
+            "log_max_size": hub.log_max_size,
+            "log_max_files": hub.log_max_files,
             "oidc_secret": self.oidc_secret(hub),
         })
         host = hub_host(hub)
@@ -175,6 +187,8 @@ class Stack:
             "authenticator": hub.authenticator,
             "network_guard": guarded,
             "lab_origin": f"https://<user>.{host}{port}/" if hub.lab_subdomains else "shared with the hub (LAB_SUBDOMAINS=0)",
+            # for scripts' token calls: an address, which needs no resolver for *.localhost (the certificate names it)
+            "api_url": f"https://{script_address(options.bind)}{port}{hub.base_url}hub/api/",
             "gpu": decision.as_dict(),
             "images": dict(images),
             "lab_images": dict(lab_images),

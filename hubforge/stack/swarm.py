@@ -7,8 +7,11 @@ when it is in none, so a fresh machine needs no step of its own.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import secrets
 import socket
 import time
 import urllib.error
@@ -17,8 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hub_ext.config import HubConfig
 from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
 from hub_ext.netguard import READY as GUARD_READY
+from hub_ext.runtime import log_options
 
 from .. import proc
 from ..errors import HubforgeError
@@ -31,6 +36,11 @@ REMOVE_TIMEOUT = 60.0
 REGISTRY_TIMEOUT = 90.0
 IMAGE_MAP = "registry/images.json"  # in the run directory; the hub reads it at every spawn (hub_ext.swarm)
 MANIFESTS = ", ".join(("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"))
+AUTH_DIR = "registry-auth"  # in the run directory, 0700, outside the hub's bind: the registry's credentials
+AUTH_USER = "hubforge"
+# Distribution checks the password's bcrypt hash at every request of a push or pull, so the cost is the least bcrypt
+# takes: the password is 256 random bits, which no cost factor makes any harder to guess.
+HTPASSWD_ROUNDS = 4
 
 
 def advertise_address() -> str:
@@ -50,25 +60,88 @@ def routing_mesh_available() -> bool:
     return any(Path("/lib/modules", os.uname().release).glob("kernel/net/netfilter/ipvs/ip_vs.ko*"))
 
 
-def registry_digest(registry: str, repository: str, tag: str, timeout: float = 5.0) -> str | None:
-    """The digest under which `registry` holds repository:tag, or None when it has no such tag."""
-    request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{tag}", method="HEAD",
-                                     headers={"Accept": MANIFESTS})
+def registry_manifest(registry: str, repository: str, digest: str, auth: Mapping[str, str], timeout: float = 10.0) -> bytes | None:
+    """The manifest that `registry` holds under `digest`, as its bytes, or None when it has none."""
+    token = base64.b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
+    request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{digest}",
+                                     headers={"Accept": MANIFESTS, "Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 -- our own registry, on loopback
-            return answer.headers.get("Docker-Content-Digest")
+            return answer.read()
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
-        raise HubforgeError(f"the stack's registry at {registry} answered {exc.code} for {repository}:{tag}") from None
+        raise HubforgeError(f"the stack's registry at {registry} answered {exc.code} for {repository}@{digest}") from None
+
+
+def built_here(manifest: bytes | None, digest: str, image_id: str) -> bool:
+    """Whether `manifest`, fetched by `digest`, is the image this engine holds as `image_id`: its bytes hash to the
+    digest (a node checks the same when it pulls), and it names the image's config, whose digest is the image id
+    (with the classic image store, what `docker push` sends; with containerd's store the id is the manifest's own
+    digest). The config lists every layer by its content's hash, so nothing else can be pulled under that digest."""
+    if manifest is None or f"sha256:{hashlib.sha256(manifest).hexdigest()}" != digest:
+        return False
+    try:
+        config = (json.loads(manifest).get("config") or {}).get("digest")
+    except (ValueError, AttributeError):
+        return False
+    return image_id in (config, digest)
 
 
 def registry_answers(registry: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{registry}/v2/", timeout=2) as answer:  # noqa: S310
             return answer.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401  # it is up, and asks for credentials
     except OSError:
         return False
+
+
+def private_file(path: Path, text: str) -> None:
+    """A new file that only its owner can read, from its first byte."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+
+
+def htpasswd_line(username: str, password: str, rounds: int = HTPASSWD_ROUNDS) -> str:
+    """One line of an htpasswd file as Distribution reads it: bcrypt, the only hash it takes."""
+    import bcrypt  # only the swarm engine's first `up` needs it
+
+    return f"{username}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()}\n"
+
+
+def registry_credentials(folder: Path) -> dict[str, str]:
+    """The registry's one user and password, made at random at the first `up` and kept in `folder` (0700): auth.json
+    for the manager and the hub, which log in with it, and htpasswd for the registry, which checks it. Each is 0600."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    auth_file, htpasswd = folder / "auth.json", folder / "htpasswd"
+    if not auth_file.exists():
+        htpasswd.unlink(missing_ok=True)  # made for another password
+        private_file(auth_file, json.dumps({"username": AUTH_USER, "password": secrets.token_urlsafe(32)}) + "\n")
+    auth = json.loads(auth_file.read_text())
+    if not htpasswd.exists():
+        private_file(htpasswd, htpasswd_line(auth["username"], auth["password"]))
+    return {"username": auth["username"], "password": auth["password"]}
+
+
+def swarm_secret(name: str, path: Path) -> dict[str, str]:
+    """A file given to a service as a swarm secret: its path, and a name that changes with its contents (a swarm
+    secret cannot change in place, so a new one replaces it)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return {"file": str(path.resolve()), "name": f"{name}_{digest}"}
+
+
+def guard_command(project: str, hub: HubConfig, interface: str, https_port: int, http_port: int,
+                  registry_port: int | None = None) -> list[str]:
+    """The global guard's command. The only DNAT-ed connections it lets through are to the hub's own published
+    ports, matched with the hub's container ports (8443, 8080): the registry's port (5000 inside) can never pass.
+    The registry's published port is also closed to labs outright (--closed), at the node's public addresses too,
+    where Docker's proxy would answer them."""
+    return ["python3", "-m", "hub_ext.netguard", "--project", project, "--pool", str(hub.lab_subnet_pool),
+            "--interface", interface, *(a for net in hub.lab_allowed_ranges for a in ("--allow", str(net))),
+            "--publish", f"{https_port}:8443", "--publish", f"{http_port}:8080",
+            *(("--closed", str(registry_port)) if registry_port else ())]
 
 
 def node_summary(node: dict[str, Any]) -> dict[str, Any]:
@@ -157,12 +230,20 @@ class SwarmStack(Stack):
         image_map.parent.mkdir(exist_ok=True)
         if not image_map.exists():
             image_map.write_text("{}\n")  # the bind's source must exist; until the push, labs stay on this manager
+        auth_dir = self.options.run_dir / AUTH_DIR
+        registry_credentials(auth_dir)
         return {"manager_node": self.docker.swarm_node_id(), "registry_port": self.options.registry_port,
-                "registry_mesh": self.routing_mesh}
+                "registry_mesh": self.routing_mesh,
+                "registry_secrets": {"htpasswd": swarm_secret(f"{self.options.project}_registry_htpasswd", auth_dir / "htpasswd"),
+                                     "auth": swarm_secret(f"{self.options.project}_registry_auth", auth_dir / "auth.json")}}
 
     def distribute(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> None:
-        """Push the hub's and the labs' images to the stack's registry by key (once per key) and record the digest of
-        each in images.json, from which the hub runs labs and helpers on any node. Workers pull on first use."""
+        """Push the hub's and the labs' images to the stack's registry and record the digest of each in images.json,
+        from which the hub runs labs and helpers on any node. Workers pull on first use.
+
+        A tag in the registry is never trusted: whoever reaches it could have pushed there. A digest is pinned only
+        once its manifest there is checked to be the image built here (built_here), so an image stays pinned across
+        `up`s while it checks out, and is pushed again (with the registry's credentials) when it does not."""
         deadline = time.monotonic() + REGISTRY_TIMEOUT
         while not registry_answers(self.registry):
             if time.monotonic() > deadline:
@@ -170,15 +251,23 @@ class SwarmStack(Stack):
                                     "(`invoke logs registry`); labs can still run on this manager")
             status(f"waiting for the stack's registry at {self.registry}")
             time.sleep(0.5)
+        auth = registry_credentials(self.options.run_dir / AUTH_DIR)
+        self.docker.login(self.registry, auth["username"], auth["password"])  # the push, and the guard's service
         pinned = {}
         for ref in sorted({images["hub"], *lab_images.values()}):
             repository, key = ref.rsplit(":", 1)
-            digest = registry_digest(self.registry, repository, key)
-            if digest is None:
-                status(f"pushing {ref} to the stack's registry (once per key)")
+            image_id = self.docker.inspect(ref)["Id"]
+            digest = (self.pinned(ref) or "").removeprefix(f"{self.registry}/{repository}@")
+            if not built_here(registry_manifest(self.registry, repository, digest, auth) if digest.startswith("sha256:") else None,
+                              digest, image_id):
+                status(f"pushing {ref} to the stack's registry")
                 started = time.monotonic()
                 self.docker.tag(ref, f"{self.registry}/{repository}", key)
                 digest = self.docker.push(f"{self.registry}/{repository}", key)
+                if not built_here(registry_manifest(self.registry, repository, digest, auth), digest, image_id):
+                    raise HubforgeError(f"the stack's registry holds {repository}@{digest} where the push of {ref} reported it, "
+                                        f"but that is not the image built here ({image_id[:19]}); nothing was pinned "
+                                        "(`invoke logs registry`)")
                 self.say(f"pushed {ref} to the stack's registry in {time.monotonic() - started:.1f} s")
             pinned[ref] = f"{self.registry}/{repository}@{digest}"
         image_map = self.options.run_dir / IMAGE_MAP
@@ -218,11 +307,11 @@ class SwarmStack(Stack):
         if not hub.lab_network_guard:
             self.docker.remove_service(self.guard_service)
             return
-        command = ["python3", "-m", "hub_ext.netguard", "--project", self.options.project, "--pool", str(hub.lab_subnet_pool),
-                   "--interface", self.gateway_bridge, *(a for net in hub.lab_allowed_ranges for a in ("--allow", str(net)))]
+        command = guard_command(self.options.project, hub, self.gateway_bridge, self.options.https_port, self.options.http_port,
+                                self.options.registry_port)
         labels = {PROJECT_LABEL: self.options.project, ROLE_LABEL: "netguard"}
         if self.docker.ensure_host_service(self.guard_service, hub_image, command, labels, ["NET_ADMIN", "NET_RAW"],
-                                           ready_file=str(GUARD_READY)):
+                                           ready_file=str(GUARD_READY), log_options=log_options(hub.log_max_size, hub.log_max_files)):
             self.say("the network guard runs on every node (a global service)")
 
     def lab_services(self) -> list[dict]:

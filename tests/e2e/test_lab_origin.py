@@ -11,6 +11,8 @@ same script succeeds: the attack is real, and the admin page warns about it.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from playwright.sync_api import expect
 
@@ -111,3 +113,38 @@ def test_with_a_shared_origin_the_same_script_succeeds_and_the_admin_page_warns(
     assert members(admin) == ["mallory"], f"the attack did not work, so the test above proves nothing ({outcome})"
     navigate(page, shared_origin.url + "hub/admin")
     expect(page.locator("#hubforge-shared-origin")).to_contain_text("Labs share the hub's origin")
+
+
+# mallory's lab adds one header to every response it sends, its redirects and 404s included: her own hub login cookie,
+# for the hub's whole domain. Her server's config lives in her home, so she controls it.
+TOSS_CONFIG = """
+from jupyter_server.base.handlers import JupyterHandler
+_defaults = JupyterHandler.set_default_headers
+def _toss(self):
+    _defaults(self)
+    self.add_header("Set-Cookie", {cookie!r})
+JupyterHandler.set_default_headers = _toss
+"""
+WRITE_CONFIG = ("import pathlib, sys; folder = pathlib.Path.home() / '.jupyter'; folder.mkdir(exist_ok=True); "
+                "(folder / 'jupyter_server_config.py').write_text(sys.argv[1])")
+
+
+def test_a_lab_cannot_sign_its_visitor_in_to_the_hub_as_its_owner(live, page):
+    """Cookie tossing: a lab page sets its owner's hub login cookie for the parent domain. The admin who visits it
+    stays the admin: the hub's login cookie is `__Host-` prefixed, which a browser refuses to take with a Domain."""
+    admin = claim_admin(live)
+    owner, api = approved_user(live, admin, "tosser")
+    (login,) = [c for c in owner.http.cookies if c.name.endswith("jupyterhub-hub-login")]
+    host = live.url.split("/")[2].split(":")[0]  # hub.localhost
+    cookie = f"{login.name}={login.value}; Domain={host}; Path={login.path}; Secure; HttpOnly; SameSite=Lax"
+    api.start("tosser")
+    planted = live.lab("tosser").exec_run(["python3", "-c", WRITE_CONFIG, TOSS_CONFIG.format(cookie=cookie)], user="lab")
+    assert planted.exit_code == 0, planted.output.decode()
+    api.stop("tosser")
+    api.start("tosser")
+
+    LoginPage(page, live.url).login(ADMIN, PASSWORD)
+    page.goto(api.url("user/tosser/anything"))  # the lab answers (a redirect to the hub, then a refusal): cookie set
+    page.goto(live.url + "hub/api/user")
+    who = json.loads(page.locator("body").inner_text())["name"]
+    assert who == ADMIN, f"visiting tosser's lab signed the admin in to the hub as {who!r}"

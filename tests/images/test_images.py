@@ -149,6 +149,43 @@ def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built
         shell.remove(force=True)
 
 
+def sbom_of(image: str, folder: Path) -> dict:
+    """`invoke sbom IMAGE`, as an operator runs it; the CycloneDX document it wrote."""
+    path = folder / "sbom.cdx.json"
+    result = subprocess.run([sys.executable, "-m", "invoke", "sbom", image, "--output", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(path.read_text())
+
+
+def test_the_gpu_probe_sbom_names_busybox_and_the_libraries_it_copied_with_their_versions(built, tracked, tmp_path):
+    components = {c["name"]: c for c in sbom_of(built["gpu-probe"], tmp_path)["components"]}
+    busybox = next(line.split()[1] for line in (ROOT / "images/gpu-probe/apt.lock").read_text().splitlines()
+                   if line.startswith("busybox-static "))
+    assert components["busybox-static"]["version"] == busybox
+    assert components["busybox-static"]["purl"].startswith("pkg:deb/debian/busybox-static@")
+    # glibc and ldconfig come from the build stage's own packages (the base image's): the same versions
+    code, output = tracked.run(built["base"], ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "libc6", "libc-bin"],
+                               entrypoint=[])
+    assert code == 0, output
+    for package, version in (line.split() for line in output.strip().splitlines()):
+        assert components[package]["version"] == version, package
+        assert components[package]["purl"].startswith(f"pkg:deb/debian/{package}@"), package
+
+
+def test_the_lab_sbom_lists_the_npm_packages_of_its_extensions_and_their_bundles(built, tmp_path):
+    npm = {(c["name"], c["version"]): c["purl"] for c in sbom_of(built["lab"], tmp_path)["components"]
+           if c["purl"].startswith("pkg:npm/")}
+    notify = json.loads((ROOT / "images/lab/hubforge-notify/package.json").read_text())
+    assert npm[("@hubforge/notify", notify["version"])] == f"pkg:npm/%40hubforge/notify@{notify['version']}"
+    # what an extension's bundle holds (the builder's third-party-licenses.json): jupyterlab_pygments bundles
+    # css-loader; hubforge-notify bundles nothing, its @jupyterlab packages are JupyterLab's own, listed with its bundle
+    names = {name for name, _ in npm}
+    assert {"jupyterlab_pygments", "css-loader", "@jupyterhub/jupyter-server-proxy"} <= names
+    assert {"@jupyterlab/apputils", "@lumino/widgets", "@codemirror/view"} <= names
+    assert all(version and purl.endswith(f"@{version}") for (_, version), purl in npm.items())
+
+
 def test_sbom_of_an_image_that_is_not_here_says_so_in_one_line():
     result = subprocess.run([sys.executable, "-m", "invoke", "sbom", "hubforge/absent:0"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

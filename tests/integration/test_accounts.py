@@ -14,6 +14,7 @@ import time
 import docker
 import pytest
 
+from ..helpers import wait_until
 from ..hubclient import HubAPI, HubSession, plain_get
 from ..livestack import ADMIN, PASSWORD, approved_user, claim_admin, start_stack, stop_stack
 
@@ -70,6 +71,78 @@ def test_unapprove_revokes_tokens_sessions_and_the_server(live, admin, admin_api
     assert home.status_code == 302 and "/hub/login" in home.headers["Location"]  # the cookie session is over
     assert admin_api.user("kim")["servers"] == {}
     assert "not been authorized" in HubSession(live.url).login("kim", PASSWORD).text
+
+
+# A server config in the user's own home that never returns: the lab's start then stays pending for as long as the
+# user likes (any user can write it, from a terminal or a notebook).
+STALL = "import time\ntime.sleep(3600)\n"
+WRITE_CONFIG = ("import pathlib, sys; folder = pathlib.Path.home() / '.jupyter'; folder.mkdir(exist_ok=True); "
+                "(folder / 'jupyter_server_config.py').write_text(sys.argv[1])")
+
+
+def lab_containers(live, name: str) -> list:
+    return docker.from_env().containers.list(filters={"label": [f"hubforge.project={live.project}", f"hubforge.user={name}"]})
+
+
+def hold_next_start(live, api: HubAPI, name: str) -> None:
+    """The user's next start is held pending on purpose: its container runs, its server never answers."""
+    api.start(name)
+    wrote = live.lab(name).exec_run(["python3", "-c", WRITE_CONFIG, STALL], user="lab")
+    assert wrote.exit_code == 0, wrote.output.decode()
+    api.stop(name)
+    assert api.request("POST", f"hub/api/users/{name}/server").status_code == 202
+    wait_until(lambda: lab_containers(live, name) and (api.user(name)["servers"].get("") or {}).get("pending") == "spawn",
+               90, f"{name}'s start to be under way and held")
+
+
+def test_unapproving_during_a_held_start_ends_everything(live, admin, admin_api):
+    """Revocation while a start is pending: credentials die at once, and the start is cancelled (it used to answer
+    500, leaving the user's token, OAuth tokens and cookie alive)."""
+    session, api = approved_user(live, admin, "oli")
+    hold_next_start(live, api, "oli")
+
+    answer = act(admin, "oli", "unapprove")
+    assert answer.status_code == 302, f"unapprove answered {answer.status_code}: {answer.text[-300:]}"
+
+    assert api.request("GET", "hub/api/user").status_code in (401, 403)  # the token is refused at once
+    home = session.http.get(session.url("hub/home"), allow_redirects=False, timeout=30)
+    assert home.status_code == 302 and "/hub/login" in home.headers["Location"]  # the cookie no longer works
+    wait_until(lambda: not lab_containers(live, "oli") and admin_api.user("oli")["servers"] == {}, 60,
+               "oli's held lab to be gone")
+
+
+def test_discarding_during_a_held_start_completes_and_can_be_retried(live, admin, admin_api):
+    _, api = approved_user(live, admin, "pam")
+    hold_next_start(live, api, "pam")
+    assert act(admin, "pam", "unapprove").status_code == 302
+    assert act(admin, "pam", "discard", confirm="pam").status_code == 302
+    assert admin_api.request("GET", "hub/api/users/pam").status_code == 404
+    assert user_volumes(live, "pam") == set() and not lab_containers(live, "pam")
+    again = act(admin, "pam", "discard", confirm="pam")  # a retry (a double click, a timed-out first try)
+    assert again.status_code == 302 and "nothing left to discard" in again.headers["Location"]
+
+
+@pytest.mark.parametrize("route", ["rest-api", "admin-page"])
+def test_a_deleted_users_files_never_reach_the_next_owner_of_the_name(live, admin, admin_api, route):
+    """JupyterHub's own "Delete user" (the admin page's button calls DELETE /hub/api/users/NAME with the admin's
+    cookie session; a script calls it with a token) takes the user's volumes too."""
+    name = {"rest-api": "quin", "admin-page": "rhea"}[route]
+    _, api = approved_user(live, admin, name)
+    api.start(name)
+    assert live.lab(name).exec_run(["sh", "-c", "echo private > /home/lab/workspace/diary.txt"], user="lab").exit_code == 0
+    api.stop(name)
+    if route == "rest-api":
+        deleted = admin_api.request("DELETE", f"hub/api/users/{name}")
+    else:
+        admin.http.get(admin.url("hub/admin"), timeout=30)  # the page sets the _xsrf cookie its script sends back
+        deleted = admin.api("DELETE", f"users/{name}")
+    assert deleted.status_code == 204, deleted.text
+    assert user_volumes(live, name) == set()
+
+    _, newcomer = approved_user(live, admin, name)  # a new person signs up under the same name
+    newcomer.start(name)
+    listing = live.lab(name).exec_run(["ls", "-A", "/home/lab/workspace"], user="lab")
+    assert listing.exit_code == 0 and b"diary.txt" not in listing.output
 
 
 def test_a_hub_restart_approves_nobody(live, admin):

@@ -15,9 +15,11 @@ import socket
 import subprocess
 import threading
 import time
+import sys
 import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -145,6 +147,135 @@ def test_link_local_and_private_addresses_are_blocked_while_the_internet_is_not(
                                "--dest", "/tmp/download", "hfprobe"], user="lab")
     assert download.exit_code == 0, download.output.decode()[-800:]
     assert b"Saved /tmp/download/hfprobe-1.0-py3-none-any.whl" in download.output
+
+
+# -- private services behind the host (issue 25, part 9) --------------------------------------------------------
+# A private network of this machine alone: a namespace behind a veth pair (a libvirt or kube-proxy backend, as far as
+# a lab can tell) and one more address on the dummy interface. Outside the module's lab pool and Docker's own pools.
+BACKEND_NS = "hfiso-backend"
+BACKEND_HOST, BACKEND = "10.197.31.1", "10.197.31.2"  # the host's end of the veth, the namespace's end
+PRIVATE_DNS = "10.197.31.9"  # on the dummy interface: a DNS server of the operator's, not the host's resolver
+FORWARD_PORT, BACKEND_PORT = 18080, 8000  # PUBLIC:18080 is DNAT-ed to BACKEND:8000 by a rule of the test's own
+
+BACKEND_SERVER = r"""
+import socket, sys, threading
+host = sys.argv[1]
+def tcp(server):
+    while True:
+        server.accept()[0].close()
+def udp(server):
+    while True:
+        data, peer = server.recvfrom(512)
+        server.sendto(data, peer)
+for port in map(int, sys.argv[2:]):
+    datagrams = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagrams.bind((host, port))
+    threading.Thread(target=tcp, args=(socket.create_server((host, port)),), daemon=True).start()
+    threading.Thread(target=udp, args=(datagrams,), daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+"""
+
+UDP_PROBE = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+try:
+    sock.connect((sys.argv[1], int(sys.argv[2])))
+    sock.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03hub\x00\x00\x01\x00\x01")
+    sock.recv(512)
+except OSError as exc:
+    print(f"no answer: {exc}")
+    sys.exit(1)
+print("answered")
+"""
+
+
+def answers_udp(container, host: str, port: int, user: str = "lab") -> bool:
+    """Whether a datagram from inside `container` to host:port gets an answer (3 s timeout)."""
+    return container.exec_run(["python3", "-c", UDP_PROBE, host, str(port)], user=user).exit_code == 0
+
+
+def run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def private_backends(outside):
+    """BACKEND in a namespace of the module's own (TCP and UDP echo on 53 and BACKEND_PORT), PRIVATE_DNS on the dummy
+    interface (the same on 53), and a host port forward PUBLIC:FORWARD_PORT -> BACKEND:BACKEND_PORT. All removed after."""
+    dnat = ["PREROUTING", "-d", f"{PUBLIC}/32", "-p", "tcp", "--dport", str(FORWARD_PORT),
+            "-j", "DNAT", "--to-destination", f"{BACKEND}:{BACKEND_PORT}"]
+    servers = []
+    try:
+        run("ip", "netns", "add", BACKEND_NS)
+        run("ip", "link", "add", "hfisob0", "type", "veth", "peer", "name", "hfisob1", "netns", BACKEND_NS)
+        run("ip", "addr", "add", f"{BACKEND_HOST}/29", "dev", "hfisob0")
+        run("ip", "link", "set", "hfisob0", "up")
+        run("ip", "-n", BACKEND_NS, "addr", "add", f"{BACKEND}/29", "dev", "hfisob1")
+        run("ip", "-n", BACKEND_NS, "link", "set", "hfisob1", "up")
+        run("ip", "-n", BACKEND_NS, "route", "add", "default", "via", BACKEND_HOST)
+        run("ip", "addr", "add", f"{PRIVATE_DNS}/32", "dev", DUMMY)
+        run("iptables", "-w", "-t", "nat", "-I", *dnat[:1], "1", *dnat[1:])
+        for namespace, host, ports in ((BACKEND_NS, BACKEND, ("53", str(BACKEND_PORT))), (None, PRIVATE_DNS, ("53",))):
+            prefix = ["ip", "netns", "exec", namespace] if namespace else []
+            server = subprocess.Popen([*prefix, sys.executable, "-c", BACKEND_SERVER, host, *ports],
+                                      stdout=subprocess.PIPE, text=True)
+            servers.append(server)
+            assert server.stdout.readline().strip() == "listening", f"the listener on {host} did not start"
+        for host, port in ((BACKEND, BACKEND_PORT), (BACKEND, 53), (PRIVATE_DNS, 53)):
+            socket.create_connection((host, port), timeout=3).close()  # the host reaches them: the lab's view is the test
+        yield
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(timeout=10)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-D", *dnat], capture_output=True)
+        subprocess.run(["ip", "addr", "del", f"{PRIVATE_DNS}/32", "dev", DUMMY], capture_output=True)
+        subprocess.run(["ip", "netns", "del", BACKEND_NS], capture_output=True)  # takes the veth pair with it
+        subprocess.run(["ip", "link", "del", "hfisob0"], capture_output=True)
+
+
+def test_a_host_port_forward_to_a_private_backend_is_refused_from_a_lab(live, labs, private_backends):
+    """Before issue 25 every DNAT-ed connection passed the guard: libvirt's, kube-proxy's, the Swarm ingress's, this one."""
+    assert reaches(live.hub(), PUBLIC, FORWARD_PORT, user=""), "the forward must work for a container the guard does not watch"
+    assert not reaches(live.lab("alice"), PUBLIC, FORWARD_PORT), "a lab reached a private backend through a host port forward"
+
+
+def test_labs_send_dns_only_to_the_hosts_resolvers_and_still_resolve_names(live, labs, private_backends):
+    alice = live.lab("alice")
+    assert answers_udp(live.hub(), PRIVATE_DNS, 53, user=""), "the private DNS server must answer a container the guard does not watch"
+    for host in (PRIVATE_DNS, BACKEND):  # on the host itself (INPUT), and behind it (forwarded)
+        assert not reaches(alice, host, 53), f"a lab opened TCP port 53 of the private address {host}"
+        assert not answers_udp(alice, host, 53), f"a lab's datagram to port 53 of the private address {host} was answered"
+    resolved = alice.exec_run(["python3", "-c", "import socket; print(socket.gethostbyname('hub'))"], user="lab")
+    assert resolved.exit_code == 0, f"a lab cannot resolve the hub's name: {resolved.output.decode()}"
+    # What Docker's embedded DNS cannot answer it asks the host's resolvers, from inside the lab: those stay open. (Checked
+    # on the rules, not with a query: the test sends nothing off this machine.)
+    resolvers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+                 if line.startswith("nameserver") and "." in line and not line.split()[1].startswith("127.")]
+    chain = subprocess.run(["iptables", "-w", "-S", f"HF-{live.project}-FWD"], capture_output=True, text=True, check=True).stdout
+    for resolver in resolvers:
+        assert f"-d {resolver}/32 -p udp -m udp --dport 53 -j RETURN" in chain, chain
+    assert not [line for line in chain.splitlines() if "--dport 53" in line and " -d " not in line], chain
+
+
+LOG_FLOOD = 2**30  # bytes a lab prints (issue 25, part 8)
+
+
+def test_a_lab_that_prints_without_end_keeps_at_most_the_configured_log(live, labs):
+    """Container logs were unbounded json-file: a lab printing without end filled /var/lib/docker. Now 10m x 3 (defaults)."""
+    bob = live.lab("bob")
+    line = "x" * 4095  # long lines: the daemon's cost is per line, and the bytes are what fill the disk
+    started = time.monotonic()
+    flood = bob.exec_run(["sh", "-c", f"yes {line} | head -c {LOG_FLOOD} > /proc/1/fd/1"], user="lab")  # into PID 1's stdout: the log
+    assert flood.exit_code == 0, flood.output.decode()[-400:]
+    bob.reload()
+    folder = Path(bob.attrs["LogPath"]).parent
+    size = sum(f.stat().st_size for f in folder.glob("*-json.log*"))
+    print(f"{LOG_FLOOD >> 20} MiB printed in {time.monotonic() - started:.1f} s; {size / 2**20:.1f} MiB of log kept")
+    assert bob.attrs["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+    assert size <= 3 * (10 * 2**20 + 2**16), f"{size} bytes of log remain after {LOG_FLOOD} printed (at most 3 x 10m)"
 
 
 def test_the_hub_keeps_its_own_default_route(live, labs):

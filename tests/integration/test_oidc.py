@@ -1,7 +1,9 @@
 """AUTHENTICATOR=oidc against a real OpenID Connect provider (images/idp: oidc-provider) in the stack, as an operator
 runs Keycloak next to the hub: discovery through the provider's service name, the code flow in the browser's
-place, who gets in and who is admin from its groups, a member removed at the provider refused and stopped, logout
-at the provider, self-service for provider users, and a bad issuer refused in one line."""
+place, who gets in and who is admin from its groups, a member removed at the provider refused and stopped, a user
+allowed by name refused and stopped once the name leaves OIDC_ALLOWED_USERS, a deleted user's binding to their
+account at the provider gone with them, logout at the provider, self-service for provider users, and a bad issuer
+refused in one line."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import time
 import docker
 import pytest
 
+from ..helpers import wait_until
 from ..hubclient import HubAPI, KernelClient, plain_get
 from ..idp import CLIENT_ID, Idp, prepare, sign_in
-from ..livestack import ROOT, current_images, start_stack, stop_stack
+from ..livestack import ROOT, LiveStack, current_images, start_stack, stop_stack
 from .conftest import RESULTS
 
 pytestmark = pytest.mark.integration
@@ -33,6 +36,10 @@ def idp(tmp_path_factory) -> Idp:
     made.add_user("bob", PASSWORD, [TEAM])
     made.add_user("cleo", PASSWORD, [TEAM])
     made.add_user("mallory", PASSWORD, ["contractors"])
+    made.add_user("dora", PASSWORD, ["guests"])  # outside the allowed groups: in by name only (OIDC_ALLOWED_USERS)
+    made.add_user("finn", PASSWORD, [TEAM])
+    # another account at the provider that later gets the name dora (its `sub` is its own: "dora-new")
+    made.add_user("dora-new", PASSWORD, [TEAM], preferred_username="dora")
     made.add_user("admin", PASSWORD, [TEAM])  # JUPYTERHUB_ADMIN's name at a provider where anyone may pick it
     # an e-mail address with dots and unicode for a username, in a provider group named like a built-in group
     made.add_user("zoe", PASSWORD, [TEAM, "docker-sock"], preferred_username="Zoë.Müller@Example.org")
@@ -41,7 +48,7 @@ def idp(tmp_path_factory) -> Idp:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, idp, request):
-    env = idp.env(OIDC_ALLOWED_GROUPS=TEAM, OIDC_ADMIN_GROUPS=ADMINS, OIDC_LOGIN_NAME="Test IdP",
+    env = idp.env(OIDC_ALLOWED_GROUPS=TEAM, OIDC_ALLOWED_USERS="dora", OIDC_ADMIN_GROUPS=ADMINS, OIDC_LOGIN_NAME="Test IdP",
                   OIDC_LOGOUT_PROVIDER="1", OIDC_RECHECK_SECONDS=str(RECHECK_SECONDS))
     stack = start_stack(tmp_path_factory.mktemp("stack"), env, before=prepare(idp))
     yield stack
@@ -50,10 +57,34 @@ def live(tmp_path_factory, idp, request):
     stop_stack(stack)
 
 
+def landed(live: LiveStack, answer, name: str) -> bool:
+    """A sign-in ends on the hub (its spawn page while the lab starts) or, with a fast lab, already in the lab, at
+    the user's own subdomain (https://<name>.hub.localhost:<port>/user/<name>/lab)."""
+    lab_origin = live.url.replace("://", f"://{name}.", 1)
+    return answer.status_code == 200 and (answer.url.startswith(live.url) or answer.url.startswith(lab_origin))
+
+
+def restart_hub_with(live: LiveStack, **changes: str | None) -> None:
+    """The operator changes settings in .env (None: the line goes) and the hub is recreated to take them, as
+    `invoke up` does; the labs keep running."""
+    env = live.stack.options.run_dir / ".env"
+    lines = [line for line in env.read_text().splitlines() if line.split("=", 1)[0] not in changes]
+    lines += [f"{name}={value}" for name, value in changes.items() if value is not None]
+    env.write_text("\n".join(lines) + "\n")
+    before = live.hub().id
+    live.compose.start()  # `docker compose up --wait`: recreates the hub, whose environment changed
+    assert live.hub().id != before, "the settings change did not recreate the hub"
+
+
+def signed_out(session) -> bool:
+    home = session.http.get(session.url("hub/home"), allow_redirects=False, timeout=60)
+    return home.status_code == 302 and "login" in home.headers["Location"]
+
+
 @pytest.fixture(scope="module")
 def ada(live, idp):
     session, answer = sign_in(live.url, "ada", PASSWORD)
-    assert answer.status_code == 200 and answer.url.startswith(live.url), (answer.status_code, answer.url)
+    assert landed(live, answer, "ada"), (answer.status_code, answer.url)
     return session, HubAPI(live.url, session.new_token("ada"))
 
 
@@ -144,6 +175,49 @@ def test_a_signed_in_member_who_loses_access_is_signed_out_within_the_recheck_an
     home = session.http.get(session.url("hub/home"), allow_redirects=False, timeout=60)
     assert home.status_code == 302 and "login" in home.headers["Location"], (home.status_code, home.headers)
     assert ada[1].user("cleo")["servers"] == {}
+
+
+def test_a_member_removed_at_the_provider_loses_their_server_at_the_next_recheck_without_coming_back(live, idp, ada):
+    """Nobody asks the hub on their behalf (a terminal left open needs no request): the recheck itself stops them."""
+    session, answer = sign_in(live.url, "finn", PASSWORD)
+    assert landed(live, answer, "finn"), (answer.status_code, answer.url)
+    HubAPI(live.url, session.new_token("finn")).wait_ready("finn")  # started by the sign-in
+    idp.set_groups("finn", ["alumni"])
+    wait_until(lambda: ada[1].user("finn")["servers"] == {}, RECHECK_SECONDS * 3 + 30,
+               "finn's server to stop at a recheck, without a request from finn")
+    with pytest.raises(docker.errors.NotFound):
+        live.lab("finn")
+    wait_until(lambda: signed_out(session), RECHECK_SECONDS * 2 + 10, "finn's session to be refused at a recheck")
+
+
+def test_a_user_allowed_by_name_is_refused_and_stopped_once_the_name_leaves_the_setting(live, idp, ada):
+    session, answer = sign_in(live.url, "dora", PASSWORD)
+    assert landed(live, answer, "dora"), (answer.status_code, answer.url)  # by name: dora is in no allowed group
+    HubAPI(live.url, session.new_token("dora")).wait_ready("dora")  # started by the sign-in
+    restart_hub_with(live, OIDC_ALLOWED_USERS=None)  # the operator takes dora off the list
+    wait_until(lambda: ada[1].user("dora")["servers"] == {}, RECHECK_SECONDS * 3 + 30,
+               "dora's server to stop at a recheck after the restart, without a request from dora")
+    with pytest.raises(docker.errors.NotFound):
+        live.lab("dora")
+    assert signed_out(session)  # the session from before the change is over
+    _, again = sign_in(live.url, "dora", PASSWORD)
+    assert again.status_code == 403 and "You signed in at the identity provider as dora" in again.text
+
+
+def test_a_deleted_users_binding_at_the_provider_goes_with_them_and_another_account_may_take_the_name(live, idp, ada):
+    admin = ada[1]
+    assert admin.request("GET", "hub/api/users/dora").status_code == 200  # signed in above, bound to sub "dora"
+    _, taken = sign_in(live.url, "dora-new", PASSWORD)  # the provider now calls another account dora
+    assert taken.status_code == 403 and "belongs to another account" in taken.text
+    if admin.user("dora")["servers"]:
+        admin.stop("dora")
+    deleted = admin.request("DELETE", "hub/api/users/dora")  # the admin page's "Delete user"
+    assert deleted.status_code == 204, deleted.text
+    session, answer = sign_in(live.url, "dora-new", PASSWORD)
+    assert landed(live, answer, "dora"), (answer.status_code, answer.url, answer.text[:300])
+    user = admin.user("dora")
+    assert user["admin"] is False and TEAM in user["groups"]
+    assert HubAPI(live.url, session.new_token("dora")).user("dora")["name"] == "dora"  # signed in as the new dora
 
 
 def test_logout_ends_the_hub_session_and_the_providers(live, idp):

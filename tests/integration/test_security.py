@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
 from ..hubclient import HubSession
-from ..livestack import ADMIN, PASSWORD
+from ..livestack import ADMIN, PASSWORD, approved_user
 
 pytestmark = pytest.mark.integration
 STACK_ENV = {"LOGIN_MAX_FAILURES": "5", "LOGIN_LOCKOUT_SECONDS": "600", "LOGIN_ADDRESS_LIMIT": "100"}
@@ -157,3 +161,129 @@ def test_the_http_port_only_redirects(live):
     for path in ("hub/login", "hub/api/users", "user/anyone/lab"):
         response = plain.get(live.http_url + path, allow_redirects=False, timeout=30)
         assert response.status_code == 301 and response.headers["location"].startswith("https://")
+
+
+# Run in a lab: the hub sees the lab's own address, so its budget (LOGIN_ADDRESS_LIMIT) is this test's alone.
+# It first spends `spend` of it with refused signups (no hash), then posts `storm` wrong passwords at once,
+# each for another name (no per-account wait), and prints the statuses: 200 "invalid" means bcrypt checked it.
+STORM = r"""
+import concurrent.futures, json, re, ssl, sys, urllib.error, urllib.parse, urllib.request
+hub = "https://hub:8443/hub/"  # through the hub's TLS proxy, as a browser would
+tls = ssl._create_unverified_context()
+
+def call(path, fields=None, cookie=""):
+    body = urllib.parse.urlencode(fields).encode() if fields is not None else None
+    request = urllib.request.Request(hub + path, data=body, headers={"Cookie": cookie} if cookie else {})
+    try:
+        answer = urllib.request.urlopen(request, timeout=120, context=tls)
+    except urllib.error.HTTPError as exc:
+        answer = exc
+    return answer.status, answer.headers.get_all("Set-Cookie") or [], answer.read().decode()
+
+_, headers, page = call("login")
+cookie = "; ".join(header.split(";", 1)[0] for header in headers)
+xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+spend, storm = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(spend):
+    status, _, text = call("signup", {"_xsrf": xsrf, "username": "a b", "signup_password": "x", "signup_password_confirmation": "x"}, cookie)
+    assert status == 200 and "contains a space" in text, (status, text[-300:])
+
+def guess(number):
+    status, _, text = call("login", {"_xsrf": xsrf, "username": f"storm{number}", "password": "wrong-guess"}, cookie)
+    return [status, "Invalid username or password" in text]
+
+with concurrent.futures.ThreadPoolExecutor(storm) as pool:
+    print(json.dumps(list(pool.map(guess, range(storm)))))
+"""
+
+
+def test_simultaneous_wrong_passwords_get_no_more_checks_than_the_address_budget(live, admin):
+    """The budget is spent before bcrypt runs: 50 guesses at once from one address, 40 of its budget left."""
+    _, api = approved_user(live, admin, "zed")
+    api.start("zed")
+    limit, spend, storm = int(STACK_ENV["LOGIN_ADDRESS_LIMIT"]), 60, 50
+    result = live.lab("zed").exec_run(["python3", "-c", STORM, str(spend), str(storm)], user="lab")
+    assert result.exit_code == 0, result.output.decode()[-2000:]
+    answers = json.loads(result.output.decode().strip().splitlines()[-1])
+    checked = sum(1 for status, invalid in answers if status == 200 and invalid)
+    throttled = sum(1 for status, _ in answers if status == 429)
+    assert checked <= limit - spend, f"{checked} of {storm} simultaneous guesses were checked; the budget left {limit - spend}"
+    assert checked + throttled == storm, answers
+
+
+def change_password(session: HubSession, token: str, old: str, new: str) -> requests.Response:
+    """One change-password post on a session of its own (the user's cookies): the posts run in threads."""
+    own = requests.Session()
+    own.verify, own.trust_env = False, False
+    own.cookies.update(session.http.cookies)
+    return own.post(session.url("hub/change-password"), timeout=120, data={
+        "_xsrf": token, "old_password": old, "new_password": new, "new_password_confirmation": new})
+
+
+class Bystander:
+    """Someone else's browser polling /hub/health throughout: the longest wait for an answer."""
+
+    def __init__(self, live) -> None:
+        self.http = requests.Session()
+        self.http.verify, self.http.trust_env = False, False
+        self.url = live.url + "hub/health"
+        self.waits: list[float] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.done.is_set() and len(self.waits) < 10_000:
+            started = time.monotonic()
+            self.http.get(self.url, timeout=30).raise_for_status()
+            self.waits.append(time.monotonic() - started)
+            self.done.wait(0.02)
+
+    def __enter__(self) -> "Bystander":
+        self.http.get(self.url, timeout=30)  # the connection is open before the storm: only the hub's wait is measured
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(60)
+
+
+def test_wrong_old_passwords_neither_freeze_the_hub_nor_go_unthrottled(live, admin):
+    user, _ = approved_user(live, admin, "cleo")
+    token = user.xsrf("hub/change-password")
+    with Bystander(live) as bystander, ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda number: change_password(user, token, f"wrong-old-{number}", "Another-passw0rd!"),
+                                range(20)))
+    slowest = max(bystander.waits)
+    statuses = [answer.status_code for answer in answers]
+    assert slowest <= 0.25, f"/hub/health waited {slowest:.2f} s during 20 wrong change-password posts (statuses {statuses})"
+    assert statuses.count(429) >= 14, statuses  # 5 free failures for the account, then refused unchecked
+    assert all("incorrect" in answer.text for answer in answers if answer.status_code == 200)
+
+
+def test_changing_ones_password_still_works(live, admin):
+    user, _ = approved_user(live, admin, "dora")
+    answer = change_password(user, user.xsrf("hub/change-password"), PASSWORD, "Another-passw0rd!")
+    assert answer.status_code == 200 and "changed successfully" in answer.text
+    assert HubSession(live.url).login("dora", "Another-passw0rd!").status_code == 302
+    token = admin.xsrf("hub/change-password/dora")  # the admin's reset, for a user who forgot it
+    reset = admin.http.post(admin.url("hub/change-password/dora"), timeout=60, data={
+        "_xsrf": token, "new_password": "Third-passw0rd!", "new_password_confirmation": "Third-passw0rd!"})
+    assert reset.status_code == 200 and "changed successfully" in reset.text
+    assert HubSession(live.url).login("dora", "Third-passw0rd!").status_code == 302
+
+
+def test_simultaneous_signups_for_one_name_make_one_account(live, admin):
+    sessions = [HubSession(live.url) for _ in range(8)]
+    tokens = [session.xsrf("hub/signup") for session in sessions]  # every form loaded first, then all posted at once
+
+    def post(pair):
+        session, token = pair
+        return alert(session.http.post(session.url("hub/signup"), timeout=60, data={
+            "_xsrf": token, "username": "twin", "signup_password": PASSWORD, "signup_password_confirmation": PASSWORD}))
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        alerts = list(pool.map(post, zip(sessions, tokens)))
+    listed = admin.http.get(admin.url("hub/authorize"), timeout=30).text.count("<td>twin</td>")
+    assert listed == 1, f"{listed} accounts named twin; the signups said {alerts}"
+    assert sum("sent to the admin" in said for said in alerts) == 1 and sum("is taken" in said for said in alerts) == 7, alerts

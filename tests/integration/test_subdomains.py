@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..hubclient import HubSession
+from ..hubclient import HubAPI, HubSession, plain_get
 from ..livestack import PASSWORD, approved_user
 
 pytestmark = pytest.mark.integration
@@ -32,11 +32,12 @@ def test_the_hubs_cookies_never_reach_a_lab(live, admin):
     login = session.login("cora", PASSWORD)
     assert login.status_code == 302
     cookies = login.raw.headers.getlist("Set-Cookie")
-    (login_cookie,) = [c for c in cookies if c.startswith("jupyterhub-hub-login=")]
+    (login_cookie,) = [c for c in cookies if c.startswith("__Host-jupyterhub-hub-login=")]
     assert "domain=" not in login_cookie.lower()  # the credential is host-only: the hub's name, never a lab's
+    assert "path=/;" in login_cookie.lower() + ";"  # and __Host-: no lab can plant one with a Domain (cookie tossing)
     lab = session.http.get(session.url("user/cora/lab"), timeout=60)  # the hub sends the browser to the lab's origin
     assert lab.status_code == 200 and lab.url.startswith("https://cora.hub.localhost:"), lab.url
-    login_jar = [c for c in session.http.cookies if c.name == "jupyterhub-hub-login"]
+    login_jar = [c for c in session.http.cookies if c.name == "__Host-jupyterhub-hub-login"]
     assert login_jar and all(c.domain == "hub.localhost" and not c.domain_specified for c in login_jar)
     sent = session.http.get(lab.url.split("/user/")[0] + "/user/cora/api/me", timeout=30).request.headers.get("Cookie", "")
     assert "jupyterhub-hub-login" not in sent, sent
@@ -46,11 +47,22 @@ def test_the_hubs_cookies_never_reach_a_lab(live, admin):
 
 def test_the_hub_still_answers_on_its_address(live):
     """Scripts and health checks that use the address, not the name, still reach the hub."""
-    from ..hubclient import plain_get
-
     port = live.url.rsplit(":", 1)[1]
     assert plain_get(f"https://127.0.0.1:{port}hub/health").status_code == 200
 
 
 def test_status_says_where_labs_live(live):
     assert live.stack.status()["lab_origin"].startswith("https://<user>.hub.localhost:")
+
+
+def test_a_browser_at_the_hubs_address_is_sent_to_its_name(live, admin_api):
+    """At https://127.0.0.1/ a browser would sign in and then lose the cookies, which name the public host: its page
+    requests go to the public host instead, while token calls (scripts) keep working at the address."""
+    port = live.url.rsplit(":", 1)[1].rstrip("/")
+    for path in ("hub/login", "hub/home?x=1", "user/nobody/lab"):
+        page = plain_get(f"https://127.0.0.1:{port}/{path}", allow_redirects=False)
+        assert page.status_code == 302, (path, page.status_code)
+        assert page.headers["Location"] == f"https://hub.localhost:{port}/{path}"
+    by_address = HubAPI(f"https://127.0.0.1:{port}/", admin_api.http.headers["Authorization"].split(" ", 1)[1])
+    answer = by_address.request("GET", "hub/api/user")
+    assert answer.status_code == 200 and answer.json()["name"] == "admin"

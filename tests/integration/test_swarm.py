@@ -4,17 +4,23 @@ spawn, persistence, restart, volume reset, broadcast, groups, isolation, status 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import random
 import subprocess
+import tarfile
 import time
+import urllib.error
+import urllib.request
 
 import docker
 import pytest
 
 from hub_ext.naming import user_names
 
+from ..helpers import wait_until
 from ..hubclient import EventListener
-from ..livestack import approved_user
+from ..livestack import approved_user, current_images
 
 pytestmark = pytest.mark.integration
 STACK_ENGINE = "swarm"
@@ -215,6 +221,116 @@ def test_status_lists_the_nodes_and_where_each_lab_runs(live):
     here = state["nodes"][0]["hostname"]
     assert state["lab_placement"]["dave"]["node"] == here and state["lab_placement"]["dave"]["state"] == "running"
     assert any(s["service"] == "hub" and s["node"] == here and s["health"] == "healthy" for s in state["services"])
+
+
+PLANTED = "/planted-by-the-test"  # a file the built images do not hold
+PROBE = ("import socket, sys\nfor host in sys.argv[2:]:\n    try:\n"
+         "        socket.create_connection((host, int(sys.argv[1])), timeout=3).close(); print(host, 'connected')\n"
+         "    except OSError as e:\n        print(host, type(e).__name__)\n")
+
+
+def registry_auth(live) -> dict | None:
+    """The registry's credentials from the run folder, as the Docker SDK takes them (None: a registry without any)."""
+    found = live.stack.options.run_dir / "registry-auth" / "auth.json"
+    if not found.exists():
+        return None
+    auth = json.loads(found.read_text())
+    return {"username": auth["username"], "password": auth["password"]}
+
+
+def push(client, repository: str, tag: str, auth: dict | None) -> str:
+    """docker push; the registry's error, or "" when it took the image."""
+    for chunk in client.api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
+        if "error" in chunk:
+            return chunk["error"]
+    return ""
+
+
+def planted(client, built: str, repository: str, tag: str) -> str:
+    """`built` with one file added, committed as repository:tag: what someone who reaches the registry would push."""
+    container = client.containers.create(built)
+    try:
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(PLANTED.lstrip("/")), io.BytesIO(b""))
+        container.put_archive("/", archive.getvalue())
+        return container.commit(repository=repository, tag=tag).id
+    finally:
+        container.remove(force=True)
+
+
+def runs_built_bytes(container, built_id: str) -> None:
+    assert container.image.id == built_id, f"{container.name} runs {container.image.id[:19]}, not the built {built_id[:19]}"
+    assert container.exec_run(["test", "-e", PLANTED]).exit_code != 0, f"{container.name} holds {PLANTED}"
+
+
+def test_an_unauthenticated_push_is_refused(live):
+    registry = live.stack.registry
+    request = urllib.request.Request(f"http://{registry}/v2/hubforge/planted/blobs/uploads/", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    assert status == 401, f"the registry answered {status} to an upload without credentials"
+    client = docker.from_env()
+    client.images.get(current_images()[0]["gpu-probe"]).tag(f"{registry}/hubforge/planted", "anonymous")
+    try:
+        assert "no basic auth credentials" in push(client, f"{registry}/hubforge/planted", "anonymous", None)
+    finally:
+        client.images.remove(f"{registry}/hubforge/planted:anonymous")
+
+
+def test_a_pushed_image_under_the_key_does_not_replace_what_the_swarm_runs(live, admin):
+    """Push a hub and a lab with one file added under their key tags (with the stack's own credentials: even someone
+    who holds them), then `up` again: the guard on every node, the hub and a new lab still run the built bytes."""
+    client, registry = docker.from_env(), live.stack.registry
+    images, lab_images = current_images()
+    built = {name: client.images.get(images[name]).id for name in ("hub", "lab")}
+    swapped = []
+    try:
+        for name in ("hub", "lab"):
+            repository, key = images[name].rsplit(":", 1)
+            swapped.append(planted(client, images[name], f"{registry}/{repository}", key))
+            assert push(client, f"{registry}/{repository}", key, registry_auth(live)) == ""
+        live.stack.up(images, lab_images, lambda message: None)
+        guard = client.services.get(live.stack.guard_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+
+        def guard_container():
+            found = client.containers.list(filters={"label": f"com.docker.swarm.service.name={live.stack.guard_service}"})
+            return next((c for c in found if c.attrs["Config"]["Image"] == guard), None)
+
+        runs_built_bytes(wait_until(guard_container, 60, "the network guard's task of the pinned image"), built["hub"])
+        runs_built_bytes(live.hub(), built["hub"])
+        api = approved_user(live, admin, "nadia")[1]
+        api.start("nadia")
+        runs_built_bytes(live.lab("nadia"), built["lab"])
+    finally:
+        for image in swapped:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image, force=True)
+
+
+def test_a_lab_cannot_open_a_connection_to_the_registry(live, admin):
+    """From a running lab: the registry's port on every address of this node, and the lab's own gateway."""
+    api = approved_user(live, admin, "lara")[1]
+    api.start("lara")
+    lab = live.lab("lara")
+    node = live.stack.docker.client.api.inspect_node(live.stack.docker.swarm_node_id())
+    addresses = {node["Status"]["Addr"], "127.0.0.1"}
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    addresses |= {line.split()[3].split("/")[0] for line in out.splitlines()}
+    gateway = lab.exec_run(["python3", "-c", "print(open('/proc/net/route').read())"]).output.decode()
+    for line in gateway.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000":  # the default route: its gateway, little-endian hex
+            addresses.add(".".join(str(int(fields[2][i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    started = time.monotonic()
+    port = str(live.stack.options.registry_port)
+    answers = lab.exec_run(["python3", "-c", PROBE, port, *sorted(addresses)], user="lab").output.decode()
+    assert time.monotonic() - started < 3.5 * len(addresses) + 5
+    assert len(answers.splitlines()) == len(addresses), answers
+    assert "connected" not in answers, answers
 
 
 def test_down_removes_the_stack_and_every_lab_service_and_keeps_volumes(live):

@@ -10,7 +10,7 @@ from dockerspawner import DockerSpawner
 from jupyterhub import orm
 
 from hub_ext.gpu import GpuDecision, decide, lab_gpu_options
-from hub_ext.naming import escape_username, user_names
+from hub_ext.naming import account_id, escape_username, user_names
 from hub_ext.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
 from hub_ext.spawner import HubforgeSpawner, ensure_builtin_groups
 
@@ -44,6 +44,7 @@ def runtime(groups, gpu=OFF):
 def test_plain_user_is_locked_down():
     plain = runtime([])
     assert plain.host_config == {"pids_limit": 512, "cpu_shares": 128, "auto_remove": False, "read_only": True,
+                                 "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
                                  "tmpfs": {"/tmp": "mode=1777,nosuid,nodev"}, "privileged": False, "cap_drop": ["ALL"],
                                  "security_opt": ["no-new-privileges:true"], "device_requests": []}
     assert "/var/run/docker.sock" not in plain.volumes
@@ -124,10 +125,13 @@ class RecordingVolumes:
                 error = Exception("not found")
                 error.response = type("R", (), {"status_code": 404})()
                 raise error
-            return self.volumes[args[0]]
+            return {"Name": args[0], "Labels": self.volumes[args[0]]}  # as Docker's inspect answers
         if method == "create_volume":
             self.volumes[args[0]] = kwargs["labels"]
             return {"Name": args[0]}
+        if method == "remove_volume":
+            del self.volumes[args[0]]
+            return None
         if method in ("inspect_network", "connect_container_to_network") and args[-1] not in self.networks:
             error = Exception("not found")
             error.response = type("R", (), {"status_code": 404})()
@@ -228,7 +232,8 @@ def test_pre_spawn_names_and_labels_everything(db):
     assert set(spawner.volumes) >= {"jupyterlab-first-2elast_home", "jupyterlab-first-2elast_workspace",
                                     "jupyterlab-first-2elast_cache", "jupyterhub_shared"}
     assert spawner.docker.volumes["jupyterlab-first-2elast_workspace"] == {
-        "hubforge.project": "p", "hubforge.user": "first.last", "hubforge.volume": "workspace"}
+        "hubforge.project": "p", "hubforge.user": "first.last", "hubforge.volume": "workspace",
+        "hubforge.account": account_id(spawner.user.orm_user.created)}
     assert spawner.docker.volumes["jupyterhub_shared"] == {"hubforge.project": "p", "hubforge.volume": "shared"}
     assert spawner.extra_create_kwargs["labels"] == {"hubforge.project": "p", "hubforge.user": "first.last"}
 
@@ -237,3 +242,30 @@ def test_name_is_right_before_any_spawn(db):
     """After a hub restart the spawner must find the running container under the same name."""
     spawner, _ = make_spawner(db, "jöran")
     assert spawner.object_name == "jupyterlab-j-c3-b6ran"
+
+
+def test_a_deleted_users_volumes_go_with_them_and_never_reach_the_next_owner(db):
+    """Deleting a user (delete_forever, which JupyterHub calls for every route) removes their volumes; a volume that
+    stayed anyway (its removal failed) is refused to whoever takes the name next, since it names the old account."""
+    first, first_user = make_spawner(db, "dana")
+    asyncio.run(first.apply_runtime())
+    daemon = first.docker
+    mine = {n for n in daemon.volumes if n.startswith("jupyterlab-dana_")}
+    assert len(mine) == 3
+    results = asyncio.run(first.delete_forever())
+    assert {r["result"] for r in results} == {"removed"} and not mine & set(daemon.volumes)
+
+    asyncio.run(first.apply_runtime())  # the volumes are back, as if their removal had failed
+    db.delete(first_user)
+    db.commit()
+    newcomer, _ = make_spawner(db, "dana")
+    newcomer.docker = daemon
+    with pytest.raises(RuntimeError, match="made for an earlier user named 'dana'.*docker volume rm jupyterlab-dana_"):
+        asyncio.run(newcomer.apply_runtime())
+
+
+def test_volumes_from_before_the_account_label_stay_their_users(db):
+    spawner, _ = make_spawner(db, "erin")
+    spawner.docker.volumes["jupyterlab-erin_home"] = {"hubforge.project": "p", "hubforge.user": "erin", "hubforge.volume": "home"}
+    asyncio.run(spawner.apply_runtime())  # mounted as before
+    assert "jupyterlab-erin_home" in spawner.volumes

@@ -9,7 +9,7 @@ import pytest
 from hub_ext.config import ConfigError, from_environ
 from hub_ext.naming import lab_network_name
 from hub_ext.netguard import parse_args
-from hub_ext.networks import chain_names, free_subnet, guard_rules, network_spec, pool_capacity, used_subnets
+from hub_ext.networks import chain_names, free_subnet, guard_rules, network_spec, pool_capacity, upstream_resolvers, used_subnets
 from hub_ext.runtime import lab_runtime
 from hub_ext.gpu import decide
 from hub_ext.naming import user_names
@@ -91,7 +91,7 @@ def rule_index(rules, *fragment):
 
 
 def test_guard_rules_return_before_they_reject():
-    rules = guard_rules("hubforge", POOL, [ip_network("10.1.2.0/24")])
+    rules = guard_rules("hubforge", POOL, [ip_network("10.1.2.0/24")], published=[(443, 8443)], resolvers=["10.255.255.53"])
     for chain in (rules.forward, rules.local):
         assert chain[0] == ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
         first_reject = rule_index(chain, "-j REJECT")
@@ -102,7 +102,7 @@ def test_guard_rules_return_before_they_reject():
             assert rule_index(chain, f"-d {blocked} -j REJECT") >= first_reject
     # through the host to the lab's own network (where the hub is) and to published ports; never to the host itself
     assert rule_index(rules.forward, "-d 10.213.0.0/16 -j RETURN") < rule_index(rules.forward, "-j REJECT")
-    assert rule_index(rules.forward, "--ctstate DNAT") < rule_index(rules.forward, "-j REJECT")
+    assert rule_index(rules.forward, "--ctstate DNAT --ctorigdstport 443") < rule_index(rules.forward, "-j REJECT")
     assert not any("10.213.0.0/16 -j RETURN" in " ".join(r) for r in rules.local)
     assert not any("DNAT" in " ".join(r) for r in rules.local)
 
@@ -142,3 +142,53 @@ def test_on_swarm_the_guard_matches_what_leaves_through_the_gateway_bridge():
     assert rules.jumps() == (("DOCKER-USER", ("-i", "docker_gwbridge", "-j", "HF-staging-FWD")),
                              ("INPUT", ("-i", "docker_gwbridge", "-j", "HF-staging-IN")))
     assert rules.forward == guard_rules("staging", ip_network("10.213.0.0/16")).forward  # the same decisions
+
+
+def test_only_the_stacks_published_ports_pass_after_dnat():
+    """Issue 25, part 9: a forward on the host (libvirt, kube-proxy, the Swarm ingress, one by hand) is no way out."""
+    rules = guard_rules("hubforge", POOL, published=[(443, 8443), (80, 8080)])
+    dnat = [r for r in rules.forward if "DNAT" in r]
+    assert dnat == [("-p", "tcp", "--dport", "8080", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", "80", "-j", "RETURN"),
+                    ("-p", "tcp", "--dport", "8443", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", "443", "-j", "RETURN")]
+    assert not any("DNAT" in r for r in guard_rules("hubforge", POOL).forward)  # nothing published: no DNAT passes
+
+
+def test_dns_goes_only_to_the_hosts_resolvers():
+    rules = guard_rules("hubforge", POOL, resolvers=["10.255.255.53", "192.168.1.1"])
+    for chain in (rules.forward, rules.local):
+        dns = [r for r in chain if "53" in r]
+        assert dns == [("-d", f"{a}/32", "-p", p, "--dport", "53", "-j", "RETURN")
+                       for a in ("10.255.255.53", "192.168.1.1") for p in ("udp", "tcp")]
+    assert not any("53" in r for r in guard_rules("hubforge", POOL).local)  # no resolver known: no port 53 at all
+    assert ("-p", "udp", "--dport", "53", "-j", "RETURN") in guard_rules("hubforge", POOL, resolvers=None).local
+
+
+@pytest.mark.parametrize("resolv_conf, upstream, expected", [
+    ("nameserver 10.255.255.53\n", None, ("10.255.255.53",)),
+    ("# comment\nnameserver 192.168.1.1\nnameserver 127.0.0.1\nnameserver fd00::1\nsearch lan\n", None, ("192.168.1.1",)),
+    ("nameserver 127.0.0.53\noptions edns0\n", "nameserver 192.168.1.1\nnameserver 1.1.1.1\n", ("192.168.1.1", "1.1.1.1")),
+    ("nameserver 127.0.0.53\n", None, None),  # systemd-resolved's stub, its upstream file not mounted: unknown
+    ("", None, ()),
+])
+def test_upstream_resolvers_are_what_dockers_embedded_dns_forwards_to(resolv_conf, upstream, expected):
+    assert upstream_resolvers(resolv_conf, upstream) == expected
+
+
+def test_the_guard_takes_published_ports_and_resolvers():
+    args = parse_args(["--project", "p", "--pool", "10.213.0.0/16", "--publish", "443:8443", "--publish", "80:8080",
+                       "--resolver", "10.0.0.2"])
+    assert args.publish == [(443, 8443), (80, 8080)] and [str(a) for a in args.resolver] == ["10.0.0.2"]
+    for bad in ("x:1", "0:8443", "443:70000"):
+        with pytest.raises(SystemExit):
+            parse_args(["--project", "p", "--pool", "10.213.0.0/16", "--publish", bad])
+
+
+def test_the_swarm_guard_never_exempts_the_registrys_port():
+    from hubforge.stack.swarm import guard_command
+
+    command = guard_command("p", from_environ({}), "docker_gwbridge", 443, 80)
+    args = parse_args(command[3:])
+    assert args.publish == [(443, 8443), (80, 8080)] and args.interface == "docker_gwbridge"
+    # the registry publishes 5000 (container port 5000): a DNAT to it never matches a rule made from these pairs
+    forward = guard_rules("p", args.pool, published=args.publish).forward
+    assert not any("5000" in r for r in forward)

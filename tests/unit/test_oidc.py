@@ -370,6 +370,73 @@ def test_a_recheck_signs_in_again_when_the_provider_now_names_another_account_or
     assert asyncio.run(down.refresh_user(Stored("alice", "sub-alice"), Handler())) is True  # unchanged, no 500
 
 
+
+# -- the allow-lists decide at every login and recheck, for users old and new --------------------------------------
+def allowed(auth, name: str, groups: list[str]) -> bool:
+    """oauthenticator's own check of a sign-in by `name` whose provider groups are `groups`."""
+    async def check():
+        state = {"oauth_user": {"preferred_username": name, "groups": groups}}
+        model = await auth.update_auth_model({"name": name, "admin": None, "auth_state": state})
+        return await auth.check_allowed(name, await auth._apply_managed_groups(model))
+    return asyncio.run(check())
+
+
+def test_the_allow_lists_decide_for_users_already_in_the_hub(hub_db):
+    from jupyterhub import orm
+
+    bind(hub_db, "dora", "sub-dora")
+    bind(hub_db, "bob", "sub-bob")
+    before = authenticator(allowed_users={"dora"}, allowed_groups={"team"})
+    after = authenticator(allowed_groups={"team"})  # the operator took dora off OIDC_ALLOWED_USERS and restarted
+    for auth in (before, after):
+        assert auth.allow_existing_users is False
+        for user in hub_db.query(orm.User):  # what JupyterHub does at every start, for every user in its database
+            auth.add_user(user)
+    assert allowed(before, "dora", ["guests"]) and not allowed(before, "bob", ["guests"])
+    assert not allowed(after, "dora", ["guests"])  # a hub user for a while is no reason to stay in
+    assert allowed(after, "bob", ["team"]) and not allowed(after, "bob", [])  # the groups decide, each time
+
+
+class Running:
+    """A hub user with a running server, as the hub's user dict holds them; `stop` is what JupyterHub's does."""
+
+    def __init__(self, name):
+        self.name, self.state = name, {"oauth_user": {"sub": f"sub-{name}"},
+                                       "token_response": {"access_token": name, "token_type": "Bearer"}}
+        self.spawners = {"": SimpleNamespace(active=True, pending=None)}
+        self.saved = None
+
+    async def get_auth_state(self):
+        return self.state
+
+    async def save_auth_state(self, state):
+        self.saved = state
+
+    async def stop(self, server_name):
+        self.spawners[server_name].active = False
+
+
+def test_the_recheck_stops_the_servers_of_users_who_lost_access_without_a_request_from_them(hub_db):
+    from hub_ext.oidcauth import GROUPS_KEY, HubforgeOIDCAuthenticator
+
+    groups = {"ada": ["team"], "finn": ["alumni"], "dora": ["guests"]}
+
+    class AtTheProvider(HubforgeOIDCAuthenticator):
+        async def token_to_user(self, token_info):  # the provider's userinfo answer for the token's owner
+            name = token_info["access_token"]
+            return {"sub": f"sub-{name}", "preferred_username": name, "groups": groups[name]}
+
+    users = {name: Running(name) for name in groups}
+    removed = []
+    proxy = SimpleNamespace(delete_user=lambda user, server_name: asyncio.sleep(0, removed.append(user.name)))
+    auth = AtTheProvider(manage_groups=True, auth_state_groups_key=GROUPS_KEY, enable_auth_state=True,
+                         username_claim="preferred_username", allowed_groups={"team"}, allowed_users=set())
+    auth.db, auth.hub = hub_db, SimpleNamespace(users=users, proxy=proxy)
+    assert asyncio.run(auth.recheck_all()) == ["finn", "dora"]
+    assert sorted(removed) == ["dora", "finn"] and users["ada"].spawners[""].active
+    assert users["ada"].saved["oauth_user"]["groups"] == ["team"]  # the answer of this recheck is kept
+
+
 def test_a_claimed_username_obeys_the_signup_rules():
     auth = authenticator(allow_all=True)
     assert auth.normalize_username("Ｚoë.Müller@Example.org") == "zoë.müller@example.org"
@@ -409,3 +476,29 @@ def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
     assert "s3cret" not in (options.run_dir / "compose.yml").read_text() + (options.run_dir / "stack.json").read_text()
     assert state["oidc"]["redirect_uri"] == "https://hub.localhost:9443/hub/oauth_callback"
     listener.close()
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o604, True), (0o400, False), (0o640, False)])
+def test_a_world_readable_client_secret_file_is_named_in_one_line(tmp_path, mode, warned):
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    secret.chmod(mode)
+    config = from_environ({**BASE, "OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": str(secret)}).oidc
+    assert config.client_secret == "from-a-file"  # used all the same
+    if warned:
+        assert config.secret_warning == (
+            f"OIDC_CLIENT_SECRET_FILE={secret} is readable by every user (mode {mode:04o}), and the client secret lets "
+            f"anyone act as this hub at the provider; make it private: chown 1000 {secret} && chmod 0400 {secret}")
+    else:
+        assert config.secret_warning == ""
+
+
+def test_in_the_hub_the_warning_names_the_hosts_file():
+    """The stack mounts the host's file at SECRET_IN_HUB with the host's mode: the hub says which file to fix."""
+    from hub_ext.oidc import SECRET_IN_HUB, parse_oidc
+
+    env = {**BASE, "OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": SECRET_IN_HUB}
+    config = parse_oidc(env, read=lambda path: "s3cret", mode=lambda path: 0o444)
+    assert config.secret_warning.startswith("the host's OIDC_CLIENT_SECRET_FILE is readable by every user (mode 0444)")
+    assert "chown 1000 FILE && chmod 0400 FILE" in config.secret_warning and "\n" not in config.secret_warning
+    assert from_environ(BASE).oidc.secret_warning == ""  # OIDC_CLIENT_SECRET in .env: no file to warn about

@@ -105,3 +105,38 @@ def test_sbom_document_lists_each_package_with_its_purl():
     assert doc["metadata"]["component"]["name"] == "hub" and doc["metadata"]["component"]["version"] == "1.2.3"
     purls = sorted(c["purl"] for c in doc["components"])
     assert purls == ["pkg:deb/debian/libc6@2.36-9?arch=amd64&distro=debian-12", "pkg:pypi/jinja2@3.1.4"]
+
+
+def test_npm_packages_get_npm_purls_once_each_however_many_bundle_them():
+    from hubforge.release.sbom import cyclonedx
+
+    npm = [("@hubforge/notify", "0.1.0", ""), ("css-loader", "6.8.1", "jupyterlab_pygments"),
+           ("css-loader", "6.8.1", "another-extension")]
+    doc = cyclonedx("hubforge/lab:abc", "lab", "1.2.3", [], [], npm)
+    assert sorted(c["purl"] for c in doc["components"]) == ["pkg:npm/%40hubforge/notify@0.1.0", "pkg:npm/css-loader@6.8.1"]
+
+
+def test_dpkg_status_paragraphs_give_the_installed_packages():
+    """What an image without dpkg (gpu-probe) keeps in /var/lib/dpkg/status.d/: `dpkg-query -s` of each package,
+    catenated (no blank line between files), or separated by blank lines."""
+    from hubforge.release.sbom import parse_dpkg_status
+
+    text = """Package: libc6
+Status: install ok installed
+Architecture: amd64
+Multi-Arch: same
+Version: 2.36-9+deb12u13
+Description: GNU C Library: Shared libraries
+ Contains the standard libraries: Version: not a field
+Package: busybox-static
+Status: install ok installed
+Architecture: amd64
+Version: 1:1.35.0-4+deb12u1+b1
+
+Package: removed
+Status: deinstall ok config-files
+Architecture: amd64
+Version: 1.0
+"""
+    assert parse_dpkg_status(text) == [("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"), ("libc6", "2.36-9+deb12u13", "amd64")]
+    assert parse_dpkg_status("") == []

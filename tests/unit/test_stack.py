@@ -194,16 +194,48 @@ class OneCpuDaemon:
         return []  # no hub of this project runs yet
 
 
-def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_path):
+def rendered_on_one_cpu(tmp_path, env: str) -> dict:
+    """The services of compose.yml that `prepare` renders for .env `env`, on a daemon with one CPU."""
     socket_file = tmp_path / "docker.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(socket_file))
     options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file))
     options.run_dir.mkdir()
-    (options.run_dir / ".env").write_text("ENABLE_GPU_SUPPORT=0\nHUB_MEM_LIMIT=1g\nHUB_PIDS_LIMIT=600\n")
-    stack = ComposeStack(options, OneCpuDaemon(), Path(__file__).resolve().parents[2], say=lambda message: None)
-    stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
-    hub = yaml.safe_load((options.run_dir / "compose.yml").read_text())["services"]["hub"]
+    (options.run_dir / ".env").write_text(env)
+    try:
+        stack = ComposeStack(options, OneCpuDaemon(), Path(__file__).resolve().parents[2], say=lambda message: None)
+        stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+        return yaml.safe_load((options.run_dir / "compose.yml").read_text())["services"]
+    finally:
+        listener.close()
+
+
+def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_path):
+    hub = rendered_on_one_cpu(tmp_path, "ENABLE_GPU_SUPPORT=0\nHUB_MEM_LIMIT=1g\nHUB_PIDS_LIMIT=600\n")["hub"]
     # HUB_CPU_LIMIT's default of 2 is cut to the daemon's one CPU: Compose refuses more than there are
     assert (hub["mem_limit"], hub["cpus"], hub["pids_limit"]) == ("1G", 1.0, 600)
-    listener.close()
+
+
+def test_every_service_and_every_lab_rotates_its_log(tmp_path):
+    """Issue 25, part 8: unbounded json-file logs let one lab fill /var/lib/docker."""
+    from hub_ext.config import ConfigError, from_environ
+    from hub_ext.gpu import decide
+    from hub_ext.naming import user_names
+    from hub_ext.runtime import lab_runtime, log_options
+
+    services = rendered_on_one_cpu(tmp_path, "ENABLE_GPU_SUPPORT=0\nLOG_MAX_SIZE=20M\nLOG_MAX_FILES=5\n")
+    assert set(services) == {"hub", "netguard"}
+    for name, service in services.items():
+        assert service["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "5"}}, name
+    lab = lab_runtime(names=user_names("jupyterlab", "alice"), groups=[], shared_volume="s", gpu=decide("off", None),
+                      pids_limit=64, logs=log_options("20m", 5))
+    assert lab.host_config["log_config"] == {"type": "json-file", "config": {"max-size": "20m", "max-file": "5"}}
+    default = lab_runtime(names=user_names("jupyterlab", "alice"), groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64)
+    assert default.host_config["log_config"]["config"] == {"max-size": "10m", "max-file": "3"}
+    hub = from_environ({})
+    assert (hub.log_max_size, hub.log_max_files) == ("10m", 3)
+    assert from_environ({"LOG_MAX_SIZE": "1g", "LOG_MAX_FILES": "1"}).log_max_size == "1g"
+    for env, message in [({"LOG_MAX_SIZE": "10"}, "LOG_MAX_SIZE='10' is not a log size of at least 1m"),
+                         ({"LOG_MAX_SIZE": "lots"}, "is not a log size"), ({"LOG_MAX_FILES": "0"}, "LOG_MAX_FILES='0' is too small")]:
+        with pytest.raises(ConfigError, match=message):
+            from_environ(env)

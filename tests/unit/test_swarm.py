@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import socket
 import types
@@ -90,6 +91,56 @@ def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path
     assert rendered["networks"]["hub"]["driver"] == "overlay" and rendered["networks"]["hub"]["attachable"] is True
     assert {v["target"] for v in hub["volumes"] if isinstance(v, dict)} >= {"/var/run/docker.sock", "/tmp"}
     assert state["engine"] == "swarm" and state["network_guard"] is True  # a global service, made after the push
+
+
+def test_the_registry_asks_for_credentials_made_at_the_first_up_and_kept_private(tmp_path):
+    import bcrypt
+
+    stack, listener = swarm_stack(tmp_path, ManagerDaemon())
+    stack.prepare({"hub": "h:1", "gpu-probe": "g:1", "registry": "r:1"}, {"default": "l:1"})
+    first = (stack.options.run_dir / "registry-auth" / "auth.json").read_text()
+    stack.prepare({"hub": "h:1", "gpu-probe": "g:1", "registry": "r:1"}, {"default": "l:1"})
+    listener.close()
+    folder = stack.options.run_dir / "registry-auth"
+    assert (folder / "auth.json").read_text() == first  # kept: nodes and the hub hold it
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()} == {"auth.json": 0o600, "htpasswd": 0o600}
+    auth = json.loads(first)
+    assert len(auth["password"]) >= 40
+    user, hashed = (folder / "htpasswd").read_text().strip().split(":", 1)
+    assert user == auth["username"] and bcrypt.checkpw(auth["password"].encode(), hashed.encode())
+    rendered = yaml.safe_load((stack.options.run_dir / "stack.yml").read_text())
+    registry, hub = rendered["services"]["registry"], rendered["services"]["hub"]
+    assert registry["environment"] == {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "hubforge",
+                                       "REGISTRY_AUTH_HTPASSWD_PATH": "/run/secrets/registry_htpasswd"}
+    assert registry["secrets"] == [{"source": "registry_htpasswd", "target": "registry_htpasswd", "uid": "65532", "gid": "65532",
+                                    "mode": 0o400}]
+    assert hub["secrets"] == [{"source": "registry_auth", "target": "registry_auth", "uid": "1000", "gid": "1000", "mode": 0o400}]
+    secrets = rendered["secrets"]
+    assert secrets["registry_auth"]["file"] == str(folder / "auth.json")
+    assert secrets["registry_htpasswd"]["file"] == str(folder / "htpasswd")
+    assert secrets["registry_auth"]["name"].startswith("p_registry_auth_")
+    assert secrets["registry_htpasswd"]["name"].startswith("p_registry_htpasswd_")
+
+
+def manifest(config: str) -> bytes:
+    return json.dumps({"schemaVersion": 2, "config": {"digest": config}, "layers": []}).encode()
+
+
+@pytest.mark.parametrize(("body", "digest", "image_id", "expected"), [
+    (manifest("sha256:built"), None, "sha256:built", True),  # the image built here, by its own digest
+    (manifest("sha256:other"), None, "sha256:built", False),  # a pushed image under the key: another config
+    (manifest("sha256:built"), "sha256:" + "0" * 64, "sha256:built", False),  # bytes that are not what the digest names
+    (None, "sha256:" + "0" * 64, "sha256:built", False),  # the registry has no such manifest
+    (b"not json", None, "sha256:built", False),
+    (manifest("sha256:cfg"), "self", "self", True),  # containerd's image store: the id is the manifest's digest
+])
+def test_only_a_manifest_of_the_built_image_is_pinned(body, digest, image_id, expected):
+    from hubforge.stack.swarm import built_here
+
+    real = "sha256:" + hashlib.sha256(body or b"").hexdigest()
+    digest = real if digest in (None, "self") else digest
+    assert built_here(body, digest, real if image_id == "self" else image_id) is expected
 
 
 def test_compose_renders_as_before_from_the_same_template(tmp_path):
@@ -259,3 +310,22 @@ def test_volume_sizes_name_only_this_projects_volumes_that_exist_with_their_meas
     wanted = ["lab-alice_home", "lab-alice_workspace", "lab-alice_cache"]
     assert measure(found, usage, wanted, "p") == {"lab-alice_home": 4096, "lab-alice_workspace": None}
     assert measure(found, {}, wanted, "p") == {"lab-alice_home": None, "lab-alice_workspace": None}
+
+
+def test_the_guard_closes_the_registrys_port_to_labs_at_every_address():
+    """Docker's proxy answers a lab at the node's public address through INPUT, where no private range matches: the
+    registry's port is refused there by port, and a DNAT-ed connection to it in FORWARD, before anything returns."""
+    from hub_ext.netguard import parse_args, rules_for
+    from hubforge.stack.swarm import guard_command
+
+    hub = from_environ({})
+    command = guard_command("p", hub, "docker_gwbridge", 443, 80, registry_port=5000)
+    assert command[command.index("--closed") + 1] == "5000"
+    assert "5000:8443" not in command and not any(a.startswith("5000:") for a in command)  # never published through
+    rules = rules_for(parse_args(command[3:]), resolvers=("192.0.2.53",))
+    refused = ("-p", "tcp", "--dport", "5000", "-j", "REJECT", "--reject-with", "tcp-reset")
+    assert rules.local[1] == refused  # after replies only: the registry's own answers still flow
+    assert rules.forward[1] == ("-p", "tcp", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", "5000",
+                                "-j", "REJECT", "--reject-with", "tcp-reset")
+    assert all("RETURN" not in rule for rule in (rules.local[1], rules.forward[1]))
+    assert "--closed" not in guard_command("p", hub, "docker_gwbridge", 443, 80)

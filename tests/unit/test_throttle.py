@@ -122,3 +122,101 @@ def test_password_checks_run_off_the_event_loop(monkeypatch):
     results, loop_thread = asyncio.run(scenario())
     assert results == [True, False]
     assert len(threads) == 2 and loop_thread not in threads and all(t.name.startswith("bcrypt") for t in threads)
+
+
+def test_an_attempt_is_counted_when_it_is_let_through(clock):
+    """Reserved before bcrypt runs: of 50 guesses at once from one address (none answered yet), the budget's go ahead."""
+    throttle = Throttle(free_failures=100, address_budget=40, clock=clock)
+    waits = [throttle.reserve(f"storm{number}", "198.51.100.2") for number in range(50)]
+    assert waits[:40] == [0] * 40 and all(wait == 60 for wait in waits[40:])
+
+
+def test_an_accounts_free_failures_are_reserved_too(clock):
+    throttle = Throttle(free_failures=5, address_budget=1000, clock=clock)
+    waits = [throttle.reserve("admin", "203.0.113.7") for _ in range(20)]
+    assert waits[:5] == [0] * 5 and all(wait >= 1 for wait in waits[5:])
+    assert throttle.reserve("admin", "192.0.2.10") == 0  # another address: unaffected
+
+
+def test_a_success_gives_its_reservation_back(clock):
+    """A class behind one NAT logging in: right passwords spend nothing, and failures still have the whole budget."""
+    throttle = Throttle(free_failures=100, address_budget=3, clock=clock)
+    for number in range(10):
+        assert throttle.reserve(f"pupil{number}", "192.0.2.1") == 0
+        throttle.succeeded(f"pupil{number}", "192.0.2.1")
+    assert [throttle.reserve("someone", "192.0.2.1") for _ in range(4)] == [0, 0, 0, 60]
+
+
+def test_a_refused_attempt_spends_nothing(clock):
+    throttle = Throttle(free_failures=100, address_budget=2, window=60, clock=clock)
+    throttle.reserve("a", "192.0.2.1"), throttle.reserve("b", "192.0.2.1")
+    for _ in range(100):
+        clock.now += 0.5
+        assert throttle.reserve("c", "192.0.2.1") > 0
+    clock.now += 11  # the first two are a window old: the refused ones never counted
+    assert throttle.reserve("c", "192.0.2.1") == 0
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("bob", "bob"),
+    ("zoë.müller@example.org", "zoë.müller@example.org"),
+    ("\x1b[2J\x1b[31madmin", "\\x1b[2J\\x1b[31madmin"),  # would clear and colour the operator's terminal
+    ("eve\nINFO audit: approval by=admin", "eve\\nINFO audit: approval by=admin"),  # a forged second line
+    ("ad\u200bmin", "ad\\u200bmin"),  # looks like admin
+    ("a\u00a0b\u2028c", "a\\xa0b\\u2028c"),  # separators other than the space
+    ("back\\x1b", "back\\\\x1b"),  # a typed backslash cannot pass for an escape
+])
+def test_names_are_escaped_for_log_lines(raw, shown):
+    from hub_ext.accounts import loggable
+
+    assert loggable(raw) == shown
+
+
+def authenticator(budget: int):
+    from jupyterhub import orm
+
+    from hub_ext.auth import HubforgeAuthenticator
+
+    db = orm.new_session_factory("sqlite:///:memory:")()
+    return HubforgeAuthenticator(_deprecated_db_session=db, admin_users={"admin"}, login_address_limit=budget)
+
+
+def test_simultaneous_logins_check_no_more_passwords_than_the_budget(monkeypatch):
+    """The hub's own login path, 12 wrong passwords at once from one address with a budget of 3: 3 bcrypt checks."""
+    from hub_ext.auth import LoginRefused
+
+    checks = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda *args: checks.append(1) or real(*args))  # counts, then checks
+    auth = authenticator(budget=3)
+    handler = SimpleNamespace(request=request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "198.51.100.7"}))
+
+    async def guess(number: int):
+        try:
+            return await auth.authenticate(handler, {"username": f"storm{number}", "password": "wrong"})
+        except LoginRefused as exc:
+            return exc
+
+    async def storm():
+        return await asyncio.wait_for(asyncio.gather(*(guess(number) for number in range(12))), 60)
+
+    answers = asyncio.run(storm())
+    assert len(checks) == 3 and answers.count(None) == 3
+    assert all(isinstance(answer, LoginRefused) and "try again in" in str(answer) for answer in answers if answer is not None)
+
+
+def test_a_throttled_login_logs_the_name_escaped(caplog):
+    from hub_ext.auth import LoginRefused
+
+    auth = authenticator(budget=1)
+    handler = SimpleNamespace(request=request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "198.51.100.7"}))
+    auth.throttle.failed("x", "198.51.100.7")  # the address's budget is spent
+    auth.log.addHandler(caplog.handler)  # the authenticator's logger (JupyterHub's) does not propagate
+    try:
+        with pytest.raises(LoginRefused):
+            asyncio.run(auth.authenticate(handler, {"username": "\x1b[2Jroot\nforged line", "password": "wrong"}))
+    finally:
+        auth.log.removeHandler(caplog.handler)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "login for \\x1b[2jroot\\nforged line from 198.51.100.7 throttled" in logged
+    assert "\x1b" not in logged and "\nforged" not in logged
