@@ -111,6 +111,19 @@ def test_unapproving_during_a_held_start_ends_everything(live, admin, admin_api)
                "oli's held lab to be gone")
 
 
+def test_a_held_start_does_not_keep_everyone_elses_labs_from_starting(live, admin, admin_api):
+    """The hub starts a few labs at a time (one on 2 cores). A start held on purpose kept its slot until the start
+    timeout (600 s), and every other user's start waited behind it: one user could keep the whole team out."""
+    _, holder = approved_user(live, admin, "hal")
+    _, other = approved_user(live, admin, "ivy")
+    hold_next_start(live, holder, "hal")
+    other.start("ivy")  # waits for a slot, then for the lab to answer (HubAPI.start's own limit)
+    assert (admin_api.user("hal")["servers"].get("") or {}).get("pending") == "spawn"  # still held meanwhile
+    admin_api.stop("ivy")
+    assert act(admin, "hal", "unapprove").status_code == 302  # a pending start cannot be stopped; revoking ends it
+    wait_until(lambda: not lab_containers(live, "hal"), 60, "hal's held lab to be gone")
+
+
 def test_discarding_during_a_held_start_completes_and_can_be_retried(live, admin, admin_api):
     _, api = approved_user(live, admin, "pam")
     hold_next_start(live, api, "pam")
