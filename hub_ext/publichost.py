@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 # Paths that answer under any name: what scripts, labs, services and health checks call (they carry tokens, or need
 # none), never a page a browser navigates to.
-ANY_HOST_PREFIXES = ("hub/api/", "hub/health", "hub/metrics")
+# A lab's jupyterhub-singleuser asks for `hub/api` itself (the hub's version), with no token, at the hub's address
+# inside the stack: on Swarm that is an IP, not the "hub" alias.
+ANY_HOST_PATHS = ("hub/api", "hub/health", "hub/metrics")
 
 
 def on_public_host(host_name: str, public_host: str, internal: frozenset[str]) -> bool:
@@ -32,7 +34,8 @@ def redirect_target(method: str, host_name: str, uri: str, has_token: bool, publ
     if not public_host or on_public_host(host_name, public_host, internal):
         return None
     path = urlsplit(uri).path
-    if path.startswith(base_url) and path[len(base_url):].startswith(ANY_HOST_PREFIXES):
+    rest = path[len(base_url):] if path.startswith(base_url) else None
+    if rest is not None and any(rest == p or rest.startswith(p + "/") for p in ANY_HOST_PATHS):
         return None
     return public_origin.rstrip("/") + uri
 

@@ -210,6 +210,8 @@ class Stack:
         path = hub.oidc.secret_file if hub.oidc else ""
         if not path:
             return None
+        if hub.oidc.secret_warning:  # used all the same; the hub's log says it too
+            self.say(f"warning: {hub.oidc.secret_warning}")
         info = os.stat(path)  # readable: from_environ read it a moment ago
         if self.options.engine == "compose" and not (info.st_uid == HUB_UID or info.st_mode & 0o004
                                                      or (info.st_gid == HUB_UID and info.st_mode & 0o040)):

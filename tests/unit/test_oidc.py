@@ -461,7 +461,8 @@ def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
                                             "ENABLE_GPU_SUPPORT": "0"}.items())
     (options.run_dir / ".env").write_text(env + "\n")
     daemon = SimpleNamespace(cpu_count=lambda: 2, containers=lambda labels, all=True: [])
-    stack = ComposeStack(options, daemon, Path(__file__).resolve().parents[2], say=lambda message: None)
+    said = []
+    stack = ComposeStack(options, daemon, Path(__file__).resolve().parents[2], say=said.append)
     from hubforge.errors import HubforgeError
 
     with pytest.raises(HubforgeError) as caught:
@@ -469,6 +470,10 @@ def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
     assert f"OIDC_CLIENT_SECRET_FILE={secret} is not readable by the hub (uid 1000)" in str(caught.value)
     secret.chmod(0o644)
     state = stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+    # readable by the hub, and by everyone: `invoke up` says so in one line, and goes on
+    assert [line for line in said if "readable by every user" in line] == [
+        f"warning: OIDC_CLIENT_SECRET_FILE={secret} is readable by every user (mode 0644), and the client secret lets "
+        f"anyone act as this hub at the provider; make it private: chown 1000 {secret} && chmod 0400 {secret}"]
     rendered = yaml.safe_load((options.run_dir / "compose.yml").read_text())
     hub = rendered["services"]["hub"]
     assert hub["environment"]["OIDC_CLIENT_SECRET_FILE"] == "/run/secrets/oidc_client_secret"

@@ -21,6 +21,10 @@ ORIGIN = "https://hub.example.org:8443"
     ("GET", "hub", "/hub/home", False, None),  # the hub's alias inside the stack
     ("GET", "127.0.0.1", "/hub/api/users", True, None),  # a token call: scripts at any address
     ("GET", "127.0.0.1", "/hub/api/user", False, None),  # the API answers 403 by itself, never a redirect
+    # a lab's own check of the hub's version, with no token, at the hub's address inside the stack (Swarm: an IP)
+    ("GET", "10.230.7.2", "/hub/api", False, None),
+    ("GET", "10.230.7.2", "/hub/api?x=1", False, None),
+    ("GET", "127.0.0.1", "/hub/apis-are-not-the-api", False, ORIGIN + "/hub/apis-are-not-the-api"),
     ("GET", "127.0.0.1", "/hub/health", False, None),  # health checks use the address
     ("GET", "127.0.0.1", "/hub/metrics", False, None),
     ("POST", "127.0.0.1", "/hub/login", False, None),  # a form post is never redirected (its body would be lost)
