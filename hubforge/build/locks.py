@@ -57,6 +57,22 @@ def parse_python_lock(text: str, source: str = "<lock>") -> list[PythonPin]:
     return pins
 
 
+# What a .deb in Debian's pool is called: package_version_arch.deb (the version may keep an epoch's `:`). A name
+# in the host cache and in the build context comes from here, never from a decoded URL as it stands: `%2f..%2f`
+# in a lock's URL would otherwise write anywhere the user can (a `.pth` in site-packages runs at every start).
+DEB_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~-]*_[A-Za-z0-9.+~:-]*_[a-z0-9]+\.deb")
+
+
+def deb_filename(url: str) -> str | None:
+    """The decoded last part of a .deb URL when it is a plain Debian file name, else None."""
+    name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+    return name if DEB_FILENAME.fullmatch(name) and ".." not in name else None
+
+
+def not_a_deb(url: str) -> str:
+    return f"{url!r} is not a Debian file name (package_version_arch.deb)"
+
+
 @dataclass(frozen=True)
 class DebPin:
     package: str
@@ -66,8 +82,12 @@ class DebPin:
 
     @property
     def filename(self) -> str:
-        """The plain file name (apt refuses URL-escaped names such as `libssl3_3.0-1%7edeb12_amd64.deb`)."""
-        return urllib.parse.unquote(self.url.rsplit("/", 1)[-1])
+        """The plain file name (apt refuses URL-escaped names such as `libssl3_3.0-1%7edeb12_amd64.deb`), checked
+        against DEB_FILENAME: the cache and the build context are written under it."""
+        name = deb_filename(self.url)
+        if name is None:
+            raise HubforgeError(f"{self.package} {self.version}: {not_a_deb(self.url)}; run `invoke lock`")
+        return name
 
     @property
     def arch(self) -> str:
@@ -95,6 +115,8 @@ def parse_apt_lock(text: str, source: str = "<apt.lock>") -> list[DebPin]:
         fields = line.split()
         if len(fields) != 4 or not re.fullmatch(r"[0-9a-f]{64}", fields[2]) or not fields[3].startswith(("http://", "https://")):
             raise HubforgeError(f"{source}:{number}: expected 'package version sha256 url', got {line!r}; run `invoke lock`")
+        if deb_filename(fields[3]) is None:
+            raise HubforgeError(f"{source}:{number}: {not_a_deb(fields[3])}; refusing the lock, run `invoke lock`")
         pins.append(DebPin(*fields))
     return pins
 

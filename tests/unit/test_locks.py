@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,47 @@ def test_deb_cache_refuses_a_file_with_the_wrong_hash(tmp_path):
     with pytest.raises(HubforgeError, match="does not match the lock"):
         cache.fetch([DebPin("tini", "1", H1, payload.as_uri())])
     assert not any((tmp_path / "cache").rglob("*.deb"))
+
+
+# Issue 26, part 3: a lock line whose URL decodes to a path outside the cache. The hash passes, since it sits on the
+# same line; the name must not come from the decoded URL unchecked.
+ESCAPE_URL = ("http://deb.debian.org/debian/pool/main/x/x/"
+              "..%2f..%2f.local%2flib%2fpython3.11%2fsite-packages%2fx_all.pth")
+ESCAPE_LINE = f"x 1.0 {H1} {ESCAPE_URL}"
+
+
+def test_a_lock_line_whose_url_leaves_the_cache_is_refused_in_one_line():
+    with pytest.raises(HubforgeError) as refused:
+        parse_apt_lock(f"# header\n{ESCAPE_LINE}\n", "images/hub/apt.lock")
+    message = str(refused.value)
+    assert message.startswith("images/hub/apt.lock:2: ") and ESCAPE_URL in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", [
+    "..%2fx_1_all.deb", "x_1_all.deb%2f..", "..", "x_1_all.pth", "x_1_all.deb%00.pth", "-x_1_all.deb",
+    "x_1_AMD64.deb", "x%20y_1_all.deb", "x_1_all.deb%0a", ".x_1_all.deb", "x_1.._all.deb",
+])
+def test_deb_file_names_outside_the_strict_pattern_are_refused(name):
+    with pytest.raises(HubforgeError, match=r"apt.lock:1: .* is not a Debian file name"):
+        parse_apt_lock(f"x 1 {H1} http://deb.debian.org/debian/pool/main/x/x/{name}\n", "apt.lock")
+    with pytest.raises(HubforgeError, match="is not a Debian file name"):
+        _ = DebPin("x", "1", H1, f"http://deb.debian.org/debian/pool/main/x/x/{name}").filename
+
+
+@pytest.mark.parametrize("lock", ["images/hub/apt.lock", "images/lab/apt.lock", "images/gpu-probe/apt.lock",
+                                  "images/idp/apt.lock", "images/registry/apt.lock", "images/_shared/build-apt.lock"])
+def test_every_committed_deb_name_fits_the_strict_pattern(lock):
+    for pin in parse_apt_lock((ROOT / lock).read_text(), lock):
+        assert pin.filename.startswith(f"{pin.package}_") and pin.filename.endswith(f"_{pin.arch}.deb")
+
+
+def test_fetching_a_pin_whose_url_leaves_the_cache_writes_nothing_outside_it(tmp_path):
+    payload = b"import os; os.system('echo pwned')\n"
+    (tmp_path / "escape_all.pth").write_bytes(payload)  # what the URL below resolves to on the "mirror"
+    (tmp_path / "mirror" / "pool").mkdir(parents=True)
+    sha = hashlib.sha256(payload).hexdigest()
+    pin = DebPin("x", "1", sha, f"file://{tmp_path}/mirror/pool/..%2f..%2fescape_all.pth")
+    cache = debs.DebCache(tmp_path / "cache" / "debs")
+    with pytest.raises(HubforgeError, match="is not a Debian file name"):
+        cache.fetch([pin])
+    assert not (tmp_path / "cache" / "escape_all.pth").exists()
