@@ -25,6 +25,7 @@ from .normalize import differences, iso, normalize_saved, saved_entries
 from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
 from .targets import PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
+from .verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class Builder:
         self.base_reason = ""
         self.staging = threading.Lock()
         self.cache = PlanCache(self.state_dir / "plan-cache.json")
+        self.verifier = Verifier()  # every cached input is checked against its lock when staged, once per file
 
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
@@ -412,15 +414,14 @@ class Builder:
                 dest = context / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / rel, dest)
-        cache_debs = debs.DebCache(cache / "debs")
+        cache_debs = debs.DebCache(cache / "debs", self.verifier)
         for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
             if lock:
                 pins = parse_apt_lock((root / lock).read_text(), lock)
                 check_deb_arch(pins, self.daemon_arch, lock)
-                cache_debs.fetch(pins, progress)
-                cache_debs.stage(pins, context / folder)
+                cache_debs.stage(pins, context / folder, progress)
         if target.python_lock or target.local_packages or target.lab_extensions:
-            wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch())
+            wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch(), verifier=self.verifier)
             pins = parse_python_lock((root / target.python_lock).read_text(), target.python_lock) if target.python_lock else []
             wheel_cache.fetch(pins, progress)
             found = [wheel_cache.wheel_for(pin) for pin in pins]
@@ -428,7 +429,7 @@ class Builder:
                       for pkg in target.local_packages]
             found += [wheels.file_wheel(labext.build_wheel(root / ext, cache / "labext", progress))
                       for ext in target.lab_extensions]
-            wheels.stage(found, context / "wheels")
+            wheels.stage(found, context / "wheels", self.verifier)
         if target.npm_dir:
             modules = npm.install(root / target.npm_dir, cache / "npm", progress)
             shutil.copytree(modules, context / "node_modules", symlinks=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import HubforgeError
 from .locks import DebPin
-from .wheels import file_sha256
+from .verify import Verifier, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,18 @@ def parse_resolution(output: str) -> list[DebPin]:
 
 
 class DebCache:
-    """.deb files stored by sha256 on the host."""
+    """.deb files stored by sha256 on the host, checked against the lock again whenever they are staged."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, verifier: Verifier | None = None) -> None:
         self.root = root
+        self.verifier = verifier or Verifier()
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, pin: DebPin) -> Path:
         return self.root / pin.sha256 / pin.filename
 
     def fetch(self, pins: list[DebPin], progress=None) -> None:
-        missing = [p for p in pins if not self.path(p).exists()]
+        missing = [p for p in pins if not self.verifier.intact(self.path(p), p.sha256)]
         for number, pin in enumerate(missing, 1):
             if progress:
                 progress(f"downloading {pin.filename} ({number}/{len(missing)})")
@@ -96,12 +97,9 @@ class DebCache:
             raise HubforgeError(f"{pin.filename}: sha256 {sha} does not match the lock ({pin.sha256}); run `invoke lock`")
         os.replace(tmp.name, dest)
 
-    def stage(self, pins: list[DebPin], dest: Path) -> None:
+    def stage(self, pins: list[DebPin], dest: Path, progress=None) -> None:
+        """The locked .debs in a build context: fetched when missing or changed, then linked and checked."""
+        self.fetch(pins, progress)
         dest.mkdir(parents=True, exist_ok=True)
         for pin in pins:
-            target = dest / pin.filename
-            if not target.exists():
-                try:
-                    os.link(self.path(pin), target)
-                except OSError:
-                    shutil.copy2(self.path(pin), target)
+            self.verifier.stage(self.path(pin), dest / pin.filename, pin.sha256)

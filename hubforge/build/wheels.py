@@ -6,7 +6,6 @@ import base64
 import functools
 import hashlib
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from ..errors import HubforgeError
 from .keys import digest_bytes
 from .locks import PythonPin, normalize
 from .targets import PYTHON_VERSION
+from .verify import Verifier, file_sha256
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
@@ -40,14 +40,6 @@ def supported_tags(arch: str) -> frozenset[Tag]:
     return frozenset(cpython_tags(version, platforms=platforms)) | frozenset(compatible_tags(version, "cp311", platforms))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Wheel:
     pin_name: str
@@ -57,18 +49,20 @@ class Wheel:
 
 
 class WheelCache:
-    """Files from PyPI stored by their sha256, and wheels built from sdists stored by the sdist's sha256."""
+    """Files from PyPI stored by their sha256, and wheels built from sdists stored by the sdist's sha256.
+    A stored file counts only while its bytes still have that sha256 (checked whenever it is looked up)."""
 
-    def __init__(self, root: Path, arch: str = "x86_64") -> None:
+    def __init__(self, root: Path, arch: str = "x86_64", verifier: Verifier | None = None) -> None:
         self.root = root
         self.arch = arch
+        self.verifier = verifier or Verifier()
         (root / "by-hash").mkdir(parents=True, exist_ok=True)
         (root / "built").mkdir(parents=True, exist_ok=True)
 
     def _stored(self, sha: str) -> Path | None:
         folder = self.root / "by-hash" / sha
         files = list(folder.iterdir()) if folder.is_dir() else []
-        return files[0] if files else None
+        return files[0] if files and self.verifier.intact(files[0], sha) else None
 
     def _find(self, pin: PythonPin) -> Path | None:
         """A cached file for this pin whose hash the lock allows and that fits the image's platform."""
@@ -166,17 +160,14 @@ def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: 
     return wheel
 
 
-def stage(wheels: list[Wheel], dest: Path) -> Path:
-    """Put wheels in the build context with a requirements file pinning each to its exact file hash."""
+def stage(wheels: list[Wheel], dest: Path, verifier: Verifier | None = None) -> Path:
+    """Put wheels in the build context, each checked against its hash there, with a requirements file pinning
+    each to its exact file hash (pip, which installs them, runs from one of these wheels: it must be the locked one)."""
     dest.mkdir(parents=True, exist_ok=True)
+    verifier = verifier or Verifier()
     lines = []
     for wheel in sorted(wheels, key=lambda w: w.pin_name):
-        target = dest / wheel.path.name
-        if not target.exists():
-            try:
-                os.link(wheel.path, target)
-            except OSError:
-                shutil.copy2(wheel.path, target)
+        verifier.stage(wheel.path, dest / wheel.path.name, wheel.sha256)
         lines.append(f"{wheel.pin_name}=={wheel.version} --hash=sha256:{wheel.sha256}\n")
     requirements = dest / "requirements.txt"
     requirements.write_text("".join(lines))
