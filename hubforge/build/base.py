@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,14 +13,29 @@ from pathlib import Path
 from .. import proc
 from ..docker_io import Docker
 from ..errors import HubforgeError
+from .locks import check_package_name
 from .normalize import rootfs_archive
 from .targets import SOURCE_DATE_EPOCH, BaseSpec
 
 log = logging.getLogger(__name__)
 
 
+# What a `remove_after` entry may be: an absolute path whose parts are plain names or globs. It is pasted into a
+# shell hook unquoted (so that its globs expand inside the new rootfs), so no quote, space, `$` or `;` may pass.
+REMOVE_PATH = re.compile(r"(/[A-Za-z0-9_+.*-]+)+")
+
+
+def removal(path: str) -> str:
+    """A `remove_after` entry, checked before it reaches mmdebstrap's shell hook."""
+    if not REMOVE_PATH.fullmatch(path) or ".." in path.split("/"):
+        raise HubforgeError(f"images/base/bootstrap.json: remove_after entry {path!r} is not an absolute path of "
+                            f"plain names and globs (letters, digits, '_+.-*'); fix the recipe")
+    return path
+
+
 def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path) -> list[str]:
-    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested."""
+    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested. The entries
+    that reach its shell hooks are checked first."""
     components = " ".join(recipe["components"])
     argv = ["mmdebstrap", f"--variant={recipe['variant']}", "--mode=root", "--format=tar", "--quiet"]
     if recipe.get("include"):
@@ -27,9 +43,10 @@ def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path) -> list[str]:
     argv += [f"--dpkgopt=path-exclude={p}" for p in recipe.get("path_exclude", [])]
     argv += [f"--dpkgopt=path-include={p}" for p in recipe.get("path_include", [])]
     if recipe.get("purge_after"):
-        argv.append(f"--customize-hook=chroot \"$1\" dpkg --purge {' '.join(recipe['purge_after'])}")
+        purge = [check_package_name(n, "images/base/bootstrap.json purge_after") for n in recipe["purge_after"]]
+        argv.append(f"--customize-hook=chroot \"$1\" dpkg --purge {' '.join(purge)}")
     if recipe.get("remove_after"):
-        removals = " ".join(f'"$1"{p}' for p in recipe["remove_after"])
+        removals = " ".join(f'"$1"{removal(p)}' for p in recipe["remove_after"])
         argv.append(f"--customize-hook=rm -rf {removals}")
     argv += [
         spec.suite,

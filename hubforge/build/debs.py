@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import HubforgeError
-from .locks import DebPin
+from .locks import DebPin, check_package_name
 from .verify import Verifier, file_sha256
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,9 @@ SEPARATOR = "----hubforge----"
 
 
 def resolve_script(packages: list[str]) -> str:
-    """Shell run in a throwaway container of the base image: exact .deb URLs, then their index stanzas."""
-    names = " ".join(packages)
+    """Shell run in a throwaway container of the base image: exact .deb URLs, then their index stanzas.
+    The names are checked here too, where they enter the shell string."""
+    names = " ".join(check_package_name(name, "the packages to lock") for name in packages)
     return (
         "set -e; apt-get update -qq >/dev/null; "
         f"apt-get install -y -qq --no-install-recommends --print-uris {names} > /tmp/uris; "

@@ -13,6 +13,19 @@ _REQ = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(?P<vers
 _HASH = re.compile(r"--hash=sha256:(?P<hash>[0-9a-f]{64})")
 
 
+# A Debian package name (Debian Policy 5.6.1). The names of apt.in and of the base recipe reach shell strings
+# (the lock's resolve script, mmdebstrap's hooks), so nothing else may pass.
+DEB_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+NOT_A_PACKAGE = "is not a Debian package name (lower-case letters, digits, '+', '-' and '.')"
+
+
+def check_package_name(name: str, where: str) -> str:
+    """`name` when it is a Debian package name; else one line saying where it came from."""
+    if not DEB_PACKAGE.fullmatch(name):
+        raise HubforgeError(f"{where}: {name!r} {NOT_A_PACKAGE}; fix it there")
+    return name
+
+
 def normalize(name: str) -> str:
     """PEP 503 name normalisation: `Foo_Bar.baz` -> `foo-bar-baz`."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -128,10 +141,8 @@ def format_apt_lock(pins: list[DebPin], requested: list[str]) -> str:
 
 
 def requested_packages(apt_in: Path) -> list[str]:
-    """The Debian packages an image asks for (one a line, comments allowed)."""
+    """The Debian packages an image asks for (one a line, comments allowed), each checked: they reach a shell."""
     names = []
-    for raw in apt_in.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            names.extend(line.split())
+    for number, raw in enumerate(apt_in.read_text().splitlines(), 1):
+        names += [check_package_name(name, f"{apt_in}:{number}") for name in raw.split("#", 1)[0].split()]
     return sorted(set(names))
