@@ -117,8 +117,7 @@ class WheelCache:
         wheels = list(built_dir.glob("*.whl")) if built_dir.is_dir() else []
         if not wheels:
             with tempfile.TemporaryDirectory(prefix="hubforge-sdist-") as tmp:
-                proc.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--quiet",
-                          "--wheel-dir", tmp, str(path)], what=f"building a wheel of {path.name} on the host")
+                proc.run(sdist_wheel_argv(path, tmp), what=f"building a wheel of {path.name} on the host")
                 built = [w for w in Path(tmp).glob("*.whl")]
                 if len(built) != 1 or not built[0].name.endswith("-none-any.whl"):
                     raise HubforgeError(f"{path.name} did not build into one pure-Python wheel; pin a version with wheels")
@@ -126,6 +125,13 @@ class WheelCache:
                 shutil.move(str(built[0]), built_dir / built[0].name)
             wheels = list(built_dir.glob("*.whl"))
         return Wheel(pin.name, pin.version, wheels[0], file_sha256(wheels[0]))
+
+
+def sdist_wheel_argv(sdist: Path, wheel_dir: str) -> list[str]:
+    """`pip wheel` of a verified sdist. It runs with pip's build isolation, so pip fetches the sdist's build backend
+    (onetimepass: setuptools) from the index, unpinned: tests/unit/test_lock_hashes.py lists this until it is locked."""
+    return [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--quiet",
+            "--wheel-dir", wheel_dir, str(sdist)]
 
 
 def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: int) -> Path:
