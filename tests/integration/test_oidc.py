@@ -255,8 +255,15 @@ def test_claims_from_the_id_token_start_a_hub_that_sends_browsers_to_the_provide
     client = docker.from_env()
     env = {**idp.env(OIDC_ALLOW_ALL="1", OIDC_CLAIMS_FROM="id_token"), "OIDC_CLIENT_SECRET_FILE": "",
            "OIDC_CLIENT_SECRET": idp.secret, "LAB_SUBDOMAINS": "0"}
+    # A network of its own with the provider on it: there this hub's proxy reaches this hub as "hub" (its
+    # hub_connect_url), not the stack's hub, which has that name on the stack's network.
+    network = client.networks.create(f"{live.project}_idtoken", labels={"hubforge.test": "integration"})
+    (provider,) = client.containers.list(filters={"label": [f"com.docker.compose.project={live.project}",
+                                                            "com.docker.compose.service=idp"]})
+    network.connect(provider, aliases=["idp"])
     container = client.containers.create(
-        images["hub"], environment=env, labels={"hubforge.test": "integration"}, network=f"{live.project}_net",
+        images["hub"], environment=env, labels={"hubforge.test": "integration"}, network=network.name,
+        networking_config={network.name: client.api.create_endpoint_config(aliases=["hub"])},
         volumes={str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}},
         tmpfs={"/srv/jupyterhub/data": "uid=1000", "/srv/jupyterhub/certs": "uid=1000"})
     try:
@@ -276,6 +283,8 @@ def test_claims_from_the_id_token_start_a_hub_that_sends_browsers_to_the_provide
         assert "Traceback" not in logs
     finally:
         container.remove(force=True)
+        network.disconnect(provider)
+        network.remove()
 
 
 def test_an_issuer_that_does_not_answer_stops_the_hub_with_one_line(tmp_path):
