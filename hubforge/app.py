@@ -153,7 +153,8 @@ def run_step(builder: Builder, step: Step, board: BuildBoard) -> None:
 
 
 def check(settings: Settings, target: str, flavor: str | None, verbose: bool) -> None:
-    """`invoke build --check TARGET`: its parents as usual, then the target twice from clean, compared."""
+    """`invoke build --check TARGET`: its parents as usual, then the target twice from clean, compared. With
+    --cache-from: the image the cache holds for the key (pulled by the digest its index names) and one clean build."""
     builder = make_builder(settings)
     steps = builder.plan(builder.graph.select(target, flavor))
     *parents, step = steps
@@ -163,14 +164,16 @@ def check(settings: Settings, target: str, flavor: str | None, verbose: bool) ->
             run_plan(parents, settings.jobs or default_jobs(), lambda parent: run_step(builder, parent, board))
     prepare_host(builder, [step] if step.target.name != "base" else steps)
     started = time.monotonic()
-    say(f"  [yellow]▶[/] {step.target.name:<16} {step.ref}  checking: two builds from clean, compared file by file")
+    pulled = pulled_for_check(builder, step)
+    what = f"the image from {settings.cache_from} and a build from clean" if pulled else "two builds from clean"
+    say(f"  [yellow]▶[/] {step.target.name:<16} {step.ref}  checking: {what}, compared file by file")
     with BuildBoard(console, verbose) as board:
         def on_line(line: str) -> None:
             board.log(step.target.name, line)
             if line.startswith("Step "):
                 board.status(step.target.name, line[:110])
 
-        result = builder.check(step, on_line, lambda message: board.status(step.target.name, message))
+        result = builder.check(step, on_line, lambda message: board.status(step.target.name, message), against_existing=pulled)
     took = time.monotonic() - started
     if result.same:
         say(f"  [green]✓[/] {step.target.name:<16} reproducible: both builds are {result.first} ({result.files} files), in {took:.0f}s")
@@ -178,7 +181,17 @@ def check(settings: Settings, target: str, flavor: str | None, verbose: bool) ->
     say(f"  [red]✗[/] {step.target.name:<16} not reproducible: {result.first[:19]} and {result.second[:19]} differ; the first files that do:")
     for line in result.differences:
         console.print(f"      {line}", markup=False, highlight=False)
-    raise HubforgeError(f"{step.target.name} is not reproducible: two clean builds differ ({len(result.differences)} files listed above)")
+    raise HubforgeError(f"{step.target.name} is not reproducible: {what} differ ({len(result.differences)} files listed above)")
+
+
+def pulled_for_check(builder: Builder, step: Step) -> bool:
+    """With --cache-from, the cache's image of the key, pulled (by digest) to be compared with a clean build."""
+    if not builder.settings.cache_from:
+        return False
+    if not builder.pull_from_cache(step, lambda message: None):
+        raise HubforgeError(f"nothing was pulled for {step.target.name} from {builder.settings.cache_from}, so there is nothing "
+                            "to compare; drop --cache-from to compare two local builds")
+    return True
 
 
 def lock(settings: Settings, target: str | None, only: str | None) -> None:

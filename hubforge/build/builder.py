@@ -12,12 +12,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from . import labext
+from . import labext, remote_cache
 from ..docker_io import Docker
 from ..errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
@@ -60,8 +60,14 @@ class Settings:
     security_mirror: str = "http://deb.debian.org/debian-security"
     upstream: str = BaseSpec(mode="pull").upstream
     no_cache: bool = False  # rebuild every selected target without Docker's layer cache
-    cache_from: str | None = None  # REGISTRY/NAMESPACE whose <name>:<key> tags stand in for builds
+    cache_from: str | None = None  # REGISTRY/NAMESPACE whose images, pulled by digest, stand in for builds
+    cache_index: Path | None = None  # a release's cache-index-*.json: the digest of the image of each key there
     jobs: int = 0  # targets built at once; 0: default_jobs()
+
+    def __post_init__(self) -> None:
+        if self.cache_from and self.cache_index is None:
+            raise HubforgeError("--cache-from needs --cache-index FILE: the cache-index-VERSION.json of the release that "
+                                "pushed the cache (a key tag alone could be any image)")
 
     def spec(self, mode: str) -> BaseSpec:
         return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
@@ -100,6 +106,11 @@ class Step:
     @property
     def ref(self) -> str:
         return f"{self.target.repository}:{self.key}"
+
+    @property
+    def remote_key(self) -> str:
+        """The key's tag in a registry: the full sha256 (the local tag keeps 80 bits)."""
+        return self.manifest.full_key()
 
 
 RACY_SECONDS = 2
@@ -173,6 +184,32 @@ def input_digests(root: Path, paths: tuple[str, ...], cache: PlanCache | None = 
     return digests
 
 
+def planned_files(root: Path, paths: Iterable[str], planned: Mapping[str, str]) -> dict[str, bytes]:
+    """The bytes of every file the key hashed under `paths` (files and declared folders), read once and checked
+    against the plan's digests, so that a build stages what its key names: a `git checkout` or an edit between
+    planning and staging would otherwise put new inputs into an image under the old key."""
+    files: dict[str, bytes] = {}
+    for rel in paths:
+        path = root / rel
+        found = [f"{rel}/{child}" for child in labext.source_files(path)] if path.is_dir() else [rel]
+        if sorted(found) != sorted(k for k in planned if k == rel or k.startswith(f"{rel}/")):
+            raise changed_since_plan(rel)
+        for name in found:
+            try:
+                data = (root / name).read_bytes()
+            except OSError:
+                raise changed_since_plan(name) from None
+            if digest_bytes(data) != planned[name]:
+                raise changed_since_plan(name)
+            files[name] = data
+    return files
+
+
+def changed_since_plan(rel: str) -> HubforgeError:
+    return HubforgeError(f"{rel} changed after its image's key was computed (a checkout or an edit during the build); "
+                         "run `invoke build` again")
+
+
 def template_texts(root: Path, target: Target) -> dict[str, str]:
     """The template and every declared .j2 input, by repo-relative path (what render may include)."""
     assert target.template
@@ -206,6 +243,8 @@ class Builder:
         self.staging = threading.Lock()
         self.cache = PlanCache(self.state_dir / "plan-cache.json")
         self.verifier = Verifier()  # every cached input is checked against its lock when staged, once per file
+        # Read from the user, never from the registry it vouches for; loaded now so that a bad file stops the build early.
+        self.remote_index = remote_cache.load(settings.cache_index) if settings.cache_from and settings.cache_index else None
 
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
@@ -287,22 +326,42 @@ class Builder:
             self.docker.tag(step.ref, target.repository, target.friendly_tag)
 
     def pull_from_cache(self, step: Step, progress: Callable[[str], None]) -> bool:
-        """Bazel-style remote cache: the image for this key, pulled instead of built, when it exists."""
-        if not self.settings.cache_from or self.settings.no_cache:
+        """Bazel-style remote cache: the image for this key, pulled instead of built, when the cache index names its
+        digest and the registry has that digest. Pulled by digest only; a refused image gets one line, and the
+        caller builds instead."""
+        if not self.settings.cache_from or self.settings.no_cache or self.remote_index is None:
             return False
-        remote = f"{self.settings.cache_from.rstrip('/')}/{step.target.repository.split('/', 1)[1]}:{step.key}"
-        progress(f"looking for {remote}")
-        if not self.docker.try_pull(remote):
+        remote = remote_cache.remote_repository(self.settings.cache_from, step.target.repository)
+        entry = self.remote_index.entry(remote_cache.repository_name(step.target.repository), step.remote_key)
+        if entry is None:
+            progress(f"{step.ref} is not in the cache index {self.remote_index.source}")
             return False
-        copy = release_copy(remote, self.docker.image(remote))
-        if copy:
-            progress(f"{copy}: building instead")
-            self.docker.remove_image(remote)
+        pinned = f"{remote}@{entry.digest}"
+        progress(f"pulling {pinned}")
+        if not self.docker.try_pull(pinned):
+            self.refuse(step, remote_cache.tag_refusal(f"{remote}:{step.remote_key}", self.served(remote, step), entry))
             return False
-        self.docker.tag(remote, step.target.repository, step.key)
+        pulled = self.docker.image(pinned)
+        why = remote_cache.refusal(entry, pulled, self.identity_labels(step)) or release_copy(pinned, pulled)
+        if why:
+            self.refuse(step, f"{pinned}: {why}")
+            self.docker.remove_image(pinned)
+            return False
+        self.docker.tag(pinned, step.target.repository, step.key)
         self.ensure_friendly_tag(step)
         self.remember(step)
         return True
+
+    def served(self, remote: str, step: Step) -> str | None:
+        """The digest the registry serves under the key tag, or None when it has none (or does not answer)."""
+        try:
+            return self.docker.remote_digest(f"{remote}:{step.remote_key}")
+        except HubforgeError:
+            return None
+
+    def refuse(self, step: Step, why: str) -> None:
+        if why:
+            self.say(f"  refused the remote cache for {step.target.name}: {why}; building {step.ref} here")
 
     def build_step(self, step: Step, on_line: Callable[[str], None], progress: Callable[[str], None]) -> None:
         self.make(step, step.ref, on_line, progress, nocache=self.settings.no_cache)
@@ -392,6 +451,10 @@ class Builder:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def identity_labels(self, step: Step) -> dict[str, str]:
+        """The labels that say which key and target an image was built for (the base, pulled or bootstrapped, has none)."""
+        return {} if step.target.name == "base" else {KEY_LABEL: step.key, TARGET_LABEL: step.target.name}
+
     def build_labels(self, step: Step) -> dict[str, str]:
         """Labels of every built image. No revision: an image is a function of its key's inputs, and a commit that
         changes none of them must not change it (`invoke release` labels the revision it releases from)."""
@@ -402,38 +465,50 @@ class Builder:
         }
 
     def stage_context(self, step: Step, progress: Callable[[str], None]) -> Path:
-        """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules."""
+        """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules. Every
+        declared input comes from the bytes its key hashed (planned_files), never from a second read of the tree."""
         from . import debs, npm, wheels
         target, root, cache = step.target, self.settings.root, self.settings.cache_dir
         context = cache / "contexts" / f"{target.name}-{step.key}"
         shutil.rmtree(context, ignore_errors=True)
         context.mkdir(parents=True)
         (context / "Dockerfile").write_text(step.manifest.dockerfile)
+        rendered = {target.template} | {p for p in target.inputs if p.endswith(".j2")}  # already in the Dockerfile
+        files = planned_files(root, [p for p in target.all_inputs() if p not in rendered], step.manifest.inputs)
         for rel in target.inputs:
-            if not rel.endswith(".j2"):
-                dest = context / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(root / rel, dest)
+            if rel not in rendered:
+                write_planned(files[rel], root / rel, context / rel)
         cache_debs = debs.DebCache(cache / "debs", self.verifier)
         for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
             if lock:
-                pins = parse_apt_lock((root / lock).read_text(), lock)
+                pins = parse_apt_lock(files[lock].decode(), lock)
                 check_deb_arch(pins, self.daemon_arch, lock)
                 cache_debs.stage(pins, context / folder, progress)
         if target.python_lock or target.local_packages or target.lab_extensions:
             wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch(), verifier=self.verifier)
-            pins = parse_python_lock((root / target.python_lock).read_text(), target.python_lock) if target.python_lock else []
+            pins = parse_python_lock(files[target.python_lock].decode(), target.python_lock) if target.python_lock else []
             wheel_cache.fetch(pins, progress)
             found = [wheel_cache.wheel_for(pin) for pin in pins]
-            found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH)
+            found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH, below(files, pkg))
                       for pkg in target.local_packages]
-            found += [wheels.file_wheel(labext.build_wheel(root / ext, cache / "labext", progress))
-                      for ext in target.lab_extensions]
+            found += [wheels.file_wheel(self.lab_extension_wheel(ext, step, progress)) for ext in target.lab_extensions]
             wheels.stage(found, context / "wheels", self.verifier)
         if target.npm_dir:
-            modules = npm.install(root / target.npm_dir, cache / "npm", progress)
+            with tempfile.TemporaryDirectory(prefix="npm-inputs-", dir=self.scratch_dir()) as planned_dir:
+                for name in ("package.json", "package-lock.json"):
+                    (Path(planned_dir) / name).write_bytes(files[f"{target.npm_dir}/{name}"])
+                modules = npm.install(Path(planned_dir), cache / "npm", progress)
             shutil.copytree(modules, context / "node_modules", symlinks=True)
         return context
+
+    def lab_extension_wheel(self, ext: str, step: Step, progress: Callable[[str], None]) -> Path:
+        """The extension's wheel, built from its folder (its node_modules live there), which must hold the planned
+        bytes before and after the build: the wheel is then of the sources the key names."""
+        root = self.settings.root
+        planned_files(root, [ext], step.manifest.inputs)
+        wheel = labext.build_wheel(root / ext, self.settings.cache_dir / "labext", progress)
+        planned_files(root, [ext], step.manifest.inputs)
+        return wheel
 
     @functools.cached_property
     def daemon_arch(self) -> str:
@@ -444,6 +519,18 @@ class Builder:
         """The same, as wheel platform tags name it (x86_64, aarch64)."""
         machine = self.daemon_arch
         return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def write_planned(data: bytes, source: Path, dest: Path) -> None:
+    """Put a checked input into the context with its source's mode and times (Docker's COPY keeps the mode)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    shutil.copystat(source, dest)
+
+
+def below(files: Mapping[str, bytes], folder: str) -> dict[str, bytes]:
+    """The files under `folder`, by path relative to it."""
+    return {name[len(folder) + 1:]: data for name, data in files.items() if name.startswith(f"{folder}/")}
 
 
 def elapsed(start: float) -> str:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-KEY_LENGTH = 20  # hex characters of sha256 kept in the tag: 80 bits
+KEY_LENGTH = 20  # hex characters of sha256 kept in the local tag: 80 bits (remote addresses use all 256)
 
 
 def digest_bytes(data: bytes) -> str:
@@ -38,7 +38,13 @@ class Manifest:
         ).encode()
 
     def key(self) -> str:
-        return digest_bytes(self.canonical())[:KEY_LENGTH]
+        """The local tag: short enough to read, and only ever compared with images this machine built or checked."""
+        return self.full_key()[:KEY_LENGTH]
+
+    def full_key(self) -> str:
+        """The whole sha256: the address in a registry, where 80 bits would let whoever pushes there search for
+        a second set of inputs under the same tag."""
+        return digest_bytes(self.canonical())
 
     def to_json(self) -> dict:
         return {

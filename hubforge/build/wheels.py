@@ -11,10 +11,12 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .. import proc
+from . import labext
 from ..errors import HubforgeError
 from .keys import digest_bytes
 from .locks import PythonPin, normalize
@@ -134,31 +136,39 @@ def sdist_wheel_argv(sdist: Path, wheel_dir: str) -> list[str]:
             "--wheel-dir", wheel_dir, str(sdist)]
 
 
-def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: int) -> Path:
+def package_files(source: Path) -> dict[str, bytes]:
+    """The files of a source package folder, by POSIX path relative to it: exactly the files its key hashes
+    (labext.source_files: build outputs such as build/, dist/, lib/ and __pycache__ are left out of both)."""
+    return {rel: (source / rel).read_bytes() for rel in labext.source_files(source)}
+
+
+def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: int,
+                      files: Mapping[str, bytes] | None = None) -> Path:
     """A reproducible pure-Python wheel of one source package folder (no build backend needed).
 
-    Same bytes in, same wheel out: files are sorted and stamped with `epoch`.
+    Same bytes in, same wheel out: files are sorted and stamped with `epoch`. `files` (relative to `source`) are
+    the bytes to pack, e.g. those checked against the key; by default the folder's package_files().
     """
     dist = normalize(name).replace("-", "_")
     stamp = max(epoch, 315532800)  # zip cannot store times before 1980
     date_time = time.gmtime(stamp)[:6]
-    files: list[tuple[str, bytes]] = []
-    for path in sorted(source.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
-            files.append((f"{source.name}/{path.relative_to(source).as_posix()}", path.read_bytes()))
+    packed = package_files(source) if files is None else files
+    # Ordered as Path objects sort (part by part), as wheels were packed before: the same bytes for the same files.
+    entries: list[tuple[str, bytes]] = [(f"{source.name}/{rel}", packed[rel])
+                                          for rel in sorted(packed, key=lambda r: PurePosixPath(r).parts)]
     info = f"{dist}-{version}.dist-info"
-    files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
-    files.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: hubforge\nRoot-Is-Purelib: true\nTag: py3-none-any\n"))
+    entries.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
+    entries.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: hubforge\nRoot-Is-Purelib: true\nTag: py3-none-any\n"))
     record_lines = []
-    for arcname, data in files:
+    for arcname, data in entries:
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         record_lines.append(f"{arcname},sha256={digest},{len(data)}")
     record_lines.append(f"{info}/RECORD,,")
-    files.append((f"{info}/RECORD", ("\n".join(record_lines) + "\n").encode()))
+    entries.append((f"{info}/RECORD", ("\n".join(record_lines) + "\n").encode()))
     dest.mkdir(parents=True, exist_ok=True)
     wheel = dest / f"{dist}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for arcname, data in files:
+        for arcname, data in entries:
             entry = zipfile.ZipInfo(arcname, date_time=date_time)
             entry.external_attr = 0o644 << 16
             entry.compress_type = zipfile.ZIP_DEFLATED
@@ -180,9 +190,9 @@ def stage(wheels: list[Wheel], dest: Path, verifier: Verifier | None = None) -> 
     return requirements
 
 
-def local_wheel(source: Path, version: str, dest: Path, epoch: int) -> Wheel:
+def local_wheel(source: Path, version: str, dest: Path, epoch: int, files: Mapping[str, bytes] | None = None) -> Wheel:
     name = source.name.replace("_", "-")
-    path = build_local_wheel(source, name, version, dest, epoch)
+    path = build_local_wheel(source, name, version, dest, epoch, files)
     return Wheel(normalize(name), version, path, digest_bytes(path.read_bytes()))
 
 

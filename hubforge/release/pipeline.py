@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..build import remote_cache
 from ..build.builder import REVISION_LABEL, Builder, Step
 from ..build.targets import DEFAULT_SET
 from ..docker_io import Docker
@@ -51,6 +52,7 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
     dist = root / "dist"
     tools = rel.tool_versions(docker.client.version().get("Version", "?"))
     version = request.version
+    index: dict[str, dict[str, remote_cache.Entry]] = {}
     for item in pushes:
         step = by_name[item.target]
         labels = {"org.opencontainers.image.version": str(version), REVISION_LABEL: git_sha}
@@ -62,7 +64,7 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         for tag in item.tags:
             # The key tag is the remote cache of `invoke build --cache-from`: the built image itself, so that a pull by
             # key gives the bytes a build of that key gives (the version tags carry the release's two labels).
-            image = item.source if tag == step.key else released
+            image = item.source if tag == step.remote_key else released
             docker.tag(image, item.repository, tag)
             pushed = docker.push(item.repository, tag)
             remote = docker.remote_digest(f"{item.repository}:{tag}")
@@ -70,6 +72,8 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
             if remote != pushed or pushed not in local:
                 raise HubforgeError(f"{item.repository}:{tag}: the registry has {remote}, the push said {pushed}, locally {sorted(local)}")
             say(f"  pushed {item.repository}:{tag} {remote}")
+            if tag == step.remote_key:  # the cache index: the digest `invoke build --cache-from` may pull for this key
+                index.setdefault(remote_cache.repository_name(step.target.repository), {})[tag] = remote_cache.entry_for(remote, docker.inspect(image))
         if item.target == "base":
             continue
         python, debian = inventory(docker, released)  # gpu-probe: the status paragraphs of what its build copied in
@@ -84,6 +88,8 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         rel.write_json(dist / f"{image_name}-{version}.provenance.json", prov)
         say(f"  {image_name}: SBOM {sbom_path.name} ({len(python)} Python, {len(debian)} Debian, {len(npm)} npm packages), "
             "provenance written")
+    index_path = rel.write_json(rel.cache_index_path(dist, version), remote_cache.dump(index))
+    say(f"  cache index {index_path.name}: the digest of each key tag, for `invoke build --cache-from` (attach it to the release)")
 
 
 def image_sbom(docker: Docker, image: str, default_dir: Path, output: Path | None) -> tuple[Path, int, int]:

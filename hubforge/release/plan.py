@@ -73,21 +73,22 @@ class Push:
     target: str  # hub, lab, lab-datascience, gpu-probe
     source: str  # local image ref (by key)
     repository: str
-    tags: tuple[str, ...]  # version tags, then the key tag (remote cache)
+    tags: tuple[str, ...]  # version tags, then the key tag (remote cache): the full sha256 key
 
 
 def plan(steps: list[Step], registry: str, namespace: str, version: Version, git12: str) -> list[Push]:
     """Every tag to push. Released images get version tags plus their key tag; the base gets only its
-    key tag, so that `invoke build --cache-from` elsewhere can skip the whole graph."""
+    key tag, so that `invoke build --cache-from` elsewhere can skip the whole graph. A key tag in a registry is
+    the full sha256 key (the local tag's 80 bits are too few for an address others can push to)."""
     pushes = []
     for step in steps:
         target = step.target
         name = target.repository.split("/", 1)[1]
         if target.name in RELEASED or target.name.startswith("lab-"):
             flavor = None if target.flavor == "default" else target.flavor
-            tags = tuple(tags_for(version, git12, flavor)) + (step.key,)
+            tags = tuple(tags_for(version, git12, flavor)) + (step.remote_key,)
         else:
-            tags = (step.key,)
+            tags = (step.remote_key,)
         pushes.append(Push(target.name, step.ref, repository(registry, namespace, name), tags))
     return pushes
 
@@ -147,6 +148,11 @@ def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Pat
 
 def tool_versions(docker_version: str) -> dict[str, str]:
     return {"hubforge": __version__, "python": platform.python_version(), "docker": docker_version}
+
+
+def cache_index_path(dist: Path, version: Version) -> Path:
+    """Where a release writes its remote cache index (hubforge.build.remote_cache), beside its provenance."""
+    return dist / f"cache-index-{version}.json"
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -111,7 +111,8 @@ def test_cache_from_pulls_instead_of_building(registry, released):
     built = client.images.get(f"hubforge/gpu-probe:{key}").id
     for tag in (f"hubforge/gpu-probe:{key}", "hubforge/gpu-probe:dev"):
         client.images.remove(tag, force=True)
-    result = invoke("build", "--target", "gpu-probe", "--cache-from", f"{registry}/{NAMESPACE}")
+    result = invoke("build", "--target", "gpu-probe", "--cache-from", f"{registry}/{NAMESPACE}",
+                    "--cache-index", str(ROOT / "dist" / f"cache-index-{VERSION}.json"))
     assert result.returncode == 0, result.stderr
     assert "pulled from the cache" in result.stdout and "building" not in result.stdout
     # the cache holds the built image itself, not the release's labelled copy: the same bytes as a build of the key

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hubforge.build import wheels
-from hubforge.build.builder import Builder, Settings, Step
+from hubforge.build.builder import Builder, Settings, Step, input_digests
 from hubforge.build.keys import Manifest
 from hubforge.build.targets import Graph, Target
 from hubforge.build.verify import Verifier
@@ -101,7 +101,7 @@ def stage(root: Path, cache: Path) -> Path:
     builder = Builder(Settings(root=root, cache_dir=cache), EmptyImageStore(), Graph({"probe": TARGET}),  # type: ignore[arg-type]
                       say=lambda message: None)
     builder.__dict__["daemon_arch"] = "amd64"  # the daemon's answer, without a daemon
-    step = Step(TARGET, Manifest("probe", "FROM scratch\n", {}, {}, None), exists=False)
+    step = Step(TARGET, Manifest("probe", "FROM scratch\n", input_digests(root, TARGET.all_inputs()), {}, None), exists=False)
     return builder.stage_context(step, progress=lambda message: None)
 
 
