@@ -307,10 +307,12 @@ def e2e(c, k=None, headed=False, keep=False, screenshots=None):
     "flavor": "also release this lab flavour (repeatable)",
     "allow_dirty": "release from a dirty tree or an untagged HEAD",
     "verbose": "log every step (secrets stay hidden)",
+    "signing_key": "ECDSA P-256 PEM key that signs the attached SBOM and provenance (default $HUBFORGE_SIGNING_KEY; "
+                   "its password, if any, in $HUBFORGE_SIGNING_KEY_PASSWORD)",
 }, iterable=["flavor"])
 @user_errors
 def release(c, version, registry="docker.io", namespace="hubforge", push=False, dry_run=False, flavor=None,
-            allow_dirty=False, verbose=False):
+            allow_dirty=False, verbose=False, signing_key=None):
     """Tag, push and verify versioned images, with a CycloneDX SBOM and provenance for each."""
     from hubforge import app
     from hubforge.errors import HubforgeError
@@ -321,7 +323,9 @@ def release(c, version, registry="docker.io", namespace="hubforge", push=False, 
     app.configure_logging(verbose)
     user, token = os.environ.get("DOCKERHUB_USERNAME", ""), os.environ.get("DOCKERHUB_TOKEN", "")
     credentials = (user, token) if user and token else None  # else the registry's own `docker login`
-    app.release(settings(c), version, registry, namespace, push, list(flavor or []), allow_dirty, credentials)
+    key = signing_key or os.environ.get("HUBFORGE_SIGNING_KEY", "")
+    signing = (Path(key), os.environ.get("HUBFORGE_SIGNING_KEY_PASSWORD") or None) if key else None
+    app.release(settings(c), version, registry, namespace, push, list(flavor or []), allow_dirty, credentials, signing)
 
 
 @task(help={"output": "where to write the CycloneDX JSON (default dist/<image>-<version>.cdx.json)"})
@@ -331,3 +335,14 @@ def sbom(c, image, output=None):
     from hubforge import app
 
     app.sbom(settings(c), image, Path(output) if output else None)
+
+
+@task(help={"image": "a released image: REGISTRY/NAMESPACE/NAME:TAG or ...@sha256:DIGEST",
+            "key": "the release's public key (PEM), e.g. hubforge.pub"})
+@user_errors
+def verify(c, image, key):
+    """Check a released image's attached SBOM and provenance: signed by KEY, about the digest IMAGE resolves to."""
+    from hubforge import app
+
+    user, token = os.environ.get("DOCKERHUB_USERNAME", ""), os.environ.get("DOCKERHUB_TOKEN", "")
+    app.verify(image, Path(key), (user, token) if user and token else None)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from . import doctor
 from .build.builder import CHECK_REPOSITORY, RAW_REPOSITORY, Builder, Settings, Step, default_jobs, run_plan
-from .docker_io import Docker
+from .docker_io import Docker, stored_credentials
 from .errors import DockerUnavailable, HubforgeError
 
 log = logging.getLogger(__name__)
@@ -418,12 +418,16 @@ def logs(settings: Settings, options, service: str | None, follow: bool, tail: i
 
 # -- releases --------------------------------------------------------------------------------------------
 def release(settings: Settings, version_text: str, registry: str, namespace: str, push: bool,
-            flavors: list[str], allow_dirty: bool, credentials: tuple[str, str] | None) -> list:
-    """Dry run: print every tag and the image behind it. --push: label, push, verify digests, SBOM, provenance."""
+            flavors: list[str], allow_dirty: bool, credentials: tuple[str, str] | None,
+            signing: tuple[Path, str | None] | None = None) -> list:
+    """Dry run: print every tag and the image behind it. --push: label, push, verify digests, SBOM, provenance,
+    attached to each image in the registry and signed with the `signing` key (path, password)."""
     from .release import pipeline
     from .release.plan import check_tree, git, parse_version
+    from .release.sign import load_private_key
 
     request = pipeline.Request(parse_version(version_text), registry, namespace, tuple(flavors))
+    key = load_private_key(*signing) if signing else None  # a bad key fails before anything is built
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     git_sha = check_tree(settings.root, request.version, allow_dirty) if push else git(settings.root, "rev-parse", "HEAD")
     builder = make_builder(settings)
@@ -441,8 +445,21 @@ def release(settings: Settings, version_text: str, registry: str, namespace: str
     if not push:
         say("dry run: nothing pushed (add --push)")
         return pushes
-    pipeline.publish(builder, settings.root, request, steps, pushes, git_sha, credentials, say)
+    pipeline.publish(builder, settings.root, request, steps, pushes, git_sha, credentials, say, key)
     return pushes
+
+
+def verify(image: str, key_path: Path, credentials: tuple[str, str] | None) -> None:
+    """Fetch the attestations attached to a released image and check their signatures and subject digest."""
+    from .release import attest, oci
+    from .release.sign import PREDICATE_PROVENANCE, load_public_key
+
+    key = load_public_key(key_path)
+    host = oci.split_reference(image)[0]
+    verified = attest.verify_image(oci.Registry(host, credentials or stored_credentials(host)), image, key)
+    provenance = verified.predicates[PREDICATE_PROVENANCE]
+    say(f"{image}: {verified.digest}, its SBOM and provenance signed by {key_path.name}; built from git "
+        f"{provenance.get('git', {}).get('sha', '?')}, key {provenance.get('key', '?')}")
 
 
 def sbom(settings: Settings, image: str, output: Path | None) -> Path:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib
+import io
 import json
 import logging
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from hub_ext.runtime import LOG_DRIVER, default_log_options
 
@@ -19,6 +21,7 @@ from .errors import BuildFailed, DockerUnavailable, HubforgeError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 START_HINT = "start it with `invoke setup` (as root on Debian/Ubuntu) or `sudo dockerd &`, then retry"
 LOG_TAIL = 30
 
@@ -275,27 +278,77 @@ class Docker:
         return image_id
 
     # -- throwaway containers ----------------------------------------------------------------------
-    def run_output(self, image: str, command: list[str], **kwargs) -> str:
-        """Run a short-lived container and return its output; the container is always removed."""
+    @contextlib.contextmanager
+    def _tool_container(self, image: str, command: list[str], **kwargs) -> Iterator[Any]:
+        """A container of `image` made for one tool's use; it is always removed."""
         try:
             container = self.client.containers.create(image, command, labels={"hubforge.role": "tool"}, **kwargs)
         except docker.errors.APIError as exc:
             raise HubforgeError(f"cannot create a container of {image}: {_short(exc)}") from None
         try:
-            container.start()
-            status = container.wait(timeout=600)
-            output = container.logs(stdout=True, stderr=True).decode(errors="replace")
-        except docker.errors.APIError as exc:  # e.g. the command does not exist in this image
-            raise HubforgeError(f"{command[0]} cannot run in {image}: {_short(exc)}") from None
+            yield container
         finally:
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass  # already removed
+
+    def read_filesystem(self, image: str, read: Callable[[IO[bytes]], T]) -> T:
+        """`read(stream)` of the root filesystem of `image` as a tar (`docker export`) of a container that is created,
+        never started, so nothing in the image runs."""
+        # a container needs a command to be created; this one never runs
+        with self._tool_container(image, ["/nonexistent"], entrypoint=[], network_disabled=True) as container:
+            try:
+                return read(io.BufferedReader(_ChunkStream(container.export(chunk_size=1 << 20)), 1 << 20))
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                raise HubforgeError(f"cannot export the filesystem of {image}: {_short(exc)}") from None
+
+    def run_output(self, image: str, command: list[str], **kwargs) -> str:
+        """Run a short-lived container and return its output; the container is always removed."""
+        with self._tool_container(image, command, **kwargs) as container:
+            try:
+                container.start()
+                status = container.wait(timeout=600)
+                output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+            except docker.errors.APIError as exc:  # e.g. the command does not exist in this image
+                raise HubforgeError(f"{command[0]} cannot run in {image}: {_short(exc)}") from None
         if status.get("StatusCode", 1) != 0:
             tail = "\n".join(output.strip().splitlines()[-15:])
             raise HubforgeError(f"{' '.join(command)[:80]} in {image} exited {status.get('StatusCode')}:\n{tail}")
         return output
+
+
+def stored_credentials(host: str) -> tuple[str, str] | None:
+    """The user and password that `docker login HOST` stored (config file or credential helper), if any."""
+    try:
+        found = docker.auth.resolve_authconfig(docker.auth.load_config(), None if "docker.io" in host else host)
+    except docker.errors.DockerException as exc:
+        log.info("no stored credentials for %s: %s", host, _short(exc))
+        return None
+    found = found or {}
+    user, password = found.get("username") or found.get("Username"), found.get("password") or found.get("Password")
+    return (user, password) if user and password else None
+
+
+class _ChunkStream(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (the SDK's streamed export), so a tar reader takes it whole
+    without it ever being on disk."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks, self._left = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._left:
+            self._left = next(self._chunks, None)
+            if self._left is None:
+                self._left = b""
+                return 0
+        size = min(len(buffer), len(self._left))
+        buffer[:size], self._left = self._left[:size], self._left[size:]
+        return size
 
 
 def _short(exc: BaseException) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +51,19 @@ def dashboard_metric_families(path: Path) -> set[str]:
     panels = json.loads(path.read_text())["panels"]
     exprs = [target["expr"] for panel in panels for target in panel.get("targets", [])]
     return {metric_family(name) for expr in exprs for name in METRIC_IN_EXPR.findall(expr)}
+
+
+def rootfs_tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> io.BytesIO:
+    """A root filesystem as `docker export` streams it: paths without a leading /, hard links to earlier files."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, target
+            archive.addfile(info)
+    out.seek(0)
+    return out

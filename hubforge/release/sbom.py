@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from typing import IO, Any
 
 from cyclonedx.model.bom import Bom
 from cyclonedx.model.component import Component, ComponentType
@@ -13,69 +17,108 @@ from cyclonedx.schema import OutputFormat, SchemaVersion
 from packageurl import PackageURL
 
 from ..docker_io import Docker
-from ..errors import HubforgeError
 
-PYTHON_INVENTORY = (
-    "import importlib.metadata as m, json; "
-    "print(json.dumps(sorted({(d.metadata['Name'], d.version) for d in m.distributions() if d.metadata['Name']})))"
-)
-DPKG_INVENTORY = ["dpkg-query", "-W", "-f", "${Package}\\t${Version}\\t${Architecture}\\t${db:Status-Abbrev}\\n"]
+# What the SBOM reads, by path in the image's filesystem (as `docker export` gives it: no leading /).
+DPKG_STATUS = "var/lib/dpkg/status"
 # An image without dpkg (gpu-probe: busybox and files copied from .debs) records the packages it copied as one dpkg
 # status paragraph each, in the folder that distroless images use and that SBOM scanners read (syft, trivy).
-STATUS_D = "/var/lib/dpkg/status.d"
-STATUS_D_INVENTORY = ["/bin/sh", "-c", f"cat {STATUS_D}/*"]
-# npm packages shipped in a lab: every prebuilt JupyterLab extension (its package.json) and what its bundle holds
-# (static/third-party-licenses.json, written by the extension builder), and the bundle of JupyterLab itself.
-# Shared packages an extension takes from JupyterLab at run time are in JupyterLab's bundle, not the extension's.
-NPM_INVENTORY = """
-import json, pathlib, sys
-try:
-    from jupyter_core.paths import jupyter_path
-    roots = [pathlib.Path(p) for p in jupyter_path()]
-except ImportError:
-    roots = [pathlib.Path(sys.prefix, "share", "jupyter")]
-found = set()
-def bundled(path, by):
-    try:
-        packages = json.loads(path.read_text()).get("packages", [])
-    except (OSError, ValueError):
-        return
-    found.update((p["name"], p["versionInfo"], by) for p in packages if p.get("name") and p.get("versionInfo"))
-for root in roots:
-    bundled(root / "lab" / "static" / "third-party-licenses.json", "jupyterlab")
-    for manifest in sorted(root.glob("labextensions/*/package.json")) + sorted(root.glob("labextensions/@*/*/package.json")):
-        try:
-            package = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            continue
-        if package.get("name") and package.get("version"):
-            found.add((package["name"], package["version"], ""))
-            bundled(manifest.parent / "static" / "third-party-licenses.json", package["name"])
-print(json.dumps(sorted(found)))
-"""
+STATUS_D = re.compile(r"var/lib/dpkg/status\.d/[^/]+")
+# Python distributions: what importlib.metadata finds on an interpreter's path, read from every site- or
+# dist-packages folder (a venv's too). Metadata files, not a run of the image's own python3, which could lie.
+PYTHON_METADATA = re.compile(r"(?:.+/)?(?:site|dist)-packages/[^/]+\.(?:dist-info/METADATA|egg-info/PKG-INFO|egg-info)")
+# npm packages shipped in a lab: every prebuilt JupyterLab extension in a Jupyter data folder (its package.json) and
+# what its bundle holds (static/third-party-licenses.json, written by the extension builder), and the bundle of
+# JupyterLab itself. Shared packages an extension takes from JupyterLab at run time are in JupyterLab's bundle.
+JUPYTER = r"(?:.+/)?share/jupyter/"
+LAB_BUNDLE = re.compile(JUPYTER + r"lab/static/third-party-licenses\.json")
+EXTENSION = re.compile(JUPYTER + r"labextensions/(?:@[^/]+/)?[^/@]+/package\.json")
+EXTENSION_BUNDLE = re.compile(JUPYTER + r"labextensions/(?:@[^/]+/)?[^/@]+/static/third-party-licenses\.json")
+MAX_READ = 64 << 20  # the largest metadata file read; anything bigger is not one
 
 
-def inventory(docker: Docker, image: str) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """(Python distributions, installed Debian packages) found inside `image`; empty when it has neither tool."""
-    python: list[tuple[str, str]] = []
-    debian: list[tuple[str, str, str]] = []
+@dataclass(frozen=True)
+class Inventory:
+    """The packages found in an image's filesystem, each list sorted and without repeats."""
+
+    python: list[tuple[str, str]]  # (distribution, version)
+    debian: list[tuple[str, str, str]]  # (package, version, architecture)
+    npm: list[tuple[str, str, str]]  # (package, version, bundled by: "" for an extension itself)
+
+
+def image_inventory(docker: Docker, image: str) -> Inventory:
+    """What `image` holds, read from its filesystem by the host, never by running anything inside it."""
+    return docker.read_filesystem(image, read_inventory)
+
+
+def read_inventory(stream: IO[bytes]) -> Inventory:
+    """The packages in a root filesystem tar (`docker export`), read in one pass: only metadata files are kept."""
+    wanted: dict[str, bytes] = {}
+    with tarfile.open(fileobj=stream, mode="r|*") as archive:
+        for member in archive:
+            name = _path(member.name)
+            if not _wanted(name):
+                continue
+            if member.isfile() and member.size <= MAX_READ:
+                wanted[name] = archive.extractfile(member).read()
+            elif member.islnk() and _path(member.linkname) in wanted:  # a hard link to a file read before
+                wanted[name] = wanted[_path(member.linkname)]
+    return Inventory(python_packages(wanted), debian_packages(wanted), npm_packages(wanted))
+
+
+def _path(name: str) -> str:
+    return name.removeprefix("./").lstrip("/")
+
+
+def _wanted(name: str) -> bool:
+    return (name == DPKG_STATUS or any(p.fullmatch(name) for p in (STATUS_D, PYTHON_METADATA, LAB_BUNDLE, EXTENSION,
+                                                                     EXTENSION_BUNDLE)))
+
+
+def python_packages(files: Mapping[str, bytes]) -> list[tuple[str, str]]:
+    """(Name, Version) from each distribution's metadata headers, as importlib.metadata reports them."""
+    found = set()
+    for name, data in files.items():
+        if PYTHON_METADATA.fullmatch(name):
+            headers = HeaderParser().parsestr(data.decode("utf-8", errors="replace"), headersonly=True)
+            if headers.get("Name") and headers.get("Version"):
+                found.add((str(headers["Name"]).strip(), str(headers["Version"]).strip()))
+    return sorted(found)
+
+
+def debian_packages(files: Mapping[str, bytes]) -> list[tuple[str, str, str]]:
+    """The installed packages of dpkg's database and of the status.d/ paragraphs (an image without dpkg)."""
+    paragraphs = [files[name].decode("utf-8", errors="replace") for name in sorted(files)
+                  if name == DPKG_STATUS or STATUS_D.fullmatch(name)]
+    return parse_dpkg_status("\n\n".join(paragraphs))
+
+
+def npm_packages(files: Mapping[str, bytes]) -> list[tuple[str, str, str]]:
+    """(name, version, bundled by) of every prebuilt JupyterLab extension and of what each bundle holds."""
+    found = set()
+    for name, data in files.items():
+        if LAB_BUNDLE.fullmatch(name):
+            found.update(_bundled(data, "jupyterlab"))
+        elif EXTENSION.fullmatch(name):
+            package = _json(data)
+            if package.get("name") and package.get("version"):
+                found.add((package["name"], package["version"], ""))
+                bundle = name.removesuffix("package.json") + "static/third-party-licenses.json"
+                found.update(_bundled(files.get(bundle, b""), package["name"]))
+    return sorted(found)
+
+
+def _bundled(data: bytes, by: str) -> set[tuple[str, str, str]]:
+    packages = _json(data).get("packages", [])
+    return {(p["name"], p["versionInfo"], by) for p in packages
+            if isinstance(p, dict) and p.get("name") and p.get("versionInfo")}
+
+
+def _json(data: bytes) -> dict[str, Any]:
     try:
-        output = docker.run_output(image, ["python3", "-c", PYTHON_INVENTORY], entrypoint=[], user="0")
-        python = [tuple(p) for p in json.loads(output.strip().splitlines()[-1])]
-    except (HubforgeError, ValueError, IndexError):
-        pass  # no Python in this image (gpu-probe)
-    try:
-        output = docker.run_output(image, DPKG_INVENTORY, entrypoint=[], user="0")
-        for line in output.splitlines():
-            fields = line.split("\t")
-            if len(fields) == 4 and fields[3].strip().startswith("ii"):
-                debian.append((fields[0], fields[1], fields[2]))
-    except HubforgeError:  # no dpkg in this image (gpu-probe): the status paragraphs of what its build copied in
-        try:
-            debian = parse_dpkg_status(docker.run_output(image, STATUS_D_INVENTORY, entrypoint=[], user="0"))
-        except HubforgeError:
-            pass  # neither: no Debian packages to list
-    return python, debian
+        loaded = json.loads(data)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def parse_dpkg_status(text: str) -> list[tuple[str, str, str]]:
@@ -87,16 +130,6 @@ def parse_dpkg_status(text: str) -> list[tuple[str, str, str]]:
         if fields.get("Package") and fields.get("Version") and fields.get("Status", "").endswith(" installed"):
             found.append((fields["Package"], fields["Version"], fields.get("Architecture", "all")))
     return sorted(set(found))
-
-
-def npm_inventory(docker: Docker, image: str) -> list[tuple[str, str, str]]:
-    """(name, version, bundled by) of the npm packages a lab ships: its JupyterLab extensions and their bundles
-    ("" for an extension itself); empty in an image without Python or JupyterLab."""
-    try:
-        output = docker.run_output(image, ["python3", "-c", NPM_INVENTORY], entrypoint=[], user="0")
-        return [tuple(p) for p in json.loads(output.strip().splitlines()[-1])]
-    except (HubforgeError, ValueError, IndexError):
-        return []
 
 
 def npm_purl(package: str, version: str) -> PackageURL:

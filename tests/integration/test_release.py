@@ -13,6 +13,8 @@ from pathlib import Path
 import docker
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..helpers import wait_until
 from ..livestack import current_images, free_port
@@ -58,9 +60,22 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
-def released(registry):
+def signing_key(tmp_path_factory) -> tuple[Path, Path]:
+    """A release key as `openssl ecparam -name prime256v1 -genkey | openssl pkcs8 -topk8` writes it: (key, public key)."""
+    folder = tmp_path_factory.mktemp("keys")
+    key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "release.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    (folder / "release.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    return folder / "release.key", folder / "release.pub"
+
+
+@pytest.fixture(scope="module")
+def released(registry, signing_key):
     result = invoke("release", "--version", VERSION, "--registry", registry, "--namespace", NAMESPACE, "--push",
-                    "--allow-dirty", "--verbose", env={"DOCKERHUB_USERNAME": "ci", "DOCKERHUB_TOKEN": SECRET})
+                    "--allow-dirty", "--verbose", "--signing-key", str(signing_key[0]),
+                    env={"DOCKERHUB_USERNAME": "ci", "DOCKERHUB_TOKEN": SECRET})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -102,6 +117,52 @@ def test_sbom_lists_what_is_really_installed(released):
     assert "images/hub/requirements.lock" in provenance["locks"]
     probe = json.loads((ROOT / "dist" / f"gpu-probe-{VERSION}.cdx.json").read_text())
     assert {c["name"] for c in probe["components"]} >= {"busybox-static", "libc6"}
+
+
+@pytest.mark.parametrize("image", ["hub", "lab", "gpu-probe"])
+def test_provenance_digest_is_the_registry_digest_of_every_version_tag(registry, released, image):
+    """It was the digest of the key tag, the last one pushed: the built image, not the labelled `hub:X.Y.Z`."""
+    client = docker.from_env()
+    provenance = json.loads((ROOT / "dist" / f"{image}-{VERSION}.provenance.json").read_text())
+    git12 = provenance["git"]["sha"][:12]
+    assert sorted(provenance["tags"]) == sorted([VERSION, "9.8", "9", "latest", f"sha-{git12}"])
+    for tag in provenance["tags"]:
+        remote = client.api.inspect_distribution(f"{registry}/{NAMESPACE}/{image}:{tag}")["Descriptor"]["digest"]
+        assert remote == provenance["digest"] == provenance["tags"][tag], tag
+    key_tag = client.api.inspect_distribution(f"{registry}/{NAMESPACE}/{image}:{provenance['key']}")["Descriptor"]["digest"]
+    assert key_tag != provenance["digest"]  # the remote cache's built image has no release labels
+
+
+@pytest.mark.parametrize("image", ["hub", "lab", "gpu-probe"])
+def test_invoke_verify_checks_the_signed_attestations_of_a_released_image(registry, released, signing_key, image):
+    provenance = json.loads((ROOT / "dist" / f"{image}-{VERSION}.provenance.json").read_text())
+    result = invoke("verify", f"{registry}/{NAMESPACE}/{image}:{VERSION}", "--key", str(signing_key[1]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert provenance["digest"] in result.stdout and provenance["git"]["sha"] in result.stdout
+
+
+def test_one_changed_byte_of_an_attestation_fails_verification(registry, released, signing_key):
+    """A copy of the hub's provenance statement with one byte changed, attached with the original signature."""
+    from hubforge.release import attest, oci
+
+    client = oci.Registry(registry)
+    path = f"{NAMESPACE}/hub"
+    digest = json.loads((ROOT / "dist" / f"hub-{VERSION}.provenance.json").read_text())["digest"]
+    tag = oci.referrers_tag(digest)
+    index, _ = client.manifest(path, tag)
+    entry = next(m for m in json.loads(index)["manifests"] if m["annotations"][attest.PREDICATE].endswith("provenance/v1"))
+    manifest = json.loads(client.manifest(path, entry["digest"])[0])
+    data = bytearray(client.blob(path, manifest["layers"][0]["digest"]))
+    data[data.index(b'"version":"' + VERSION.encode()) + len('"version":"')] ^= 1  # 9.8.7 -> 8.8.7
+    manifest["layers"][0].update(digest=client.put_blob(path, bytes(data)), size=len(data))
+    client.attach(path, manifest, {"artifactType": attest.ARTIFACT_TYPE})
+    try:
+        result = invoke("verify", f"{registry}/{NAMESPACE}/hub:{VERSION}", "--key", str(signing_key[1]))
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
+        assert "the signature does not match this key" in result.stderr
+    finally:
+        client.put_manifest(path, tag, index, oci.OCI_INDEX)  # the index as the release left it
 
 
 def test_cache_from_pulls_instead_of_building(registry, released):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import yaml
 from hubforge.errors import HubforgeError
 from hubforge.proc import redact
 from hubforge.release.plan import Version, check_tree, parse_version, repository, tags_for
+
+from ..helpers import rootfs_tar
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,3 +143,84 @@ Version: 1.0
 """
     assert parse_dpkg_status(text) == [("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"), ("libc6", "2.36-9+deb12u13", "amd64")]
     assert parse_dpkg_status("") == []
+
+
+# -- SBOMs read from the image's filesystem, from outside --------------------------------------------------------
+STATUS = b"""Package: libc6
+Status: install ok installed
+Architecture: amd64
+Version: 2.36-9+deb12u13
+
+Package: gone
+Status: deinstall ok config-files
+Architecture: amd64
+Version: 1.0
+"""
+
+
+def test_python_and_debian_packages_are_read_from_metadata_files():
+    from hubforge.release.sbom import read_inventory
+
+    site = "usr/local/lib/python3.11/site-packages"
+    found = read_inventory(rootfs_tar({
+        "var/lib/dpkg/status": STATUS,
+        f"{site}/Jinja2-3.1.4.dist-info/METADATA": b"Metadata-Version: 2.1\nName: Jinja2\nVersion: 3.1.4\n\nName: body\n",
+        f"{site}/Jinja2-3.1.4.dist-info/RECORD": b"Name: not-metadata\nVersion: 0\n",
+        "usr/lib/python3/dist-packages/six-1.16.0.egg-info": b"Name: six\nVersion: 1.16.0\n",
+        "opt/venv/lib/python3.11/site-packages/attrs-23.1.0.egg-info/PKG-INFO": b"Name: attrs\nVersion: 23.1.0\n",
+        "usr/share/doc/fake.dist-info/METADATA": b"Name: not-on-a-path\nVersion: 1\n",
+    }, links={"root/.local/lib/python3.11/site-packages/Jinja2-3.1.4.dist-info/METADATA":
+              f"{site}/Jinja2-3.1.4.dist-info/METADATA"}))
+    assert found.python == [("Jinja2", "3.1.4"), ("attrs", "23.1.0"), ("six", "1.16.0")]
+    assert found.debian == [("libc6", "2.36-9+deb12u13", "amd64")] and found.npm == []
+
+
+def test_an_image_without_dpkg_lists_its_status_d_paragraphs():
+    """The gpu-probe: busybox and files copied from .debs, one status paragraph each in /var/lib/dpkg/status.d/."""
+    from hubforge.release.sbom import read_inventory
+
+    found = read_inventory(rootfs_tar({
+        "var/lib/dpkg/status.d/libc6": STATUS.split(b"\n\n")[0],
+        "var/lib/dpkg/status.d/busybox-static": b"Package: busybox-static\nStatus: install ok installed\n"
+                                                b"Architecture: amd64\nVersion: 1:1.35.0-4+deb12u1+b1\n",
+    }))
+    assert found.debian == [("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"), ("libc6", "2.36-9+deb12u13", "amd64")]
+    assert found.python == [] and found.npm == []
+
+
+def test_npm_packages_are_read_from_the_lab_extensions_and_their_bundles():
+    from hubforge.release.sbom import read_inventory
+
+    share = "usr/local/share/jupyter"
+    licenses = json.dumps({"packages": [{"name": "css-loader", "versionInfo": "6.8.1"}, {"name": "no-version"}]}).encode()
+    found = read_inventory(rootfs_tar({
+        f"{share}/lab/static/third-party-licenses.json":
+            json.dumps({"packages": [{"name": "@lumino/widgets", "versionInfo": "2.3.0"}]}).encode(),
+        f"{share}/labextensions/jupyterlab_pygments/package.json": b'{"name": "jupyterlab_pygments", "version": "0.3.0"}',
+        f"{share}/labextensions/jupyterlab_pygments/static/third-party-licenses.json": licenses,
+        f"{share}/labextensions/@hubforge/notify/package.json": b'{"name": "@hubforge/notify", "version": "0.1.0"}',
+        f"{share}/labextensions/broken/package.json": b"{not json",
+        f"{share}/labextensions/jupyterlab_pygments/static/node_modules/x/package.json": b'{"name": "x", "version": "1"}',
+    }))
+    assert found.npm == [("@hubforge/notify", "0.1.0", ""), ("@lumino/widgets", "2.3.0", "jupyterlab"),
+                         ("css-loader", "6.8.1", "jupyterlab_pygments"), ("jupyterlab_pygments", "0.3.0", "")]
+
+
+class LyingImage:
+    """An image whose own python3 and dpkg-query report packages that are not on its disk; its filesystem is the truth."""
+
+    def run_output(self, image, command, **kwargs):
+        return '[["requests", "9.9.9"]]' if command[0] == "python3" else "libc6\t9.9\tamd64\tii \n"
+
+    def read_filesystem(self, image, read):
+        return read(rootfs_tar({"var/lib/dpkg/status": STATUS,
+                               "usr/lib/python3.11/site-packages/requests-2.31.0.dist-info/METADATA":
+                                   b"Name: requests\nVersion: 2.31.0\n"}))
+
+
+def test_the_sbom_is_what_the_filesystem_holds_not_what_the_image_says():
+    """It ran the image's own python3 and dpkg-query: the SBOM listed requests 9.9.9, the lie."""
+    from hubforge.release.sbom import image_inventory
+
+    found = image_inventory(LyingImage(), "hubforge/hub:k1")
+    assert found.python == [("requests", "2.31.0")] and found.debian == [("libc6", "2.36-9+deb12u13", "amd64")]
