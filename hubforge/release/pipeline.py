@@ -83,6 +83,7 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         if item.target == "base":
             continue
         versioned = {tag: digests[tag] for tag in item.tags if tag != step.remote_key}
+        versioned = versioned or dict(digests)  # one pushed only under its key (the swarm's registry): that tag
         digest = release_digest(item.repository, versioned)
         found = image_inventory(docker, released)  # read from outside the image: nothing in it runs
         image_name = item.repository.rsplit("/", 1)[1] + ("" if step.target.flavor == "default" else f"-{step.target.flavor}")

@@ -111,9 +111,8 @@ def key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-@pytest.fixture
-def released(tmp_path, monkeypatch, key):
-    """`publish` of the hub, 1.2.3, to a registry without a referrers API; (registry, daemon, provenance)."""
+def publish(tmp_path, monkeypatch, key, tags: tuple[str, ...]):
+    """`publish` of the hub, pushed under `tags`, to a registry without a referrers API; (registry, daemon, provenance)."""
     registry = DistributionWithoutReferrers()
     daemon = DaemonPushingTo(registry)
     daemon.images["hubforge/hub:k1"] = "built"
@@ -127,10 +126,21 @@ def released(tmp_path, monkeypatch, key):
     monkeypatch.setattr(oci, "Registry", lambda host, credentials: real(host, credentials, session=registry))
     monkeypatch.setattr(pipeline, "stored_credentials", lambda host: None)
     request = pipeline.Request(rel.parse_version("1.2.3"), REGISTRY, "ns")
-    push = rel.Push("hub", "hubforge/hub:k1", f"{REGISTRY}/ns/hub", ("1.2.3", "1.2", "1", "latest", "sha-abcdef123456", "k1"))
+    push = rel.Push("hub", "hubforge/hub:k1", f"{REGISTRY}/ns/hub", tags)
     pipeline.publish(builder, tmp_path, request, [hub, base], [push], "a" * 40, None, lambda message: None, key)
     monkeypatch.undo()
     return registry, daemon, json.loads((tmp_path / "dist/hub-1.2.3.provenance.json").read_text())
+
+
+@pytest.fixture
+def released(tmp_path, monkeypatch, key):
+    return publish(tmp_path, monkeypatch, key, ("1.2.3", "1.2", "1", "latest", "sha-abcdef123456", "k1"))
+
+
+def test_an_image_pushed_only_under_its_key_is_described_by_that_tags_digest(tmp_path, monkeypatch, key):
+    """The swarm's registry image is released under its key tag alone: its provenance names that tag's digest."""
+    _, daemon, provenance = publish(tmp_path, monkeypatch, key, ("k1",))
+    assert provenance["digest"] == daemon.pushed[f"{REGISTRY}/ns/hub:k1"] and provenance["tags"] == {"k1": provenance["digest"]}
 
 
 def test_provenance_names_the_digest_of_every_version_tag_not_the_key_tag(released):
