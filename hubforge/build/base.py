@@ -15,6 +15,7 @@ from ..docker_io import Docker
 from ..errors import HubforgeError
 from .locks import check_package_name
 from .normalize import rootfs_archive
+from .verify import file_sha256
 from .targets import SOURCE_DATE_EPOCH, BaseSpec
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,45 @@ def removal(path: str) -> str:
     return path
 
 
-def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path) -> list[str]:
-    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested. The entries
-    that reach its shell hooks are checked first."""
+def pinned_keyring(root: Path, recipe: dict) -> Path:
+    """The recipe's Debian archive keyring, when its bytes are the ones the recipe pins by sha256; else one line."""
+    entry = recipe["keyring"]
+    path = root / entry["path"]
+    found = file_sha256(path) if path.is_file() else "missing"
+    if found != entry["sha256"]:
+        raise HubforgeError(f"{entry['path']}: sha256 {found} is not the one images/base/bootstrap.json pins "
+                            f"({entry['sha256'][:16]}…); restore it (`git checkout -- {entry['path']}`), or pin a new "
+                            f"keyring as the README's *The base image* says")
+    return path
+
+
+def trust_only(keyring: Path, copy: Path) -> None:
+    """Put the checked keyring at `copy`, alone in its folder (what `keyring_options` hands to apt)."""
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(keyring, copy)
+    copy.chmod(0o644)  # apt verifies signatures as its sandbox user (_apt)
+    copy.parent.chmod(0o755)
+
+
+def keyring_options(keyring: Path) -> list[str]:
+    """mmdebstrap options that make apt trust the keys in `keyring` (alone in its folder) and nothing else.
+
+    apt trusts a keyring file (Dir::Etc::Trusted) and a folder of them (Dir::Etc::TrustedParts), both the host's by
+    default. mmdebstrap's `--keyring` replaces one of the two, by whether it is given a file or a folder, so a file
+    alone leaves every key in the host's /etc/apt/trusted.gpg.d trusted: both are replaced here.
+    `--skip=check/signed-by`: otherwise mmdebstrap adds `signed-by=` the host's
+    /usr/share/keyrings/debian-archive-keyring.gpg to the sources whenever that file holds keys ours does not, which
+    trusts the host's file again (and writes a host-dependent line into the image's sources.list)."""
+    return [f"--keyring={keyring.parent}", f"--keyring={keyring}", "--skip=check/signed-by"]
+
+
+def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, keyring: Path) -> list[str]:
+    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested. apt trusts only
+    `keyring` (a copy of the pinned one, alone in its folder). The entries that reach its shell hooks are checked
+    first."""
     components = " ".join(recipe["components"])
     argv = ["mmdebstrap", f"--variant={recipe['variant']}", "--mode=root", "--format=tar", "--quiet"]
+    argv += keyring_options(keyring)
     if recipe.get("include"):
         argv.append(f"--include={','.join(recipe['include'])}")
     argv += [f"--dpkgopt=path-exclude={p}" for p in recipe.get("path_exclude", [])]
@@ -58,7 +93,7 @@ def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path) -> list[str]:
     return argv
 
 
-def bootstrap(docker: Docker, spec: BaseSpec, recipe_path: Path, ref: str, scratch: Path, progress=None) -> str:
+def bootstrap(docker: Docker, spec: BaseSpec, root: Path, recipe_path: Path, ref: str, scratch: Path, progress=None) -> str:
     """Make the rootfs with mmdebstrap (SOURCE_DATE_EPOCH set) and load it as `ref`, normalised like every built image:
     the same mirror state gives the same image id. Needs root."""
     if shutil.which("mmdebstrap") is None:
@@ -66,12 +101,19 @@ def bootstrap(docker: Docker, spec: BaseSpec, recipe_path: Path, ref: str, scrat
     if os.geteuid() != 0:
         raise HubforgeError("--base=bootstrap needs root (mmdebstrap --mode=root); run as root or use --base=pull")
     recipe = json.loads(recipe_path.read_text())
-    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp:
+    keyring = pinned_keyring(root, recipe)
+    # the keyring's copy in a folder of the system's own: apt checks signatures as its sandbox user, who cannot read
+    # a cache under a private home
+    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp, \
+            tempfile.TemporaryDirectory(prefix="hubforge-keyring-") as trusted:
         output = Path(tmp) / "rootfs.tar"
+        trust_only(keyring, Path(trusted) / "debian-archive.gpg")
         if progress:
-            progress(f"bootstrapping Debian {spec.suite} from {spec.mirror} (mmdebstrap, ~30 s)")
+            progress(f"bootstrapping Debian {spec.suite} from {spec.mirror}, trusting only {recipe['keyring']['path']} "
+                     "(mmdebstrap, ~30 s)")
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
-        proc.run(mmdebstrap_argv(spec, recipe, output), env=env, what="bootstrapping the base rootfs (mmdebstrap)")
+        proc.run(mmdebstrap_argv(spec, recipe, output, Path(trusted) / "debian-archive.gpg"), env=env,
+                 what="bootstrapping the base rootfs (mmdebstrap)")
         if progress:
             progress("loading the rootfs into Docker")
         runtime = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["bash"]}

@@ -240,6 +240,7 @@ class Builder:
         self.state_dir = settings.cache_dir / "state"
         self.base_mode_used: str | None = None
         self.base_reason = ""
+        self.base_announced = False
         self.staging = threading.Lock()
         self.cache = PlanCache(self.state_dir / "plan-cache.json")
         self.verifier = Verifier()  # every cached input is checked against its lock when staged, once per file
@@ -263,10 +264,15 @@ class Builder:
             if self.docker.image_id(f"{base_target.repository}:{self.base_manifest(candidate).key()}"):
                 self.base_reason = f"auto: the {candidate} base is already built"
                 return candidate
-        if self.docker.registry_answers(self.settings.upstream):
+        problem = self.docker.registry_problem(self.settings.upstream)
+        if not problem:
             self.base_reason = "auto: a registry answers"
             return "pull"
-        self.base_reason = "auto: no registry answers, bootstrapping from the Debian mirror"
+        self.base_reason = (f"auto: bootstrapping from {self.settings.mirror}, because the registry of "
+                            f"{self.settings.upstream.split('@')[0]} {problem}; --base=pull insists on the registry")
+        if not self.base_announced:  # a plan may resolve the mode more than once
+            self.base_announced = True
+            self.say(f"base: {self.base_reason}")
         return "bootstrap"
 
     def manifest(self, target: Target, parent_key: str | None) -> Manifest:
@@ -419,7 +425,8 @@ class Builder:
             spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
             if spec.mode == "pull":
                 return base.pull(self.docker, spec, *ref.rsplit(":", 1), progress)
-            return base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], ref, self.scratch_dir(), progress)
+            return base.bootstrap(self.docker, spec, self.settings.root, self.settings.root / target.inputs[0], ref,
+                                  self.scratch_dir(), progress)
         with self.staging:  # the host's input caches are shared: one target fills them at a time
             context = self.stage_context(step, progress)
         raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"

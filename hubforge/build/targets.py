@@ -115,7 +115,7 @@ TARGETS: tuple[Target, ...] = (
         repository=f"{NAMESPACE}/base",
         template=None,
         parent=None,
-        inputs=("images/base/bootstrap.json",),
+        inputs=("images/base/bootstrap.json", "images/base/debian-archive-bookworm.gpg"),
         description="Debian bookworm rootfs: a pinned upstream slim image, or bootstrapped from a mirror",
     ),
     Target(
