@@ -107,17 +107,17 @@ def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, n
 
 @task(help={
     "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, idp)",
-    "only": "python | apt: lock only one kind",
+    "only": "python | apt | native: lock only one kind",
     "base": "auto | pull | bootstrap, for resolving Debian packages",
 })
 @user_errors
 def lock(c, target=None, only=None, base="auto"):
-    """Regenerate the lock files (requirements.lock with hashes, apt.lock) from the .in files."""
+    """Regenerate the lock files (requirements.lock with hashes, apt.lock, native.lock) from the .in files and yarn.lock."""
     from hubforge import app
     from hubforge.errors import HubforgeError
 
-    if only not in (None, "python", "apt"):
-        raise HubforgeError(f"--only={only!r} is not valid; use python or apt")
+    if only not in (None, "python", "apt", "native"):
+        raise HubforgeError(f"--only={only!r} is not valid; use python, apt or native")
     app.configure_logging(False)
     app.lock(settings(c, base), target, only)
 

@@ -196,16 +196,24 @@ def pulled_for_check(builder: Builder, step: Step) -> bool:
 
 def lock(settings: Settings, target: str | None, only: str | None) -> None:
     from .build.lock import lock_apt, lock_python
+    from .build.native import lock_native
+    from .build.targets import HOST_BUILD_LOCK
 
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     builder = make_builder(settings)
     graph = builder.graph
     selected = [graph.targets[target]] if target else [t for t in graph.targets.values() if t.name != "base"]
     if only in (None, "python"):
+        say("[bold]host[/]: build backends")
+        lock_python(settings.root, HOST_BUILD_LOCK, None, say)
         for t in selected:
             if t.python_lock:
                 say(f"[bold]{t.name}[/]: Python")
-                lock_python(settings.root, t, builder.arch(), say)
+                lock_python(settings.root, t.python_lock, builder.arch(), say)
+    if only in (None, "native"):
+        for ext in sorted({e for t in selected for e in t.lab_extensions}):
+            say(f"[bold]{ext}[/]: native binaries without a checksum in yarn.lock (npm registry)")
+            lock_native(settings.root / ext, say)
     if only in (None, "apt"):
         base_step = build(settings, "base", None, False, False)[-1]
         seen: set[str] = set()

@@ -24,7 +24,7 @@ from .keys import Manifest, digest_bytes, explain
 from .normalize import differences, iso, normalize_saved, saved_entries
 from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
-from .targets import PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
+from .targets import HOST_BUILD_LOCK, PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 from .verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -492,13 +492,14 @@ class Builder:
                 check_deb_arch(pins, self.daemon_arch, lock)
                 cache_debs.stage(pins, context / folder, progress)
         if target.python_lock or target.local_packages or target.lab_extensions:
-            wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch(), verifier=self.verifier)
+            wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch(), verifier=self.verifier,
+                                            host_lock=files[HOST_BUILD_LOCK].decode())
             pins = parse_python_lock(files[target.python_lock].decode(), target.python_lock) if target.python_lock else []
             wheel_cache.fetch(pins, progress)
             found = [wheel_cache.wheel_for(pin) for pin in pins]
             found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH, below(files, pkg))
                       for pkg in target.local_packages]
-            found += [wheels.file_wheel(self.lab_extension_wheel(ext, step, progress)) for ext in target.lab_extensions]
+            found += [wheels.file_wheel(self.lab_extension_wheel(ext, step, wheel_cache, progress)) for ext in target.lab_extensions]
             wheels.stage(found, context / "wheels", self.verifier)
         if target.npm_dir:
             with tempfile.TemporaryDirectory(prefix="npm-inputs-", dir=self.scratch_dir()) as planned_dir:
@@ -508,12 +509,14 @@ class Builder:
             shutil.copytree(modules, context / "node_modules", symlinks=True)
         return context
 
-    def lab_extension_wheel(self, ext: str, step: Step, progress: Callable[[str], None]) -> Path:
+    def lab_extension_wheel(self, ext: str, step: Step, wheel_cache: wheels.WheelCache, progress: Callable[[str], None]) -> Path:
         """The extension's wheel, built from its folder (its node_modules live there), which must hold the planned
-        bytes before and after the build: the wheel is then of the sources the key names."""
+        bytes before and after the build: the wheel is then of the sources the key names, built with the host
+        build lock's backends."""
         root = self.settings.root
         planned_files(root, [ext], step.manifest.inputs)
-        wheel = labext.build_wheel(root / ext, self.settings.cache_dir / "labext", progress)
+        wheel = labext.build_wheel(root / ext, self.settings.cache_dir / "labext", wheel_cache.host_environment,
+                                   wheel_cache.host_lock_key(), progress)
         planned_files(root, [ext], step.manifest.inputs)
         return wheel
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .. import proc
+from . import native
 from ..errors import HubforgeError
 
 # Build outputs and caches, relative to the source root: never part of the key.
@@ -21,8 +21,6 @@ GENERATED = frozenset({"node_modules", "lib", "dist", "build", ".yarn/cache", ".
                        ".yarn/install-state.gz", ".yarn/build-state.yml"})
 GENERATED_ANYWHERE = frozenset({"node_modules", "__pycache__", ".pytest_cache"})
 GENERATED_SUFFIXES = (".tsbuildinfo", ".pyc")
-# Importable on the host -> `pip wheel --no-build-isolation` (seconds); otherwise pip fetches them per build.
-BUILD_REQUIRES = ("hatchling", "hatch_jupyter_builder", "jupyter_builder")
 
 
 def _output_dir(source: Path) -> str | None:
@@ -49,12 +47,7 @@ def source_files(source: Path) -> list[str]:
 
 def source_key(source: Path) -> str:
     """sha256 over every source file's relative path and bytes (length-prefixed, so no two trees collide)."""
-    digest = hashlib.sha256()
-    for rel in source_files(source):
-        data = (source / rel).read_bytes()
-        digest.update(f"{rel}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()
+    return native.tree_digest((rel, (source / rel).read_bytes()) for rel in source_files(source))
 
 
 def _check_wheel(wheel: Path) -> None:
@@ -65,34 +58,44 @@ def _check_wheel(wheel: Path) -> None:
         raise HubforgeError(f"{wheel.name} has no prebuilt labextension (share/jupyter/labextensions/*/static/remoteEntry.*.js)")
 
 
-def build_wheel(source: Path, cache_root: Path, progress: Callable[[str], None] | None = None) -> Path:
+def jlpm_env(cache_root: Path, path: str) -> dict[str, str]:
+    """The environment of jlpm (and of the build that calls it again): the yarn cache under cache_root, and no
+    dependency's install script, whatever a .yarnrc.yml says (the extension's says so too)."""
+    return {**os.environ, "PATH": path, "YARN_CACHE_FOLDER": str(cache_root / "yarn-cache"), "YARN_ENABLE_SCRIPTS": "false"}
+
+
+def build_wheel(source: Path, cache_root: Path, host_env: Callable[[], AbstractContextManager[Path]], host_key: str,
+                progress: Callable[[str], None] | None = None) -> Path:
     """The wheel for `source` from cache_root/<key[:32]>/, built there first when missing.
 
-    node_modules stays in `source` and the yarn cache in cache_root/yarn-cache, so a rebuild after an
-    edit installs nothing new. Raises HubforgeError (one line plus the tool's stderr tail) on failure.
+    The key covers the sources and `host_key` (the host build lock's digest). `host_env()` gives the bin/ of a fresh
+    venv holding that lock's backends and jlpm, checked by hash: pip builds with them, without isolation or an index.
+    node_modules stays in `source` and the yarn cache in cache_root/yarn-cache, so a rebuild after an edit installs
+    nothing new; native binaries that yarn.lock does not checksum are checked against native.lock before anything runs.
+    Raises HubforgeError (one line plus the tool's stderr tail) on failure.
     """
     source = source.resolve()
-    dest = cache_root / source_key(source)[:32]
+    dest = cache_root / hashlib.sha256(f"{source_key(source)}\0{host_key}".encode()).hexdigest()[:32]
     cached = sorted(dest.glob("*.whl"))
     if cached:
         return cached[0]
-    # jlpm comes with this Python's jupyter-builder: find it (and let hatch-jupyter-builder find it) even
-    # when the virtual environment was not activated, e.g. `.venv/bin/python -m invoke build`.
-    path = os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
-    if shutil.which("jlpm", path=path) is None:
-        raise HubforgeError("jlpm is not installed (needed to build the lab extension): python -m pip install jupyter-builder")
     cache_root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PATH": path, "YARN_CACHE_FOLDER": str(cache_root / "yarn-cache")}
-    if progress:
-        progress(f"jlpm install in {source} (on the host)")
-    proc.run(["jlpm", "install", "--immutable"], cwd=str(source), env=env, what=f"jlpm install for {source.name}")
-    isolation = ["--no-build-isolation"] if all(importlib.util.find_spec(m) for m in BUILD_REQUIRES) else []
-    work = Path(tempfile.mkdtemp(prefix="wheel-", dir=cache_root))
+    with host_env() as bin_dir:
+        env = jlpm_env(cache_root, os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]))
+        if progress:
+            progress(f"jlpm install in {source} (on the host, no install scripts)")
+        proc.run([str(bin_dir / "jlpm"), "install", "--immutable"], cwd=str(source), env=env, what=f"jlpm install for {source.name}")
+        native.check_installed(source)
+        return _pip_wheel(source, dest, bin_dir / "python", env, progress)
+
+
+def _pip_wheel(source: Path, dest: Path, python: Path, env: dict[str, str], progress: Callable[[str], None] | None) -> Path:
+    work = Path(tempfile.mkdtemp(prefix="wheel-", dir=dest.parent))
     try:
         if progress:
             progress(f"building the {source.name} wheel (TypeScript + labextension)")
-        proc.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, str(source), "-w", str(work)],
-                 cwd=str(source), env=env, what=f"pip wheel for {source.name}")
+        proc.run([str(python), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
+                  str(source), "-w", str(work)], cwd=str(source), env=env, what=f"pip wheel for {source.name}")
         wheels = list(work.glob("*.whl"))
         if len(wheels) != 1:
             raise HubforgeError(f"pip wheel for {source.name} made {len(wheels)} wheels, expected 1")

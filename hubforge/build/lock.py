@@ -10,7 +10,6 @@ from .. import proc
 from . import debs
 from ..docker_io import Docker
 from .locks import format_apt_lock, requested_packages
-from .targets import Target
 from .targets import PYTHON_VERSION
 
 log = logging.getLogger(__name__)
@@ -21,22 +20,23 @@ def source_of(lock: str) -> str:
     return lock.rsplit(".", 1)[0] + ".in"
 
 
-def uv_compile_argv(uv: str, source: Path, output: Path, arch: str) -> list[str]:
+def uv_compile_argv(uv: str, source: Path, output: Path, arch: str | None) -> list[str]:
+    """For an image's Python and arch; with arch None for any platform (the host build lock, run on the host)."""
+    platform = ["--python-platform", f"{arch}-manylinux_2_28"] if arch else ["--universal"]
     return [
         uv, "pip", "compile", str(source), "--output-file", str(output), "--generate-hashes", "--quiet",
-        "--python-version", PYTHON_VERSION, "--python-platform", f"{arch}-manylinux_2_28",
+        "--python-version", PYTHON_VERSION, *platform,
         "--no-header", "--annotation-style", "line", "--custom-compile-command", "invoke lock",
     ]
 
 
-def lock_python(root: Path, target: Target, arch: str, say: Callable[[str], None]) -> None:
+def lock_python(root: Path, lock: str, arch: str | None, say: Callable[[str], None]) -> None:
     from uv import find_uv_bin
 
-    assert target.python_lock
-    source = root / source_of(target.python_lock)
-    proc.run(uv_compile_argv(find_uv_bin(), source, root / target.python_lock, arch), cwd=str(source.parent),
+    source = root / source_of(lock)
+    proc.run(uv_compile_argv(find_uv_bin(), source, root / lock, arch), cwd=str(source.parent),
              what=f"locking {source.relative_to(root)} (uv pip compile)")
-    say(f"  wrote {target.python_lock}")
+    say(f"  wrote {lock}")
 
 
 def lock_apt(root: Path, apt_lock: str, docker: Docker, base_ref: str, say: Callable[[str], None]) -> None:

@@ -71,6 +71,8 @@ class Target:
         """Every declared path whose bytes define this image, sorted."""
         paths = set(self.inputs)
         paths.update(p for p in (self.template, self.python_lock, self.apt_lock, self.build_apt_lock) if p)
+        if self.python_lock or self.lab_extensions:  # an sdist or an extension may be built on the host with it
+            paths.add(HOST_BUILD_LOCK)
         if self.npm_dir:
             paths.update({f"{self.npm_dir}/package.json", f"{self.npm_dir}/package-lock.json"})
         paths.update(self.local_packages)
@@ -81,6 +83,8 @@ class Target:
 SHARED_TEMPLATES = ("images/_shared/harden.j2", "images/_shared/scrub.j2")
 VENV_TEMPLATES = ("images/_shared/venv.j2",)
 BUILD_APT_LOCK = "images/_shared/build-apt.lock"
+# The build backends that run on the host (sdists, lab extensions), pinned with hashes: hubforge.build.wheels.
+HOST_BUILD_LOCK = "images/_shared/host-build.lock"
 
 
 def _lab(flavor: str, lock: str, budget: int, description: str) -> Target:

@@ -10,8 +10,10 @@ import shutil
 import sys
 import tempfile
 import time
+import venv
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -19,7 +21,7 @@ from .. import proc
 from . import labext
 from ..errors import HubforgeError
 from .keys import digest_bytes
-from .locks import PythonPin, normalize
+from .locks import PythonPin, normalize, parse_python_lock
 from .targets import PYTHON_VERSION
 from .verify import Verifier, file_sha256
 
@@ -51,13 +53,18 @@ class Wheel:
 
 
 class WheelCache:
-    """Files from PyPI stored by their sha256, and wheels built from sdists stored by the sdist's sha256.
-    A stored file counts only while its bytes still have that sha256 (checked whenever it is looked up)."""
+    """Files from PyPI stored by their sha256, and wheels built from sdists stored by the sdist's sha256 and the
+    host build lock's. A stored file counts only while its bytes still have that sha256 (checked whenever it is looked up).
 
-    def __init__(self, root: Path, arch: str = "x86_64", verifier: Verifier | None = None) -> None:
+    `host_lock` (the text of images/_shared/host-build.lock) pins, with hashes, the build backends that run on the host:
+    host_environment() installs them into a fresh virtual environment for each build, so no backend comes from an index
+    unpinned (pip's build isolation would fetch one) and none from a venv that lies about."""
+
+    def __init__(self, root: Path, arch: str = "x86_64", verifier: Verifier | None = None, host_lock: str | None = None) -> None:
         self.root = root
         self.arch = arch
         self.verifier = verifier or Verifier()
+        self.host_lock = host_lock
         (root / "by-hash").mkdir(parents=True, exist_ok=True)
         (root / "built").mkdir(parents=True, exist_ok=True)
 
@@ -115,11 +122,11 @@ class WheelCache:
             raise HubforgeError(f"{pin.name}=={pin.version} is not in the wheel cache; run `invoke build` with network")
         if path.suffix == ".whl":
             return Wheel(pin.name, pin.version, path, path.parent.name)
-        built_dir = self.root / "built" / path.parent.name
+        built_dir = self.root / "built" / f"{path.parent.name}-{self.host_lock_key()[:16]}"
         wheels = list(built_dir.glob("*.whl")) if built_dir.is_dir() else []
         if not wheels:
-            with tempfile.TemporaryDirectory(prefix="hubforge-sdist-") as tmp:
-                proc.run(sdist_wheel_argv(path, tmp), what=f"building a wheel of {path.name} on the host")
+            with tempfile.TemporaryDirectory(prefix="hubforge-sdist-") as tmp, self.host_environment() as bin_dir:
+                proc.run(sdist_wheel_argv(path, tmp, bin_dir / "python"), what=f"building a wheel of {path.name} on the host")
                 built = [w for w in Path(tmp).glob("*.whl")]
                 if len(built) != 1 or not built[0].name.endswith("-none-any.whl"):
                     raise HubforgeError(f"{path.name} did not build into one pure-Python wheel; pin a version with wheels")
@@ -128,12 +135,38 @@ class WheelCache:
             wheels = list(built_dir.glob("*.whl"))
         return Wheel(pin.name, pin.version, wheels[0], file_sha256(wheels[0]))
 
+    def host_lock_key(self) -> str:
+        if self.host_lock is None:
+            raise HubforgeError("building on the host needs the host build lock (images/_shared/host-build.lock); run `invoke lock`")
+        return digest_bytes(self.host_lock.encode())
 
-def sdist_wheel_argv(sdist: Path, wheel_dir: str) -> list[str]:
-    """`pip wheel` of a verified sdist. It runs with pip's build isolation, so pip fetches the sdist's build backend
-    (onetimepass: setuptools) from the index, unpinned: tests/unit/test_lock_hashes.py lists this until it is locked."""
-    return [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--quiet",
-            "--wheel-dir", wheel_dir, str(sdist)]
+    @contextmanager
+    def host_environment(self) -> Iterator[Path]:
+        """A fresh virtual environment holding exactly the host build lock's wheels, each checked against its hash
+        (cached by hash, staged through the verifier, installed by pip with --require-hashes and no index): yields its bin/."""
+        self.host_lock_key()
+        pins = parse_python_lock(self.host_lock or "", "images/_shared/host-build.lock")
+        self.fetch(pins)
+        found = [self._find(pin) for pin in pins]
+        sdists = [pin.name for pin, path in zip(pins, found) if path is None or path.suffix != ".whl"]
+        if sdists:
+            raise HubforgeError(f"host-build.lock: {', '.join(sdists)} has no wheel; pin a version with a wheel and run `invoke lock`")
+        with tempfile.TemporaryDirectory(prefix="hubforge-host-build-") as tmp:
+            env = Path(tmp) / "env"
+            venv.create(env, with_pip=True)  # pip from this Python's own ensurepip, no index
+            requirements = stage([Wheel(p.name, p.version, f, f.parent.name) for p, f in zip(pins, found) if f],
+                                 Path(tmp) / "wheels", self.verifier)
+            proc.run([str(env / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps", "--require-hashes",
+                      "--only-binary", ":all:", "--disable-pip-version-check", "--quiet", "--find-links", str(requirements.parent),
+                      "--requirement", str(requirements)], what="installing the host build lock into a fresh venv")
+            yield env / "bin"
+
+
+def sdist_wheel_argv(sdist: Path, wheel_dir: str, python: Path) -> list[str]:
+    """`pip wheel` of a verified sdist with `python`, a host_environment()'s: no build isolation and no index, so the
+    build backend (onetimepass: setuptools) is the host build lock's, and nothing else can be fetched."""
+    return [str(python), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
+            "--quiet", "--wheel-dir", wheel_dir, str(sdist)]
 
 
 def package_files(source: Path) -> dict[str, bytes]:

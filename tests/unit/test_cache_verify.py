@@ -21,7 +21,7 @@ import pytest
 from hubforge.build import wheels
 from hubforge.build.builder import Builder, Settings, Step, input_digests
 from hubforge.build.keys import Manifest
-from hubforge.build.targets import Graph, Target
+from hubforge.build.targets import HOST_BUILD_LOCK, Graph, Target
 from hubforge.build.verify import Verifier
 from hubforge.errors import HubforgeError
 from tests.unit.conftest import EmptyImageStore
@@ -89,6 +89,8 @@ def sources(tmp_path: Path, mirror, monkeypatch) -> tuple[Path, Path, Path]:
     (root / "img").mkdir(parents=True)
     (root / "img" / "apt.lock").write_text(f"tini 0.19.0-1 {sha256(deb)} {url}/pool/{deb.name}\n")
     (root / "img" / "requirements.lock").write_text(f"pip==26.3 --hash=sha256:{sha256(pip_wheel)}\n")
+    (root / HOST_BUILD_LOCK).parent.mkdir(parents=True)
+    (root / HOST_BUILD_LOCK).write_text("")  # an input of every image with a Python lock; no sdist here needs it
     return root, deb, pip_wheel
 
 

@@ -58,7 +58,7 @@ def test_docker_daemon_missing_is_one_line():
         (["build", "--target", "nope"], "error: unknown target 'nope'; valid targets: base, gpu-probe, hub, idp, lab, registry"),
         (["build", "--base", "cloud"], "error: --base='cloud' is not valid; use one of: auto, pull, bootstrap"),
         (["clean", "--keep", "-1"], "error: --keep must be 0 or more, got -1"),
-        (["lock", "--only", "npm"], "error: --only='npm' is not valid; use python or apt"),
+        (["lock", "--only", "npm"], "error: --only='npm' is not valid; use python, apt or native"),
         (["release", "--version", "1.0.0", "--push", "--dry-run"], "error: --push and --dry-run contradict each other; pass one"),
         (["up", "--gpu", "maybe"], "error: --gpu='maybe' is not valid; use auto, on or off"),
         (["up", "--port", "70000"], "error: --port='70000' is out of range; use 1-65535"),

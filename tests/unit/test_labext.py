@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,20 +47,30 @@ def test_the_key_ignores_build_outputs_and_caches(source: Path) -> None:
     assert labext.source_key(source) != before
 
 
+def host_env(bin_dir: Path):
+    """A stand-in for WheelCache.host_environment: the bin/ of an environment, here a folder of fake tools."""
+    @contextmanager
+    def opened() -> Iterator[Path]:
+        yield bin_dir
+    return opened
+
+
 def test_a_cached_wheel_is_returned_without_building(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cached = tmp_path / "cache" / labext.source_key(source)[:32] / "hubforge_notify-0.1.0-py3-none-any.whl"
+    key = hashlib.sha256(f"{labext.source_key(source)}\0hostlock".encode()).hexdigest()
+    cached = tmp_path / "cache" / key[:32] / "hubforge_notify-0.1.0-py3-none-any.whl"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"wheel")
     monkeypatch.setattr(labext.proc, "run", lambda *a, **k: pytest.fail("built although cached"))
-    assert labext.build_wheel(source, tmp_path / "cache") == cached
+    assert labext.build_wheel(source, tmp_path / "cache", host_env(tmp_path), "hostlock") == cached
+    with pytest.raises(pytest.fail.Exception):  # another host build lock: another wheel
+        labext.build_wheel(source, tmp_path / "cache", host_env(tmp_path), "otherlock")
 
 
-def test_a_failing_tool_raises_with_its_stderr(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_tool_raises_with_its_stderr(source: Path, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "jlpm").write_text("#!/bin/sh\necho 'YN0028: The lockfile would have been modified' >&2\nexit 1\n")
     (bin_dir / "jlpm").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(HubforgeError, match=r"jlpm install for hubforge-notify failed \(exit 1\):\nYN0028"):
-        labext.build_wheel(source, tmp_path / "cache")
+        labext.build_wheel(source, tmp_path / "cache", host_env(bin_dir), "hostlock")
     assert not list((tmp_path / "cache").glob("*/*.whl"))

@@ -14,34 +14,15 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from hubforge.build import wheels
-from hubforge.build.locks import parse_apt_lock, parse_python_lock
-from hubforge.build.targets import TARGETS
+from hubforge.build import native, wheels
+from hubforge.build.locks import normalize, parse_apt_lock, parse_python_lock
+from hubforge.build.targets import HOST_BUILD_LOCK, TARGETS
 from hubforge.errors import HubforgeError
 
 ROOT = Path(__file__).resolve().parents[2]
-_RSPACK = "@rspack/binding-{}@npm:2.2.9"
-YARN_LOCK = "images/lab/hubforge-notify/yarn.lock"
-LABEXT_PYPROJECT = "images/lab/hubforge-notify/pyproject.toml"
 
-KNOWN: dict[tuple[str, str], str] = {
-    # rspack's native binaries are optional dependencies with os/cpu/libc conditions. Yarn 3 writes a checksum only
-    # for what it fetched when it wrote the lock, and it fetched none of them, so `jlpm install` takes whichever
-    # fits the host (linux-x64-gnu here: a native binary run on the host) unchecked. Fix: a lock written with
-    # `supportedArchitectures` covering the build hosts, or checksums pinned beside it.
-    **{(YARN_LOCK, _RSPACK.format(platform)): "optional native binary without a checksum in yarn.lock"
-       for platform in ("darwin-arm64", "darwin-x64", "linux-arm64-gnu", "linux-arm64-musl", "linux-ppc64-gnu",
-                        "linux-riscv64-gnu", "linux-riscv64-musl", "linux-s390x-gnu", "linux-x64-gnu",
-                        "linux-x64-musl", "wasm32-wasi", "win32-arm64-msvc", "win32-ia32-msvc", "win32-x64-msvc")},
-    # The lab extension's build backend: ranges, taken from the host's environment when importable
-    # (labext.BUILD_REQUIRES, --no-build-isolation) and otherwise fetched by pip, unpinned and unhashed.
-    (LABEXT_PYPROJECT, "hatchling>=1.24"): "build backend given as a range",
-    (LABEXT_PYPROJECT, "hatch-jupyter-builder>=0.9"): "build backend given as a range",
-    (LABEXT_PYPROJECT, "jupyter-builder>=1.3"): "build backend given as a range",
-    # onetimepass (images/hub/requirements.lock) ships only an sdist: `pip wheel` builds it on the host with build
-    # isolation, so pip fetches setuptools from the index, unpinned and unhashed.
-    ("hubforge/build/wheels.py", "sdist_wheel_argv: build isolation"): "sdist build backend fetched unpinned",
-}
+# Nothing is missing today. A gap that must stay for a while is listed here, (file, entry): reason.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def repo_files(pattern: str) -> list[str]:
@@ -49,7 +30,7 @@ def repo_files(pattern: str) -> list[str]:
 
 
 def python_locks() -> list[str]:
-    return sorted({t.python_lock for t in TARGETS if t.python_lock})
+    return sorted({t.python_lock for t in TARGETS if t.python_lock} | {HOST_BUILD_LOCK})
 
 
 def apt_locks() -> list[str]:
@@ -82,33 +63,34 @@ def unhashed_npm(lock: str, root: Path = ROOT) -> list[tuple[str, str]]:
             if path and not entry.get("link") and not str(entry.get("integrity", "")).startswith("sha512-")]
 
 
-def yarn_entries(text: str) -> dict[str, dict[str, str]]:
-    """Yarn 2+ lock entries by resolution, with their top-level fields (a small reader for this flat YAML)."""
-    entries: dict[str, dict[str, str]] = {}
-    for block in text.split("\n\n"):
-        fields = dict(re.findall(r"^  (\w+): (.+)$", block, re.M))
-        if "resolution" in fields:
-            entries[fields["resolution"].strip('"')] = fields
-    return entries
-
-
 def unhashed_yarn(lock: str, root: Path = ROOT) -> list[tuple[str, str]]:
-    """Every package yarn fetches (linkType hard) has a checksum; the workspace itself (soft) has none to have."""
-    entries = yarn_entries((root / lock).read_text())
-    assert len(entries) > 100  # the reader found the entries
-    return [(lock, name) for name, fields in entries.items() if fields.get("linkType") == "hard" and "checksum" not in fields]
+    """Every package yarn fetches (linkType hard) has a checksum, or a pin in native.lock beside yarn.lock (which
+    native.check_installed enforces after each install), or conditions that no build host meets (it installs there
+    never; if it did, check_installed would refuse it). The workspace itself (soft) has nothing to have."""
+    text = (root / lock).read_text()
+    assert len(native.yarn_entries(text)) > 100  # the reader found the entries
+    pins = native.parse_native_lock(native._read((root / lock).parent / native.NATIVE_LOCK))
+    return [(lock, name) for name, fields in native.unchecksummed(text).items()
+            if name not in pins and native.installable_on_a_build_host(fields.get("conditions"))]
 
 
-def unpinned_build_requires(pyproject: str, root: Path = ROOT) -> list[tuple[str, str]]:
-    """A host-built package's build backend must be one exact version (that a lock can then hash)."""
+def scripts_enabled(yarnrc: str, root: Path = ROOT) -> list[tuple[str, str]]:
+    """Yarn runs dependencies' install scripts unless its .yarnrc.yml says `enableScripts: false`."""
+    return [] if re.search(r"^enableScripts: false$", (root / yarnrc).read_text(), re.M) else [(yarnrc, "enableScripts")]
+
+
+def unpinned_build_requires(pyproject: str, root: Path = ROOT, host_lock: str = HOST_BUILD_LOCK) -> list[tuple[str, str]]:
+    """A host-built package's build backend must be the exact version that the host build lock pins with hashes."""
+    locked = {p.name: p.version for p in parse_python_lock((root / host_lock).read_text(), host_lock)}
     requires = tomllib.loads((root / pyproject).read_text())["build-system"]["requires"]
-    return [(pyproject, r) for r in requires if [s.operator for s in Requirement(r).specifier] != ["=="]]
+    return [(pyproject, str(r)) for r in map(Requirement, requires)
+            if [s.operator for s in r.specifier] != ["=="] or locked.get(normalize(r.name)) != next(iter(r.specifier)).version]
 
 
 def isolated_sdist_build() -> list[tuple[str, str]]:
-    """An sdist built with pip's build isolation gets its backend from the index: no lock covers it."""
-    argv = wheels.sdist_wheel_argv(Path("x-1.0.tar.gz"), "out")
-    return [] if "--no-build-isolation" in argv else [("hubforge/build/wheels.py", "sdist_wheel_argv: build isolation")]
+    """An sdist built with pip's build isolation, or with an index, gets its backend from that index: no lock covers it."""
+    argv = wheels.sdist_wheel_argv(Path("x-1.0.tar.gz"), "out", Path("env/bin/python"))
+    return [] if {"--no-build-isolation", "--no-index"} <= set(argv) else [("hubforge/build/wheels.py", "sdist_wheel_argv: build isolation")]
 
 
 def gaps() -> set[tuple[str, str]]:
@@ -116,8 +98,9 @@ def gaps() -> set[tuple[str, str]]:
     found += [gap for lock in apt_locks() for gap in unhashed_apt(lock)]
     found += [gap for lock in repo_files("images/**/package-lock.json") for gap in unhashed_npm(lock)]
     found += [gap for lock in repo_files("images/**/yarn.lock") for gap in unhashed_yarn(lock)]
-    found += [gap for ext in sorted({e for t in TARGETS for e in t.lab_extensions})
-              for gap in unpinned_build_requires(f"{ext}/pyproject.toml")]
+    extensions = sorted({e for t in TARGETS for e in t.lab_extensions})
+    found += [gap for ext in extensions for gap in unpinned_build_requires(f"{ext}/pyproject.toml")]
+    found += [gap for ext in extensions for gap in scripts_enabled(f"{ext}/.yarnrc.yml")]
     return set(found + isolated_sdist_build())
 
 
@@ -146,9 +129,32 @@ def test_the_known_gaps_are_all_still_there():
     (unhashed_apt, "apt.lock", "tini 1 nothex http://deb.debian.org/debian/pool/main/t/tini/tini_1_amd64.deb\n",
      ["apt.lock:1: expected 'package version sha256 url', got 'tini 1 nothex "
       "http://deb.debian.org/debian/pool/main/t/tini/tini_1_amd64.deb'; run `invoke lock`"]),
-    (unpinned_build_requires, "pyproject.toml", '[build-system]\nrequires = ["hatchling==1.27.0", "setuptools>=61"]\n',
-     ["setuptools>=61"]),
+    (scripts_enabled, ".yarnrc.yml", "nodeLinker: node-modules\n# enableScripts: false\n", ["enableScripts"]),
 ])
 def test_each_check_finds_an_entry_without_a_hash(tmp_path, check, name, text, gap):
     (tmp_path / name).write_text(text)
     assert check(name, tmp_path) == [(name, g) for g in gap]
+
+
+def yarn_lock(*extra: str) -> str:
+    return "\n\n".join([f'"p{n}@npm:1":\n  resolution: "p{n}@npm:1"\n  checksum: ab12\n  linkType: hard' for n in range(101)] + list(extra))
+
+
+def test_a_native_binary_without_a_checksum_passes_only_pinned_or_never_installed_on_a_build_host(tmp_path):
+    binary = '"@x/bin-{0}@npm:2":\n  resolution: "@x/bin-{0}@npm:2"\n  conditions: {1}\n  linkType: hard'
+    (tmp_path / "yarn.lock").write_text(yarn_lock(binary.format("linux-x64-gnu", "os=linux & cpu=x64 & libc=glibc"),
+                                                  binary.format("darwin-arm64", "os=darwin & cpu=arm64"),
+                                                  binary.format("linux-s390x-gnu", "os=linux & cpu=s390x & libc=glibc"),
+                                                  binary.format("win32-x64-msvc", "os=win32 & cpu=x64"),
+                                                  binary.format("wasm32-wasi", "cpu=wasm32")))
+    pin = f"@x/bin-linux-x64-gnu@npm:2 sha512-{'A' * 86}== {'b' * 64}\n"
+    (tmp_path / native.NATIVE_LOCK).write_text(pin)
+    assert unhashed_yarn("yarn.lock", tmp_path) == [("yarn.lock", "@x/bin-darwin-arm64@npm:2")]
+
+
+def test_a_build_backend_must_be_the_version_the_host_build_lock_hashes(tmp_path):
+    (tmp_path / "images/_shared").mkdir(parents=True)
+    (tmp_path / HOST_BUILD_LOCK).write_text(f"hatchling==1.27.0 --hash=sha256:{'a' * 64}\nsetuptools==80.0 --hash=sha256:{'b' * 64}\n")
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["hatchling==1.27.0", "setuptools>=61", "Setuptools==79.0", "wheel==1"]\n')
+    assert unpinned_build_requires("pyproject.toml", tmp_path) == [
+        ("pyproject.toml", r) for r in ("setuptools>=61", "Setuptools==79.0", "wheel==1")]
