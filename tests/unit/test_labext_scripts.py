@@ -37,7 +37,11 @@ def project(root: Path, yarnrc: str) -> Path:
 
 
 def jlpm_install(root: Path, env: dict[str, str]) -> None:
-    subprocess.run(["jlpm", "install"], cwd=root, env=env, check=True, capture_output=True, timeout=120)
+    """`jlpm install` of a project whose yarn.lock it writes: yarn refuses to change a lockfile when CI=true
+    (enableImmutableInstalls), so that is turned off here, as it must be for a new project's first install."""
+    env = {**env, "YARN_ENABLE_IMMUTABLE_INSTALLS": "false"}
+    result = subprocess.run(["jlpm", "install"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-1500:]
 
 
 def test_the_extensions_yarnrc_runs_no_install_script(tmp_path: Path) -> None:
