@@ -76,13 +76,15 @@ def reload_settled(page: Page) -> None:
 
 
 def navigate(page: Page, url: str, attempts: int = 3):
-    """`page.goto` once the host network is quiet, again if a container's interface changed it meanwhile."""
+    """`page.goto` once the host network is quiet, again if a container's interface changed it meanwhile: Chromium
+    says so as ERR_NETWORK_CHANGED, or, when it happens during a redirect (the hub's logout sending the browser to
+    the identity provider), as the navigation "interrupted by another navigation to chrome-error://"."""
     for _ in range(attempts - 1):
         settle_network()
         try:
             return page.goto(url)
         except Error as error:
-            if "ERR_NETWORK_CHANGED" not in error.message:
+            if "ERR_NETWORK_CHANGED" not in error.message and f"navigation to \"{ERROR_PAGE}" not in error.message:
                 raise
     settle_network()
     return page.goto(url)  # the last attempt fails as it fails
