@@ -496,11 +496,12 @@ class Builder:
                                             host_lock=files[HOST_BUILD_LOCK].decode())
             pins = parse_python_lock(files[target.python_lock].decode(), target.python_lock) if target.python_lock else []
             wheel_cache.fetch(pins, progress)
-            found = [wheel_cache.wheel_for(pin) for pin in pins]
+            found = [wheel_cache.distribution_for(pin) for pin in pins]
             found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH, below(files, pkg))
                       for pkg in target.local_packages]
             found += [wheels.file_wheel(self.lab_extension_wheel(ext, step, wheel_cache, progress)) for ext in target.lab_extensions]
             wheels.stage(found, context / "wheels", self.verifier)
+            wheels.stage(wheel_cache.sdist_backends(progress), context / "sdist-backends", self.verifier)
         if target.npm_dir:
             with tempfile.TemporaryDirectory(prefix="npm-inputs-", dir=self.scratch_dir()) as planned_dir:
                 for name in ("package.json", "package-lock.json"):

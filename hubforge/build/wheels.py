@@ -12,7 +12,7 @@ import tempfile
 import time
 import venv
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,13 +22,17 @@ from . import labext
 from ..errors import HubforgeError
 from .keys import digest_bytes
 from .locks import PythonPin, normalize, parse_python_lock
-from .targets import PYTHON_VERSION
+from .targets import HOST_BUILD_LOCK, PYTHON_VERSION
 from .verify import Verifier, file_sha256
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
 
 log = logging.getLogger(__name__)
+
+# What builds a locked sdist (its wheel is made in the image build, images/_shared/venv.j2): the legacy setup.py of
+# onetimepass (images/hub/requirements.lock) needs setuptools. Pinned with hashes in images/_shared/host-build.lock.
+SDIST_BACKENDS = ("setuptools",)
 
 # A wheel for glibc 2.17 .. 2.36 runs on bookworm (glibc 2.36).
 def platform_tags(arch: str) -> list[str]:
@@ -45,20 +49,27 @@ def supported_tags(arch: str) -> frozenset[Tag]:
 
 
 @dataclass(frozen=True)
-class Wheel:
+class Distribution:
+    """A file pip installs in the image: a wheel, or an sdist the image build turns into one (no network there)."""
+
     pin_name: str
     version: str
     path: Path
     sha256: str
 
+    @property
+    def is_sdist(self) -> bool:
+        return not self.path.name.endswith(".whl")
+
 
 class WheelCache:
-    """Files from PyPI stored by their sha256, and wheels built from sdists stored by the sdist's sha256 and the
-    host build lock's. A stored file counts only while its bytes still have that sha256 (checked whenever it is looked up).
+    """Files from PyPI stored by their sha256. A stored file counts only while its bytes still have that sha256
+    (checked whenever it is looked up). Nothing here builds an sdist: the image build does, with no network.
 
-    `host_lock` (the text of images/_shared/host-build.lock) pins, with hashes, the build backends that run on the host:
-    host_environment() installs them into a fresh virtual environment for each build, so no backend comes from an index
-    unpinned (pip's build isolation would fetch one) and none from a venv that lies about."""
+    `host_lock` (the text of images/_shared/host-build.lock) pins, with hashes, the build backends: the lab
+    extension's, which host_environment() installs into a fresh virtual environment for each build (so no backend
+    comes from an index unpinned, as pip's build isolation would fetch one, and none from a venv that lies about),
+    and the sdists' (SDIST_BACKENDS), which the image build installs (sdist_backends())."""
 
     def __init__(self, root: Path, arch: str = "x86_64", verifier: Verifier | None = None, host_lock: str | None = None) -> None:
         self.root = root
@@ -66,7 +77,6 @@ class WheelCache:
         self.verifier = verifier or Verifier()
         self.host_lock = host_lock
         (root / "by-hash").mkdir(parents=True, exist_ok=True)
-        (root / "built").mkdir(parents=True, exist_ok=True)
 
     def _stored(self, sha: str) -> Path | None:
         folder = self.root / "by-hash" / sha
@@ -115,25 +125,33 @@ class WheelCache:
         if still:
             raise HubforgeError(f"no distribution for {', '.join(still)} fits Python {PYTHON_VERSION} on {self.arch}; run `invoke lock`")
 
-    def wheel_for(self, pin: PythonPin) -> Wheel:
-        """The installable wheel for a pin, building it on the host when PyPI has only an sdist."""
+    def distribution_for(self, pin: PythonPin) -> Distribution:
+        """What the image installs for a pin: its wheel, or, when PyPI has only an sdist, the sdist itself. The sdist
+        is never built here: its build code (a setup.py, an in-tree backend) would run on the host. The image build
+        turns it into a wheel with no network and the locked backends (images/_shared/venv.j2, SDIST_BACKENDS)."""
         path = self._find(pin)
         if path is None:
             raise HubforgeError(f"{pin.name}=={pin.version} is not in the wheel cache; run `invoke build` with network")
-        if path.suffix == ".whl":
-            return Wheel(pin.name, pin.version, path, path.parent.name)
-        built_dir = self.root / "built" / f"{path.parent.name}-{self.host_lock_key()[:16]}"
-        wheels = list(built_dir.glob("*.whl")) if built_dir.is_dir() else []
-        if not wheels:
-            with tempfile.TemporaryDirectory(prefix="hubforge-sdist-") as tmp, self.host_environment() as bin_dir:
-                proc.run(sdist_wheel_argv(path, tmp, bin_dir / "python"), what=f"building a wheel of {path.name} on the host")
-                built = [w for w in Path(tmp).glob("*.whl")]
-                if len(built) != 1 or not built[0].name.endswith("-none-any.whl"):
-                    raise HubforgeError(f"{path.name} did not build into one pure-Python wheel; pin a version with wheels")
-                built_dir.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(built[0]), built_dir / built[0].name)
-            wheels = list(built_dir.glob("*.whl"))
-        return Wheel(pin.name, pin.version, wheels[0], file_sha256(wheels[0]))
+        return Distribution(pin.name, pin.version, path, path.parent.name)
+
+    def sdist_backends(self, progress=None) -> list[Distribution]:
+        """The host build lock's wheels of SDIST_BACKENDS, for the image build to build the locked sdists with."""
+        found = self.host_wheels(SDIST_BACKENDS, progress)
+        missing = sorted(set(SDIST_BACKENDS) - {d.pin_name for d in found})
+        if missing:
+            raise HubforgeError(f"{HOST_BUILD_LOCK} pins no {', '.join(missing)}, which builds the locked sdists; "
+                                "add it to host-build.in and run `invoke lock`")
+        return found
+
+    def host_wheels(self, names: Collection[str] | None = None, progress=None) -> list[Distribution]:
+        """The host build lock's wheels (those of `names`, when given), fetched and checked; an sdist there is refused."""
+        pins = [p for p in parse_python_lock(self.host_lock or "", HOST_BUILD_LOCK) if names is None or p.name in names]
+        self.fetch(pins, progress)
+        found = [self.distribution_for(pin) for pin in pins]
+        sdists = [d.pin_name for d in found if d.is_sdist]
+        if sdists:
+            raise HubforgeError(f"{HOST_BUILD_LOCK}: {', '.join(sdists)} has no wheel; pin a version with a wheel and run `invoke lock`")
+        return found
 
     def host_lock_key(self) -> str:
         if self.host_lock is None:
@@ -145,28 +163,15 @@ class WheelCache:
         """A fresh virtual environment holding exactly the host build lock's wheels, each checked against its hash
         (cached by hash, staged through the verifier, installed by pip with --require-hashes and no index): yields its bin/."""
         self.host_lock_key()
-        pins = parse_python_lock(self.host_lock or "", "images/_shared/host-build.lock")
-        self.fetch(pins)
-        found = [self._find(pin) for pin in pins]
-        sdists = [pin.name for pin, path in zip(pins, found) if path is None or path.suffix != ".whl"]
-        if sdists:
-            raise HubforgeError(f"host-build.lock: {', '.join(sdists)} has no wheel; pin a version with a wheel and run `invoke lock`")
+        found = self.host_wheels()
         with tempfile.TemporaryDirectory(prefix="hubforge-host-build-") as tmp:
             env = Path(tmp) / "env"
             venv.create(env, with_pip=True)  # pip from this Python's own ensurepip, no index
-            requirements = stage([Wheel(p.name, p.version, f, f.parent.name) for p, f in zip(pins, found) if f],
-                                 Path(tmp) / "wheels", self.verifier)
+            requirements = stage(found, Path(tmp) / "wheels", self.verifier)
             proc.run([str(env / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps", "--require-hashes",
                       "--only-binary", ":all:", "--disable-pip-version-check", "--quiet", "--find-links", str(requirements.parent),
                       "--requirement", str(requirements)], what="installing the host build lock into a fresh venv")
             yield env / "bin"
-
-
-def sdist_wheel_argv(sdist: Path, wheel_dir: str, python: Path) -> list[str]:
-    """`pip wheel` of a verified sdist with `python`, a host_environment()'s: no build isolation and no index, so the
-    build backend (onetimepass: setuptools) is the host build lock's, and nothing else can be fetched."""
-    return [str(python), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
-            "--quiet", "--wheel-dir", wheel_dir, str(sdist)]
 
 
 def package_files(source: Path) -> dict[str, bytes]:
@@ -209,7 +214,7 @@ def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: 
     return wheel
 
 
-def stage(wheels: list[Wheel], dest: Path, verifier: Verifier | None = None) -> Path:
+def stage(wheels: list[Distribution], dest: Path, verifier: Verifier | None = None) -> Path:
     """Put wheels in the build context, each checked against its hash there, with a requirements file pinning
     each to its exact file hash (pip, which installs them, runs from one of these wheels: it must be the locked one)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -223,13 +228,13 @@ def stage(wheels: list[Wheel], dest: Path, verifier: Verifier | None = None) -> 
     return requirements
 
 
-def local_wheel(source: Path, version: str, dest: Path, epoch: int, files: Mapping[str, bytes] | None = None) -> Wheel:
+def local_wheel(source: Path, version: str, dest: Path, epoch: int, files: Mapping[str, bytes] | None = None) -> Distribution:
     name = source.name.replace("_", "-")
     path = build_local_wheel(source, name, version, dest, epoch, files)
-    return Wheel(normalize(name), version, path, digest_bytes(path.read_bytes()))
+    return Distribution(normalize(name), version, path, digest_bytes(path.read_bytes()))
 
 
-def file_wheel(path: Path) -> Wheel:
+def file_wheel(path: Path) -> Distribution:
     """A wheel built elsewhere on the host (e.g. a lab extension), pinned to its exact bytes."""
     name, version, _build, _tags = parse_wheel_filename(path.name)
-    return Wheel(normalize(str(name)), str(version), path, file_sha256(path))
+    return Distribution(normalize(str(name)), str(version), path, file_sha256(path))

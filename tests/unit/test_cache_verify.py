@@ -83,6 +83,10 @@ def sources(tmp_path: Path, mirror, monkeypatch) -> tuple[Path, Path, Path]:
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("'''stands in for pip: the wheel that verifies the others'''\n")
     pip_wheel = wheels.build_local_wheel(package, "pip", "26.3", tmp_path / "index", EPOCH)
+    backend = tmp_path / "setuptools-src" / "setuptools"
+    backend.mkdir(parents=True)
+    (backend / "__init__.py").write_text("# stands in for setuptools, the backend the image build makes sdists' wheels with\n")
+    backend_wheel = wheels.build_local_wheel(backend, "setuptools", "84.2.1", tmp_path / "index", EPOCH)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip download reads the find-links folder, never PyPI
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
     root = tmp_path / "repo"
@@ -90,7 +94,8 @@ def sources(tmp_path: Path, mirror, monkeypatch) -> tuple[Path, Path, Path]:
     (root / "img" / "apt.lock").write_text(f"tini 0.19.0-1 {sha256(deb)} {url}/pool/{deb.name}\n")
     (root / "img" / "requirements.lock").write_text(f"pip==26.3 --hash=sha256:{sha256(pip_wheel)}\n")
     (root / HOST_BUILD_LOCK).parent.mkdir(parents=True)
-    (root / HOST_BUILD_LOCK).write_text("")  # an input of every image with a Python lock; no sdist here needs it
+    # an input of every image with a Python lock: the backend the image build makes locked sdists' wheels with
+    (root / HOST_BUILD_LOCK).write_text(f"setuptools==84.2.1 --hash=sha256:{sha256(backend_wheel)}\n")
     return root, deb, pip_wheel
 
 

@@ -21,6 +21,8 @@ from hubforge.errors import HubforgeError
 
 ROOT = Path(__file__).resolve().parents[2]
 
+VENV_STAGE = "images/_shared/venv.j2"
+
 # Nothing is missing today. A gap that must stay for a while is listed here, (file, entry): reason.
 KNOWN: dict[tuple[str, str], str] = {}
 
@@ -87,10 +89,19 @@ def unpinned_build_requires(pyproject: str, root: Path = ROOT, host_lock: str = 
             if [s.operator for s in r.specifier] != ["=="] or locked.get(normalize(r.name)) != next(iter(r.specifier)).version]
 
 
-def isolated_sdist_build() -> list[tuple[str, str]]:
-    """An sdist built with pip's build isolation, or with an index, gets its backend from that index: no lock covers it."""
-    argv = wheels.sdist_wheel_argv(Path("x-1.0.tar.gz"), "out", Path("env/bin/python"))
-    return [] if {"--no-build-isolation", "--no-index"} <= set(argv) else [("hubforge/build/wheels.py", "sdist_wheel_argv: build isolation")]
+def isolated_sdist_build(root: Path = ROOT, venv_stage: str = VENV_STAGE) -> list[tuple[str, str]]:
+    """A locked sdist is built into its wheel by the image build's pip (no network there). Every pip install of that
+    stage must use no index and the lock's hashes, the one of the lock with no build isolation (which would fetch
+    a backend from an index), and the backends it uses must be pinned by the host build lock."""
+    text = (root / venv_stage).read_text().replace("\\\n", " ")
+    installs = [part for part in re.split(r"&&|\n", text) if re.search(r"\bpip\S*\s+install\b", part)]
+    found = [(venv_stage, f"pip install without {flag}") for part in installs
+             for flag in ("--no-index", "--require-hashes") if flag not in part.split()]
+    if not any("/tmp/wheels/requirements.txt" in part and "--no-build-isolation" in part.split() for part in installs):
+        found.append((venv_stage, "the lock's sdists are built with build isolation"))
+    locked = {p.name for p in parse_python_lock((root / HOST_BUILD_LOCK).read_text(), HOST_BUILD_LOCK)}
+    found += [(HOST_BUILD_LOCK, f"{name} (an sdist backend) is not pinned") for name in wheels.SDIST_BACKENDS if name not in locked]
+    return found
 
 
 def gaps() -> set[tuple[str, str]]:
@@ -158,3 +169,15 @@ def test_a_build_backend_must_be_the_version_the_host_build_lock_hashes(tmp_path
     (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["hatchling==1.27.0", "setuptools>=61", "Setuptools==79.0", "wheel==1"]\n')
     assert unpinned_build_requires("pyproject.toml", tmp_path) == [
         ("pyproject.toml", r) for r in ("setuptools>=61", "Setuptools==79.0", "wheel==1")]
+
+
+def test_the_sdist_check_finds_an_isolated_build_and_an_unpinned_backend(tmp_path):
+    (tmp_path / "venv.j2").write_text("RUN pip install --no-index --require-hashes \\\n  --find-links /tmp/wheels -r /tmp/wheels/requirements.txt\n"
+                                      " && pip install --no-index -r /tmp/sdist-backends/requirements.txt\n")
+    (tmp_path / HOST_BUILD_LOCK).parent.mkdir(parents=True)
+    (tmp_path / HOST_BUILD_LOCK).write_text(f"hatchling==1 --hash=sha256:{'a' * 64}\n")
+    assert isolated_sdist_build(tmp_path, "venv.j2") == [
+        ("venv.j2", "pip install without --require-hashes"),
+        ("venv.j2", "the lock's sdists are built with build isolation"),
+        (HOST_BUILD_LOCK, "setuptools (an sdist backend) is not pinned"),
+    ]
