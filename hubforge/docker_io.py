@@ -171,15 +171,17 @@ class Docker:
         except docker.errors.APIError as exc:
             raise HubforgeError(f"cannot pull {reference}: {_short(exc)}; use --base=bootstrap when no registry answers") from exc
 
-    def registry_answers(self, reference: str, timeout: float = 8.0) -> bool:
-        """Whether the registry behind `reference` answers a manifest request (used by --base=auto)."""
+    def registry_problem(self, reference: str, timeout: float = 8.0) -> str:
+        """Why the registry behind `reference` does not answer a manifest request, in a few words; "" when it does
+        (--base=auto bootstraps instead, and says why)."""
         try:
             api = docker.APIClient(base_url=self.client.api.base_url, timeout=timeout)
             api.inspect_distribution(reference)
-            return True
+            return ""
+        except requests.exceptions.Timeout:
+            return f"did not answer within {timeout:g} s"
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            log.info("registry check for %s: %s", reference, _short(exc))
-            return False
+            return f"did not give its manifest ({_short(exc)[:120]})"
 
     def images(self, repository: str) -> list[dict]:
         return self.client.api.images(name=repository)

@@ -203,6 +203,7 @@ class Builder:
         self.state_dir = settings.cache_dir / "state"
         self.base_mode_used: str | None = None
         self.base_reason = ""
+        self.base_announced = False
         self.staging = threading.Lock()
         self.cache = PlanCache(self.state_dir / "plan-cache.json")
         self.verifier = Verifier()  # every cached input is checked against its lock when staged, once per file
@@ -210,7 +211,7 @@ class Builder:
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
         target = self.graph.targets["base"]
-        inputs = {**input_digests(self.settings.root, target.inputs, self.cache), **NORMALIZER} if mode == "bootstrap" else {}
+        inputs = {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER} if mode == "bootstrap" else {}
         return Manifest("base", "", inputs, self.settings.spec(mode).describe(), None)
 
     def resolve_base_mode(self) -> str:
@@ -224,10 +225,15 @@ class Builder:
             if self.docker.image_id(f"{base_target.repository}:{self.base_manifest(candidate).key()}"):
                 self.base_reason = f"auto: the {candidate} base is already built"
                 return candidate
-        if self.docker.registry_answers(self.settings.upstream):
+        problem = self.docker.registry_problem(self.settings.upstream)
+        if not problem:
             self.base_reason = "auto: a registry answers"
             return "pull"
-        self.base_reason = "auto: no registry answers, bootstrapping from the Debian mirror"
+        self.base_reason = (f"auto: bootstrapping from {self.settings.mirror}, because the registry of "
+                            f"{self.settings.upstream.split('@')[0]} {problem}; --base=pull insists on the registry")
+        if not self.base_announced:  # a plan may resolve the mode more than once
+            self.base_announced = True
+            self.say(f"base: {self.base_reason}")
         return "bootstrap"
 
     def manifest(self, target: Target, parent_key: str | None) -> Manifest:
@@ -360,7 +366,8 @@ class Builder:
             spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
             if spec.mode == "pull":
                 return base.pull(self.docker, spec, *ref.rsplit(":", 1), progress)
-            return base.bootstrap(self.docker, spec, self.settings.root / target.inputs[0], ref, self.scratch_dir(), progress)
+            return base.bootstrap(self.docker, spec, self.settings.root, target.apt_lock, ref, self.scratch_dir(),
+                                  self.deb_cache(), progress)
         with self.staging:  # the host's input caches are shared: one target fills them at a time
             context = self.stage_context(step, progress)
         raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"
@@ -403,7 +410,7 @@ class Builder:
 
     def stage_context(self, step: Step, progress: Callable[[str], None]) -> Path:
         """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules."""
-        from . import debs, npm, wheels
+        from . import npm, wheels
         target, root, cache = step.target, self.settings.root, self.settings.cache_dir
         context = cache / "contexts" / f"{target.name}-{step.key}"
         shutil.rmtree(context, ignore_errors=True)
@@ -414,7 +421,7 @@ class Builder:
                 dest = context / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / rel, dest)
-        cache_debs = debs.DebCache(cache / "debs", self.verifier)
+        cache_debs = self.deb_cache()
         for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
             if lock:
                 pins = parse_apt_lock((root / lock).read_text(), lock)
@@ -434,6 +441,11 @@ class Builder:
             modules = npm.install(root / target.npm_dir, cache / "npm", progress)
             shutil.copytree(modules, context / "node_modules", symlinks=True)
         return context
+
+    def deb_cache(self):
+        """The host's .deb cache, checked by this build's verifier."""
+        from .debs import DebCache
+        return DebCache(self.settings.cache_dir / "debs", self.verifier)
 
     @functools.cached_property
     def daemon_arch(self) -> str:

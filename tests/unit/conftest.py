@@ -21,8 +21,8 @@ class EmptyImageStore:
     def image_id(self, ref: str) -> None:
         return None
 
-    def registry_answers(self, reference: str, timeout: float = 8.0) -> bool:
-        return False
+    def registry_problem(self, reference: str, timeout: float = 8.0) -> str:
+        return f"did not answer within {timeout:g} s"
 
 
 @pytest.fixture
