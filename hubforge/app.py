@@ -195,14 +195,18 @@ def pulled_for_check(builder: Builder, step: Step) -> bool:
 
 
 def lock(settings: Settings, target: str | None, only: str | None) -> None:
-    from .build.lock import lock_apt, lock_python
+    from .build.lock import lock_apt, lock_base, lock_python
     from .build.native import lock_native
     from .build.targets import HOST_BUILD_LOCK
 
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     builder = make_builder(settings)
     graph = builder.graph
-    selected = [graph.targets[target]] if target else [t for t in graph.targets.values() if t.name != "base"]
+    if only in (None, "apt") and target in (None, "base") and (target == "base" or builder.resolve_base_mode() == "bootstrap"):
+        say("[bold]base[/]: the packages the bootstrap installs")  # first: the images' locks resolve against it
+        doctor.ensure(settings.cache_dir, {"bootstrap"}, say)
+        lock_base(settings.root, graph.targets["base"].apt_lock, settings.spec("bootstrap"), builder.scratch_dir(), say)
+    selected = [t for t in ([graph.targets[target]] if target else graph.targets.values()) if t.name != "base"]
     if only in (None, "python"):
         say("[bold]host[/]: build backends")
         lock_python(settings.root, HOST_BUILD_LOCK, None, say)

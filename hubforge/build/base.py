@@ -1,24 +1,32 @@
-"""The base image: a digest-pinned upstream pull, or a rootfs bootstrapped from a Debian mirror."""
+"""The base image: a digest-pinned upstream pull, or a rootfs bootstrapped from the locked packages of a Debian mirror."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
+from . import debs
+from .debs import DebCache
 from ..docker_io import Docker
 from ..errors import HubforgeError
-from .locks import check_package_name
-from .normalize import rootfs_archive
+from .locks import DebPin, check_package_name, parse_apt_lock
 from .verify import file_sha256
+from .normalize import rootfs_archive
 from .targets import SOURCE_DATE_EPOCH, BaseSpec
 
 log = logging.getLogger(__name__)
+
+RECIPE = "images/base/bootstrap.json"
 
 
 # What a `remove_after` entry may be: an absolute path whose parts are plain names or globs. It is pasted into a
@@ -34,8 +42,26 @@ def removal(path: str) -> str:
     return path
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """The host files of one mmdebstrap run (see `workspace`)."""
+
+    keyring: Path  # a copy of the checked keyring, alone in its folder: the one folder apt trusts
+    debs: Path  # the locked .debs, checked against the lock, handed to apt as already downloaded
+    report: Path  # what the run writes out: the dpkg status before the purge (a build), or the resolution (a lock)
+
+
+@contextlib.contextmanager
+def workspace(scratch: Path) -> Iterator[Workspace]:
+    """A Workspace in a new temporary folder under `scratch`, its keyring in one of the system's own: apt checks
+    signatures as its sandbox user, who must be able to read the keyring (the cache is often under a private home)."""
+    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp, \
+            tempfile.TemporaryDirectory(prefix="hubforge-keyring-") as trusted:
+        yield Workspace(Path(trusted) / "debian-archive.gpg", Path(tmp) / "debs", Path(tmp) / "report")
+
+
 def pinned_keyring(root: Path, recipe: dict) -> Path:
-    """The recipe's Debian archive keyring, when its bytes are the ones the recipe pins by sha256; else one line."""
+    """The recipe's Debian archive keyring, when its bytes are the ones pinned by sha256; else one line."""
     entry = recipe["keyring"]
     path = root / entry["path"]
     found = file_sha256(path) if path.is_file() else "missing"
@@ -57,26 +83,54 @@ def trust_only(keyring: Path, copy: Path) -> None:
 def keyring_options(keyring: Path) -> list[str]:
     """mmdebstrap options that make apt trust the keys in `keyring` (alone in its folder) and nothing else.
 
-    apt trusts a keyring file (Dir::Etc::Trusted) and a folder of them (Dir::Etc::TrustedParts), both the host's by
-    default. mmdebstrap's `--keyring` replaces one of the two, by whether it is given a file or a folder, so a file
-    alone leaves every key in the host's /etc/apt/trusted.gpg.d trusted: both are replaced here.
+    apt trusts a keyring file (Dir::Etc::Trusted) and a folder of them (Dir::Etc::TrustedParts), both the host's
+    by default. mmdebstrap's `--keyring` replaces one of the two, by whether it is given a file or a folder, so
+    a file alone leaves every key in the host's /etc/apt/trusted.gpg.d trusted: both are replaced here.
     `--skip=check/signed-by`: otherwise mmdebstrap adds `signed-by=` the host's
-    /usr/share/keyrings/debian-archive-keyring.gpg to the sources whenever that file holds keys ours does not, which
-    trusts the host's file again (and writes a host-dependent line into the image's sources.list)."""
+    /usr/share/keyrings/debian-archive-keyring.gpg to the sources whenever that file holds keys ours does not,
+    which trusts the host's file again (and writes a host-dependent line into the image's sources.list)."""
     return [f"--keyring={keyring.parent}", f"--keyring={keyring}", "--skip=check/signed-by"]
 
 
-def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, keyring: Path) -> list[str]:
+def archive_name(pin: DebPin) -> str:
+    """The name apt gives a downloaded .deb in /var/cache/apt/archives (an epoch's `:` quoted as `%3a`): a file
+    already there under this name, with the size and hash of the signed index, is used instead of a download."""
+    return f"{pin.package}_{pin.version.replace(':', '%3a')}_{pin.arch}.deb"
+
+
+def report_hook(work: Workspace, locking: bool) -> str:
+    """The first customize hook: copy out the dpkg status (a build, checked against the lock afterwards), or run
+    the resolution script in the new rootfs (a lock): both before the recipe purges anything."""
+    if locking:
+        return f'--customize-hook=chroot "$1" sh -c {shlex.quote(installed_resolution_script())} > {shlex.quote(str(work.report))}'
+    return f'--customize-hook=cp "$1"/var/lib/dpkg/status {shlex.quote(str(work.report))}'
+
+
+def installed_resolution_script() -> str:
+    """Shell run inside the new rootfs while apt's lists are still there: the URL and the index stanza of every
+    installed package, in the shape `debs.parse_resolution` reads."""
+    return (
+        "set -e; dpkg-query -W -f='${db:Status-Abbrev} ${Package}=${Version}\\n' | awk '$1 == \"ii\" {print $2}' "
+        "> /tmp/installed; xargs apt-get download --print-uris < /tmp/installed; "
+        f"echo {debs.SEPARATOR}; xargs apt-cache show --no-all-versions < /tmp/installed; rm /tmp/installed"
+    )
+
+
+def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, work: Workspace, locking: bool = False) -> list[str]:
     """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested. apt trusts only
-    `keyring` (a copy of the pinned one, alone in its folder). The entries that reach its shell hooks are checked
-    first."""
+    the keyring `work.keyring`; a build gets the locked .debs from `work.debs`. The entries that reach its shell
+    hooks are checked first."""
     components = " ".join(recipe["components"])
     argv = ["mmdebstrap", f"--variant={recipe['variant']}", "--mode=root", "--format=tar", "--quiet"]
-    argv += keyring_options(keyring)
+    argv += keyring_options(work.keyring)
+    if not locking:  # apt finds the checked .debs where it would have downloaded them, and keeps what it found
+        argv += ["--skip=download/empty", '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
+                 f'--setup-hook=cp {shlex.quote(str(work.debs))}/*.deb "$1"/var/cache/apt/archives/']
     if recipe.get("include"):
         argv.append(f"--include={','.join(recipe['include'])}")
     argv += [f"--dpkgopt=path-exclude={p}" for p in recipe.get("path_exclude", [])]
     argv += [f"--dpkgopt=path-include={p}" for p in recipe.get("path_include", [])]
+    argv.append(report_hook(work, locking))
     if recipe.get("purge_after"):
         purge = [check_package_name(n, "images/base/bootstrap.json purge_after") for n in recipe["purge_after"]]
         argv.append(f"--customize-hook=chroot \"$1\" dpkg --purge {' '.join(purge)}")
@@ -93,34 +147,102 @@ def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, keyring: Path) -
     return argv
 
 
-def bootstrap(docker: Docker, spec: BaseSpec, root: Path, recipe_path: Path, ref: str, scratch: Path, progress=None) -> str:
-    """Make the rootfs with mmdebstrap (SOURCE_DATE_EPOCH set) and load it as `ref`, normalised like every built image:
-    the same mirror state gives the same image id. Needs root."""
+def installed_packages(status: str) -> dict[str, tuple[str, str]]:
+    """package -> (version, architecture) of every package a dpkg status file says is installed."""
+    installed = {}
+    for stanza in status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+        if fields.get("Status") == "install ok installed":
+            installed[fields["Package"]] = (fields["Version"], fields["Architecture"])
+    return installed
+
+
+def lock_differences(installed: dict[str, tuple[str, str]], pins: list[DebPin]) -> list[str]:
+    """How the installed set differs from the lock, one phrase per package, sorted; empty when it is the lock."""
+    locked = {pin.package: (pin.version, pin.arch) for pin in pins}
+    phrases = []
+    for name in sorted(set(installed) | set(locked)):
+        if name not in locked:
+            phrases.append(f"{name} {installed[name][0]} is not in the lock")
+        elif name not in installed:
+            phrases.append(f"{name} {locked[name][0]} was not installed")
+        elif installed[name] != locked[name]:
+            phrases.append(f"{name} {'/'.join(installed[name])} installed, {'/'.join(locked[name])} locked")
+    return phrases
+
+
+def check_installed(status: str, pins: list[DebPin], lock: str) -> None:
+    """Refuse, in one line, a rootfs whose package set is not exactly the lock's (the mirror moved on, or the
+    recipe changed since `invoke lock`)."""
+    differences = lock_differences(installed_packages(status), pins)
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise HubforgeError(f"the bootstrap installed other packages than {lock} ({shown}); the mirror has moved on "
+                            f"since it was locked: run `invoke lock --target base`, or point `mirror` at the "
+                            f"snapshot.debian.org of the day it was locked")
+
+
+def check_prerequisites() -> None:
     if shutil.which("mmdebstrap") is None:
         raise HubforgeError("--base=bootstrap needs mmdebstrap: run `invoke setup` or `apt-get install mmdebstrap`")
     if os.geteuid() != 0:
         raise HubforgeError("--base=bootstrap needs root (mmdebstrap --mode=root); run as root or use --base=pull")
-    recipe = json.loads(recipe_path.read_text())
-    keyring = pinned_keyring(root, recipe)
-    # the keyring's copy in a folder of the system's own: apt checks signatures as its sandbox user, who cannot read
-    # a cache under a private home
-    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp, \
-            tempfile.TemporaryDirectory(prefix="hubforge-keyring-") as trusted:
-        output = Path(tmp) / "rootfs.tar"
-        trust_only(keyring, Path(trusted) / "debian-archive.gpg")
+
+
+def run_mmdebstrap(spec: BaseSpec, recipe: dict, root: Path, output: Path, work: Workspace, locking: bool) -> None:
+    """mmdebstrap with SOURCE_DATE_EPOCH set, trusting only the pinned keyring."""
+    trust_only(pinned_keyring(root, recipe), work.keyring)
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
+    proc.run(mmdebstrap_argv(spec, recipe, output, work, locking), env=env,
+             what="locking the base's packages (mmdebstrap)" if locking else "bootstrapping the base rootfs (mmdebstrap)")
+
+
+def stage_locked_debs(root: Path, lock: str, cache: DebCache, folder: Path, progress=None) -> list[DebPin]:
+    """The base lock's .debs, fetched when missing, checked against the lock, under the names apt looks for."""
+    pins = parse_apt_lock((root / lock).read_text(), lock)
+    cache.fetch(pins, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    for pin in pins:
+        cache.verifier.stage(cache.path(pin), folder / archive_name(pin), pin.sha256)
+    return pins
+
+
+def bootstrap(docker: Docker, spec: BaseSpec, root: Path, lock: str, ref: str, scratch: Path, cache: DebCache,
+              progress=None) -> str:
+    """Make the rootfs with mmdebstrap from exactly the packages of the base lock, and load it as `ref`, normalised
+    like every built image: the same lock gives the same image id. Needs root."""
+    check_prerequisites()
+    recipe = json.loads((root / RECIPE).read_text())
+    with workspace(scratch) as work:
+        tmp, output = work.report.parent, work.report.parent / "rootfs.tar"
+        pins = stage_locked_debs(root, lock, cache, work.debs, progress)
         if progress:
-            progress(f"bootstrapping Debian {spec.suite} from {spec.mirror}, trusting only {recipe['keyring']['path']} "
-                     "(mmdebstrap, ~30 s)")
-        env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
-        proc.run(mmdebstrap_argv(spec, recipe, output, Path(trusted) / "debian-archive.gpg"), env=env,
-                 what="bootstrapping the base rootfs (mmdebstrap)")
+            progress(f"bootstrapping Debian {spec.suite} from the {len(pins)} packages of {lock} (mmdebstrap, ~50 s)")
+        run_mmdebstrap(spec, recipe, root, output, work, locking=False)
+        check_installed(work.report.read_text(), pins, lock)
         if progress:
             progress("loading the rootfs into Docker")
         runtime = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["bash"]}
         made_by = f"hubforge: mmdebstrap --variant={recipe['variant']} {spec.suite} {spec.mirror}"
-        _, layers = rootfs_archive(output, Path(tmp) / "image.tar", [ref], runtime, made_by, SOURCE_DATE_EPOCH, Path(tmp))
+        _, layers = rootfs_archive(output, tmp / "image.tar", [ref], runtime, made_by, SOURCE_DATE_EPOCH, tmp)
         output.unlink()
-        return docker.load(Path(tmp) / "image.tar", ref, layers)
+        return docker.load(tmp / "image.tar", ref, layers)
+
+
+def resolve(spec: BaseSpec, root: Path, scratch: Path) -> list[DebPin]:
+    """What the recipe installs today, from the mirror, trusting only the pinned keyring: each package's URL and its
+    SHA256 from the signed index (`invoke lock`). Needs root, as a bootstrap does."""
+    check_prerequisites()
+    recipe = json.loads((root / RECIPE).read_text())
+    with workspace(scratch) as work:
+        run_mmdebstrap(spec, recipe, root, work.report.parent / "rootfs.tar", work, locking=True)
+        return debs.parse_resolution(work.report.read_text())
+
+
+def requested(spec: BaseSpec, root: Path) -> list[str]:
+    """What the base lock's `# requested:` line names: the variant and the packages the recipe adds."""
+    recipe = json.loads((root / RECIPE).read_text())
+    return [f"mmdebstrap --variant={recipe['variant']} {spec.suite}", *recipe.get("include", [])]
 
 
 def pull(docker: Docker, spec: BaseSpec, repository: str, tag: str, progress=None) -> str:

@@ -250,7 +250,7 @@ class Builder:
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
         target = self.graph.targets["base"]
-        inputs = {**input_digests(self.settings.root, target.inputs, self.cache), **NORMALIZER} if mode == "bootstrap" else {}
+        inputs = {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER} if mode == "bootstrap" else {}
         return Manifest("base", "", inputs, self.settings.spec(mode).describe(), None)
 
     def resolve_base_mode(self) -> str:
@@ -425,8 +425,8 @@ class Builder:
             spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
             if spec.mode == "pull":
                 return base.pull(self.docker, spec, *ref.rsplit(":", 1), progress)
-            return base.bootstrap(self.docker, spec, self.settings.root, self.settings.root / target.inputs[0], ref,
-                                  self.scratch_dir(), progress)
+            return base.bootstrap(self.docker, spec, self.settings.root, target.apt_lock, ref, self.scratch_dir(),
+                                  self.deb_cache(), progress)
         with self.staging:  # the host's input caches are shared: one target fills them at a time
             context = self.stage_context(step, progress)
         raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"
@@ -474,7 +474,7 @@ class Builder:
     def stage_context(self, step: Step, progress: Callable[[str], None]) -> Path:
         """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules. Every
         declared input comes from the bytes its key hashed (planned_files), never from a second read of the tree."""
-        from . import debs, npm, wheels
+        from . import npm, wheels
         target, root, cache = step.target, self.settings.root, self.settings.cache_dir
         context = cache / "contexts" / f"{target.name}-{step.key}"
         shutil.rmtree(context, ignore_errors=True)
@@ -485,7 +485,7 @@ class Builder:
         for rel in target.inputs:
             if rel not in rendered:
                 write_planned(files[rel], root / rel, context / rel)
-        cache_debs = debs.DebCache(cache / "debs", self.verifier)
+        cache_debs = self.deb_cache()
         for lock, folder in ((target.apt_lock, "debs"), (target.build_apt_lock, "build-debs")):
             if lock:
                 pins = parse_apt_lock(files[lock].decode(), lock)
@@ -520,6 +520,11 @@ class Builder:
                                    wheel_cache.host_lock_key(), progress)
         planned_files(root, [ext], step.manifest.inputs)
         return wheel
+
+    def deb_cache(self):
+        """The host's .deb cache, checked by this build's verifier."""
+        from .debs import DebCache
+        return DebCache(self.settings.cache_dir / "debs", self.verifier)
 
     @functools.cached_property
     def daemon_arch(self) -> str:

@@ -10,7 +10,7 @@ from .. import proc
 from . import debs
 from ..docker_io import Docker
 from .locks import format_apt_lock, requested_packages
-from .targets import PYTHON_VERSION
+from .targets import PYTHON_VERSION, BaseSpec, Target
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +46,13 @@ def lock_apt(root: Path, apt_lock: str, docker: Docker, base_ref: str, say: Call
     pins = debs.parse_resolution(output)
     (root / apt_lock).write_text(format_apt_lock(pins, packages))
     say(f"  wrote {apt_lock} ({len(pins)} packages)")
+
+
+def lock_base(root: Path, lock: str, spec: BaseSpec, scratch: Path, say: Callable[[str], None]) -> None:
+    """Resolve what the bootstrap recipe installs today (mmdebstrap, trusting only the pinned keyring) into the
+    base's apt.lock: the bootstrap then installs exactly these .debs, and the base key hashes them."""
+    from . import base
+
+    pins = base.resolve(spec, root, scratch)
+    (root / lock).write_text(format_apt_lock(pins, base.requested(spec, root)))
+    say(f"  wrote {lock} ({len(pins)} packages, from {spec.mirror})")

@@ -120,6 +120,7 @@ TARGETS: tuple[Target, ...] = (
         template=None,
         parent=None,
         inputs=("images/base/bootstrap.json", "images/base/debian-archive-bookworm.gpg"),
+        apt_lock="images/base/apt.lock",  # what a bootstrap installs (`invoke lock`); unused by a pulled base
         description="Debian bookworm rootfs: a pinned upstream slim image, or bootstrapped from a mirror",
     ),
     Target(

@@ -71,7 +71,7 @@ def test_the_bootstrapped_base_is_the_same_image_from_the_same_mirror():
 
 def test_a_build_that_stamps_the_time_is_caught_and_the_file_named(tmp_path):
     """A target of its own (FROM the current base) that writes the time into a file: the check names that file."""
-    shutil.copytree(ROOT / "images" / "base", tmp_path / "images" / "base")  # the recipe and its keyring
+    shutil.copytree(ROOT / "images" / "base", tmp_path / "images" / "base")  # the recipe, its lock and keyring
     (tmp_path / "images" / "stamp").mkdir()
     (tmp_path / "images" / "stamp" / "Dockerfile.j2").write_text(
         "FROM {{ parent }}\nRUN date +%s%N > /etc/build-stamp && echo fixed > /etc/fixed\n")

@@ -1,5 +1,5 @@
-"""Issue 26, part 5: the bootstrapped base trusts Debian's pinned archive keyring and nothing the host adds, its key
-covers that keyring, and --base=auto says why it bootstraps."""
+"""Issue 26, part 5: the bootstrapped base trusts Debian's pinned archive keyring and nothing the host adds, installs
+exactly the packages of its lock, and its key covers that lock; --base=auto says why it bootstraps."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from hubforge.build import base
+from hubforge.build.locks import DebPin, parse_apt_lock
 from hubforge.build.targets import BaseSpec, Graph
 from hubforge.errors import HubforgeError
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = json.loads((ROOT / "images/base/bootstrap.json").read_text())
+RECIPE = json.loads((ROOT / base.RECIPE).read_text())
+LOCK = Graph().targets["base"].apt_lock
 SPEC = BaseSpec(mode="bootstrap")
 BOOKWORM_KEYS = {  # what `gpg --show-keys` says images/base/debian-archive-bookworm.gpg holds
     "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8": "Debian Archive Automatic Signing Key (12/bookworm)",
@@ -30,9 +32,14 @@ BOOKWORM_KEYS = {  # what `gpg --show-keys` says images/base/debian-archive-book
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg")
 
 
+def work_in(folder: Path) -> base.Workspace:
+    return base.Workspace(folder / "trusted" / "debian-archive.gpg", folder / "debs", folder / "report")
+
+
 # -- the pinned keyring --------------------------------------------------------------------------------------------
 def test_apt_trusts_only_the_pinned_keyring_file_and_a_folder_holding_only_it():
-    argv = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), Path("/tmp/w/trusted/debian-archive.gpg"))
+    work = work_in(Path("/tmp/w"))
+    argv = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), work)
     # a file replaces apt's Dir::Etc::Trusted only; the folder replaces Dir::Etc::TrustedParts (the host's
     # /etc/apt/trusted.gpg.d); check/signed-by would otherwise point the sources at the host's Debian keyring
     assert [a for a in argv if a.startswith(("--keyring", "--skip=check"))] == [
@@ -133,10 +140,10 @@ def test_a_key_the_host_adds_does_not_widen_what_the_bootstrap_accepts(world):
     intruder = new_key(home, "intruder@example.invalid")
     pinned = new_key(home, "debian@example.invalid")  # stands in for Debian's key: the test must sign with it
     env = host_that_also_trusts(world, intruder)
-    keyring = world / "work" / "trusted" / "debian-archive.gpg"
+    work = work_in(world / "work")
     (world / "pinned.gpg").write_bytes(pinned)
-    base.trust_only(world / "pinned.gpg", keyring)
-    argv = base.mmdebstrap_argv(SPEC, RECIPE, world / "out.tar", keyring)
+    base.trust_only(world / "pinned.gpg", work.keyring)
+    argv = base.mmdebstrap_argv(SPEC, RECIPE, world / "out.tar", work)
 
     forged = mmdebstrap_accepts(argv, signed_mirror(world / "forged", home, "intruder@example.invalid"), env)
     assert forged.returncode != 0, f"mmdebstrap accepted a Release signed by a key only the host trusts:\n{forged.stderr[-800:]}"
@@ -146,13 +153,67 @@ def test_a_key_the_host_adds_does_not_widen_what_the_bootstrap_accepts(world):
     assert genuine.returncode == 0, genuine.stderr[-800:]  # the same mirror, signed by the pinned key, passes
 
 
+# -- the lock: what the bootstrap installs ---------------------------------------------------------------------------
+PINS = [DebPin("libc6", "2.36-9+deb12u14", "a" * 64, "http://deb.debian.org/debian/pool/main/g/glibc/libc6_2.36-9+deb12u14_amd64.deb"),
+        DebPin("sensible-utils", "0.0.17+nmu1", "b" * 64, "http://deb.debian.org/debian/pool/main/s/sensible-utils/sensible-utils_0.0.17%2bnmu1_all.deb")]
+
+
+def status(*packages: tuple[str, str, str], state: str = "install ok installed") -> str:
+    return "\n\n".join(f"Package: {name}\nStatus: {state}\nPriority: required\nVersion: {version}\nArchitecture: {arch}\n"
+                       f"Description: x\n continued" for name, version, arch in packages) + "\n"
+
+
+def test_the_installed_set_of_the_lock_passes():
+    base.check_installed(status(("libc6", "2.36-9+deb12u14", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all")), PINS, "lock")
+
+
+@pytest.mark.parametrize(("installed", "phrase"), [
+    ((("libc6", "2.36-9+deb12u15", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all")),
+     "libc6 2.36-9+deb12u15/amd64 installed, 2.36-9+deb12u14/amd64 locked"),
+    ((("libc6", "2.36-9+deb12u14", "amd64"),), "sensible-utils 0.0.17+nmu1 was not installed"),
+    ((("libc6", "2.36-9+deb12u14", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all"), ("evil", "1", "all")),
+     "evil 1 is not in the lock"),
+])
+def test_an_installed_set_other_than_the_lock_is_refused_in_one_line(installed, phrase):
+    with pytest.raises(HubforgeError) as refused:
+        base.check_installed(status(*installed), PINS, "images/base/apt.lock")
+    message = str(refused.value)
+    assert phrase in message and "\n" not in message and "invoke lock --target base" in message
+
+
+def test_packages_that_are_not_installed_do_not_count():
+    assert base.installed_packages(status(("perl", "5.36", "amd64"), state="deinstall ok config-files")) == {}
+
+
+def test_apt_finds_the_locked_debs_under_its_own_names():
+    assert base.archive_name(DebPin("x", "1:2.0~rc1", "c" * 64, "http://m/pool/x_2.0~rc1_amd64.deb")) == "x_1%3a2.0~rc1_amd64.deb"
+
+
+def test_the_bootstrap_preseeds_the_locked_debs_and_reads_the_status_before_anything_is_purged():
+    work = work_in(Path("/tmp/w"))
+    argv = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), work)
+    assert "--skip=download/empty" in argv
+    assert "--setup-hook=cp /tmp/w/debs/*.deb \"$1\"/var/cache/apt/archives/" in argv
+    hooks = [a for a in argv if a.startswith("--customize-hook=")]
+    assert hooks[0] == '--customize-hook=cp "$1"/var/lib/dpkg/status /tmp/w/report' and "dpkg --purge" in hooks[1]
+    locking = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), work, locking=True)
+    assert "--skip=download/empty" not in locking and [a for a in locking if "--customize-hook" in a][0].endswith("> /tmp/w/report")
+
+
+def test_the_committed_base_lock_pins_every_package_by_hash():
+    pins = parse_apt_lock((ROOT / LOCK).read_text(), LOCK)
+    names = {pin.package for pin in pins}
+    assert {"apt", "dpkg", "libc6", "debian-archive-keyring", "usr-is-merged"} <= names
+    assert set(RECIPE["purge_after"]) <= names  # installed by the bootstrap, then purged: locked too
+
+
 # -- the key ---------------------------------------------------------------------------------------------------------
 def keys(builder) -> dict[str, str]:
     return {step.target.name: step.key for step in builder.plan(Graph().closure(["base", "hub", "gpu-probe"]))}
 
 
-@pytest.mark.parametrize("edit", [RECIPE["keyring"]["path"]])
-def test_the_bootstrapped_base_key_covers_the_keyring(source_tree, make_builder, edit):
+@pytest.mark.parametrize("edit", [LOCK, RECIPE["keyring"]["path"]])
+def test_the_bootstrapped_base_key_covers_the_lock_and_the_keyring(source_tree, make_builder, edit):
     before, pulled = keys(make_builder(source_tree)), keys(make_builder(source_tree, "pull"))
     with (source_tree / edit).open("ab") as handle:
         handle.write(b"\n")

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from hubforge.build import debs
-from hubforge.build.base import mmdebstrap_argv
+from hubforge.build.base import Workspace, mmdebstrap_argv
 from hubforge.build.locks import requested_packages
 from hubforge.build.targets import BaseSpec
 from hubforge.errors import HubforgeError
+
+WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/debs"), Path("/tmp/w/report"))
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYRING = Path("/tmp/w/trusted/debian-archive.gpg")  # the pinned keyring's copy, alone in its folder
@@ -21,7 +23,7 @@ SPEC = BaseSpec(mode="bootstrap")
 
 
 def test_the_committed_recipe_and_apt_ins_pass():
-    argv = mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), KEYRING)
+    argv = mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), WORK)
     assert any(a.startswith('--customize-hook=rm -rf "$1"/var/lib/apt/lists/*') for a in argv)
     for apt_in in sorted(ROOT.glob("images/*/*apt.in")):
         assert requested_packages(apt_in)
@@ -33,14 +35,14 @@ def test_the_committed_recipe_and_apt_ins_pass():
 ])
 def test_a_remove_after_entry_that_is_not_a_plain_path_is_refused(entry):
     with pytest.raises(HubforgeError) as refused:
-        mmdebstrap_argv(SPEC, {**RECIPE, "remove_after": [entry]}, Path("/tmp/out.tar"), KEYRING)
+        mmdebstrap_argv(SPEC, {**RECIPE, "remove_after": [entry]}, Path("/tmp/out.tar"), WORK)
     assert f"remove_after entry {entry!r}" in str(refused.value) and "\n" not in str(refused.value).replace(repr(entry), "")
 
 
 @pytest.mark.parametrize("name", ["perl; reboot", "$(id)", "perl|sh", "-rf", "Perl"])
 def test_a_purge_after_name_that_is_not_a_package_is_refused(name):
     with pytest.raises(HubforgeError, match=r"^images/base/bootstrap.json purge_after: .* is not a Debian package name"):
-        mmdebstrap_argv(SPEC, {**RECIPE, "purge_after": [name]}, Path("/tmp/out.tar"), KEYRING)
+        mmdebstrap_argv(SPEC, {**RECIPE, "purge_after": [name]}, Path("/tmp/out.tar"), WORK)
 
 
 @pytest.mark.parametrize("line", ["tini;reboot", "$(touch /tmp/pwned)", "tini|sh", "`id`", "tini&&id", "-y", "../x"])
