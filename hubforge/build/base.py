@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class Workspace:
     """The host files of one mmdebstrap run (see `workspace`)."""
 
     keyring: Path  # a copy of the checked keyring, alone in its folder: the one folder apt trusts
-    debs: Path  # the locked .debs, checked against the lock, handed to apt as already downloaded
+    repo: Path  # a build's only package source: the locked .debs, checked against the lock, and their index
     report: Path  # what the run writes out: the dpkg status before the purge (a build), or the resolution (a lock)
 
 
@@ -57,7 +58,7 @@ def workspace(scratch: Path) -> Iterator[Workspace]:
     signatures as its sandbox user, who must be able to read the keyring (the cache is often under a private home)."""
     with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp, \
             tempfile.TemporaryDirectory(prefix="hubforge-keyring-") as trusted:
-        yield Workspace(Path(trusted) / "debian-archive.gpg", Path(tmp) / "debs", Path(tmp) / "report")
+        yield Workspace(Path(trusted) / "debian-archive.gpg", Path(tmp) / "repo", Path(tmp) / "report")
 
 
 def pinned_keyring(root: Path, recipe: dict) -> Path:
@@ -92,12 +93,6 @@ def keyring_options(keyring: Path) -> list[str]:
     return [f"--keyring={keyring.parent}", f"--keyring={keyring}", "--skip=check/signed-by"]
 
 
-def archive_name(pin: DebPin) -> str:
-    """The name apt gives a downloaded .deb in /var/cache/apt/archives (an epoch's `:` quoted as `%3a`): a file
-    already there under this name, with the size and hash of the signed index, is used instead of a download."""
-    return f"{pin.package}_{pin.version.replace(':', '%3a')}_{pin.arch}.deb"
-
-
 def report_hook(work: Workspace, locking: bool) -> str:
     """The first customize hook: copy out the dpkg status (a build, checked against the lock afterwards), or run
     the resolution script in the new rootfs (a lock): both before the recipe purges anything."""
@@ -116,20 +111,36 @@ def installed_resolution_script() -> str:
     )
 
 
-def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, work: Workspace, locking: bool = False) -> list[str]:
-    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested. apt trusts only
-    the keyring `work.keyring`; a build gets the locked .debs from `work.debs`. The entries that reach its shell
-    hooks are checked first."""
+def sources_list(spec: BaseSpec, components: str) -> list[str]:
+    """The base's own apt sources: what `invoke lock` resolves from, and what the image keeps in sources.list."""
+    return [
+        f"deb {spec.mirror} {spec.suite} {components}",
+        f"deb {spec.mirror} {spec.suite}-updates {components}",
+        f"deb {spec.security_mirror} {spec.suite}-security {components}",
+    ]
+
+
+def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, work: Workspace, locking: bool = False,
+                    packages: Sequence[str] = ()) -> list[str]:
+    """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested.
+
+    A lock (`locking`) resolves the recipe from the mirror, apt trusting only the keyring `work.keyring`. A build
+    installs `packages` (every package of the lock, by name) from `work.repo` alone, a local repository holding
+    exactly the locked .debs: the mirror's index of the day plays no part, so a mirror that has moved on changes
+    nothing, and what is installed is what the lock's hashes (taken from the signed index) name. The image keeps
+    the mirror's lines as its sources.list. The entries that reach its shell hooks are checked first."""
     components = " ".join(recipe["components"])
     argv = ["mmdebstrap", f"--variant={recipe['variant']}", "--mode=root", "--format=tar", "--quiet"]
     argv += keyring_options(work.keyring)
-    if not locking:  # apt finds the checked .debs where it would have downloaded them, and keeps what it found
-        argv += ["--skip=download/empty", '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
-                 f'--setup-hook=cp {shlex.quote(str(work.debs))}/*.deb "$1"/var/cache/apt/archives/']
-    if recipe.get("include"):
-        argv.append(f"--include={','.join(recipe['include'])}")
+    include = list(recipe.get("include", [])) if locking else sorted(packages)
+    if include:
+        names = [check_package_name(n, "images/base/bootstrap.json include") for n in include]
+        argv.append(f"--include={','.join(names)}")
     argv += [f"--dpkgopt=path-exclude={p}" for p in recipe.get("path_exclude", [])]
     argv += [f"--dpkgopt=path-include={p}" for p in recipe.get("path_include", [])]
+    if not locking:
+        listing = " ".join(shlex.quote(line) for line in sources_list(spec, components))
+        argv.append(f'--customize-hook=printf "%s\\n" {listing} > "$1"/etc/apt/sources.list')
     argv.append(report_hook(work, locking))
     if recipe.get("purge_after"):
         purge = [check_package_name(n, "images/base/bootstrap.json purge_after") for n in recipe["purge_after"]]
@@ -137,13 +148,8 @@ def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, work: Workspace,
     if recipe.get("remove_after"):
         removals = " ".join(f'"$1"{removal(p)}' for p in recipe["remove_after"])
         argv.append(f"--customize-hook=rm -rf {removals}")
-    argv += [
-        spec.suite,
-        str(output),
-        f"deb {spec.mirror} {spec.suite} {components}",
-        f"deb {spec.mirror} {spec.suite}-updates {components}",
-        f"deb {spec.security_mirror} {spec.suite}-security {components}",
-    ]
+    argv += [spec.suite, str(output)]
+    argv += sources_list(spec, components) if locking else [f"deb [trusted=yes] copy://{work.repo} ./"]
     return argv
 
 
@@ -172,14 +178,13 @@ def lock_differences(installed: dict[str, tuple[str, str]], pins: list[DebPin]) 
 
 
 def check_installed(status: str, pins: list[DebPin], lock: str) -> None:
-    """Refuse, in one line, a rootfs whose package set is not exactly the lock's (the mirror moved on, or the
-    recipe changed since `invoke lock`)."""
+    """Refuse, in one line, a rootfs whose package set is not exactly the lock's (the recipe changed since
+    `invoke lock`, or the lock was edited by hand)."""
     differences = lock_differences(installed_packages(status), pins)
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
-        raise HubforgeError(f"the bootstrap installed other packages than {lock} ({shown}); the mirror has moved on "
-                            f"since it was locked: run `invoke lock --target base`, or point `mirror` at the "
-                            f"snapshot.debian.org of the day it was locked")
+        raise HubforgeError(f"the bootstrap installed other packages than {lock} ({shown}); images/base/bootstrap.json "
+                            f"changed since it was locked: run `invoke lock --target base`")
 
 
 def check_prerequisites() -> None:
@@ -189,22 +194,31 @@ def check_prerequisites() -> None:
         raise HubforgeError("--base=bootstrap needs root (mmdebstrap --mode=root); run as root or use --base=pull")
 
 
-def run_mmdebstrap(spec: BaseSpec, recipe: dict, root: Path, output: Path, work: Workspace, locking: bool) -> None:
+def run_mmdebstrap(spec: BaseSpec, recipe: dict, root: Path, output: Path, work: Workspace, locking: bool,
+                   packages: Sequence[str] = ()) -> None:
     """mmdebstrap with SOURCE_DATE_EPOCH set, trusting only the pinned keyring."""
     trust_only(pinned_keyring(root, recipe), work.keyring)
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
-    proc.run(mmdebstrap_argv(spec, recipe, output, work, locking), env=env,
+    proc.run(mmdebstrap_argv(spec, recipe, output, work, locking, packages), env=env,
              what="locking the base's packages (mmdebstrap)" if locking else "bootstrapping the base rootfs (mmdebstrap)")
 
 
-def stage_locked_debs(root: Path, lock: str, cache: DebCache, folder: Path, progress=None) -> list[DebPin]:
-    """The base lock's .debs, fetched when missing, checked against the lock, under the names apt looks for."""
-    pins = parse_apt_lock((root / lock).read_text(), lock)
+def local_repository(pins: list[DebPin], cache: DebCache, repo: Path, suite: str, progress=None) -> None:
+    """A flat apt repository at `repo` holding exactly the locked .debs (fetched when missing, each checked against
+    the lock as it is staged), indexed from their own control fields with the lock's sha256. Its Release names the
+    suite, which mmdebstrap selects packages by."""
     cache.fetch(pins, progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    for pin in pins:
-        cache.verifier.stage(cache.path(pin), folder / archive_name(pin), pin.sha256)
-    return pins
+    repo.mkdir(parents=True, exist_ok=True)
+    stanzas = []
+    for pin in sorted(pins, key=lambda p: p.package):
+        staged = repo / pin.filename
+        cache.verifier.stage(cache.path(pin), staged, pin.sha256)
+        control = proc.run(["dpkg-deb", "--field", str(staged)], what=f"reading {pin.filename}").stdout.rstrip("\n")
+        stanzas.append(f"{control}\nFilename: ./{pin.filename}\nSize: {staged.stat().st_size}\nSHA256: {pin.sha256}\n")
+    index = "\n".join(stanzas).encode()
+    (repo / "Packages").write_bytes(index)
+    (repo / "Release").write_text(f"Origin: hubforge\nLabel: the base lock\nSuite: {suite}\nCodename: {suite}\n"
+                                  f"SHA256:\n {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n")
 
 
 def bootstrap(docker: Docker, spec: BaseSpec, root: Path, lock: str, ref: str, scratch: Path, cache: DebCache,
@@ -215,10 +229,11 @@ def bootstrap(docker: Docker, spec: BaseSpec, root: Path, lock: str, ref: str, s
     recipe = json.loads((root / RECIPE).read_text())
     with workspace(scratch) as work:
         tmp, output = work.report.parent, work.report.parent / "rootfs.tar"
-        pins = stage_locked_debs(root, lock, cache, work.debs, progress)
+        pins = parse_apt_lock((root / lock).read_text(), lock)
+        local_repository(pins, cache, work.repo, spec.suite, progress)
         if progress:
-            progress(f"bootstrapping Debian {spec.suite} from the {len(pins)} packages of {lock} (mmdebstrap, ~50 s)")
-        run_mmdebstrap(spec, recipe, root, output, work, locking=False)
+            progress(f"bootstrapping Debian {spec.suite} from the {len(pins)} packages of {lock} alone (mmdebstrap, ~20 s)")
+        run_mmdebstrap(spec, recipe, root, output, work, locking=False, packages=[p.package for p in pins])
         check_installed(work.report.read_text(), pins, lock)
         if progress:
             progress("loading the rootfs into Docker")

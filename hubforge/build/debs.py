@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +24,20 @@ log = logging.getLogger(__name__)
 # comes from `apt-cache show`, i.e. from the signed Packages index).
 _URI = re.compile(r"^'(?P<url>[^']+)'\s+(?P<file>\S+)\s+\d+(\s+\S+)?$")
 SEPARATOR = "----hubforge----"
+
+# Where a locked .deb comes from once Debian's mirrors no longer serve its version (a point release or a security
+# update superseded it): snapshot.debian.org keeps every file Debian ever published, found by package and version
+# (its machine-readable API, /mr/binary/<package>/<version>/binfiles, then /file/<sha1>). The lock's sha256 is
+# still the only thing trusted.
+DEBIAN_SNAPSHOT = "https://snapshot.debian.org"
+_ARCHIVE_PATH = re.compile(r"/(?P<archive>debian(?:-security|-ports|-debug)?)/pool/")
+
+
+def snapshot_archive(url: str) -> str | None:
+    """The Debian archive a lock URL's path is in (`debian`, `debian-security`), or None for any other path (a
+    private mirror's layout, a test's server): only an archive's files are looked up on the snapshot."""
+    match = _ARCHIVE_PATH.search(urllib.parse.urlsplit(url).path)
+    return match.group("archive") if match else None
 
 
 def resolve_script(packages: list[str]) -> str:
@@ -62,12 +79,18 @@ def parse_resolution(output: str) -> list[DebPin]:
     return pins
 
 
+def _copy_url(url: str, out) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        shutil.copyfileobj(response, out)
+
+
 class DebCache:
     """.deb files stored by sha256 on the host, checked against the lock again whenever they are staged."""
 
-    def __init__(self, root: Path, verifier: Verifier | None = None) -> None:
+    def __init__(self, root: Path, verifier: Verifier | None = None, snapshot: str | None = DEBIAN_SNAPSHOT) -> None:
         self.root = root
         self.verifier = verifier or Verifier()
+        self.snapshot = snapshot.rstrip("/") if snapshot else None
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, pin: DebPin) -> Path:
@@ -78,17 +101,27 @@ class DebCache:
         for number, pin in enumerate(missing, 1):
             if progress:
                 progress(f"downloading {pin.filename} ({number}/{len(missing)})")
-            self._download(pin)
+            self._download(pin, progress)
 
-    def _download(self, pin: DebPin) -> None:
+    def _download(self, pin: DebPin, progress=None) -> None:
         dest = self.path(pin)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
             try:
-                with urllib.request.urlopen(pin.url, timeout=60) as response:
-                    shutil.copyfileobj(response, tmp)
-            except (urllib.error.URLError, OSError) as exc:
+                try:
+                    _copy_url(pin.url, tmp)
+                except urllib.error.HTTPError as gone:
+                    if gone.code != 404 or not self.snapshot or not snapshot_archive(pin.url):
+                        raise
+                    if progress:
+                        progress(f"{pin.filename}: the mirror no longer has this version; fetching it from {self.snapshot}")
+                    tmp.seek(0)
+                    tmp.truncate()
+                    _copy_url(self._snapshot_url(pin), tmp)
+            except (urllib.error.URLError, OSError, HubforgeError) as exc:
                 os.unlink(tmp.name)
+                if isinstance(exc, HubforgeError):
+                    raise
                 reason = getattr(exc, "reason", exc)
                 hint = "run `invoke lock` to re-resolve" if getattr(exc, "code", None) == 404 else "check the mirror is reachable"
                 raise HubforgeError(f"cannot download {pin.url}: {reason}; {hint}") from exc
@@ -97,6 +130,25 @@ class DebCache:
             os.unlink(tmp.name)
             raise HubforgeError(f"{pin.filename}: sha256 {sha} does not match the lock ({pin.sha256}); run `invoke lock`")
         os.replace(tmp.name, dest)
+
+    def _snapshot_url(self, pin: DebPin) -> str:
+        """The snapshot's address of the locked package's file, for the lock's architecture; one line when none."""
+        quote = functools.partial(urllib.parse.quote, safe="")
+        listing = f"{self.snapshot}/mr/binary/{quote(pin.package)}/{quote(pin.version)}/binfiles"
+        gone = (f"{pin.package} {pin.version} is no longer on the mirror ({pin.url}) nor on {self.snapshot}; "
+                "run `invoke lock` to re-resolve")
+        try:
+            with urllib.request.urlopen(listing, timeout=60) as response:
+                found = json.load(response).get("result") or []
+        except urllib.error.HTTPError as exc:
+            raise HubforgeError(gone) from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise HubforgeError(f"{pin.package} {pin.version} is no longer on the mirror, and {listing} did not "
+                                f"answer: {getattr(exc, 'reason', exc)}; run `invoke lock` to re-resolve") from exc
+        hashes = [f.get("hash") for f in found if isinstance(f, dict) and f.get("architecture") == pin.arch]
+        if not hashes or not re.fullmatch(r"[0-9a-f]{40}", str(hashes[0])):
+            raise HubforgeError(gone)
+        return f"{self.snapshot}/file/{hashes[0]}"
 
     def stage(self, pins: list[DebPin], dest: Path, progress=None) -> None:
         """The locked .debs in a build context: fetched when missing or changed, then linked and checked."""

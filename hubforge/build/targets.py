@@ -36,6 +36,8 @@ class BaseSpec:
             "suite": self.suite,
             "mirror": self.mirror,
             "security_mirror": self.security_mirror,
+            # how: the lock's .debs, from a local repository of them alone (hubforge.build.base.local_repository)
+            "installs": "images/base/apt.lock from a local repository",
         }
 
 

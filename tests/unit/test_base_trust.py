@@ -33,7 +33,7 @@ needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg")
 
 
 def work_in(folder: Path) -> base.Workspace:
-    return base.Workspace(folder / "trusted" / "debian-archive.gpg", folder / "debs", folder / "report")
+    return base.Workspace(folder / "trusted" / "debian-archive.gpg", folder / "repo", folder / "report")
 
 
 # -- the pinned keyring --------------------------------------------------------------------------------------------
@@ -185,19 +185,70 @@ def test_packages_that_are_not_installed_do_not_count():
     assert base.installed_packages(status(("perl", "5.36", "amd64"), state="deinstall ok config-files")) == {}
 
 
-def test_apt_finds_the_locked_debs_under_its_own_names():
-    assert base.archive_name(DebPin("x", "1:2.0~rc1", "c" * 64, "http://m/pool/x_2.0~rc1_amd64.deb")) == "x_1%3a2.0~rc1_amd64.deb"
-
-
-def test_the_bootstrap_preseeds_the_locked_debs_and_reads_the_status_before_anything_is_purged():
+def test_a_build_installs_every_locked_package_from_the_local_repository_alone():
+    """The mirror of the day is no source of a build: a mirror that has moved on since the lock changes nothing."""
     work = work_in(Path("/tmp/w"))
-    argv = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), work)
-    assert "--skip=download/empty" in argv
-    assert "--setup-hook=cp /tmp/w/debs/*.deb \"$1\"/var/cache/apt/archives/" in argv
+    argv = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), work, packages=["zlib1g", "apt", "usr-is-merged"])
+    assert argv[-1] == "deb [trusted=yes] copy:///tmp/w/repo ./" and argv[-3:-1] == ["bookworm", "/tmp/out.tar"]
+    assert "--include=apt,usr-is-merged,zlib1g" in argv
     hooks = [a for a in argv if a.startswith("--customize-hook=")]
-    assert hooks[0] == '--customize-hook=cp "$1"/var/lib/dpkg/status /tmp/w/report' and "dpkg --purge" in hooks[1]
+    # the image keeps the mirror's lines as its sources.list; the dpkg status is read before anything is purged
+    assert hooks[0].endswith('> "$1"/etc/apt/sources.list') and "'deb http://deb.debian.org/debian bookworm main'" in hooks[0]
+    assert hooks[1] == '--customize-hook=cp "$1"/var/lib/dpkg/status /tmp/w/report' and "dpkg --purge" in hooks[2]
+
+
+def test_a_lock_resolves_the_recipe_from_the_mirror_and_reports_before_the_purge():
+    work = work_in(Path("/tmp/w"))
     locking = base.mmdebstrap_argv(SPEC, RECIPE, Path("/tmp/out.tar"), work, locking=True)
-    assert "--skip=download/empty" not in locking and [a for a in locking if "--customize-hook" in a][0].endswith("> /tmp/w/report")
+    assert locking[-3:] == base.sources_list(SPEC, "main") and f"--include={','.join(RECIPE['include'])}" in locking
+    assert [a for a in locking if "--customize-hook" in a][0].endswith("> /tmp/w/report")
+
+
+def make_deb(folder: Path, package: str, version: str, extra: str = "") -> Path:
+    """A real (tiny) .deb, made by dpkg-deb."""
+    tree = folder / f"{package}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+                                             f"Maintainer: t <t@example.invalid>\n{extra}Description: test\n")
+    out = folder / f"{package}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True, capture_output=True)
+    return out
+
+
+def test_the_local_repository_indexes_exactly_the_locked_debs_by_the_locks_hashes(tmp_path):
+    from hubforge.build.debs import DebCache
+
+    made = [make_deb(tmp_path, "alpha", "1.0", "Essential: yes\nPriority: required\n"), make_deb(tmp_path, "beta", "2:3-1")]
+    pins = [DebPin(d.name.split("_")[0], d.name.split("_")[1], sha256_of(d), d.as_uri()) for d in made]
+    cache = DebCache(tmp_path / "cache", snapshot=None)
+    base.local_repository(pins, cache, tmp_path / "repo", "bookworm")
+
+    index = (tmp_path / "repo" / "Packages").read_text()
+    stanzas = [dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line) for stanza in index.split("\n\n")]
+    assert [(s["Package"], s["Version"], s["SHA256"], s["Filename"]) for s in stanzas] == [
+        ("alpha", "1.0", pins[0].sha256, "./alpha_1.0_all.deb"), ("beta", "2:3-1", pins[1].sha256, "./beta_2:3-1_all.deb")]
+    assert stanzas[0]["Essential"] == "yes"  # what mmdebstrap's essential stage selects by
+    release = (tmp_path / "repo" / "Release").read_text()
+    assert "Codename: bookworm" in release and hashlib.sha256(index.encode()).hexdigest() in release
+
+
+def test_a_changed_cached_deb_never_reaches_the_local_repository(tmp_path):
+    from hubforge.build.debs import DebCache
+
+    deb = make_deb(tmp_path, "alpha", "1.0")
+    pin = DebPin("alpha", "1.0", sha256_of(deb), deb.as_uri())
+    cache = DebCache(tmp_path / "cache", snapshot=None)
+    cache.fetch([pin])
+    stored = cache.path(pin)
+    stored.write_bytes(stored.read_bytes() + b"x")  # the shared cache changed after the download
+    deb.unlink()  # and the mirror no longer has it
+    with pytest.raises(HubforgeError, match="alpha_1.0_all.deb"):
+        base.local_repository([pin], cache, tmp_path / "repo", "bookworm")
+    assert not (tmp_path / "repo" / "alpha_1.0_all.deb").exists()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_the_committed_base_lock_pins_every_package_by_hash():

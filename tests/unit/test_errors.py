@@ -14,7 +14,7 @@ from hubforge.docker_io import Docker
 from hubforge.errors import DockerUnavailable, HubforgeError
 from hubforge.build.targets import BaseSpec, Graph
 
-WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/debs"), Path("/tmp/w/report"))
+WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/repo"), Path("/tmp/w/report"))
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYRING = Path("/tmp/w/trusted/debian-archive.gpg")  # the pinned keyring's copy, alone in its folder
@@ -93,7 +93,8 @@ def test_build_without_daemon_says_how_to_start_it():
 def test_mmdebstrap_argv_trims_and_uses_all_three_suites():
     recipe = {"variant": "minbase", "components": ["main"], "include": ["usr-is-merged"], "purge_after": ["perl"],
               "path_exclude": ["/usr/share/man/*"], "path_include": [], "remove_after": ["/var/log/*"]}
-    argv = mmdebstrap_argv(BaseSpec(mode="bootstrap", mirror="http://mirror.example/debian"), recipe, Path("/tmp/out.tar"), WORK)
+    argv = mmdebstrap_argv(BaseSpec(mode="bootstrap", mirror="http://mirror.example/debian"), recipe, Path("/tmp/out.tar"), WORK,
+                           locking=True)
     assert argv[:5] == ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
     assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
     assert '--customize-hook=chroot "$1" dpkg --purge perl' in argv

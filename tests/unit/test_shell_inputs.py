@@ -14,7 +14,7 @@ from hubforge.build.locks import requested_packages
 from hubforge.build.targets import BaseSpec
 from hubforge.errors import HubforgeError
 
-WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/debs"), Path("/tmp/w/report"))
+WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/repo"), Path("/tmp/w/report"))
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYRING = Path("/tmp/w/trusted/debian-archive.gpg")  # the pinned keyring's copy, alone in its folder
