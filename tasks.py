@@ -39,7 +39,7 @@ def user_errors(fn):
 
 
 def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None, jobs=None,
-             cache_index: str | None = None):
+             cache_index: str | None = None, cache_key: str | None = None):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
     from hubforge.build.builder import Settings
     from hubforge.errors import HubforgeError
@@ -61,6 +61,7 @@ def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | No
         no_cache=no_cache,
         cache_from=cache_from,
         cache_index=Path(cache_index).expanduser() if cache_index else None,
+        cache_key=Path(cache_key).expanduser() if cache_key else None,
         jobs=validate_jobs(jobs if jobs is not None else cfg.get("build_jobs", 0)),
     )
 
@@ -86,12 +87,13 @@ def validate_jobs(value) -> int:
     "no_cache": "rebuild the selected targets from scratch: no layer cache, existing keys ignored",
     "cache_from": "REGISTRY/NAMESPACE: pull a key's image from there instead of building it, by the digest --cache-index names",
     "cache_index": "FILE: a release's cache-index-VERSION.json (needed with --cache-from); with --check, the pulled image is compared with a clean build",
+    "cache_key": "PUBLIC-KEY.pem: the release's key; the cache index counts only with its valid FILE.sig beside it",
     "jobs": "targets built at once (default 0: one per core, at most 4; hubforge.build_jobs in invoke.yaml)",
     "check": "TARGET: build it twice from clean and compare; name the files that differ and exit 1 if any do",
 })
 @user_errors
 def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False, cache_from=None,
-          jobs=None, check=None, cache_index=None):
+          jobs=None, check=None, cache_index=None, cache_key=None):
     """Build the images whose content key is not yet in the local image store."""
     from hubforge import app
     from hubforge.errors import HubforgeError
@@ -100,9 +102,9 @@ def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, n
     if check is not None:
         if target not in (None, check):
             raise HubforgeError(f"--check {check} and --target {target} name different targets; give one")
-        app.check(settings(c, base, no_cache, cache_from, jobs, cache_index), check, flavor, verbose)
+        app.check(settings(c, base, no_cache, cache_from, jobs, cache_index, cache_key), check, flavor, verbose)
         return
-    app.build(settings(c, base, no_cache, cache_from, jobs, cache_index), target, flavor, plan, verbose)
+    app.build(settings(c, base, no_cache, cache_from, jobs, cache_index, cache_key), target, flavor, plan, verbose)
 
 
 @task(help={

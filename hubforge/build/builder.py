@@ -62,12 +62,15 @@ class Settings:
     no_cache: bool = False  # rebuild every selected target without Docker's layer cache
     cache_from: str | None = None  # REGISTRY/NAMESPACE whose images, pulled by digest, stand in for builds
     cache_index: Path | None = None  # a release's cache-index-*.json: the digest of the image of each key there
+    cache_key: Path | None = None  # the release's public key: the index counts only with its valid .sig beside it
     jobs: int = 0  # targets built at once; 0: default_jobs()
 
     def __post_init__(self) -> None:
         if self.cache_from and self.cache_index is None:
             raise HubforgeError("--cache-from needs --cache-index FILE: the cache-index-VERSION.json of the release that "
                                 "pushed the cache (a key tag alone could be any image)")
+        if self.cache_key and not (self.cache_from and self.cache_index):
+            raise HubforgeError("--cache-key checks the signature of the --cache-index that --cache-from uses; give all three")
 
     def spec(self, mode: str) -> BaseSpec:
         return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
@@ -245,7 +248,8 @@ class Builder:
         self.cache = PlanCache(self.state_dir / "plan-cache.json")
         self.verifier = Verifier()  # every cached input is checked against its lock when staged, once per file
         # Read from the user, never from the registry it vouches for; loaded now so that a bad file stops the build early.
-        self.remote_index = remote_cache.load(settings.cache_index) if settings.cache_from and settings.cache_index else None
+        self.remote_index = (remote_cache.load(settings.cache_index, settings.cache_key)
+                             if settings.cache_from and settings.cache_index else None)
 
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:

@@ -85,11 +85,30 @@ def parse(document: Any, source: str) -> CacheIndex:
     return CacheIndex(source, images)
 
 
-def load(path: Path) -> CacheIndex:
+def signature_path(index: Path) -> Path:
+    """Where a release writes the signature of its cache index: beside it, `.sig` added."""
+    return index.with_name(index.name + ".sig")
+
+
+def load(path: Path, public_key: Path | None = None) -> CacheIndex:
+    """The index at `path`; with `public_key`, only when `path`.sig is that key's signature of its exact bytes (an
+    index fetched from where the registry lives could otherwise be rewritten with the images it vouches for)."""
     try:
-        document = json.loads(path.read_text())
+        data = path.read_bytes()
     except OSError as exc:
         raise HubforgeError(f"cannot read the cache index {path}: {exc.strerror}; pass --cache-index FILE") from None
+    if public_key is not None:
+        from ..release import sign
+
+        key = sign.load_public_key(public_key)
+        try:
+            signature = signature_path(path).read_text().strip()
+        except OSError:
+            raise HubforgeError(f"{path} has no signature beside it ({signature_path(path).name}); fetch it with the "
+                                "index from the release, or drop --cache-key to trust the index unsigned") from None
+        sign.verify(key, data, signature, f"the cache index {path.name}")
+    try:
+        document = json.loads(data)
     except ValueError:
         raise HubforgeError(f"{path} is not JSON; pass the cache-index-*.json of a release") from None
     return parse(document, str(path))

@@ -100,7 +100,10 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
         say(f"  {image_name}: SBOM and provenance attached to {item.repository}@{digest}"
             + (", signed" if signing_key else ", unsigned (no --signing-key)"))
     index_path = rel.write_json(rel.cache_index_path(dist, version), remote_cache.dump(index))
-    say(f"  cache index {index_path.name}: the digest of each key tag, for `invoke build --cache-from` (attach it to the release)")
+    if signing_key:
+        remote_cache.signature_path(index_path).write_text(sign.sign(signing_key, index_path.read_bytes()) + "\n")
+    say(f"  cache index {index_path.name}: the digest of each key tag, for `invoke build --cache-from` (attach it to the "
+        f"release{', with its signature ' + remote_cache.signature_path(index_path).name if signing_key else ''})")
 
 
 def release_digest(repository: str, versioned: Mapping[str, str]) -> str:

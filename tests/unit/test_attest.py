@@ -299,3 +299,21 @@ def test_the_statement_is_an_in_toto_statement_about_the_digest():
     with pytest.raises(HubforgeError, match="not an in-toto statement"):
         sign.read_statement(b'{"predicate": {}}')
 
+
+
+def test_the_cache_index_is_signed_with_the_release_key_and_a_changed_byte_fails(tmp_path, monkeypatch, key):
+    """A cache index fetched from where the registry lives could be rewritten together with the images it vouches
+    for: `invoke build --cache-key` accepts it only with the release key's signature of its exact bytes."""
+    from hubforge.build import remote_cache
+
+    publish(tmp_path, monkeypatch, key, ("1.2.3", "k1"))
+    index = tmp_path / "dist" / "cache-index-1.2.3.json"
+    public = tmp_path / "release.pub.pem"
+    public.write_bytes(sign.public_pem(key))
+    signature = remote_cache.signature_path(index).read_text().strip()
+    sign.verify(sign.load_public_key(public), index.read_bytes(), signature, "the cache index")  # what load checks first
+    data = bytearray(index.read_bytes())
+    data[data.index(b'"k1"') + 2] = ord("2")  # one byte: the index now vouches under another key
+    index.write_bytes(bytes(data))
+    with pytest.raises(HubforgeError, match="the cache index cache-index-1.2.3.json: the signature does not match"):
+        remote_cache.load(index, public)

@@ -96,7 +96,12 @@ def test_workflows_are_valid_and_do_what_they_say():
     step = next(s for s in release["jobs"]["release"]["steps"] if "invoke release" in s.get("run", ""))
     assert "--push" in step["run"]
     assert step["env"] == {"DOCKERHUB_USERNAME": "${{ secrets.DOCKERHUB_USERNAME }}",
-                           "DOCKERHUB_TOKEN": "${{ secrets.DOCKERHUB_TOKEN }}"}
+                           "DOCKERHUB_TOKEN": "${{ secrets.DOCKERHUB_TOKEN }}",
+                           "SIGNING_KEY_PEM": "${{ secrets.HUBFORGE_SIGNING_KEY_PEM }}",
+                           "HUBFORGE_SIGNING_KEY_PASSWORD": "${{ secrets.HUBFORGE_SIGNING_KEY_PASSWORD }}"}
+    assert 'export HUBFORGE_SIGNING_KEY="$RUNNER_TEMP/hubforge.key"' in step["run"]  # what `invoke release` signs with
+    attach = next(s for s in release["jobs"]["release"]["steps"] if "action-gh-release" in s.get("uses", ""))
+    assert attach["with"]["files"].split() == ["dist/*.json", "dist/*.sig"]  # the cache index's signature too
 
 
 def test_sbom_document_lists_each_package_with_its_purl():

@@ -255,3 +255,39 @@ def test_every_workflow_action_is_pinned_by_commit():
     assert uses, "no workflow uses an action: this test has nothing to check"
     loose = [(name, ref) for name, ref in uses if not ref.startswith("./") and not re.fullmatch(r"[^@]+@[0-9a-f]{40}", ref)]
     assert not loose, f"actions pinned by tag, not by commit: {loose}"
+
+
+# -- the index's own signature ----------------------------------------------------------------------------------------
+def signed_index(tmp_path: Path, step: Step, entry: Entry):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hubforge.release import sign
+
+    release_key = ec.generate_private_key(ec.SECP256R1())
+    index = index_file(tmp_path, step, entry)
+    remote_cache.signature_path(index).write_text(sign.sign(release_key, index.read_bytes()) + "\n")
+    public = tmp_path / "release.pub.pem"
+    public.write_bytes(sign.public_pem(release_key))
+    return index, public
+
+
+def test_an_index_rewritten_to_vouch_for_an_other_image_is_refused_with_the_release_key(tmp_path):
+    step = step_of()
+    index, public = signed_index(tmp_path, step, Entry(DIGEST, BUILT_ID, LAYERS))
+    assert remote_cache.load(index).entry("probe", step.remote_key).digest == DIGEST  # unsigned use: trusted as given
+    index.write_text(index.read_text().replace(DIGEST, OTHER_DIGEST))  # the attacker's image, and its digest
+    assert remote_cache.load(index).entry("probe", step.remote_key).digest == OTHER_DIGEST  # what --cache-key stops
+    with pytest.raises(HubforgeError) as refused:
+        Builder(Settings(root=tmp_path, cache_dir=tmp_path / "cache", cache_from=CACHE, cache_index=index, cache_key=public),
+                None, Graph({"probe": TARGET}), say=lambda line: None)  # type: ignore[arg-type]
+    assert "signature does not match" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_missing_signature_or_a_key_without_an_index_is_one_line(tmp_path):
+    step = step_of()
+    index, public = signed_index(tmp_path, step, Entry(DIGEST, BUILT_ID, LAYERS))
+    remote_cache.signature_path(index).unlink()
+    with pytest.raises(HubforgeError, match=r"has no signature beside it \(cache-index-1.0.0.json.sig\)"):
+        remote_cache.load(index, public)
+    with pytest.raises(HubforgeError, match="--cache-key checks the signature of the --cache-index"):
+        Settings(root=tmp_path, cache_dir=tmp_path / "cache", cache_key=public)
