@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from pathlib import Path
 
 import invoke
@@ -246,12 +247,42 @@ def logs(c, service=None, follow=False, tail=200, project=None):
 PYTEST_BROWSER_ARGS = ["--screenshot", "only-on-failure", "--tracing", "retain-on-failure", "--output", "test-results"]
 
 
+def pytest_tier(c, paths: list[str], extra: list[str]) -> int:
+    """Run pytest on `paths`; its exit code (5: no test matched the selection)."""
+    argv = [sys.executable, "-m", "pytest", *paths, *extra]
+    return c.run(" ".join(argv), warn=True, pty=False, env={"TESTCONTAINERS_RYUK_DISABLED": "true"}).exited
+
+
 def pytest(c, paths: list[str], extra: list[str]) -> None:
     """Run pytest on `paths`; a failure ends the task with pytest's exit code."""
-    argv = [sys.executable, "-m", "pytest", *paths, *extra]
-    result = c.run(" ".join(argv), warn=True, pty=False, env={"TESTCONTAINERS_RYUK_DISABLED": "true"})
-    if result.exited != 0:
-        raise Exit(f"tests failed: {' '.join(paths)} (exit {result.exited})", code=result.exited)
+    code = pytest_tier(c, paths, extra)
+    if code != 0:
+        raise Exit(f"tests failed: {' '.join(paths)} (exit {code})", code=code)
+
+
+class Tiers:
+    """`invoke test`'s tiers, each run whatever the one before gave, and reported together at the end."""
+
+    def __init__(self, c, selection: list[str]) -> None:
+        self.c, self.selection, self.results = c, selection, []
+
+    def run(self, name: str, paths: list[str], extra: list[str] = ()) -> None:
+        started = time.monotonic()
+        code = pytest_tier(self.c, paths, [*extra, *self.selection])
+        # 5: nothing matched -k; a failure only when nothing was selected on purpose
+        self.results.append((name, "passed" if code == 0 or (code == 5 and self.selection) else f"failed (exit {code})",
+                             time.monotonic() - started))
+
+    def skip(self, name: str, why: str) -> None:
+        self.results.append((name, f"not run: {why}", 0.0))
+
+    def report(self) -> None:
+        print("\ninvoke test, by tier:")
+        for name, result, took in self.results:
+            print(f"  {name:<16} {result:<40} {took / 60:5.1f} min")
+        failed = [name for name, result, _ in self.results if result != "passed"]
+        if failed:
+            raise Exit(f"tests failed in: {', '.join(failed)}", code=1)
 
 
 @task(help={
@@ -260,21 +291,31 @@ def pytest(c, paths: list[str], extra: list[str]) -> None:
 })
 @user_errors
 def test(c, quick=False, k=None):
-    """Run every suite: unit, the lab extension's own, images, integration and e2e (the README's test command)."""
+    """Run every suite: unit, the lab extension's own, images, integration and e2e (the README's test command). Each
+    tier runs whatever the one before gave; the result of each is reported at the end."""
     from hubforge import app, doctor as checks
+    from hubforge.errors import HubforgeError
 
     cfg = settings(c)
-    selection = ["-k", repr(k)] if k else []
-    pytest(c, ["tests/unit"], selection)
+    tiers = Tiers(c, ["-k", repr(k)] if k else [])
+    tiers.run("unit", ["tests/unit"])
     if quick:
+        tiers.report()
         return
-    pytest(c, ["images/lab/hubforge-notify/tests"], selection)
-    checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium", "registry"}, app.say)
-    app.build(cfg, None, None, False, False)
-    app.build(cfg, "lab", "datascience", False, False)  # the image tests cover the flavour too
-    app.build(cfg, "idp", None, False, False)  # the OpenID Connect provider the sign-in tests use
-    pytest(c, ["tests/images", "tests/integration"], selection)
-    pytest(c, ["tests/e2e"], PYTEST_BROWSER_ARGS + selection)
+    tiers.run("lab extension", ["images/lab/hubforge-notify/tests"])
+    try:  # the later tiers need the daemon and the images: when these fail, say so and report the rest
+        checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium", "registry"}, app.say)
+        app.build(cfg, None, None, False, False)
+        app.build(cfg, "lab", "datascience", False, False)  # the image tests cover the flavour too
+        app.build(cfg, "idp", None, False, False)  # the OpenID Connect provider the sign-in tests use
+    except HubforgeError as exc:
+        for name in ("images+integration", "e2e"):
+            tiers.skip(name, f"the build failed: {exc}"[:120])
+        tiers.report()
+        return
+    tiers.run("images+integration", ["tests/images", "tests/integration"])
+    tiers.run("e2e", ["tests/e2e"], PYTEST_BROWSER_ARGS)
+    tiers.report()
 
 
 @task(help={

@@ -60,9 +60,31 @@ class Cluster:
         self.nodes = [Node(f"{prefix}{i}", f"{SUBNET}.{i + 2}") for i in range(count)]
         self.rule = ["DOCKER-USER", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
         self.manager = docker.from_env()
+        self.restore_at: str | None = None  # the advertised address of a swarm the host was in, made again by stop()
 
     # -- up ---------------------------------------------------------------------------------------------
+    def host_swarm_problem(self) -> str:
+        """Why the host's swarm must be left as it is ("" when the host is in none, or in one it may leave for the
+        run and make again after it: a single-node swarm with no services, as `invoke up --engine swarm` and then
+        `invoke down` leave one). A swarm with services, nodes or a worker's role is someone's: not touched."""
+        swarm = self.manager.info()["Swarm"]
+        if swarm["LocalNodeState"] == "inactive":
+            return ""
+        if not swarm.get("ControlAvailable"):
+            return "this host is a worker of a swarm"
+        if swarm.get("Nodes", 1) > 1:
+            return f"this host's swarm has {swarm['Nodes']} nodes"
+        services = self.manager.services.list()
+        if services:
+            return (f"this host's swarm runs {len(services)} services ({', '.join(sorted(s.name for s in services)[:3])}"
+                    f"{', ...' if len(services) > 3 else ''}); `invoke down --engine swarm` first")
+        return ""
+
     def start(self) -> None:
+        swarm = self.manager.info()["Swarm"]
+        if swarm["LocalNodeState"] != "inactive":  # a left-over single-node swarm (host_swarm_problem said so)
+            self.restore_at = swarm["NodeAddr"]
+            self.manager.swarm.leave(force=True)
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             raise RuntimeError(f"{BRIDGE} exists: another multi-node run is under way, or one was interrupted "
                                f"(then: ip link delete {BRIDGE}; ip netns delete {self.nodes[0].name} ...)")
@@ -146,6 +168,8 @@ class Cluster:
             self.leave(node)
         with contextlib.suppress(docker.errors.DockerException):
             self.manager.swarm.leave(force=True)
+        if self.restore_at:  # the host is a single-node swarm again, advertised where it was
+            self.manager.swarm.init(advertise_addr=self.restore_at)
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
                 node.process.terminate()
