@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from hub_ext.runtime import LOG_DRIVER, default_log_options
+from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 
 from .errors import BuildFailed, DockerUnavailable, HubforgeError
 

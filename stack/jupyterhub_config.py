@@ -1,6 +1,6 @@
 """hubforge's JupyterHub configuration: the one place that reads environment variables.
 
-Values are parsed and checked by hub_ext.config (one-line errors) and then assigned to traits.
+Values are parsed and checked by hub_ext.settings.hub (one-line errors) and then assigned to traits.
 Add your own settings in config.d/*.py next to the stack's compose file; they load last.
 """
 
@@ -13,12 +13,16 @@ import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
-from hub_ext import database, process, publichost
-from hub_ext.auth import TEMPLATES
-from hub_ext.config import ENGINES, ConfigError, certificate_names, from_environ, hub_host
-from hub_ext.logo import LogoError, materialize
-from hub_ext.runtime import BUILTIN_GROUPS, log_options
-from hub_ext.tls import ensure_self_signed
+from hub_ext.hub import database
+
+from hub_ext.hub import process
+
+from hub_ext.hub import publichost
+from hub_ext.authenticators.native import TEMPLATES
+from hub_ext.settings.hub import ENGINES, ConfigError, certificate_names, from_environ, hub_host
+from hub_ext.hub.logo import LogoError, materialize
+from hub_ext.labs.runtime import BUILTIN_GROUPS, log_options
+from hub_ext.hub.tls import ensure_self_signed
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub's config loader
 env = os.environ
@@ -97,12 +101,12 @@ c.JupyterHub.tornado_settings = {
 }
 
 # -- authentication: NativeAuthenticator (signup with approval), or an OpenID Connect provider ---------------------
-# Both register hub_ext's pages and APIs through Authenticator.get_handlers, and share hub_ext.auth.HubforgeAuthMixin:
-# one set of username rules, and admins' access to labs (hub_ext.labaccess), unless LAB_ADMIN_ACCESS=1.
+# Both register hub_ext's pages and APIs through Authenticator.get_handlers, and share hub_ext.authenticators.native.HubforgeAuthMixin:
+# one set of username rules, and admins' access to labs (hub_ext.web.labaccess), unless LAB_ADMIN_ACCESS=1.
 c.HubforgeAuthMixin.admin_lab_access = hub.lab_admin_access
 if hub.authenticator == "oidc":
-    from hub_ext.oidc import OIDCError, discover, logout_url, stored_key
-    from hub_ext.oidcauth import GROUPS_KEY
+    from hub_ext.settings.oidc import OIDCError, discover, logout_url, stored_key
+    from hub_ext.authenticators.oidc import GROUPS_KEY
 
     oidc = hub.oidc
     if oidc.secret_warning:  # used all the same: refusing would stop a running hub over a mode it can name
@@ -111,7 +115,7 @@ if hub.authenticator == "oidc":
         endpoints = discover(oidc, say=lambda message: print(f"hubforge: {message}", file=sys.stderr, flush=True))
     except OIDCError as exc:
         refuse(str(exc))
-    c.JupyterHub.authenticator_class = "hub_ext.oidcauth.HubforgeOIDCAuthenticator"
+    c.JupyterHub.authenticator_class = "hub_ext.authenticators.oidc.HubforgeOIDCAuthenticator"
     c.JupyterHub.template_paths = [TEMPLATES]  # JupyterHub's login page: one "Sign in with <name>" button
     auth = c.HubforgeOIDCAuthenticator
     auth.login_service = oidc.login_name
@@ -130,7 +134,7 @@ if hub.authenticator == "oidc":
     # Who gets in and who is admin come from the provider, at every login and every OIDC_RECHECK_SECONDS after it
     # (with the stored token: auth state, encrypted with a key kept in the hub's data volume).
     auth.manage_groups = True
-    auth.auth_state_groups_key = GROUPS_KEY  # hub_ext.oidc.hub_groups: provider groups, never the built-in names
+    auth.auth_state_groups_key = GROUPS_KEY  # hub_ext.settings.oidc.hub_groups: provider groups, never the built-in names
     auth.groups_claim = oidc.groups_claim
     auth.group_map = [list(pair) for pair in oidc.group_map]
     auth.allow_all = oidc.allow_all
@@ -146,7 +150,7 @@ if hub.authenticator == "oidc":
         auth.logout_redirect_url = logout_url(endpoints.end_session, oidc.client_id, f"{PUBLIC_ORIGIN}{hub.base_url}")
 else:
     # NativeAuthenticator plus hub_ext's pages and APIs (registered through Authenticator.get_handlers).
-    c.JupyterHub.authenticator_class = "hub_ext.auth.HubforgeAuthenticator"
+    c.JupyterHub.authenticator_class = "hub_ext.authenticators.native.HubforgeAuthenticator"
     c.JupyterHub.template_paths = [TEMPLATES, str(Path(nativeauthenticator.__file__).parent / "templates")]
     c.JupyterHub.load_groups = {name: {} for name in BUILTIN_GROUPS}  # created at start if missing
     c.Authenticator.admin_users = {hub.admin}
@@ -156,7 +160,7 @@ else:
     c.HubforgeAuthenticator.bootstrap_secret_file = str(DATA / "admin-bootstrap-secret")
     c.NativeAuthenticator.minimum_password_length = hub.password_min_length
     c.NativeAuthenticator.check_common_password = True
-    # Throttling per account and client address with growing waits, and a budget per address (hub_ext.throttle);
+    # Throttling per account and client address with growing waits, and a budget per address (hub_ext.auth.throttle);
     # NativeAuthenticator's own per-account lock-out, which anyone could aim at the admin, is off.
     c.HubforgeAuthenticator.login_free_failures = hub.login_max_failures
     c.HubforgeAuthenticator.login_max_delay = hub.login_lockout_seconds
@@ -168,7 +172,7 @@ else:
 ENGINE = env.get("HUBFORGE_ENGINE", "compose")
 if ENGINE not in ENGINES:
     refuse(f"HUBFORGE_ENGINE={ENGINE!r} is not an engine; use compose or swarm (start the stack with `invoke up`)")
-c.JupyterHub.spawner_class = "hub_ext.swarm.HubforgeSwarmSpawner" if ENGINE == "swarm" else "hub_ext.spawner.HubforgeSpawner"
+c.JupyterHub.spawner_class = "hub_ext.spawn.swarm.HubforgeSwarmSpawner" if ENGINE == "swarm" else "hub_ext.spawn.spawner.HubforgeSpawner"
 if ENGINE == "swarm":
     c.HubforgeSwarmSpawner.volume_driver = hub.lab_volume_driver  # empty: node-pinned volumes
     c.HubforgeSwarmSpawner.volume_driver_options = hub.lab_volume_driver_opts

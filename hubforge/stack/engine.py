@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hub_ext.config import ConfigError, from_environ, hub_host, parse_gpu_mode
-from hub_ext.gpu import ALL_GPUS, decide
+from hub_ext.settings.hub import ConfigError, from_environ, hub_host, parse_gpu_mode
+from hub_ext.labs.gpu import ALL_GPUS, decide
 from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
-from hub_ext.netguard import SYSTEMD_UPSTREAM
-from hub_ext.networks import NETWORK_ROLE
+from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
+from hub_ext.labs.networks import NETWORK_ROLE
 
 from ..docker_io import StackDocker
 from ..errors import HubforgeError
@@ -169,7 +169,7 @@ class Stack:
             "network_guard": guarded,
             "lab_subnet_pool": hub.lab_subnet_pool,
             "lab_allowed_ranges": list(hub.lab_allowed_ranges),
-            "systemd_resolved": SYSTEMD_UPSTREAM.exists(),  # the guard reads the labs' resolvers from it (hub_ext.netguard)
+            "systemd_resolved": SYSTEMD_UPSTREAM.exists(),  # the guard reads the labs' resolvers from it (hub_ext.helpers.netguard)
             "log_max_size": hub.log_max_size,
             "log_max_files": hub.log_max_files,
             "oidc_secret": self.oidc_secret(hub),

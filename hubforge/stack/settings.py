@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_ext.config import ENGINES
+from hub_ext.settings.hub import ENGINES
 from hub_ext.naming import default_volume_prefix
 
 from ..errors import HubforgeError

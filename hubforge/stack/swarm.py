@@ -1,7 +1,7 @@
 """The swarm engine: the same rendered stack, deployed with `docker stack deploy` from a manager node.
 
 The hub is a service pinned to a manager (it drives the swarm through the manager's socket); each lab is
-a service of its own (hub_ext.swarm). `invoke up --engine swarm` makes this host a single-node swarm
+a service of its own (hub_ext.spawn.swarm). `invoke up --engine swarm` makes this host a single-node swarm
 when it is in none, so a fresh machine needs no step of its own.
 """
 
@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hub_ext.config import HubConfig
+from hub_ext.settings.hub import HubConfig
 from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
-from hub_ext.netguard import READY as GUARD_READY
-from hub_ext.runtime import log_options
+from hub_ext.helpers.netguard import READY as GUARD_READY
+from hub_ext.labs.runtime import log_options
 
 from .. import proc
 from ..errors import HubforgeError
@@ -34,7 +34,7 @@ NAMESPACE = "com.docker.stack.namespace"
 SERVICE = "com.docker.swarm.service.name"
 REMOVE_TIMEOUT = 60.0
 REGISTRY_TIMEOUT = 90.0
-IMAGE_MAP = "registry/images.json"  # in the run directory; the hub reads it at every spawn (hub_ext.swarm)
+IMAGE_MAP = "registry/images.json"  # in the run directory; the hub reads it at every spawn (hub_ext.spawn.swarm)
 MANIFESTS = ", ".join(("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"))
 AUTH_DIR = "registry-auth"  # in the run directory, 0700, outside the hub's bind: the registry's credentials
 AUTH_USER = "hubforge"
@@ -138,7 +138,7 @@ def guard_command(project: str, hub: HubConfig, interface: str, https_port: int,
     ports, matched with the hub's container ports (8443, 8080): the registry's port (5000 inside) can never pass.
     The registry's published port is also closed to labs outright (--closed), at the node's public addresses too,
     where Docker's proxy would answer them."""
-    return ["python3", "-m", "hub_ext.netguard", "--project", project, "--pool", str(hub.lab_subnet_pool),
+    return ["python3", "-m", "hub_ext.helpers.netguard", "--project", project, "--pool", str(hub.lab_subnet_pool),
             "--interface", interface, *(a for net in hub.lab_allowed_ranges for a in ("--allow", str(net))),
             "--publish", f"{https_port}:8443", "--publish", f"{http_port}:8080",
             *(("--closed", str(registry_port)) if registry_port else ())]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy
 
-from hub_ext import database
+from hub_ext.hub import database
 
 
 def test_sqlite_connections_use_a_write_ahead_log(tmp_path):

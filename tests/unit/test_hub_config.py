@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub_ext.config import ConfigError, HubConfig, from_environ
+from hub_ext.settings.hub import ConfigError, HubConfig, from_environ
 
 
 def test_defaults_need_no_variables():

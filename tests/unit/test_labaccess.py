@@ -1,12 +1,12 @@
-"""Admins do not open other users' labs unless LAB_ADMIN_ACCESS=1 (hub_ext.labaccess), with a real hub database."""
+"""Admins do not open other users' labs unless LAB_ADMIN_ACCESS=1 (hub_ext.web.labaccess), with a real hub database."""
 
 from __future__ import annotations
 
 import pytest
 from jupyterhub import orm
 
-from hub_ext.config import from_environ
-from hub_ext.labaccess import is_shared, refusal
+from hub_ext.settings.hub import from_environ
+from hub_ext.web.labaccess import is_shared, refusal
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import jupyterhub.metrics  # noqa: F401 -- registers JupyterHub's metrics, as in
 import pytest
 from prometheus_client import REGISTRY
 
-from hub_ext import metrics
+from hub_ext.web import metrics
 from ..helpers import dashboard_metric_families, metric_family
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "stack" / "grafana" / "hubforge.json"

@@ -6,12 +6,12 @@ from ipaddress import ip_network
 
 import pytest
 
-from hub_ext.config import ConfigError, from_environ
+from hub_ext.settings.hub import ConfigError, from_environ
 from hub_ext.naming import lab_network_name
-from hub_ext.netguard import parse_args
-from hub_ext.networks import chain_names, free_subnet, guard_rules, network_spec, pool_capacity, upstream_resolvers, used_subnets
-from hub_ext.runtime import lab_runtime
-from hub_ext.gpu import decide
+from hub_ext.helpers.netguard import parse_args
+from hub_ext.labs.networks import chain_names, free_subnet, guard_rules, network_spec, pool_capacity, upstream_resolvers, used_subnets
+from hub_ext.labs.runtime import lab_runtime
+from hub_ext.labs.gpu import decide
 from hub_ext.naming import user_names
 
 POOL = ip_network("10.213.0.0/16")

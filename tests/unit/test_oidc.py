@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from hub_ext.config import ConfigError, from_environ
-from hub_ext.oidc import (OIDCError, discover, groups_from_claims, hub_groups, logout_url, parse_discovery,
+from hub_ext.settings.hub import ConfigError, from_environ
+from hub_ext.settings.oidc import (OIDCError, discover, groups_from_claims, hub_groups, logout_url, parse_discovery,
                           parse_oidc, refusal_message, stored_key)
 
 BASE = {"AUTHENTICATOR": "oidc", "OIDC_ISSUER": "https://login.example.org/realms/team", "OIDC_CLIENT_ID": "hub",
@@ -218,7 +218,7 @@ def test_the_auth_state_key_is_made_once_and_kept_private(tmp_path):
 
 # -- the authenticator's decisions, on oauthenticator's own code paths ------------------------------------------
 def authenticator(**config):
-    from hub_ext.oidcauth import GROUPS_KEY, HubforgeOIDCAuthenticator
+    from hub_ext.authenticators.oidc import GROUPS_KEY, HubforgeOIDCAuthenticator
 
     made = HubforgeOIDCAuthenticator(manage_groups=True, auth_state_groups_key=GROUPS_KEY, **config)
     made.db = None  # no hub database: no one has groups yet
@@ -252,7 +252,7 @@ class Provider:
 
 
 def signing_in(provider: Provider, db, **config):
-    from hub_ext.oidcauth import GROUPS_KEY, HubforgeOIDCAuthenticator
+    from hub_ext.authenticators.oidc import GROUPS_KEY, HubforgeOIDCAuthenticator
 
     class Signing(HubforgeOIDCAuthenticator):
         def build_access_tokens_request_params(self, handler, data=None):
@@ -417,7 +417,7 @@ class Running:
 
 
 def test_the_recheck_stops_the_servers_of_users_who_lost_access_without_a_request_from_them(hub_db):
-    from hub_ext.oidcauth import GROUPS_KEY, HubforgeOIDCAuthenticator
+    from hub_ext.authenticators.oidc import GROUPS_KEY, HubforgeOIDCAuthenticator
 
     groups = {"ada": ["team"], "finn": ["alumni"], "dora": ["guests"]}
 
@@ -500,7 +500,7 @@ def test_a_world_readable_client_secret_file_is_named_in_one_line(tmp_path, mode
 
 def test_in_the_hub_the_warning_names_the_hosts_file():
     """The stack mounts the host's file at SECRET_IN_HUB with the host's mode: the hub says which file to fix."""
-    from hub_ext.oidc import SECRET_IN_HUB, parse_oidc
+    from hub_ext.settings.oidc import SECRET_IN_HUB, parse_oidc
 
     env = {**BASE, "OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": SECRET_IN_HUB}
     config = parse_oidc(env, read=lambda path: "s3cret", mode=lambda path: 0o444)

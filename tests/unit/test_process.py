@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from hub_ext import process
+from hub_ext.hub import process
 
 
 def test_outside_an_event_loop_nothing_is_scheduled():

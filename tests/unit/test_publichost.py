@@ -1,4 +1,4 @@
-"""Which requests hub_ext.publichost sends to the public host: a browser's pages under another name, nothing else."""
+"""Which requests hub_ext.hub.publichost sends to the public host: a browser's pages under another name, nothing else."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_ext.publichost import redirect_target
+from hub_ext.hub.publichost import redirect_target
 
 ORIGIN = "https://hub.example.org:8443"
 

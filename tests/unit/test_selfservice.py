@@ -14,11 +14,11 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from hub_ext.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
-from hub_ext.handlers import authorize, deliver, exclusively, reset_volumes, restart_server, volume_sizes
-from hub_ext import spawner as hub_spawner
-from hub_ext.spawner import disk_usage
-from hub_ext.spawner import HubforgeSpawner, server_token
+from hub_ext.web.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
+from hub_ext.web.selfservice import authorize, deliver, exclusively, reset_volumes, restart_server, volume_sizes
+from hub_ext.spawn import spawner as hub_spawner
+from hub_ext.spawn.spawner import disk_usage
+from hub_ext.spawn.spawner import HubforgeSpawner, server_token
 from hub_ext.naming import user_names
 
 # -- validation ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pathlib import Path
 
-from hub_ext.logo import LogoError, materialize
-from hub_ext.tls import ensure_self_signed
+from hub_ext.hub.logo import LogoError, materialize
+from hub_ext.hub.tls import ensure_self_signed
 from hubforge.errors import HubforgeError
 from hubforge.stack import ComposeStack, StackOptions, compose_argv, validate_port, validate_project
 from hubforge.stack.settings import config_digest, parse_probe, port_free, read_env_file
@@ -218,10 +218,10 @@ def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_pat
 
 def test_every_service_and_every_lab_rotates_its_log(tmp_path):
     """Issue 25, part 8: unbounded json-file logs let one lab fill /var/lib/docker."""
-    from hub_ext.config import ConfigError, from_environ
-    from hub_ext.gpu import decide
+    from hub_ext.settings.hub import ConfigError, from_environ
+    from hub_ext.labs.gpu import decide
     from hub_ext.naming import user_names
-    from hub_ext.runtime import lab_runtime, log_options
+    from hub_ext.labs.runtime import lab_runtime, log_options
 
     services = rendered_on_one_cpu(tmp_path, "ENABLE_GPU_SUPPORT=0\nLOG_MAX_SIZE=20M\nLOG_MAX_FILES=5\n")
     assert set(services) == {"hub", "netguard"}

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hub_ext.spawner import StartSlots
+from hub_ext.spawn.spawner import StartSlots
 
 
 def run(coroutine):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub_ext.config import ConfigError, certificate_names, from_environ, hub_host
+from hub_ext.settings.hub import ConfigError, certificate_names, from_environ, hub_host
 from hubforge.stack.settings import subdomain_dns_problem
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hub_ext.config import ConfigError, from_environ
-from hub_ext.gpu import decide
+from hub_ext.settings.hub import ConfigError, from_environ
+from hub_ext.labs.gpu import decide
 from hub_ext.naming import user_names
-from hub_ext.networks import hub_address, overlay_spec
-from hub_ext.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
-from hub_ext.swarm import (GPU_RESOURCE, HubforgeSwarmSpawner, SwarmRefused, container_spec_options, service_mounts,
+from hub_ext.labs.networks import hub_address, overlay_spec
+from hub_ext.labs.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
+from hub_ext.spawn.swarm import (GPU_RESOURCE, HubforgeSwarmSpawner, SwarmRefused, container_spec_options, service_mounts,
                            service_resources)
 from hubforge.errors import HubforgeError
 from hubforge.stack import StackOptions
@@ -264,7 +264,7 @@ def swarm_node(node_id: str, state: str = "ready", availability: str = "active",
 
 
 def test_a_first_start_goes_to_the_ready_node_with_the_fewest_tasks():
-    from hub_ext.swarm import least_loaded
+    from hub_ext.spawn.swarm import least_loaded
 
     nodes = [swarm_node("manager"), swarm_node("w1"), swarm_node("w2"), swarm_node("w3", state="down"),
              swarm_node("w4", availability="drain")]
@@ -287,7 +287,7 @@ def test_labs_run_from_the_registry_by_digest_once_pushed(tmp_path):
 
 
 def test_the_volume_helpers_answer_is_read_back_from_its_logs():
-    from hub_ext.volumes import RESULT_PREFIX, parse_answer
+    from hub_ext.helpers.volumes import RESULT_PREFIX, parse_answer
 
     logs = f"starting\n{RESULT_PREFIX}[{{\"volume\": \"v\", \"result\": \"removed\"}}]\n"
     assert parse_answer(logs) == [{"volume": "v", "result": "removed"}]
@@ -298,7 +298,7 @@ def test_the_volume_helpers_answer_is_read_back_from_its_logs():
 def test_volume_sizes_name_only_this_projects_volumes_that_exist_with_their_measured_size():
     """One rule for the hub's node and the helper on another node: which of the user's volumes exist, and their sizes."""
     from hub_ext.naming import PROJECT_LABEL
-    from hub_ext.volumes import measure
+    from hub_ext.helpers.volumes import measure
 
     found = [{"Name": "lab-alice_home", "Labels": {PROJECT_LABEL: "p"}},
              {"Name": "lab-alice_workspace", "Labels": {PROJECT_LABEL: "p"}},
@@ -315,7 +315,7 @@ def test_volume_sizes_name_only_this_projects_volumes_that_exist_with_their_meas
 def test_the_guard_closes_the_registrys_port_to_labs_at_every_address():
     """Docker's proxy answers a lab at the node's public address through INPUT, where no private range matches: the
     registry's port is refused there by port, and a DNAT-ed connection to it in FORWARD, before anything returns."""
-    from hub_ext.netguard import parse_args, rules_for
+    from hub_ext.helpers.netguard import parse_args, rules_for
     from hubforge.stack.swarm import guard_command
 
     hub = from_environ({})

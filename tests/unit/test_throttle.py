@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import bcrypt
 import pytest
 
-from hub_ext.auth import client_address, password_matches
-from hub_ext.throttle import Throttle, describe_wait
+from hub_ext.authenticators.native import client_address, password_matches
+from hub_ext.auth.throttle import Throttle, describe_wait
 
 
 class Clock:
@@ -69,7 +69,7 @@ def test_the_address_budget_counts_failures_and_signups_over_a_window(clock):
 
 
 def test_memory_stays_bounded_under_a_spray_of_addresses(clock, monkeypatch):
-    import hub_ext.throttle as module
+    import hub_ext.auth.throttle as module
 
     monkeypatch.setattr(module, "MAX_TRACKED", 100)
     throttle = Throttle(max_delay=10, window=10, clock=clock)
@@ -167,7 +167,7 @@ def test_a_refused_attempt_spends_nothing(clock):
     ("back\\x1b", "back\\\\x1b"),  # a typed backslash cannot pass for an escape
 ])
 def test_names_are_escaped_for_log_lines(raw, shown):
-    from hub_ext.accounts import loggable
+    from hub_ext.web.accounts import loggable
 
     assert loggable(raw) == shown
 
@@ -175,7 +175,7 @@ def test_names_are_escaped_for_log_lines(raw, shown):
 def authenticator(budget: int):
     from jupyterhub import orm
 
-    from hub_ext.auth import HubforgeAuthenticator
+    from hub_ext.authenticators.native import HubforgeAuthenticator
 
     db = orm.new_session_factory("sqlite:///:memory:")()
     return HubforgeAuthenticator(_deprecated_db_session=db, admin_users={"admin"}, login_address_limit=budget)
@@ -183,7 +183,7 @@ def authenticator(budget: int):
 
 def test_simultaneous_logins_check_no_more_passwords_than_the_budget(monkeypatch):
     """The hub's own login path, 12 wrong passwords at once from one address with a budget of 3: 3 bcrypt checks."""
-    from hub_ext.auth import LoginRefused
+    from hub_ext.authenticators.native import LoginRefused
 
     checks = []
     real = bcrypt.checkpw
@@ -206,7 +206,7 @@ def test_simultaneous_logins_check_no_more_passwords_than_the_budget(monkeypatch
 
 
 def test_a_throttled_login_logs_the_name_escaped(caplog):
-    from hub_ext.auth import LoginRefused
+    from hub_ext.authenticators.native import LoginRefused
 
     auth = authenticator(budget=1)
     handler = SimpleNamespace(request=request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "198.51.100.7"}))

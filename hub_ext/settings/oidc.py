@@ -2,7 +2,7 @@
 
 Everything here is plain data and pure decisions, so the host (`invoke up`) checks the same settings the hub
 does, and unit tests need neither the hub nor a provider. The authenticator that uses them is
-hub_ext.oidcauth (it needs oauthenticator, which only the hub image and the dev extra carry).
+hub_ext.authenticators.oidc (it needs oauthenticator, which only the hub image and the dev extra carry).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .parse import USERNAME, ConfigError, flag
-from .runtime import BUILTIN_GROUPS
+from hub_ext.settings.parse import USERNAME, ConfigError, flag
+from hub_ext.labs.runtime import BUILTIN_GROUPS
 
 AUTHENTICATORS = ("native", "oidc")
 CLAIM_SOURCES = ("userinfo", "id_token")

@@ -19,8 +19,8 @@ from jupyterhub.utils import new_token
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from tornado import web
 
-from .handlers import audit, authorize, spawner_of, user_lock
-from .naming import escape_username
+from hub_ext.web.selfservice import audit, authorize, spawner_of, user_lock
+from hub_ext.naming import escape_username
 
 USERNAME_MAX = 64
 # Every accepted name must spawn: the escaped form goes into container and volume names
@@ -140,7 +140,7 @@ class SignupHandler(BaseHandler):
         )
 
     async def post(self):
-        from .auth import client_address, describe_wait, hash_password
+        from hub_ext.authenticators.native import client_address, describe_wait, hash_password
 
         auth = self.authenticator
         if not auth.signup_open():
@@ -205,7 +205,7 @@ class LoginHandler(NativeLoginHandler):
     """
 
     async def post(self):
-        from .auth import LoginRefused
+        from hub_ext.authenticators.native import LoginRefused
 
         data = {arg: self.get_argument(arg, strip=False) for arg in self.request.arguments}
         data.setdefault("username", "")
@@ -259,7 +259,7 @@ class ChangePasswordHandler(BaseHandler):
 
     @web.authenticated
     async def post(self):
-        from .auth import LoginRefused, client_address, describe_wait, hash_password
+        from hub_ext.authenticators.native import LoginRefused, client_address, describe_wait, hash_password
 
         auth, name = self.authenticator, self.current_user.name
         address = client_address(self.request)
@@ -311,7 +311,7 @@ class ChangePasswordAdminHandler(BaseHandler):
 
     @web.authenticated
     async def post(self, raw_name: str):
-        from .auth import hash_password
+        from hub_ext.authenticators.native import hash_password
 
         admin = authorize(self, None, admin_only=True, scope="admin:users")
         auth, account = self.authenticator, self.target(raw_name)

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .gpu import GpuDecision, lab_gpu_options
-from .naming import SHARED_MOUNT, UserNames
+from hub_ext.labs.gpu import GpuDecision, lab_gpu_options
+from hub_ext.naming import SHARED_MOUNT, UserNames
 
 DOCKER_SOCK_GROUP = "docker-sock"
 DOCKER_PRIVILEGED_GROUP = "docker-privileged"

@@ -1,4 +1,4 @@
-"""Labs as Swarm services: DockerSpawner's SwarmSpawner, given the same per-user decisions (hub_ext.runtime)
+"""Labs as Swarm services: DockerSpawner's SwarmSpawner, given the same per-user decisions (hub_ext.labs.runtime)
 that the compose engine's containers get, translated into a service spec.
 
 What a container has and a service has not is said here, once: privileged mode (the docker-privileged
@@ -19,11 +19,11 @@ from docker.types import ContainerSpec, DriverConfig, Healthcheck, Mount, Placem
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
-from .naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
-from .networks import hub_address, overlay_spec
-from .runtime import DOCKER_PRIVILEGED_GROUP, LOG_DRIVER, default_log_options
-from .spawner import SIZES_TTL_S, HubforgeSpawner, not_found
-from .volumes import parse_answer
+from hub_ext.naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
+from hub_ext.labs.networks import hub_address, overlay_spec
+from hub_ext.labs.runtime import DOCKER_PRIVILEGED_GROUP, LOG_DRIVER, default_log_options
+from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
+from hub_ext.helpers.volumes import parse_answer
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
@@ -267,7 +267,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         failed = [{"volume": name, "result": "failed"} for name in names]
         try:
             await self.placement()  # the node is there and ready, else the reason
-            results = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "remove", "--project", self.project, *names])
+            results = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.helpers.volumes", "remove", "--project", self.project, *names])
         except (SwarmRefused, RuntimeError, APIError) as exc:
             return [{**r, "reason": str(getattr(exc, "explanation", None) or exc)} for r in failed]
         finally:
@@ -289,7 +289,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     async def measure_on_node(self, names: list[str]) -> dict[str, int | None]:
         try:
             await self.placement()
-            answer = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.volumes", "sizes", "--project", self.project, *names])
+            answer = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.helpers.volumes", "sizes", "--project", self.project, *names])
         except Exception as exc:  # noqa: BLE001 -- SwarmRefused, RuntimeError, docker.errors.APIError: sizes unknown
             self.log.warning("volume sizes of %s on node %s: %s", self.user.name, self.node_id[:12], exc)
             return dict.fromkeys(names)  # shown as "size unknown"; a reset says what is really there

@@ -1,5 +1,5 @@
 """Measuring and removing a user's volumes: one rule each, run by the hub on its own node and, on Swarm, by a
-one-shot helper service on the node that holds them (`python3 -m hub_ext.volumes sizes|remove ...`, which prints
+one-shot helper service on the node that holds them (`python3 -m hub_ext.helpers.volumes sizes|remove ...`, which prints
 one JSON line).
 
 A volume of another project is never removed, even when the names collide (naming.foreign_owner).
@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .naming import foreign_owner
+from hub_ext.naming import foreign_owner
 
 RESULT_PREFIX = "hubforge-volumes: "  # the helper's answer line in its service's logs
 
@@ -62,7 +62,7 @@ def parse_answer(logs: str) -> list[dict[str, Any]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m hub_ext.volumes", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m hub_ext.helpers.volumes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     remove = commands.add_parser("remove", help="remove the named volumes of one project on this node")
     remove.add_argument("--project", required=True)

@@ -4,7 +4,7 @@ Isolation between labs comes from Docker itself: containers on different bridge 
 each other, and the hub joins each lab's network to talk to it. What Docker does not block -- a lab
 reaching the host's private addresses, the cloud's metadata service at 169.254.169.254 or anything else
 on the operator's private networks -- the network guard blocks with the rules described here
-(hub_ext.netguard applies them).
+(hub_ext.helpers.netguard applies them).
 """
 
 from __future__ import annotations

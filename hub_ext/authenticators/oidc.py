@@ -1,6 +1,6 @@
 """AUTHENTICATOR=oidc: oauthenticator's GenericOAuthenticator, with hubforge's pages, username rules and access checks.
 
-The provider decides who someone is and which groups they are in; hub_ext.oidc decides, as plain data, who gets
+The provider decides who someone is and which groups they are in; hub_ext.settings.oidc decides, as plain data, who gets
 in and into which hub groups. What this class adds to oauthenticator:
 - access is asked again at every login and every OIDC_RECHECK_SECONDS while signed in (with the stored token), and
   whoever has lost it is refused with a page that says why, and their servers are stopped. The allow-lists decide
@@ -25,9 +25,9 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import List, Tuple, Unicode, default
 
-from . import accounts
-from .auth import HubforgeAuthMixin
-from .oidc import groups_from_claims, hub_groups, refusal_message
+from hub_ext.web import accounts
+from hub_ext.authenticators.native import HubforgeAuthMixin
+from hub_ext.settings.oidc import groups_from_claims, hub_groups, refusal_message
 
 audit = logging.getLogger("hubforge.audit")
 GROUPS_KEY = "hubforge_groups"  # where the hub groups of a sign-in are kept in its auth_state (auth_state_groups_key)
@@ -57,7 +57,7 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         help="""Provider groups mapped onto hubforge's built-in groups, as (provider group, built-in group) pairs
         (OIDC_GROUP_MAP). Empty: the built-in groups are managed by the hub's admins, as with NativeAuthenticator.""")
     who_gets_in = Unicode(
-        "", config=True, help="Who this hub lets in, in words, for the refusal page (from hub_ext.oidc.OIDCConfig).")
+        "", config=True, help="Who this hub lets in, in words, for the refusal page (from hub_ext.settings.oidc.OIDCConfig).")
 
     hub = None  # the JupyterHub application, for what no request starts: the recheck of idle users' servers
     rechecking: asyncio.Task | None = None  # recheck_forever, kept so that it is not garbage-collected
@@ -79,7 +79,7 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
 
     # -- groups ---------------------------------------------------------------------------------------------
     async def update_auth_model(self, auth_model):
-        """The hub groups of this sign-in, decided once (hub_ext.oidc.hub_groups) and handed to oauthenticator's group
+        """The hub groups of this sign-in, decided once (hub_ext.settings.oidc.hub_groups) and handed to oauthenticator's group
         management through the auth state: the allowed and admin groups are checked against them."""
         auth_model = await super().update_auth_model(auth_model)
         state = auth_model["auth_state"]

@@ -1,10 +1,10 @@
-"""The network guard: installs the labs' firewall rules (hub_ext.networks) on the host and keeps them.
+"""The network guard: installs the labs' firewall rules (hub_ext.labs.networks) on the host and keeps them.
 
 It runs as the stack's `netguard` service: the hub image, the host's network namespace, NET_ADMIN and
 nothing else. It installs the rules, marks itself ready (the hub starts only then), puts them back if
 something removes them (a firewall reload, a daemon restart), and removes them when it is stopped.
 
-    python -m hub_ext.netguard --project hubforge --pool 10.213.0.0/16 [--allow 10.1.2.0/24 ...] [--publish 443:8443 ...]
+    python -m hub_ext.helpers.netguard --project hubforge --pool 10.213.0.0/16 [--allow 10.1.2.0/24 ...] [--publish 443:8443 ...]
 
 Labs may send DNS only to the host's resolvers, read from resolv.conf at every check (they change with DHCP), and
 reach DNAT-ed ports only where they are the stack's own (--publish: the hub's ports, never the registry's).
@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .networks import GuardRules, guard_rules, upstream_resolvers
+from hub_ext.labs.networks import GuardRules, guard_rules, upstream_resolvers
 
 READY = Path("/tmp/hubforge-netguard-ready")
 CHECK_EVERY = 10.0  # seconds between checks that the rules are still there

@@ -22,10 +22,12 @@ from nativeauthenticator.orm import UserInfo
 from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from . import accounts, labaccess
-from .accounts import loggable
-from .handlers import default_handlers
-from .throttle import Throttle, describe_wait
+from hub_ext.web import accounts
+
+from hub_ext.web import labaccess
+from hub_ext.web.accounts import loggable
+from hub_ext.web.selfservice import default_handlers
+from hub_ext.auth.throttle import Throttle, describe_wait
 
 HASHING_NICENESS = 10  # below the event loop: see lower_priority
 
@@ -62,7 +64,7 @@ class LoginRefused(Exception):
         super().__init__(message)
         self.wait = wait
 
-TEMPLATES = str(Path(__file__).parent / "templates")
+TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
 
 
 class HubforgeAuthMixin(LoggingConfigurable):
@@ -72,7 +74,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
     admin_lab_access = Bool(
         False, config=True,
         help="Admins may open other users' labs (LAB_ADMIN_ACCESS). Off: they manage servers but never open them "
-             "(hub_ext.labaccess says why).")
+             "(hub_ext.web.labaccess says why).")
 
     def hubforge_handlers(self, own: list) -> list:
         """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and hub_ext's."""
@@ -141,7 +143,7 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         return not self.admin_password and any(self.get_user(name) is None for name in self.admin_users)
 
     def may_start(self, name: str) -> str | None:
-        """Why `name` may not start a lab now, or None (hub_ext.spawner asks at every start, under the user's lock):
+        """Why `name` may not start a lab now, or None (hub_ext.spawn.spawner asks at every start, under the user's lock):
         an account unapproved or discarded while its start waited for a slot stays stopped."""
         if name in self.admin_users:
             return None

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .naming import MOUNTS, VOLUME_KINDS
+from hub_ext.naming import MOUNTS, VOLUME_KINDS
 
 MESSAGE_MAX = 140
 TYPES = ("default", "info", "success", "warning", "error", "in-progress")

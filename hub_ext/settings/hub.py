@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
-from .parse import USERNAME, ConfigError, flag
-from .runtime import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
+from hub_ext.settings.oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
+from hub_ext.settings.parse import USERNAME, ConfigError, flag
+from hub_ext.labs.runtime import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
 
 ENGINES = ("compose", "swarm")  # what runs the stack and the labs: `invoke up --engine`, HUBFORGE_ENGINE in the hub
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}

@@ -1,0 +1,1 @@
+"""Accounts and sign-in, without pages: username and password rules, password hashing, login throttling."""
