@@ -1,4 +1,5 @@
-"""The one place that turns a hub username into Docker container and volume names."""
+"""The names hubforge gives things, shared by the host (hubforge) and the hub: a username's Docker container and
+volume names, the labels on everything the stack makes, and the built-in groups."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ SAFE_CHARS = frozenset(string.ascii_lowercase + string.digits)
 VOLUME_KINDS = ("home", "workspace", "cache")
 MOUNTS = {"home": "/home/lab", "workspace": "/home/lab/workspace", "cache": "/home/lab/.cache"}
 SHARED_MOUNT = "/mnt/shared"
+# The built-in groups: their members' labs get the host's Docker socket, or run privileged (hub_ext.labs.runtime).
+DOCKER_SOCK_GROUP = "docker-sock"
+DOCKER_PRIVILEGED_GROUP = "docker-privileged"
+BUILTIN_GROUPS = (DOCKER_SOCK_GROUP, DOCKER_PRIVILEGED_GROUP)
 
 
 def escape_username(name: str) -> str:

@@ -13,16 +13,19 @@ import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
-from hub_ext.hub import database
-
-from hub_ext.hub import process
-
-from hub_ext.hub import publichost
 from hub_ext.authenticators.native import TEMPLATES
-from hub_ext.settings.hub import ENGINES, ConfigError, certificate_names, from_environ, hub_host
+from hub_ext.hub import database, process, publichost
 from hub_ext.hub.logo import LogoError, materialize
-from hub_ext.labs.runtime import BUILTIN_GROUPS, log_options
 from hub_ext.hub.tls import ensure_self_signed
+from hub_ext.labs.runtime import log_options
+from hub_ext.naming import BUILTIN_GROUPS
+from hub_ext.settings.hub import (
+    ENGINES,
+    ConfigError,
+    certificate_names,
+    from_environ,
+    hub_host,
+)
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub's config loader
 env = os.environ
@@ -105,8 +108,8 @@ c.JupyterHub.tornado_settings = {
 # one set of username rules, and admins' access to labs (hub_ext.web.labaccess), unless LAB_ADMIN_ACCESS=1.
 c.HubforgeAuthMixin.admin_lab_access = hub.lab_admin_access
 if hub.authenticator == "oidc":
-    from hub_ext.settings.oidc import OIDCError, discover, logout_url, stored_key
     from hub_ext.authenticators.oidc import GROUPS_KEY
+    from hub_ext.settings.oidc import OIDCError, discover, logout_url, stored_key
 
     oidc = hub.oidc
     if oidc.secret_warning:  # used all the same: refusing would stop a running hub over a mode it can name

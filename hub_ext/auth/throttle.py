@@ -101,3 +101,31 @@ class Throttle:
 def describe_wait(seconds: float) -> str:
     seconds = max(1, round(seconds))
     return f"{seconds} second{'s' if seconds != 1 else ''}" if seconds < 120 else f"{round(seconds / 60)} minutes"
+
+
+class LoginRefused(Exception):
+    """Why a login attempt was refused before its password was checked (throttling); str() is for the user."""
+
+    def __init__(self, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+def client_address(request) -> str:
+    """The client's address as the hub's own proxy saw it.
+
+    TLS ends in configurable-http-proxy inside the hub container, which appends the client's address to
+    X-Forwarded-For. Only that last entry is trusted, and only on a connection from the proxy (this
+    container's own address): tornado's xheaders would also believe a client's own X-Real-Ip, and a lab
+    could talk to the hub's port directly with any header it likes.
+    """
+    context = request.connection.context
+    peer = context.address[0] if isinstance(getattr(context, "address", None), tuple) else ""
+    try:
+        local = request.connection.stream.socket.getsockname()[0]
+    except (AttributeError, OSError):
+        local = ""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if peer and forwarded and (peer == local or peer in ("127.0.0.1", "::1")):
+        return forwarded.split(",")[-1].strip()
+    return peer or request.remote_ip

@@ -7,12 +7,8 @@ and the handlers run in the hub with its sessions, XSRF checks, scopes and spawn
 
 from __future__ import annotations
 
-import asyncio
-import os
 import secrets
-import threading
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,47 +18,12 @@ from nativeauthenticator.orm import UserInfo
 from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from hub_ext.web import accounts
-
-from hub_ext.web import labaccess
-from hub_ext.web.accounts import loggable
+from hub_ext.auth import rules
+from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
+from hub_ext.auth.rules import loggable
+from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
+from hub_ext.web import accounts, labaccess
 from hub_ext.web.selfservice import default_handlers
-from hub_ext.auth.throttle import Throttle, describe_wait
-
-HASHING_NICENESS = 10  # below the event loop: see lower_priority
-
-
-def lower_priority() -> None:
-    """Run this thread at a lower scheduling priority than the event loop's (nice +10; raising one's own
-    niceness needs no privilege). bcrypt still uses every idle core, but when the event loop has work --
-    a page, a proxy update, /hub/health -- it gets the CPU first instead of sharing it with the hashes."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
-    except OSError:  # not Linux, or refused: the hashes then share the CPU evenly, as before
-        pass
-
-
-# bcrypt costs ~0.4 s of CPU here and releases the GIL: it runs in these threads, never on the event loop.
-HASHING = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bcrypt",
-                             initializer=lower_priority)
-# A hash to check against when the account does not exist, so that a miss costs as long as a hit.
-_NO_ACCOUNT = bcrypt.hashpw(b"no such account", bcrypt.gensalt())
-
-
-async def hash_password(password: str) -> bytes:
-    return await asyncio.get_running_loop().run_in_executor(HASHING, bcrypt.hashpw, password.encode(), bcrypt.gensalt())
-
-
-async def password_matches(password: str, hashed: bytes) -> bool:
-    return await asyncio.get_running_loop().run_in_executor(HASHING, bcrypt.checkpw, password.encode(), hashed)
-
-
-class LoginRefused(Exception):
-    """Why a login attempt was refused before its password was checked (throttling); str() is for the user."""
-
-    def __init__(self, message: str, wait: float) -> None:
-        super().__init__(message)
-        self.wait = wait
 
 TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
 
@@ -87,7 +48,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
 
     def validate_username(self, username: str) -> bool:
         """The signup rules hold for every way a user is made, an admin's API call included (400)."""
-        problem = accounts.username_problem(username)
+        problem = rules.username_problem(username)
         if problem:
             self.log.warning("username %r refused: %s", username, problem)
         return problem is None and super().validate_username(username)
@@ -135,8 +96,8 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         return self.hubforge_handlers(list(accounts.handlers) + native)
 
     @property
-    def bootstrap(self) -> accounts.BootstrapSecret:
-        return accounts.BootstrapSecret(Path(self.bootstrap_secret_file))
+    def bootstrap(self) -> rules.BootstrapSecret:
+        return rules.BootstrapSecret(Path(self.bootstrap_secret_file))
 
     def admin_unclaimed(self) -> bool:
         """True while no admin account exists and none will be made from JUPYTERHUB_ADMIN_PASSWORD."""
@@ -219,7 +180,7 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
             self.log.warning("%s for %s from %s throttled for %.0f s", purpose, loggable(username), loggable(address), wait)
             raise LoginRefused(f"Too many failed logins from your address; try again in {describe_wait(wait)}.", wait)
         account = self.get_user(username) if username else None
-        matches = await password_matches(password, account.password if account else _NO_ACCOUNT)
+        matches = await password_matches(password, account.password if account else NO_ACCOUNT_HASH)
         return account if account is not None and matches else None
 
     def signup_wait(self, address: str) -> float:
@@ -227,21 +188,3 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         return self.throttle.reserve(None, address)
 
 
-def client_address(request) -> str:
-    """The client's address as the hub's own proxy saw it.
-
-    TLS ends in configurable-http-proxy inside the hub container, which appends the client's address to
-    X-Forwarded-For. Only that last entry is trusted, and only on a connection from the proxy (this
-    container's own address): tornado's xheaders would also believe a client's own X-Real-Ip, and a lab
-    could talk to the hub's port directly with any header it likes.
-    """
-    context = request.connection.context
-    peer = context.address[0] if isinstance(getattr(context, "address", None), tuple) else ""
-    try:
-        local = request.connection.stream.socket.getsockname()[0]
-    except (AttributeError, OSError):
-        local = ""
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if peer and forwarded and (peer == local or peer in ("127.0.0.1", "::1")):
-        return forwarded.split(",")[-1].strip()
-    return peer or request.remote_ip

@@ -25,7 +25,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import List, Tuple, Unicode, default
 
-from hub_ext.web import accounts
+from hub_ext.auth import rules
 from hub_ext.authenticators.native import HubforgeAuthMixin
 from hub_ext.settings.oidc import groups_from_claims, hub_groups, refusal_message
 
@@ -133,7 +133,7 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         if model is not None:
             model["admin"] = bool(model.get("admin"))  # only the provider makes admins: an admin flag from before goes
             return model
-        problem = accounts.username_problem(name)
+        problem = rules.username_problem(name)
         if problem:
             handler.hubforge_refusal = (f"The identity provider names you {name!r}, which this hub cannot use as a "
                                         f"username: {problem} Ask the hub's administrator to choose another claim "

@@ -7,7 +7,6 @@ import ipaddress
 import os
 from pathlib import Path
 
-
 SELF_SIGNED_ORG = "hubforge self-signed"
 
 

@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub_ext.labs.gpu import GpuDecision, lab_gpu_options
-from hub_ext.naming import SHARED_MOUNT, UserNames
+from hub_ext.naming import (
+    DOCKER_PRIVILEGED_GROUP,
+    DOCKER_SOCK_GROUP,
+    SHARED_MOUNT,
+    UserNames,
+)
+from hub_ext.settings.hub import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
 
-DOCKER_SOCK_GROUP = "docker-sock"
-DOCKER_PRIVILEGED_GROUP = "docker-privileged"
-BUILTIN_GROUPS = (DOCKER_SOCK_GROUP, DOCKER_PRIVILEGED_GROUP)
 LAB_SOCKET = "/var/run/docker.sock"
 SERVER_PROXY_EXTENSION = "jupyter_server_proxy"
 LOG_DRIVER = "json-file"  # set on every container the stack runs, whatever the daemon's default: its rotation is ours
-DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = "10m", 3  # LOG_MAX_SIZE, LOG_MAX_FILES: at most 30 MB per container
 
 
 def log_options(max_size: str, max_files: int) -> dict[str, str]:

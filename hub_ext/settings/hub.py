@@ -15,7 +15,8 @@ from pathlib import Path
 
 from hub_ext.settings.oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
 from hub_ext.settings.parse import USERNAME, ConfigError, flag
-from hub_ext.labs.runtime import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
+
+DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = "10m", 3  # LOG_MAX_SIZE, LOG_MAX_FILES: at most 30 MB per container
 
 ENGINES = ("compose", "swarm")  # what runs the stack and the labs: `invoke up --engine`, HUBFORGE_ENGINE in the hub
 GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto": "auto"}

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hub_ext.naming import BUILTIN_GROUPS
 from hub_ext.settings.parse import USERNAME, ConfigError, flag
-from hub_ext.labs.runtime import BUILTIN_GROUPS
 
 AUTHENTICATORS = ("native", "oidc")
 CLAIM_SOURCES = ("userinfo", "id_token")

@@ -21,13 +21,31 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from hub_ext.settings.hub import GPU_MODES
-from hub_ext.labs.gpu import GpuDecision, decide
-from hub_ext.naming import (ACCOUNT_LABEL, PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL, account_id, escape_username,
-                     foreign_owner, lab_network_name, stale_owner, user_names)
-from hub_ext.labs.networks import NETWORK_ROLE, SUBNET_PREFIX, free_subnet, network_spec, used_subnets
-from hub_ext.labs.runtime import BUILTIN_GROUPS, lab_runtime
 from hub_ext.helpers.volumes import measure, remove_volume
+from hub_ext.labs.gpu import GpuDecision, decide
+from hub_ext.labs.networks import (
+    NETWORK_ROLE,
+    SUBNET_PREFIX,
+    free_subnet,
+    network_spec,
+    used_subnets,
+)
+from hub_ext.labs.runtime import lab_runtime
+from hub_ext.naming import (
+    ACCOUNT_LABEL,
+    BUILTIN_GROUPS,
+    PROJECT_LABEL,
+    ROLE_LABEL,
+    USER_LABEL,
+    VOLUME_LABEL,
+    account_id,
+    escape_username,
+    foreign_owner,
+    lab_network_name,
+    stale_owner,
+    user_names,
+)
+from hub_ext.settings.hub import GPU_MODES
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 SIZES_TTL_S = 60

@@ -15,15 +15,29 @@ import uuid
 from typing import Any
 
 from docker.errors import APIError
-from docker.types import ContainerSpec, DriverConfig, Healthcheck, Mount, Placement, Resources, RestartPolicy, TaskTemplate
+from docker.types import (
+    ContainerSpec,
+    DriverConfig,
+    Healthcheck,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    TaskTemplate,
+)
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
-from hub_ext.naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL
-from hub_ext.labs.networks import hub_address, overlay_spec
-from hub_ext.labs.runtime import DOCKER_PRIVILEGED_GROUP, LOG_DRIVER, default_log_options
-from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 from hub_ext.helpers.volumes import parse_answer
+from hub_ext.labs.networks import hub_address, overlay_spec
+from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
+from hub_ext.naming import (
+    DOCKER_PRIVILEGED_GROUP,
+    PROJECT_LABEL,
+    USER_LABEL,
+    VOLUME_LABEL,
+)
+from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}

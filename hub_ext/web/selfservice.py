@@ -20,6 +20,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from hub_ext.naming import user_names
+from hub_ext.spawn.spawner import lab_answers, server_token, user_lock
 from hub_ext.web.actions import (
     DELIVERY_TIMEOUT_S,
     MESSAGE_MAX,
@@ -31,8 +33,6 @@ from hub_ext.web.actions import (
     volume_listing,
 )
 from hub_ext.web.metrics import count_deliveries, count_restart, count_volume_resets
-from hub_ext.naming import user_names
-from hub_ext.spawn.spawner import lab_answers, server_token, user_lock
 
 # A child of the hub's own logger, so audit lines land in the hub log with its format and level.
 audit = logging.getLogger("JupyterHub").getChild("audit")

@@ -87,7 +87,7 @@ def test_password_hashing_runs_below_the_event_loop():
     import os
     import threading
 
-    from hub_ext.authenticators.native import HASHING, HASHING_NICENESS
+    from hub_ext.auth.passwords import HASHING, HASHING_NICENESS
 
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     niceness = HASHING.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(10)

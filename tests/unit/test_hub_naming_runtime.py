@@ -10,8 +10,14 @@ from dockerspawner import DockerSpawner
 from jupyterhub import orm
 
 from hub_ext.labs.gpu import GpuDecision, decide, lab_gpu_options
-from hub_ext.naming import account_id, escape_username, user_names
-from hub_ext.labs.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
+from hub_ext.labs.runtime import lab_runtime
+from hub_ext.naming import (
+    DOCKER_PRIVILEGED_GROUP,
+    DOCKER_SOCK_GROUP,
+    account_id,
+    escape_username,
+    user_names,
+)
 from hub_ext.spawn.spawner import HubforgeSpawner, ensure_builtin_groups
 
 OFF = GpuDecision("off", False, "off")

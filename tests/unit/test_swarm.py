@@ -13,13 +13,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hub_ext.settings.hub import ConfigError, from_environ
 from hub_ext.labs.gpu import decide
-from hub_ext.naming import user_names
 from hub_ext.labs.networks import hub_address, overlay_spec
-from hub_ext.labs.runtime import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, lab_runtime
-from hub_ext.spawn.swarm import (GPU_RESOURCE, HubforgeSwarmSpawner, SwarmRefused, container_spec_options, service_mounts,
-                           service_resources)
+from hub_ext.labs.runtime import lab_runtime
+from hub_ext.naming import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, user_names
+from hub_ext.settings.hub import ConfigError, from_environ
+from hub_ext.spawn.swarm import (
+    GPU_RESOURCE,
+    HubforgeSwarmSpawner,
+    SwarmRefused,
+    container_spec_options,
+    service_mounts,
+    service_resources,
+)
 from hubforge.errors import HubforgeError
 from hubforge.stack import StackOptions
 from hubforge.stack.swarm import SwarmStack, node_summary, running_task
@@ -297,8 +303,8 @@ def test_the_volume_helpers_answer_is_read_back_from_its_logs():
 
 def test_volume_sizes_name_only_this_projects_volumes_that_exist_with_their_measured_size():
     """One rule for the hub's node and the helper on another node: which of the user's volumes exist, and their sizes."""
-    from hub_ext.naming import PROJECT_LABEL
     from hub_ext.helpers.volumes import measure
+    from hub_ext.naming import PROJECT_LABEL
 
     found = [{"Name": "lab-alice_home", "Labels": {PROJECT_LABEL: "p"}},
              {"Name": "lab-alice_workspace", "Labels": {PROJECT_LABEL: "p"}},

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import bcrypt
 import pytest
 
-from hub_ext.authenticators.native import client_address, password_matches
-from hub_ext.auth.throttle import Throttle, describe_wait
+from hub_ext.auth.passwords import password_matches
+from hub_ext.auth.throttle import Throttle, client_address, describe_wait
 
 
 class Clock:
@@ -167,7 +167,7 @@ def test_a_refused_attempt_spends_nothing(clock):
     ("back\\x1b", "back\\\\x1b"),  # a typed backslash cannot pass for an escape
 ])
 def test_names_are_escaped_for_log_lines(raw, shown):
-    from hub_ext.web.accounts import loggable
+    from hub_ext.auth.rules import loggable
 
     assert loggable(raw) == shown
 
@@ -183,7 +183,7 @@ def authenticator(budget: int):
 
 def test_simultaneous_logins_check_no_more_passwords_than_the_budget(monkeypatch):
     """The hub's own login path, 12 wrong passwords at once from one address with a budget of 3: 3 bcrypt checks."""
-    from hub_ext.authenticators.native import LoginRefused
+    from hub_ext.auth.throttle import LoginRefused
 
     checks = []
     real = bcrypt.checkpw
@@ -206,7 +206,7 @@ def test_simultaneous_logins_check_no_more_passwords_than_the_budget(monkeypatch
 
 
 def test_a_throttled_login_logs_the_name_escaped(caplog):
-    from hub_ext.authenticators.native import LoginRefused
+    from hub_ext.auth.throttle import LoginRefused
 
     auth = authenticator(budget=1)
     handler = SimpleNamespace(request=request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "198.51.100.7"}))

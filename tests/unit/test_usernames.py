@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from jupyterhub import orm
 
-from hub_ext.web.accounts import ESCAPED_MAX, username_problem
+from hub_ext.auth.rules import ESCAPED_MAX, username_problem
 from hub_ext.authenticators.native import HubforgeAuthenticator
 from hub_ext.naming import user_names
 
