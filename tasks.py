@@ -273,6 +273,13 @@ class Tiers:
         self.results.append((name, "passed" if code == 0 or (code == 5 and self.selection) else f"failed (exit {code})",
                              time.monotonic() - started))
 
+    def command(self, name: str, *commands: list[str]) -> None:
+        """A tier that is not pytest (the linter, the docs): passed when every command exits 0."""
+        started = time.monotonic()
+        codes = [self.c.run(" ".join(argv), warn=True, pty=False).exited for argv in commands]
+        failed = [code for code in codes if code != 0]
+        self.results.append((name, "passed" if not failed else f"failed (exit {failed[0]})", time.monotonic() - started))
+
     def skip(self, name: str, why: str) -> None:
         self.results.append((name, f"not run: {why}", 0.0))
 
@@ -285,8 +292,22 @@ class Tiers:
             raise Exit(f"tests failed in: {', '.join(failed)}", code=1)
 
 
+LINT = [[sys.executable, "-m", "ruff", "check", "."], [sys.executable, "-m", "ruff", "format", "--check", "."]]
+DOCS_BUILD = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"]
+
+
+@task
+def docs(c):
+    """Build the documentation site (Sphinx, MyST, the PyData theme) into docs/_build/html, warnings as errors; the
+    task reference is generated from tasks.py on the way."""
+    result = c.run(" ".join(DOCS_BUILD), warn=True, pty=False)
+    if result.exited != 0:
+        raise Exit(f"the docs did not build (exit {result.exited}): fix the warnings above", code=result.exited)
+    print(f"docs: {ROOT / 'docs/_build/html/index.html'}")
+
+
 @task(help={
-    "quick": "unit tests only (no Docker, no browser)",
+    "quick": "unit tests, lint (ruff) and the docs build only (no Docker, no browser)",
     "k": "only tests matching this pytest expression",
 })
 @user_errors
@@ -299,6 +320,8 @@ def test(c, quick=False, k=None):
     cfg = settings(c)
     tiers = Tiers(c, ["-k", repr(k)] if k else [])
     tiers.run("unit", ["tests/unit"])
+    tiers.command("lint", *LINT)
+    tiers.command("docs", DOCS_BUILD)
     if quick:
         tiers.report()
         return

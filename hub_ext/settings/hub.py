@@ -282,7 +282,7 @@ def _from_environ(env: Mapping[str, str]) -> HubConfig:
     authenticator = parse_authenticator(env.get("AUTHENTICATOR", ""))
     oidc = parse_oidc(env) if authenticator == "oidc" else None
     services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
-    for key, value in services.items():
+    for key in services:
         flag(env, key, False)  # each must be a valid flag
     volume_driver = parse_volume_driver(env.get("LAB_VOLUME_DRIVER", ""))
     return HubConfig(

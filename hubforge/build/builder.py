@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from . import labext, remote_cache
@@ -26,6 +27,9 @@ from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
 from .targets import HOST_BUILD_LOCK, PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 from .verify import Verifier
+
+if TYPE_CHECKING:  # imported when something is built (the execute layer), so a no-op stays quick
+    from . import wheels
 
 log = logging.getLogger(__name__)
 

@@ -199,7 +199,7 @@ def test_after_a_daemon_restart_the_hub_is_back_every_server_stopped_and_no_dead
 
     wait_until(lambda: stack.hub().attrs["State"]["Health"]["Status"] == "healthy", 120, "the hub to come back healthy")
     for name, api in users:
-        wait_until(lambda: server_stopped(api, name), DEAD_LAB_DEADLINE, f"the hub to show {name}'s server stopped")
+        wait_until(lambda api=api, name=name: server_stopped(api, name), DEAD_LAB_DEADLINE, f"the hub to show {name}'s server stopped")
     wait_until(lambda: not stack.labs(), 30, "no lab container left behind")
     name, api = users[0]
     api.start(name)  # and the next start works

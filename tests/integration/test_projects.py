@@ -40,7 +40,7 @@ def test_one_username_in_two_projects_gets_two_homes(two):
     assert first.exec_run(["sh", "-c", "echo production > /home/lab/workspace/only-here.txt"], user="lab").exit_code == 0
     assert second.exec_run(["ls", "/home/lab/workspace/only-here.txt"], user="lab").exit_code != 0
 
-    for live, api in zip(two, apis):
+    for api in apis:
         api.stop("alice")
     reset = apis[1].request("POST", "hub/api/hubforge/users/alice/volumes/reset", json={"volumes": ["workspace", "home"]})
     assert reset.status_code == 200 and all(r["result"] == "removed" for r in reset.json()["results"].values())
