@@ -42,9 +42,9 @@ def user_errors(fn):
 def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None, jobs=None,
              cache_index: str | None = None, cache_key: str | None = None):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
-    from hubforge.build.builder import Settings
+    from hubforge.imagebuild.builder import Settings
     from hubforge.errors import HubforgeError
-    from hubforge.build.targets import BASE_MODES
+    from hubforge.imagebuild.targets import BASE_MODES
 
     if base not in BASE_MODES:
         raise HubforgeError(f"--base={base!r} is not valid; use one of: {', '.join(BASE_MODES)}")
@@ -164,7 +164,7 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
     """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project, hubforge.engine).
     Without --engine, a stack that is already up keeps the engine it was started with."""
     from hubforge.errors import HubforgeError
-    from hubforge.stack import (StackOptions, recorded_engine, validate_engine, validate_port, validate_project,
+    from hubforge.deploy import (StackOptions, recorded_engine, validate_engine, validate_port, validate_project,
                                 validate_routing_mesh)
 
     cfg = c.config.get("hubforge", {})

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hubclient import EventListener, HubAPI  # noqa: E402
-from tests.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
-from tests.loadsim import memory_bytes  # noqa: E402
+from tests.support.hubclient import EventListener, HubAPI  # noqa: E402
+from tests.support.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.loadsim import memory_bytes  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="time one broadcast until the last of N running labs has it")

@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubforge.build.builder import Builder, Settings, default_jobs  # noqa: E402
+from hubforge.imagebuild.builder import Builder, Settings, default_jobs  # noqa: E402
 from hubforge.docker_io import Docker  # noqa: E402
-from hubforge.build.targets import DEFAULT_SET, Graph  # noqa: E402
+from hubforge.imagebuild.targets import DEFAULT_SET, Graph  # noqa: E402
 
 
 def timed(argv: list[str], **kwargs) -> float:

@@ -5,7 +5,7 @@ its own stack, so nothing is left behind)
 
 Each user logs in through the form, starts the default server through /hub/spawn and its progress stream,
 completes the lab's OAuth handshake, starts a kernel, runs cells over the kernel's websocket for the session's
-length, then stops the kernel and the server (tests/loadsim.py has the protocol). Printed: p50, p95 and max for
+length, then stops the kernel and the server (tests/support/loadsim.py has the protocol). Printed: p50, p95 and max for
 each phase, the failures by phase with the first error of each kind, the hub's peak CPU and memory, the labs'
 memory, and the worst /hub/health latency a bystander saw during the whole run. `--storm N` first posts N
 logins at the same moment, reported the same way. `--json` prints the same figures as one JSON object.
@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from tests.hubclient import HubSession, plain_get  # noqa: E402
-from tests.livestack import PASSWORD, LiveStack, claim_admin, start_stack, stop_stack  # noqa: E402
-from tests.loadsim import Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
+from tests.support.hubclient import HubSession, plain_get  # noqa: E402
+from tests.support.livestack import PASSWORD, LiveStack, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.loadsim import Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
 
 DEFAULT_ENV = {"LAB_MEM_LIMIT": "1G", "LOGIN_ADDRESS_LIMIT": "1000000"}
 

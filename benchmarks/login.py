@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hubclient import HubSession  # noqa: E402
-from tests.livestack import PASSWORD, claim_admin, start_stack, stop_stack  # noqa: E402
-from tests.loadsim import percentile  # noqa: E402
+from tests.support.hubclient import HubSession  # noqa: E402
+from tests.support.livestack import PASSWORD, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.loadsim import percentile  # noqa: E402
 
 USERS = 30
 

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hubclient import HubAPI  # noqa: E402
-from tests.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
-from tests.loadsim import memory_bytes, percentile  # noqa: E402
+from tests.support.hubclient import HubAPI  # noqa: E402
+from tests.support.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.loadsim import memory_bytes, percentile  # noqa: E402
 
 
 def memory_mb(container) -> float:
@@ -41,7 +41,7 @@ def main() -> None:
     was_member = docker.from_env().info()["Swarm"]["LocalNodeState"] == "active"
     cluster = None
     if args.workers:
-        from tests.swarmnodes import Cluster
+        from tests.support.swarmnodes import Cluster
 
         if was_member:
             parser.error("--workers makes its own swarm: this host is in one already (`docker swarm leave --force`)")

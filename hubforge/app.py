@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import doctor
-from .build.builder import CHECK_REPOSITORY, RAW_REPOSITORY, Builder, Settings, Step, default_jobs, run_plan
+from .imagebuild.builder import CHECK_REPOSITORY, RAW_REPOSITORY, Builder, Settings, Step, default_jobs, run_plan
 from .docker_io import Docker, stored_credentials
 from .errors import DockerUnavailable, HubforgeError
 
@@ -195,9 +195,9 @@ def pulled_for_check(builder: Builder, step: Step) -> bool:
 
 
 def lock(settings: Settings, target: str | None, only: str | None) -> None:
-    from .build.lock import lock_apt, lock_base, lock_python
-    from .build.native import lock_native
-    from .build.targets import HOST_BUILD_LOCK
+    from .imagebuild.locking import lock_apt, lock_base, lock_python
+    from .imagebuild.native import lock_native
+    from .imagebuild.targets import HOST_BUILD_LOCK
 
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     builder = make_builder(settings)
@@ -292,14 +292,14 @@ def run_setup(settings: Settings) -> None:
 # -- the stack -------------------------------------------------------------------------------------------
 def stack_for(settings: Settings, options):
     from .docker_io import StackDocker
-    from .stack import open_stack
+    from .deploy import open_stack
 
     return open_stack(options, StackDocker(), settings.root, say)
 
 
 def up(settings: Settings, options) -> dict:
     """Build what is missing, start the stack, wait for health, print the URL and the next step."""
-    from .build.targets import DEFAULT_SET
+    from .imagebuild.targets import DEFAULT_SET
 
     doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
     steps = build(settings, None, None, False, False)

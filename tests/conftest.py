@@ -1,6 +1,6 @@
 """Options shared by every test tier."""
 
-from . import localdns
+from .support import localdns
 
 localdns.install()  # <user>.hub.localhost -> 127.0.0.1, as browsers do
 

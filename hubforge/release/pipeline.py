@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..build import remote_cache
-from ..build.builder import REVISION_LABEL, Builder, Step
-from ..build.targets import DEFAULT_SET
+from ..imagebuild import remote_cache
+from ..imagebuild.builder import REVISION_LABEL, Builder, Step
+from ..imagebuild.targets import DEFAULT_SET
 from ..docker_io import Docker, stored_credentials
 from ..errors import HubforgeError
 from . import attest, oci, sign

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, proc
-from ..build.builder import Step
+from ..imagebuild.builder import Step
 from ..errors import HubforgeError
-from ..build.keys import digest_bytes
-from ..build.targets import SOURCE_DATE_EPOCH
+from ..imagebuild.keys import digest_bytes
+from ..imagebuild.targets import SOURCE_DATE_EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def tool_versions(docker_version: str) -> dict[str, str]:
 
 
 def cache_index_path(dist: Path, version: Version) -> Path:
-    """Where a release writes its remote cache index (hubforge.build.remote_cache), beside its provenance."""
+    """Where a release writes its remote cache index (hubforge.imagebuild.remote_cache), beside its provenance."""
     return dist / f"cache-index-{version}.json"
 
 

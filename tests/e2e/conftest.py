@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ..hubclient import HubAPI, HubSession
-from ..livestack import approved_user, claim_admin, start_stack, stop_stack
+from ..support.hubclient import HubAPI, HubSession
+from ..support.livestack import approved_user, claim_admin, start_stack, stop_stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"

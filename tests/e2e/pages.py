@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.sync_api import Error, Locator, Page, expect
 
-from ..helpers import wait_until
+from ..support.helpers import wait_until
 
 USERNAME = re.compile(r"^Username:?$")
 PASSWORD = re.compile(r"^Password:?$")

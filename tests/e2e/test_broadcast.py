@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from ..livestack import ADMIN, PASSWORD
+from ..support.livestack import ADMIN, PASSWORD
 from .pages import BroadcastPage, JupyterLab, LoginPage
 
 pytestmark = pytest.mark.e2e

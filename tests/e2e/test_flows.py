@@ -8,8 +8,8 @@ import docker
 import pytest
 from playwright.sync_api import expect
 
-from ..hubclient import HubSession
-from ..livestack import ADMIN, PASSWORD
+from ..support.hubclient import HubSession
+from ..support.livestack import ADMIN, PASSWORD
 from .pages import AuthorizePage, HomePage, JupyterLab, LoginPage, SignupPage, VolumesPage, navigate
 
 pytestmark = pytest.mark.e2e

@@ -16,8 +16,8 @@ import json
 import pytest
 from playwright.sync_api import expect
 
-from ..hubclient import HubSession
-from ..livestack import ADMIN, PASSWORD, approved_user, claim_admin, start_stack, stop_stack
+from ..support.hubclient import HubSession
+from ..support.livestack import ADMIN, PASSWORD, approved_user, claim_admin, start_stack, stop_stack
 from .pages import LoginPage, navigate
 
 pytestmark = pytest.mark.e2e

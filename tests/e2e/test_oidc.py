@@ -8,8 +8,8 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from ..idp import Idp, prepare
-from ..livestack import start_stack, stop_stack
+from ..support.idp import Idp, prepare
+from ..support.livestack import start_stack, stop_stack
 from .conftest import RESULTS
 from .pages import HomePage, HubPage, JupyterLab, settle_network, wait_for_lab
 

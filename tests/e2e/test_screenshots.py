@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from ..livestack import ADMIN, PASSWORD
+from ..support.livestack import ADMIN, PASSWORD
 from .pages import BroadcastPage, HomePage, JupyterLab, LoginPage
 
 pytestmark = pytest.mark.e2e

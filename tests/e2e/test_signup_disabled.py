@@ -7,8 +7,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from ..hubclient import HubSession
-from ..livestack import ADMIN, start_stack, stop_stack
+from ..support.hubclient import HubSession
+from ..support.livestack import ADMIN, start_stack, stop_stack
 from .pages import AdminPage, AuthorizePage, LoginPage, navigate
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ import docker
 import pytest
 from playwright.sync_api import expect
 
-from ..livestack import ADMIN, PASSWORD, claim_admin, start_stack, stop_stack
+from ..support.livestack import ADMIN, PASSWORD, claim_admin, start_stack, stop_stack
 from .pages import AuthorizePage, HomePage, JupyterLab, LoginPage, SignupPage
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import docker
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from ..livestack import current_images, flavour_image
+from ..support.livestack import current_images, flavour_image
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"hubforge.test": "images"}

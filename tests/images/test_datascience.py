@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.locks import parse_python_lock
+from hubforge.imagebuild.lockfiles import parse_python_lock
 
 pytestmark = pytest.mark.images
 ROOT = Path(__file__).resolve().parents[2]

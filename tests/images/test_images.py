@@ -11,10 +11,10 @@ import docker
 import pytest
 import requests
 
-from hubforge.build.builder import KEY_LABEL
-from hubforge.build.locks import parse_python_lock
+from hubforge.imagebuild.builder import KEY_LABEL
+from hubforge.imagebuild.lockfiles import parse_python_lock
 
-from ..helpers import wait_until
+from ..support.helpers import wait_until
 
 pytestmark = pytest.mark.images
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.builder import REVISION_LABEL, Builder, Settings
-from hubforge.build.targets import Graph, Target
+from hubforge.imagebuild.builder import REVISION_LABEL, Builder, Settings
+from hubforge.imagebuild.targets import Graph, Target
 from hubforge.docker_io import Docker
 
 pytestmark = pytest.mark.images

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ..hubclient import HubAPI, HubSession
-from .. import livestack
-from ..livestack import claim_admin, start_stack, stop_stack
+from ..support.hubclient import HubAPI, HubSession
+from ..support import livestack
+from ..support.livestack import claim_admin, start_stack, stop_stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"

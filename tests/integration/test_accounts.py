@@ -14,9 +14,9 @@ import time
 import docker
 import pytest
 
-from ..helpers import wait_until
-from ..hubclient import HubAPI, HubSession, plain_get
-from ..livestack import ADMIN, PASSWORD, approved_user, claim_admin, start_stack, stop_stack
+from ..support.helpers import wait_until
+from ..support.hubclient import HubAPI, HubSession, plain_get
+from ..support.livestack import ADMIN, PASSWORD, approved_user, claim_admin, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
 # The host's requests all reach the hub from one address (Docker's port forwarding), so its budget is

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ..hubclient import EventListener
-from ..livestack import approved_user
+from ..support.hubclient import EventListener
+from ..support.livestack import approved_user
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import docker
 import pytest
 
-from hubforge.build import remote_cache
-from hubforge.build.builder import Builder, Settings, Step
-from hubforge.build.targets import Graph
+from hubforge.imagebuild import remote_cache
+from hubforge.imagebuild.builder import Builder, Settings, Step
+from hubforge.imagebuild.targets import Graph
 from hubforge.docker_io import Docker
 
-from ..livestack import current_images
+from ..support.livestack import current_images
 from .test_release import invoke, registry  # noqa: F401  (the loopback registry fixture)
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import re
 import docker
 import pytest
 
-from ..hubclient import HubAPI, HubSession, plain_get
-from ..livestack import ADMIN, ROOT, current_images
+from ..support.hubclient import HubAPI, HubSession, plain_get
+from ..support.livestack import ADMIN, ROOT, current_images
 
 pytestmark = pytest.mark.integration
 

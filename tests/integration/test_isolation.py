@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ..livestack import approved_user
+from ..support.livestack import approved_user
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ import pytest
 
 from hub_ext.naming import default_volume_prefix, user_names
 
-from ..helpers import wait_until
-from ..hubclient import HubAPI, HubSession, KernelClient, plain_get
-from ..livestack import ADMIN, PASSWORD, ROOT, free_port
+from ..support.helpers import wait_until
+from ..support.hubclient import HubAPI, HubSession, KernelClient, plain_get
+from ..support.livestack import ADMIN, PASSWORD, ROOT, free_port
 
 pytestmark = pytest.mark.integration
 PROJECT_LABEL = "hubforge.project"
@@ -39,7 +39,7 @@ class InvokedStack:
         self.project = f"hfl{secrets.token_hex(3)}"
         self.stack_dir = stack_dir
         self.port, self.http_port = free_port(), free_port()
-        self.url = f"https://hub.localhost:{self.port}/"  # labs at <user>.hub.localhost (tests/localdns.py)
+        self.url = f"https://hub.localhost:{self.port}/"  # labs at <user>.hub.localhost (tests/support/localdns.py)
 
     def lab_name(self, user: str) -> str:
         """The lab container's name, with the volume prefix `invoke up` gives this project."""

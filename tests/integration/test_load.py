@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from ..helpers import WEB_APP, wait_until
-from ..hubclient import HubSession, KernelClient
-from ..livestack import PASSWORD, approved_user
-from ..loadsim import PHASES, Plan, Record, ramp, storm
+from ..support.helpers import WEB_APP, wait_until
+from ..support.hubclient import HubSession, KernelClient
+from ..support.livestack import PASSWORD, approved_user
+from ..support.loadsim import PHASES, Plan, Record, ramp, storm
 
 pytestmark = pytest.mark.integration
 STACK_ENV = {"LAB_SERVER_PROXY": "1"}

@@ -17,10 +17,10 @@ import time
 import docker
 import pytest
 
-from ..helpers import wait_until
-from ..hubclient import HubAPI, KernelClient, plain_get
-from ..idp import CLIENT_ID, Idp, prepare, sign_in
-from ..livestack import ROOT, LiveStack, current_images, start_stack, stop_stack
+from ..support.helpers import wait_until
+from ..support.hubclient import HubAPI, KernelClient, plain_get
+from ..support.idp import CLIENT_ID, Idp, prepare, sign_in
+from ..support.livestack import ROOT, LiveStack, current_images, start_stack, stop_stack
 from .conftest import RESULTS
 
 pytestmark = pytest.mark.integration

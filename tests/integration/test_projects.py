@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from hub_ext.naming import user_names
-from ..livestack import approved_user, claim_admin, start_stack, stop_stack
+from ..support.livestack import approved_user, claim_admin, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..helpers import wait_until
-from ..livestack import current_images, free_port
+from ..support.helpers import wait_until
+from ..support.livestack import current_images, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

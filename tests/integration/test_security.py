@@ -12,8 +12,8 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from ..hubclient import HubSession
-from ..livestack import ADMIN, PASSWORD, approved_user
+from ..support.hubclient import HubSession
+from ..support.livestack import ADMIN, PASSWORD, approved_user
 
 pytestmark = pytest.mark.integration
 STACK_ENV = {"LOGIN_MAX_FAILURES": "5", "LOGIN_LOCKOUT_SECONDS": "600", "LOGIN_ADDRESS_LIMIT": "100"}
@@ -128,7 +128,7 @@ def test_cookies_and_security_headers(live, admin):
 
 
 def test_no_page_may_frame_a_lab(live, admin):
-    from ..livestack import approved_user
+    from ..support.livestack import approved_user
 
     _, api = approved_user(live, admin, "fay")
     api.start("fay")
@@ -140,7 +140,7 @@ def test_no_page_may_frame_a_lab(live, admin):
 
 def test_an_admin_does_not_open_a_users_lab_but_still_manages_it(live, admin):
     """The admin's browser never gets a lab's token: the lab's code cannot borrow the admin's rights."""
-    from ..livestack import approved_user
+    from ..support.livestack import approved_user
 
     owner, api = approved_user(live, admin, "gus")
     api.start("gus")

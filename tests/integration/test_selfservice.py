@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..livestack import approved_user
+from ..support.livestack import approved_user
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import sys
 import docker
 import pytest
 
-from ..hubclient import HubSession, KernelClient, plain_get
-from ..helpers import WEB_APP, dashboard_metric_families, metric_family
-from ..livestack import PASSWORD, ROOT, approved_user
+from ..support.hubclient import HubSession, KernelClient, plain_get
+from ..support.helpers import WEB_APP, dashboard_metric_families, metric_family
+from ..support.livestack import PASSWORD, ROOT, approved_user
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Each lab on its own origin (issue 12, part 1): every name signup accepts works as a subdomain, and the
-hub's cookies never reach a lab. The harness reaches the stack at hub.localhost (tests/localdns.py)."""
+hub's cookies never reach a lab. The harness reaches the stack at hub.localhost (tests/support/localdns.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from ..hubclient import HubAPI, HubSession, plain_get
-from ..livestack import PASSWORD, approved_user
+from ..support.hubclient import HubAPI, HubSession, plain_get
+from ..support.livestack import PASSWORD, approved_user
 
 pytestmark = pytest.mark.integration
 

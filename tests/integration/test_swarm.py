@@ -18,9 +18,9 @@ import pytest
 
 from hub_ext.naming import user_names
 
-from ..helpers import wait_until
-from ..hubclient import EventListener
-from ..livestack import approved_user, current_images
+from ..support.helpers import wait_until
+from ..support.hubclient import EventListener
+from ..support.livestack import approved_user, current_images
 
 pytestmark = pytest.mark.integration
 STACK_ENGINE = "swarm"

@@ -1,5 +1,5 @@
 """The swarm engine on three nodes of one machine: this host's engine (the manager) and two more engines, each in
-a network namespace of its own (tests/swarmnodes.py). One worker joins before the stack, one after it is up.
+a network namespace of its own (tests/support/swarmnodes.py). One worker joins before the stack, one after it is up.
 
 Labs spread over the nodes and run from the stack's registry by digest; a second start, a restart and a volume
 reset each happen on the node that holds the user's volumes; a broadcast reaches every node; and a worker that
@@ -16,9 +16,9 @@ import pytest
 
 from hub_ext.naming import user_names
 
-from ..hubclient import EventListener
-from ..livestack import approved_user
-from ..swarmnodes import Cluster
+from ..support.hubclient import EventListener
+from ..support.livestack import approved_user
+from ..support.swarmnodes import Cluster
 from .test_swarm import LISTENER, put_file, service_of, spawn_failure
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.builder import Builder, Settings
+from hubforge.imagebuild.builder import Builder, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hubforge.errors import HubforgeError
 from hubforge.release import attest, oci, pipeline, plan as rel, sign
 
-from ..helpers import rootfs_tar
+from ..support.helpers import rootfs_tar
 
 REGISTRY = "127.0.0.1:5000"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -304,7 +304,7 @@ def test_the_statement_is_an_in_toto_statement_about_the_digest():
 def test_the_cache_index_is_signed_with_the_release_key_and_a_changed_byte_fails(tmp_path, monkeypatch, key):
     """A cache index fetched from where the registry lives could be rewritten together with the images it vouches
     for: `invoke build --cache-key` accepts it only with the release key's signature of its exact bytes."""
-    from hubforge.build import remote_cache
+    from hubforge.imagebuild import remote_cache
 
     publish(tmp_path, monkeypatch, key, ("1.2.3", "k1"))
     index = tmp_path / "dist" / "cache-index-1.2.3.json"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import base
-from hubforge.build.locks import DebPin, parse_apt_lock
-from hubforge.build.targets import BaseSpec, Graph
+from hubforge.imagebuild import base
+from hubforge.imagebuild.lockfiles import DebPin, parse_apt_lock
+from hubforge.imagebuild.targets import BaseSpec, Graph
 from hubforge.errors import HubforgeError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,7 +216,7 @@ def make_deb(folder: Path, package: str, version: str, extra: str = "") -> Path:
 
 
 def test_the_local_repository_indexes_exactly_the_locked_debs_by_the_locks_hashes(tmp_path):
-    from hubforge.build.debs import DebCache
+    from hubforge.imagebuild.debs import DebCache
 
     made = [make_deb(tmp_path, "alpha", "1.0", "Essential: yes\nPriority: required\n"), make_deb(tmp_path, "beta", "2:3-1")]
     pins = [DebPin(d.name.split("_")[0], d.name.split("_")[1], sha256_of(d), d.as_uri()) for d in made]
@@ -233,7 +233,7 @@ def test_the_local_repository_indexes_exactly_the_locked_debs_by_the_locks_hashe
 
 
 def test_a_changed_cached_deb_never_reaches_the_local_repository(tmp_path):
-    from hubforge.build.debs import DebCache
+    from hubforge.imagebuild.debs import DebCache
 
     deb = make_deb(tmp_path, "alpha", "1.0")
     pin = DebPin("alpha", "1.0", sha256_of(deb), deb.as_uri())

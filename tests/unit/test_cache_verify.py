@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import wheels
-from hubforge.build.builder import Builder, Settings, Step, input_digests
-from hubforge.build.keys import Manifest
-from hubforge.build.targets import HOST_BUILD_LOCK, Graph, Target
-from hubforge.build.verify import Verifier
+from hubforge.imagebuild import wheels
+from hubforge.imagebuild.builder import Builder, Settings, Step, input_digests
+from hubforge.imagebuild.keys import Manifest
+from hubforge.imagebuild.targets import HOST_BUILD_LOCK, Graph, Target
+from hubforge.imagebuild.verify import Verifier
 from hubforge.errors import HubforgeError
 from tests.unit.conftest import EmptyImageStore
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import debs
-from hubforge.build.locks import DebPin
+from hubforge.imagebuild import debs
+from hubforge.imagebuild.lockfiles import DebPin
 from hubforge.errors import HubforgeError
 
 PAYLOAD = b"!<arch>\n" + bytes(range(256)) * 8

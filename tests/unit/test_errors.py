@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.base import Workspace, mmdebstrap_argv
+from hubforge.imagebuild.base import Workspace, mmdebstrap_argv
 from hubforge.docker_io import Docker
 from hubforge.errors import DockerUnavailable, HubforgeError
-from hubforge.build.targets import BaseSpec, Graph
+from hubforge.imagebuild.targets import BaseSpec, Graph
 
 WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/repo"), Path("/tmp/w/report"))
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.keys import Manifest, digest_bytes, explain
-from hubforge.build.targets import DEFAULT_SET, Graph
+from hubforge.imagebuild.keys import Manifest, digest_bytes, explain
+from hubforge.imagebuild.targets import DEFAULT_SET, Graph
 
 ALL = list(DEFAULT_SET) + ["lab-datascience"]
 
@@ -76,7 +76,7 @@ def test_pull_and_bootstrap_bases_have_different_keys(source_tree, make_builder)
 
 
 def test_the_upstream_digest_is_the_pull_key(source_tree, make_builder, tmp_path):
-    from hubforge.build.builder import Builder, Settings
+    from hubforge.imagebuild.builder import Builder, Settings
 
     from .conftest import EmptyImageStore
 
@@ -123,7 +123,7 @@ def test_the_plan_cache_hashes_a_file_again_when_it_changes(tmp_path):
     """The no-op build's cache trusts size and modification time only for files older than a clock tick or two."""
     import os
 
-    from hubforge.build.builder import RACY_SECONDS, PlanCache
+    from hubforge.imagebuild.builder import RACY_SECONDS, PlanCache
 
     state, source = tmp_path / "plan-cache.json", tmp_path / "input.txt"
     source.write_text("one")
@@ -145,7 +145,7 @@ def test_the_plan_cache_hashes_a_file_again_when_it_changes(tmp_path):
 
 
 def test_the_plan_cache_renders_once_per_template_and_variables(tmp_path):
-    from hubforge.build.builder import PlanCache
+    from hubforge.imagebuild.builder import PlanCache
 
     cache = PlanCache(tmp_path / "plan-cache.json")
     assert cache.render({"t.j2": "FROM {{ parent }}\n"}, "t.j2", {"parent": "a"}) == "FROM a\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import labext
+from hubforge.imagebuild import labext
 from hubforge.errors import HubforgeError
 
 SOURCE = Path(__file__).resolve().parents[2] / "images" / "lab" / "hubforge-notify"

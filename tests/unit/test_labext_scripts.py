@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import labext
+from hubforge.imagebuild import labext
 
 SOURCE = Path(__file__).resolve().parents[2] / "images" / "lab" / "hubforge-notify"
 PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from hubforge.build import native, wheels
-from hubforge.build.locks import normalize, parse_apt_lock, parse_python_lock
-from hubforge.build.targets import HOST_BUILD_LOCK, TARGETS
+from hubforge.imagebuild import native, wheels
+from hubforge.imagebuild.lockfiles import normalize, parse_apt_lock, parse_python_lock
+from hubforge.imagebuild.targets import HOST_BUILD_LOCK, TARGETS
 from hubforge.errors import HubforgeError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import debs
+from hubforge.imagebuild import debs
 from hubforge.errors import HubforgeError
-from hubforge.build.locks import DebPin, check_deb_arch, format_apt_lock, parse_apt_lock, parse_python_lock, requested_packages
+from hubforge.imagebuild.lockfiles import DebPin, check_deb_arch, format_apt_lock, parse_apt_lock, parse_python_lock, requested_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 H1, H2 = "a" * 64, "b" * 64

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hub_ext.web import metrics
-from ..helpers import dashboard_metric_families, metric_family
+from ..support.helpers import dashboard_metric_families, metric_family
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "stack" / "grafana" / "hubforge.json"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import native
+from hubforge.imagebuild import native
 from hubforge.errors import HubforgeError
 
 RESOLUTION = "@x/bin-linux-x64-gnu@npm:2.0.0"

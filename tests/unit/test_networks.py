@@ -184,7 +184,7 @@ def test_the_guard_takes_published_ports_and_resolvers():
 
 
 def test_the_swarm_guard_never_exempts_the_registrys_port():
-    from hubforge.stack.swarm import guard_command
+    from hubforge.deploy.swarm import guard_command
 
     command = guard_command("p", from_environ({}), "docker_gwbridge", 443, 80)
     args = parse_args(command[3:])

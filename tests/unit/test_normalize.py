@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from hubforge.build.normalize import (differences, entries, image_archive, image_config, iso, normalize_layer,
+from hubforge.imagebuild.normalize import (differences, entries, image_archive, image_config, iso, normalize_layer,
                                       saved_image)
 
 EPOCH = 1767225600

@@ -446,8 +446,8 @@ def test_a_claimed_username_obeys_the_signup_rules():
 
 @pytest.mark.skipif(os.getuid() == 1000, reason="run as the hub's own uid, a file of one's own is readable by the hub")
 def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
-    from hubforge.stack import StackOptions
-    from hubforge.stack.compose import ComposeStack
+    from hubforge.deploy import StackOptions
+    from hubforge.deploy.compose import ComposeStack
 
     socket_file = tmp_path / "docker.sock"
     listener = socket.socket(socket.AF_UNIX)

@@ -55,7 +55,7 @@ def test_doctor_names_the_fix_when_scripts_cannot_resolve_the_hubs_name(monkeypa
 
 
 def test_status_gives_scripts_an_address():
-    from hubforge.stack.engine import script_address
+    from hubforge.deploy.engine import script_address
 
     assert [script_address(b) for b in ("0.0.0.0", "::", "127.0.0.1", "192.0.2.7", "2001:db8::1")] == [
         "127.0.0.1", "127.0.0.1", "127.0.0.1", "192.0.2.7", "[2001:db8::1]"]

@@ -13,7 +13,7 @@ from hubforge.errors import HubforgeError
 from hubforge.proc import redact
 from hubforge.release.plan import Version, check_tree, parse_version, repository, tags_for
 
-from ..helpers import rootfs_tar
+from ..support.helpers import rootfs_tar
 
 ROOT = Path(__file__).resolve().parents[2]
 

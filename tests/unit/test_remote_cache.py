@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import remote_cache, wheels
-from hubforge.build.builder import KEY_LABEL, TARGET_LABEL, Builder, Settings, Step, input_digests
-from hubforge.build.keys import KEY_LENGTH, Manifest
-from hubforge.build.remote_cache import Entry
-from hubforge.build.targets import Graph, Target
+from hubforge.imagebuild import remote_cache, wheels
+from hubforge.imagebuild.builder import KEY_LABEL, TARGET_LABEL, Builder, Settings, Step, input_digests
+from hubforge.imagebuild.keys import KEY_LENGTH, Manifest
+from hubforge.imagebuild.remote_cache import Entry
+from hubforge.imagebuild.targets import Graph, Target
 from hubforge.errors import HubforgeError
 from hubforge.release import plan as rel
 
@@ -215,7 +215,7 @@ def test_the_planned_bytes_are_staged_with_their_mode(tmp_path):
 
 
 def test_a_file_added_to_a_declared_folder_after_the_plan_is_refused(tmp_path):
-    from hubforge.build.builder import planned_files
+    from hubforge.imagebuild.builder import planned_files
 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("a = 1\n")

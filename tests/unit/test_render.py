@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build.builder import render_variables, template_texts
+from hubforge.imagebuild.builder import render_variables, template_texts
 from hubforge.errors import HubforgeError
 from hubforge.render import render
-from hubforge.build.targets import Graph
+from hubforge.imagebuild.targets import Graph
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from hubforge.build.builder import Step, default_jobs, run_plan
-from hubforge.build.keys import Manifest
-from hubforge.build.targets import Target
+from hubforge.imagebuild.builder import Step, default_jobs, run_plan
+from hubforge.imagebuild.keys import Manifest
+from hubforge.imagebuild.targets import Target
 
 
 def step(name: str, parent: str | None = "base") -> Step:

@@ -11,9 +11,9 @@ import io
 import tarfile
 from pathlib import Path
 
-from hubforge.build import wheels
-from hubforge.build.locks import PythonPin
-from hubforge.build.verify import file_sha256
+from hubforge.imagebuild import wheels
+from hubforge.imagebuild.lockfiles import PythonPin
+from hubforge.imagebuild.verify import file_sha256
 
 BACKEND = '''
 import pathlib

@@ -453,7 +453,7 @@ def test_another_projects_volumes_are_neither_listed_nor_deleted(monkeypatch):
 
 def test_each_project_has_its_own_volume_names_and_the_default_keeps_the_old_ones():
     from hub_ext.naming import default_volume_prefix
-    from hubforge.stack import StackOptions
+    from hubforge.deploy import StackOptions
 
     assert StackOptions(project="hubforge", run_dir=Path("/x")).volume_prefix == "jupyterlab"  # existing data stays
     staging = StackOptions(project="staging", run_dir=Path("/x")).volume_prefix

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import debs
-from hubforge.build.base import Workspace, mmdebstrap_argv
-from hubforge.build.locks import requested_packages
-from hubforge.build.targets import BaseSpec
+from hubforge.imagebuild import debs
+from hubforge.imagebuild.base import Workspace, mmdebstrap_argv
+from hubforge.imagebuild.lockfiles import requested_packages
+from hubforge.imagebuild.targets import BaseSpec
 from hubforge.errors import HubforgeError
 
 WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/repo"), Path("/tmp/w/report"))

@@ -14,8 +14,8 @@ from pathlib import Path
 from hub_ext.hub.logo import LogoError, materialize
 from hub_ext.hub.tls import ensure_self_signed
 from hubforge.errors import HubforgeError
-from hubforge.stack import ComposeStack, StackOptions, compose_argv, validate_port, validate_project
-from hubforge.stack.settings import config_digest, parse_probe, port_free, read_env_file
+from hubforge.deploy import ComposeStack, StackOptions, compose_argv, validate_port, validate_project
+from hubforge.deploy.settings import config_digest, parse_probe, port_free, read_env_file
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hub_ext.settings.hub import ConfigError, certificate_names, from_environ, hub_host
-from hubforge.stack.settings import subdomain_dns_problem
+from hubforge.deploy.settings import subdomain_dns_problem
 
 
 def test_defaults_put_labs_under_hub_localhost():

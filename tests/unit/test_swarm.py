@@ -27,8 +27,8 @@ from hub_ext.spawn.swarm import (
     service_resources,
 )
 from hubforge.errors import HubforgeError
-from hubforge.stack import StackOptions
-from hubforge.stack.swarm import SwarmStack, node_summary, running_task
+from hubforge.deploy import StackOptions
+from hubforge.deploy.swarm import SwarmStack, node_summary, running_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,7 @@ def manifest(config: str) -> bytes:
     (manifest("sha256:cfg"), "self", "self", True),  # containerd's image store: the id is the manifest's digest
 ])
 def test_only_a_manifest_of_the_built_image_is_pinned(body, digest, image_id, expected):
-    from hubforge.stack.swarm import built_here
+    from hubforge.deploy.swarm import built_here
 
     real = "sha256:" + hashlib.sha256(body or b"").hexdigest()
     digest = real if digest in (None, "self") else digest
@@ -150,7 +150,7 @@ def test_only_a_manifest_of_the_built_image_is_pinned(body, digest, image_id, ex
 
 
 def test_compose_renders_as_before_from_the_same_template(tmp_path):
-    from hubforge.stack import ComposeStack
+    from hubforge.deploy import ComposeStack
 
     stack, listener = swarm_stack(tmp_path, ManagerDaemon())
     compose = ComposeStack(dataclasses.replace(stack.options, engine="compose"), ManagerDaemon(), ROOT, say=lambda message: None)
@@ -322,7 +322,7 @@ def test_the_guard_closes_the_registrys_port_to_labs_at_every_address():
     """Docker's proxy answers a lab at the node's public address through INPUT, where no private range matches: the
     registry's port is refused there by port, and a DNAT-ed connection to it in FORWARD, before anything returns."""
     from hub_ext.helpers.netguard import parse_args, rules_for
-    from hubforge.stack.swarm import guard_command
+    from hubforge.deploy.swarm import guard_command
 
     hub = from_environ({})
     command = guard_command("p", hub, "docker_gwbridge", 443, 80, registry_port=5000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.build import wheels
+from hubforge.imagebuild import wheels
 
 ROOT = Path(__file__).resolve().parents[2]
 

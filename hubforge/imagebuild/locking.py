@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import proc
 from . import debs
 from ..docker_io import Docker
-from .locks import format_apt_lock, requested_packages
+from .lockfiles import format_apt_lock, requested_packages
 from .targets import PYTHON_VERSION, BaseSpec, Target
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from . import debs
 from .debs import DebCache
 from ..docker_io import Docker
 from ..errors import HubforgeError
-from .locks import DebPin, check_package_name, parse_apt_lock
+from .lockfiles import DebPin, check_package_name, parse_apt_lock
 from .verify import file_sha256
 from .normalize import rootfs_archive
 from .targets import SOURCE_DATE_EPOCH, BaseSpec

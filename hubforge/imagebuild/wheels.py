@@ -21,7 +21,7 @@ from .. import proc
 from . import labext
 from ..errors import HubforgeError
 from .keys import digest_bytes
-from .locks import PythonPin, normalize, parse_python_lock
+from .lockfiles import PythonPin, normalize, parse_python_lock
 from .targets import HOST_BUILD_LOCK, PYTHON_VERSION
 from .verify import Verifier, file_sha256
 

@@ -22,7 +22,7 @@ import requests
 from .hubclient import HubSession
 from .livestack import built_refs, free_port
 
-from hubforge.build.targets import Graph
+from hubforge.imagebuild.targets import Graph
 
 CLIENT_ID = "hubforge-tests"
 HUB_UID = 1000  # the hub reads OIDC_CLIENT_SECRET_FILE as this user

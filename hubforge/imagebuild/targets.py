@@ -36,7 +36,7 @@ class BaseSpec:
             "suite": self.suite,
             "mirror": self.mirror,
             "security_mirror": self.security_mirror,
-            # how: the lock's .debs, from a local repository of them alone (hubforge.build.base.local_repository)
+            # how: the lock's .debs, from a local repository of them alone (hubforge.imagebuild.base.local_repository)
             "installs": "images/base/apt.lock from a local repository",
         }
 
@@ -85,7 +85,7 @@ class Target:
 SHARED_TEMPLATES = ("images/_shared/harden.j2", "images/_shared/scrub.j2")
 VENV_TEMPLATES = ("images/_shared/venv.j2",)
 BUILD_APT_LOCK = "images/_shared/build-apt.lock"
-# The build backends that run on the host (sdists, lab extensions), pinned with hashes: hubforge.build.wheels.
+# The build backends that run on the host (sdists, lab extensions), pinned with hashes: hubforge.imagebuild.wheels.
 HOST_BUILD_LOCK = "images/_shared/host-build.lock"
 
 

@@ -23,7 +23,7 @@ from ..docker_io import Docker
 from ..errors import HubforgeError
 from .keys import Manifest, digest_bytes, explain
 from .normalize import differences, iso, normalize_saved, saved_entries
-from .locks import check_deb_arch, parse_apt_lock, parse_python_lock
+from .lockfiles import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
 from .targets import HOST_BUILD_LOCK, PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 from .verify import Verifier
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 SOURCE_URL = "https://github.com/hubforge/hubforge"
 LICENSE = "BSD-3-Clause"
 KEY_LABEL = "io.hubforge.key"
-# The normaliser's own source is an input of every built image: it decides the bytes (hubforge.build.normalize).
-NORMALIZER = {"hubforge/build/normalize.py": digest_bytes((Path(__file__).parent / "normalize.py").read_bytes())}
+# The normaliser's own source is an input of every built image: it decides the bytes (hubforge.imagebuild.normalize).
+NORMALIZER = {"hubforge/imagebuild/normalize.py": digest_bytes((Path(__file__).parent / "normalize.py").read_bytes())}
 RAW_REPOSITORY = "hubforge-build"
 CHECK_REPOSITORY = "hubforge-check"  # `invoke build --check`: the two builds it compares, removed after  # the classic builder's output, before normalize() rewrites it under the key
 TARGET_LABEL = "io.hubforge.target"
@@ -187,7 +187,7 @@ def input_digests(root: Path, paths: tuple[str, ...], cache: PlanCache | None = 
         elif path.is_file():
             digests[rel] = cache.digest(path)
         else:
-            raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/build/targets.py or run `invoke lock`")
+            raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/imagebuild/targets.py or run `invoke lock`")
     return digests
 
 
@@ -447,7 +447,7 @@ class Builder:
 
     def normalize(self, raw: str, ref: str, labels: dict[str, str] | None = None, keep: bool = False) -> str:
         """The image `raw` (the classic builder's), rewritten in its normal form and loaded as `ref`
-        (hubforge.build.normalize), with `labels` added; `raw` is removed unless `keep`. Returns the new image id,
+        (hubforge.imagebuild.normalize), with `labels` added; `raw` is removed unless `keep`. Returns the new image id,
         which depends on the image's contents (and those labels) only."""
         work = Path(tempfile.mkdtemp(prefix="normalize-", dir=self.scratch_dir()))
         try:

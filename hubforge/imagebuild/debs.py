@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import HubforgeError
-from .locks import DebPin, check_package_name
+from .lockfiles import DebPin, check_package_name
 from .verify import Verifier, file_sha256
 
 log = logging.getLogger(__name__)

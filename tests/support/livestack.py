@@ -16,12 +16,12 @@ from testcontainers.compose import DockerCompose
 from . import localdns
 from .hubclient import HubAPI, HubSession, plain_get
 
-from hubforge.build.builder import Builder, Settings
+from hubforge.imagebuild.builder import Builder, Settings
 from hubforge.docker_io import Docker, StackDocker
-from hubforge.stack import PROJECT_LABEL, StackOptions, open_stack
-from hubforge.stack.compose import compose_files
-from hubforge.stack.engine import Stack
-from hubforge.build.targets import DEFAULT_SET, Graph
+from hubforge.deploy import PROJECT_LABEL, StackOptions, open_stack
+from hubforge.deploy.compose import compose_files
+from hubforge.deploy.engine import Stack
+from hubforge.imagebuild.targets import DEFAULT_SET, Graph
 
 localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do
 

@@ -156,7 +156,7 @@ def pin_from_registry(resolution: str, npm: Callable[[list[str], Path], str]) ->
 def format_native_lock(pins: Mapping[str, NativePin]) -> str:
     head = ("# Native binaries that yarn.lock holds without a checksum (yarn 3 writes none for optional platform packages)\n"
             "# and that a build host (linux or darwin, x64 or arm64) can install: the registry's sha512 of the tarball, and\n"
-            "# the sha256 of its files (hubforge.build.native.tree_digest), checked after every `jlpm install`.\n"
+            "# the sha256 of its files (hubforge.imagebuild.native.tree_digest), checked after every `jlpm install`.\n"
             "# Written by `invoke lock --only native`.\n")
     return head + "".join(f"{p.resolution} {p.integrity} {p.tree}\n" for _, p in sorted(pins.items()))
 
