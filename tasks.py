@@ -39,11 +39,18 @@ def user_errors(fn):
     return wrapper
 
 
-def settings(c, base: str = "auto", no_cache: bool = False, cache_from: str | None = None, jobs=None,
-             cache_index: str | None = None, cache_key: str | None = None):
+def settings(
+    c,
+    base: str = "auto",
+    no_cache: bool = False,
+    cache_from: str | None = None,
+    jobs=None,
+    cache_index: str | None = None,
+    cache_key: str | None = None,
+):
     """Build settings from invoke config (invoke.yaml / INVOKE_HUBFORGE_*) and flags."""
-    from hubforge.imagebuild.builder import Settings
     from hubforge.errors import HubforgeError
+    from hubforge.imagebuild.builder import Settings
     from hubforge.imagebuild.targets import BASE_MODES
 
     if base not in BASE_MODES:
@@ -79,22 +86,44 @@ def validate_jobs(value) -> int:
     return jobs
 
 
-@task(help={
-    "target": "one of base, hub, lab, gpu-probe, registry, idp (default: all but idp, the tests' OpenID Connect provider)",
-    "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
-    "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
-    "plan": "print the graph, keys and what would rebuild and why; build nothing",
-    "verbose": "stream the full build log",
-    "no_cache": "rebuild the selected targets from scratch: no layer cache, existing keys ignored",
-    "cache_from": "REGISTRY/NAMESPACE: pull a key's image from there instead of building it, by the digest --cache-index names",
-    "cache_index": "FILE: a release's cache-index-VERSION.json (needed with --cache-from); with --check, the pulled image is compared with a clean build",
-    "cache_key": "PUBLIC-KEY.pem: the release's key; the cache index counts only with its valid FILE.sig beside it",
-    "jobs": "targets built at once (default 0: one per core, at most 4; hubforge.build_jobs in invoke.yaml)",
-    "check": "TARGET: build it twice from clean and compare; name the files that differ and exit 1 if any do",
-})
+@task(
+    help={
+        "target": (
+            "one of base, hub, lab, gpu-probe, registry, idp (default: all but idp, the tests' OpenID Connect provider)"
+        ),
+        "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
+        "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
+        "plan": "print the graph, keys and what would rebuild and why; build nothing",
+        "verbose": "stream the full build log",
+        "no_cache": "rebuild the selected targets from scratch: no layer cache, existing keys ignored",
+        "cache_from": (
+            "REGISTRY/NAMESPACE: pull a key's image from there instead of building it, by the digest --cache-index "
+            "names"
+        ),
+        "cache_index": (
+            "FILE: a release's cache-index-VERSION.json (needed with --cache-from); with --check, the pulled image is "
+            "compared with a clean build"
+        ),
+        "cache_key": "PUBLIC-KEY.pem: the release's key; the cache index counts only with its valid FILE.sig beside it",
+        "jobs": "targets built at once (default 0: one per core, at most 4; hubforge.build_jobs in invoke.yaml)",
+        "check": "TARGET: build it twice from clean and compare; name the files that differ and exit 1 if any do",
+    }
+)
 @user_errors
-def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, no_cache=False, cache_from=None,
-          jobs=None, check=None, cache_index=None, cache_key=None):
+def build(
+    c,
+    target=None,
+    flavor=None,
+    base="auto",
+    plan=False,
+    verbose=False,
+    no_cache=False,
+    cache_from=None,
+    jobs=None,
+    check=None,
+    cache_index=None,
+    cache_key=None,
+):
     """Build the images whose content key is not yet in the local image store."""
     from hubforge import app
     from hubforge.errors import HubforgeError
@@ -108,14 +137,17 @@ def build(c, target=None, flavor=None, base="auto", plan=False, verbose=False, n
     app.build(settings(c, base, no_cache, cache_from, jobs, cache_index, cache_key), target, flavor, plan, verbose)
 
 
-@task(help={
-    "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, idp)",
-    "only": "python | apt | native: lock only one kind",
-    "base": "auto | pull | bootstrap, for resolving Debian packages",
-})
+@task(
+    help={
+        "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, idp)",
+        "only": "python | apt | native: lock only one kind",
+        "base": "auto | pull | bootstrap, for resolving Debian packages",
+    }
+)
 @user_errors
 def lock(c, target=None, only=None, base="auto"):
-    """Regenerate the lock files (requirements.lock with hashes, apt.lock, native.lock) from the .in files and yarn.lock."""
+    """Regenerate the lock files (requirements.lock with hashes, apt.lock, native.lock) from the .in files and
+    yarn.lock."""
     from hubforge import app
     from hubforge.errors import HubforgeError
 
@@ -125,11 +157,13 @@ def lock(c, target=None, only=None, base="auto"):
     app.lock(settings(c, base), target, only)
 
 
-@task(help={
-    "keep": "how many superseded images to keep per repository (default 0)",
-    "wheels": "also empty the host caches of wheels, .debs and node_modules",
-    "dry_run": "print what would be removed",
-})
+@task(
+    help={
+        "keep": "how many superseded images to keep per repository (default 0)",
+        "wheels": "also empty the host caches of wheels, .debs and node_modules",
+        "dry_run": "print what would be removed",
+    }
+)
 @user_errors
 def clean(c, keep=0, wheels=False, dry_run=False):
     """Remove hubforge images older than the current keys (and the wheel cache with --wheels)."""
@@ -163,9 +197,15 @@ def setup(c):
 def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None, engine=None):
     """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project, hubforge.engine).
     Without --engine, a stack that is already up keeps the engine it was started with."""
+    from hubforge.deploy import (
+        StackOptions,
+        recorded_engine,
+        validate_engine,
+        validate_port,
+        validate_project,
+        validate_routing_mesh,
+    )
     from hubforge.errors import HubforgeError
-    from hubforge.deploy import (StackOptions, recorded_engine, validate_engine, validate_port, validate_project,
-                                validate_routing_mesh)
 
     cfg = c.config.get("hubforge", {})
     project = validate_project(project or cfg.get("project", "hubforge"))
@@ -187,14 +227,19 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
     )
 
 
-@task(help={
-    "gpu": "auto | on | off: give the labs the host's GPUs (default: ENABLE_GPU_SUPPORT in .env, else auto)",
-    "port": "host port for HTTPS (default 443)",
-    "http_port": "host port that redirects to HTTPS (default 80)",
-    "project": "Compose project name (default hubforge); each project is a separate hub",
-    "bind": "host address to publish on (default 0.0.0.0)",
-    "engine": "compose (one host, the default) or swarm (a Docker Swarm, from a manager node); default: hubforge.engine in invoke.yaml",
-})
+@task(
+    help={
+        "gpu": "auto | on | off: give the labs the host's GPUs (default: ENABLE_GPU_SUPPORT in .env, else auto)",
+        "port": "host port for HTTPS (default 443)",
+        "http_port": "host port that redirects to HTTPS (default 80)",
+        "project": "Compose project name (default hubforge); each project is a separate hub",
+        "bind": "host address to publish on (default 0.0.0.0)",
+        "engine": (
+            "compose (one host, the default) or swarm (a Docker Swarm, from a manager node); default: hubforge.engine "
+            "in invoke.yaml"
+        ),
+    }
+)
 @user_errors
 def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=None):
     """Build what is missing, then start the hub (HTTPS) and wait until it is healthy."""
@@ -204,12 +249,14 @@ def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=N
     app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind, engine))
 
 
-@task(help={
-    "volumes": "also delete the stack's volumes: hub database, certificates, shared volume (asks first)",
-    "user_volumes": "with --volumes: also delete every user's home, workspace and cache volumes",
-    "yes": "do not ask for confirmation",
-    "project": "Compose project name (default hubforge)",
-})
+@task(
+    help={
+        "volumes": "also delete the stack's volumes: hub database, certificates, shared volume (asks first)",
+        "user_volumes": "with --volumes: also delete every user's home, workspace and cache volumes",
+        "yes": "do not ask for confirmation",
+        "project": "Compose project name (default hubforge)",
+    }
+)
 @user_errors
 def down(c, volumes=False, user_volumes=False, yes=False, project=None):
     """Stop and remove the stack and its user servers; volumes stay unless --volumes."""
@@ -230,12 +277,15 @@ def status(c, json=False, project=None):
     app.status(settings(c), stack_options(c, project), json)
 
 
-@task(positional=["service"], help={
-    "service": "hub, or a user's name for their lab (default: the whole stack)",
-    "follow": "keep printing new lines",
-    "tail": "how many lines to show first (default 200)",
-    "project": "Compose project name (default hubforge)",
-})
+@task(
+    positional=["service"],
+    help={
+        "service": "hub, or a user's name for their lab (default: the whole stack)",
+        "follow": "keep printing new lines",
+        "tail": "how many lines to show first (default 200)",
+        "project": "Compose project name (default hubforge)",
+    },
+)
 @user_errors
 def logs(c, service=None, follow=False, tail=200, project=None):
     """Logs of the stack, of one service (hub), or of one user's lab (by user name)."""
@@ -270,15 +320,22 @@ class Tiers:
         started = time.monotonic()
         code = pytest_tier(self.c, paths, [*extra, *self.selection])
         # 5: nothing matched -k; a failure only when nothing was selected on purpose
-        self.results.append((name, "passed" if code == 0 or (code == 5 and self.selection) else f"failed (exit {code})",
-                             time.monotonic() - started))
+        self.results.append(
+            (
+                name,
+                "passed" if code == 0 or (code == 5 and self.selection) else f"failed (exit {code})",
+                time.monotonic() - started,
+            )
+        )
 
     def command(self, name: str, *commands: list[str]) -> None:
         """A tier that is not pytest (the linter, the docs): passed when every command exits 0."""
         started = time.monotonic()
         codes = [self.c.run(" ".join(argv), warn=True, pty=False).exited for argv in commands]
         failed = [code for code in codes if code != 0]
-        self.results.append((name, "passed" if not failed else f"failed (exit {failed[0]})", time.monotonic() - started))
+        self.results.append(
+            (name, "passed" if not failed else f"failed (exit {failed[0]})", time.monotonic() - started)
+        )
 
     def skip(self, name: str, why: str) -> None:
         self.results.append((name, f"not run: {why}", 0.0))
@@ -306,15 +363,18 @@ def docs(c):
     print(f"docs: {ROOT / 'docs/_build/html/index.html'}")
 
 
-@task(help={
-    "quick": "unit tests, lint (ruff) and the docs build only (no Docker, no browser)",
-    "k": "only tests matching this pytest expression",
-})
+@task(
+    help={
+        "quick": "unit tests, lint (ruff) and the docs build only (no Docker, no browser)",
+        "k": "only tests matching this pytest expression",
+    }
+)
 @user_errors
 def test(c, quick=False, k=None):
     """Run every suite: unit, the lab extension's own, images, integration and e2e (the README's test command). Each
     tier runs whatever the one before gave; the result of each is reported at the end."""
-    from hubforge import app, doctor as checks
+    from hubforge import app
+    from hubforge import doctor as checks
     from hubforge.errors import HubforgeError
 
     cfg = settings(c)
@@ -341,16 +401,19 @@ def test(c, quick=False, k=None):
     tiers.report()
 
 
-@task(help={
-    "k": "only flows matching this pytest expression",
-    "headed": "show the browser (needs a display)",
-    "keep": "leave the stacks up after the run and print their URLs",
-    "screenshots": "also regenerate the README screenshots into this folder (e.g. docs/img)",
-})
+@task(
+    help={
+        "k": "only flows matching this pytest expression",
+        "headed": "show the browser (needs a display)",
+        "keep": "leave the stacks up after the run and print their URLs",
+        "screenshots": "also regenerate the README screenshots into this folder (e.g. docs/img)",
+    }
+)
 @user_errors
 def e2e(c, k=None, headed=False, keep=False, screenshots=None):
     """Browser flows against live stacks (Playwright); failures leave screenshots and traces in test-results/."""
-    from hubforge import app, doctor as checks
+    from hubforge import app
+    from hubforge import doctor as checks
 
     cfg = settings(c)
     checks.ensure(cfg.cache_dir, {"docker", "compose", "chromium"}, app.say)
@@ -364,21 +427,36 @@ def e2e(c, k=None, headed=False, keep=False, screenshots=None):
     pytest(c, ["tests/e2e"], extra)
 
 
-@task(help={
-    "version": "X.Y.Z or X.Y.Z-pre (semver); stable versions also get X.Y, X and latest",
-    "registry": "registry host (default docker.io, i.e. Docker Hub)",
-    "namespace": "account or organisation (default: hubforge)",
-    "push": "push for real; without it this is a dry run that prints every tag",
-    "dry_run": "print every tag and the image behind it, push nothing (the default)",
-    "flavor": "also release this lab flavour (repeatable)",
-    "allow_dirty": "release from a dirty tree or an untagged HEAD",
-    "verbose": "log every step (secrets stay hidden)",
-    "signing_key": "ECDSA P-256 PEM key that signs the attached SBOM and provenance (default $HUBFORGE_SIGNING_KEY; "
-                   "its password, if any, in $HUBFORGE_SIGNING_KEY_PASSWORD)",
-}, iterable=["flavor"])
+@task(
+    help={
+        "version": "X.Y.Z or X.Y.Z-pre (semver); stable versions also get X.Y, X and latest",
+        "registry": "registry host (default docker.io, i.e. Docker Hub)",
+        "namespace": "account or organisation (default: hubforge)",
+        "push": "push for real; without it this is a dry run that prints every tag",
+        "dry_run": "print every tag and the image behind it, push nothing (the default)",
+        "flavor": "also release this lab flavour (repeatable)",
+        "allow_dirty": "release from a dirty tree or an untagged HEAD",
+        "verbose": "log every step (secrets stay hidden)",
+        "signing_key": (
+            "ECDSA P-256 PEM key that signs the attached SBOM and provenance (default $HUBFORGE_SIGNING_KEY; "
+            "its password, if any, in $HUBFORGE_SIGNING_KEY_PASSWORD)"
+        ),
+    },
+    iterable=["flavor"],
+)
 @user_errors
-def release(c, version, registry="docker.io", namespace="hubforge", push=False, dry_run=False, flavor=None,
-            allow_dirty=False, verbose=False, signing_key=None):
+def release(
+    c,
+    version,
+    registry="docker.io",
+    namespace="hubforge",
+    push=False,
+    dry_run=False,
+    flavor=None,
+    allow_dirty=False,
+    verbose=False,
+    signing_key=None,
+):
     """Tag, push and verify versioned images, with a CycloneDX SBOM and provenance for each."""
     from hubforge import app
     from hubforge.errors import HubforgeError
@@ -403,8 +481,12 @@ def sbom(c, image, output=None):
     app.sbom(settings(c), image, Path(output) if output else None)
 
 
-@task(help={"image": "a released image: REGISTRY/NAMESPACE/NAME:TAG or ...@sha256:DIGEST",
-            "key": "the release's public key (PEM), e.g. hubforge.pub"})
+@task(
+    help={
+        "image": "a released image: REGISTRY/NAMESPACE/NAME:TAG or ...@sha256:DIGEST",
+        "key": "the release's public key (PEM), e.g. hubforge.pub",
+    }
+)
 @user_errors
 def verify(c, image, key):
     """Check a released image's attached SBOM and provenance: signed by KEY, about the digest IMAGE resolves to."""

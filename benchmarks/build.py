@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubforge.imagebuild.builder import Builder, Settings, default_jobs  # noqa: E402
 from hubforge.docker_io import Docker  # noqa: E402
+from hubforge.imagebuild.builder import Builder, Settings, default_jobs  # noqa: E402
 from hubforge.imagebuild.targets import DEFAULT_SET, Graph  # noqa: E402
 
 
@@ -46,7 +46,9 @@ def main() -> None:
         cold = {}
         for label, jobs in (("one at a time (--jobs 1)", "1"), (f"at once (--jobs 0: {default_jobs()} here)", "0")):
             with tempfile.TemporaryDirectory(prefix="hubforge-bench-cache-") as cache:
-                cold[label] = timed(invoke + ["--no-cache", "--jobs", jobs], env={**os.environ, "INVOKE_HUBFORGE_CACHE_DIR": cache})
+                cold[label] = timed(
+                    invoke + ["--no-cache", "--jobs", jobs], env={**os.environ, "INVOKE_HUBFORGE_CACHE_DIR": cache}
+                )
         print("cold build, all targets (no layer cache, empty wheel/.deb/npm caches, base bootstrapped):")
         for label, seconds in cold.items():
             print(f"  {label:<28} {seconds:6.1f} s")
@@ -55,7 +57,10 @@ def main() -> None:
     timed(invoke)  # make sure everything exists with the normal cache
 
     noop = [timed(invoke) for _ in range(args.runs)]
-    print(f"no-op `invoke build`, all targets: median {statistics.median(noop):.2f} s (min {min(noop):.2f}, max {max(noop):.2f}, {args.runs} runs)")
+    print(
+        f"no-op `invoke build`, all targets: median {statistics.median(noop):.2f} s (min {min(noop):.2f}, max "
+        f"{max(noop):.2f}, {args.runs} runs)"
+    )
 
     settings = Settings(root=ROOT, cache_dir=Path("~/.cache/hubforge").expanduser())
     builder = Builder(settings, docker, graph, say=lambda message: None)
@@ -67,15 +72,29 @@ def main() -> None:
         for _ in range(args.runs):
             start = time.monotonic()
             for step, context in contexts:
-                timed(["docker", "build", "-q", "--network=none", "-t", f"hubforge-bench/{step.target.name}", str(context)])
+                timed(
+                    [
+                        "docker",
+                        "build",
+                        "-q",
+                        "--network=none",
+                        "-t",
+                        f"hubforge-bench/{step.target.name}",
+                        str(context),
+                    ]
+                )
             warm.append(time.monotonic() - start)
     finally:
         for _, context in contexts:
             shutil.rmtree(context, ignore_errors=True)
         for step, _ in contexts:
-            subprocess.run(["docker", "rmi", f"hubforge-bench/{step.target.name}", "hubforge-bench/warm"], capture_output=True)
-    print(f"`docker build` of the same rendered Dockerfiles, warm layer cache: median {statistics.median(warm):.2f} s "
-          f"(context upload included) -> no-op is {statistics.median(warm) / statistics.median(noop):.1f}x faster")
+            subprocess.run(
+                ["docker", "rmi", f"hubforge-bench/{step.target.name}", "hubforge-bench/warm"], capture_output=True
+            )
+    print(
+        f"`docker build` of the same rendered Dockerfiles, warm layer cache: median {statistics.median(warm):.2f} s "
+        f"(context upload included) -> no-op is {statistics.median(warm) / statistics.median(noop):.1f}x faster"
+    )
 
     print("\nimage sizes against budgets:")
     for step in builder.plan(graph.closure(list(DEFAULT_SET))):

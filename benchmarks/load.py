@@ -53,23 +53,42 @@ def positive(kind):
         if value < 0:
             raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw!r}")
         return value
+
     return parse
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=positive(int), default=30, help="simulated users (default 30)")
-    parser.add_argument("--ramp", type=positive(float), default=30.0, help="seconds over which they arrive (default 30)")
-    parser.add_argument("--session", type=positive(float), default=10.0,
-                        help="seconds each user works between the first cell and stopping (default 10)")
+    parser.add_argument(
+        "--ramp", type=positive(float), default=30.0, help="seconds over which they arrive (default 30)"
+    )
+    parser.add_argument(
+        "--session",
+        type=positive(float),
+        default=10.0,
+        help="seconds each user works between the first cell and stopping (default 10)",
+    )
     parser.add_argument("--think", type=positive(float), default=5.0, help="seconds between a user's cells (default 5)")
     parser.add_argument("--storm", type=positive(int), default=0, help="first, N logins posted at the same moment")
-    parser.add_argument("--spawn-timeout", type=positive(float), default=300.0, help="seconds a spawn may take (default 300)")
-    parser.add_argument("--env", type=setting, action="append", default=[], metavar="KEY=VALUE",
-                        help=f"a stack setting for .env (repeatable); defaults: {DEFAULT_ENV}")
-    parser.add_argument("--nice", type=positive(int), default=10,
-                        help="the simulator's niceness (default 10): it stands in for browsers on other machines, so it "
-                             "yields the CPU to the hub and the labs; the bystander keeps normal priority")
+    parser.add_argument(
+        "--spawn-timeout", type=positive(float), default=300.0, help="seconds a spawn may take (default 300)"
+    )
+    parser.add_argument(
+        "--env",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a stack setting for .env (repeatable); defaults: {DEFAULT_ENV}",
+    )
+    parser.add_argument(
+        "--nice",
+        type=positive(int),
+        default=10,
+        help="the simulator's niceness (default 10): it stands in for browsers on other machines, so it "
+        "yields the CPU to the hub and the labs; the bystander keeps normal priority",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--logs", type=Path, default=None, metavar="DIR", help="save the hub's and labs' logs there")
     return parser.parse_args(argv)
@@ -77,6 +96,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def create_users(live: LiveStack, admin: HubSession, names: list[str], say) -> None:
     """Sign each user up through the form, a few at a time, then approve them as the admin."""
+
     def signup(name: str) -> None:
         response = HubSession(live.url).signup(name, PASSWORD)
         assert response.status_code == 200, f"signing up {name}: {response.status_code}"
@@ -89,8 +109,9 @@ def create_users(live: LiveStack, admin: HubSession, names: list[str], say) -> N
     # that follows a large response on the same connection).
     token = admin.xsrf("hub/home")
     for name in names:
-        response = admin.http.post(admin.url(f"hub/authorize/{name}/approve"), data={"_xsrf": token},
-                                   allow_redirects=False, timeout=30)
+        response = admin.http.post(
+            admin.url(f"hub/authorize/{name}/approve"), data={"_xsrf": token}, allow_redirects=False, timeout=30
+        )
         assert response.status_code == 302, f"approving {name}: {response.status_code}"
     say(f"signed up and approved {len(names)} users in {time.monotonic() - started:.0f} s")
 
@@ -115,15 +136,20 @@ def stalls(before: dict[float, float], after: dict[float, float]) -> dict:
     bounds = sorted(late)
     longest = next((b for b in bounds if late[b] >= total), None) if total else None
     below = max((b for b in bounds if b < longest), default=0.0) if longest is not None else None
-    return {"ticks": int(total), "over_100ms": over(0.1), "over_250ms": over(0.25),
-            "longest_s": None if longest is None else [below, longest]}
+    return {
+        "ticks": int(total),
+        "over_100ms": over(0.1),
+        "over_250ms": over(0.25),
+        "longest_s": None if longest is None else [below, longest],
+    }
 
 
 def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dict, dict, dict, float]:
     """Run one scenario with a fresh bystander and sampler: (record summary, bystander, resources, seconds)."""
     record = Record()
-    sampler = Sampler(live.hub(), lambda: [c for c in live.containers() if c.status == "running"
-                                            and c.labels.get("hubforge.user")])
+    sampler = Sampler(
+        live.hub(), lambda: [c for c in live.containers() if c.status == "running" and c.labels.get("hubforge.user")]
+    )
     loop_before = event_loop_buckets(live)
     with Bystander(live.url.replace("hub.localhost", "127.0.0.1") + "hub/health") as bystander:
         time.sleep(1.0)  # the bystander's process is up and polling
@@ -150,38 +176,61 @@ def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dic
 
 
 def report(title: str, summary: dict, health: dict, resources: dict, elapsed: float, users: int) -> None:
-    print(f"\n{title}: {summary['completed']}/{users} completed in {elapsed:.1f} s"
-          + (f" (all answered in {summary['all_answered_s']:.2f} s)" if "all_answered_s" in summary else ""))
+    print(
+        f"\n{title}: {summary['completed']}/{users} completed in {elapsed:.1f} s"
+        + (f" (all answered in {summary['all_answered_s']:.2f} s)" if "all_answered_s" in summary else "")
+    )
     print(f"  {'phase':<12} {'ok':>5} {'failed':>6} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
     for name, phase in summary["phases"].items():
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"  {name:<12} {phase['ok']:>5} {phase['failed']:>6} {fmt(phase['p50_s']):>8} {fmt(phase['p95_s']):>8} "
-              f"{fmt(phase['max_s']):>8}")
+        print(
+            f"  {name:<12} {phase['ok']:>5} {phase['failed']:>6} {fmt(phase['p50_s']):>8} {fmt(phase['p95_s']):>8} "
+            f"{fmt(phase['max_s']):>8}"
+        )
     for name, phase in summary["phases"].items():
         for error in phase["errors"]:
             print(f"  failed in {name}: {error['count']} x {error['kind']}; first: {error['first']}")
-    print(f"  bystander /hub/health: {health['polls']} polls, p50 {health['p50_ms']} ms, p99 {health['p99_ms']} ms, "
-          f"worst {health['max_ms']} ms, {health['errors']} errors" + (f" (first: {health['first_error']})" if health['errors'] else ""))
-    print("    its worst waits (ms at s into the run): " + ", ".join(f"{ms} at {at:g}" for ms, at in health["worst_at_s"]))
+    print(
+        f"  bystander /hub/health: {health['polls']} polls, p50 {health['p50_ms']} ms, p99 {health['p99_ms']} ms, "
+        f"worst {health['max_ms']} ms, {health['errors']} errors"
+        + (f" (first: {health['first_error']})" if health["errors"] else "")
+    )
+    print(
+        "    its worst waits (ms at s into the run): " + ", ".join(f"{ms} at {at:g}" for ms, at in health["worst_at_s"])
+    )
     loop = health["hub_event_loop"]
     if loop["longest_s"]:
-        print(f"  hub event loop (JupyterHub's own 50 ms ticks): {loop['over_100ms']} late by over 100 ms, "
-              f"{loop['over_250ms']} by over 250 ms; the latest by {loop['longest_s'][0]:g}-{loop['longest_s'][1]:g} s")
-    print(f"  hub: peak memory {resources['hub_memory_peak_mib']} MiB, peak CPU {resources['hub_cpu_peak_cores']} cores "
-          f"(mean {resources['hub_cpu_mean_cores']})")
+        print(
+            f"  hub event loop (JupyterHub's own 50 ms ticks): {loop['over_100ms']} late by over 100 ms, "
+            f"{loop['over_250ms']} by over 250 ms; the latest by {loop['longest_s'][0]:g}-{loop['longest_s'][1]:g} s"
+        )
+    print(
+        f"  hub: peak memory {resources['hub_memory_peak_mib']} MiB, peak CPU {resources['hub_cpu_peak_cores']} cores "
+        f"(mean {resources['hub_cpu_mean_cores']})"
+    )
     if resources["labs_seen"]:
-        print(f"  labs: {resources['labs_seen']} seen, per lab p50 {resources['lab_memory_p50_mib']} MiB, max "
-              f"{resources['lab_memory_max_mib']} MiB; at most {resources['labs_running_peak']} running together, "
-              f"{resources['labs_memory_total_mib']} MiB in all")
+        print(
+            f"  labs: {resources['labs_seen']} seen, per lab p50 {resources['lab_memory_p50_mib']} MiB, max "
+            f"{resources['lab_memory_max_mib']} MiB; at most {resources['labs_running_peak']} running together, "
+            f"{resources['labs_memory_total_mib']} MiB in all"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     env = {**DEFAULT_ENV, **dict(args.env)}
-    say = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    say = (
+        (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    )
     plan = Plan(session_s=args.session, think_s=args.think, spawn_timeout_s=args.spawn_timeout)
     names = [f"load{i:03d}" for i in range(max(args.users, args.storm))]
-    results: dict = {"users": args.users, "ramp_s": args.ramp, "session_s": args.session, "storm": args.storm, "env": env}
+    results: dict = {
+        "users": args.users,
+        "ramp_s": args.ramp,
+        "session_s": args.session,
+        "storm": args.storm,
+        "env": env,
+    }
     os.nice(min(args.nice, 19))  # the bystander is spawned below with its own normal priority restored
     with tempfile.TemporaryDirectory(prefix="hubforge-load-bench-") as tmp:
         say(f"starting a stack ({', '.join(f'{k}={v}' for k, v in env.items())}) ...")
@@ -196,15 +245,22 @@ def main(argv: list[str] | None = None) -> int:
             if args.storm:
                 say(f"storm: {args.storm} logins at the same moment ...")
                 logins = [(name, PASSWORD) for name in names[: args.storm]]
-                results["storm_result"] = dict(zip(("result", "bystander", "resources", "seconds"),
-                                                   scenario(live, lambda record: storm(live.url, logins, record, 120), 300)))
+                results["storm_result"] = dict(
+                    zip(
+                        ("result", "bystander", "resources", "seconds"),
+                        scenario(live, lambda record: storm(live.url, logins, record, 120), 300),
+                    )
+                )
             if args.users:
                 say(f"ramp: {args.users} users over {args.ramp:.0f} s, {args.session:.0f} s sessions ...")
                 users = [(name, PASSWORD) for name in names[: args.users]]
                 deadline = args.ramp + args.session + args.spawn_timeout + 300
-                results["ramp_result"] = dict(zip(("result", "bystander", "resources", "seconds"),
-                                                  scenario(live, lambda record: ramp(live.url, users, args.ramp, plan, record),
-                                                           deadline)))
+                results["ramp_result"] = dict(
+                    zip(
+                        ("result", "bystander", "resources", "seconds"),
+                        scenario(live, lambda record: ramp(live.url, users, args.ramp, plan, record), deadline),
+                    )
+                )
         finally:
             if args.logs:
                 live.dump_logs(args.logs, tail="all")
@@ -216,14 +272,31 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if "storm_result" in results:
             r = results["storm_result"]
-            report(f"{args.storm} simultaneous logins", r["result"], r["bystander"], r["resources"], r["seconds"], args.storm)
+            report(
+                f"{args.storm} simultaneous logins",
+                r["result"],
+                r["bystander"],
+                r["resources"],
+                r["seconds"],
+                args.storm,
+            )
         if "ramp_result" in results:
             r = results["ramp_result"]
-            report(f"{args.users} users over {args.ramp:.0f} s", r["result"], r["bystander"], r["resources"], r["seconds"],
-                   args.users)
+            report(
+                f"{args.users} users over {args.ramp:.0f} s",
+                r["result"],
+                r["bystander"],
+                r["resources"],
+                r["seconds"],
+                args.users,
+            )
         print(f"\nthe simulator itself used {results['simulator_cpu_s']} s of CPU (it shares the host's cores)")
-    failed = any(phase["failed"] for r in ("storm_result", "ramp_result") if r in results
-                 for phase in results[r]["result"]["phases"].values())
+    failed = any(
+        phase["failed"]
+        for r in ("storm_result", "ramp_result")
+        if r in results
+        for phase in results[r]["result"]["phases"].values()
+    )
     return 1 if failed else 0
 
 

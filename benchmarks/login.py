@@ -56,8 +56,12 @@ def storm(url: str, logins: list[tuple[str, str]]) -> tuple[float, list[float], 
         session, (name, password) = sessions[index], logins[index]
         gate.wait()
         started = time.monotonic()
-        answer = session.http.post(session.url("hub/login"), data={"_xsrf": forms[index], "username": name, "password": password},
-                                   allow_redirects=False, timeout=120)
+        answer = session.http.post(
+            session.url("hub/login"),
+            data={"_xsrf": forms[index], "username": name, "password": password},
+            allow_redirects=False,
+            timeout=120,
+        )
         return time.monotonic() - started, answer.status_code
 
     bystander = Bystander(url)
@@ -77,10 +81,14 @@ def storm(url: str, logins: list[tuple[str, str]]) -> tuple[float, list[float], 
 
 def report(title: str, total: float, times: list[float], health: list[float], statuses: list[int]) -> None:
     counts = {code: statuses.count(code) for code in sorted(set(statuses))}
-    print(f"{title}: all answered in {total:.2f} s; per login p50 {statistics.median(times):.2f} s, "
-          f"p95 {percentile(times, 0.95):.2f} s; statuses {counts}")
-    print(f"  bystander /hub/health ({len(health)} polls): p50 {statistics.median(health) * 1000:.0f} ms, "
-          f"max {max(health) * 1000:.0f} ms")
+    print(
+        f"{title}: all answered in {total:.2f} s; per login p50 {statistics.median(times):.2f} s, "
+        f"p95 {percentile(times, 0.95):.2f} s; statuses {counts}"
+    )
+    print(
+        f"  bystander /hub/health ({len(health)} polls): p50 {statistics.median(health) * 1000:.0f} ms, "
+        f"max {max(health) * 1000:.0f} ms"
+    )
 
 
 def main() -> None:
@@ -105,7 +113,10 @@ def main() -> None:
 
             report(f"{USERS} simultaneous logins", *storm(live.url, [(name, PASSWORD) for name in names]))
             # wrong passwords for 30 different accounts: what an unauthenticated client can make the hub do
-            report(f"{USERS} simultaneous failed logins", *storm(live.url, [(name, "not-the-password-9") for name in names]))
+            report(
+                f"{USERS} simultaneous failed logins",
+                *storm(live.url, [(name, "not-the-password-9") for name in names]),
+            )
         finally:
             stop_stack(live)
 

@@ -30,8 +30,13 @@ def memory_mb(container) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("compose", "swarm"), default="compose")
-    parser.add_argument("--workers", type=int, default=0, choices=range(0, 5),
-                        help="swarm: this many more engines, in network namespaces of their own, join as workers (as in the tests)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        choices=range(0, 5),
+        help="swarm: this many more engines, in network namespaces of their own, join as workers (as in the tests)",
+    )
     args = parser.parse_args()
     engine = args.engine
     if args.workers and engine != "swarm":
@@ -85,21 +90,34 @@ def main() -> None:
                 for name in users[10:]:
                     node = placement.get(name, {}).get("node", "?")
                     spread[node] = spread.get(node, 0) + 1
-                print("concurrent labs per node: " + ", ".join(f"{node} {count}" for node, count in sorted(spread.items())))
-            print(f"sequential spawns (10): p50 {statistics.median(sequential):.2f} s, p95 {percentile(sequential, 0.95):.2f} s, "
-                  f"max {max(sequential):.2f} s")
+                print(
+                    "concurrent labs per node: "
+                    + ", ".join(f"{node} {count}" for node, count in sorted(spread.items()))
+                )
+            print(
+                f"sequential spawns (10): p50 {statistics.median(sequential):.2f} s, p95 "
+                f"{percentile(sequential, 0.95):.2f} s, "
+                f"max {max(sequential):.2f} s"
+            )
             print(f"second starts (10): p50 {statistics.median(again):.2f} s, p95 {percentile(again, 0.95):.2f} s")
-            print(f"concurrent spawns (20): {len(concurrent)}/20 succeeded, p50 {statistics.median(concurrent):.2f} s, "
-                  f"p95 {percentile(concurrent, 0.95):.2f} s, max {max(concurrent):.2f} s")
+            print(
+                f"concurrent spawns (20): {len(concurrent)}/20 succeeded, p50 {statistics.median(concurrent):.2f} s, "
+                f"p95 {percentile(concurrent, 0.95):.2f} s, max {max(concurrent):.2f} s"
+            )
             for failure in failures:
                 print(f"  failed: {failure}")
             if failures:  # the hub's own reasons
-                errors = [line for line in live.hub().logs(tail=5000).decode(errors="replace").splitlines()
-                          if "Unhandled error starting" in line]
+                errors = [
+                    line
+                    for line in live.hub().logs(tail=5000).decode(errors="replace").splitlines()
+                    if "Unhandled error starting" in line
+                ]
                 for line in errors[:5]:
                     print(f"  hub: {line[:300]}")
-            print(f"hub memory with 20 labs running: {memory_mb(hub):.0f} MiB; an idle lab: "
-                  + (f"{idle_lab:.0f} MiB" if idle_lab is not None else "(on a worker, not measured)"))
+            print(
+                f"hub memory with 20 labs running: {memory_mb(hub):.0f} MiB; an idle lab: "
+                + (f"{idle_lab:.0f} MiB" if idle_lab is not None else "(on a worker, not measured)")
+            )
         finally:
             stop_stack(live)
             if cluster is not None:

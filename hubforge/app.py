@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 
 from . import doctor
-from .imagebuild.builder import CHECK_REPOSITORY, RAW_REPOSITORY, Builder, Settings, Step, default_jobs, run_plan
 from .docker_io import Docker, stored_credentials
 from .errors import DockerUnavailable, HubforgeError
+from .imagebuild.builder import CHECK_REPOSITORY, RAW_REPOSITORY, Builder, Settings, Step, default_jobs, run_plan
 
 log = logging.getLogger(__name__)
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
@@ -65,8 +65,10 @@ def build(settings: Settings, target: str | None, flavor: str | None, plan_only:
     with BuildBoard(console, verbose) as board:
         run_plan(steps, jobs, lambda step: run_step(builder, step, board))
     built = sum(1 for s in steps if not s.exists)
-    say(f"[bold]done[/] in {time.monotonic() - started:.1f}s: {built} built, {len(steps) - built} up to date"
-        + (f" ({jobs} at a time)" if built > 1 else ""))
+    say(
+        f"[bold]done[/] in {time.monotonic() - started:.1f}s: {built} built, {len(steps) - built} up to date"
+        + (f" ({jobs} at a time)" if built > 1 else "")
+    )
     return steps
 
 
@@ -101,7 +103,9 @@ class BuildBoard:
         from rich.text import Text
 
         with self.lock:
-            return Text("\n".join(f"  … {name}: {line}" for name, line in self.lines.items()), overflow="ellipsis", no_wrap=True)
+            return Text(
+                "\n".join(f"  … {name}: {line}" for name, line in self.lines.items()), overflow="ellipsis", no_wrap=True
+            )
 
     def status(self, name: str, line: str) -> None:
         with self.lock:
@@ -125,11 +129,19 @@ def run_step(builder: Builder, step: Step, board: BuildBoard) -> None:
         builder.ensure_friendly_tag(step)
         board.say(f"  [green]✓[/] {name:<16} {step.ref}  up to date (skipped)")
         return
-    reasons = step.reasons if len(step.reasons) <= 5 else step.reasons[:4] + [f"and {len(step.reasons) - 4} more inputs (--plan lists them)"]
+    reasons = (
+        step.reasons
+        if len(step.reasons) <= 5
+        else step.reasons[:4] + [f"and {len(step.reasons) - 4} more inputs (--plan lists them)"]
+    )
     started = time.monotonic()
     board.status(name, "checking the remote cache")
     if builder.pull_from_cache(step, lambda message: board.status(name, message)):
-        board.say(f"  [green]✓[/] {name:<16} {step.ref}  pulled from the cache {builder.settings.cache_from} in {time.monotonic() - started:.0f}s", name)
+        board.say(
+            f"  [green]✓[/] {name:<16} {step.ref}  pulled from the cache {builder.settings.cache_from} in "
+            f"{time.monotonic() - started:.0f}s",
+            name,
+        )
         return
     board.say(f"  [yellow]▶[/] {name:<16} {step.ref}  building: {'; '.join(reasons)}")
 
@@ -149,7 +161,11 @@ def run_step(builder: Builder, step: Step, board: BuildBoard) -> None:
         board.say(f"  [red]✗[/] {name} failed after {time.monotonic() - started:.0f}s", name)
         raise
     size = builder.docker.inspect(step.ref).get("Size", 0) / 1e6
-    board.say(f"  [green]✓[/] {name:<16} {step.ref}  built in {time.monotonic() - started:.0f}s ({size:.0f} MB), tagged {step.target.friendly_ref}", name)
+    board.say(
+        f"  [green]✓[/] {name:<16} {step.ref}  built in {time.monotonic() - started:.0f}s ({size:.0f} MB), tagged "
+        f"{step.target.friendly_ref}",
+        name,
+    )
 
 
 def check(settings: Settings, target: str, flavor: str | None, verbose: bool) -> None:
@@ -168,20 +184,31 @@ def check(settings: Settings, target: str, flavor: str | None, verbose: bool) ->
     what = f"the image from {settings.cache_from} and a build from clean" if pulled else "two builds from clean"
     say(f"  [yellow]▶[/] {step.target.name:<16} {step.ref}  checking: {what}, compared file by file")
     with BuildBoard(console, verbose) as board:
+
         def on_line(line: str) -> None:
             board.log(step.target.name, line)
             if line.startswith("Step "):
                 board.status(step.target.name, line[:110])
 
-        result = builder.check(step, on_line, lambda message: board.status(step.target.name, message), against_existing=pulled)
+        result = builder.check(
+            step, on_line, lambda message: board.status(step.target.name, message), against_existing=pulled
+        )
     took = time.monotonic() - started
     if result.same:
-        say(f"  [green]✓[/] {step.target.name:<16} reproducible: both builds are {result.first} ({result.files} files), in {took:.0f}s")
+        say(
+            f"  [green]✓[/] {step.target.name:<16} reproducible: both builds are {result.first} ({result.files} "
+            f"files), in {took:.0f}s"
+        )
         return
-    say(f"  [red]✗[/] {step.target.name:<16} not reproducible: {result.first[:19]} and {result.second[:19]} differ; the first files that do:")
+    say(
+        f"  [red]✗[/] {step.target.name:<16} not reproducible: {result.first[:19]} and {result.second[:19]} differ; "
+        "the first files that do:"
+    )
     for line in result.differences:
         console.print(f"      {line}", markup=False, highlight=False)
-    raise HubforgeError(f"{step.target.name} is not reproducible: {what} differ ({len(result.differences)} files listed above)")
+    raise HubforgeError(
+        f"{step.target.name} is not reproducible: {what} differ ({len(result.differences)} files listed above)"
+    )
 
 
 def pulled_for_check(builder: Builder, step: Step) -> bool:
@@ -189,8 +216,10 @@ def pulled_for_check(builder: Builder, step: Step) -> bool:
     if not builder.settings.cache_from:
         return False
     if not builder.pull_from_cache(step, lambda message: None):
-        raise HubforgeError(f"nothing was pulled for {step.target.name} from {builder.settings.cache_from}, so there is nothing "
-                            "to compare; drop --cache-from to compare two local builds")
+        raise HubforgeError(
+            f"nothing was pulled for {step.target.name} from {builder.settings.cache_from}, so there is nothing "
+            "to compare; drop --cache-from to compare two local builds"
+        )
     return True
 
 
@@ -202,7 +231,11 @@ def lock(settings: Settings, target: str | None, only: str | None) -> None:
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     builder = make_builder(settings)
     graph = builder.graph
-    if only in (None, "apt") and target in (None, "base") and (target == "base" or builder.resolve_base_mode() == "bootstrap"):
+    if (
+        only in (None, "apt")
+        and target in (None, "base")
+        and (target == "base" or builder.resolve_base_mode() == "bootstrap")
+    ):
         say("[bold]base[/]: the packages the bootstrap installs")  # first: the images' locks resolve against it
         doctor.ensure(settings.cache_dir, {"bootstrap"}, say)
         lock_base(settings.root, graph.targets["base"].apt_lock, settings.spec("bootstrap"), builder.scratch_dir(), say)
@@ -244,13 +277,18 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
     def newest_first(image: dict) -> str:  # every image is `created` at SOURCE_DATE_EPOCH: when it was made here counts
         return (builder.docker.inspect(image["Id"]).get("Metadata") or {}).get("LastTagTime") or ""
 
-    transient = [f"{RAW_REPOSITORY}/{name}" for name in graph.targets] + [f"{CHECK_REPOSITORY}/{name}" for name in graph.targets]
+    transient = [f"{RAW_REPOSITORY}/{name}" for name in graph.targets] + [
+        f"{CHECK_REPOSITORY}/{name}" for name in graph.targets
+    ]
     for repository in sorted({t.repository for t in graph.targets.values()}) + transient:
         images = sorted(builder.docker.images(repository), key=newest_first, reverse=True)
         if repository in transient:  # what a build or a check left when it was stopped: never kept
             stale, keep_here = images, 0
         else:
-            stale, keep_here = [i for i in images if not set(i.get("RepoTags") or []) & (current | {f"{repository}:dev"})], keep
+            stale, keep_here = (
+                [i for i in images if not set(i.get("RepoTags") or []) & (current | {f"{repository}:dev"})],
+                keep,
+            )
         for image in stale[keep_here:]:
             for ref in image.get("RepoTags") or [image["Id"]]:
                 say(f"  {'would remove' if dry_run else 'removing'} {ref}")
@@ -266,20 +304,28 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
 
 
 def report_doctor(settings: Settings) -> bool:
-    results = doctor.checks(settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry",
-                                                 "resolver"})
+    results = doctor.checks(
+        settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry", "resolver"}
+    )
     from rich.table import Table
 
     table = Table("check", "status", "detail", "fix")
     for check in results:
-        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail, "" if check.ok else check.fix)
+        table.add_row(
+            check.name, "[green]ok[/]" if check.ok else "[red]missing[/]", check.detail, "" if check.ok else check.fix
+        )
     console.print(table)
     return all(c.ok for c in results)
 
 
 def run_setup(settings: Settings) -> None:
-    failed = [c for c in doctor.checks(settings.cache_dir, {"docker", "compose", "bootstrap", "node", "chromium", "registry",
-                                                            "resolver"}) if not c.ok]
+    failed = [
+        c
+        for c in doctor.checks(
+            settings.cache_dir, {"docker", "compose", "bootstrap", "node", "chromium", "registry", "resolver"}
+        )
+        if not c.ok
+    ]
     if not failed:
         say("setup: nothing to do")
         return
@@ -287,12 +333,10 @@ def run_setup(settings: Settings) -> None:
     report_doctor(settings)
 
 
-
-
 # -- the stack -------------------------------------------------------------------------------------------
 def stack_for(settings: Settings, options):
-    from .docker_io import StackDocker
     from .deploy import open_stack
+    from .docker_io import StackDocker
 
     return open_stack(options, StackDocker(), settings.root, say)
 
@@ -315,18 +359,39 @@ def up(settings: Settings, options) -> dict:
     say(f"[bold green]hubforge is up[/] at [bold]{state['url']}[/] (project {state['project']}, GPU: {gpu['reason']})")
     say(f"  settings: {options.run_dir}/.env   {options.engine} file: {options.run_dir / stack.run_file}")
     if state.get("bootstrap_secret"):
-        say(f"  admin bootstrap secret (shown once; also in the hub's data volume): [bold]{state['bootstrap_secret']}[/]")
+        say(
+            "  admin bootstrap secret (shown once; also in the hub's data volume): "
+            f"[bold]{state['bootstrap_secret']}[/]"
+        )
     if state.get("oidc"):
         oidc = state["oidc"]
-        say(f"  sign-in: OpenID Connect at {oidc['issuer']} (client {oidc['client_id']}); the hub lets in {oidc['who_gets_in']}")
-        say(f"  register this redirect URI at the provider: [bold]{oidc['redirect_uri']}[/]"
-            + (f", and this post-logout redirect URI: {oidc['post_logout_redirect_uri']}" if oidc.get("post_logout_redirect_uri") else ""))
+        say(
+            f"  sign-in: OpenID Connect at {oidc['issuer']} (client {oidc['client_id']}); the hub lets in "
+            f"{oidc['who_gets_in']}"
+        )
+        say(
+            f"  register this redirect URI at the provider: [bold]{oidc['redirect_uri']}[/]"
+            + (
+                f", and this post-logout redirect URI: {oidc['post_logout_redirect_uri']}"
+                if oidc.get("post_logout_redirect_uri")
+                else ""
+            )
+        )
     elif state.get("admin_unclaimed"):
-        say(f"  next: sign up as [bold]{state['admin']}[/] at {state['url']}hub/signup with the bootstrap secret, then log in")
+        say(
+            f"  next: sign up as [bold]{state['admin']}[/] at {state['url']}hub/signup with the bootstrap secret, then "
+            "log in"
+        )
     elif state["signup"]:
-        say(f"  next: log in at {state['url']}hub/login; users sign up at {state['url']}hub/signup and you approve them at {state['url']}hub/authorize")
+        say(
+            f"  next: log in at {state['url']}hub/login; users sign up at {state['url']}hub/signup and you approve "
+            f"them at {state['url']}hub/authorize"
+        )
     else:
-        say(f"  next: log in as {state['admin']}; signup is off, so add users at {state['url']}hub/admin and set their passwords at {state['url']}hub/authorize")
+        say(
+            f"  next: log in as {state['admin']}; signup is off, so add users at {state['url']}hub/admin and set their "
+            f"passwords at {state['url']}hub/authorize"
+        )
     say("  the certificate is self-signed unless you supplied one: your browser will ask you to accept it")
     return state
 
@@ -334,7 +399,9 @@ def up(settings: Settings, options) -> dict:
 def down(settings: Settings, options, volumes: bool, user_volumes: bool, yes: bool) -> None:
     stack = stack_for(settings, options)
     if volumes and not yes:
-        what = "the hub's database, certificates and the shared volume" + (" and EVERY USER'S home, workspace and cache" if user_volumes else "")
+        what = "the hub's database, certificates and the shared volume" + (
+            " and EVERY USER'S home, workspace and cache" if user_volumes else ""
+        )
         try:
             answer = input(f"Delete {what} of project {options.project}? Type the project name to confirm: ")
         except EOFError:
@@ -344,7 +411,10 @@ def down(settings: Settings, options, volumes: bool, user_volumes: bool, yes: bo
     removed = stack.down(volumes, user_volumes)
     say(f"stack {options.project} is down" + (f"; removed: {', '.join(removed)}" if removed else ""))
     if not volumes:
-        say("  volumes kept (hub data, certificates, shared and user volumes); `invoke down --volumes` removes the stack's own")
+        say(
+            "  volumes kept (hub data, certificates, shared and user volumes); `invoke down --volumes` removes the "
+            "stack's own"
+        )
 
 
 def status(settings: Settings, options, as_json: bool) -> dict:
@@ -363,32 +433,60 @@ def status(settings: Settings, options, as_json: bool) -> dict:
     on_nodes = "nodes" in state
     table = Table("service", "container", "state", "health", *(["node"] if on_nodes else []))
     for service in state["services"]:
-        table.add_row(service["service"], service["container"], service["state"], service["health"] or "-",
-                      *([service.get("node", "?")] if on_nodes else []))
+        table.add_row(
+            service["service"],
+            service["container"],
+            service["state"],
+            service["health"] or "-",
+            *([service.get("node", "?")] if on_nodes else []),
+        )
     console.print(table)
     if on_nodes:
         nodes = Table("node", "id", "role", "state", "availability", "address", "GPUs")
         for node in state["nodes"]:
-            nodes.add_row(node["hostname"], node["id"][:12], node["role"], node["state"], node["availability"], node["address"], str(node["gpus"]))
+            nodes.add_row(
+                node["hostname"],
+                node["id"][:12],
+                node["role"],
+                node["state"],
+                node["availability"],
+                node["address"],
+                str(node["gpus"]),
+            )
         console.print(nodes)
     if state.get("admin_unclaimed"):
         hub = next((s["container"] for s in state["services"] if s["service"] == "hub"), "<hub container>")
-        say(f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` printed "
-            f"(to read it again: docker exec {hub} cat /srv/jupyterhub/data/admin-bootstrap-secret)")
+        say(
+            f"admin {state.get('admin')!r} is [bold]unclaimed[/]: sign up with the bootstrap secret that `invoke up` "
+            "printed "
+            f"(to read it again: docker exec {hub} cat /srv/jupyterhub/data/admin-bootstrap-secret)"
+        )
     if state.get("oidc"):
         oidc = state["oidc"]
-        say(f"sign-in: OpenID Connect at {oidc['issuer']} (client {oidc['client_id']}, redirect URI {oidc['redirect_uri']}); "
-            f"lets in {oidc['who_gets_in']}")
+        say(
+            f"sign-in: OpenID Connect at {oidc['issuer']} (client {oidc['client_id']}, redirect URI "
+            f"{oidc['redirect_uri']}); "
+            f"lets in {oidc['who_gets_in']}"
+        )
     origin = state.get("lab_origin")
     if origin and origin.startswith("shared"):
-        say("labs: [bold]share the hub's origin[/] (LAB_SUBDOMAINS=0): a lab's JavaScript runs with the hub session of whoever opens it")
+        say(
+            "labs: [bold]share the hub's origin[/] (LAB_SUBDOMAINS=0): a lab's JavaScript runs with the hub session of "
+            "whoever opens it"
+        )
     elif origin:
         say(f"labs: each on its own origin, {origin}")
     if state.get("network_guard") is False:
-        say("network guard: [bold]off[/] (LAB_NETWORK_GUARD=0): labs can reach private and link-local addresses, cloud metadata included")
+        say(
+            "network guard: [bold]off[/] (LAB_NETWORK_GUARD=0): labs can reach private and link-local addresses, cloud "
+            "metadata included"
+        )
     elif state.get("network_guard") and state.get("engine") == "swarm":
-        say("network guard: on every node (the global netguard service): every swarm task's traffic through docker_gwbridge "
-            "is kept off private and link-local addresses, LAB_ALLOWED_RANGES excepted")
+        say(
+            "network guard: on every node (the global netguard service): every swarm task's traffic through "
+            "docker_gwbridge "
+            "is kept off private and link-local addresses, LAB_ALLOWED_RANGES excepted"
+        )
     elif state.get("network_guard"):
         say("network guard: on (labs are kept off private and link-local addresses; see the netguard service above)")
     gpu = state.get("gpu") or {}
@@ -398,7 +496,13 @@ def status(settings: Settings, options, as_json: bool) -> dict:
     if state["labs"]:
         labs = Table("user", "container", "state", "health", "GPUs")
         for lab in state["labs"]:
-            labs.add_row(lab["user"], lab["container"], lab["state"], lab["health"] or "-", "yes" if lab["device_requests"] else "no")
+            labs.add_row(
+                lab["user"],
+                lab["container"],
+                lab["state"],
+                lab["health"] or "-",
+                "yes" if lab["device_requests"] else "no",
+            )
         console.print(labs)
     elif not state.get("lab_placement"):
         say("no user servers are running")
@@ -421,17 +525,27 @@ def logs(settings: Settings, options, service: str | None, follow: bool, tail: i
             proc.run(lab, capture=False, check=False)
             return
         running = ", ".join(stack.lab_users()) or "none"
-        raise HubforgeError(f"no service or running lab named {service!r}; services: {', '.join(own)}; "
-                            f"users with a running lab: {running}")
+        raise HubforgeError(
+            f"no service or running lab named {service!r}; services: {', '.join(own)}; "
+            f"users with a running lab: {running}"
+        )
     if not (options.run_dir / stack.run_file).exists():
         raise HubforgeError(f"no stack {options.project} here: start it with `invoke up`")
     proc.run(stack.logs_argv(service, follow, tail), capture=False, check=False)
 
 
 # -- releases --------------------------------------------------------------------------------------------
-def release(settings: Settings, version_text: str, registry: str, namespace: str, push: bool,
-            flavors: list[str], allow_dirty: bool, credentials: tuple[str, str] | None,
-            signing: tuple[Path, str | None] | None = None) -> list:
+def release(
+    settings: Settings,
+    version_text: str,
+    registry: str,
+    namespace: str,
+    push: bool,
+    flavors: list[str],
+    allow_dirty: bool,
+    credentials: tuple[str, str] | None,
+    signing: tuple[Path, str | None] | None = None,
+) -> list:
     """Dry run: print every tag and the image behind it. --push: label, push, verify digests, SBOM, provenance,
     attached to each image in the registry and signed with the `signing` key (path, password)."""
     from .release import pipeline
@@ -441,7 +555,9 @@ def release(settings: Settings, version_text: str, registry: str, namespace: str
     request = pipeline.Request(parse_version(version_text), registry, namespace, tuple(flavors))
     key = load_private_key(*signing) if signing else None  # a bad key fails before anything is built
     doctor.ensure(settings.cache_dir, {"docker"}, say)
-    git_sha = check_tree(settings.root, request.version, allow_dirty) if push else git(settings.root, "rev-parse", "HEAD")
+    git_sha = (
+        check_tree(settings.root, request.version, allow_dirty) if push else git(settings.root, "rev-parse", "HEAD")
+    )
     builder = make_builder(settings)
     steps = pipeline.release_steps(builder, request.flavors)
     with BuildBoard(console, False) as board:
@@ -470,8 +586,10 @@ def verify(image: str, key_path: Path, credentials: tuple[str, str] | None) -> N
     host = oci.split_reference(image)[0]
     verified = attest.verify_image(oci.Registry(host, credentials or stored_credentials(host)), image, key)
     provenance = verified.predicates[PREDICATE_PROVENANCE]
-    say(f"{image}: {verified.digest}, its SBOM and provenance signed by {key_path.name}; built from git "
-        f"{provenance.get('git', {}).get('sha', '?')}, key {provenance.get('key', '?')}")
+    say(
+        f"{image}: {verified.digest}, its SBOM and provenance signed by {key_path.name}; built from git "
+        f"{provenance.get('git', {}).get('sha', '?')}, key {provenance.get('key', '?')}"
+    )
 
 
 def sbom(settings: Settings, image: str, output: Path | None) -> Path:

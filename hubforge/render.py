@@ -28,7 +28,9 @@ def render(templates: Mapping[str, str], entry: str, variables: Mapping[str, obj
     except jinja2.UndefinedError as exc:
         raise HubforgeError(f"template {entry}: variable missing: {exc.message}") from exc
     except jinja2.TemplateNotFound as exc:
-        raise HubforgeError(f"template {entry} includes {exc.name}, which its target does not declare as an input") from exc
+        raise HubforgeError(
+            f"template {entry} includes {exc.name}, which its target does not declare as an input"
+        ) from exc
     except jinja2.TemplateSyntaxError as exc:
         raise HubforgeError(f"template {exc.name or entry}:{exc.lineno}: {exc.message}") from exc
 

@@ -89,8 +89,10 @@ c.JupyterHub.ssl_key = str(key)
 # The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.
 c.ConfigurableHTTPProxy.command = [
     "configurable-http-proxy",
-    "--redirect-port", str(REDIRECT_PORT),
-    "--redirect-to", env.get("HUBFORGE_HTTPS_PORT", "443"),
+    "--redirect-port",
+    str(REDIRECT_PORT),
+    "--redirect-to",
+    env.get("HUBFORGE_HTTPS_PORT", "443"),
 ]
 c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"  # the root filesystem is read-only
 # Browsers only ever reach the hub over HTTPS: say so, and keep cookies off plain HTTP.
@@ -104,7 +106,8 @@ c.JupyterHub.tornado_settings = {
 }
 
 # -- authentication: NativeAuthenticator (signup with approval), or an OpenID Connect provider ---------------------
-# Both register hub_ext's pages and APIs through Authenticator.get_handlers, and share hub_ext.authenticators.native.HubforgeAuthMixin:
+# Both register hub_ext's pages and APIs through Authenticator.get_handlers, and share
+# hub_ext.authenticators.native.HubforgeAuthMixin:
 # one set of username rules, and admins' access to labs (hub_ext.web.labaccess), unless LAB_ADMIN_ACCESS=1.
 c.HubforgeAuthMixin.admin_lab_access = hub.lab_admin_access
 if hub.authenticator == "oidc":
@@ -137,7 +140,9 @@ if hub.authenticator == "oidc":
     # Who gets in and who is admin come from the provider, at every login and every OIDC_RECHECK_SECONDS after it
     # (with the stored token: auth state, encrypted with a key kept in the hub's data volume).
     auth.manage_groups = True
-    auth.auth_state_groups_key = GROUPS_KEY  # hub_ext.settings.oidc.hub_groups: provider groups, never the built-in names
+    auth.auth_state_groups_key = (
+        GROUPS_KEY  # hub_ext.settings.oidc.hub_groups: provider groups, never the built-in names
+    )
     auth.groups_claim = oidc.groups_claim
     auth.group_map = [list(pair) for pair in oidc.group_map]
     auth.allow_all = oidc.allow_all
@@ -175,7 +180,9 @@ else:
 ENGINE = env.get("HUBFORGE_ENGINE", "compose")
 if ENGINE not in ENGINES:
     refuse(f"HUBFORGE_ENGINE={ENGINE!r} is not an engine; use compose or swarm (start the stack with `invoke up`)")
-c.JupyterHub.spawner_class = "hub_ext.spawn.swarm.HubforgeSwarmSpawner" if ENGINE == "swarm" else "hub_ext.spawn.spawner.HubforgeSpawner"
+c.JupyterHub.spawner_class = (
+    "hub_ext.spawn.swarm.HubforgeSwarmSpawner" if ENGINE == "swarm" else "hub_ext.spawn.spawner.HubforgeSpawner"
+)
 if ENGINE == "swarm":
     c.HubforgeSwarmSpawner.volume_driver = hub.lab_volume_driver  # empty: node-pinned volumes
     c.HubforgeSwarmSpawner.volume_driver_options = hub.lab_volume_driver_opts
@@ -222,12 +229,19 @@ c.Spawner.http_timeout = 120
 # -- services: idle culler and Prometheus metrics -----------------------------------------------------
 services, roles = [], []
 if hub.idle_culler_enabled:
-    services.append({
-        "name": "idle-culler",
-        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_culler_timeout}"],
-    })
-    roles.append({"name": "idle-culler", "services": ["idle-culler"],
-                  "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+    services.append(
+        {
+            "name": "idle-culler",
+            "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_culler_timeout}"],
+        }
+    )
+    roles.append(
+        {
+            "name": "idle-culler",
+            "services": ["idle-culler"],
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        }
+    )
 if hub.metrics_token:
     services.append({"name": "metrics", "api_token": hub.metrics_token})
     roles.append({"name": "metrics", "services": ["metrics"], "scopes": ["read:metrics"]})

@@ -18,8 +18,13 @@ def flag(name: str) -> str:
 
 def task_reference() -> str:
     tasks = importlib.import_module("tasks")
-    lines = ["# Tasks", "", "Generated from `tasks.py` at each docs build: every task, every flag, its default and its help.",
-             "Run a task as `invoke NAME [FLAGS]`; `invoke --help NAME` prints the same.", ""]
+    lines = [
+        "# Tasks",
+        "",
+        "Generated from `tasks.py` at each docs build: every task, every flag, its default and its help.",
+        "Run a task as `invoke NAME [FLAGS]`; `invoke --help NAME` prints the same.",
+        "",
+    ]
     for name, task in sorted((n, t) for n, t in vars(tasks).items() if isinstance(t, Task)):
         shown = name.replace("_", "-")
         doc = inspect.getdoc(task.body) or ""
@@ -31,8 +36,11 @@ def task_reference() -> str:
         lines += ["| flag | default | what it does |", "| --- | --- | --- |"]
         for p in parameters:
             default = "" if p.default is inspect.Parameter.empty else p.default
-            shown_default = "*(required)*" if p.default is inspect.Parameter.empty else (
-                "*(off)*" if default is False else "*(none)*" if default is None else f"`{default}`")
+            shown_default = (
+                "*(required)*"
+                if p.default is inspect.Parameter.empty
+                else ("*(off)*" if default is False else "*(none)*" if default is None else f"`{default}`")
+            )
             text = str(task.help.get(p.name, "")).replace("|", "\\|").replace("\n", " ")
             name_shown = f"`{p.name}` (positional)" if p.name in (task.positional or []) else f"`{flag(p.name)}`"
             lines.append(f"| {name_shown} | {shown_default} | {text} |")

@@ -23,8 +23,9 @@ def lower_priority() -> None:
 
 
 # bcrypt costs ~0.4 s of CPU here and releases the GIL: it runs in these threads, never on the event loop.
-HASHING = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bcrypt",
-                             initializer=lower_priority)
+HASHING = ThreadPoolExecutor(
+    max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bcrypt", initializer=lower_priority
+)
 
 
 # A hash to check against when the account does not exist, so that a miss costs as long as a hit.

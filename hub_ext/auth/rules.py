@@ -41,8 +41,9 @@ def loggable(text: str) -> str:
     format characters such as a zero-width space, separators other than the space, unassigned code points) and
     the backslash become Python escapes. A name typed at the login form cannot colour or clear an operator's
     terminal (`invoke logs`), forge a log line, or hide a character in a look-alike of another name."""
-    return "".join(char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode("ascii")
-                   for char in text)
+    return "".join(
+        char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode("ascii") for char in text
+    )
 
 
 def username_problem(name: str) -> str | None:
@@ -63,8 +64,10 @@ def username_problem(name: str) -> str | None:
         return f"Usernames cannot contain spaces, commas or slashes; {name!r} contains {shown}."
     escaped = len(escape_username(name))
     if escaped > ESCAPED_MAX:
-        return (f"This username is too long once made safe for container and volume names ({escaped} of at most "
-                f"{ESCAPED_MAX} characters; each character other than a-z and 0-9 takes 3 to 12); choose a shorter one.")
+        return (
+            f"This username is too long once made safe for container and volume names ({escaped} of at most "
+            f"{ESCAPED_MAX} characters; each character other than a-z and 0-9 takes 3 to 12); choose a shorter one."
+        )
     return None
 
 

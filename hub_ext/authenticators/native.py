@@ -33,12 +33,15 @@ class HubforgeAuthMixin(LoggingConfigurable):
     admins' lab access, and one set of username rules (NFKC, then the signup rules) for every way a user is made."""
 
     admin_lab_access = Bool(
-        False, config=True,
+        False,
+        config=True,
         help="Admins may open other users' labs (LAB_ADMIN_ACCESS). Off: they manage servers but never open them "
-             "(hub_ext.web.labaccess says why).")
+        "(hub_ext.web.labaccess says why).",
+    )
 
     def hubforge_handlers(self, own: list) -> list:
-        """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and hub_ext's."""
+        """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and
+        hub_ext's."""
         return list(labaccess.handlers) + list(own) + list(default_handlers)
 
     def normalize_username(self, username: str) -> str:
@@ -69,15 +72,22 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
     )
 
     login_free_failures = Integer(
-        5, config=True,
-        help="Failed logins for one account from one address before each further try must wait (LOGIN_MAX_FAILURES).")
+        5,
+        config=True,
+        help="Failed logins for one account from one address before each further try must wait (LOGIN_MAX_FAILURES).",
+    )
     login_max_delay = Float(
-        600, config=True,
-        help="The longest wait between tries, in seconds; the wait doubles from 1 s up to this (LOGIN_LOCKOUT_SECONDS).")
+        600,
+        config=True,
+        help="The longest wait between tries, in seconds; the wait doubles from 1 s up to this "
+        "(LOGIN_LOCKOUT_SECONDS).",
+    )
     login_address_limit = Integer(
-        30, config=True,
+        30,
+        config=True,
         help="Failed logins plus signups one client address may make per minute (LOGIN_ADDRESS_LIMIT). "
-             "Successful logins do not count, so a class behind one NAT logs in freely.")
+        "Successful logins do not count, so a class behind one NAT logs in freely.",
+    )
 
     @default("allowed_failed_logins")
     def _no_native_lockout(self):
@@ -86,8 +96,11 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.started = datetime.now(timezone.utc).replace(tzinfo=None)  # JupyterHub stores naive UTC
-        self.throttle = Throttle(free_failures=self.login_free_failures, max_delay=self.login_max_delay,
-                                 address_budget=self.login_address_limit)
+        self.throttle = Throttle(
+            free_failures=self.login_free_failures,
+            max_delay=self.login_max_delay,
+            address_budget=self.login_address_limit,
+        )
 
     def get_handlers(self, app):
         """NativeAuthenticator's routes, with signup and approval replaced by safe ones, plus hub_ext's."""
@@ -104,7 +117,8 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         return not self.admin_password and any(self.get_user(name) is None for name in self.admin_users)
 
     def may_start(self, name: str) -> str | None:
-        """Why `name` may not start a lab now, or None (hub_ext.spawn.spawner asks at every start, under the user's lock):
+        """Why `name` may not start a lab now, or None (hub_ext.spawn.spawner asks at every start, under the user's
+        lock):
         an account unapproved or discarded while its start waited for a slot stays stopped."""
         if name in self.admin_users:
             return None
@@ -146,7 +160,9 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
                 self.log.warning("user %s has no account (discarded?): not making one; they cannot log in", user.name)
         return result
 
-    def store_account(self, username: str, password: str, hashed: bytes | None = None, approved: bool = True) -> UserInfo:
+    def store_account(
+        self, username: str, password: str, hashed: bytes | None = None, approved: bool = True
+    ) -> UserInfo:
         hashed = hashed or bcrypt.hashpw(password.encode(), bcrypt.gensalt())
         account = UserInfo(username=username, password=hashed, is_authorized=approved)
         self.db.add(account)
@@ -177,7 +193,9 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         did what it came for. Raises LoginRefused, unchecked, while `address` must wait."""
         wait = self.throttle.reserve(username, address)
         if wait > 0:
-            self.log.warning("%s for %s from %s throttled for %.0f s", purpose, loggable(username), loggable(address), wait)
+            self.log.warning(
+                "%s for %s from %s throttled for %.0f s", purpose, loggable(username), loggable(address), wait
+            )
             raise LoginRefused(f"Too many failed logins from your address; try again in {describe_wait(wait)}.", wait)
         account = self.get_user(username) if username else None
         matches = await password_matches(password, account.password if account else NO_ACCOUNT_HASH)
@@ -186,5 +204,3 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
     def signup_wait(self, address: str) -> float:
         """Seconds until `address` may sign up again, or 0: then this attempt has spent one of the address's budget."""
         return self.throttle.reserve(None, address)
-
-

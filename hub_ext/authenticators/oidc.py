@@ -50,14 +50,21 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
     callback_handler = OIDCCallbackHandler
 
     groups_claim = Unicode(
-        "groups", config=True,
-        help="The claim that lists a user's groups at the provider (OIDC_GROUPS_CLAIM); dots name a nested claim.")
+        "groups",
+        config=True,
+        help="The claim that lists a user's groups at the provider (OIDC_GROUPS_CLAIM); dots name a nested claim.",
+    )
     group_map = List(
-        Tuple(Unicode(), Unicode()), config=True,
+        Tuple(Unicode(), Unicode()),
+        config=True,
         help="""Provider groups mapped onto hubforge's built-in groups, as (provider group, built-in group) pairs
-        (OIDC_GROUP_MAP). Empty: the built-in groups are managed by the hub's admins, as with NativeAuthenticator.""")
+        (OIDC_GROUP_MAP). Empty: the built-in groups are managed by the hub's admins, as with NativeAuthenticator.""",
+    )
     who_gets_in = Unicode(
-        "", config=True, help="Who this hub lets in, in words, for the refusal page (from hub_ext.settings.oidc.OIDCConfig).")
+        "",
+        config=True,
+        help="Who this hub lets in, in words, for the refusal page (from hub_ext.settings.oidc.OIDCConfig).",
+    )
 
     hub = None  # the JupyterHub application, for what no request starts: the recheck of idle users' servers
     rechecking: asyncio.Task | None = None  # recheck_forever, kept so that it is not garbage-collected
@@ -79,7 +86,8 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
 
     # -- groups ---------------------------------------------------------------------------------------------
     async def update_auth_model(self, auth_model):
-        """The hub groups of this sign-in, decided once (hub_ext.settings.oidc.hub_groups) and handed to oauthenticator's group
+        """The hub groups of this sign-in, decided once (hub_ext.settings.oidc.hub_groups) and handed to
+        oauthenticator's group
         management through the auth state: the allowed and admin groups are checked against them."""
         auth_model = await super().update_auth_model(auth_model)
         state = auth_model["auth_state"]
@@ -126,18 +134,24 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         bound = await self.bound_subject(name)
         if model is not None and bound and subject and bound != subject:
             # The name came back at the provider, now someone else's (renamed, or freed and taken): not this hub user
-            audit.warning("oidc-refused user=%s why='another account at the provider' sub=%s bound=%s", name, subject, bound)
-            handler.hubforge_refusal = (f"The identity provider names you {name}, but this hub's user {name} belongs to "
-                                        "another account there. Ask the hub's administrator to sort it out.")
+            audit.warning(
+                "oidc-refused user=%s why='another account at the provider' sub=%s bound=%s", name, subject, bound
+            )
+            handler.hubforge_refusal = (
+                f"The identity provider names you {name}, but this hub's user {name} belongs to "
+                "another account there. Ask the hub's administrator to sort it out."
+            )
             return None
         if model is not None:
             model["admin"] = bool(model.get("admin"))  # only the provider makes admins: an admin flag from before goes
             return model
         problem = rules.username_problem(name)
         if problem:
-            handler.hubforge_refusal = (f"The identity provider names you {name!r}, which this hub cannot use as a "
-                                        f"username: {problem} Ask the hub's administrator to choose another claim "
-                                        "(OIDC_USERNAME_CLAIM).")
+            handler.hubforge_refusal = (
+                f"The identity provider names you {name!r}, which this hub cannot use as a "
+                f"username: {problem} Ask the hub's administrator to choose another claim "
+                "(OIDC_USERNAME_CLAIM)."
+            )
             return None
         handler.hubforge_refusal = refusal_message(name, self.who_gets_in or "the users and groups the operator chose")
         if bound and bound == subject:  # the same person, who has lost access: their servers stop too
@@ -154,14 +168,20 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
             self.log.info("%s signs in again: %s", user.name, exc.log_message)
             return False
         except (HTTPClientError, OSError) as exc:  # the provider is down or unreachable: nothing new to go by
-            self.log.warning("cannot recheck %s at the identity provider (%s): unchanged until it answers", user.name, exc)
+            self.log.warning(
+                "cannot recheck %s at the identity provider (%s): unchanged until it answers", user.name, exc
+            )
             return True
         if not isinstance(model, dict):
             return model
         bound = self.subject({"auth_state": await user.get_auth_state() or {}})
         if model["name"] != user.name or (bound and self.subject(model) != bound):
-            self.log.warning("%s is now %r (sub %s) at the identity provider: signs in again", user.name, model["name"],
-                             self.subject(model))
+            self.log.warning(
+                "%s is now %r (sub %s) at the identity provider: signs in again",
+                user.name,
+                model["name"],
+                self.subject(model),
+            )
             return False
         model["admin"] = bool(model.get("admin"))
         if not self.allow_all and not await self.check_allowed(user.name, model):
@@ -212,14 +232,19 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
 
     async def recheck_all(self) -> list[str]:
         """Recheck every user with a running server (refresh_user stops whoever has lost access); the names stopped."""
-        running = [user for user in list(self.hub.users.values())
-                   if any(s.active and not s.pending for s in user.spawners.values())]
+        running = [
+            user
+            for user in list(self.hub.users.values())
+            if any(s.active and not s.pending for s in user.spawners.values())
+        ]
         stopped = []
         for user in running:
             try:
                 model = await self.refresh_user(user, None)
             except Exception:  # noqa: BLE001 -- the provider's 5xx for one user: the others are still rechecked
-                self.log.exception("cannot recheck %s at the identity provider: unchanged until the next recheck", user.name)
+                self.log.exception(
+                    "cannot recheck %s at the identity provider: unchanged until the next recheck", user.name
+                )
                 continue
             if isinstance(model, dict) and model.get("auth_state"):
                 # a token refreshed by this recheck replaces the stored one (a provider that rotates refresh tokens

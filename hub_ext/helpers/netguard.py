@@ -4,7 +4,8 @@ It runs as the stack's `netguard` service: the hub image, the host's network nam
 nothing else. It installs the rules, marks itself ready (the hub starts only then), puts them back if
 something removes them (a firewall reload, a daemon restart), and removes them when it is stopped.
 
-    python -m hub_ext.helpers.netguard --project hubforge --pool 10.213.0.0/16 [--allow 10.1.2.0/24 ...] [--publish 443:8443 ...]
+    python -m hub_ext.helpers.netguard --project hubforge --pool 10.213.0.0/16 [--allow 10.1.2.0/24 ...] [--publish
+    443:8443 ...]
 
 Labs may send DNS only to the host's resolvers, read from resolv.conf at every check (they change with DHCP), and
 reach DNAT-ed ports only where they are the stack's own (--publish: the hub's ports, never the registry's).
@@ -43,8 +44,10 @@ def pick_iptables() -> str:
     for name in candidates:
         if subprocess.run([name, "-w", "-S", "DOCKER-USER"], capture_output=True).returncode == 0:
             return name
-    raise GuardError("the host has no DOCKER-USER chain: Docker does not manage iptables here "
-                     "(dockerd --iptables=false?); enable it, or set LAB_NETWORK_GUARD=0 and firewall the labs yourself")
+    raise GuardError(
+        "the host has no DOCKER-USER chain: Docker does not manage iptables here "
+        "(dockerd --iptables=false?); enable it, or set LAB_NETWORK_GUARD=0 and firewall the labs yourself"
+    )
 
 
 class Guard:
@@ -67,13 +70,17 @@ class Guard:
         return True
 
     def installed(self) -> bool:
-        chains_there = all(self.run("-S", chain, check=False) for chain in (self.rules.forward_chain, self.rules.local_chain))
+        chains_there = all(
+            self.run("-S", chain, check=False) for chain in (self.rules.forward_chain, self.rules.local_chain)
+        )
         return chains_there and all(self.run("-C", chain, *rule, check=False) for chain, rule in self.rules.jumps())
 
     def install(self) -> None:
         """Fill both chains in one transaction, then add each jump once (at the top of its chain)."""
         restore = self.iptables + "-restore" if self.iptables != "iptables" else "iptables-restore"
-        done = subprocess.run([restore, "-w", "--noflush"], input=self.rules.restore_script(), capture_output=True, text=True)
+        done = subprocess.run(
+            [restore, "-w", "--noflush"], input=self.rules.restore_script(), capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise GuardError(f"{restore} refused the rules: {done.stderr.strip()}")
         for chain, rule in self.rules.jumps():
@@ -96,13 +103,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--project", required=True)
     parser.add_argument("--pool", required=True, type=ipaddress.IPv4Network, help="LAB_SUBNET_POOL")
     parser.add_argument("--allow", action="append", default=[], type=ipaddress.IPv4Network, help="LAB_ALLOWED_RANGES")
-    parser.add_argument("--interface", default="", help="match by the bridge packets come from (Swarm: docker_gwbridge)")
-    parser.add_argument("--publish", action="append", default=[], type=port_pair, metavar="HOST:CONTAINER",
-                        help="a port the stack publishes (the hub's https and http): DNAT-ed connections to it pass")
-    parser.add_argument("--closed", action="append", default=[], type=int, metavar="PORT",
-                        help="a port of the host that labs never reach, at any address (the swarm registry's)")
-    parser.add_argument("--resolver", action="append", type=ipaddress.IPv4Address,
-                        help="the labs' DNS goes only here (default: the host's resolvers, from resolv.conf)")
+    parser.add_argument(
+        "--interface", default="", help="match by the bridge packets come from (Swarm: docker_gwbridge)"
+    )
+    parser.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        type=port_pair,
+        metavar="HOST:CONTAINER",
+        help="a port the stack publishes (the hub's https and http): DNAT-ed connections to it pass",
+    )
+    parser.add_argument(
+        "--closed",
+        action="append",
+        default=[],
+        type=int,
+        metavar="PORT",
+        help="a port of the host that labs never reach, at any address (the swarm registry's)",
+    )
+    parser.add_argument(
+        "--resolver",
+        action="append",
+        type=ipaddress.IPv4Address,
+        help="the labs' DNS goes only here (default: the host's resolvers, from resolv.conf)",
+    )
     parser.add_argument("--once", action="store_true", help="install and exit (no watching, no removal)")
     parser.add_argument("--remove", action="store_true", help="remove the project's rules and exit")
     return parser.parse_args(argv)
@@ -121,17 +146,26 @@ def port_pair(raw: str) -> tuple[int, int]:
 
 def host_resolvers() -> tuple[str, ...] | None:
     """The resolvers a lab's DNS may go to, as Docker's embedded DNS picks them; None when unknown."""
+
     def read(path: Path) -> str | None:
         try:
             return path.read_text()
         except OSError:
             return None
+
     return upstream_resolvers(read(RESOLV_CONF) or "", read(SYSTEMD_UPSTREAM))
 
 
 def rules_for(args: argparse.Namespace, resolvers: tuple[str, ...] | None) -> GuardRules:
-    return guard_rules(args.project, args.pool, args.allow, interface=args.interface, published=args.publish,
-                       resolvers=resolvers, closed=args.closed)
+    return guard_rules(
+        args.project,
+        args.pool,
+        args.allow,
+        interface=args.interface,
+        published=args.publish,
+        resolvers=resolvers,
+        closed=args.closed,
+    )
 
 
 def resolvers_for(args: argparse.Namespace) -> tuple[str, ...] | None:
@@ -139,11 +173,16 @@ def resolvers_for(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 
 def describe(args: argparse.Namespace, resolvers: tuple[str, ...] | None) -> str:
-    dns = ("any address (the host names only systemd-resolved's stub, and its upstream file is not mounted)"
-           if resolvers is None else ", ".join(resolvers) or "no resolver of the host")
-    return (f"labs in {args.interface or args.pool} are kept off link-local and private addresses"
-            f"{' except ' + ', '.join(map(str, args.allow)) if args.allow else ''}; their DNS goes only to {dns}; "
-            f"the stack's published ports: {', '.join(f'{h}->{c}' for h, c in args.publish) or 'none'}")
+    dns = (
+        "any address (the host names only systemd-resolved's stub, and its upstream file is not mounted)"
+        if resolvers is None
+        else ", ".join(resolvers) or "no resolver of the host"
+    )
+    return (
+        f"labs in {args.interface or args.pool} are kept off link-local and private addresses"
+        f"{' except ' + ', '.join(map(str, args.allow)) if args.allow else ''}; their DNS goes only to {dns}; "
+        f"the stack's published ports: {', '.join(f'{h}->{c}' for h, c in args.publish) or 'none'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,9 @@ async def remove_volume(docker: Gateway, name: str, project: str) -> dict[str, A
         return {"volume": name, "result": "failed", "reason": str(getattr(exc, "explanation", None) or exc)}
 
 
-def measure(found: list[dict[str, Any]], usage: dict[str, Any], wanted: list[str], project: str) -> dict[str, int | None]:
+def measure(
+    found: list[dict[str, Any]], usage: dict[str, Any], wanted: list[str], project: str
+) -> dict[str, int | None]:
     """Which of `wanted` exist and are this project's (from a volume listing), with their sizes in bytes from a
     `docker system df` answer (None: not measured yet, e.g. a volume made since the measurement)."""
     existing = {v["Name"] for v in found if not foreign_owner(v, project)} & set(wanted)
@@ -66,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     remove = commands.add_parser("remove", help="remove the named volumes of one project on this node")
     remove.add_argument("--project", required=True)
-    remove.add_argument("--wait", type=float, default=30.0,
-                        help="seconds to wait for a volume in use by a stopping container (the lab's service was just removed)")
+    remove.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for a volume in use by a stopping container (the lab's service was just removed)",
+    )
     remove.add_argument("names", nargs="+")
-    sizes = commands.add_parser("sizes", help="which of the named volumes of one project exist on this node, with their sizes")
+    sizes = commands.add_parser(
+        "sizes", help="which of the named volumes of one project exist on this node, with their sizes"
+    )
     sizes.add_argument("--project", required=True)
     sizes.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
@@ -80,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sizes":
         found = (api.volumes(filters={"name": args.names}) or {}).get("Volumes") or []
         measured = measure(found, api.df(), args.names, args.project)
-        print(RESULT_PREFIX + json.dumps([{"volume": name, "size": size} for name, size in measured.items()]), flush=True)
+        print(
+            RESULT_PREFIX + json.dumps([{"volume": name, "size": size} for name, size in measured.items()]), flush=True
+        )
         return 0
 
     async def gateway(method: str, *call_args: Any) -> Any:

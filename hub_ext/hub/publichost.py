@@ -24,8 +24,15 @@ def on_public_host(host_name: str, public_host: str, internal: frozenset[str]) -
     return host == public_host or host.endswith("." + public_host) or host in internal
 
 
-def redirect_target(method: str, host_name: str, uri: str, has_token: bool, public_origin: str, base_url: str,
-                    internal: frozenset[str] = frozenset({"hub"})) -> str | None:
+def redirect_target(
+    method: str,
+    host_name: str,
+    uri: str,
+    has_token: bool,
+    public_origin: str,
+    base_url: str,
+    internal: frozenset[str] = frozenset({"hub"}),
+) -> str | None:
     """Where to send this request instead, or None to serve it here. Only a browser's page request (GET or HEAD,
     no token) under another name than the public one is sent away; `uri` is the path with its query."""
     if method not in ("GET", "HEAD") or has_token:
@@ -34,7 +41,7 @@ def redirect_target(method: str, host_name: str, uri: str, has_token: bool, publ
     if not public_host or on_public_host(host_name, public_host, internal):
         return None
     path = urlsplit(uri).path
-    rest = path[len(base_url):] if path.startswith(base_url) else None
+    rest = path[len(base_url) :] if path.startswith(base_url) else None
     if rest is not None and any(rest == p or rest.startswith(p + "/") for p in ANY_HOST_PATHS):
         return None
     return public_origin.rstrip("/") + uri

@@ -27,7 +27,9 @@ def missing_names(cert: Path, hostnames: list[str]) -> list[str]:
         sans = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return list(hostnames)
-    have = {str(n) for n in sans.get_values_for_type(x509.DNSName)} | {str(n) for n in sans.get_values_for_type(x509.IPAddress)}
+    have = {str(n) for n in sans.get_values_for_type(x509.DNSName)} | {
+        str(n) for n in sans.get_values_for_type(x509.IPAddress)
+    }
     return [name for name in hostnames if name not in have]
 
 
@@ -48,8 +50,12 @@ def ensure_self_signed(cert: Path, key: Path, hostnames: list[str], days: int = 
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, SELF_SIGNED_ORG)])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, SELF_SIGNED_ORG),
+        ]
+    )
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
         x509.CertificateBuilder()
@@ -64,8 +70,9 @@ def ensure_self_signed(cert: Path, key: Path, hostnames: list[str], days: int = 
         .sign(private, hashes.SHA256())
     )
     cert.parent.mkdir(parents=True, exist_ok=True)
-    key_bytes = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+    key_bytes = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_bytes)

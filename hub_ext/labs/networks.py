@@ -27,7 +27,7 @@ def used_subnets(networks: Iterable[Mapping]) -> list[IPv4Network]:
     """The IPv4 subnets of Docker networks (entries of `docker network ls`/inspect, as the API returns them)."""
     found = []
     for network in networks:
-        for config in ((network.get("IPAM") or {}).get("Config") or []):
+        for config in (network.get("IPAM") or {}).get("Config") or []:
             subnet = config.get("Subnet")
             if not subnet:
                 continue
@@ -37,8 +37,9 @@ def used_subnets(networks: Iterable[Mapping]) -> list[IPv4Network]:
     return found
 
 
-def free_subnet(pool: IPv4Network, used: Iterable[IPv4Network], prefix: int = SUBNET_PREFIX,
-                skip: Iterable[IPv4Network] = ()) -> IPv4Network | None:
+def free_subnet(
+    pool: IPv4Network, used: Iterable[IPv4Network], prefix: int = SUBNET_PREFIX, skip: Iterable[IPv4Network] = ()
+) -> IPv4Network | None:
     """The first /`prefix` of `pool` that overlaps none of `used` (nor `skip`), or None when the pool is full."""
     taken = [net for net in (*used, *skip) if net.overlaps(pool)]
     for candidate in pool.subnets(new_prefix=prefix):
@@ -52,7 +53,8 @@ def pool_capacity(pool: IPv4Network, prefix: int = SUBNET_PREFIX) -> int:
 
 
 def network_spec(subnet: IPv4Network) -> dict[str, str]:
-    """The IPAM pool of one lab network (docker.types.IPAMPool's arguments): the subnet, its first address the gateway."""
+    """The IPAM pool of one lab network (docker.types.IPAMPool's arguments): the subnet, its first address the
+    gateway."""
     return {"subnet": str(subnet), "gateway": str(next(subnet.hosts()))}
 
 
@@ -89,8 +91,7 @@ class GuardRules:
     def jumps(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """(built-in chain, rule) pairs that send the labs' packets into this project's chains."""
         source = ("-i", self.interface) if self.interface else ("-s", str(self.pool))
-        return (("DOCKER-USER", (*source, "-j", self.forward_chain)),
-                ("INPUT", (*source, "-j", self.local_chain)))
+        return (("DOCKER-USER", (*source, "-j", self.forward_chain)), ("INPUT", (*source, "-j", self.local_chain)))
 
     def restore_script(self) -> str:
         """An `iptables-restore --noflush` script: declares (and so empties) both chains and fills them at once."""
@@ -106,10 +107,16 @@ def chain_names(project: str) -> tuple[str, str]:
     return f"HF-{tag}-FWD", f"HF-{tag}-IN"
 
 
-def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] = (),
-                blocked: Iterable[str] = BLOCKED_RANGES, interface: str = "",
-                published: Iterable[tuple[int, int]] = (), resolvers: Iterable[str] | None = (),
-                closed: Iterable[int] = ()) -> GuardRules:
+def guard_rules(
+    project: str,
+    pool: IPv4Network,
+    allowed: Iterable[IPv4Network] = (),
+    blocked: Iterable[str] = BLOCKED_RANGES,
+    interface: str = "",
+    published: Iterable[tuple[int, int]] = (),
+    resolvers: Iterable[str] | None = (),
+    closed: Iterable[int] = (),
+) -> GuardRules:
     """Rules that keep labs (sources in `pool`) off link-local and private addresses, except `allowed`.
 
     On Swarm a lab's packets to anywhere but its overlay leave through the node's `docker_gwbridge`, from an
@@ -142,25 +149,64 @@ def guard_rules(project: str, pool: IPv4Network, allowed: Iterable[IPv4Network] 
         reject.append(("-d", str(net), "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"))
     forward_chain, local_chain = chain_names(project)
     # After Docker's DNAT the packet goes to the container's port; the original port is conntrack's to tell
-    published_rules = tuple(("-p", "tcp", "--dport", str(target), "-m", "conntrack", "--ctstate", "DNAT",
-                             "--ctorigdstport", str(port), "-j", "RETURN") for port, target in sorted(set(published)))
+    published_rules = tuple(
+        (
+            "-p",
+            "tcp",
+            "--dport",
+            str(target),
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "--ctorigdstport",
+            str(port),
+            "-j",
+            "RETURN",
+        )
+        for port, target in sorted(set(published))
+    )
     closed = sorted(set(closed))
-    closed_local = tuple(("-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset") for port in closed)
-    closed_forward = tuple(("-p", "tcp", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", str(port),
-                            "-j", "REJECT", "--reject-with", "tcp-reset") for port in closed)
+    closed_local = tuple(
+        ("-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset") for port in closed
+    )
+    closed_forward = tuple(
+        (
+            "-p",
+            "tcp",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "--ctorigdstport",
+            str(port),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        )
+        for port in closed
+    )
     forward = (*common[:1], *closed_forward, *published_rules, *common[1:], ("-d", str(pool), "-j", "RETURN"), *reject)
-    return GuardRules(pool, forward_chain, local_chain, tuple(forward), (*common[:1], *closed_local, *common[1:], *reject), interface)
+    return GuardRules(
+        pool, forward_chain, local_chain, tuple(forward), (*common[:1], *closed_local, *common[1:], *reject), interface
+    )
 
 
 def dns_rules(resolvers: Iterable[str] | None) -> tuple[tuple[str, ...], ...]:
     """Port 53 to each of `resolvers` (UDP and TCP); None: to any address (the host's resolvers are unknown)."""
     if resolvers is None:
         return (("-p", "udp", "--dport", "53", "-j", "RETURN"), ("-p", "tcp", "--dport", "53", "-j", "RETURN"))
-    return tuple(("-d", f"{address}/32", "-p", proto, "--dport", "53", "-j", "RETURN")
-                 for address in sorted(set(resolvers), key=ipaddress.IPv4Address) for proto in ("udp", "tcp"))
+    return tuple(
+        ("-d", f"{address}/32", "-p", proto, "--dport", "53", "-j", "RETURN")
+        for address in sorted(set(resolvers), key=ipaddress.IPv4Address)
+        for proto in ("udp", "tcp")
+    )
 
 
-STUB_RESOLVERS = frozenset({"127.0.0.53", "127.0.0.54"})  # systemd-resolved's stubs: Docker reads its upstream file instead
+STUB_RESOLVERS = frozenset(
+    {"127.0.0.53", "127.0.0.54"}
+)  # systemd-resolved's stubs: Docker reads its upstream file instead
 
 
 def upstream_resolvers(resolv_conf: str, upstream: str | None = None) -> tuple[str, ...] | None:
@@ -168,7 +214,11 @@ def upstream_resolvers(resolv_conf: str, upstream: str | None = None) -> tuple[s
     IPv4 nameservers, loopback ones dropped (a lab's namespace cannot reach them; Docker drops them too). Where
     resolv.conf names only systemd-resolved's stub, Docker uses the real list (/run/systemd/resolve/resolv.conf,
     `upstream`); None when that is needed but not given: the resolvers are then unknown."""
-    names = [line.split()[1] for line in resolv_conf.splitlines() if line.split()[:1] == ["nameserver"] and len(line.split()) > 1]
+    names = [
+        line.split()[1]
+        for line in resolv_conf.splitlines()
+        if line.split()[:1] == ["nameserver"] and len(line.split()) > 1
+    ]
     if names and set(names) <= STUB_RESOLVERS:
         return None if upstream is None else upstream_resolvers(upstream)
     found = []

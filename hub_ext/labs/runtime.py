@@ -22,7 +22,8 @@ LOG_DRIVER = "json-file"  # set on every container the stack runs, whatever the 
 
 def log_options(max_size: str, max_files: int) -> dict[str, str]:
     """json-file's rotation (LOG_MAX_SIZE, LOG_MAX_FILES): a container that prints without end keeps at most
-    max_size x max_files of log on the host. The same options for a container, a service's task and a Compose service."""
+    max_size x max_files of log on the host. The same options for a container, a service's task and a Compose
+    service."""
     return {"max-size": max_size, "max-file": str(max_files)}
 
 
@@ -65,8 +66,12 @@ def lab_runtime(
     # AutoRemove is off because `docker restart` of an AutoRemove container races with the removal:
     # now and then the container is gone, or "marked for removal and cannot be started", after a restart.
     # cpu_shares: under contention a lab weighs half of the hub (1024), so a busy host still answers logins
-    host_config: dict[str, Any] = {"pids_limit": pids_limit, "cpu_shares": cpu_shares, "auto_remove": False,
-                                   "log_config": {"type": LOG_DRIVER, "config": dict(logs or default_log_options())}}
+    host_config: dict[str, Any] = {
+        "pids_limit": pids_limit,
+        "cpu_shares": cpu_shares,
+        "auto_remove": False,
+        "log_config": {"type": LOG_DRIVER, "config": dict(logs or default_log_options())},
+    }
     if read_only_root:  # the image cannot be changed from inside: only the volumes and a private /tmp are writable
         host_config["read_only"] = True
         host_config["tmpfs"] = {"/tmp": "mode=1777,nosuid,nodev"}  # in RAM: counts against the lab's memory limit

@@ -108,7 +108,7 @@ def parse_log_size(raw: str) -> str:
     value = raw.strip().lower().removesuffix("b") or DEFAULT_LOG_MAX_SIZE
     match = _LOG_SIZE.match(value)
     size = int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ") if match else 0
-    if size < 1024 ** 2:
+    if size < 1024**2:
         raise ConfigError(f"LOG_MAX_SIZE={raw!r} is not a log size of at least 1m; use e.g. 10m or 1g")
     return value
 
@@ -160,7 +160,9 @@ def parse_ranges(raw: str, name: str) -> tuple[str, ...]:
         try:
             net = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise ConfigError(f"{name}: {item!r} is not an IPv4 network or address; use e.g. 10.1.2.0/24,192.168.5.10") from None
+            raise ConfigError(
+                f"{name}: {item!r} is not an IPv4 network or address; use e.g. 10.1.2.0/24,192.168.5.10"
+            ) from None
         if net.version != 4:
             raise ConfigError(f"{name}: {item!r} is IPv6; labs have IPv4 only, list IPv4 ranges")
         ranges.append(str(net))
@@ -187,10 +189,15 @@ def parse_driver_options(raw: str, driver: str) -> dict[str, str]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"LAB_VOLUME_DRIVER_OPTS: {item!r} is not key=value; use e.g. type=nfs;o=addr=10.0.0.5,rw;device=:/export")
+            raise ConfigError(
+                f"LAB_VOLUME_DRIVER_OPTS: {item!r} is not key=value; use e.g. "
+                "type=nfs;o=addr=10.0.0.5,rw;device=:/export"
+            )
         options[key.strip()] = value.strip()
     if options and not driver:
-        raise ConfigError("LAB_VOLUME_DRIVER_OPTS is set but LAB_VOLUME_DRIVER is empty; set LAB_VOLUME_DRIVER=local for NFS")
+        raise ConfigError(
+            "LAB_VOLUME_DRIVER_OPTS is set but LAB_VOLUME_DRIVER is empty; set LAB_VOLUME_DRIVER=local for NFS"
+        )
     return options
 
 
@@ -208,7 +215,9 @@ def parse_public_host(raw: str) -> str:
     except ValueError:
         pass
     if not _HOSTNAME.match(value):
-        raise ConfigError(f"HUBFORGE_PUBLIC_HOST={raw!r} is not a host name; use e.g. hub.example.org (no scheme, port or path)")
+        raise ConfigError(
+            f"HUBFORGE_PUBLIC_HOST={raw!r} is not a host name; use e.g. hub.example.org (no scheme, port or path)"
+        )
     return value
 
 
@@ -217,22 +226,26 @@ def subdomain_problem(host: str) -> str | None:
     right under a top-level name (`*.localhost`, `*.lan`), and an IP address has no subdomains."""
     try:
         ipaddress.ip_address(host)
-        return (f"HUBFORGE_PUBLIC_HOST={host} is an IP address, which has no subdomains for the labs; "
-                "use a DNS name with a wildcard record, or set LAB_SUBDOMAINS=0")
+        return (
+            f"HUBFORGE_PUBLIC_HOST={host} is an IP address, which has no subdomains for the labs; "
+            "use a DNS name with a wildcard record, or set LAB_SUBDOMAINS=0"
+        )
     except ValueError:
         pass
     if "." not in host:
-        return (f"HUBFORGE_PUBLIC_HOST={host} has a single label: browsers accept no wildcard certificate *.{host}; "
-                f"use a name with a dot (e.g. hub.{host}), or set LAB_SUBDOMAINS=0")
+        return (
+            f"HUBFORGE_PUBLIC_HOST={host} has a single label: browsers accept no wildcard certificate *.{host}; "
+            f"use a name with a dot (e.g. hub.{host}), or set LAB_SUBDOMAINS=0"
+        )
     return None
 
 
-def hub_host(config: "HubConfig") -> str:
+def hub_host(config: HubConfig) -> str:
     """The name the hub is reached by: HUBFORGE_PUBLIC_HOST, else hub.localhost (labs at <user>.hub.localhost)."""
     return config.public_host or DEFAULT_HOST
 
 
-def certificate_names(config: "HubConfig") -> list[str]:
+def certificate_names(config: HubConfig) -> list[str]:
     """What the self-signed certificate covers: the hub's name, every lab's (a wildcard), and loopback."""
     host = hub_host(config)
     names = [host] + ([f"*.{host}"] if config.lab_subdomains and not subdomain_problem(host) else [])
@@ -254,8 +267,10 @@ def parse_admin_password(env: Mapping[str, str], minimum: int) -> str:
     if not value:
         return ""
     if len(value) < minimum:
-        raise ConfigError(f"JUPYTERHUB_ADMIN_PASSWORD is too short ({len(value)} characters); "
-                          f"use at least PASSWORD_MIN_LENGTH={minimum}")
+        raise ConfigError(
+            f"JUPYTERHUB_ADMIN_PASSWORD is too short ({len(value)} characters); "
+            f"use at least PASSWORD_MIN_LENGTH={minimum}"
+        )
     if value in common_passwords():
         raise ConfigError("JUPYTERHUB_ADMIN_PASSWORD is on the list of common passwords; choose another")
     return value
@@ -274,7 +289,9 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
 def parse_authenticator(raw: str) -> str:
     value = raw.strip().lower() or "native"
     if value not in AUTHENTICATORS:
-        raise ConfigError(f"AUTHENTICATOR={raw!r} is not valid; use native (signup with approval) or oidc (OpenID Connect)")
+        raise ConfigError(
+            f"AUTHENTICATOR={raw!r} is not valid; use native (signup with approval) or oidc (OpenID Connect)"
+        )
     return value
 
 

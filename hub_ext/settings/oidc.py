@@ -56,7 +56,9 @@ class OIDCConfig:
     login_name: str = "OpenID Connect"  # OIDC_LOGIN_NAME: "Sign in with <name>"
     logout_provider: bool = False  # OIDC_LOGOUT_PROVIDER: logging out also ends the provider's session
     start_wait: int = 30  # OIDC_START_WAIT: seconds the hub waits at start for an issuer that does not answer yet
-    recheck_seconds: int = 300  # OIDC_RECHECK_SECONDS: how often a signed-in user's access is asked again (0: at login only)
+    recheck_seconds: int = (
+        300  # OIDC_RECHECK_SECONDS: how often a signed-in user's access is asked again (0: at login only)
+    )
 
     @property
     def who_gets_in(self) -> str:
@@ -77,8 +79,11 @@ class OIDCConfig:
         mounted = self.secret_file == SECRET_IN_HUB  # the hub's view of the host's file: the same mode, another path
         where = "the host's OIDC_CLIENT_SECRET_FILE" if mounted else f"OIDC_CLIENT_SECRET_FILE={self.secret_file}"
         path = "FILE" if mounted else self.secret_file
-        return (f"{where} is readable by every user (mode {self.secret_file_mode:04o}), and the client secret lets anyone act "
-                f"as this hub at the provider; make it private: chown 1000 {path} && chmod 0400 {path}")
+        return (
+            f"{where} is readable by every user (mode {self.secret_file_mode:04o}), and the client secret lets anyone "
+            "act "
+            f"as this hub at the provider; make it private: chown 1000 {path} && chmod 0400 {path}"
+        )
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
@@ -133,24 +138,39 @@ def parse_group_map(raw: str) -> tuple[tuple[str, str], ...]:
             continue
         source, sep, target = (s.strip() for s in item.rpartition("="))
         if not sep or not source or not target:
-            raise OIDCError(f"OIDC_GROUP_MAP: {item!r} is not provider-group=built-in-group; use e.g. platform-team=docker-sock")
+            raise OIDCError(
+                f"OIDC_GROUP_MAP: {item!r} is not provider-group=built-in-group; use e.g. platform-team=docker-sock"
+            )
         if target not in BUILTIN_GROUPS:
-            raise OIDCError(f"OIDC_GROUP_MAP: {target!r} is not a built-in group; use one of {', '.join(BUILTIN_GROUPS)}")
+            raise OIDCError(
+                f"OIDC_GROUP_MAP: {target!r} is not a built-in group; use one of {', '.join(BUILTIN_GROUPS)}"
+            )
         pairs.append((source, target))
     return tuple(sorted(set(pairs)))
 
 
-def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path: Path(path).read_text(),
-               mode: Callable[[str], int] = lambda path: stat.S_IMODE(os.stat(path).st_mode)) -> OIDCConfig:
+def parse_oidc(
+    env: Mapping[str, str],
+    read: Callable[[str], str] = lambda path: Path(path).read_text(),
+    mode: Callable[[str], int] = lambda path: stat.S_IMODE(os.stat(path).st_mode),
+) -> OIDCConfig:
     """The OIDC_* settings from `env` (AUTHENTICATOR=oidc), checked; raises OIDCError with one line. The secret file's
     permission bits (`mode`) are kept for `OIDCConfig.secret_warning`."""
     if not env.get("OIDC_ISSUER", "").strip():
-        raise OIDCError("AUTHENTICATOR=oidc needs OIDC_ISSUER, the provider's issuer URL (e.g. https://login.example.org/realms/team)")
+        raise OIDCError(
+            "AUTHENTICATOR=oidc needs OIDC_ISSUER, the provider's issuer URL (e.g. https://login.example.org/realms/team)"
+        )
     issuer = parse_url("OIDC_ISSUER", env["OIDC_ISSUER"], https_only=True)
-    internal = parse_url("OIDC_INTERNAL_URL", env["OIDC_INTERNAL_URL"], https_only=False) if env.get("OIDC_INTERNAL_URL", "").strip() else ""
+    internal = (
+        parse_url("OIDC_INTERNAL_URL", env["OIDC_INTERNAL_URL"], https_only=False)
+        if env.get("OIDC_INTERNAL_URL", "").strip()
+        else ""
+    )
     client_id = env.get("OIDC_CLIENT_ID", "").strip()
     if not client_id:
-        raise OIDCError("AUTHENTICATOR=oidc needs OIDC_CLIENT_ID, the client (application) id registered at the provider")
+        raise OIDCError(
+            "AUTHENTICATOR=oidc needs OIDC_CLIENT_ID, the client (application) id registered at the provider"
+        )
     secret, secret_file = env.get("OIDC_CLIENT_SECRET", "").strip(), env.get("OIDC_CLIENT_SECRET_FILE", "").strip()
     secret_mode = 0
     if secret and secret_file:
@@ -163,15 +183,24 @@ def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path:
         if not secret:
             raise OIDCError(f"OIDC_CLIENT_SECRET_FILE={secret_file} is empty; put the client secret in it")
     if not secret:
-        raise OIDCError("AUTHENTICATOR=oidc needs OIDC_CLIENT_SECRET or OIDC_CLIENT_SECRET_FILE (the client secret from the provider)")
+        raise OIDCError(
+            "AUTHENTICATOR=oidc needs OIDC_CLIENT_SECRET or OIDC_CLIENT_SECRET_FILE (the client secret from the "
+            "provider)"
+        )
     scopes = tuple(dict.fromkeys(env.get("OIDC_SCOPES", "").replace(",", " ").split())) or OIDCConfig.scopes
     if "openid" not in scopes:
-        raise OIDCError(f"OIDC_SCOPES={env['OIDC_SCOPES']!r} lacks openid; OpenID Connect needs it, e.g. openid profile email")
+        raise OIDCError(
+            f"OIDC_SCOPES={env['OIDC_SCOPES']!r} lacks openid; OpenID Connect needs it, e.g. openid profile email"
+        )
     claims_from = env.get("OIDC_CLAIMS_FROM", "").strip() or "userinfo"
     if claims_from not in CLAIM_SOURCES:
         raise OIDCError(f"OIDC_CLAIMS_FROM={claims_from!r} is not valid; use userinfo or id_token")
     config = OIDCConfig(
-        issuer=issuer, client_id=client_id, client_secret=secret, secret_file=secret_file, secret_file_mode=secret_mode,
+        issuer=issuer,
+        client_id=client_id,
+        client_secret=secret,
+        secret_file=secret_file,
+        secret_file_mode=secret_mode,
         internal_url=internal,
         scopes=scopes,
         username_claim=env.get("OIDC_USERNAME_CLAIM", "").strip() or OIDCConfig.username_claim,
@@ -189,8 +218,10 @@ def parse_oidc(env: Mapping[str, str], read: Callable[[str], str] = lambda path:
         recheck_seconds=_seconds(env, "OIDC_RECHECK_SECONDS", 300),
     )
     if not (config.allow_all or config.allowed_groups or config.allowed_users):
-        raise OIDCError("AUTHENTICATOR=oidc needs to know who gets in: set OIDC_ALLOWED_GROUPS, OIDC_ALLOWED_USERS, "
-                        "or OIDC_ALLOW_ALL=1 (everyone the provider authenticates)")
+        raise OIDCError(
+            "AUTHENTICATOR=oidc needs to know who gets in: set OIDC_ALLOWED_GROUPS, OIDC_ALLOWED_USERS, "
+            "or OIDC_ALLOW_ALL=1 (everyone the provider authenticates)"
+        )
     return config
 
 
@@ -210,7 +241,7 @@ class Endpoints:
 def rebase(url: str, old: str, new: str) -> str:
     """`url` under `old`, moved under `new` (no change when either is empty or `url` is elsewhere)."""
     if old and new and url.startswith(old):
-        return new + url[len(old):]
+        return new + url[len(old) :]
     return url
 
 
@@ -221,8 +252,10 @@ def parse_discovery(document: object, config: OIDCConfig) -> Endpoints:
         raise OIDCError(f"OIDC_ISSUER={config.issuer}: the discovery document is not a JSON object")
     found = str(document.get("issuer", "")).rstrip("/")
     if found != config.issuer:
-        raise OIDCError(f"OIDC_ISSUER={config.issuer} does not match the issuer the provider names, {found or 'none'!r}; "
-                        "set OIDC_ISSUER to exactly that")
+        raise OIDCError(
+            f"OIDC_ISSUER={config.issuer} does not match the issuer the provider names, {found or 'none'!r}; "
+            "set OIDC_ISSUER to exactly that"
+        )
     missing = [key for key in ("authorization_endpoint", "token_endpoint") if not document.get(key)]
     if config.claims_from == "userinfo" and not document.get("userinfo_endpoint"):
         missing.append("userinfo_endpoint (or set OIDC_CLAIMS_FROM=id_token)")
@@ -250,8 +283,13 @@ def fetch_json(url: str, timeout: float) -> object:
         return json.loads(answer.read(1_000_000))
 
 
-def discover(config: OIDCConfig, fetch: Callable[[str, float], object] = fetch_json, say: Callable[[str], None] = print,
-             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Endpoints:
+def discover(
+    config: OIDCConfig,
+    fetch: Callable[[str, float], object] = fetch_json,
+    say: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Endpoints:
     """The provider's endpoints, from its discovery document. An issuer that does not answer (yet) is asked again
     for up to `config.start_wait` seconds (a provider in the same stack may start after the hub); an answer that
     is wrong fails at once. Raises OIDCError with one line."""
@@ -261,15 +299,19 @@ def discover(config: OIDCConfig, fetch: Callable[[str, float], object] = fetch_j
         try:
             document = fetch(url, 10.0)
         except urllib.error.HTTPError as exc:
-            raise OIDCError(f"OIDC_ISSUER={config.issuer}: {url} answered {exc.code} {exc.reason}; check the issuer URL") from None
+            raise OIDCError(
+                f"OIDC_ISSUER={config.issuer}: {url} answered {exc.code} {exc.reason}; check the issuer URL"
+            ) from None
         except ValueError:
             raise OIDCError(f"OIDC_ISSUER={config.issuer}: {url} did not answer JSON; check the issuer URL") from None
         except OSError as exc:  # refused, no such name, timed out: perhaps not up yet
             reason = getattr(exc, "reason", None) or exc
             if clock() >= deadline:
                 where = "OIDC_INTERNAL_URL" if config.internal_url else "OIDC_ISSUER"
-                raise OIDCError(f"{where}: the issuer does not answer at {url} ({reason}) after {config.start_wait} s; "
-                                f"check {where} and that the provider runs (OIDC_START_WAIT waits longer)") from None
+                raise OIDCError(
+                    f"{where}: the issuer does not answer at {url} ({reason}) after {config.start_wait} s; "
+                    f"check {where} and that the provider runs (OIDC_START_WAIT waits longer)"
+                ) from None
             say(f"waiting for the issuer at {url} ({reason})")
             sleep(min(2.0, max(0.1, deadline - clock())))
             continue
@@ -310,8 +352,10 @@ def groups_from_claims(claims: Mapping[str, object], claim: str) -> set[str]:
 
 def refusal_message(username: str, who_gets_in: str) -> str:
     """What someone the provider signed in, but this hub does not let in, reads on the refusal page."""
-    return (f"You signed in at the identity provider as {username}, but this hub lets in only {who_gets_in}. "
-            "Ask the hub's administrator for access; once it is given, sign in again.")
+    return (
+        f"You signed in at the identity provider as {username}, but this hub lets in only {who_gets_in}. "
+        "Ask the hub's administrator for access; once it is given, sign in again."
+    )
 
 
 def logout_url(end_session: str, client_id: str, return_to: str) -> str:

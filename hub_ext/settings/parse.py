@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-USERNAME = re.compile(r"^[^\s/]{1,64}$")  # what a setting may name as a user; signup's full rules are hub_ext.web.accounts'
+USERNAME = re.compile(
+    r"^[^\s/]{1,64}$"
+)  # what a setting may name as a user; signup's full rules are hub_ext.web.accounts'
 
 
 class ConfigError(ValueError):

@@ -62,8 +62,13 @@ async def disk_usage(client) -> dict:
     """
     now, loop = time.monotonic(), asyncio.get_running_loop()
     future = _usage["future"]
-    stale = future is None or future.get_loop() is not loop or (
-        future.done() and (future.cancelled() or future.exception() is not None or now - _usage["at"] > SIZES_TTL_S))
+    stale = (
+        future is None
+        or future.get_loop() is not loop
+        or (
+            future.done() and (future.cancelled() or future.exception() is not None or now - _usage["at"] > SIZES_TTL_S)
+        )
+    )
     if stale:
         future = loop.run_in_executor(_SIZES, client.df)
         _usage.update(at=now, future=future)
@@ -80,7 +85,8 @@ def not_found(exc: BaseException) -> bool:
 
 
 async def container_running(spawner, container: str) -> None:
-    """Raise, with the reason, unless the container is running (it may stop or vanish while a lab starts or restarts)."""
+    """Raise, with the reason, unless the container is running (it may stop or vanish while a lab starts or
+    restarts)."""
     try:
         state = (await spawner.docker("inspect_container", container))["State"]
     except Exception as exc:  # docker.errors.NotFound, through DockerSpawner's executor
@@ -88,8 +94,10 @@ async def container_running(spawner, container: str) -> None:
             raise RuntimeError("the lab's container is gone; start your server again") from None
         raise
     if not state.get("Running"):
-        raise RuntimeError(f"the lab's container stopped (exit code {state.get('ExitCode')}); "
-                           "see `invoke logs <user>`, then start your server again")
+        raise RuntimeError(
+            f"the lab's container stopped (exit code {state.get('ExitCode')}); "
+            "see `invoke logs <user>`, then start your server again"
+        )
 
 
 async def server_token(spawner) -> str:
@@ -214,7 +222,9 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         help="Prefix of lab container and volume names: <prefix>-<escaped user>_<home|workspace|cache>.",
     )
     shared_volume = Unicode("jupyterhub_shared", config=True, help="Volume every lab mounts at /mnt/shared.")
-    docker_socket = Unicode("/var/run/docker.sock", config=True, help="Host path of the Docker socket (docker-sock group).")
+    docker_socket = Unicode(
+        "/var/run/docker.sock", config=True, help="Host path of the Docker socket (docker-sock group)."
+    )
     docker_socket_gid = Integer(None, allow_none=True, config=True, help="Group id owning the Docker socket.")
     pids_limit = Integer(1024, config=True, help="Maximum number of processes in one lab.")
     log_options = Dict(
@@ -223,7 +233,9 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         without end cannot fill the host's disk. Empty: 10m x 3.""",
     )
     cpu_shares = Integer(128, min=2, config=True, help="CPU weight of one lab under contention (the hub has 1024).")
-    read_only_root = Bool(True, config=True, help="Labs get a read-only root filesystem and a tmpfs /tmp (LAB_READ_ONLY_ROOT).")
+    read_only_root = Bool(
+        True, config=True, help="Labs get a read-only root filesystem and a tmpfs /tmp (LAB_READ_ONLY_ROOT)."
+    )
     gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
     gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
     lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
@@ -241,7 +253,9 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
 
         Off: every lab on the stack network (the pre-isolation layout), which lets labs reach each other.""",
     )
-    subnet_pool = Unicode("10.213.0.0/16", config=True, help="IPv4 range carved into one /29 per lab network (LAB_SUBNET_POOL).")
+    subnet_pool = Unicode(
+        "10.213.0.0/16", config=True, help="IPv4 range carved into one /29 per lab network (LAB_SUBNET_POOL)."
+    )
     hub_container = Unicode(
         config=True,
         help="The hub's own container, which joins every lab's network (default: this host name, the container id).",
@@ -278,7 +292,11 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
 
     def volume_labels(self, kind: str) -> dict[str, str]:
         """A user's volume: the user's labels, its kind, and the account it is made for (naming.account_id)."""
-        return {**self.labels(), VOLUME_LABEL: kind, ACCOUNT_LABEL: account_id(getattr(self.user.orm_user, "created", None))}
+        return {
+            **self.labels(),
+            VOLUME_LABEL: kind,
+            ACCOUNT_LABEL: account_id(getattr(self.user.orm_user, "created", None)),
+        }
 
     def start_refusal(self) -> str | None:
         """Why this user may not start now, or None: an account revoked while its start waited (a start that was
@@ -295,8 +313,11 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         if failed:  # the account label still keeps them from the next owner (ensure_volume refuses them)
             self.log.error("deleted user %s: volumes NOT removed: %s", self.user.name, "; ".join(failed))
         else:
-            self.log.info("deleted user %s: volumes removed: %s", self.user.name,
-                          ", ".join(r["volume"] for r in results if r["result"] == "removed") or "none existed")
+            self.log.info(
+                "deleted user %s: volumes removed: %s",
+                self.user.name,
+                ", ".join(r["volume"] for r in results if r["result"] == "removed") or "none existed",
+            )
         return results
 
     def current_groups(self) -> list[str]:
@@ -350,7 +371,9 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def executor(self) -> ThreadPoolExecutor:
         """One pool of `docker_threads` threads for the whole hub, instead of DockerSpawner's single thread
         (docker-py's client is safe across threads: each call takes its own connection from the pool)."""
-        return _DOCKER_POOL.setdefault(self.docker_threads, ThreadPoolExecutor(self.docker_threads, thread_name_prefix="docker"))
+        return _DOCKER_POOL.setdefault(
+            self.docker_threads, ThreadPoolExecutor(self.docker_threads, thread_name_prefix="docker")
+        )
 
     @default("client_kwargs")
     def _client_kwargs_default(self):
@@ -383,7 +406,10 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 break  # its turn: starting
             if ahead is not None and ahead != said:
                 said = ahead
-                yield {"progress": 10, "message": f"Waiting to start: {ahead} lab{'' if ahead == 1 else 's'} ahead of yours"}
+                yield {
+                    "progress": 10,
+                    "message": f"Waiting to start: {ahead} lab{'' if ahead == 1 else 's'} ahead of yours",
+                }
             await asyncio.sleep(0.25)
         yield {"progress": 50, "message": "Starting your lab..."}
 
@@ -414,8 +440,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if status is None and self.lab_networks and not self._hub_joined:
             await self.join_hub(self.network_name, await self.inspect_network(self.network_name))
         if status is not None and self.remove and self.object_id:
-            self.log.warning("lab %s of %s is dead (%s): removing its container; the volumes stay",
-                             self.object_name, self.user.name, status)
+            self.log.warning(
+                "lab %s of %s is dead (%s): removing its container; the volumes stay",
+                self.object_name,
+                self.user.name,
+                status,
+            )
             try:
                 await self.remove_object()
             except Exception as exc:  # noqa: BLE001 -- the next start replaces it anyway; say why it stayed
@@ -510,8 +540,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             logs=self.log_options,
         )
         if not hasattr(self, "_base_settings"):  # what the operator configured, kept once
-            self._base_settings = (dict(self.extra_host_config or {}), dict(self.environment or {}),
-                                   dict(self.extra_create_kwargs or {}), list(self.args or []))
+            self._base_settings = (
+                dict(self.extra_host_config or {}),
+                dict(self.environment or {}),
+                dict(self.extra_create_kwargs or {}),
+                list(self.args or []),
+            )
         base_host, base_env, base_create, base_args = self._base_settings
         self.name_template = names.container
         self.volumes = runtime.volumes
@@ -545,13 +579,17 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             return
         owner = foreign_owner(found, self.project)
         if owner:
-            raise RuntimeError(f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
-                               "its data is never mounted here (two projects with one volume prefix: see the README's \"Projects\")")
+            raise RuntimeError(
+                f"volume {name} belongs to the hubforge project {owner!r}, not {self.project!r}: "
+                'its data is never mounted here (two projects with one volume prefix: see the README\'s "Projects")'
+            )
         earlier = stale_owner(found, labels.get(ACCOUNT_LABEL, ""))
         if earlier:
-            raise RuntimeError(f"volume {name} was made for an earlier user named {self.user.name!r} (account {earlier}), "
-                               f"which was deleted: its files are never mounted for a new owner; an admin removes it with "
-                               f"`docker volume rm {name}`")
+            raise RuntimeError(
+                f"volume {name} was made for an earlier user named {self.user.name!r} (account {earlier}), "
+                f"which was deleted: its files are never mounted for a new owner; an admin removes it with "
+                f"`docker volume rm {name}`"
+            )
 
     async def remove_volumes(self, names: list[str]) -> list[dict[str, Any]]:
         """Delete these volumes of the user's (a reset, a discarded account), in order; one result each."""
@@ -584,8 +622,10 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             else:
                 owner = foreign_owner(found, self.project)
                 if owner:
-                    raise RuntimeError(f"network {name} belongs to the hubforge project {owner!r}, not {self.project!r}; "
-                                       "give each project its own stack network")
+                    raise RuntimeError(
+                        f"network {name} belongs to the hubforge project {owner!r}, not {self.project!r}; "
+                        "give each project its own stack network"
+                    )
         await self.join_hub(name, found)
 
     network_prefix = SUBNET_PREFIX  # each lab network's size: a /29 bridge holds the gateway, the lab and the hub
@@ -602,14 +642,27 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             used = used_subnets(await self.docker("networks"))
             subnet = free_subnet(pool, used, prefix=self.network_prefix, skip=refused)
             if subnet is None:
-                raise RuntimeError(f"no free /{self.network_prefix} left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s lab network; "
-                                   "stop unused labs or set a larger LAB_SUBNET_POOL")
+                raise RuntimeError(
+                    f"no free /{self.network_prefix} left in LAB_SUBNET_POOL={self.subnet_pool} for {self.user.name}'s "
+                    "lab network; "
+                    "stop unused labs or set a larger LAB_SUBNET_POOL"
+                )
             try:
-                created = await self.docker("create_network", name, ipam=IPAMConfig(pool_configs=[IPAMPool(**self.ipam_pool(subnet))]),
-                                            labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE}, check_duplicate=True,
-                                            **self.network_options)
+                created = await self.docker(
+                    "create_network",
+                    name,
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(**self.ipam_pool(subnet))]),
+                    labels={**self.labels(), ROLE_LABEL: NETWORK_ROLE},
+                    check_duplicate=True,
+                    **self.network_options,
+                )
                 self.log.info("lab network %s for %s: %s", name, self.user.name, subnet)
-                return {"Id": created["Id"], "Name": name, "IPAM": {"Config": [{"Subnet": str(subnet)}]}, "Containers": {}}
+                return {
+                    "Id": created["Id"],
+                    "Name": name,
+                    "IPAM": {"Config": [{"Subnet": str(subnet)}]},
+                    "Containers": {},
+                }
             except APIError as exc:
                 if "overlap" not in str(exc).lower():
                     raise
@@ -617,17 +670,22 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         raise RuntimeError(f"cannot find a free subnet in LAB_SUBNET_POOL={self.subnet_pool}: every try overlapped")
 
     async def join_hub(self, name: str, found: dict | None) -> None:
-        """Connect the hub to the lab's network (`found`: its inspection), under its alias, unless it is there already."""
+        """Connect the hub to the lab's network (`found`: its inspection), under its alias, unless it is there
+        already."""
         if found is None:
             return  # a lab from before isolation, still on the stack network
-        if not any(cid.startswith(self.hub_container) or info.get("Name") == self.hub_container
-                   for cid, info in (found.get("Containers") or {}).items()):
+        if not any(
+            cid.startswith(self.hub_container) or info.get("Name") == self.hub_container
+            for cid, info in (found.get("Containers") or {}).items()
+        ):
             try:
                 await self.docker("connect_container_to_network", self.hub_container, name, aliases=[self.hub_alias])
             except Exception as exc:
                 if "already exists" not in str(exc):
-                    raise RuntimeError(f"the hub ({self.hub_container}) cannot join {name}: {exc}; "
-                                       "set c.HubforgeSpawner.hub_container to the hub's container name") from exc
+                    raise RuntimeError(
+                        f"the hub ({self.hub_container}) cannot join {name}: {exc}; "
+                        "set c.HubforgeSpawner.hub_container to the hub's container name"
+                    ) from exc
         self._hub_joined = True
 
     async def remove_lab_network(self) -> None:

@@ -41,13 +41,22 @@ from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
-STARTED = {"starting", "running"}  # the container runs ("starting" until its health check passes): the spawner's own readiness check follows
+STARTED = {
+    "starting",
+    "running",
+}  # the container runs ("starting" until its health check passes): the spawner's own readiness check follows
 ANCHOR_SECONDS = 30
-IMAGE_MAP = "/srv/jupyterhub/registry/images.json"  # written by `invoke up` after it pushed the images (hubforge.deploy.swarm)
-REGISTRY_AUTH = "/run/secrets/registry_auth"  # the registry's credentials, a swarm secret of the hub (stack/compose.yml.j2)
+IMAGE_MAP = (
+    "/srv/jupyterhub/registry/images.json"  # written by `invoke up` after it pushed the images (hubforge.deploy.swarm)
+)
+REGISTRY_AUTH = (
+    "/run/secrets/registry_auth"  # the registry's credentials, a swarm secret of the hub (stack/compose.yml.j2)
+)
 HELPER_TIMEOUT = 120
 NODE_CHECK_SECONDS = 2.0
-_REMOTE_SIZES: dict[tuple[str, tuple[str, ...]], tuple[float, asyncio.Task]] = {}  # (node, names) -> (when, measurement)
+_REMOTE_SIZES: dict[
+    tuple[str, tuple[str, ...]], tuple[float, asyncio.Task]
+] = {}  # (node, names) -> (when, measurement)
 _LOGGED_IN: set[tuple[int, str]] = set()  # (id of the Docker client, registry) that the client holds credentials for
 
 
@@ -55,8 +64,12 @@ class SwarmRefused(RuntimeError):
     """What Swarm cannot do for this user, said in one line on the spawn page."""
 
 
-def service_mounts(volumes: dict[str, dict[str, str]], tmpfs: dict[str, str], labels: dict[str, dict[str, str]],
-                   driver: DriverConfig | None) -> list[Mount]:
+def service_mounts(
+    volumes: dict[str, dict[str, str]],
+    tmpfs: dict[str, str],
+    labels: dict[str, dict[str, str]],
+    driver: DriverConfig | None,
+) -> list[Mount]:
     """Mounts of a lab service: named volumes (labelled, from `driver` when shared storage is on), host paths
     as binds (the Docker socket), and a tmpfs for each tmpfs path of the host config."""
     mounts = []
@@ -65,8 +78,16 @@ def service_mounts(volumes: dict[str, dict[str, str]], tmpfs: dict[str, str], la
         if source.startswith("/"):
             mounts.append(Mount(target=spec["bind"], source=source, type="bind", read_only=read_only))
         else:
-            mounts.append(Mount(target=spec["bind"], source=source, type="volume", read_only=read_only,
-                                labels=labels.get(source), driver_config=driver))
+            mounts.append(
+                Mount(
+                    target=spec["bind"],
+                    source=source,
+                    type="volume",
+                    read_only=read_only,
+                    labels=labels.get(source),
+                    driver_config=driver,
+                )
+            )
     for target in tmpfs:
         mounts.append(Mount(target=target, source=None, type="tmpfs", tmpfs_mode=0o1777))
     return mounts
@@ -75,8 +96,10 @@ def service_mounts(volumes: dict[str, dict[str, str]], tmpfs: dict[str, str], la
 def container_spec_options(host_config: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     """ContainerSpec arguments for what the host config asks; refuses what a service cannot be."""
     if host_config.get("privileged"):
-        raise SwarmRefused(f"the {DOCKER_PRIVILEGED_GROUP} group cannot work on the swarm engine (Swarm services are never "
-                           "privileged): an admin removes the user from it, or runs the compose engine")
+        raise SwarmRefused(
+            f"the {DOCKER_PRIVILEGED_GROUP} group cannot work on the swarm engine (Swarm services are never "
+            "privileged): an admin removes the user from it, or runs the compose engine"
+        )
     options: dict[str, Any] = {"labels": dict(labels), "read_only": bool(host_config.get("read_only"))}
     if host_config.get("cap_drop"):
         options["cap_drop"] = list(host_config["cap_drop"])
@@ -89,23 +112,35 @@ def container_spec_options(host_config: dict[str, Any], labels: dict[str, str]) 
 
 def service_resources(mem_limit: Any, cpu_limit: float | None, pids_limit: int, gpus: int) -> Resources:
     """Limits of a lab service; GPUs as the nodes' generic resource, so the scheduler places GPU labs on GPU nodes."""
-    resources = Resources(mem_limit=mem_limit or None, cpu_limit=int(cpu_limit * 1e9) if cpu_limit else None,
-                          generic_resources={GPU_RESOURCE: gpus} if gpus else None)
+    resources = Resources(
+        mem_limit=mem_limit or None,
+        cpu_limit=int(cpu_limit * 1e9) if cpu_limit else None,
+        generic_resources={GPU_RESOURCE: gpus} if gpus else None,
+    )
     resources.setdefault("Limits", {})["Pids"] = pids_limit  # docker-py's Resources has no argument for it (API 1.41)
     return resources
 
 
 def node_gpus(node: dict) -> int:
     generic = ((node.get("Description") or {}).get("Resources") or {}).get("GenericResources") or []
-    return sum(int((r.get("DiscreteResourceSpec") or {}).get("Value", 0)) for r in generic
-               if (r.get("DiscreteResourceSpec") or {}).get("Kind") == GPU_RESOURCE)
+    return sum(
+        int((r.get("DiscreteResourceSpec") or {}).get("Value", 0))
+        for r in generic
+        if (r.get("DiscreteResourceSpec") or {}).get("Kind") == GPU_RESOURCE
+    )
 
 
 def least_loaded(nodes: list[dict], running: list[dict], gpus: int = 0) -> str:
     """The node a new lab's first task goes to: ready and active, with the GPUs asked for, and running the fewest
-    tasks (Swarm's own spread, which counts every service's tasks). Ties go to the lowest id, so the choice is stable."""
-    eligible = [n for n in nodes if (n.get("Status") or {}).get("State") == "ready"
-                and (n.get("Spec") or {}).get("Availability") == "active" and node_gpus(n) >= gpus]
+    tasks (Swarm's own spread, which counts every service's tasks). Ties go to the lowest id, so the choice is
+    stable."""
+    eligible = [
+        n
+        for n in nodes
+        if (n.get("Status") or {}).get("State") == "ready"
+        and (n.get("Spec") or {}).get("Availability") == "active"
+        and node_gpus(n) >= gpus
+    ]
     if not eligible:
         need = f" with {gpus} {GPU_RESOURCE}" if gpus else ""
         raise SwarmRefused(f"no node of the swarm is ready and active{need}: an admin checks `invoke status`")
@@ -131,21 +166,42 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         return overlay_spec(subnet)
 
     pending_timeout = Integer(
-        60, config=True, help="Seconds a lab's task may stay pending (no node can take it: resources, GPUs, constraints) before the start fails with Swarm's reason.")
+        60,
+        config=True,
+        help=(
+            "Seconds a lab's task may stay pending (no node can take it: resources, GPUs, constraints) before the "
+            "start fails with Swarm's reason."
+        ),
+    )
     stop_wait = Integer(30, config=True, help="Seconds a stop waits for the lab's container on this node to be gone.")
-    gpus_per_lab = Integer(1, min=1, config=True, help=f"How many {GPU_RESOURCE} generic resources a lab asks for when GPUs are on.")
+    gpus_per_lab = Integer(
+        1, min=1, config=True, help=f"How many {GPU_RESOURCE} generic resources a lab asks for when GPUs are on."
+    )
     lab_gpus = Integer(0, help="The GPUs this start asks for (0 without the GPU mode).")
-    node_id = Unicode("", help="The node that holds this user's volumes (node-pinned storage), kept in the hub's database.")
+    node_id = Unicode(
+        "", help="The node that holds this user's volumes (node-pinned storage), kept in the hub's database."
+    )
     volume_driver = Unicode(
         "",
         config=True,
-        help="""Shared storage (LAB_VOLUME_DRIVER): the volume driver of every lab volume, so labs can run on any node
-        (local with NFS options, or a plugin). Empty: node-pinned storage, each user's lab stays on the node with their volumes.""",
+        help="""Shared storage (LAB_VOLUME_DRIVER): the volume driver of every lab volume, so labs can run on any
+        node (local with NFS options, or a plugin). Empty: node-pinned storage, each user's lab stays on the node
+        with their volumes.""",
     )
-    volume_driver_options = Dict(config=True, help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS.")
-    image_map = Unicode(IMAGE_MAP, config=True, help="The JSON file mapping each built image to its digest in the stack's registry.")
-    registry_auth = Unicode(REGISTRY_AUTH, config=True,
-                            help="The stack's registry credentials (JSON: username, password), given to Swarm with every service of its images.")
+    volume_driver_options = Dict(
+        config=True, help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS."
+    )
+    image_map = Unicode(
+        IMAGE_MAP, config=True, help="The JSON file mapping each built image to its digest in the stack's registry."
+    )
+    registry_auth = Unicode(
+        REGISTRY_AUTH,
+        config=True,
+        help=(
+            "The stack's registry credentials (JSON: username, password), given to Swarm with every service of its "
+            "images."
+        ),
+    )
 
     # -- state: the pin outlives stops ------------------------------------------------------------------
     def load_state(self, state):
@@ -179,15 +235,22 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         labels = self.labels()
         # No image health check for labs on Swarm: a task's DNS name is given only once it is healthy, which with
         # the image's 10 s interval held every start up by 10 s. The spawner checks readiness itself, every 0.1 s.
-        self.extra_container_spec = {**container_spec_options(host_config, labels), "healthcheck": Healthcheck(test=["NONE"])}
+        self.extra_container_spec = {
+            **container_spec_options(host_config, labels),
+            "healthcheck": Healthcheck(test=["NONE"]),
+        }
         env = dict(self.environment)
         if host_config.get("device_requests"):
             env.pop("NVIDIA_VISIBLE_DEVICES", None)  # the node's runtime exposes the GPU the scheduler assigned
         self.environment = env
         self.lab_gpus = self.gpus_per_lab if host_config.get("device_requests") else 0
         resources = service_resources(self.mem_limit, self.cpu_limit, self.pids_limit, self.lab_gpus)
-        self.extra_task_spec = {"resources": resources, "restart_policy": RestartPolicy(condition="any", delay=1_000_000_000),
-                                "placement": Placement(constraints=await self.placement()), "log_driver": self.task_logs()}
+        self.extra_task_spec = {
+            "resources": resources,
+            "restart_policy": RestartPolicy(condition="any", delay=1_000_000_000),
+            "placement": Placement(constraints=await self.placement()),
+            "log_driver": self.task_logs(),
+        }
         self.extra_endpoint_spec = {"mode": "dnsrr"}  # the lab's own address: no virtual IP to route through
         volume_labels = {volume: self.volume_labels(kind) for kind, volume in self.names.volumes.items()}
         volume_labels[self.shared_volume] = {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"}
@@ -210,16 +273,20 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             node = await self.docker("inspect_node", self.node_id)
         except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: the node left the swarm
             if not_found(exc):
-                raise SwarmRefused(f"{self.user.name}'s files are on node {self.node_id[:12]}, which has left the swarm; an admin "
-                                   f"brings it back, or forgets it (DELETE /hub/api/hubforge/users/{self.user.name}/node: "
-                                   "new, empty volumes on another node)") from None
+                raise SwarmRefused(
+                    f"{self.user.name}'s files are on node {self.node_id[:12]}, which has left the swarm; an admin "
+                    f"brings it back, or forgets it (DELETE /hub/api/hubforge/users/{self.user.name}/node: "
+                    "new, empty volumes on another node)"
+                ) from None
             raise
         state = (node.get("Status") or {}).get("State")
         name = (node.get("Description") or {}).get("Hostname", self.node_id[:12])
         if state != "ready" or (node.get("Spec") or {}).get("Availability") != "active":
-            raise SwarmRefused(f"{self.user.name}'s files are on node {name}, which is {state} "
-                               f"({(node.get('Spec') or {}).get('Availability')}); try again when it is back, or an admin forgets it "
-                               f"(DELETE /hub/api/hubforge/users/{self.user.name}/node: new, empty volumes on another node)")
+            raise SwarmRefused(
+                f"{self.user.name}'s files are on node {name}, which is {state} "
+                f"({(node.get('Spec') or {}).get('Availability')}); try again when it is back, or an admin forgets it "
+                f"(DELETE /hub/api/hubforge/users/{self.user.name}/node: new, empty volumes on another node)"
+            )
         return [f"node.id == {self.node_id}"]
 
     def registry_ref(self, image: str) -> str | None:
@@ -242,9 +309,13 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         try:
             with open(self.registry_auth, encoding="utf-8") as found:
                 auth = json.load(found)
-            await self.docker("login", username=auth["username"], password=auth["password"], registry=registry, reauth=True)
+            await self.docker(
+                "login", username=auth["username"], password=auth["password"], registry=registry, reauth=True
+            )
         except (OSError, ValueError, KeyError, TypeError, APIError) as exc:  # a node other than this one will not pull
-            self.log.warning("no credentials for the stack's registry %s (%s): a lab on another node cannot pull", registry, exc)
+            self.log.warning(
+                "no credentials for the stack's registry %s (%s): a lab on another node cannot pull", registry, exc
+            )
             return
         _LOGGED_IN.add((id(self.client), registry))
 
@@ -256,12 +327,15 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
     async def create_object(self):
         """The service, from the registry's copy of the image (one not pushed yet exists on the hub's node only).
         With node-pinned storage a first start chooses the node here, so the service is pinned from its first task:
-        a restart (a forced update) or a crash (restart policy any) would otherwise let Swarm move it off its volumes."""
+        a restart (a forced update) or a crash (restart policy any) would otherwise let Swarm move it off its
+        volumes."""
         ref = self.registry_ref(self.image)
         self.extra_container_spec = {**self.extra_container_spec, "image": ref or self.image}
         constraints = list(self.extra_task_spec["placement"].get("Constraints") or [])
         if ref is None:
-            self.log.warning("%s is not in the stack's registry (yet): %s's lab runs on the hub's node", self.image, self.user.name)
+            self.log.warning(
+                "%s is not in the stack's registry (yet): %s's lab runs on the hub's node", self.image, self.user.name
+            )
             constraints.append(f"node.id == {await self.hub_node()}")
         else:
             await self.registry_login(ref)
@@ -281,7 +355,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         failed = [{"volume": name, "result": "failed"} for name in names]
         try:
             await self.placement()  # the node is there and ready, else the reason
-            results = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.helpers.volumes", "remove", "--project", self.project, *names])
+            results = await self.on_node(
+                self.node_id, ["python3", "-m", "hub_ext.helpers.volumes", "remove", "--project", self.project, *names]
+            )
         except (SwarmRefused, RuntimeError, APIError) as exc:
             return [{**r, "reason": str(getattr(exc, "explanation", None) or exc)} for r in failed]
         finally:
@@ -296,21 +372,28 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             return await super().volume_sizes(names)
         key, loop = (self.node_id, tuple(names)), asyncio.get_running_loop()
         entry = _REMOTE_SIZES.get(key)
-        if entry is None or entry[1].get_loop() is not loop or (entry[1].done() and time.monotonic() - entry[0] > SIZES_TTL_S):
+        if (
+            entry is None
+            or entry[1].get_loop() is not loop
+            or (entry[1].done() and time.monotonic() - entry[0] > SIZES_TTL_S)
+        ):
             entry = _REMOTE_SIZES[key] = (time.monotonic(), loop.create_task(self.measure_on_node(names)))
         return dict(await asyncio.shield(entry[1]))
 
     async def measure_on_node(self, names: list[str]) -> dict[str, int | None]:
         try:
             await self.placement()
-            answer = await self.on_node(self.node_id, ["python3", "-m", "hub_ext.helpers.volumes", "sizes", "--project", self.project, *names])
+            answer = await self.on_node(
+                self.node_id, ["python3", "-m", "hub_ext.helpers.volumes", "sizes", "--project", self.project, *names]
+            )
         except Exception as exc:  # noqa: BLE001 -- SwarmRefused, RuntimeError, docker.errors.APIError: sizes unknown
             self.log.warning("volume sizes of %s on node %s: %s", self.user.name, self.node_id[:12], exc)
             return dict.fromkeys(names)  # shown as "size unknown"; a reset says what is really there
         return {r["volume"]: r.get("size") for r in answer if "volume" in r}
 
     def forget_sizes(self) -> None:
-        """What exists on the node changed (a reset): the next view measures again, and one measuring now is not kept."""
+        """What exists on the node changed (a reset): the next view measures again, and one measuring now is not
+        kept."""
         for key in [k for k in _REMOTE_SIZES if k[0] == self.node_id]:
             _REMOTE_SIZES.pop(key, None)
 
@@ -319,17 +402,31 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         hub = await self.docker("inspect_container", self.hub_container)
         image = self.registry_ref(hub["Config"]["Image"])
         if image is None:
-            raise RuntimeError(f"the hub's image is not in the stack's registry, so no helper can run on node {node[:12]}; "
-                               "run `invoke up --engine swarm` again on the manager")
+            raise RuntimeError(
+                f"the hub's image is not in the stack's registry, so no helper can run on node {node[:12]}; "
+                "run `invoke up --engine swarm` again on the manager"
+            )
         await self.registry_login(image)
-        spec = ContainerSpec(image, command=command, user="0:0", read_only=True,
-                             labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"},
-                             mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind")],
-                             env=["PYTHONDONTWRITEBYTECODE=1"])
-        template = TaskTemplate(spec, restart_policy=RestartPolicy(condition="none"), placement=Placement(constraints=[f"node.id == {node}"]),
-                                resources=Resources(mem_limit=128 * 2**20), log_driver=self.task_logs())
+        spec = ContainerSpec(
+            image,
+            command=command,
+            user="0:0",
+            read_only=True,
+            labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"},
+            mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind")],
+            env=["PYTHONDONTWRITEBYTECODE=1"],
+        )
+        template = TaskTemplate(
+            spec,
+            restart_policy=RestartPolicy(condition="none"),
+            placement=Placement(constraints=[f"node.id == {node}"]),
+            resources=Resources(mem_limit=128 * 2**20),
+            log_driver=self.task_logs(),
+        )
         name = f"{self.service_name}-helper-{uuid.uuid4().hex[:12]}"  # two at the same moment must not collide
-        service = await self.docker("create_service", template, name=name, labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"})
+        service = await self.docker(
+            "create_service", template, name=name, labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"}
+        )
         service_id = service["ID"]
         try:
             deadline = time.monotonic() + HELPER_TIMEOUT
@@ -339,13 +436,22 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                 if state in ("complete", "failed", "rejected", "shutdown", "orphaned"):
                     break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the helper on node {node[:12]} did not finish within {HELPER_TIMEOUT} s ({state or 'no task'})")
+                    raise RuntimeError(
+                        f"the helper on node {node[:12]} did not finish within {HELPER_TIMEOUT} s "
+                        f"({state or 'no task'})"
+                    )
                 await asyncio.sleep(0.2)
-            logs = await asyncio.wrap_future(self.executor.submit(  # a stream: read to its end off the event loop
-                lambda: b"".join(self.client.service_logs(service_id, stdout=True, stderr=True))))
+            logs = await asyncio.wrap_future(
+                self.executor.submit(  # a stream: read to its end off the event loop
+                    lambda: b"".join(self.client.service_logs(service_id, stdout=True, stderr=True))
+                )
+            )
             answer = parse_answer(logs.decode(errors="replace"))
             if answer is None:
-                raise RuntimeError(f"the helper on node {node[:12]} gave no answer ({state}: {task_error(tasks[0] if tasks else None)})")
+                raise RuntimeError(
+                    f"the helper on node {node[:12]} gave no answer ({state}: "
+                    f"{task_error(tasks[0] if tasks else None)})"
+                )
             return answer
         finally:
             await self.docker("remove_service", service_id)
@@ -366,11 +472,15 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                 raise RuntimeError(f"the lab's service did not start: {task_error(task)}")
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"the lab's service is still {state} after {self.start_timeout} s: {task_error(task)}")
+                raise RuntimeError(
+                    f"the lab's service is still {state} after {self.start_timeout} s: {task_error(task)}"
+                )
             if now > next_check:  # Swarm keeps a task it cannot place pending for ever, and one on a lost node waiting
                 await self.placement()  # the user's node went down or left since the service was made: say so
                 if state == "pending" and now - started > self.pending_timeout:
-                    raise RuntimeError(f"no node can take {self.user.name}'s lab after {self.pending_timeout} s: {task_error(task)}")
+                    raise RuntimeError(
+                        f"no node can take {self.user.name}'s lab after {self.pending_timeout} s: {task_error(task)}"
+                    )
                 next_check = now + NODE_CHECK_SECONDS
             await asyncio.sleep(self.ready_poll_interval)
         if self.pinned and task.get("NodeID"):
@@ -382,6 +492,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             state = ((task or {}).get("Status") or {}).get("State", "")
             if state not in STARTED and state not in WAITING:
                 raise RuntimeError(f"the lab stopped: {task_error(task)}; start your server again")
+
         return alive
 
     async def restart_lab(self) -> str:
@@ -391,8 +502,13 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         service = await self.docker("inspect_service", self.object_id)
         template = dict(service["Spec"]["TaskTemplate"])
         template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
-        await self.docker("update_service", self.object_id, service["Version"]["Index"], task_template=template,
-                          fetch_current_spec=True)
+        await self.docker(
+            "update_service",
+            self.object_id,
+            service["Version"]["Index"],
+            task_template=template,
+            fetch_current_spec=True,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             task = await self.get_task()
@@ -411,7 +527,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         # The lab reaches the hub at this fixed address: no DNS name, which Swarm gives a task only once it is healthy
         # and which a container joined by `network connect` may not get; the same again after the hub is recreated.
         self.hub_connect_url = f"http://{address}:{self.hub.port}"
-        if any(info.get("IPv4Address", "").split("/")[0] == address for info in (found.get("Containers") or {}).values()):
+        if any(
+            info.get("IPv4Address", "").split("/")[0] == address for info in (found.get("Containers") or {}).values()
+        ):
             self._hub_joined = True
             return
         try:
@@ -442,20 +560,34 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
 
     async def connect_hub(self, network: str, address: str) -> None:
         try:
-            await self.docker("connect_container_to_network", self.hub_container, network,
-                              aliases=[self.hub_alias], ipv4_address=address)
+            await self.docker(
+                "connect_container_to_network",
+                self.hub_container,
+                network,
+                aliases=[self.hub_alias],
+                ipv4_address=address,
+            )
         except Exception as exc:  # noqa: BLE001 -- docker.errors.APIError, through the executor
             if "already exists" not in str(exc):
-                raise RuntimeError(f"the hub ({self.hub_container}) cannot join the lab's network {network[:12]}: {exc}") from exc
+                raise RuntimeError(
+                    f"the hub ({self.hub_container}) cannot join the lab's network {network[:12]}: {exc}"
+                ) from exc
 
     async def anchor(self, network: str) -> str:
         hub = await self.docker("inspect_container", self.hub_container)
-        created = await self.docker("create_container", hub["Config"]["Image"], ["sleep", str(ANCHOR_SECONDS)],
-                                    entrypoint=[], labels={PROJECT_LABEL: self.project},
-                                    host_config=self.client.create_host_config(network_mode=network, auto_remove=True, log_config={
-                                        "type": LOG_DRIVER, "config": dict(self.log_options or default_log_options())}),
-                                    networking_config=self.client.create_networking_config(
-                                        {network: self.client.create_endpoint_config()}))
+        created = await self.docker(
+            "create_container",
+            hub["Config"]["Image"],
+            ["sleep", str(ANCHOR_SECONDS)],
+            entrypoint=[],
+            labels={PROJECT_LABEL: self.project},
+            host_config=self.client.create_host_config(
+                network_mode=network,
+                auto_remove=True,
+                log_config={"type": LOG_DRIVER, "config": dict(self.log_options or default_log_options())},
+            ),
+            networking_config=self.client.create_networking_config({network: self.client.create_endpoint_config()}),
+        )
         await self.docker("start", created["Id"])
         return created["Id"]
 

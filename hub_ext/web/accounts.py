@@ -51,9 +51,14 @@ class SignupHandler(BaseHandler):
     async def page(self, alert: str = "", message: str = "", username: str = "") -> str:
         auth = self.authenticator
         return await self.render_template(
-            "hubforge-signup.html", alert=alert, result_message=message, username=username,
-            minimum=auth.minimum_password_length, admin_name=sorted(auth.admin_users)[0] if auth.admin_users else "",
-            admin_unclaimed=auth.admin_unclaimed(), signup_enabled=auth.enable_signup,
+            "hubforge-signup.html",
+            alert=alert,
+            result_message=message,
+            username=username,
+            minimum=auth.minimum_password_length,
+            admin_name=sorted(auth.admin_users)[0] if auth.admin_users else "",
+            admin_unclaimed=auth.admin_unclaimed(),
+            signup_enabled=auth.enable_signup,
         )
 
     async def post(self):
@@ -65,23 +70,33 @@ class SignupHandler(BaseHandler):
         wait = auth.signup_wait(address)  # every signup attempt spends the address's budget
         if wait > 0:
             self.set_status(429)
-            self.finish(await self.page("alert-danger", f"Too many attempts from your address; try again in {describe_wait(wait)}."))
+            self.finish(
+                await self.page(
+                    "alert-danger", f"Too many attempts from your address; try again in {describe_wait(wait)}."
+                )
+            )
             return
         username = auth.normalize_username(self.get_body_argument("username", "", strip=True))
         password = self.get_body_argument("signup_password", "", strip=False)
         confirmation = self.get_body_argument("signup_password_confirmation", "", strip=False)
         problem = username_problem(username) or password_problem(
-            password, confirmation, auth.minimum_password_length,
-            auth.check_common_password and auth.is_common(password))
+            password,
+            confirmation,
+            auth.minimum_password_length,
+            auth.check_common_password and auth.is_common(password),
+        )
         is_admin = username in auth.admin_users
-        if problem is None and (auth.user_exists(username) or username in _SIGNING_UP
-                                or (not is_admin and orm.User.find(self.db, username))):
+        if problem is None and (
+            auth.user_exists(username) or username in _SIGNING_UP or (not is_admin and orm.User.find(self.db, username))
+        ):
             # a hub user without an account is a leftover (deleted from NativeAuthenticator's table by hand or
             # by an older hubforge): a new account must not inherit its groups, tokens or volumes
             problem = f"The username {username!r} is taken."
         if problem is None and is_admin and not auth.bootstrap.matches(self.get_body_argument("bootstrap_secret", "")):
-            problem = ("Signing up as the admin needs the bootstrap secret that `invoke up` printed "
-                       "(it is also in the hub's data volume).")
+            problem = (
+                "Signing up as the admin needs the bootstrap secret that `invoke up` printed "
+                "(it is also in the hub's data volume)."
+            )
             self.log.warning("admin signup for %s refused: wrong or missing bootstrap secret", loggable(username))
         if problem is None and not is_admin and not auth.enable_signup:
             problem = "Signup is closed; ask an admin to create your account."
@@ -94,21 +109,30 @@ class SignupHandler(BaseHandler):
         try:
             hashed = await hash_password(password)
             # an admin may have added the user while the hash ran
-            account = None if auth.user_exists(username) else auth.store_account(username, password, hashed=hashed,
-                                                                                 approved=is_admin)
+            account = (
+                None
+                if auth.user_exists(username)
+                else auth.store_account(username, password, hashed=hashed, approved=is_admin)
+            )
         finally:
             _SIGNING_UP.discard(username)
         if account is None:
             self.finish(await self.page("alert-danger", f"The username {username!r} is taken.", username))
             return
-        self.log.info("audit: signup user=%s approved=%s from=%s", loggable(account.username), is_admin, loggable(address))
+        self.log.info(
+            "audit: signup user=%s approved=%s from=%s", loggable(account.username), is_admin, loggable(address)
+        )
         if is_admin:
             auth.bootstrap.consume()
             self.log.info("audit: admin account %s claimed with the bootstrap secret", loggable(username))
             self.finish(await self.page("alert-success", "The signup was successful! You can now log in as the admin."))
         else:
-            self.finish(await self.page("alert-info", "Your information has been sent to the admin. "
-                                        "You can log in once an admin approves your account."))
+            self.finish(
+                await self.page(
+                    "alert-info",
+                    "Your information has been sent to the admin. You can log in once an admin approves your account.",
+                )
+            )
 
 
 class LoginHandler(NativeLoginHandler):
@@ -165,8 +189,9 @@ class ChangePasswordHandler(BaseHandler):
     """
 
     async def page(self, alert: str = "", message: str = "") -> str:
-        return await self.render_template("change-password.html", user_name=self.current_user.name,
-                                          result_message=message, alert=alert)
+        return await self.render_template(
+            "change-password.html", user_name=self.current_user.name, result_message=message, alert=alert
+        )
 
     @web.authenticated
     async def get(self):
@@ -180,27 +205,37 @@ class ChangePasswordHandler(BaseHandler):
         new = self.get_body_argument("new_password", "", strip=False)
         confirmation = self.get_body_argument("new_password_confirmation", "", strip=False)
         try:
-            account = await auth.password_holder(name, self.get_body_argument("old_password", "", strip=False),
-                                                 address, "change-password")
+            account = await auth.password_holder(
+                name, self.get_body_argument("old_password", "", strip=False), address, "change-password"
+            )
         except LoginRefused as exc:
             self.set_status(429)
             self.set_header("Retry-After", str(max(1, round(exc.wait))))
-            self.finish(await self.page("alert-danger", "Too many wrong passwords from your address; "
-                                        f"try again in {describe_wait(exc.wait)}."))
+            self.finish(
+                await self.page(
+                    "alert-danger",
+                    f"Too many wrong passwords from your address; try again in {describe_wait(exc.wait)}.",
+                )
+            )
             return
         if account is None:
-            self.log.warning("change-password for %s from %s: wrong current password", loggable(name), loggable(address))
+            self.log.warning(
+                "change-password for %s from %s: wrong current password", loggable(name), loggable(address)
+            )
             self.finish(await self.page("alert-danger", "Your current password was incorrect. Please try again."))
             return
         auth.throttle.succeeded(name, address)  # the right password: this try costs nothing, as a login
-        problem = password_problem(new, confirmation, auth.minimum_password_length,
-                                   auth.check_common_password and auth.is_common(new))
+        problem = password_problem(
+            new, confirmation, auth.minimum_password_length, auth.check_common_password and auth.is_common(new)
+        )
         if problem:
             self.finish(await self.page("alert-danger", problem))
             return
         account.password = await hash_password(new)
         self.db.commit()
-        self.log.info("audit: password changed by=%s user=%s from=%s", loggable(name), loggable(name), loggable(address))
+        self.log.info(
+            "audit: password changed by=%s user=%s from=%s", loggable(name), loggable(name), loggable(address)
+        )
         self.finish(await self.page("alert-success", "Your password has been changed successfully!"))
 
 
@@ -209,8 +244,9 @@ class ChangePasswordAdminHandler(BaseHandler):
     added). NativeAuthenticator's page as it looks; the new password is hashed in the pool, not on the event loop."""
 
     async def page(self, name: str, alert: str = "", message: str = "") -> str:
-        return await self.render_template("change-password-admin.html", user_name=name,
-                                          result_message=message, alert=alert)
+        return await self.render_template(
+            "change-password-admin.html", user_name=name, result_message=message, alert=alert
+        )
 
     def target(self, raw_name: str):
         account = self.authenticator.get_user(normalized_target(self.authenticator, raw_name))
@@ -229,16 +265,23 @@ class ChangePasswordAdminHandler(BaseHandler):
         admin = authorize(self, None, admin_only=True, scope="admin:users")
         auth, account = self.authenticator, self.target(raw_name)
         new = self.get_body_argument("new_password", "", strip=False)
-        problem = password_problem(new, self.get_body_argument("new_password_confirmation", "", strip=False),
-                                   auth.minimum_password_length, auth.check_common_password and auth.is_common(new))
+        problem = password_problem(
+            new,
+            self.get_body_argument("new_password_confirmation", "", strip=False),
+            auth.minimum_password_length,
+            auth.check_common_password and auth.is_common(new),
+        )
         if problem:
             self.finish(await self.page(account.username, "alert-danger", problem))
             return
         account.password = await hash_password(new)
         self.db.commit()
         self.log.info("audit: password changed by=%s user=%s", admin.name, account.username)
-        self.finish(await self.page(account.username, "alert-success",
-                                    f"The password for {account.username} has been changed successfully"))
+        self.finish(
+            await self.page(
+                account.username, "alert-success", f"The password for {account.username} has been changed successfully"
+            )
+        )
 
 
 class AuthorizeAreaHandler(BaseHandler):
@@ -250,9 +293,14 @@ class AuthorizeAreaHandler(BaseHandler):
         from nativeauthenticator.orm import UserInfo
 
         accounts = sorted(self.db.query(UserInfo).all(), key=lambda a: (a.is_authorized, a.username))
-        self.finish(await self.render_template("hubforge-authorize.html", accounts=accounts,
-                                               admin_users=self.authenticator.admin_users,
-                                               message=self.get_argument("message", "")))
+        self.finish(
+            await self.render_template(
+                "hubforge-authorize.html",
+                accounts=accounts,
+                admin_users=self.authenticator.admin_users,
+                message=self.get_argument("message", ""),
+            )
+        )
 
 
 class ApprovalActionHandler(BaseHandler):
@@ -292,8 +340,12 @@ class ApprovalActionHandler(BaseHandler):
             if account is not None:
                 self.db.delete(account)
                 self.db.commit()
-        self.log.info("audit: approval by=%s user=%s action=%s changed=%s %s", admin.name, name, action, changed, detail)
-        self.redirect(self.hub.base_url + "authorize?message=" + f"{name}: {action} done" + (f" ({detail})" if detail else ""))
+        self.log.info(
+            "audit: approval by=%s user=%s action=%s changed=%s %s", admin.name, name, action, changed, detail
+        )
+        self.redirect(
+            self.hub.base_url + "authorize?message=" + f"{name}: {action} done" + (f" ({detail})" if detail else "")
+        )
 
     async def revoke(self, name: str, delete: bool) -> str:
         """Take away everything an account gave, credentials first: tokens (API and OAuth) and sessions end before

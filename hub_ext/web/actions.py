@@ -93,8 +93,9 @@ def broadcast_request(body: Any, known_users: Iterable[str]) -> Broadcast:
     if kind not in TYPES:
         raise BadRequest(f"type must be one of {', '.join(TYPES)}, got {kind!r}")
     auto_close = body.get("autoClose", 5000)
-    if auto_close is not False and (isinstance(auto_close, bool) or not isinstance(auto_close, int)
-                                    or not 1 <= auto_close <= AUTOCLOSE_MAX_MS):
+    if auto_close is not False and (
+        isinstance(auto_close, bool) or not isinstance(auto_close, int) or not 1 <= auto_close <= AUTOCLOSE_MAX_MS
+    ):
         raise BadRequest(f"autoClose must be false or 1 to {AUTOCLOSE_MAX_MS} milliseconds, got {auto_close!r}")
     recipients = body.get("recipients", "all")
     if recipients == "all":
@@ -108,4 +109,3 @@ def broadcast_request(body: Any, known_users: Iterable[str]) -> Broadcast:
     else:
         raise BadRequest(f'recipients must be "all" or a non-empty list of user names, got {recipients!r}')
     return Broadcast(message, kind, auto_close, chosen)
-

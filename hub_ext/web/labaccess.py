@@ -26,9 +26,11 @@ def refusal(viewer: orm.User, spawner: orm.Spawner | None, *, admin_access: bool
     owner = spawner.user
     if owner is None or owner.id == viewer.id or shared:
         return None
-    return (f"Admins do not open other users' servers on this hub, so that {owner.name}'s code cannot act "
-            f"with your rights. You can still stop, start, restart and reset {owner.name}'s server from the "
-            "admin page; the operator can allow access with LAB_ADMIN_ACCESS=1.")
+    return (
+        f"Admins do not open other users' servers on this hub, so that {owner.name}'s code cannot act "
+        f"with your rights. You can still stop, start, restart and reset {owner.name}'s server from the "
+        "admin page; the operator can allow access with LAB_ADMIN_ACCESS=1."
+    )
 
 
 def is_shared(db, viewer: orm.User, spawner: orm.Spawner) -> bool:
@@ -48,10 +50,16 @@ class LabAuthorizeHandler(OAuthAuthorizeHandler):
             return  # no question for this hub (JupyterHub's own handling answers the rest): no database query
         client = self.db.query(orm.OAuthClient).filter_by(identifier=client_id).first()
         spawner = client.spawner if client is not None else None
-        reason = refusal(user.orm_user, spawner, admin_access=admin_access,
-                         shared=spawner is not None and is_shared(self.db, user.orm_user, spawner))
+        reason = refusal(
+            user.orm_user,
+            spawner,
+            admin_access=admin_access,
+            shared=spawner is not None and is_shared(self.db, user.orm_user, spawner),
+        )
         if reason:
-            self.log.warning("hubforge audit: %s was refused the lab of %s (LAB_ADMIN_ACCESS=0)", user.name, spawner.user.name)
+            self.log.warning(
+                "hubforge audit: %s was refused the lab of %s (LAB_ADMIN_ACCESS=0)", user.name, spawner.user.name
+            )
             raise web.HTTPError(403, reason)
 
     async def get(self):

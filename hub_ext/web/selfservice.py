@@ -67,7 +67,9 @@ async def exclusively(name: str):
     """The user's lock, or 409 at once when a start, restart or reset of theirs is already under way."""
     lock = user_lock(name)
     if lock.locked():
-        raise web.HTTPError(409, f"{name}'s server is busy with another start, restart or volume reset; try again when it settles")
+        raise web.HTTPError(
+            409, f"{name}'s server is busy with another start, restart or volume reset; try again when it settles"
+        )
     async with lock:
         yield
 
@@ -96,12 +98,20 @@ class RestartAPIHandler(APIHandler):
             async with exclusively(user.name):
                 result = await restart_server(spawner, user.name, moved)
         except web.HTTPError as exc:
-            audit.info("restart by=%s user=%s result=refused status=%s", self.current_user.name, user.name, exc.status_code)
+            audit.info(
+                "restart by=%s user=%s result=refused status=%s", self.current_user.name, user.name, exc.status_code
+            )
             count_restart(None)
             raise
         count_restart(result)
-        audit.info("restart by=%s user=%s container=%s result=%s seconds=%s", self.current_user.name, user.name,
-                   result["container"][:12], result["status"], result.get("seconds"))
+        audit.info(
+            "restart by=%s user=%s container=%s result=%s seconds=%s",
+            self.current_user.name,
+            user.name,
+            result["container"][:12],
+            result["status"],
+            result.get("seconds"),
+        )
         if result["status"] != "restarted":
             raise web.HTTPError(500, f"restart failed: {result['reason']}")
         self.write(json.dumps(result))
@@ -114,8 +124,15 @@ class VolumesAPIHandler(APIHandler):
         user = authorize(self, user_name)
         spawner = spawner_of(user)
         names = user_names(prefix_of(spawner), user.name)
-        self.write(json.dumps({"user": user.name, "running": bool(spawner.active),
-                               "volumes": volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))}))
+        self.write(
+            json.dumps(
+                {
+                    "user": user.name,
+                    "running": bool(spawner.active),
+                    "volumes": volume_listing(names.volumes, await volume_sizes(spawner, names.volumes)),
+                }
+            )
+        )
 
 
 class VolumeResetAPIHandler(APIHandler):
@@ -171,9 +188,15 @@ class BroadcastAPIHandler(APIHandler):
         results = await asyncio.gather(*(self.deliver_to(user, payload) for user in targets))
         delivered = sum(1 for r in results if r["result"] == "delivered")
         count_deliveries(results)
-        audit.info("broadcast by=%s to=%s type=%s delivered=%d/%d message=%r", sender.name,
-                   "all" if request.recipients is None else ",".join(request.recipients), request.type,
-                   delivered, len(results), request.message)
+        audit.info(
+            "broadcast by=%s to=%s type=%s delivered=%d/%d message=%r",
+            sender.name,
+            "all" if request.recipients is None else ",".join(request.recipients),
+            request.type,
+            delivered,
+            len(results),
+            request.message,
+        )
         self.write(json.dumps({"delivered": delivered, "results": results}))
 
     async def deliver_to(self, user, payload: dict[str, Any]) -> dict[str, Any]:
@@ -197,8 +220,11 @@ class VolumesPageHandler(BaseHandler):
         spawner = spawner_of(user)
         names = user_names(prefix_of(spawner), user.name)
         listing = volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))
-        self.finish(await self.render_template("hubforge-volumes.html", target=user, running=bool(spawner.active),
-                                               volumes=listing))
+        self.finish(
+            await self.render_template(
+                "hubforge-volumes.html", target=user, running=bool(spawner.active), volumes=listing
+            )
+        )
 
 
 class BroadcastPageHandler(BaseHandler):
@@ -208,8 +234,9 @@ class BroadcastPageHandler(BaseHandler):
     async def get(self):
         authorize(self, None, admin_only=True)
         running = sorted(u.name for u in running_users(self))
-        self.finish(await self.render_template("hubforge-broadcast.html", running=running, types=TYPES,
-                                               message_max=MESSAGE_MAX))
+        self.finish(
+            await self.render_template("hubforge-broadcast.html", running=running, types=TYPES, message_max=MESSAGE_MAX)
+        )
 
 
 # -- helpers that talk to Docker and the labs --------------------------------------------------------------
@@ -243,7 +270,9 @@ async def restart_server(spawner, username: str, on_address_change) -> dict[str,
         if (ip, port) != (spawner.server.ip, spawner.server.port):
             spawner.server.ip, spawner.server.port = ip, port
             await on_address_change()
-        if not await lab_answers(spawner.server.url, READY_TIMEOUT_S, RESTART_POLL_S, alive=spawner.lab_alive(container)):
+        if not await lab_answers(
+            spawner.server.url, READY_TIMEOUT_S, RESTART_POLL_S, alive=spawner.lab_alive(container)
+        ):
             raise TimeoutError(f"the lab did not answer within {READY_TIMEOUT_S} s after the restart")
     except Exception as exc:  # Docker refused, or the lab did not come back: report, do not hide
         return {"status": "failed", "container": container, "reason": str(exc)}
@@ -262,9 +291,14 @@ async def reset_volumes(spawner, names, kinds: list[str]) -> dict[str, dict[str,
 
 async def deliver(username: str, server_url: str, payload: dict[str, Any], token: str) -> dict[str, Any]:
     """POST one notification to one lab's hubforge-notify endpoint; a result, never an exception."""
-    request = HTTPRequest(url_path_join(server_url, "hubforge/notify"), method="POST", body=json.dumps(payload),
-                          request_timeout=DELIVERY_TIMEOUT_S, connect_timeout=2,
-                          headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    request = HTTPRequest(
+        url_path_join(server_url, "hubforge/notify"),
+        method="POST",
+        body=json.dumps(payload),
+        request_timeout=DELIVERY_TIMEOUT_S,
+        connect_timeout=2,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
     try:
         response = await AsyncHTTPClient().fetch(request)
     except HTTPClientError as exc:

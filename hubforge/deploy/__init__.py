@@ -10,11 +10,30 @@ from hub_ext.naming import PROJECT_LABEL
 from ..docker_io import StackDocker
 from .compose import ComposeStack, compose_argv
 from .engine import Stack
-from .settings import (ENGINES, StackOptions, recorded_engine, validate_engine, validate_port, validate_project,
-                       validate_routing_mesh)
+from .settings import (
+    ENGINES,
+    StackOptions,
+    recorded_engine,
+    validate_engine,
+    validate_port,
+    validate_project,
+    validate_routing_mesh,
+)
 
-__all__ = ["ENGINES", "PROJECT_LABEL", "ComposeStack", "Stack", "StackOptions", "compose_argv", "open_stack",
-           "recorded_engine", "validate_engine", "validate_port", "validate_project", "validate_routing_mesh"]
+__all__ = [
+    "ENGINES",
+    "PROJECT_LABEL",
+    "ComposeStack",
+    "Stack",
+    "StackOptions",
+    "compose_argv",
+    "open_stack",
+    "recorded_engine",
+    "validate_engine",
+    "validate_port",
+    "validate_project",
+    "validate_routing_mesh",
+]
 
 
 def open_stack(options: StackOptions, docker: StackDocker, root: Path, say: Callable[[str], None]) -> Stack:

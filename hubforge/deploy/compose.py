@@ -42,7 +42,10 @@ class ComposeStack(Stack):
 
     def remove(self, volumes: bool) -> None:
         if (self.options.run_dir / self.run_file).exists():
-            proc.run(self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else [])), what="docker compose down")
+            proc.run(
+                self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else [])),
+                what="docker compose down",
+            )
         else:
             for container in self.docker.containers({PROJECT: self.options.project}):
                 self.docker.remove_container(container["Id"])
@@ -51,12 +54,14 @@ class ComposeStack(Stack):
         services = []
         for container in self.docker.containers({PROJECT: self.options.project}):
             details = self.docker.inspect_container(container["Id"]) or {}
-            services.append({
-                "service": container["Labels"].get(SERVICE),
-                "container": container["Names"][0].lstrip("/"),
-                "state": container.get("State"),
-                "health": details.get("State", {}).get("Health", {}).get("Status"),
-            })
+            services.append(
+                {
+                    "service": container["Labels"].get(SERVICE),
+                    "container": container["Names"][0].lstrip("/"),
+                    "state": container.get("State"),
+                    "health": details.get("State", {}).get("Health", {}).get("Status"),
+                }
+            )
         return services
 
     def logs_argv(self, service: str | None, follow: bool, tail: int) -> list[str]:

@@ -13,21 +13,30 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hub_ext.settings.hub import ConfigError, from_environ, hub_host, parse_gpu_mode
-from hub_ext.labs.gpu import ALL_GPUS, decide
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
 from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
+from hub_ext.labs.gpu import ALL_GPUS, decide
 from hub_ext.labs.networks import NETWORK_ROLE
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
+from hub_ext.settings.hub import ConfigError, from_environ, hub_host, parse_gpu_mode
 
 from ..docker_io import StackDocker
 from ..errors import HubforgeError
 from ..render import render
-from .settings import (BOOTSTRAP_SECRET, ENV_TEMPLATE, HEALTH_TIMEOUT, StackOptions, config_digest, parse_probe,
-                       port_free, read_env_file, socket_gid, subdomain_dns_problem)
+from .settings import (
+    BOOTSTRAP_SECRET,
+    ENV_TEMPLATE,
+    HEALTH_TIMEOUT,
+    StackOptions,
+    config_digest,
+    parse_probe,
+    port_free,
+    read_env_file,
+    socket_gid,
+    subdomain_dns_problem,
+)
 
 log = logging.getLogger(__name__)
 HUB_UID = 1000  # the hub's user in its image and stack file
-
 
 
 def script_address(bind: str) -> str:
@@ -36,6 +45,7 @@ def script_address(bind: str) -> str:
     if bind in ("0.0.0.0", "::", "127.0.0.1", ""):
         return "127.0.0.1"
     return f"[{bind}]" if ":" in bind else bind
+
 
 class Stack:
     def __init__(self, options: StackOptions, docker: StackDocker, root: Path, say: Callable[[str], None]) -> None:
@@ -85,7 +95,9 @@ class Stack:
         """What `invoke status` shows about this engine (nodes, for Swarm)."""
         return {}
 
-    def distribute(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> None:
+    def distribute(
+        self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]
+    ) -> None:
         """Make the built images available wherever labs may run (a registry, for Swarm); one host needs nothing."""
 
     # -- shared --------------------------------------------------------------------------------------------
@@ -97,7 +109,10 @@ class Stack:
             ours = {p.get("PublicPort") for p in hub.get("Ports", [])}
         for flag, port in (("--port", self.options.https_port), ("--http-port", self.options.http_port)):
             if port not in ours and not port_free(self.options.bind, port):
-                raise HubforgeError(f"port {port} on {self.options.bind} is already in use; choose another with {flag} (nothing was started)")
+                raise HubforgeError(
+                    f"port {port} on {self.options.bind} is already in use; choose another with {flag} (nothing was "
+                    "started)"
+                )
 
     def settings(self) -> tuple[dict[str, str], Any]:
         """The .env values, created with a fresh metrics token on the first `up`, and checked."""
@@ -125,8 +140,12 @@ class Stack:
         hub_config = (self.root / "stack" / "jupyterhub_config.py").read_text()
         (run_dir / "jupyterhub_config.py").write_text(hub_config)
         template = (self.root / "stack" / self.template).read_text()
-        variables = {**variables, **self.engine_variables(), "engine": self.options.engine,
-                     "config_digest": config_digest(hub_config, run_dir / "config.d")}
+        variables = {
+            **variables,
+            **self.engine_variables(),
+            "engine": self.options.engine,
+            "config_digest": config_digest(hub_config, run_dir / "config.d"),
+        }
         (run_dir / self.run_file).write_text(render({self.template: template}, self.template, variables))
 
     def prepare(self, images: Mapping[str, str], lab_images: Mapping[str, str]) -> dict[str, Any]:
@@ -144,36 +163,41 @@ class Stack:
         decision = decide(gpu_mode, probe)
         guarded = hub.lab_network_guard and self.guards_labs
         if hub.lab_network_guard and not guarded:
-            self.say(f"note: the {options.engine} engine runs no network guard yet: labs can reach private and "
-                     "link-local addresses (the cloud's metadata service included) unless the nodes' firewalls block them")
-        self.render({
-            "run_dir": str(options.run_dir),
-            "project": options.project,
-            "hub_image": images["hub"],
-            "registry_image": images.get("registry", ""),
-            "lab_images": dict(lab_images),
-            "network": f"{options.project}_net",
-            "shared_volume": f"{options.project}_shared",
-            "volume_prefix": options.volume_prefix,
-            "docker_gid": socket_gid(options.docker_socket),
-            "docker_socket": options.docker_socket,
-            "https_port": options.https_port,
-            "http_port": options.http_port,
-            "bind": options.bind,
-            "gpu_mode": gpu_mode,
-            "gpu_probe": probe,
-            "base_url": hub.base_url,
-            "hub_mem_limit": hub.hub_mem_limit,
-            "hub_cpus": min(hub.hub_cpu_limit, float(self.docker.cpu_count())),
-            "hub_pids_limit": hub.hub_pids_limit,
-            "network_guard": guarded,
-            "lab_subnet_pool": hub.lab_subnet_pool,
-            "lab_allowed_ranges": list(hub.lab_allowed_ranges),
-            "systemd_resolved": SYSTEMD_UPSTREAM.exists(),  # the guard reads the labs' resolvers from it (hub_ext.helpers.netguard)
-            "log_max_size": hub.log_max_size,
-            "log_max_files": hub.log_max_files,
-            "oidc_secret": self.oidc_secret(hub),
-        })
+            self.say(
+                f"note: the {options.engine} engine runs no network guard yet: labs can reach private and "
+                "link-local addresses (the cloud's metadata service included) unless the nodes' firewalls block them"
+            )
+        self.render(
+            {
+                "run_dir": str(options.run_dir),
+                "project": options.project,
+                "hub_image": images["hub"],
+                "registry_image": images.get("registry", ""),
+                "lab_images": dict(lab_images),
+                "network": f"{options.project}_net",
+                "shared_volume": f"{options.project}_shared",
+                "volume_prefix": options.volume_prefix,
+                "docker_gid": socket_gid(options.docker_socket),
+                "docker_socket": options.docker_socket,
+                "https_port": options.https_port,
+                "http_port": options.http_port,
+                "bind": options.bind,
+                "gpu_mode": gpu_mode,
+                "gpu_probe": probe,
+                "base_url": hub.base_url,
+                "hub_mem_limit": hub.hub_mem_limit,
+                "hub_cpus": min(hub.hub_cpu_limit, float(self.docker.cpu_count())),
+                "hub_pids_limit": hub.hub_pids_limit,
+                "network_guard": guarded,
+                "lab_subnet_pool": hub.lab_subnet_pool,
+                "lab_allowed_ranges": list(hub.lab_allowed_ranges),
+                # the guard reads the labs' resolvers from it (hub_ext.helpers.netguard)
+                "systemd_resolved": SYSTEMD_UPSTREAM.exists(),
+                "log_max_size": hub.log_max_size,
+                "log_max_files": hub.log_max_files,
+                "oidc_secret": self.oidc_secret(hub),
+            }
+        )
         host = hub_host(hub)
         port = "" if options.https_port == 443 else f":{options.https_port}"
         state = {
@@ -186,7 +210,9 @@ class Stack:
             "signup": hub.enable_signup,
             "authenticator": hub.authenticator,
             "network_guard": guarded,
-            "lab_origin": f"https://<user>.{host}{port}/" if hub.lab_subdomains else "shared with the hub (LAB_SUBDOMAINS=0)",
+            "lab_origin": f"https://<user>.{host}{port}/"
+            if hub.lab_subdomains
+            else "shared with the hub (LAB_SUBDOMAINS=0)",
             # for scripts' token calls: an address, which needs no resolver for *.localhost (the certificate names it)
             "api_url": f"https://{script_address(options.bind)}{port}{hub.base_url}hub/api/",
             "gpu": decision.as_dict(),
@@ -195,9 +221,13 @@ class Stack:
             "run_dir": str(options.run_dir),
         }
         if hub.oidc:  # what the provider needs to know; never the client secret
-            state["oidc"] = {"issuer": hub.oidc.issuer, "client_id": hub.oidc.client_id, "who_gets_in": hub.oidc.who_gets_in,
-                             "redirect_uri": f"{state['url']}hub/oauth_callback",
-                             "post_logout_redirect_uri": state["url"] if hub.oidc.logout_provider else None}
+            state["oidc"] = {
+                "issuer": hub.oidc.issuer,
+                "client_id": hub.oidc.client_id,
+                "who_gets_in": hub.oidc.who_gets_in,
+                "redirect_uri": f"{state['url']}hub/oauth_callback",
+                "post_logout_redirect_uri": state["url"] if hub.oidc.logout_provider else None,
+            }
         previous = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         if "bootstrap_shown" in previous:  # the secret was printed by an earlier `up`: not again
             state["bootstrap_shown"] = previous["bootstrap_shown"]
@@ -205,22 +235,29 @@ class Stack:
         return state
 
     def oidc_secret(self, hub) -> dict[str, str] | None:
-        """OIDC_CLIENT_SECRET_FILE, mounted into the hub as a secret: its path on this host, and a name that changes with
-        its contents (a swarm secret cannot be changed in place). The hub runs as uid 1000 and must be able to read it."""
+        """OIDC_CLIENT_SECRET_FILE, mounted into the hub as a secret: its path on this host, and a name that changes
+        with
+        its contents (a swarm secret cannot be changed in place). The hub runs as uid 1000 and must be able to read
+        it."""
         path = hub.oidc.secret_file if hub.oidc else ""
         if not path:
             return None
         if hub.oidc.secret_warning:  # used all the same; the hub's log says it too
             self.say(f"warning: {hub.oidc.secret_warning}")
         info = os.stat(path)  # readable: from_environ read it a moment ago
-        if self.options.engine == "compose" and not (info.st_uid == HUB_UID or info.st_mode & 0o004
-                                                     or (info.st_gid == HUB_UID and info.st_mode & 0o040)):
-            raise HubforgeError(f"OIDC_CLIENT_SECRET_FILE={path} is not readable by the hub (uid {HUB_UID}), which reads it "
-                                f"where it is: run `chown {HUB_UID} {path} && chmod 0400 {path}` (nothing was started)")
+        if self.options.engine == "compose" and not (
+            info.st_uid == HUB_UID or info.st_mode & 0o004 or (info.st_gid == HUB_UID and info.st_mode & 0o040)
+        ):
+            raise HubforgeError(
+                f"OIDC_CLIENT_SECRET_FILE={path} is not readable by the hub (uid {HUB_UID}), which reads it "
+                f"where it is: run `chown {HUB_UID} {path} && chmod 0400 {path}` (nothing was started)"
+            )
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
         return {"file": str(Path(path).resolve()), "name": f"{self.options.project}_oidc_client_secret_{digest}"}
 
-    def up(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> dict[str, Any]:
+    def up(
+        self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]
+    ) -> dict[str, Any]:
         state = self.prepare(images, lab_images)
         try:
             self.start()
@@ -233,17 +270,23 @@ class Stack:
         state["admin_unclaimed"] = secret is not None
         if secret is not None:
             digest = hashlib.sha256(secret.encode()).hexdigest()
-            if state.get("bootstrap_shown") != digest:  # shown once, like an unlock key; it stays readable in the data volume
+            if (
+                state.get("bootstrap_shown") != digest
+            ):  # shown once, like an unlock key; it stays readable in the data volume
                 state["bootstrap_secret"] = secret
             state["bootstrap_shown"] = digest
-            self.state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "bootstrap_secret"}, indent=1))
+            self.state_file.write_text(
+                json.dumps({k: v for k, v in state.items() if k != "bootstrap_secret"}, indent=1)
+            )
         return state
 
     def explain_guard(self) -> None:
         """When the network guard could not start, its own line says why (Compose only says it exited)."""
         for guard in self.docker.containers({PROJECT_LABEL: self.options.project, ROLE_LABEL: "netguard"}):
             if guard.get("State") in ("exited", "dead", "restarting"):
-                last = (self.docker.logs(guard["Id"], tail=1).strip() or "(no output)").removeprefix("hubforge-netguard: ")
+                last = (self.docker.logs(guard["Id"], tail=1).strip() or "(no output)").removeprefix(
+                    "hubforge-netguard: "
+                )
                 raise HubforgeError(f"the network guard did not start: {last} (`invoke logs netguard` has the rest)")
 
     def bootstrap_secret(self) -> str | None:
@@ -269,13 +312,18 @@ class Stack:
                 raise HubforgeError(f"the hub stopped while starting; its last lines:\n{tail}\n(see `invoke logs hub`)")
             if elapsed > timeout:
                 tail = self.docker.logs(hub["Id"], tail=15).strip() if hub else "(no hub container)"
-                raise HubforgeError(f"the hub was not healthy after {timeout:.0f}s (state {health}); last lines:\n{tail}")
+                raise HubforgeError(
+                    f"the hub was not healthy after {timeout:.0f}s (state {health}); last lines:\n{tail}"
+                )
             status(f"waiting for the hub to become healthy ({health}, {elapsed:.0f}s)")
             time.sleep(1)
 
     def lab_containers(self) -> list[dict]:
-        return [c for c in self.docker.containers({PROJECT_LABEL: self.options.project})
-                if c.get("Labels", {}).get("hubforge.user")]
+        return [
+            c
+            for c in self.docker.containers({PROJECT_LABEL: self.options.project})
+            if c.get("Labels", {}).get("hubforge.user")
+        ]
 
     def lab_logs_argv(self, name: str, follow: bool, tail: int) -> list[str] | None:
         """`docker logs` of the lab of user `name` (or of the container so named), wherever it runs; None if none."""
@@ -305,19 +353,23 @@ class Stack:
         return removed
 
     def status(self) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"project": self.options.project}
+        state: dict[str, Any] = (
+            json.loads(self.state_file.read_text()) if self.state_file.exists() else {"project": self.options.project}
+        )
         services = self.services()
         labs = []
         for container in self.lab_containers():
             details = self.docker.inspect_container(container["Id"]) or {}
-            labs.append({
-                "user": container["Labels"].get("hubforge.user"),
-                "container": container["Names"][0].lstrip("/"),
-                "image": container.get("Image"),
-                "state": container.get("State"),
-                "health": details.get("State", {}).get("Health", {}).get("Status"),
-                "device_requests": (details.get("HostConfig") or {}).get("DeviceRequests") or [],
-            })
+            labs.append(
+                {
+                    "user": container["Labels"].get("hubforge.user"),
+                    "container": container["Names"][0].lstrip("/"),
+                    "image": container.get("Image"),
+                    "state": container.get("State"),
+                    "health": details.get("State", {}).get("Health", {}).get("Status"),
+                    "device_requests": (details.get("HostConfig") or {}).get("DeviceRequests") or [],
+                }
+            )
         state["services"] = services
         state.update(self.engine_state())
         state["labs"] = labs

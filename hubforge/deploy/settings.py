@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_ext.settings.hub import ENGINES
 from hub_ext.naming import default_volume_prefix
+from hub_ext.settings.hub import ENGINES
 
 from ..errors import HubforgeError
 
@@ -40,8 +40,6 @@ class StackOptions:
     def __post_init__(self) -> None:
         if not self.volume_prefix:
             object.__setattr__(self, "volume_prefix", default_volume_prefix(self.project))
-
-
 
 
 def validate_engine(engine: str) -> str:
@@ -79,7 +77,12 @@ def validate_port(name: str, value: object) -> int:
 
 
 def validate_project(project: str) -> str:
-    if not project or not all(ch.isalnum() or ch in "-_" for ch in project) or not project[0].isalnum() or project != project.lower():
+    if (
+        not project
+        or not all(ch.isalnum() or ch in "-_" for ch in project)
+        or not project[0].isalnum()
+        or project != project.lower()
+    ):
         raise HubforgeError(f"--project={project!r} is not valid; use lower-case letters, digits, '-' and '_'")
     return project
 
@@ -174,8 +177,12 @@ def subdomain_dns_problem(host: str, lookup: Callable[[str], set[str]] = resolve
         return f"HUBFORGE_PUBLIC_HOST={host} does not resolve; add a DNS record for it (and *.{host}), or fix the name"
     if not theirs & own:
         found = ", ".join(sorted(theirs)) or "nothing"
-        return (f"labs get their own subdomains, but {probe} resolves to {found}, not to {host} ({', '.join(sorted(own))}): "
-                f"add a wildcard DNS record *.{host} for this host, or set LAB_SUBDOMAINS=0 in .env (labs then share the hub's origin)")
+        return (
+            f"labs get their own subdomains, but {probe} resolves to {found}, not to {host} "
+            f"({', '.join(sorted(own))}): "
+            f"add a wildcard DNS record *.{host} for this host, or set LAB_SUBDOMAINS=0 in .env (labs then share the "
+            "hub's origin)"
+        )
     return None
 
 
@@ -196,7 +203,12 @@ def parse_probe(code: int | None, output: str) -> dict[str, Any]:
     try:
         result = json.loads(output.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"gpus": [], "driver": None, "cuda": None, "reason": f"probe exited {code} without JSON: {output[:200]!r}"}
+        return {
+            "gpus": [],
+            "driver": None,
+            "cuda": None,
+            "reason": f"probe exited {code} without JSON: {output[:200]!r}",
+        }
     result.setdefault("reason", None)
     return result
 
@@ -208,5 +220,3 @@ def config_digest(hub_config: str, config_d: Path) -> str:
     for extra in sorted(config_d.glob("*.py")):
         digest.update(extra.name.encode() + b"\0" + extra.read_bytes())
     return digest.hexdigest()[:20]
-
-

@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hub_ext.settings.hub import HubConfig
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
 from hub_ext.helpers.netguard import READY as GUARD_READY
 from hub_ext.labs.runtime import log_options
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
+from hub_ext.settings.hub import HubConfig
 
 from .. import proc
 from ..errors import HubforgeError
@@ -35,7 +35,9 @@ SERVICE = "com.docker.swarm.service.name"
 REMOVE_TIMEOUT = 60.0
 REGISTRY_TIMEOUT = 90.0
 IMAGE_MAP = "registry/images.json"  # in the run directory; the hub reads it at every spawn (hub_ext.spawn.swarm)
-MANIFESTS = ", ".join(("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"))
+MANIFESTS = ", ".join(
+    ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
+)
 AUTH_DIR = "registry-auth"  # in the run directory, 0700, outside the hub's bind: the registry's credentials
 AUTH_USER = "hubforge"
 # Distribution checks the password's bcrypt hash at every request of a push or pull, so the cost is the least bcrypt
@@ -60,18 +62,24 @@ def routing_mesh_available() -> bool:
     return any(Path("/lib/modules", os.uname().release).glob("kernel/net/netfilter/ipvs/ip_vs.ko*"))
 
 
-def registry_manifest(registry: str, repository: str, digest: str, auth: Mapping[str, str], timeout: float = 10.0) -> bytes | None:
+def registry_manifest(
+    registry: str, repository: str, digest: str, auth: Mapping[str, str], timeout: float = 10.0
+) -> bytes | None:
     """The manifest that `registry` holds under `digest`, as its bytes, or None when it has none."""
     token = base64.b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
-    request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{digest}",
-                                     headers={"Accept": MANIFESTS, "Authorization": f"Basic {token}"})
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": MANIFESTS, "Authorization": f"Basic {token}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 -- our own registry, on loopback
             return answer.read()
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
-        raise HubforgeError(f"the stack's registry at {registry} answered {exc.code} for {repository}@{digest}") from None
+        raise HubforgeError(
+            f"the stack's registry at {registry} answered {exc.code} for {repository}@{digest}"
+        ) from None
 
 
 def built_here(manifest: bytes | None, digest: str, image_id: str) -> bool:
@@ -132,23 +140,40 @@ def swarm_secret(name: str, path: Path) -> dict[str, str]:
     return {"file": str(path.resolve()), "name": f"{name}_{digest}"}
 
 
-def guard_command(project: str, hub: HubConfig, interface: str, https_port: int, http_port: int,
-                  registry_port: int | None = None) -> list[str]:
+def guard_command(
+    project: str, hub: HubConfig, interface: str, https_port: int, http_port: int, registry_port: int | None = None
+) -> list[str]:
     """The global guard's command. The only DNAT-ed connections it lets through are to the hub's own published
     ports, matched with the hub's container ports (8443, 8080): the registry's port (5000 inside) can never pass.
     The registry's published port is also closed to labs outright (--closed), at the node's public addresses too,
     where Docker's proxy would answer them."""
-    return ["python3", "-m", "hub_ext.helpers.netguard", "--project", project, "--pool", str(hub.lab_subnet_pool),
-            "--interface", interface, *(a for net in hub.lab_allowed_ranges for a in ("--allow", str(net))),
-            "--publish", f"{https_port}:8443", "--publish", f"{http_port}:8080",
-            *(("--closed", str(registry_port)) if registry_port else ())]
+    return [
+        "python3",
+        "-m",
+        "hub_ext.helpers.netguard",
+        "--project",
+        project,
+        "--pool",
+        str(hub.lab_subnet_pool),
+        "--interface",
+        interface,
+        *(a for net in hub.lab_allowed_ranges for a in ("--allow", str(net))),
+        "--publish",
+        f"{https_port}:8443",
+        "--publish",
+        f"{http_port}:8080",
+        *(("--closed", str(registry_port)) if registry_port else ()),
+    ]
 
 
 def node_summary(node: dict[str, Any]) -> dict[str, Any]:
     spec, description, status = node.get("Spec") or {}, node.get("Description") or {}, node.get("Status") or {}
     generic = (description.get("Resources") or {}).get("GenericResources") or []
-    gpus = sum(int((r.get("DiscreteResourceSpec") or {}).get("Value", 0)) for r in generic
-               if "GPU" in (r.get("DiscreteResourceSpec") or {}).get("Kind", "").upper())
+    gpus = sum(
+        int((r.get("DiscreteResourceSpec") or {}).get("Value", 0))
+        for r in generic
+        if "GPU" in (r.get("DiscreteResourceSpec") or {}).get("Kind", "").upper()
+    )
     return {
         "id": node.get("ID", ""),
         "hostname": description.get("Hostname", "?"),
@@ -197,8 +222,10 @@ class SwarmStack(Stack):
             self.say(f"this host is in no swarm: making it a single-node swarm (manager, advertised at {address})")
             self.docker.swarm_init(address)
         elif state.get("LocalNodeState") != "active":
-            raise HubforgeError(f"this host's swarm membership is {state.get('LocalNodeState')!r}; "
-                                "wait for it to settle, or `docker swarm leave` and run `invoke up --engine swarm` again")
+            raise HubforgeError(
+                f"this host's swarm membership is {state.get('LocalNodeState')!r}; "
+                "wait for it to settle, or `docker swarm leave` and run `invoke up --engine swarm` again"
+            )
         elif not state.get("ControlAvailable"):
             raise HubforgeError("this host is a swarm worker: run `invoke up --engine swarm` on a manager node")
 
@@ -218,13 +245,17 @@ class SwarmStack(Stack):
                 return  # ours: `up` again updates the stack in place
         super().check_ports()
         if not port_free("0.0.0.0", self.options.registry_port):
-            raise HubforgeError(f"port {self.options.registry_port} (the swarm's image registry) is already in use; choose "
-                                "another with hubforge.swarm_registry_port in invoke.yaml (nothing was started)")
+            raise HubforgeError(
+                f"port {self.options.registry_port} (the swarm's image registry) is already in use; choose "
+                "another with hubforge.swarm_registry_port in invoke.yaml (nothing was started)"
+            )
 
     def engine_variables(self) -> dict[str, Any]:
         if self.options.bind not in ("0.0.0.0", "::"):
-            raise HubforgeError(f"--bind {self.options.bind} cannot be honoured on the swarm engine: Swarm publishes a service's "
-                                "ports on every address of its node; use --bind 0.0.0.0 (and a firewall) or the compose engine")
+            raise HubforgeError(
+                f"--bind {self.options.bind} cannot be honoured on the swarm engine: Swarm publishes a service's "
+                "ports on every address of its node; use --bind 0.0.0.0 (and a firewall) or the compose engine"
+            )
         self.ensure_manager()
         image_map = self.options.run_dir / IMAGE_MAP
         image_map.parent.mkdir(exist_ok=True)
@@ -232,12 +263,19 @@ class SwarmStack(Stack):
             image_map.write_text("{}\n")  # the bind's source must exist; until the push, labs stay on this manager
         auth_dir = self.options.run_dir / AUTH_DIR
         registry_credentials(auth_dir)
-        return {"manager_node": self.docker.swarm_node_id(), "registry_port": self.options.registry_port,
-                "registry_mesh": self.routing_mesh,
-                "registry_secrets": {"htpasswd": swarm_secret(f"{self.options.project}_registry_htpasswd", auth_dir / "htpasswd"),
-                                     "auth": swarm_secret(f"{self.options.project}_registry_auth", auth_dir / "auth.json")}}
+        return {
+            "manager_node": self.docker.swarm_node_id(),
+            "registry_port": self.options.registry_port,
+            "registry_mesh": self.routing_mesh,
+            "registry_secrets": {
+                "htpasswd": swarm_secret(f"{self.options.project}_registry_htpasswd", auth_dir / "htpasswd"),
+                "auth": swarm_secret(f"{self.options.project}_registry_auth", auth_dir / "auth.json"),
+            },
+        }
 
-    def distribute(self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]) -> None:
+    def distribute(
+        self, images: Mapping[str, str], lab_images: Mapping[str, str], status: Callable[[str], None]
+    ) -> None:
         """Push the hub's and the labs' images to the stack's registry and record the digest of each in images.json,
         from which the hub runs labs and helpers on any node. Workers pull on first use.
 
@@ -247,8 +285,10 @@ class SwarmStack(Stack):
         deadline = time.monotonic() + REGISTRY_TIMEOUT
         while not registry_answers(self.registry):
             if time.monotonic() > deadline:
-                raise HubforgeError(f"the stack's registry did not answer at {self.registry} within {REGISTRY_TIMEOUT:.0f} s "
-                                    "(`invoke logs registry`); labs can still run on this manager")
+                raise HubforgeError(
+                    f"the stack's registry did not answer at {self.registry} within {REGISTRY_TIMEOUT:.0f} s "
+                    "(`invoke logs registry`); labs can still run on this manager"
+                )
             status(f"waiting for the stack's registry at {self.registry}")
             time.sleep(0.5)
         auth = registry_credentials(self.options.run_dir / AUTH_DIR)
@@ -258,16 +298,21 @@ class SwarmStack(Stack):
             repository, key = ref.rsplit(":", 1)
             image_id = self.docker.inspect(ref)["Id"]
             digest = (self.pinned(ref) or "").removeprefix(f"{self.registry}/{repository}@")
-            if not built_here(registry_manifest(self.registry, repository, digest, auth) if digest.startswith("sha256:") else None,
-                              digest, image_id):
+            if not built_here(
+                registry_manifest(self.registry, repository, digest, auth) if digest.startswith("sha256:") else None,
+                digest,
+                image_id,
+            ):
                 status(f"pushing {ref} to the stack's registry")
                 started = time.monotonic()
                 self.docker.tag(ref, f"{self.registry}/{repository}", key)
                 digest = self.docker.push(f"{self.registry}/{repository}", key)
                 if not built_here(registry_manifest(self.registry, repository, digest, auth), digest, image_id):
-                    raise HubforgeError(f"the stack's registry holds {repository}@{digest} where the push of {ref} reported it, "
-                                        f"but that is not the image built here ({image_id[:19]}); nothing was pinned "
-                                        "(`invoke logs registry`)")
+                    raise HubforgeError(
+                        f"the stack's registry holds {repository}@{digest} where the push of {ref} reported it, "
+                        f"but that is not the image built here ({image_id[:19]}); nothing was pinned "
+                        "(`invoke logs registry`)"
+                    )
                 self.say(f"pushed {ref} to the stack's registry in {time.monotonic() - started:.1f} s")
             pinned[ref] = f"{self.registry}/{repository}@{digest}"
         image_map = self.options.run_dir / IMAGE_MAP
@@ -277,8 +322,11 @@ class SwarmStack(Stack):
         self.guard_nodes(pinned[images["hub"]])
         workers = [n for n in self.docker.nodes() if (n.get("Spec") or {}).get("Role") == "worker"]
         if workers and not self.routing_mesh:
-            self.say(f"note: the routing mesh is off (no IPVS here): the {len(workers)} worker(s) reach the registry at "
-                     f"{self.registry} only through a forward of their own to this manager (README: \"Running on several hosts\")")
+            self.say(
+                f"note: the routing mesh is off (no IPVS here): the {len(workers)} worker(s) reach the registry at "
+                f'{self.registry} only through a forward of their own to this manager (README: "Running on several '
+                'hosts")'
+            )
 
     def hub_container(self) -> dict | None:
         found = [c for c in self.docker.containers({NAMESPACE: self.options.project, SERVICE: self.hub_service})]
@@ -286,8 +334,20 @@ class SwarmStack(Stack):
         return found[0] if found else None
 
     def start(self) -> None:
-        proc.run(["docker", "stack", "deploy", "--compose-file", str(self.options.run_dir / self.run_file),
-                  "--prune", "--resolve-image", "never", self.options.project], what="docker stack deploy")
+        proc.run(
+            [
+                "docker",
+                "stack",
+                "deploy",
+                "--compose-file",
+                str(self.options.run_dir / self.run_file),
+                "--prune",
+                "--resolve-image",
+                "never",
+                self.options.project,
+            ],
+            what="docker stack deploy",
+        )
 
     def pinned(self, ref: str) -> str | None:
         """`ref` as the nodes pull it (images.json, written by `distribute`), or None before the push."""
@@ -307,18 +367,34 @@ class SwarmStack(Stack):
         if not hub.lab_network_guard:
             self.docker.remove_service(self.guard_service)
             return
-        command = guard_command(self.options.project, hub, self.gateway_bridge, self.options.https_port, self.options.http_port,
-                                self.options.registry_port)
+        command = guard_command(
+            self.options.project,
+            hub,
+            self.gateway_bridge,
+            self.options.https_port,
+            self.options.http_port,
+            self.options.registry_port,
+        )
         labels = {PROJECT_LABEL: self.options.project, ROLE_LABEL: "netguard"}
-        if self.docker.ensure_host_service(self.guard_service, hub_image, command, labels, ["NET_ADMIN", "NET_RAW"],
-                                           ready_file=str(GUARD_READY), log_options=log_options(hub.log_max_size, hub.log_max_files)):
+        if self.docker.ensure_host_service(
+            self.guard_service,
+            hub_image,
+            command,
+            labels,
+            ["NET_ADMIN", "NET_RAW"],
+            ready_file=str(GUARD_READY),
+            log_options=log_options(hub.log_max_size, hub.log_max_files),
+        ):
             self.say("the network guard runs on every node (a global service)")
 
     def lab_services(self) -> list[dict]:
         if not self.in_swarm():
             return []
-        return [s for s in self.docker.services({PROJECT_LABEL: self.options.project})
-                if (s["Spec"].get("Labels") or {}).get(USER_LABEL)]
+        return [
+            s
+            for s in self.docker.services({PROJECT_LABEL: self.options.project})
+            if (s["Spec"].get("Labels") or {}).get(USER_LABEL)
+        ]
 
     def lab_logs_argv(self, name: str, follow: bool, tail: int) -> list[str] | None:
         """A lab is a service here: `docker service logs` reads its task's logs on whichever node it runs."""
@@ -357,13 +433,15 @@ class SwarmStack(Stack):
             status = (task or {}).get("Status") or {}
             container = (status.get("ContainerStatus") or {}).get("ContainerID", "")
             details = self.docker.inspect_container(container) if container else None
-            services.append({
-                "service": service["Spec"]["Name"].removeprefix(f"{self.options.project}_"),
-                "container": (details or {}).get("Name", "").lstrip("/") or container[:12] or "-",
-                "state": status.get("State", "no task"),
-                "health": ((details or {}).get("State") or {}).get("Health", {}).get("Status"),
-                "node": nodes.get((task or {}).get("NodeID", ""), "?"),
-            })
+            services.append(
+                {
+                    "service": service["Spec"]["Name"].removeprefix(f"{self.options.project}_"),
+                    "container": (details or {}).get("Name", "").lstrip("/") or container[:12] or "-",
+                    "state": status.get("State", "no task"),
+                    "health": ((details or {}).get("State") or {}).get("Health", {}).get("Status"),
+                    "node": nodes.get((task or {}).get("NodeID", ""), "?"),
+                }
+            )
         return services
 
     def engine_state(self) -> dict[str, Any]:
@@ -377,8 +455,11 @@ class SwarmStack(Stack):
         for service in self.lab_services():
             task = running_task(self.docker.tasks(service["ID"]))
             user = service["Spec"]["Labels"][USER_LABEL]
-            placement[user] = {"service": service["Spec"]["Name"], "node": names.get((task or {}).get("NodeID", ""), "?"),
-                               "state": ((task or {}).get("Status") or {}).get("State", "no task")}
+            placement[user] = {
+                "service": service["Spec"]["Name"],
+                "node": names.get((task or {}).get("NodeID", ""), "?"),
+                "state": ((task or {}).get("Status") or {}).get("State", "no task"),
+            }
         return {"nodes": nodes, "lab_placement": placement}
 
     def logs_argv(self, service: str | None, follow: bool, tail: int) -> list[str]:

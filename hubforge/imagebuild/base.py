@@ -1,4 +1,5 @@
-"""The base image: a digest-pinned upstream pull, or a rootfs bootstrapped from the locked packages of a Debian mirror."""
+"""The base image: a digest-pinned upstream pull, or a rootfs bootstrapped from the locked packages of a Debian
+mirror."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
-from . import debs
-from .debs import DebCache
 from ..docker_io import Docker
 from ..errors import HubforgeError
+from . import debs
+from .debs import DebCache
 from .lockfiles import DebPin, check_package_name, parse_apt_lock
-from .verify import file_sha256
 from .normalize import rootfs_archive
 from .targets import SOURCE_DATE_EPOCH, BaseSpec
+from .verify import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ REMOVE_PATH = re.compile(r"(/[A-Za-z0-9_+.*-]+)+")
 def removal(path: str) -> str:
     """A `remove_after` entry, checked before it reaches mmdebstrap's shell hook."""
     if not REMOVE_PATH.fullmatch(path) or ".." in path.split("/"):
-        raise HubforgeError(f"images/base/bootstrap.json: remove_after entry {path!r} is not an absolute path of "
-                            f"plain names and globs (letters, digits, '_+.-*'); fix the recipe")
+        raise HubforgeError(
+            f"images/base/bootstrap.json: remove_after entry {path!r} is not an absolute path of "
+            f"plain names and globs (letters, digits, '_+.-*'); fix the recipe"
+        )
     return path
 
 
@@ -56,8 +59,10 @@ class Workspace:
 def workspace(scratch: Path) -> Iterator[Workspace]:
     """A Workspace in a new temporary folder under `scratch`, its keyring in one of the system's own: apt checks
     signatures as its sandbox user, who must be able to read the keyring (the cache is often under a private home)."""
-    with tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp, \
-            tempfile.TemporaryDirectory(prefix="hubforge-keyring-") as trusted:
+    with (
+        tempfile.TemporaryDirectory(prefix="hubforge-rootfs-", dir=scratch) as tmp,
+        tempfile.TemporaryDirectory(prefix="hubforge-keyring-") as trusted,
+    ):
         yield Workspace(Path(trusted) / "debian-archive.gpg", Path(tmp) / "repo", Path(tmp) / "report")
 
 
@@ -67,9 +72,11 @@ def pinned_keyring(root: Path, recipe: dict) -> Path:
     path = root / entry["path"]
     found = file_sha256(path) if path.is_file() else "missing"
     if found != entry["sha256"]:
-        raise HubforgeError(f"{entry['path']}: sha256 {found} is not the one images/base/bootstrap.json pins "
-                            f"({entry['sha256'][:16]}…); restore it (`git checkout -- {entry['path']}`), or pin a new "
-                            f"keyring as the README's *The base image* says")
+        raise HubforgeError(
+            f"{entry['path']}: sha256 {found} is not the one images/base/bootstrap.json pins "
+            f"({entry['sha256'][:16]}…); restore it (`git checkout -- {entry['path']}`), or pin a new "
+            f"keyring as the README's *The base image* says"
+        )
     return path
 
 
@@ -97,7 +104,8 @@ def report_hook(work: Workspace, locking: bool) -> str:
     """The first customize hook: copy out the dpkg status (a build, checked against the lock afterwards), or run
     the resolution script in the new rootfs (a lock): both before the recipe purges anything."""
     if locking:
-        return f'--customize-hook=chroot "$1" sh -c {shlex.quote(installed_resolution_script())} > {shlex.quote(str(work.report))}'
+        script = shlex.quote(installed_resolution_script())
+        return f'--customize-hook=chroot "$1" sh -c {script} > {shlex.quote(str(work.report))}'
     return f'--customize-hook=cp "$1"/var/lib/dpkg/status {shlex.quote(str(work.report))}'
 
 
@@ -120,8 +128,9 @@ def sources_list(spec: BaseSpec, components: str) -> list[str]:
     ]
 
 
-def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, work: Workspace, locking: bool = False,
-                    packages: Sequence[str] = ()) -> list[str]:
+def mmdebstrap_argv(
+    spec: BaseSpec, recipe: dict, output: Path, work: Workspace, locking: bool = False, packages: Sequence[str] = ()
+) -> list[str]:
     """The mmdebstrap command line for a recipe (images/base/bootstrap.json); pure, so it is tested.
 
     A lock (`locking`) resolves the recipe from the mirror, apt trusting only the keyring `work.keyring`. A build
@@ -144,7 +153,7 @@ def mmdebstrap_argv(spec: BaseSpec, recipe: dict, output: Path, work: Workspace,
     argv.append(report_hook(work, locking))
     if recipe.get("purge_after"):
         purge = [check_package_name(n, "images/base/bootstrap.json purge_after") for n in recipe["purge_after"]]
-        argv.append(f"--customize-hook=chroot \"$1\" dpkg --purge {' '.join(purge)}")
+        argv.append(f'--customize-hook=chroot "$1" dpkg --purge {" ".join(purge)}')
     if recipe.get("remove_after"):
         removals = " ".join(f'"$1"{removal(p)}' for p in recipe["remove_after"])
         argv.append(f"--customize-hook=rm -rf {removals}")
@@ -183,8 +192,10 @@ def check_installed(status: str, pins: list[DebPin], lock: str) -> None:
     differences = lock_differences(installed_packages(status), pins)
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
-        raise HubforgeError(f"the bootstrap installed other packages than {lock} ({shown}); images/base/bootstrap.json "
-                            f"changed since it was locked: run `invoke lock --target base`")
+        raise HubforgeError(
+            f"the bootstrap installed other packages than {lock} ({shown}); images/base/bootstrap.json "
+            f"changed since it was locked: run `invoke lock --target base`"
+        )
 
 
 def check_prerequisites() -> None:
@@ -194,13 +205,17 @@ def check_prerequisites() -> None:
         raise HubforgeError("--base=bootstrap needs root (mmdebstrap --mode=root); run as root or use --base=pull")
 
 
-def run_mmdebstrap(spec: BaseSpec, recipe: dict, root: Path, output: Path, work: Workspace, locking: bool,
-                   packages: Sequence[str] = ()) -> None:
+def run_mmdebstrap(
+    spec: BaseSpec, recipe: dict, root: Path, output: Path, work: Workspace, locking: bool, packages: Sequence[str] = ()
+) -> None:
     """mmdebstrap with SOURCE_DATE_EPOCH set, trusting only the pinned keyring."""
     trust_only(pinned_keyring(root, recipe), work.keyring)
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
-    proc.run(mmdebstrap_argv(spec, recipe, output, work, locking, packages), env=env,
-             what="locking the base's packages (mmdebstrap)" if locking else "bootstrapping the base rootfs (mmdebstrap)")
+    proc.run(
+        mmdebstrap_argv(spec, recipe, output, work, locking, packages),
+        env=env,
+        what="locking the base's packages (mmdebstrap)" if locking else "bootstrapping the base rootfs (mmdebstrap)",
+    )
 
 
 def local_repository(pins: list[DebPin], cache: DebCache, repo: Path, suite: str, progress=None) -> None:
@@ -217,12 +232,15 @@ def local_repository(pins: list[DebPin], cache: DebCache, repo: Path, suite: str
         stanzas.append(f"{control}\nFilename: ./{pin.filename}\nSize: {staged.stat().st_size}\nSHA256: {pin.sha256}\n")
     index = "\n".join(stanzas).encode()
     (repo / "Packages").write_bytes(index)
-    (repo / "Release").write_text(f"Origin: hubforge\nLabel: the base lock\nSuite: {suite}\nCodename: {suite}\n"
-                                  f"SHA256:\n {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n")
+    (repo / "Release").write_text(
+        f"Origin: hubforge\nLabel: the base lock\nSuite: {suite}\nCodename: {suite}\n"
+        f"SHA256:\n {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n"
+    )
 
 
-def bootstrap(docker: Docker, spec: BaseSpec, root: Path, lock: str, ref: str, scratch: Path, cache: DebCache,
-              progress=None) -> str:
+def bootstrap(
+    docker: Docker, spec: BaseSpec, root: Path, lock: str, ref: str, scratch: Path, cache: DebCache, progress=None
+) -> str:
     """Make the rootfs with mmdebstrap from exactly the packages of the base lock, and load it as `ref`, normalised
     like every built image: the same lock gives the same image id. Needs root."""
     check_prerequisites()
@@ -232,7 +250,9 @@ def bootstrap(docker: Docker, spec: BaseSpec, root: Path, lock: str, ref: str, s
         pins = parse_apt_lock((root / lock).read_text(), lock)
         local_repository(pins, cache, work.repo, spec.suite, progress)
         if progress:
-            progress(f"bootstrapping Debian {spec.suite} from the {len(pins)} packages of {lock} alone (mmdebstrap, ~20 s)")
+            progress(
+                f"bootstrapping Debian {spec.suite} from the {len(pins)} packages of {lock} alone (mmdebstrap, ~20 s)"
+            )
         run_mmdebstrap(spec, recipe, root, output, work, locking=False, packages=[p.package for p in pins])
         check_installed(work.report.read_text(), pins, lock)
         if progress:

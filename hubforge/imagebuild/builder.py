@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from . import labext, remote_cache
 from ..docker_io import Docker
 from ..errors import HubforgeError
-from .keys import Manifest, digest_bytes, explain
-from .normalize import differences, iso, normalize_saved, saved_entries
-from .lockfiles import check_deb_arch, parse_apt_lock, parse_python_lock
 from ..render import oci_labels, render
+from . import labext, remote_cache
+from .keys import Manifest, digest_bytes, explain
+from .lockfiles import check_deb_arch, parse_apt_lock, parse_python_lock
+from .normalize import differences, iso, normalize_saved, saved_entries
 from .targets import HOST_BUILD_LOCK, PYTHON_VERSION, SOURCE_DATE_EPOCH, BaseSpec, Graph, Target
 from .verify import Verifier
 
@@ -38,8 +38,8 @@ LICENSE = "BSD-3-Clause"
 KEY_LABEL = "io.hubforge.key"
 # The normaliser's own source is an input of every built image: it decides the bytes (hubforge.imagebuild.normalize).
 NORMALIZER = {"hubforge/imagebuild/normalize.py": digest_bytes((Path(__file__).parent / "normalize.py").read_bytes())}
-RAW_REPOSITORY = "hubforge-build"
-CHECK_REPOSITORY = "hubforge-check"  # `invoke build --check`: the two builds it compares, removed after  # the classic builder's output, before normalize() rewrites it under the key
+RAW_REPOSITORY = "hubforge-build"  # the classic builder's output, before normalize() rewrites it under the key
+CHECK_REPOSITORY = "hubforge-check"  # `invoke build --check`: the two builds it compares, removed after
 TARGET_LABEL = "io.hubforge.target"
 # Only `invoke release` writes it: an image under a key tag that carries it is a release's copy, never a build.
 REVISION_LABEL = "org.opencontainers.image.revision"
@@ -71,14 +71,23 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.cache_from and self.cache_index is None:
-            raise HubforgeError("--cache-from needs --cache-index FILE: the cache-index-VERSION.json of the release that "
-                                "pushed the cache (a key tag alone could be any image)")
+            raise HubforgeError(
+                "--cache-from needs --cache-index FILE: the cache-index-VERSION.json of the release that "
+                "pushed the cache (a key tag alone could be any image)"
+            )
         if self.cache_key and not (self.cache_from and self.cache_index):
-            raise HubforgeError("--cache-key checks the signature of the --cache-index that --cache-from uses; give all three")
+            raise HubforgeError(
+                "--cache-key checks the signature of the --cache-index that --cache-from uses; give all three"
+            )
 
     def spec(self, mode: str) -> BaseSpec:
-        return BaseSpec(mode=mode, upstream=self.upstream, suite=self.suite, mirror=self.mirror,
-                        security_mirror=self.security_mirror)
+        return BaseSpec(
+            mode=mode,
+            upstream=self.upstream,
+            suite=self.suite,
+            mirror=self.mirror,
+            security_mirror=self.security_mirror,
+        )
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,7 @@ class Step:
 
 RACY_SECONDS = 2
 # What else a render depends on: the renderer's source and Jinja's version (read from its metadata, not imported).
-RENDERER = [digest_bytes((Path(__file__).parents[1] / "render.py").read_bytes()),
-            importlib.metadata.version("jinja2")]
+RENDERER = [digest_bytes((Path(__file__).parents[1] / "render.py").read_bytes()), importlib.metadata.version("jinja2")]
 
 
 class PlanCache:
@@ -187,7 +195,10 @@ def input_digests(root: Path, paths: tuple[str, ...], cache: PlanCache | None = 
         elif path.is_file():
             digests[rel] = cache.digest(path)
         else:
-            raise HubforgeError(f"declared input {rel} does not exist; fix the target in hubforge/imagebuild/targets.py or run `invoke lock`")
+            raise HubforgeError(
+                f"declared input {rel} does not exist; fix the target in hubforge/imagebuild/targets.py or run `invoke "
+                "lock`"
+            )
     return digests
 
 
@@ -213,8 +224,10 @@ def planned_files(root: Path, paths: Iterable[str], planned: Mapping[str, str]) 
 
 
 def changed_since_plan(rel: str) -> HubforgeError:
-    return HubforgeError(f"{rel} changed after its image's key was computed (a checkout or an edit during the build); "
-                         "run `invoke build` again")
+    return HubforgeError(
+        f"{rel} changed after its image's key was computed (a checkout or an edit during the build); "
+        "run `invoke build` again"
+    )
 
 
 def template_texts(root: Path, target: Target) -> dict[str, str]:
@@ -231,15 +244,19 @@ def render_variables(target: Target, parent_ref: str | None) -> dict[str, object
         "source_date_epoch": SOURCE_DATE_EPOCH,
         "python_version": PYTHON_VERSION,
         "labels": oci_labels(
-            title=f"hubforge {target.name}", version=__version__, description=target.description,
-            source=SOURCE_URL, licenses=LICENSE,
+            title=f"hubforge {target.name}",
+            version=__version__,
+            description=target.description,
+            source=SOURCE_URL,
+            licenses=LICENSE,
         ),
     }
 
 
 class Builder:
-    def __init__(self, settings: Settings, docker: Docker, graph: Graph | None = None,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, settings: Settings, docker: Docker, graph: Graph | None = None, say: Callable[[str], None] = print
+    ) -> None:
         self.settings = settings
         self.docker = docker
         self.graph = graph or Graph()
@@ -251,14 +268,22 @@ class Builder:
         self.staging = threading.Lock()
         self.cache = PlanCache(self.state_dir / "plan-cache.json")
         self.verifier = Verifier()  # every cached input is checked against its lock when staged, once per file
-        # Read from the user, never from the registry it vouches for; loaded now so that a bad file stops the build early.
-        self.remote_index = (remote_cache.load(settings.cache_index, settings.cache_key)
-                             if settings.cache_from and settings.cache_index else None)
+        # Read from the user, never from the registry it vouches for; loaded now so that a bad file stops the build
+        # early.
+        self.remote_index = (
+            remote_cache.load(settings.cache_index, settings.cache_key)
+            if settings.cache_from and settings.cache_index
+            else None
+        )
 
     # -- describe ----------------------------------------------------------------------------------
     def base_manifest(self, mode: str) -> Manifest:
         target = self.graph.targets["base"]
-        inputs = {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER} if mode == "bootstrap" else {}
+        inputs = (
+            {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER}
+            if mode == "bootstrap"
+            else {}
+        )
         return Manifest("base", "", inputs, self.settings.spec(mode).describe(), None)
 
     def resolve_base_mode(self) -> str:
@@ -276,8 +301,10 @@ class Builder:
         if not problem:
             self.base_reason = "auto: a registry answers"
             return "pull"
-        self.base_reason = (f"auto: bootstrapping from {self.settings.mirror}, because the registry of "
-                            f"{self.settings.upstream.split('@')[0]} {problem}; --base=pull insists on the registry")
+        self.base_reason = (
+            f"auto: bootstrapping from {self.settings.mirror}, because the registry of "
+            f"{self.settings.upstream.split('@')[0]} {problem}; --base=pull insists on the registry"
+        )
         if not self.base_announced:  # a plan may resolve the mode more than once
             self.base_announced = True
             self.say(f"base: {self.base_reason}")
@@ -287,10 +314,16 @@ class Builder:
         parent_ref = None
         if target.parent:
             parent_ref = f"{self.graph.targets[target.parent].repository}:{parent_key}"
-        dockerfile = self.cache.render(template_texts(self.settings.root, target), target.template,
-                                       render_variables(target, parent_ref))
-        return Manifest(target.name, dockerfile, {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER},
-                        dict(target.build_args), parent_key)
+        dockerfile = self.cache.render(
+            template_texts(self.settings.root, target), target.template, render_variables(target, parent_ref)
+        )
+        return Manifest(
+            target.name,
+            dockerfile,
+            {**input_digests(self.settings.root, target.all_inputs(), self.cache), **NORMALIZER},
+            dict(target.build_args),
+            parent_key,
+        )
 
     def plan(self, targets: list[Target]) -> list[Step]:
         steps: list[Step] = []
@@ -383,8 +416,13 @@ class Builder:
         self.remember(step)
 
     # -- verify ------------------------------------------------------------------------------------------
-    def check(self, step: Step, on_line: Callable[[str], None], progress: Callable[[str], None],
-              against_existing: bool = False) -> CheckResult:
+    def check(
+        self,
+        step: Step,
+        on_line: Callable[[str], None],
+        progress: Callable[[str], None],
+        against_existing: bool = False,
+    ) -> CheckResult:
         """Build `step` twice from clean (no layer cache; the host's input caches are verified by hash) and compare
         the two: the same image id, or the first files that differ and how. The parents must exist.
         `against_existing`: build once, and compare with the image already built for this key."""
@@ -423,8 +461,9 @@ class Builder:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def make(self, step: Step, ref: str, on_line: Callable[[str], None], progress: Callable[[str], None],
-             nocache: bool) -> str:
+    def make(
+        self, step: Step, ref: str, on_line: Callable[[str], None], progress: Callable[[str], None], nocache: bool
+    ) -> str:
         """Build `step` as `ref` (normalised); returns its image id."""
         from . import base  # the execute layer: imported when something is built, so a no-op stays quick
 
@@ -433,8 +472,16 @@ class Builder:
             spec = self.settings.spec(self.base_mode_used or self.resolve_base_mode())
             if spec.mode == "pull":
                 return base.pull(self.docker, spec, *ref.rsplit(":", 1), progress)
-            return base.bootstrap(self.docker, spec, self.settings.root, target.apt_lock, ref, self.scratch_dir(),
-                                  self.deb_cache(), progress)
+            return base.bootstrap(
+                self.docker,
+                spec,
+                self.settings.root,
+                target.apt_lock,
+                ref,
+                self.scratch_dir(),
+                self.deb_cache(),
+                progress,
+            )
         with self.staging:  # the host's input caches are shared: one target fills them at a time
             context = self.stage_context(step, progress)
         raw = f"{RAW_REPOSITORY}/{target.name}:{step.key}"
@@ -467,7 +514,8 @@ class Builder:
         return path
 
     def identity_labels(self, step: Step) -> dict[str, str]:
-        """The labels that say which key and target an image was built for (the base, pulled or bootstrapped, has none)."""
+        """The labels that say which key and target an image was built for (the base, pulled or bootstrapped, has
+        none)."""
         return {} if step.target.name == "base" else {KEY_LABEL: step.key, TARGET_LABEL: step.target.name}
 
     def build_labels(self, step: Step) -> dict[str, str]:
@@ -483,6 +531,7 @@ class Builder:
         """Assemble the build context: the Dockerfile, declared inputs, wheels, .debs and node_modules. Every
         declared input comes from the bytes its key hashed (planned_files), never from a second read of the tree."""
         from . import npm, wheels
+
         target, root, cache = step.target, self.settings.root, self.settings.cache_dir
         context = cache / "contexts" / f"{target.name}-{step.key}"
         shutil.rmtree(context, ignore_errors=True)
@@ -500,14 +549,22 @@ class Builder:
                 check_deb_arch(pins, self.daemon_arch, lock)
                 cache_debs.stage(pins, context / folder, progress)
         if target.python_lock or target.local_packages or target.lab_extensions:
-            wheel_cache = wheels.WheelCache(cache / "wheels", arch=self.arch(), verifier=self.verifier,
-                                            host_lock=files[HOST_BUILD_LOCK].decode())
-            pins = parse_python_lock(files[target.python_lock].decode(), target.python_lock) if target.python_lock else []
+            wheel_cache = wheels.WheelCache(
+                cache / "wheels", arch=self.arch(), verifier=self.verifier, host_lock=files[HOST_BUILD_LOCK].decode()
+            )
+            pins = (
+                parse_python_lock(files[target.python_lock].decode(), target.python_lock) if target.python_lock else []
+            )
             wheel_cache.fetch(pins, progress)
             found = [wheel_cache.distribution_for(pin) for pin in pins]
-            found += [wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH, below(files, pkg))
-                      for pkg in target.local_packages]
-            found += [wheels.file_wheel(self.lab_extension_wheel(ext, step, wheel_cache, progress)) for ext in target.lab_extensions]
+            found += [
+                wheels.local_wheel(root / pkg, __version__, context / "wheels", SOURCE_DATE_EPOCH, below(files, pkg))
+                for pkg in target.local_packages
+            ]
+            found += [
+                wheels.file_wheel(self.lab_extension_wheel(ext, step, wheel_cache, progress))
+                for ext in target.lab_extensions
+            ]
             wheels.stage(found, context / "wheels", self.verifier)
             wheels.stage(wheel_cache.sdist_backends(progress), context / "sdist-backends", self.verifier)
         if target.npm_dir:
@@ -518,20 +575,28 @@ class Builder:
             shutil.copytree(modules, context / "node_modules", symlinks=True)
         return context
 
-    def lab_extension_wheel(self, ext: str, step: Step, wheel_cache: wheels.WheelCache, progress: Callable[[str], None]) -> Path:
+    def lab_extension_wheel(
+        self, ext: str, step: Step, wheel_cache: wheels.WheelCache, progress: Callable[[str], None]
+    ) -> Path:
         """The extension's wheel, built from its folder (its node_modules live there), which must hold the planned
         bytes before and after the build: the wheel is then of the sources the key names, built with the host
         build lock's backends."""
         root = self.settings.root
         planned_files(root, [ext], step.manifest.inputs)
-        wheel = labext.build_wheel(root / ext, self.settings.cache_dir / "labext", wheel_cache.host_environment,
-                                   wheel_cache.host_lock_key(), progress)
+        wheel = labext.build_wheel(
+            root / ext,
+            self.settings.cache_dir / "labext",
+            wheel_cache.host_environment,
+            wheel_cache.host_lock_key(),
+            progress,
+        )
         planned_files(root, [ext], step.manifest.inputs)
         return wheel
 
     def deb_cache(self):
         """The host's .deb cache, checked by this build's verifier."""
         from .debs import DebCache
+
         return DebCache(self.settings.cache_dir / "debs", self.verifier)
 
     @functools.cached_property
@@ -554,7 +619,7 @@ def write_planned(data: bytes, source: Path, dest: Path) -> None:
 
 def below(files: Mapping[str, bytes], folder: str) -> dict[str, bytes]:
     """The files under `folder`, by path relative to it."""
-    return {name[len(folder) + 1:]: data for name, data in files.items() if name.startswith(f"{folder}/")}
+    return {name[len(folder) + 1 :]: data for name, data in files.items() if name.startswith(f"{folder}/")}
 
 
 def elapsed(start: float) -> str:

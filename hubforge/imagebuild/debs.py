@@ -114,7 +114,9 @@ class DebCache:
                     if gone.code != 404 or not self.snapshot or not snapshot_archive(pin.url):
                         raise
                     if progress:
-                        progress(f"{pin.filename}: the mirror no longer has this version; fetching it from {self.snapshot}")
+                        progress(
+                            f"{pin.filename}: the mirror no longer has this version; fetching it from {self.snapshot}"
+                        )
                     tmp.seek(0)
                     tmp.truncate()
                     _copy_url(self._snapshot_url(pin), tmp)
@@ -123,28 +125,38 @@ class DebCache:
                 if isinstance(exc, HubforgeError):
                     raise
                 reason = getattr(exc, "reason", exc)
-                hint = "run `invoke lock` to re-resolve" if getattr(exc, "code", None) == 404 else "check the mirror is reachable"
+                hint = (
+                    "run `invoke lock` to re-resolve"
+                    if getattr(exc, "code", None) == 404
+                    else "check the mirror is reachable"
+                )
                 raise HubforgeError(f"cannot download {pin.url}: {reason}; {hint}") from exc
         sha = file_sha256(Path(tmp.name))
         if sha != pin.sha256:
             os.unlink(tmp.name)
-            raise HubforgeError(f"{pin.filename}: sha256 {sha} does not match the lock ({pin.sha256}); run `invoke lock`")
+            raise HubforgeError(
+                f"{pin.filename}: sha256 {sha} does not match the lock ({pin.sha256}); run `invoke lock`"
+            )
         os.replace(tmp.name, dest)
 
     def _snapshot_url(self, pin: DebPin) -> str:
         """The snapshot's address of the locked package's file, for the lock's architecture; one line when none."""
         quote = functools.partial(urllib.parse.quote, safe="")
         listing = f"{self.snapshot}/mr/binary/{quote(pin.package)}/{quote(pin.version)}/binfiles"
-        gone = (f"{pin.package} {pin.version} is no longer on the mirror ({pin.url}) nor on {self.snapshot}; "
-                "run `invoke lock` to re-resolve")
+        gone = (
+            f"{pin.package} {pin.version} is no longer on the mirror ({pin.url}) nor on {self.snapshot}; "
+            "run `invoke lock` to re-resolve"
+        )
         try:
             with urllib.request.urlopen(listing, timeout=60) as response:
                 found = json.load(response).get("result") or []
         except urllib.error.HTTPError as exc:
             raise HubforgeError(gone) from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise HubforgeError(f"{pin.package} {pin.version} is no longer on the mirror, and {listing} did not "
-                                f"answer: {getattr(exc, 'reason', exc)}; run `invoke lock` to re-resolve") from exc
+            raise HubforgeError(
+                f"{pin.package} {pin.version} is no longer on the mirror, and {listing} did not "
+                f"answer: {getattr(exc, 'reason', exc)}; run `invoke lock` to re-resolve"
+            ) from exc
         hashes = [f.get("hash") for f in found if isinstance(f, dict) and f.get("architecture") == pin.arch]
         if not hashes or not re.fullmatch(r"[0-9a-f]{40}", str(hashes[0])):
             raise HubforgeError(gone)

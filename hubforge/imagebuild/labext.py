@@ -13,12 +13,22 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .. import proc
-from . import native
 from ..errors import HubforgeError
+from . import native
 
 # Build outputs and caches, relative to the source root: never part of the key.
-GENERATED = frozenset({"node_modules", "lib", "dist", "build", ".yarn/cache", ".yarn/unplugged",
-                       ".yarn/install-state.gz", ".yarn/build-state.yml"})
+GENERATED = frozenset(
+    {
+        "node_modules",
+        "lib",
+        "dist",
+        "build",
+        ".yarn/cache",
+        ".yarn/unplugged",
+        ".yarn/install-state.gz",
+        ".yarn/build-state.yml",
+    }
+)
 GENERATED_ANYWHERE = frozenset({"node_modules", "__pycache__", ".pytest_cache"})
 GENERATED_SUFFIXES = (".tsbuildinfo", ".pyc")
 
@@ -40,8 +50,11 @@ def source_files(source: Path) -> list[str]:
     for folder, dirs, files in os.walk(source):
         rel = Path(folder).relative_to(source)
         dirs[:] = [d for d in dirs if d not in GENERATED_ANYWHERE and (rel / d).as_posix() not in skip]
-        found += [(rel / f).as_posix() for f in files
-                  if (rel / f).as_posix() not in skip and not f.endswith(GENERATED_SUFFIXES)]
+        found += [
+            (rel / f).as_posix()
+            for f in files
+            if (rel / f).as_posix() not in skip and not f.endswith(GENERATED_SUFFIXES)
+        ]
     return sorted(found)
 
 
@@ -55,17 +68,29 @@ def _check_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     if not any("/share/jupyter/labextensions/" in n and "/static/remoteEntry." in n for n in names):
-        raise HubforgeError(f"{wheel.name} has no prebuilt labextension (share/jupyter/labextensions/*/static/remoteEntry.*.js)")
+        raise HubforgeError(
+            f"{wheel.name} has no prebuilt labextension (share/jupyter/labextensions/*/static/remoteEntry.*.js)"
+        )
 
 
 def jlpm_env(cache_root: Path, path: str) -> dict[str, str]:
     """The environment of jlpm (and of the build that calls it again): the yarn cache under cache_root, and no
     dependency's install script, whatever a .yarnrc.yml says (the extension's says so too)."""
-    return {**os.environ, "PATH": path, "YARN_CACHE_FOLDER": str(cache_root / "yarn-cache"), "YARN_ENABLE_SCRIPTS": "false"}
+    return {
+        **os.environ,
+        "PATH": path,
+        "YARN_CACHE_FOLDER": str(cache_root / "yarn-cache"),
+        "YARN_ENABLE_SCRIPTS": "false",
+    }
 
 
-def build_wheel(source: Path, cache_root: Path, host_env: Callable[[], AbstractContextManager[Path]], host_key: str,
-                progress: Callable[[str], None] | None = None) -> Path:
+def build_wheel(
+    source: Path,
+    cache_root: Path,
+    host_env: Callable[[], AbstractContextManager[Path]],
+    host_key: str,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """The wheel for `source` from cache_root/<key[:32]>/, built there first when missing.
 
     The key covers the sources and `host_key` (the host build lock's digest). `host_env()` gives the bin/ of a fresh
@@ -84,18 +109,41 @@ def build_wheel(source: Path, cache_root: Path, host_env: Callable[[], AbstractC
         env = jlpm_env(cache_root, os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]))
         if progress:
             progress(f"jlpm install in {source} (on the host, no install scripts)")
-        proc.run([str(bin_dir / "jlpm"), "install", "--immutable"], cwd=str(source), env=env, what=f"jlpm install for {source.name}")
+        proc.run(
+            [str(bin_dir / "jlpm"), "install", "--immutable"],
+            cwd=str(source),
+            env=env,
+            what=f"jlpm install for {source.name}",
+        )
         native.check_installed(source)
         return _pip_wheel(source, dest, bin_dir / "python", env, progress)
 
 
-def _pip_wheel(source: Path, dest: Path, python: Path, env: dict[str, str], progress: Callable[[str], None] | None) -> Path:
+def _pip_wheel(
+    source: Path, dest: Path, python: Path, env: dict[str, str], progress: Callable[[str], None] | None
+) -> Path:
     work = Path(tempfile.mkdtemp(prefix="wheel-", dir=dest.parent))
     try:
         if progress:
             progress(f"building the {source.name} wheel (TypeScript + labextension)")
-        proc.run([str(python), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check",
-                  str(source), "-w", str(work)], cwd=str(source), env=env, what=f"pip wheel for {source.name}")
+        proc.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--disable-pip-version-check",
+                str(source),
+                "-w",
+                str(work),
+            ],
+            cwd=str(source),
+            env=env,
+            what=f"pip wheel for {source.name}",
+        )
         wheels = list(work.glob("*.whl"))
         if len(wheels) != 1:
             raise HubforgeError(f"pip wheel for {source.name} made {len(wheels)} wheels, expected 1")

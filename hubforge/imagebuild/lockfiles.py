@@ -62,7 +62,9 @@ def parse_python_lock(text: str, source: str = "<lock>") -> list[PythonPin]:
     for number, line in enumerate(logical, 1):
         match = _REQ.match(line)
         if not match:
-            raise HubforgeError(f"{source}: requirement {number} is not pinned with '==': {line.split()[0]!r}; run `invoke lock`")
+            raise HubforgeError(
+                f"{source}: requirement {number} is not pinned with '==': {line.split()[0]!r}; run `invoke lock`"
+            )
         hashes = frozenset(m.group("hash") for m in _HASH.finditer(line))
         if not hashes:
             raise HubforgeError(f"{source}: {match.group('name')} has no --hash; run `invoke lock`")
@@ -112,8 +114,10 @@ def check_deb_arch(pins: list[DebPin], arch: str, source: str) -> None:
     """Refuse, in one line, a lock whose packages are for another architecture than the build's."""
     foreign = sorted({pin.arch for pin in pins} - {arch, "all"})
     if foreign:
-        raise HubforgeError(f"{source} pins {'/'.join(foreign)} packages, but this Docker daemon builds for {arch}; "
-                            f"build on an {foreign[0]} host, or run `invoke lock` here to lock for {arch}")
+        raise HubforgeError(
+            f"{source} pins {'/'.join(foreign)} packages, but this Docker daemon builds for {arch}; "
+            f"build on an {foreign[0]} host, or run `invoke lock` here to lock for {arch}"
+        )
 
 
 APT_LOCK_HEADER = "# package version sha256 url -- written by `invoke lock`; the build installs exactly these .debs\n"
@@ -126,8 +130,14 @@ def parse_apt_lock(text: str, source: str = "<apt.lock>") -> list[DebPin]:
         if not line or line.startswith("#"):
             continue
         fields = line.split()
-        if len(fields) != 4 or not re.fullmatch(r"[0-9a-f]{64}", fields[2]) or not fields[3].startswith(("http://", "https://")):
-            raise HubforgeError(f"{source}:{number}: expected 'package version sha256 url', got {line!r}; run `invoke lock`")
+        if (
+            len(fields) != 4
+            or not re.fullmatch(r"[0-9a-f]{64}", fields[2])
+            or not fields[3].startswith(("http://", "https://"))
+        ):
+            raise HubforgeError(
+                f"{source}:{number}: expected 'package version sha256 url', got {line!r}; run `invoke lock`"
+            )
         if deb_filename(fields[3]) is None:
             raise HubforgeError(f"{source}:{number}: {not_a_deb(fields[3])}; refusing the lock, run `invoke lock`")
         pins.append(DebPin(*fields))

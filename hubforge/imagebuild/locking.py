@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import proc
-from . import debs
 from ..docker_io import Docker
+from . import debs
 from .lockfiles import format_apt_lock, requested_packages
-from .targets import PYTHON_VERSION, BaseSpec, Target
+from .targets import PYTHON_VERSION, BaseSpec
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,22 @@ def uv_compile_argv(uv: str, source: Path, output: Path, arch: str | None) -> li
     """For an image's Python and arch; with arch None for any platform (the host build lock, run on the host)."""
     platform = ["--python-platform", f"{arch}-manylinux_2_28"] if arch else ["--universal"]
     return [
-        uv, "pip", "compile", str(source), "--output-file", str(output), "--generate-hashes", "--quiet",
-        "--python-version", PYTHON_VERSION, *platform,
-        "--no-header", "--annotation-style", "line", "--custom-compile-command", "invoke lock",
+        uv,
+        "pip",
+        "compile",
+        str(source),
+        "--output-file",
+        str(output),
+        "--generate-hashes",
+        "--quiet",
+        "--python-version",
+        PYTHON_VERSION,
+        *platform,
+        "--no-header",
+        "--annotation-style",
+        "line",
+        "--custom-compile-command",
+        "invoke lock",
     ]
 
 
@@ -34,8 +47,11 @@ def lock_python(root: Path, lock: str, arch: str | None, say: Callable[[str], No
     from uv import find_uv_bin
 
     source = root / source_of(lock)
-    proc.run(uv_compile_argv(find_uv_bin(), source, root / lock, arch), cwd=str(source.parent),
-             what=f"locking {source.relative_to(root)} (uv pip compile)")
+    proc.run(
+        uv_compile_argv(find_uv_bin(), source, root / lock, arch),
+        cwd=str(source.parent),
+        what=f"locking {source.relative_to(root)} (uv pip compile)",
+    )
     say(f"  wrote {lock}")
 
 

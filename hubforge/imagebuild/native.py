@@ -56,12 +56,16 @@ def yarn_entries(text: str) -> dict[str, dict[str, str]]:
 
 def unchecksummed(yarn_lock: str) -> dict[str, dict[str, str]]:
     """The fetched packages (linkType hard) that yarn.lock holds without a checksum."""
-    return {name: fields for name, fields in yarn_entries(yarn_lock).items()
-            if fields.get("linkType") == "hard" and "checksum" not in fields}
+    return {
+        name: fields
+        for name, fields in yarn_entries(yarn_lock).items()
+        if fields.get("linkType") == "hard" and "checksum" not in fields
+    }
 
 
 def installable_on_a_build_host(conditions: str | None) -> bool:
-    """Whether yarn may install a package with these `conditions` (`os=linux & cpu=x64 & libc=glibc`) on a build host."""
+    """Whether yarn may install a package with these `conditions` (`os=linux & cpu=x64 & libc=glibc`) on a build
+    host."""
     wanted = dict(part.strip().split("=", 1) for part in (conditions or "").split("&") if "=" in part)
     return any(wanted.get("os", os_) == os_ and wanted.get("cpu", cpu) == cpu for os_, cpu in BUILD_HOSTS)
 
@@ -74,7 +78,10 @@ def parse_native_lock(text: str, source: str = NATIVE_LOCK) -> dict[str, NativeP
             continue
         match = _LINE.fullmatch(line)
         if not match:
-            raise HubforgeError(f"{source}:{number}: expected 'name@npm:version sha512-... sha256-of-files', got {line!r}; run `invoke lock`")
+            raise HubforgeError(
+                f"{source}:{number}: expected 'name@npm:version sha512-... sha256-of-files', got {line!r}; run `invoke "
+                "lock`"
+            )
         pins[match["resolution"]] = NativePin(match["resolution"], match["integrity"], match["tree"])
     return pins
 
@@ -123,11 +130,15 @@ def check_installed(source: Path) -> None:
             where = copy.relative_to(source)
             pin = pins.get(resolution)
             if pin is None:
-                raise HubforgeError(f"{where} ({version}) has no checksum in yarn.lock and no pin in {NATIVE_LOCK}; "
-                                    "run `invoke lock --only native`")
+                raise HubforgeError(
+                    f"{where} ({version}) has no checksum in yarn.lock and no pin in {NATIVE_LOCK}; "
+                    "run `invoke lock --only native`"
+                )
             if tree_digest(installed_files(copy)) != pin.tree:
-                raise HubforgeError(f"{where} is not the pinned {resolution} ({NATIVE_LOCK}); remove {source.name}/node_modules "
-                                    "and the yarn cache (~/.cache/hubforge/labext/yarn-cache), then build again")
+                raise HubforgeError(
+                    f"{where} is not the pinned {resolution} ({NATIVE_LOCK}); remove {source.name}/node_modules "
+                    "and the yarn cache (~/.cache/hubforge/labext/yarn-cache), then build again"
+                )
 
 
 def _read(path: Path) -> str:
@@ -149,25 +160,36 @@ def pin_from_registry(resolution: str, npm: Callable[[list[str], Path], str]) ->
         packed = json.loads(npm(["pack", "--json", "--pack-destination", tmp, f"{name}@{version}"], Path(tmp)))
         tarball = Path(tmp) / packed[0]["filename"]
         if npm_integrity(tarball.read_bytes()) != integrity:
-            raise HubforgeError(f"{resolution}: the tarball npm fetched is not the one the registry names ({integrity}); try again")
+            raise HubforgeError(
+                f"{resolution}: the tarball npm fetched is not the one the registry names ({integrity}); try again"
+            )
         return NativePin(resolution, integrity, tree_digest(tarball_files(tarball)))
 
 
 def format_native_lock(pins: Mapping[str, NativePin]) -> str:
-    head = ("# Native binaries that yarn.lock holds without a checksum (yarn 3 writes none for optional platform packages)\n"
-            "# and that a build host (linux or darwin, x64 or arm64) can install: the registry's sha512 of the tarball, and\n"
-            "# the sha256 of its files (hubforge.imagebuild.native.tree_digest), checked after every `jlpm install`.\n"
-            "# Written by `invoke lock --only native`.\n")
+    head = (
+        "# Native binaries that yarn.lock holds without a checksum (yarn 3 writes none for optional platform "
+        "packages)\n"
+        "# and that a build host (linux or darwin, x64 or arm64) can install: the registry's sha512 of the tarball, "
+        "and\n"
+        "# the sha256 of its files (hubforge.imagebuild.native.tree_digest), checked after every `jlpm install`.\n"
+        "# Written by `invoke lock --only native`.\n"
+    )
     return head + "".join(f"{p.resolution} {p.integrity} {p.tree}\n" for _, p in sorted(pins.items()))
 
 
 def lock_native(source: Path, say: Callable[[str], None]) -> None:
     """Pin every checksum-less package of yarn.lock that a build host can install (network: the npm registry)."""
-    wanted = sorted(r for r, fields in unchecksummed((source / "yarn.lock").read_text()).items()
-                    if installable_on_a_build_host(fields.get("conditions")))
+    wanted = sorted(
+        r
+        for r, fields in unchecksummed((source / "yarn.lock").read_text()).items()
+        if installable_on_a_build_host(fields.get("conditions"))
+    )
 
     def npm(argv: list[str], cwd: Path) -> str:
-        return proc.run(["npm", *argv], cwd=str(cwd), what=f"npm {argv[0]} {argv[-2] if argv[0] == 'view' else argv[-1]}").stdout
+        return proc.run(
+            ["npm", *argv], cwd=str(cwd), what=f"npm {argv[0]} {argv[-2] if argv[0] == 'view' else argv[-1]}"
+        ).stdout
 
     (source / NATIVE_LOCK).write_text(format_native_lock({r: pin_from_registry(r, npm) for r in wanted}))
     say(f"  wrote {source.name}/{NATIVE_LOCK} ({len(wanted)} packages)")

@@ -29,8 +29,21 @@ from typing import IO, Any
 
 CHUNK = 1 << 20
 # The runtime settings an image config keeps (Docker's and OCI's "config" object); the rest is build residue.
-KEPT_CONFIG = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal",
-               "Healthcheck", "OnBuild", "Shell", "ArgsEscaped")
+KEPT_CONFIG = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+    "ArgsEscaped",
+)
 _CONTENT_REF = re.compile(r"\b(dir|file|multi):[0-9a-f]{64}\b")
 
 
@@ -53,9 +66,17 @@ class Entry:
     xattrs: tuple[tuple[str, str], ...] = ()
 
 
-_KINDS = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
-          tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo",
-          tarfile.CONTTYPE: "file"}
+_KINDS = {
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.FIFOTYPE: "fifo",
+    tarfile.CONTTYPE: "file",
+}
 
 
 def _kept_pax(headers: dict[str, str]) -> dict[str, str]:
@@ -140,8 +161,17 @@ def entries(source: IO[bytes]) -> dict[str, Entry]:
                 digest = _digest(layer.extractfile(member))
             else:
                 digest = member.linkname if member.issym() or member.islnk() else ""
-            found[member.name] = Entry(member.name, kind, member.mode, member.uid, member.gid, int(member.mtime),
-                                       member.size, digest, tuple(_kept_pax(member.pax_headers).items()))
+            found[member.name] = Entry(
+                member.name,
+                kind,
+                member.mode,
+                member.uid,
+                member.gid,
+                int(member.mtime),
+                member.size,
+                digest,
+                tuple(_kept_pax(member.pax_headers).items()),
+            )
     return found
 
 
@@ -187,8 +217,9 @@ def differences(first: dict[str, Entry], second: dict[str, Entry], limit: int = 
     return lines
 
 
-def image_config(original: dict[str, Any], diff_ids: list[str], epoch: int,
-                 labels: dict[str, str] | None = None) -> dict[str, Any]:
+def image_config(
+    original: dict[str, Any], diff_ids: list[str], epoch: int, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The config of the normalised image: what it does, its layers, and SOURCE_DATE_EPOCH as every time in it.
     `labels` are added (a release's version and revision), as a LABEL instruction would add them."""
     runtime = dict(original.get("config") or original.get("Config") or {})
@@ -209,8 +240,13 @@ def image_config(original: dict[str, Any], diff_ids: list[str], epoch: int,
         "history": history,
     }
     if labels:
-        config["history"].append({"created": iso(epoch), "created_by": "LABEL " + " ".join(
-            f"{k}={v}" for k, v in sorted(labels.items())), "empty_layer": True})
+        config["history"].append(
+            {
+                "created": iso(epoch),
+                "created_by": "LABEL " + " ".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                "empty_layer": True,
+            }
+        )
     if original.get("variant"):
         config["variant"] = original["variant"]
     return config
@@ -249,7 +285,9 @@ class ImageArchive:
         return f"sha256:{image_id}"
 
 
-def image_archive(sink: IO[bytes], config: dict[str, Any], layers: Iterable[tuple[str, IO[bytes]]], tags: list[str]) -> str:
+def image_archive(
+    sink: IO[bytes], config: dict[str, Any], layers: Iterable[tuple[str, IO[bytes]]], tags: list[str]
+) -> str:
     """A whole archive at once (see ImageArchive); returns the image id."""
     archive = ImageArchive(sink)
     for diff_id, handle in layers:
@@ -263,8 +301,9 @@ def _add(out: tarfile.TarFile, name: str, handle: IO[bytes], size: int) -> None:
     out.addfile(info, handle)
 
 
-def normalize_saved(saved: Path, archive: Path, tags: list[str], epoch: int, workdir: Path,
-                    labels: dict[str, str] | None = None) -> tuple[str, list[str]]:
+def normalize_saved(
+    saved: Path, archive: Path, tags: list[str], epoch: int, workdir: Path, labels: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
     """A `docker save` archive of one image -> a `docker load` archive of its normal form. Returns the new image id
     and its layers' diff ids. One layer at a time is held on disk besides the two archives."""
     with saved.open("rb") as handle:
@@ -284,9 +323,11 @@ def normalize_saved(saved: Path, archive: Path, tags: list[str], epoch: int, wor
     return image_id, diff_ids
 
 
-def rootfs_archive(rootfs: Path, archive: Path, tags: list[str], runtime: dict[str, Any], created_by: str, epoch: int,
-                   workdir: Path) -> tuple[str, list[str]]:
-    """A root filesystem tar (mmdebstrap's) -> a `docker load` archive of a one-layer image with `runtime` as its config,
+def rootfs_archive(
+    rootfs: Path, archive: Path, tags: list[str], runtime: dict[str, Any], created_by: str, epoch: int, workdir: Path
+) -> tuple[str, list[str]]:
+    """A root filesystem tar (mmdebstrap's) -> a `docker load` archive of a one-layer image with `runtime` as its
+    config,
     as `docker import` would make it but with nothing of the moment in it. Returns the image id and the layer."""
     scratch = workdir / "layer.tar"
     with rootfs.open("rb") as source, scratch.open("w+b") as normal, archive.open("wb") as sink:

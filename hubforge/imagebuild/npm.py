@@ -23,8 +23,11 @@ def install(npm_dir: Path, cache_root: Path, progress=None) -> Path:
     try:
         for name in ("package.json", "package-lock.json"):
             shutil.copy2(npm_dir / name, work / name)
-        proc.run(["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                 cwd=str(work), what=f"npm ci for {npm_dir}")
+        proc.run(
+            ["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=str(work),
+            what=f"npm ci for {npm_dir}",
+        )
         work.rename(dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

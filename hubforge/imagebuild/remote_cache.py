@@ -53,9 +53,13 @@ def remote_repository(cache_from: str, repository: str) -> str:
 
 def dump(entries: Mapping[str, Mapping[str, Entry]]) -> dict[str, Any]:
     """The index document: {"schema", "images": {name: {full key: entry}}}, sorted so that it diffs well."""
-    return {"schema": SCHEMA,
-            "images": {name: {key: entry.to_json() for key, entry in sorted(keys.items())}
-                       for name, keys in sorted(entries.items())}}
+    return {
+        "schema": SCHEMA,
+        "images": {
+            name: {key: entry.to_json() for key, entry in sorted(keys.items())}
+            for name, keys in sorted(entries.items())
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -69,18 +73,30 @@ class CacheIndex:
 
 def parse(document: Any, source: str) -> CacheIndex:
     """A checked index: every key a full sha256, every digest and image id a sha256 digest; one line otherwise."""
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA or not isinstance(document.get("images"), dict):
-        raise HubforgeError(f"{source} is not a hubforge cache index ({SCHEMA}); pass the cache-index-*.json of a release")
+    if (
+        not isinstance(document, dict)
+        or document.get("schema") != SCHEMA
+        or not isinstance(document.get("images"), dict)
+    ):
+        raise HubforgeError(
+            f"{source} is not a hubforge cache index ({SCHEMA}); pass the cache-index-*.json of a release"
+        )
     images: dict[str, dict[str, Entry]] = {}
     for name, keys in document["images"].items():
         for key, raw in (keys or {}).items():
             try:
                 entry = Entry(raw["digest"], raw["image_id"], tuple(raw["layers"]))
             except (KeyError, TypeError) as exc:
-                raise HubforgeError(f"{source}: {name} {key} lacks {exc}; pass the cache-index-*.json of a release") from None
-            if not _FULL_KEY.fullmatch(key) or not all(_DIGEST.fullmatch(d) for d in (entry.digest, entry.image_id, *entry.layers)):
-                raise HubforgeError(f"{source}: {name} {key[:80]!r} is not a full sha256 key with sha256 digests; "
-                                    "pass the cache-index-*.json of a release")
+                raise HubforgeError(
+                    f"{source}: {name} {key} lacks {exc}; pass the cache-index-*.json of a release"
+                ) from None
+            if not _FULL_KEY.fullmatch(key) or not all(
+                _DIGEST.fullmatch(d) for d in (entry.digest, entry.image_id, *entry.layers)
+            ):
+                raise HubforgeError(
+                    f"{source}: {name} {key[:80]!r} is not a full sha256 key with sha256 digests; "
+                    "pass the cache-index-*.json of a release"
+                )
             images.setdefault(name, {})[key] = entry
     return CacheIndex(source, images)
 
@@ -104,8 +120,10 @@ def load(path: Path, public_key: Path | None = None) -> CacheIndex:
         try:
             signature = signature_path(path).read_text().strip()
         except OSError:
-            raise HubforgeError(f"{path} has no signature beside it ({signature_path(path).name}); fetch it with the "
-                                "index from the release, or drop --cache-key to trust the index unsigned") from None
+            raise HubforgeError(
+                f"{path} has no signature beside it ({signature_path(path).name}); fetch it with the "
+                "index from the release, or drop --cache-key to trust the index unsigned"
+            ) from None
         sign.verify(key, data, signature, f"the cache index {path.name}")
     try:
         document = json.loads(data)

@@ -191,7 +191,9 @@ class Graph:
         """The targets to build, parents first. Raises with the valid choices on a bad name."""
         if target is None:
             if flavor not in (None, DEFAULT_FLAVOR):
-                raise HubforgeError(f"--flavor needs --target lab; valid flavours of lab: {', '.join(self.flavors('lab'))}")
+                raise HubforgeError(
+                    f"--flavor needs --target lab; valid flavours of lab: {', '.join(self.flavors('lab'))}"
+                )
             wanted = list(DEFAULT_SET)
         else:
             families = self.families()
@@ -200,7 +202,9 @@ class Graph:
             flavor = flavor or DEFAULT_FLAVOR
             valid = [t.flavor for t in self.targets.values() if t.name == target or t.name.startswith(f"{target}-")]
             if flavor not in valid:
-                raise HubforgeError(f"unknown flavour {flavor!r} of {target}; valid flavours: {', '.join(sorted(valid))}")
+                raise HubforgeError(
+                    f"unknown flavour {flavor!r} of {target}; valid flavours: {', '.join(sorted(valid))}"
+                )
             wanted = [target if flavor == DEFAULT_FLAVOR else f"{target}-{flavor}"]
         return self.closure(wanted)
 

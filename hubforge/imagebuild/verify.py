@@ -59,8 +59,10 @@ class Verifier:
         found = self.sha256(target)
         if found != expected:
             target.unlink()
-            raise HubforgeError(f"{source} changed while it was staged (sha256 {found}, the lock says {expected}); "
-                                f"something is writing to the cache: run the build again")
+            raise HubforgeError(
+                f"{source} changed while it was staged (sha256 {found}, the lock says {expected}); "
+                f"something is writing to the cache: run the build again"
+            )
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -17,22 +17,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import parse_wheel_filename
+
 from .. import proc
-from . import labext
 from ..errors import HubforgeError
+from . import labext
 from .keys import digest_bytes
 from .lockfiles import PythonPin, normalize, parse_python_lock
 from .targets import HOST_BUILD_LOCK, PYTHON_VERSION
 from .verify import Verifier, file_sha256
-
-from packaging.tags import Tag, compatible_tags, cpython_tags
-from packaging.utils import parse_wheel_filename
 
 log = logging.getLogger(__name__)
 
 # What builds a locked sdist (its wheel is made in the image build, images/_shared/venv.j2): the legacy setup.py of
 # onetimepass (images/hub/requirements.lock) needs setuptools. Pinned with hashes in images/_shared/host-build.lock.
 SDIST_BACKENDS = ("setuptools",)
+
 
 # A wheel for glibc 2.17 .. 2.36 runs on bookworm (glibc 2.36).
 def platform_tags(arch: str) -> list[str]:
@@ -45,7 +46,9 @@ def supported_tags(arch: str) -> frozenset[Tag]:
     """Wheel tags that Debian bookworm's CPython 3.11 on `arch` can install."""
     version = tuple(int(p) for p in PYTHON_VERSION.split("."))
     platforms = platform_tags(arch)
-    return frozenset(cpython_tags(version, platforms=platforms)) | frozenset(compatible_tags(version, "cp311", platforms))
+    return frozenset(cpython_tags(version, platforms=platforms)) | frozenset(
+        compatible_tags(version, "cp311", platforms)
+    )
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class WheelCache:
     comes from an index unpinned, as pip's build isolation would fetch one, and none from a venv that lies about),
     and the sdists' (SDIST_BACKENDS), which the image build installs (sdist_backends())."""
 
-    def __init__(self, root: Path, arch: str = "x86_64", verifier: Verifier | None = None, host_lock: str | None = None) -> None:
+    def __init__(
+        self, root: Path, arch: str = "x86_64", verifier: Verifier | None = None, host_lock: str | None = None
+    ) -> None:
         self.root = root
         self.arch = arch
         self.verifier = verifier or Verifier()
@@ -107,9 +112,30 @@ class WheelCache:
         with tempfile.TemporaryDirectory(prefix="hubforge-wheels-") as tmp:
             reqs = Path(tmp) / "requirements.txt"
             reqs.write_text("".join(p.requirement() + "\n" for p in missing))
-            argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
-                    "--quiet", "--dest", str(Path(tmp) / "dl"), "--requirement", str(reqs),
-                    "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
+            argv = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--require-hashes",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--dest",
+                str(Path(tmp) / "dl"),
+                "--requirement",
+                str(reqs),
+                "--python-version",
+                PYTHON_VERSION,
+                "--implementation",
+                "cp",
+                "--abi",
+                "cp311",
+                "--abi",
+                "abi3",
+                "--abi",
+                "none",
+            ]
             for tag in platform_tags(self.arch):
                 argv += ["--platform", tag]
             proc.run(argv, what="downloading Python wheels on the host (pip download)")
@@ -123,7 +149,9 @@ class WheelCache:
                 shutil.move(str(path), dest / path.name)
         still = [p.name for p in missing if self._find(p) is None]
         if still:
-            raise HubforgeError(f"no distribution for {', '.join(still)} fits Python {PYTHON_VERSION} on {self.arch}; run `invoke lock`")
+            raise HubforgeError(
+                f"no distribution for {', '.join(still)} fits Python {PYTHON_VERSION} on {self.arch}; run `invoke lock`"
+            )
 
     def distribution_for(self, pin: PythonPin) -> Distribution:
         """What the image installs for a pin: its wheel, or, when PyPI has only an sdist, the sdist itself. The sdist
@@ -139,38 +167,63 @@ class WheelCache:
         found = self.host_wheels(SDIST_BACKENDS, progress)
         missing = sorted(set(SDIST_BACKENDS) - {d.pin_name for d in found})
         if missing:
-            raise HubforgeError(f"{HOST_BUILD_LOCK} pins no {', '.join(missing)}, which builds the locked sdists; "
-                                "add it to host-build.in and run `invoke lock`")
+            raise HubforgeError(
+                f"{HOST_BUILD_LOCK} pins no {', '.join(missing)}, which builds the locked sdists; "
+                "add it to host-build.in and run `invoke lock`"
+            )
         return found
 
     def host_wheels(self, names: Collection[str] | None = None, progress=None) -> list[Distribution]:
-        """The host build lock's wheels (those of `names`, when given), fetched and checked; an sdist there is refused."""
+        """The host build lock's wheels (those of `names`, when given), fetched and checked; an sdist there is
+        refused."""
         pins = [p for p in parse_python_lock(self.host_lock or "", HOST_BUILD_LOCK) if names is None or p.name in names]
         self.fetch(pins, progress)
         found = [self.distribution_for(pin) for pin in pins]
         sdists = [d.pin_name for d in found if d.is_sdist]
         if sdists:
-            raise HubforgeError(f"{HOST_BUILD_LOCK}: {', '.join(sdists)} has no wheel; pin a version with a wheel and run `invoke lock`")
+            raise HubforgeError(
+                f"{HOST_BUILD_LOCK}: {', '.join(sdists)} has no wheel; pin a version with a wheel and run `invoke lock`"
+            )
         return found
 
     def host_lock_key(self) -> str:
         if self.host_lock is None:
-            raise HubforgeError("building on the host needs the host build lock (images/_shared/host-build.lock); run `invoke lock`")
+            raise HubforgeError(
+                "building on the host needs the host build lock (images/_shared/host-build.lock); run `invoke lock`"
+            )
         return digest_bytes(self.host_lock.encode())
 
     @contextmanager
     def host_environment(self) -> Iterator[Path]:
         """A fresh virtual environment holding exactly the host build lock's wheels, each checked against its hash
-        (cached by hash, staged through the verifier, installed by pip with --require-hashes and no index): yields its bin/."""
+        (cached by hash, staged through the verifier, installed by pip with --require-hashes and no index): yields its
+        bin/."""
         self.host_lock_key()
         found = self.host_wheels()
         with tempfile.TemporaryDirectory(prefix="hubforge-host-build-") as tmp:
             env = Path(tmp) / "env"
             venv.create(env, with_pip=True)  # pip from this Python's own ensurepip, no index
             requirements = stage(found, Path(tmp) / "wheels", self.verifier)
-            proc.run([str(env / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps", "--require-hashes",
-                      "--only-binary", ":all:", "--disable-pip-version-check", "--quiet", "--find-links", str(requirements.parent),
-                      "--requirement", str(requirements)], what="installing the host build lock into a fresh venv")
+            proc.run(
+                [
+                    str(env / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-index",
+                    "--no-deps",
+                    "--require-hashes",
+                    "--only-binary",
+                    ":all:",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "--find-links",
+                    str(requirements.parent),
+                    "--requirement",
+                    str(requirements),
+                ],
+                what="installing the host build lock into a fresh venv",
+            )
             yield env / "bin"
 
 
@@ -180,8 +233,9 @@ def package_files(source: Path) -> dict[str, bytes]:
     return {rel: (source / rel).read_bytes() for rel in labext.source_files(source)}
 
 
-def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: int,
-                      files: Mapping[str, bytes] | None = None) -> Path:
+def build_local_wheel(
+    source: Path, name: str, version: str, dest: Path, epoch: int, files: Mapping[str, bytes] | None = None
+) -> Path:
     """A reproducible pure-Python wheel of one source package folder (no build backend needed).
 
     Same bytes in, same wheel out: files are sorted and stamped with `epoch`. `files` (relative to `source`) are
@@ -192,11 +246,14 @@ def build_local_wheel(source: Path, name: str, version: str, dest: Path, epoch: 
     date_time = time.gmtime(stamp)[:6]
     packed = package_files(source) if files is None else files
     # Ordered as Path objects sort (part by part), as wheels were packed before: the same bytes for the same files.
-    entries: list[tuple[str, bytes]] = [(f"{source.name}/{rel}", packed[rel])
-                                          for rel in sorted(packed, key=lambda r: PurePosixPath(r).parts)]
+    entries: list[tuple[str, bytes]] = [
+        (f"{source.name}/{rel}", packed[rel]) for rel in sorted(packed, key=lambda r: PurePosixPath(r).parts)
+    ]
     info = f"{dist}-{version}.dist-info"
     entries.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
-    entries.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: hubforge\nRoot-Is-Purelib: true\nTag: py3-none-any\n"))
+    entries.append(
+        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: hubforge\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    )
     record_lines = []
     for arcname, data in entries:
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -228,7 +285,9 @@ def stage(wheels: list[Distribution], dest: Path, verifier: Verifier | None = No
     return requirements
 
 
-def local_wheel(source: Path, version: str, dest: Path, epoch: int, files: Mapping[str, bytes] | None = None) -> Distribution:
+def local_wheel(
+    source: Path, version: str, dest: Path, epoch: int, files: Mapping[str, bytes] | None = None
+) -> Distribution:
     name = source.name.replace("_", "-")
     path = build_local_wheel(source, name, version, dest, epoch, files)
     return Distribution(normalize(name), version, path, digest_bytes(path.read_bytes()))

@@ -24,12 +24,15 @@ PREDICATE = "in-toto.io/predicate-type"
 REQUIRED = (sign.PREDICATE_SBOM, sign.PREDICATE_PROVENANCE)
 
 
-def artifact_manifest(subject: oci.Descriptor, layer: oci.Descriptor, predicate_type: str,
-                      signature: str | None) -> dict[str, Any]:
+def artifact_manifest(
+    subject: oci.Descriptor, layer: oci.Descriptor, predicate_type: str, signature: str | None
+) -> dict[str, Any]:
     """The OCI artifact manifest of one statement (OCI image spec 1.1: empty config, `artifactType`, `subject`)."""
     annotations = {PREDICATE: predicate_type, **({SIGNATURE: signature} if signature else {})}
     return {
-        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
         "config": oci.Descriptor(oci.EMPTY, oci.digest_of(b"{}"), 2).to_json(),
         "layers": [layer.to_json(annotations=annotations)],
         "subject": subject.to_json(),
@@ -37,13 +40,20 @@ def artifact_manifest(subject: oci.Descriptor, layer: oci.Descriptor, predicate_
     }
 
 
-def attach(registry: oci.Registry, repository: str, digest: str, predicates: Mapping[str, Any],
-           key: ec.EllipticCurvePrivateKey | None) -> list[str]:
+def attach(
+    registry: oci.Registry,
+    repository: str,
+    digest: str,
+    predicates: Mapping[str, Any],
+    key: ec.EllipticCurvePrivateKey | None,
+) -> list[str]:
     """Attach one statement per predicate to `repository@digest` (signed when there is a key); their digests."""
     _, path, _ = oci.split_reference(f"{repository}@{digest}")
     found = registry.manifest(path, digest)
     if found is None:
-        raise HubforgeError(f"the registry has no {repository}@{digest} to attach the SBOM and provenance to; push again")
+        raise HubforgeError(
+            f"the registry has no {repository}@{digest} to attach the SBOM and provenance to; push again"
+        )
     subject = found[1]
     registry.put_blob(path, b"{}")
     attached = []
@@ -51,8 +61,9 @@ def attach(registry: oci.Registry, repository: str, digest: str, predicates: Map
         data = sign.statement(repository, digest, predicate_type, predicate)
         layer = oci.Descriptor(ARTIFACT_TYPE, registry.put_blob(path, data), len(data))
         manifest = artifact_manifest(subject, layer, predicate_type, sign.sign(key, data) if key else None)
-        attached.append(registry.attach(path, manifest, {"artifactType": ARTIFACT_TYPE,
-                                                         "annotations": {PREDICATE: predicate_type}}))
+        attached.append(
+            registry.attach(path, manifest, {"artifactType": ARTIFACT_TYPE, "annotations": {PREDICATE: predicate_type}})
+        )
     return attached
 
 
@@ -80,16 +91,21 @@ def verify_image(registry: oci.Registry, reference: str, key: ec.EllipticCurvePu
             predicates[predicate_type] = predicate
     missing = [p for p in REQUIRED if p not in predicates]
     if missing:
-        raise HubforgeError(f"{reference} ({digest}) has no signed {' or '.join(missing)} attached; it was not released "
-                            "by `invoke release --push --signing-key`, or the registry lost them")
+        raise HubforgeError(
+            f"{reference} ({digest}) has no signed {' or '.join(missing)} attached; it was not released "
+            "by `invoke release --push --signing-key`, or the registry lost them"
+        )
     provenance_digest = predicates[sign.PREDICATE_PROVENANCE].get("digest")
     if provenance_digest != digest:
-        raise HubforgeError(f"{reference}: the signed provenance names {provenance_digest}, the registry serves {digest}")
+        raise HubforgeError(
+            f"{reference}: the signed provenance names {provenance_digest}, the registry serves {digest}"
+        )
     return Verified(reference, digest, predicates)
 
 
-def verify_attestation(registry: oci.Registry, path: str, digest: str, manifest_digest: str,
-                       key: ec.EllipticCurvePublicKey) -> tuple[str, Any]:
+def verify_attestation(
+    registry: oci.Registry, path: str, digest: str, manifest_digest: str, key: ec.EllipticCurvePublicKey
+) -> tuple[str, Any]:
     """(predicate type, predicate) of one attached attestation, once its subject, signature and statement check."""
     found = registry.manifest(path, manifest_digest)
     if found is None:
@@ -101,10 +117,14 @@ def verify_attestation(registry: oci.Registry, path: str, digest: str, manifest_
     data = registry.blob(path, layer["digest"])
     signature = (layer.get("annotations") or {}).get(SIGNATURE)
     if not signature:
-        raise HubforgeError(f"the attestation {manifest_digest} of {digest} is not signed; sign releases with --signing-key")
+        raise HubforgeError(
+            f"the attestation {manifest_digest} of {digest} is not signed; sign releases with --signing-key"
+        )
     sign.verify(key, data, signature, f"the attestation {manifest_digest} of {digest}")
     document = sign.read_statement(data)
     if digest not in sign.subject_digests(document):
-        raise HubforgeError(f"the signed attestation {manifest_digest} is about {sorted(sign.subject_digests(document))}, "
-                            f"not {digest}: it was moved from another image")
+        raise HubforgeError(
+            f"the signed attestation {manifest_digest} is about {sorted(sign.subject_digests(document))}, "
+            f"not {digest}: it was moved from another image"
+        )
     return document["predicateType"], document.get("predicate")

@@ -18,13 +18,16 @@ import requests
 
 from ..errors import HubforgeError
 
-
 DOCKER_HUB_API = "registry-1.docker.io"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"  # the config of an artifact that has none (OCI image spec 1.1)
-MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
-                  "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = (
+    OCI_MANIFEST,
+    OCI_INDEX,
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
 TIMEOUT = 60.0
 
 
@@ -38,7 +41,7 @@ def split_reference(reference: str) -> tuple[str, str, str]:
     tag = ""
     if not at:
         slash = name.rfind("/")
-        if ":" in name[slash + 1:]:
+        if ":" in name[slash + 1 :]:
             name, tag = name.rsplit(":", 1)
     first, _, rest = name.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
@@ -89,8 +92,9 @@ class Registry:
                 headers["Authorization"] = self._tokens[scope]
                 answer = self.session.request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
         except requests.RequestException as exc:
-            raise HubforgeError(f"the registry {self.host} did not answer ({type(exc).__name__}); check its address "
-                                "and that it runs") from None
+            raise HubforgeError(
+                f"the registry {self.host} did not answer ({type(exc).__name__}); check its address and that it runs"
+            ) from None
         return answer
 
     def _authorize(self, challenge: str, scope: str) -> str:
@@ -99,13 +103,17 @@ class Registry:
         if scheme.lower() == "basic" and self.credentials:
             return "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
         if scheme.lower() != "bearer" or "realm" not in fields:
-            raise HubforgeError(f"the registry {self.host} wants credentials; `docker login {self.host}` or set "
-                                "DOCKERHUB_USERNAME and DOCKERHUB_TOKEN")
+            raise HubforgeError(
+                f"the registry {self.host} wants credentials; `docker login {self.host}` or set "
+                "DOCKERHUB_USERNAME and DOCKERHUB_TOKEN"
+            )
         query = {"service": fields.get("service", ""), "scope": fields.get("scope", scope)}
         answer = self.session.get(fields["realm"], params=query, auth=self.credentials, timeout=TIMEOUT)
         if answer.status_code != 200:
-            raise HubforgeError(f"the registry {self.host} refused a token for {query['scope']} ({answer.status_code}); "
-                                "check the credentials")
+            raise HubforgeError(
+                f"the registry {self.host} refused a token for {query['scope']} ({answer.status_code}); "
+                "check the credentials"
+            )
         token = answer.json().get("token") or answer.json().get("access_token")
         return f"Bearer {token}"
 
@@ -116,8 +124,12 @@ class Registry:
     # -- manifests and blobs ---------------------------------------------------------------------------------
     def manifest(self, repository: str, reference: str) -> tuple[bytes, Descriptor] | None:
         """A manifest's bytes and descriptor, checked against its digest; None when the registry has none there."""
-        answer = self.request("GET", f"{repository}/manifests/{reference}", self._scope(repository),
-                              headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        answer = self.request(
+            "GET",
+            f"{repository}/manifests/{reference}",
+            self._scope(repository),
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
         if answer.status_code == 404:
             return None
         _raise_for(answer, f"{repository}:{reference}")
@@ -125,7 +137,9 @@ class Registry:
         digest = digest_of(body)
         expected = reference if reference.startswith("sha256:") else answer.headers.get("Docker-Content-Digest", digest)
         if digest != expected:
-            raise HubforgeError(f"the registry served {repository}@{expected} with the digest {digest}; do not trust it")
+            raise HubforgeError(
+                f"the registry served {repository}@{expected} with the digest {digest}; do not trust it"
+            )
         media_type = answer.headers.get("Content-Type", "").split(";")[0] or json.loads(body).get("mediaType", "")
         return body, Descriptor(media_type, digest, len(body))
 
@@ -146,14 +160,24 @@ class Registry:
         _raise_for(started, f"an upload to {repository}")
         location = urllib.parse.urljoin(self.base, started.headers["Location"])
         joiner = "&" if "?" in location else "?"
-        done = self.request("PUT", f"{location}{joiner}digest={digest}", scope, data=data,
-                            headers={"Content-Type": "application/octet-stream"})
+        done = self.request(
+            "PUT",
+            f"{location}{joiner}digest={digest}",
+            scope,
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         _raise_for(done, f"the blob {digest} in {repository}")
         return digest
 
     def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> requests.Response:
-        answer = self.request("PUT", f"{repository}/manifests/{reference}", self._scope(repository, push=True),
-                              data=body, headers={"Content-Type": media_type})
+        answer = self.request(
+            "PUT",
+            f"{repository}/manifests/{reference}",
+            self._scope(repository, push=True),
+            data=body,
+            headers={"Content-Type": media_type},
+        )
         _raise_for(answer, f"the manifest {repository}:{reference}")
         return answer
 
@@ -161,8 +185,9 @@ class Registry:
     def referrers(self, repository: str, digest: str) -> list[dict[str, Any]]:
         """The descriptors of the manifests whose subject is `digest`: the referrers API, or where the registry has
         none (distribution 2.8, as Debian ships it), the index at the referrers tag `sha256-<hex>`."""
-        answer = self.request("GET", f"{repository}/referrers/{digest}", self._scope(repository),
-                              headers={"Accept": OCI_INDEX})
+        answer = self.request(
+            "GET", f"{repository}/referrers/{digest}", self._scope(repository), headers={"Accept": OCI_INDEX}
+        )
         if answer.status_code == 200 and answer.headers.get("Content-Type", "").startswith(OCI_INDEX):
             return answer.json().get("manifests", [])
         found = self.manifest(repository, referrers_tag(digest))

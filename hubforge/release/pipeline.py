@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..docker_io import Docker, stored_credentials
+from ..errors import HubforgeError
 from ..imagebuild import remote_cache
 from ..imagebuild.builder import REVISION_LABEL, Builder, Step
 from ..imagebuild.targets import DEFAULT_SET
-from ..docker_io import Docker, stored_credentials
-from ..errors import HubforgeError
 from . import attest, oci, sign
 from . import plan as rel
 from .sbom import Inventory, cyclonedx, image_inventory
@@ -42,8 +42,17 @@ def pushes_for(request: Request, steps: list[Step], git_sha: str) -> list[rel.Pu
     return rel.plan(steps, request.registry, request.namespace, request.version, git_sha[:12])
 
 
-def publish(builder: Builder, root: Path, request: Request, steps: list[Step], pushes: list[rel.Push], git_sha: str,
-            credentials: tuple[str, str] | None, say: Say, signing_key: Any = None) -> None:
+def publish(
+    builder: Builder,
+    root: Path,
+    request: Request,
+    steps: list[Step],
+    pushes: list[rel.Push],
+    git_sha: str,
+    credentials: tuple[str, str] | None,
+    say: Say,
+    signing_key: Any = None,
+) -> None:
     """Label and push every tag, check that the registry holds what was pushed, then write each image's SBOM and
     provenance to dist/ and attach them to the image's digest in the registry (signed with `signing_key`)."""
     docker = builder.docker
@@ -75,35 +84,49 @@ def publish(builder: Builder, root: Path, request: Request, steps: list[Step], p
             remote = docker.remote_digest(f"{item.repository}:{tag}")
             local = {d.split("@", 1)[1] for d in docker.inspect(image).get("RepoDigests", []) if "@" in d}
             if remote != pushed or pushed not in local:
-                raise HubforgeError(f"{item.repository}:{tag}: the registry has {remote}, the push said {pushed}, locally {sorted(local)}")
+                raise HubforgeError(
+                    f"{item.repository}:{tag}: the registry has {remote}, the push said {pushed}, locally "
+                    f"{sorted(local)}"
+                )
             say(f"  pushed {item.repository}:{tag} {remote}")
             digests[tag] = remote
             if tag == step.remote_key:  # the cache index: the digest `invoke build --cache-from` may pull for this key
-                index.setdefault(remote_cache.repository_name(step.target.repository), {})[tag] = remote_cache.entry_for(remote, docker.inspect(image))
+                index.setdefault(remote_cache.repository_name(step.target.repository), {})[tag] = (
+                    remote_cache.entry_for(remote, docker.inspect(image))
+                )
         if item.target == "base":
             continue
         versioned = {tag: digests[tag] for tag in item.tags if tag != step.remote_key}
         versioned = versioned or dict(digests)  # one pushed only under its key (the swarm's registry): that tag
         digest = release_digest(item.repository, versioned)
         found = image_inventory(docker, released)  # read from outside the image: nothing in it runs
-        image_name = item.repository.rsplit("/", 1)[1] + ("" if step.target.flavor == "default" else f"-{step.target.flavor}")
+        image_name = item.repository.rsplit("/", 1)[1] + (
+            "" if step.target.flavor == "default" else f"-{step.target.flavor}"
+        )
         sbom = cyclonedx(released, image_name, str(version), found.python, found.debian, found.npm)
         sbom_path = rel.write_json(dist / f"{image_name}-{version}.cdx.json", sbom)
         built = docker.inspect(step.ref)
-        prov = rel.provenance(step, base, version, git_sha, root, tools,
-                              {"image_id": built["Id"], "layers": built["RootFS"]["Layers"]})
+        prov = rel.provenance(
+            step, base, version, git_sha, root, tools, {"image_id": built["Id"], "layers": built["RootFS"]["Layers"]}
+        )
         prov.update(digest=digest, tags=versioned)
         rel.write_json(dist / f"{image_name}-{version}.provenance.json", prov)
         say(f"  {image_name}: SBOM {sbom_path.name} ({_counts(found)}), provenance written")
-        attest.attach(registry, item.repository, digest, {sign.PREDICATE_SBOM: sbom, sign.PREDICATE_PROVENANCE: prov},
-                      signing_key)
-        say(f"  {image_name}: SBOM and provenance attached to {item.repository}@{digest}"
-            + (", signed" if signing_key else ", unsigned (no --signing-key)"))
+        attest.attach(
+            registry, item.repository, digest, {sign.PREDICATE_SBOM: sbom, sign.PREDICATE_PROVENANCE: prov}, signing_key
+        )
+        say(
+            f"  {image_name}: SBOM and provenance attached to {item.repository}@{digest}"
+            + (", signed" if signing_key else ", unsigned (no --signing-key)")
+        )
     index_path = rel.write_json(rel.cache_index_path(dist, version), remote_cache.dump(index))
     if signing_key:
         remote_cache.signature_path(index_path).write_text(sign.sign(signing_key, index_path.read_bytes()) + "\n")
-    say(f"  cache index {index_path.name}: the digest of each key tag, for `invoke build --cache-from` (attach it to the "
-        f"release{', with its signature ' + remote_cache.signature_path(index_path).name if signing_key else ''})")
+    say(
+        f"  cache index {index_path.name}: the digest of each key tag, for `invoke build --cache-from` (attach it to "
+        "the "
+        f"release{', with its signature ' + remote_cache.signature_path(index_path).name if signing_key else ''})"
+    )
 
 
 def release_digest(repository: str, versioned: Mapping[str, str]) -> str:
@@ -111,7 +134,9 @@ def release_digest(repository: str, versioned: Mapping[str, str]) -> str:
     digests = set(versioned.values())
     if len(digests) != 1:
         shown = ", ".join(f"{tag} {digest}" for tag, digest in sorted(versioned.items()))
-        raise HubforgeError(f"{repository}: the registry gives its version tags different digests ({shown}); push again")
+        raise HubforgeError(
+            f"{repository}: the registry gives its version tags different digests ({shown}); push again"
+        )
     return digests.pop()
 
 

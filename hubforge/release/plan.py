@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, proc
-from ..imagebuild.builder import Step
 from ..errors import HubforgeError
+from ..imagebuild.builder import Step
 from ..imagebuild.keys import digest_bytes
 from ..imagebuild.targets import SOURCE_DATE_EPOCH
 
@@ -105,7 +105,9 @@ def check_tree(root: Path, version: Version, allow_dirty: bool) -> str:
         return sha
     dirty = git(root, "status", "--porcelain", "--untracked-files=no")
     if dirty:
-        raise HubforgeError(f"the git tree has uncommitted changes ({len(dirty.splitlines())} files); commit them or pass --allow-dirty")
+        raise HubforgeError(
+            f"the git tree has uncommitted changes ({len(dirty.splitlines())} files); commit them or pass --allow-dirty"
+        )
     tags = set(git(root, "tag", "--points-at", "HEAD").split())
     if not tags & {str(version), f"v{version}"}:
         raise HubforgeError(f"HEAD is not tagged v{version}; run `git tag v{version}` or pass --allow-dirty")
@@ -113,13 +115,23 @@ def check_tree(root: Path, version: Version, allow_dirty: bool) -> str:
 
 
 # -- provenance ----------------------------------------------------------------------------------------------
-def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Path, tools: Mapping[str, str],
-               built: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def provenance(
+    step: Step,
+    base: Step,
+    version: Version,
+    git_sha: str,
+    root: Path,
+    tools: Mapping[str, str],
+    built: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """What was released and what a rebuild needs to give the same bytes. `built`: the image of the key as
     `invoke build` made it (its id and layer digests), which a rebuild at `git.sha` gives again."""
     target = step.target
-    locks = {path: digest_bytes((root / path).read_bytes())
-             for path in (target.python_lock, target.apt_lock, target.build_apt_lock) if path}
+    locks = {
+        path: digest_bytes((root / path).read_bytes())
+        for path in (target.python_lock, target.apt_lock, target.build_apt_lock)
+        if path
+    }
     flavor = "" if target.flavor == "default" else f" --flavor {target.flavor}"
     family = target.name.split("-")[0] if target.name.startswith("lab-") else target.name
     base_flag = base.manifest.build_args.get("mode", "")
@@ -135,13 +147,20 @@ def provenance(step: Step, base: Step, version: Version, git_sha: str, root: Pat
         "built": dict(built or {}),
         "rebuild": {
             "source_date_epoch": SOURCE_DATE_EPOCH,
-            "steps": [f"git checkout {git_sha}",
-                      f"invoke build --target {family}{flavor} --base {base_flag} --no-cache",
-                      f"docker image inspect {target.repository}:{step.key} --format '{{{{.Id}}}} {{{{json .RootFS.Layers}}}}'"],
-            "expect": "the image id and layer digests under `built`; the released image has the same layers, and its config "
-                      "adds only the version and revision labels",
-            "note": "a bootstrapped base gives the same bytes from the same state of its Debian mirror; a pulled base is "
-                    "pinned by digest",
+            "steps": [
+                f"git checkout {git_sha}",
+                f"invoke build --target {family}{flavor} --base {base_flag} --no-cache",
+                f"docker image inspect {target.repository}:{step.key} --format '{{{{.Id}}}} "
+                f"{{{{json .RootFS.Layers}}}}'",
+            ],
+            "expect": (
+                "the image id and layer digests under `built`; the released image has the same layers, and its "
+                "config adds only the version and revision labels"
+            ),
+            "note": (
+                "a bootstrapped base gives the same bytes from the same state of its Debian mirror; a pulled base "
+                "is pinned by digest"
+            ),
         },
     }
 

@@ -70,8 +70,9 @@ def _path(name: str) -> str:
 
 
 def _wanted(name: str) -> bool:
-    return (name == DPKG_STATUS or any(p.fullmatch(name) for p in (STATUS_D, PYTHON_METADATA, LAB_BUNDLE, EXTENSION,
-                                                                     EXTENSION_BUNDLE)))
+    return name == DPKG_STATUS or any(
+        p.fullmatch(name) for p in (STATUS_D, PYTHON_METADATA, LAB_BUNDLE, EXTENSION, EXTENSION_BUNDLE)
+    )
 
 
 def python_packages(files: Mapping[str, bytes]) -> list[tuple[str, str]]:
@@ -87,8 +88,11 @@ def python_packages(files: Mapping[str, bytes]) -> list[tuple[str, str]]:
 
 def debian_packages(files: Mapping[str, bytes]) -> list[tuple[str, str, str]]:
     """The installed packages of dpkg's database and of the status.d/ paragraphs (an image without dpkg)."""
-    paragraphs = [files[name].decode("utf-8", errors="replace") for name in sorted(files)
-                  if name == DPKG_STATUS or STATUS_D.fullmatch(name)]
+    paragraphs = [
+        files[name].decode("utf-8", errors="replace")
+        for name in sorted(files)
+        if name == DPKG_STATUS or STATUS_D.fullmatch(name)
+    ]
     return parse_dpkg_status("\n\n".join(paragraphs))
 
 
@@ -109,8 +113,11 @@ def npm_packages(files: Mapping[str, bytes]) -> list[tuple[str, str, str]]:
 
 def _bundled(data: bytes, by: str) -> set[tuple[str, str, str]]:
     packages = _json(data).get("packages", [])
-    return {(p["name"], p["versionInfo"], by) for p in packages
-            if isinstance(p, dict) and p.get("name") and p.get("versionInfo")}
+    return {
+        (p["name"], p["versionInfo"], by)
+        for p in packages
+        if isinstance(p, dict) and p.get("name") and p.get("versionInfo")
+    }
 
 
 def _json(data: bytes) -> dict[str, Any]:
@@ -126,7 +133,9 @@ def parse_dpkg_status(text: str) -> list[tuple[str, str, str]]:
     found = []
     # A new paragraph starts at each Package line too: files catenated from status.d/ have no blank line between them
     for paragraph in re.split(r"\n\s*\n|\n(?=Package: )", text):
-        fields = dict(line.split(": ", 1) for line in paragraph.splitlines() if ": " in line and not line.startswith(" "))
+        fields = dict(
+            line.split(": ", 1) for line in paragraph.splitlines() if ": " in line and not line.startswith(" ")
+        )
         if fields.get("Package") and fields.get("Version") and fields.get("Status", "").endswith(" installed"):
             found.append((fields["Package"], fields["Version"], fields.get("Architecture", "all")))
     return sorted(set(found))
@@ -137,24 +146,39 @@ def npm_purl(package: str, version: str) -> PackageURL:
     return PackageURL(type="npm", namespace=scope or None, name=bare, version=version)
 
 
-def cyclonedx(image: str, name: str, version: str, python: list[tuple[str, str]],
-              debian: list[tuple[str, str, str]], npm: list[tuple[str, str, str]] = ()) -> dict[str, Any]:
+def cyclonedx(
+    image: str,
+    name: str,
+    version: str,
+    python: list[tuple[str, str]],
+    debian: list[tuple[str, str, str]],
+    npm: list[tuple[str, str, str]] = (),
+) -> dict[str, Any]:
     """A CycloneDX 1.5 JSON document with one component per package, each with its purl."""
     bom = Bom()
-    bom.metadata.component = Component(name=name, version=version, type=ComponentType.CONTAINER,
-                                       bom_ref=f"image:{image}", description=image)
+    bom.metadata.component = Component(
+        name=name, version=version, type=ComponentType.CONTAINER, bom_ref=f"image:{image}", description=image
+    )
     for package, package_version in sorted(python):
         purl = PackageURL(type="pypi", name=package.lower(), version=package_version)
-        bom.components.add(Component(name=package, version=package_version, type=ComponentType.LIBRARY,
-                                     purl=purl, bom_ref=str(purl)))
+        bom.components.add(
+            Component(name=package, version=package_version, type=ComponentType.LIBRARY, purl=purl, bom_ref=str(purl))
+        )
     for package, package_version, arch in sorted(debian):
-        purl = PackageURL(type="deb", namespace="debian", name=package, version=package_version,
-                          qualifiers={"arch": arch, "distro": "debian-12"})
-        bom.components.add(Component(name=package, version=package_version, type=ComponentType.LIBRARY,
-                                     purl=purl, bom_ref=str(purl)))
+        purl = PackageURL(
+            type="deb",
+            namespace="debian",
+            name=package,
+            version=package_version,
+            qualifiers={"arch": arch, "distro": "debian-12"},
+        )
+        bom.components.add(
+            Component(name=package, version=package_version, type=ComponentType.LIBRARY, purl=purl, bom_ref=str(purl))
+        )
     for package, package_version in sorted({(p, v) for p, v, _ in npm}):  # one component, however many bundle it
         purl = npm_purl(package, package_version)
-        bom.components.add(Component(name=package, version=package_version, type=ComponentType.LIBRARY,
-                                     purl=purl, bom_ref=str(purl)))
+        bom.components.add(
+            Component(name=package, version=package_version, type=ComponentType.LIBRARY, purl=purl, bom_ref=str(purl))
+        )
     text = make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_5).output_as_string()
     return json.loads(text)

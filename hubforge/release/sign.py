@@ -21,14 +21,20 @@ from ..errors import HubforgeError
 STATEMENT = "https://in-toto.io/Statement/v1"
 PREDICATE_SBOM = "https://cyclonedx.org/bom"
 PREDICATE_PROVENANCE = "https://github.com/hubforge/hubforge/provenance/v1"
-KEY_HINT = "make one with `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out hubforge.key`"
+KEY_HINT = (
+    "make one with `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out hubforge.key`"
+)
 
 
 def statement(repository: str, digest: str, predicate_type: str, predicate: Any) -> bytes:
     """The in-toto statement that `predicate` is about the image `repository@digest`, as the bytes that are signed."""
     algorithm, _, hexdigest = digest.partition(":")
-    document = {"_type": STATEMENT, "subject": [{"name": repository, "digest": {algorithm: hexdigest}}],
-                "predicateType": predicate_type, "predicate": predicate}
+    document = {
+        "_type": STATEMENT,
+        "subject": [{"name": repository, "digest": {algorithm: hexdigest}}],
+        "predicateType": predicate_type,
+        "predicate": predicate,
+    }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -44,7 +50,11 @@ def read_statement(data: bytes) -> dict[str, Any]:
 
 
 def subject_digests(document: dict[str, Any]) -> set[str]:
-    return {f"{algorithm}:{value}" for subject in document["subject"] for algorithm, value in subject.get("digest", {}).items()}
+    return {
+        f"{algorithm}:{value}"
+        for subject in document["subject"]
+        for algorithm, value in subject.get("digest", {}).items()
+    }
 
 
 # -- keys ------------------------------------------------------------------------------------------------------
@@ -66,7 +76,9 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     except FileNotFoundError:
         raise HubforgeError(f"no public key {path}; pass the release's public key with --key") from None
     except ValueError as exc:
-        raise HubforgeError(f"{path} is not a PEM public key ({exc}); pass the release's public key with --key") from None
+        raise HubforgeError(
+            f"{path} is not a PEM public key ({exc}); pass the release's public key with --key"
+        ) from None
     return _p256(key, path)
 
 
@@ -91,5 +103,7 @@ def verify(key: ec.EllipticCurvePublicKey, data: bytes, signature: str, what: st
     try:
         key.verify(base64.b64decode(signature, validate=True), data, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, binascii.Error, ValueError):
-        raise HubforgeError(f"{what}: the signature does not match this key; the attestation was changed or signed by "
-                            "another key, do not trust the image") from None
+        raise HubforgeError(
+            f"{what}: the signature does not match this key; the attestation was changed or signed by "
+            "another key, do not trust the image"
+        ) from None

@@ -32,8 +32,10 @@ def apply(patches: list[dict], site: Path) -> list[str]:
         for old, new in patch["replace"]:
             found = text.count(old)
             if found != 1:
-                raise PatchError(f"{patch['file']}: expected this text once, found it {found} times: {old[:80]!r} "
-                                 "(was the package upgraded? update the patch)")
+                raise PatchError(
+                    f"{patch['file']}: expected this text once, found it {found} times: {old[:80]!r} "
+                    "(was the package upgraded? update the patch)"
+                )
             text = text.replace(old, new)
         changed[path] = text
     for path, text in changed.items():

@@ -9,7 +9,9 @@ import urllib.request
 # The stack sets HUBFORGE_HEALTH_URL (HTTPS, base URL); the default is the bare image's.
 URL = os.environ.get("HUBFORGE_HEALTH_URL", "http://127.0.0.1:8000/hub/health")
 # The hub checks itself on loopback, where its certificate (often self-signed) names the public host.
-context = ssl._create_unverified_context() if urllib.parse.urlsplit(URL).hostname in ("127.0.0.1", "localhost") else None
+context = (
+    ssl._create_unverified_context() if urllib.parse.urlsplit(URL).hostname in ("127.0.0.1", "localhost") else None
+)
 
 try:
     with urllib.request.urlopen(URL, timeout=4, context=context) as response:

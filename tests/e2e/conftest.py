@@ -14,8 +14,16 @@ from ..support.livestack import approved_user, claim_admin, start_stack, stop_st
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
 TIMEOUT_MS = 20_000  # every locator and navigation; slower steps pass their own
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
 
 
 def browser_executable(playwright) -> str | None:
@@ -32,8 +40,11 @@ def browser_executable(playwright) -> str | None:
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args, playwright):
-    return {**browser_type_launch_args, "executable_path": browser_executable(playwright),
-            "args": CHROMIUM_ARGS + list(browser_type_launch_args.get("args", []))}
+    return {
+        **browser_type_launch_args,
+        "executable_path": browser_executable(playwright),
+        "args": CHROMIUM_ARGS + list(browser_type_launch_args.get("args", [])),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +64,12 @@ def _timeouts(request):
 def pytest_collection_modifyitems(items):
     """The admin's first signup claims the shared stack, so that flow runs before any other. The swarm engine's
     flows run last: leaving the swarm afterwards left the shared compose stack's hub answering 503."""
+
     def rank(item) -> int:
         if item.get_closest_marker("claims_admin"):
             return 0
         return 2 if item.module.__name__.endswith("test_swarm") else 1
+
     items.sort(key=rank)
 
 
@@ -70,7 +83,10 @@ def pytest_runtest_makereport(item, call):
 def _stack(tmp_path_factory, request, env=None):
     live = start_stack(tmp_path_factory.mktemp("e2e"), env)
     if request.config.getoption("--keep-stack", default=False):
-        print(f"\nstack {live.project} kept at {live.url} (remove with `invoke down --project {live.project} --volumes --user-volumes --yes`)")
+        print(
+            f"\nstack {live.project} kept at {live.url} (remove with `invoke down --project {live.project} --volumes "
+            "--user-volumes --yes`)"
+        )
     return live
 
 
@@ -99,4 +115,3 @@ def make_user(live, admin_http):
         return approved_user(live, admin_http, name)[1]
 
     return make
-

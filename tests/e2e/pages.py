@@ -84,7 +84,7 @@ def navigate(page: Page, url: str, attempts: int = 3):
         try:
             return page.goto(url)
         except Error as error:
-            if "ERR_NETWORK_CHANGED" not in error.message and f"navigation to \"{ERROR_PAGE}" not in error.message:
+            if "ERR_NETWORK_CHANGED" not in error.message and f'navigation to "{ERROR_PAGE}' not in error.message:
                 raise
     settle_network()
     return page.goto(url)  # the last attempt fails as it fails
@@ -229,8 +229,13 @@ class AdminPage(HubPage):
 
 
 class BroadcastPage(HubPage):
-    def send(self, message: str, type_: str = "default", auto_close: str = "never: keep until dismissed",
-             recipients: list[str] | None = None) -> Locator:
+    def send(
+        self,
+        message: str,
+        type_: str = "default",
+        auto_close: str = "never: keep until dismissed",
+        recipients: list[str] | None = None,
+    ) -> Locator:
         self.open("hub/hubforge/broadcast")
         self.page.get_by_label("Message").fill(message)
         self.page.get_by_label("Type").select_option(type_)

@@ -60,7 +60,7 @@ def test_141_characters_are_refused_with_the_reason(admin_page):
 def test_markup_is_shown_as_text_and_no_script_runs(live, two_labs, admin_page):
     lab_page = two_labs["xena"]
     lab_page.evaluate("window.__hubforge_xss = false")
-    markup = "<img src=x onerror=\"window.__hubforge_xss=true\">"
+    markup = '<img src=x onerror="window.__hubforge_xss=true">'
     admin_page.send(markup, recipients=["xena"])
     expect(JupyterLab(lab_page, live.url, "xena").notification(markup)).to_be_visible(timeout=3_000)
     assert lab_page.evaluate("window.__hubforge_xss") is False

@@ -102,7 +102,9 @@ def test_volume_reset_from_the_ui(live, make_user, page):
     home.manage_volumes()
     expect(VolumesPage(page, live.url).reset(["workspace"])).to_contain_text("workspace: removed")
     api.start("tess")
-    check = live.lab("tess").exec_run(["sh", "-c", "ls /home/lab/workspace/w.txt /home/lab/h.txt /mnt/shared/tess.txt 2>&1"], user="lab")
+    check = live.lab("tess").exec_run(
+        ["sh", "-c", "ls /home/lab/workspace/w.txt /home/lab/h.txt /mnt/shared/tess.txt 2>&1"], user="lab"
+    )
     text = check.output.decode()
     assert "cannot access '/home/lab/workspace/w.txt'" in text  # the workspace is fresh
     assert "/home/lab/h.txt\n" in text and "/mnt/shared/tess.txt\n" in text  # home and shared are not
@@ -120,7 +122,8 @@ def post_from_page(page, url: str, headers: dict | None = None, body: dict | Non
         """async ([url, headers, body]) => (await fetch(url, {method: "POST", credentials: "same-origin",
                headers: {"Content-Type": "application/json", ...headers},
                body: body === null ? undefined : JSON.stringify(body)})).status""",
-        [url, headers or {}, body])
+        [url, headers or {}, body],
+    )
 
 
 def test_security_negatives(live, make_user, page):
@@ -133,7 +136,10 @@ def test_security_negatives(live, make_user, page):
     assert alice.request("POST", "hub/api/hubforge/broadcast", json={"message": "hi"}).status_code == 403
     # A cannot restart or reset B, with A's cookie or with A's token
     xsrf = page.evaluate("window.jhdata.xsrf_token")
-    for path, body in (("hubforge/users/ben/restart", None), ("hubforge/users/ben/volumes/reset", {"volumes": ["cache"]})):
+    for path, body in (
+        ("hubforge/users/ben/restart", None),
+        ("hubforge/users/ben/volumes/reset", {"volumes": ["cache"]}),
+    ):
         assert post_from_page(page, live.url + "hub/api/" + path, {"X-XSRFToken": xsrf}, body) == 403
         assert alice.request("POST", "hub/api/" + path, json=body).status_code == 403
     # a cookie POST without the XSRF token is refused

@@ -125,8 +125,10 @@ def _toss(self):
     self.add_header("Set-Cookie", {cookie!r})
 JupyterHandler.set_default_headers = _toss
 """
-WRITE_CONFIG = ("import pathlib, sys; folder = pathlib.Path.home() / '.jupyter'; folder.mkdir(exist_ok=True); "
-                "(folder / 'jupyter_server_config.py').write_text(sys.argv[1])")
+WRITE_CONFIG = (
+    "import pathlib, sys; folder = pathlib.Path.home() / '.jupyter'; folder.mkdir(exist_ok=True); "
+    "(folder / 'jupyter_server_config.py').write_text(sys.argv[1])"
+)
 
 
 def test_a_lab_cannot_sign_its_visitor_in_to_the_hub_as_its_owner(live, page):
@@ -138,7 +140,9 @@ def test_a_lab_cannot_sign_its_visitor_in_to_the_hub_as_its_owner(live, page):
     host = live.url.split("/")[2].split(":")[0]  # hub.localhost
     cookie = f"{login.name}={login.value}; Domain={host}; Path={login.path}; Secure; HttpOnly; SameSite=Lax"
     api.start("tosser")
-    planted = live.lab("tosser").exec_run(["python3", "-c", WRITE_CONFIG, TOSS_CONFIG.format(cookie=cookie)], user="lab")
+    planted = live.lab("tosser").exec_run(
+        ["python3", "-c", WRITE_CONFIG, TOSS_CONFIG.format(cookie=cookie)], user="lab"
+    )
     assert planted.exit_code == 0, planted.output.decode()
     api.stop("tosser")
     api.start("tosser")

@@ -23,8 +23,11 @@ def oidc_stack(tmp_path_factory, request):
     idp = Idp(tmp_path_factory.mktemp("idp"))
     idp.add_user("grace", PASSWORD, [TEAM])
     idp.add_user("eve", PASSWORD, ["visitors"])
-    live = start_stack(tmp_path_factory.mktemp("oidc"), idp.env(OIDC_ALLOWED_GROUPS=TEAM, OIDC_LOGIN_NAME="Example IdP",
-                                                               OIDC_LOGOUT_PROVIDER="1"), before=prepare(idp))
+    live = start_stack(
+        tmp_path_factory.mktemp("oidc"),
+        idp.env(OIDC_ALLOWED_GROUPS=TEAM, OIDC_LOGIN_NAME="Example IdP", OIDC_LOGOUT_PROVIDER="1"),
+        before=prepare(idp),
+    )
     yield live, idp
     if getattr(request.session, "stack_failed", False):
         live.dump_logs(RESULTS / "logs" / live.project)

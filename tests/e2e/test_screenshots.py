@@ -39,7 +39,9 @@ def test_readme_screenshots(live, make_user, admin_http, browser, page, folder):
     admin = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 900}).new_page()
     LoginPage(admin, live.url).login(ADMIN, PASSWORD)
     broadcast = BroadcastPage(admin, live.url)
-    expect(broadcast.send("Hub maintenance tonight at 18:00: save your work", type_="warning")).to_contain_text("Delivered")
+    expect(broadcast.send("Hub maintenance tonight at 18:00: save your work", type_="warning")).to_contain_text(
+        "Delivered"
+    )
     admin.screenshot(path=folder / "broadcast.png")
     expect(lab.notification("Hub maintenance tonight")).to_be_in_viewport(ratio=1, timeout=3_000)  # slid in
     lab_page.screenshot(path=folder / "lab-notification.png")

@@ -17,7 +17,9 @@ ADMIN_PASSWORD = "Initial-admin-pw-1"
 
 @pytest.fixture(scope="module")
 def closed(tmp_path_factory, request):
-    stack = start_stack(tmp_path_factory.mktemp("closed"), {"ENABLE_SIGNUP": "0", "JUPYTERHUB_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    stack = start_stack(
+        tmp_path_factory.mktemp("closed"), {"ENABLE_SIGNUP": "0", "JUPYTERHUB_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    )
     yield stack
     stop_stack(stack)
 

@@ -26,14 +26,18 @@ def locked(lock: str, name: str) -> str:
 
 @pytest.mark.parametrize(("target", "uid"), [("hub", "1000"), ("lab", "1000"), ("gpu-probe", "65534")])
 def test_runs_as_non_root(built, tracked, target, uid):
-    code, output = tracked.run(built[target], ["id", "-u"], entrypoint=[] if target != "gpu-probe" else ["/bin/busybox"])
+    code, output = tracked.run(
+        built[target], ["id", "-u"], entrypoint=[] if target != "gpu-probe" else ["/bin/busybox"]
+    )
     assert code == 0 and output.strip() == uid
 
 
 @pytest.mark.parametrize("target", ["hub", "lab", "gpu-probe"])
 def test_no_setuid_or_setgid_files(built, tracked, target):
     find = ["busybox", "find"] if target == "gpu-probe" else ["find"]
-    code, output = tracked.run(built[target], find + ["/", "-xdev", "-type", "f", "-perm", "/6000"], user="0", entrypoint=[])
+    code, output = tracked.run(
+        built[target], find + ["/", "-xdev", "-type", "f", "-perm", "/6000"], user="0", entrypoint=[]
+    )
     assert code == 0, output
     assert output.strip() == ""
 
@@ -50,20 +54,34 @@ def test_labels_carry_the_key_and_oci_metadata(built, client, target):
 
 
 def test_hub_versions(built, tracked):
-    code, output = tracked.run(built["hub"], ["sh", "-c", "jupyterhub --version && configurable-http-proxy --version && "
-                               "python3 -c 'import importlib.metadata as m; print(*(m.version(p) for p in "
-                               "(\"jupyterhub-nativeauthenticator\", \"dockerspawner\", \"jupyterhub-idle-culler\", \"hub-ext\")))'"])
+    code, output = tracked.run(
+        built["hub"],
+        [
+            "sh",
+            "-c",
+            "jupyterhub --version && configurable-http-proxy --version && "
+            "python3 -c 'import importlib.metadata as m; print(*(m.version(p) for p in "
+            '("jupyterhub-nativeauthenticator", "dockerspawner", "jupyterhub-idle-culler", "hub-ext")))\'',
+        ],
+    )
     assert code == 0, output
     jupyterhub, proxy, packages = output.strip().splitlines()
     assert jupyterhub == locked("images/hub/requirements.lock", "jupyterhub")
-    assert proxy == json.loads((ROOT / "images/hub/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
-    assert packages.split() == [locked("images/hub/requirements.lock", n) for n in
-                                ("jupyterhub-nativeauthenticator", "dockerspawner", "jupyterhub-idle-culler")] + ["0.1.0"]
+    assert (
+        proxy
+        == json.loads((ROOT / "images/hub/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
+    )
+    assert packages.split() == [
+        locked("images/hub/requirements.lock", n)
+        for n in ("jupyterhub-nativeauthenticator", "dockerspawner", "jupyterhub-idle-culler")
+    ] + ["0.1.0"]
 
 
 def test_lab_versions_user_and_layout(built, tracked):
-    script = ("jupyter lab --version; jupyterhub-singleuser --version; whoami; echo $HOME; pwd; "
-              "stat -c '%U %n' /home/lab /home/lab/workspace /home/lab/.cache; command -v sudo || echo no-sudo")
+    script = (
+        "jupyter lab --version; jupyterhub-singleuser --version; whoami; echo $HOME; pwd; "
+        "stat -c '%U %n' /home/lab /home/lab/workspace /home/lab/.cache; command -v sudo || echo no-sudo"
+    )
     code, output = tracked.run(built["lab"], ["sh", "-c", script])
     assert code == 0, output
     lines = output.strip().splitlines()
@@ -76,8 +94,16 @@ def test_lab_versions_user_and_layout(built, tracked):
 
 def test_no_compilers_or_pip_caches(built, tracked):
     for target in ("hub", "lab"):
-        code, output = tracked.run(built[target], ["sh", "-c", "for t in gcc cc g++ make strip as ld; do command -v $t; done; "
-                                                   "ls -d /root/.cache/pip /home/*/.cache/pip 2>/dev/null; true"], user="0")
+        code, output = tracked.run(
+            built[target],
+            [
+                "sh",
+                "-c",
+                "for t in gcc cc g++ make strip as ld; do command -v $t; done; "
+                "ls -d /root/.cache/pip /home/*/.cache/pip 2>/dev/null; true",
+            ],
+            user="0",
+        )
         assert code == 0 and output.strip() == "", f"{target}: {output}"
 
 
@@ -102,7 +128,9 @@ def test_healthcheck_fails_when_the_server_is_down(built, tracked, target):
 def test_every_image_states_its_healthcheck(built, client):
     for target in ("hub", "lab"):
         assert client.images.get(built[target]).attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
-    assert client.images.get(built["gpu-probe"]).attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]  # one-shot, on purpose
+    assert client.images.get(built["gpu-probe"]).attrs["Config"]["Healthcheck"]["Test"] == [
+        "NONE"
+    ]  # one-shot, on purpose
 
 
 def test_gpu_probe_reports_no_gpu_here(built, tracked):
@@ -114,14 +142,18 @@ def test_gpu_probe_reports_no_gpu_here(built, tracked):
 
 def test_lab_start_up_skips_what_a_lab_does_not_use(built, tracked):
     """The lab's server imports neither the hub's database layers nor the extensions that are off by default."""
-    script = ("python3 -c 'import sys, jupyterhub.singleuser.extension, jupyterhub.services.auth; "
-              "print(sorted(m for m in (\"sqlalchemy\", \"alembic\", \"jupyterhub.orm\") if m in sys.modules))'; "
-              "jupyter server extension list 2>&1")
+    script = (
+        "python3 -c 'import sys, jupyterhub.singleuser.extension, jupyterhub.services.auth; "
+        'print(sorted(m for m in ("sqlalchemy", "alembic", "jupyterhub.orm") if m in sys.modules))\'; '
+        "jupyter server extension list 2>&1"
+    )
     code, output = tracked.run(built["lab"], ["sh", "-c", script])
     assert code == 0, output
     lines = output.splitlines()
     assert lines[0] == "[]"
-    enabled = {line.split()[0] for line in lines if "enabled" in line and "disabled" not in line and line.startswith("    ")}
+    enabled = {
+        line.split()[0] for line in lines if "enabled" in line and "disabled" not in line and line.startswith("    ")
+    }
     assert enabled == {"hubforge_notify", "jupyterlab", "jupyter_server_terminals"}, output
 
 
@@ -141,7 +173,9 @@ def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built
             return False
 
     wait_until(answers, timeout=15, what="the registry's /v2/ answer")
-    shell = client.containers.create(built["registry"], ["sh", "-c", "id"], entrypoint=[], labels={"hubforge.test": "images"})
+    shell = client.containers.create(
+        built["registry"], ["sh", "-c", "id"], entrypoint=[], labels={"hubforge.test": "images"}
+    )
     try:
         with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
             shell.start()  # no shell, no tools: nothing runs in it but the registry
@@ -152,21 +186,30 @@ def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built
 def sbom_of(image: str, folder: Path) -> dict:
     """`invoke sbom IMAGE`, as an operator runs it; the CycloneDX document it wrote."""
     path = folder / "sbom.cdx.json"
-    result = subprocess.run([sys.executable, "-m", "invoke", "sbom", image, "--output", str(path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "sbom", image, "--output", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(path.read_text())
 
 
 def test_the_gpu_probe_sbom_names_busybox_and_the_libraries_it_copied_with_their_versions(built, tracked, tmp_path):
     components = {c["name"]: c for c in sbom_of(built["gpu-probe"], tmp_path)["components"]}
-    busybox = next(line.split()[1] for line in (ROOT / "images/gpu-probe/apt.lock").read_text().splitlines()
-                   if line.startswith("busybox-static "))
+    busybox = next(
+        line.split()[1]
+        for line in (ROOT / "images/gpu-probe/apt.lock").read_text().splitlines()
+        if line.startswith("busybox-static ")
+    )
     assert components["busybox-static"]["version"] == busybox
     assert components["busybox-static"]["purl"].startswith("pkg:deb/debian/busybox-static@")
     # glibc and ldconfig come from the build stage's own packages (the base image's): the same versions
-    code, output = tracked.run(built["base"], ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "libc6", "libc-bin"],
-                               entrypoint=[])
+    code, output = tracked.run(
+        built["base"], ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "libc6", "libc-bin"], entrypoint=[]
+    )
     assert code == 0, output
     for package, version in (line.split() for line in output.strip().splitlines()):
         assert components[package]["version"] == version, package
@@ -174,8 +217,11 @@ def test_the_gpu_probe_sbom_names_busybox_and_the_libraries_it_copied_with_their
 
 
 def test_the_lab_sbom_lists_the_npm_packages_of_its_extensions_and_their_bundles(built, tmp_path):
-    npm = {(c["name"], c["version"]): c["purl"] for c in sbom_of(built["lab"], tmp_path)["components"]
-           if c["purl"].startswith("pkg:npm/")}
+    npm = {
+        (c["name"], c["version"]): c["purl"]
+        for c in sbom_of(built["lab"], tmp_path)["components"]
+        if c["purl"].startswith("pkg:npm/")
+    }
     notify = json.loads((ROOT / "images/lab/hubforge-notify/package.json").read_text())
     assert npm[("@hubforge/notify", notify["version"])] == f"pkg:npm/%40hubforge/notify@{notify['version']}"
     # what an extension's bundle holds (the builder's third-party-licenses.json): jupyterlab_pygments bundles
@@ -187,7 +233,12 @@ def test_the_lab_sbom_lists_the_npm_packages_of_its_extensions_and_their_bundles
 
 
 def test_sbom_of_an_image_that_is_not_here_says_so_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "invoke", "sbom", "hubforge/absent:0"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "sbom", "hubforge/absent:0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no image 'hubforge/absent:0' here; build it or pull it first"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from hubforge.docker_io import Docker
 from hubforge.imagebuild.builder import REVISION_LABEL, Builder, Settings
 from hubforge.imagebuild.targets import Graph, Target
-from hubforge.docker_io import Docker
 
 pytestmark = pytest.mark.images
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,9 @@ def test_a_clean_rebuild_is_the_same_image(name):
     assert result.differences == [], f"{name}: " + "; ".join(result.differences)
     assert result.first == result.second
     layers = made.docker.inspect(step.ref)["RootFS"]["Layers"]
-    assert made.docker.inspect(step.ref)["Created"].startswith("2026-01-01T00:00:00")  # SOURCE_DATE_EPOCH, not the clock
+    assert made.docker.inspect(step.ref)["Created"].startswith(
+        "2026-01-01T00:00:00"
+    )  # SOURCE_DATE_EPOCH, not the clock
     assert len(layers) >= 1 and result.files > 10
 
 
@@ -49,8 +51,12 @@ def test_a_release_copy_left_under_the_key_tag_is_built_again():
     step = made.plan(made.graph.select("gpu-probe", None))[-1]
     assert step.exists and step.image, f"{step.ref} is missing; run `invoke build`"
     copy = "hubforge-test/gpu-probe:released"
-    made.normalize(step.ref, copy, {REVISION_LABEL: "a940933c8cd099e2521af9598be1452200ba7d80",
-                                    "org.opencontainers.image.version": "9.8.7"}, keep=True)
+    made.normalize(
+        step.ref,
+        copy,
+        {REVISION_LABEL: "a940933c8cd099e2521af9598be1452200ba7d80", "org.opencontainers.image.version": "9.8.7"},
+        keep=True,
+    )
     try:
         made.docker.tag(copy, step.target.repository, step.key)
         again = made.plan(made.graph.select("gpu-probe", None))[-1]
@@ -84,8 +90,12 @@ def test_the_bootstrapped_base_is_the_same_image_from_its_lock_alone_with_no_net
         pytest.skip(f"the base here comes from {made.base_mode_used}: a pinned digest, the same by construction")
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
-    run = subprocess.run(["unshare", "--net", sys.executable, "-c", CHECK_BASE.format(root=str(ROOT))],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", CHECK_BASE.format(root=str(ROOT))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["same"], "; ".join(result["differences"])
@@ -96,12 +106,23 @@ def test_a_build_that_stamps_the_time_is_caught_and_the_file_named(tmp_path):
     shutil.copytree(ROOT / "images" / "base", tmp_path / "images" / "base")  # the recipe, its lock and keyring
     (tmp_path / "images" / "stamp").mkdir()
     (tmp_path / "images" / "stamp" / "Dockerfile.j2").write_text(
-        "FROM {{ parent }}\nRUN date +%s%N > /etc/build-stamp && echo fixed > /etc/fixed\n")
+        "FROM {{ parent }}\nRUN date +%s%N > /etc/build-stamp && echo fixed > /etc/fixed\n"
+    )
     real = builder()
-    graph = Graph({"base": real.graph.targets["base"],
-                   "stamp": Target("stamp", "hubforge-test/stamp", "images/stamp/Dockerfile.j2", description="stamps the time")})
-    made = Builder(Settings(root=tmp_path, cache_dir=CACHE, base_mode=real.resolve_base_mode()), Docker(), graph,
-                   say=lambda message: None)
+    graph = Graph(
+        {
+            "base": real.graph.targets["base"],
+            "stamp": Target(
+                "stamp", "hubforge-test/stamp", "images/stamp/Dockerfile.j2", description="stamps the time"
+            ),
+        }
+    )
+    made = Builder(
+        Settings(root=tmp_path, cache_dir=CACHE, base_mode=real.resolve_base_mode()),
+        Docker(),
+        graph,
+        say=lambda message: None,
+    )
     base, step = made.plan(graph.closure(["stamp"]))
     assert base.exists, "the base of the current key is missing; run `invoke build`"
     try:
@@ -111,4 +132,3 @@ def test_a_build_that_stamps_the_time_is_caught_and_the_file_named(tmp_path):
     assert not result.same
     assert result.differences == ["etc/build-stamp: contents"], result.differences  # and nothing else differs
     assert made.docker.image_id(f"hubforge-check/stamp:{step.key}-1") is None  # the compared builds are removed
-

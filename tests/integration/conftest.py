@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ..support.hubclient import HubAPI, HubSession
 from ..support import livestack
+from ..support.hubclient import HubAPI, HubSession
 from ..support.livestack import claim_admin, start_stack, stop_stack
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -27,8 +27,12 @@ def pytest_runtest_makereport(item, call):
 def live(tmp_path_factory, request):
     """A stack per test module; a module sets STACK_ENV for its own .env settings, EXTRA_LAB_IMAGES
     for more choices in the image picker and STACK_ENGINE for the swarm engine."""
-    stack = start_stack(tmp_path_factory.mktemp("stack"), getattr(request.module, "STACK_ENV", None),
-                        getattr(request.module, "EXTRA_LAB_IMAGES", None), engine=getattr(request.module, "STACK_ENGINE", "compose"))
+    stack = start_stack(
+        tmp_path_factory.mktemp("stack"),
+        getattr(request.module, "STACK_ENV", None),
+        getattr(request.module, "EXTRA_LAB_IMAGES", None),
+        engine=getattr(request.module, "STACK_ENGINE", "compose"),
+    )
     yield stack
     if getattr(request.session, "stack_failed", False):
         stack.dump_logs(RESULTS / "logs" / stack.project)

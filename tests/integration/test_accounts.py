@@ -26,8 +26,9 @@ STACK_ENV = {"LOGIN_MAX_FAILURES": "5", "LOGIN_LOCKOUT_SECONDS": "600", "LOGIN_A
 
 def act(admin: HubSession, name: str, action: str, **fields: str):
     token = admin.xsrf("hub/authorize")
-    return admin.http.post(admin.url(f"hub/authorize/{name}/{action}"), data={"_xsrf": token, **fields},
-                           allow_redirects=False, timeout=120)
+    return admin.http.post(
+        admin.url(f"hub/authorize/{name}/{action}"), data={"_xsrf": token, **fields}, allow_redirects=False, timeout=120
+    )
 
 
 def approval_shown(admin: HubSession, name: str) -> str | None:
@@ -76,12 +77,16 @@ def test_unapprove_revokes_tokens_sessions_and_the_server(live, admin, admin_api
 # A server config in the user's own home that never returns: the lab's start then stays pending for as long as the
 # user likes (any user can write it, from a terminal or a notebook).
 STALL = "import time\ntime.sleep(3600)\n"
-WRITE_CONFIG = ("import pathlib, sys; folder = pathlib.Path.home() / '.jupyter'; folder.mkdir(exist_ok=True); "
-                "(folder / 'jupyter_server_config.py').write_text(sys.argv[1])")
+WRITE_CONFIG = (
+    "import pathlib, sys; folder = pathlib.Path.home() / '.jupyter'; folder.mkdir(exist_ok=True); "
+    "(folder / 'jupyter_server_config.py').write_text(sys.argv[1])"
+)
 
 
 def lab_containers(live, name: str) -> list:
-    return docker.from_env().containers.list(filters={"label": [f"hubforge.project={live.project}", f"hubforge.user={name}"]})
+    return docker.from_env().containers.list(
+        filters={"label": [f"hubforge.project={live.project}", f"hubforge.user={name}"]}
+    )
 
 
 def hold_next_start(live, api: HubAPI, name: str) -> None:
@@ -91,8 +96,11 @@ def hold_next_start(live, api: HubAPI, name: str) -> None:
     assert wrote.exit_code == 0, wrote.output.decode()
     api.stop(name)
     assert api.request("POST", f"hub/api/users/{name}/server").status_code == 202
-    wait_until(lambda: lab_containers(live, name) and (api.user(name)["servers"].get("") or {}).get("pending") == "spawn",
-               90, f"{name}'s start to be under way and held")
+    wait_until(
+        lambda: lab_containers(live, name) and (api.user(name)["servers"].get("") or {}).get("pending") == "spawn",
+        90,
+        f"{name}'s start to be under way and held",
+    )
 
 
 def test_unapproving_during_a_held_start_ends_everything(live, admin, admin_api):
@@ -107,8 +115,11 @@ def test_unapproving_during_a_held_start_ends_everything(live, admin, admin_api)
     assert api.request("GET", "hub/api/user").status_code in (401, 403)  # the token is refused at once
     home = session.http.get(session.url("hub/home"), allow_redirects=False, timeout=30)
     assert home.status_code == 302 and "/hub/login" in home.headers["Location"]  # the cookie no longer works
-    wait_until(lambda: not lab_containers(live, "oli") and admin_api.user("oli")["servers"] == {}, 60,
-               "oli's held lab to be gone")
+    wait_until(
+        lambda: not lab_containers(live, "oli") and admin_api.user("oli")["servers"] == {},
+        60,
+        "oli's held lab to be gone",
+    )
 
 
 def test_a_held_start_does_not_keep_everyone_elses_labs_from_starting(live, admin, admin_api):
@@ -142,7 +153,9 @@ def test_a_deleted_users_files_never_reach_the_next_owner_of_the_name(live, admi
     name = {"rest-api": "quin", "admin-page": "rhea"}[route]
     _, api = approved_user(live, admin, name)
     api.start(name)
-    assert live.lab(name).exec_run(["sh", "-c", "echo private > /home/lab/workspace/diary.txt"], user="lab").exit_code == 0
+    assert (
+        live.lab(name).exec_run(["sh", "-c", "echo private > /home/lab/workspace/diary.txt"], user="lab").exit_code == 0
+    )
     api.stop(name)
     if route == "rest-api":
         deleted = admin_api.request("DELETE", f"hub/api/users/{name}")
@@ -233,7 +246,9 @@ print(json.dumps(results))
 """
 
 
-def attack_from_lab(live, lab_user: str, attempts: list[tuple[str, str]], claimed_address: str) -> list[tuple[int, str]]:
+def attack_from_lab(
+    live, lab_user: str, attempts: list[tuple[str, str]], claimed_address: str
+) -> list[tuple[int, str]]:
     result = live.lab(lab_user).exec_run(["python3", "-c", ATTACK, json.dumps(attempts), claimed_address], user="lab")
     assert result.exit_code == 0, result.output.decode()[-2000:]
     return [tuple(r) for r in json.loads(result.output.decode().strip().splitlines()[-1])]
@@ -284,8 +299,12 @@ def test_a_pending_accounts_password_cannot_be_confirmed_beyond_the_limit(live):
 def test_an_expired_login_form_says_so(live):
     session = HubSession(live.url)
     session.xsrf("hub/login")
-    answer = session.http.post(session.url("hub/login"), data={"_xsrf": "stale", "username": "x", "password": "y"},
-                               allow_redirects=False, timeout=30)
+    answer = session.http.post(
+        session.url("hub/login"),
+        data={"_xsrf": "stale", "username": "x", "password": "y"},
+        allow_redirects=False,
+        timeout=30,
+    )
     assert answer.status_code == 403 and "Login form invalid or expired" in answer.text
 
 

@@ -12,7 +12,6 @@ from ..support.livestack import approved_user
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture(scope="module")
 def labs(live, admin):
     users = {name: approved_user(live, admin, name)[1] for name in ("viv", "walt")}
@@ -53,7 +52,10 @@ def test_broadcast_refusals(admin, labs):
     assert too_long.status_code == 400 and "at most 140" in too_long.json()["message"]
     assert admin.api("POST", "hubforge/broadcast", json={"message": "hi", "type": "loud"}).status_code == 400
     assert users["viv"].request("POST", "hub/api/hubforge/broadcast", json={"message": "hi"}).status_code == 403
-    assert admin.http.post(admin.url("hub/api/hubforge/broadcast"), json={"message": "no xsrf"}, timeout=30).status_code == 403
+    assert (
+        admin.http.post(admin.url("hub/api/hubforge/broadcast"), json={"message": "no xsrf"}, timeout=30).status_code
+        == 403
+    )
 
 
 def test_markup_is_delivered_as_text(admin, labs):

@@ -13,10 +13,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from hubforge.docker_io import Docker
 from hubforge.imagebuild import remote_cache
 from hubforge.imagebuild.builder import Builder, Settings, Step
 from hubforge.imagebuild.targets import Graph
-from hubforge.docker_io import Docker
 
 from ..support.livestack import current_images
 from .test_release import invoke, registry  # noqa: F401  (the loopback registry fixture)
@@ -49,7 +49,9 @@ def caches(registry, tmp_path):  # noqa: F811
     digest = push(client, built, f"{genuine}/gpu-probe", step.remote_key)
     push(client, client.images.get(current_images()[0]["base"]), f"{impostor}/gpu-probe", step.remote_key)
     index = tmp_path / "cache-index-9.8.7.json"
-    index.write_text(json.dumps(remote_cache.dump({"gpu-probe": {step.remote_key: remote_cache.entry_for(digest, built.attrs)}})))
+    index.write_text(
+        json.dumps(remote_cache.dump({"gpu-probe": {step.remote_key: remote_cache.entry_for(digest, built.attrs)}}))
+    )
     yield index, genuine, impostor, step, built.id
     if client.images.list(filters={"reference": step.ref}) == []:  # a failed test must not leave the build untagged
         built.tag(step.target.repository, step.key)

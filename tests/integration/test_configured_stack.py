@@ -14,7 +14,9 @@ from ..support.livestack import ADMIN, ROOT, current_images
 
 pytestmark = pytest.mark.integration
 
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 STACK_ENV = {
     "JUPYTERHUB_BASE_URL": "/jupyterhub",
     "ENABLE_SIGNUP": "0",
@@ -28,7 +30,6 @@ STACK_ENV = {
 PICKED = "hubforge/lab:picker-test"
 EXTRA_LAB_IMAGES = {"second": PICKED}
 ADMIN_PASSWORD = STACK_ENV["JUPYTERHUB_ADMIN_PASSWORD"]
-
 
 
 def test_base_url_prefixes_every_path(live):
@@ -80,8 +81,12 @@ def test_hub_refuses_bad_settings_in_one_line(tmp_path):
     images, _ = current_images()
     client = docker.from_env()
     container = client.containers.create(
-        images["hub"], environment={"ENABLE_GPU_SUPPORT": "7"}, labels={"hubforge.test": "integration"},
-        volumes={str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}},
+        images["hub"],
+        environment={"ENABLE_GPU_SUPPORT": "7"},
+        labels={"hubforge.test": "integration"},
+        volumes={
+            str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}
+        },
     )
     try:
         container.start()
@@ -90,4 +95,6 @@ def test_hub_refuses_bad_settings_in_one_line(tmp_path):
     finally:
         container.remove(force=True)
     assert code != 0
-    assert errors == ["hubforge: configuration error: ENABLE_GPU_SUPPORT='7' is not valid; use 2 (auto), 1 (on) or 0 (off)"]
+    assert errors == [
+        "hubforge: configuration error: ENABLE_GPU_SUPPORT='7' is not valid; use 2 (auto), 1 (on) or 0 (off)"
+    ]

@@ -13,9 +13,9 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-import sys
 import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -70,7 +70,8 @@ def labs(live, admin):
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
-    """A dummy interface (or a veth pair where the kernel has no dummy driver) holding METADATA and PUBLIC, with a tiny package index listening on all of the
+    """A dummy interface (or a veth pair where the kernel has no dummy driver) holding METADATA and PUBLIC, with a tiny
+    package index listening on all of the
     host's addresses (so also on the host's gateway in every lab network). Removed afterwards."""
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2 (`ip`) to create a dummy interface")
@@ -105,7 +106,10 @@ def tiny_wheel() -> bytes:
     with zipfile.ZipFile(buffer, "w") as wheel:
         wheel.writestr("hfprobe/__init__.py", "")
         wheel.writestr("hfprobe-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: hfprobe\nVersion: 1.0\n")
-        wheel.writestr("hfprobe-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(
+            "hfprobe-1.0.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         wheel.writestr("hfprobe-1.0.dist-info/RECORD", "")
     return buffer.getvalue()
 
@@ -142,9 +146,24 @@ def test_link_local_and_private_addresses_are_blocked_while_the_internet_is_not(
     assert not reaches(alice, METADATA, port), "a lab reached a link-local address (the metadata service's range)"
     assert not reaches(alice, gateway, port), "a lab reached the host on its private gateway address"
     assert reaches(alice, PUBLIC, port), "a lab must reach public addresses (users pip install)"
-    download = alice.exec_run(["python3", "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                               "--index-url", f"http://{PUBLIC}:{port}/simple/", "--trusted-host", PUBLIC,
-                               "--dest", "/tmp/download", "hfprobe"], user="lab")
+    download = alice.exec_run(
+        [
+            "python3",
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--index-url",
+            f"http://{PUBLIC}:{port}/simple/",
+            "--trusted-host",
+            PUBLIC,
+            "--dest",
+            "/tmp/download",
+            "hfprobe",
+        ],
+        user="lab",
+    )
     assert download.exit_code == 0, download.output.decode()[-800:]
     assert b"Saved /tmp/download/hfprobe-1.0-py3-none-any.whl" in download.output
 
@@ -203,9 +222,21 @@ def run(*argv: str) -> None:
 @pytest.fixture(scope="module")
 def private_backends(outside):
     """BACKEND in a namespace of the module's own (TCP and UDP echo on 53 and BACKEND_PORT), PRIVATE_DNS on the dummy
-    interface (the same on 53), and a host port forward PUBLIC:FORWARD_PORT -> BACKEND:BACKEND_PORT. All removed after."""
-    dnat = ["PREROUTING", "-d", f"{PUBLIC}/32", "-p", "tcp", "--dport", str(FORWARD_PORT),
-            "-j", "DNAT", "--to-destination", f"{BACKEND}:{BACKEND_PORT}"]
+    interface (the same on 53), and a host port forward PUBLIC:FORWARD_PORT -> BACKEND:BACKEND_PORT. All removed
+    after."""
+    dnat = [
+        "PREROUTING",
+        "-d",
+        f"{PUBLIC}/32",
+        "-p",
+        "tcp",
+        "--dport",
+        str(FORWARD_PORT),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        f"{BACKEND}:{BACKEND_PORT}",
+    ]
     servers = []
     try:
         run("ip", "netns", "add", BACKEND_NS)
@@ -219,12 +250,15 @@ def private_backends(outside):
         run("iptables", "-w", "-t", "nat", "-I", *dnat[:1], "1", *dnat[1:])
         for namespace, host, ports in ((BACKEND_NS, BACKEND, ("53", str(BACKEND_PORT))), (None, PRIVATE_DNS, ("53",))):
             prefix = ["ip", "netns", "exec", namespace] if namespace else []
-            server = subprocess.Popen([*prefix, sys.executable, "-c", BACKEND_SERVER, host, *ports],
-                                      stdout=subprocess.PIPE, text=True)
+            server = subprocess.Popen(
+                [*prefix, sys.executable, "-c", BACKEND_SERVER, host, *ports], stdout=subprocess.PIPE, text=True
+            )
             servers.append(server)
             assert server.stdout.readline().strip() == "listening", f"the listener on {host} did not start"
         for host, port in ((BACKEND, BACKEND_PORT), (BACKEND, 53), (PRIVATE_DNS, 53)):
-            socket.create_connection((host, port), timeout=3).close()  # the host reaches them: the lab's view is the test
+            socket.create_connection(
+                (host, port), timeout=3
+            ).close()  # the host reaches them: the lab's view is the test
         yield
     finally:
         for server in servers:
@@ -237,24 +271,39 @@ def private_backends(outside):
 
 
 def test_a_host_port_forward_to_a_private_backend_is_refused_from_a_lab(live, labs, private_backends):
-    """Before issue 25 every DNAT-ed connection passed the guard: libvirt's, kube-proxy's, the Swarm ingress's, this one."""
-    assert reaches(live.hub(), PUBLIC, FORWARD_PORT, user=""), "the forward must work for a container the guard does not watch"
-    assert not reaches(live.lab("alice"), PUBLIC, FORWARD_PORT), "a lab reached a private backend through a host port forward"
+    """Before issue 25 every DNAT-ed connection passed the guard: libvirt's, kube-proxy's, the Swarm ingress's, this
+    one."""
+    assert reaches(live.hub(), PUBLIC, FORWARD_PORT, user=""), (
+        "the forward must work for a container the guard does not watch"
+    )
+    assert not reaches(live.lab("alice"), PUBLIC, FORWARD_PORT), (
+        "a lab reached a private backend through a host port forward"
+    )
 
 
 def test_labs_send_dns_only_to_the_hosts_resolvers_and_still_resolve_names(live, labs, private_backends):
     alice = live.lab("alice")
-    assert answers_udp(live.hub(), PRIVATE_DNS, 53, user=""), "the private DNS server must answer a container the guard does not watch"
+    assert answers_udp(live.hub(), PRIVATE_DNS, 53, user=""), (
+        "the private DNS server must answer a container the guard does not watch"
+    )
     for host in (PRIVATE_DNS, BACKEND):  # on the host itself (INPUT), and behind it (forwarded)
         assert not reaches(alice, host, 53), f"a lab opened TCP port 53 of the private address {host}"
-        assert not answers_udp(alice, host, 53), f"a lab's datagram to port 53 of the private address {host} was answered"
+        assert not answers_udp(alice, host, 53), (
+            f"a lab's datagram to port 53 of the private address {host} was answered"
+        )
     resolved = alice.exec_run(["python3", "-c", "import socket; print(socket.gethostbyname('hub'))"], user="lab")
     assert resolved.exit_code == 0, f"a lab cannot resolve the hub's name: {resolved.output.decode()}"
-    # What Docker's embedded DNS cannot answer it asks the host's resolvers, from inside the lab: those stay open. (Checked
+    # What Docker's embedded DNS cannot answer it asks the host's resolvers, from inside the lab: those stay open.
+    # (Checked
     # on the rules, not with a query: the test sends nothing off this machine.)
-    resolvers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
-                 if line.startswith("nameserver") and "." in line and not line.split()[1].startswith("127.")]
-    chain = subprocess.run(["iptables", "-w", "-S", f"HF-{live.project}-FWD"], capture_output=True, text=True, check=True).stdout
+    resolvers = [
+        line.split()[1]
+        for line in Path("/etc/resolv.conf").read_text().splitlines()
+        if line.startswith("nameserver") and "." in line and not line.split()[1].startswith("127.")
+    ]
+    chain = subprocess.run(
+        ["iptables", "-w", "-S", f"HF-{live.project}-FWD"], capture_output=True, text=True, check=True
+    ).stdout
     for resolver in resolvers:
         assert f"-d {resolver}/32 -p udp -m udp --dport 53 -j RETURN" in chain, chain
     assert not [line for line in chain.splitlines() if "--dport 53" in line and " -d " not in line], chain
@@ -264,11 +313,14 @@ LOG_FLOOD = 2**30  # bytes a lab prints (issue 25, part 8)
 
 
 def test_a_lab_that_prints_without_end_keeps_at_most_the_configured_log(live, labs):
-    """Container logs were unbounded json-file: a lab printing without end filled /var/lib/docker. Now 10m x 3 (defaults)."""
+    """Container logs were unbounded json-file: a lab printing without end filled /var/lib/docker. Now 10m x 3
+    (defaults)."""
     bob = live.lab("bob")
     line = "x" * 4095  # long lines: the daemon's cost is per line, and the bytes are what fill the disk
     started = time.monotonic()
-    flood = bob.exec_run(["sh", "-c", f"yes {line} | head -c {LOG_FLOOD} > /proc/1/fd/1"], user="lab")  # into PID 1's stdout: the log
+    flood = bob.exec_run(
+        ["sh", "-c", f"yes {line} | head -c {LOG_FLOOD} > /proc/1/fd/1"], user="lab"
+    )  # into PID 1's stdout: the log
     assert flood.exit_code == 0, flood.output.decode()[-400:]
     bob.reload()
     folder = Path(bob.attrs["LogPath"]).parent
@@ -299,7 +351,9 @@ def test_the_guard_removes_its_rules_when_stopped_and_restores_them(live, labs, 
         chains = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
         assert f"HF-{live.project}-FWD" not in chains, "a stopped guard left its rules behind"
         others = [line for line in chains.splitlines() if "-j HF-" in line]
-        assert reaches(alice, METADATA, port), f"without the guard the block is gone (the test must see it change); other guards' jumps: {others}"
+        assert reaches(alice, METADATA, port), (
+            f"without the guard the block is gone (the test must see it change); other guards' jumps: {others}"
+        )
     finally:
         guard.start()
     deadline = time.monotonic() + 30

@@ -51,8 +51,14 @@ class InvokedStack:
 
     def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(self.stack_dir)}
-        return subprocess.run([sys.executable, "-m", "invoke", *args, "--project", self.project], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args, "--project", self.project],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def up(self) -> subprocess.CompletedProcess[str]:
         result = self.invoke("up", "--port", str(self.port), "--http-port", str(self.http_port), "--bind", "127.0.0.1")
@@ -60,14 +66,19 @@ class InvokedStack:
         return result
 
     def hub(self):
-        (hub,) = docker.from_env().containers.list(all=True, filters={"label": [
-            f"com.docker.compose.project={self.project}", "com.docker.compose.service=hub"]})
+        (hub,) = docker.from_env().containers.list(
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.project}", "com.docker.compose.service=hub"]},
+        )
         return hub
 
     def labs(self) -> list:
         """Every lab container of this project, running or not."""
-        return [c for c in docker.from_env().containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
-                if c.labels.get("hubforge.user")]
+        return [
+            c
+            for c in docker.from_env().containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+            if c.labels.get("hubforge.user")
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +170,9 @@ def test_a_settings_change_recreates_the_hub_and_the_lab_keeps_its_kernel(stack,
 def test_a_killed_lab_is_removed_and_starts_again_with_its_files(stack, admin):
     name, api = new_user(stack, admin)
     api.start(name)
-    put = api.request("PUT", f"user/{name}/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"})
+    put = api.request(
+        "PUT", f"user/{name}/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"}
+    )
     assert put.status_code in (200, 201), put.text
     lab = docker.from_env().containers.get(stack.lab_name(name))
     lab.kill()
@@ -199,7 +212,11 @@ def test_after_a_daemon_restart_the_hub_is_back_every_server_stopped_and_no_dead
 
     wait_until(lambda: stack.hub().attrs["State"]["Health"]["Status"] == "healthy", 120, "the hub to come back healthy")
     for name, api in users:
-        wait_until(lambda api=api, name=name: server_stopped(api, name), DEAD_LAB_DEADLINE, f"the hub to show {name}'s server stopped")
+        wait_until(
+            lambda api=api, name=name: server_stopped(api, name),
+            DEAD_LAB_DEADLINE,
+            f"the hub to show {name}'s server stopped",
+        )
     wait_until(lambda: not stack.labs(), 30, "no lab container left behind")
     name, api = users[0]
     api.start(name)  # and the next start works
@@ -211,7 +228,9 @@ def test_down_removes_hub_and_labs_and_keeps_the_volumes(stack, admin):
     result = stack.invoke("down")
     assert result.returncode == 0, result.stderr
     assert not stack.labs()
-    assert not docker.from_env().containers.list(all=True, filters={"label": f"com.docker.compose.project={stack.project}"})
+    assert not docker.from_env().containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={stack.project}"}
+    )
     after = {v.name for v in docker.from_env().volumes.list(filters={"label": f"{PROJECT_LABEL}={stack.project}"})}
     assert volumes and volumes <= after
     status = json.loads(stack.invoke("status", "--json").stdout)

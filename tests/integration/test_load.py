@@ -44,7 +44,7 @@ def test_a_wrong_password_is_a_login_failure_with_its_reason(live, users):
     asyncio.run(asyncio.wait_for(ramp(live.url, [("sim0", "not-the-password-1")], 0, Plan(session_s=0), record), 60))
     assert record.completed == 0
     assert set(record.failures) == {"login"}
-    (kind, message), = record.first_error.items()
+    ((kind, message),) = record.first_error.items()
     assert kind[0] == "login" and "invalid" in message.lower(), message
 
 
@@ -59,7 +59,10 @@ def test_with_the_server_proxy_on_a_web_app_in_the_lab_is_reached_at_its_port(li
     api = approved_user(live, admin, "webby")[1]
     api.start("webby")
     assert KernelClient(api, "webby").execute(WEB_APP).strip() == "started"
-    page = wait_until(lambda: (r := api.request("GET", "user/webby/proxy/8050/")).status_code == 200 and r,
-                      30, "the lab's web app through /proxy/8050/")
+    page = wait_until(
+        lambda: (r := api.request("GET", "user/webby/proxy/8050/")).status_code == 200 and r,
+        30,
+        "the lab's web app through /proxy/8050/",
+    )
     assert "Directory listing" in page.text
     api.stop("webby")

@@ -48,8 +48,14 @@ def idp(tmp_path_factory) -> Idp:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, idp, request):
-    env = idp.env(OIDC_ALLOWED_GROUPS=TEAM, OIDC_ALLOWED_USERS="dora", OIDC_ADMIN_GROUPS=ADMINS, OIDC_LOGIN_NAME="Test IdP",
-                  OIDC_LOGOUT_PROVIDER="1", OIDC_RECHECK_SECONDS=str(RECHECK_SECONDS))
+    env = idp.env(
+        OIDC_ALLOWED_GROUPS=TEAM,
+        OIDC_ALLOWED_USERS="dora",
+        OIDC_ADMIN_GROUPS=ADMINS,
+        OIDC_LOGIN_NAME="Test IdP",
+        OIDC_LOGOUT_PROVIDER="1",
+        OIDC_RECHECK_SECONDS=str(RECHECK_SECONDS),
+    )
     stack = start_stack(tmp_path_factory.mktemp("stack"), env, before=prepare(idp))
     yield stack
     if getattr(request.session, "stack_failed", False):
@@ -183,8 +189,11 @@ def test_a_member_removed_at_the_provider_loses_their_server_at_the_next_recheck
     assert landed(live, answer, "finn"), (answer.status_code, answer.url)
     HubAPI(live.url, session.new_token("finn")).wait_ready("finn")  # started by the sign-in
     idp.set_groups("finn", ["alumni"])
-    wait_until(lambda: ada[1].user("finn")["servers"] == {}, RECHECK_SECONDS * 3 + 30,
-               "finn's server to stop at a recheck, without a request from finn")
+    wait_until(
+        lambda: ada[1].user("finn")["servers"] == {},
+        RECHECK_SECONDS * 3 + 30,
+        "finn's server to stop at a recheck, without a request from finn",
+    )
     with pytest.raises(docker.errors.NotFound):
         live.lab("finn")
     wait_until(lambda: signed_out(session), RECHECK_SECONDS * 2 + 10, "finn's session to be refused at a recheck")
@@ -195,8 +204,11 @@ def test_a_user_allowed_by_name_is_refused_and_stopped_once_the_name_leaves_the_
     assert landed(live, answer, "dora"), (answer.status_code, answer.url)  # by name: dora is in no allowed group
     HubAPI(live.url, session.new_token("dora")).wait_ready("dora")  # started by the sign-in
     restart_hub_with(live, OIDC_ALLOWED_USERS=None)  # the operator takes dora off the list
-    wait_until(lambda: ada[1].user("dora")["servers"] == {}, RECHECK_SECONDS * 3 + 30,
-               "dora's server to stop at a recheck after the restart, without a request from dora")
+    wait_until(
+        lambda: ada[1].user("dora")["servers"] == {},
+        RECHECK_SECONDS * 3 + 30,
+        "dora's server to stop at a recheck after the restart, without a request from dora",
+    )
     with pytest.raises(docker.errors.NotFound):
         live.lab("dora")
     assert signed_out(session)  # the session from before the change is over
@@ -228,8 +240,9 @@ def test_logout_ends_the_hub_session_and_the_providers(live, idp):
     confirm = session.http.get(out.headers["Location"], timeout=30)  # the provider asks: sign out?
     form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', confirm.text))
     action = re.search(r'<form[^>]*action="([^"]+)"', confirm.text).group(1)
-    done = session.http.post(action if action.startswith("http") else idp.issuer + action, data={**form, "logout": "yes"},
-                             timeout=30)
+    done = session.http.post(
+        action if action.startswith("http") else idp.issuer + action, data={**form, "logout": "yes"}, timeout=30
+    )
     assert done.url.startswith(live.url)  # back at the hub, as the post-logout redirect URI says
     assert session.http.get(session.url("hub/home"), allow_redirects=False, timeout=30).status_code == 302
     again = session.http.get(session.url("hub/oauth_login"), timeout=30)
@@ -237,9 +250,14 @@ def test_logout_ends_the_hub_session_and_the_providers(live, idp):
 
 
 def test_the_client_secret_is_never_shown(live, idp):
-    result = subprocess.run([sys.executable, "-m", "invoke", "status", "--json", "--project", live.project], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)})
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "status", "--json", "--project", live.project],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
+    )
     assert result.returncode == 0, result.stderr
     state = json.loads(result.stdout)
     assert state["oidc"]["issuer"] == idp.issuer and state["oidc"]["redirect_uri"].endswith("/hub/oauth_callback")
@@ -253,19 +271,30 @@ def test_claims_from_the_id_token_start_a_hub_that_sends_browsers_to_the_provide
     the provider there; it starts, and its login sends the browser to the issuer."""
     images, _ = current_images()
     client = docker.from_env()
-    env = {**idp.env(OIDC_ALLOW_ALL="1", OIDC_CLAIMS_FROM="id_token"), "OIDC_CLIENT_SECRET_FILE": "",
-           "OIDC_CLIENT_SECRET": idp.secret, "LAB_SUBDOMAINS": "0"}
+    env = {
+        **idp.env(OIDC_ALLOW_ALL="1", OIDC_CLAIMS_FROM="id_token"),
+        "OIDC_CLIENT_SECRET_FILE": "",
+        "OIDC_CLIENT_SECRET": idp.secret,
+        "LAB_SUBDOMAINS": "0",
+    }
     # A network of its own with the provider on it: there this hub's proxy reaches this hub as "hub" (its
     # hub_connect_url), not the stack's hub, which has that name on the stack's network.
     network = client.networks.create(f"{live.project}_idtoken", labels={"hubforge.test": "integration"})
-    (provider,) = client.containers.list(filters={"label": [f"com.docker.compose.project={live.project}",
-                                                            "com.docker.compose.service=idp"]})
+    (provider,) = client.containers.list(
+        filters={"label": [f"com.docker.compose.project={live.project}", "com.docker.compose.service=idp"]}
+    )
     network.connect(provider, aliases=["idp"])
     container = client.containers.create(
-        images["hub"], environment=env, labels={"hubforge.test": "integration"}, network=network.name,
+        images["hub"],
+        environment=env,
+        labels={"hubforge.test": "integration"},
+        network=network.name,
         networking_config={network.name: client.api.create_endpoint_config(aliases=["hub"])},
-        volumes={str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}},
-        tmpfs={"/srv/jupyterhub/data": "uid=1000", "/srv/jupyterhub/certs": "uid=1000"})
+        volumes={
+            str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}
+        },
+        tmpfs={"/srv/jupyterhub/data": "uid=1000", "/srv/jupyterhub/certs": "uid=1000"},
+    )
     try:
         container.start()
         deadline = time.monotonic() + 90
@@ -276,9 +305,15 @@ def test_claims_from_the_id_token_start_a_hub_that_sends_browsers_to_the_provide
                 break
             time.sleep(1)
         assert "JupyterHub is now running" in logs and container.status == "running", logs[-3000:]
-        code, out = container.exec_run(["python3", "-c", "import http.client, ssl; c = http.client.HTTPSConnection("
-                                        "'127.0.0.1', 8443, context=ssl._create_unverified_context()); "
-                                        "c.request('GET', '/hub/oauth_login'); r = c.getresponse(); print(r.status, r.getheader('Location'))"])
+        code, out = container.exec_run(
+            [
+                "python3",
+                "-c",
+                "import http.client, ssl; c = http.client.HTTPSConnection("
+                "'127.0.0.1', 8443, context=ssl._create_unverified_context()); "
+                "c.request('GET', '/hub/oauth_login'); r = c.getresponse(); print(r.status, r.getheader('Location'))",
+            ]
+        )
         assert out.decode().startswith(f"302 {idp.issuer}/auth?"), out.decode()[-2000:]
         assert "Traceback" not in logs
     finally:
@@ -291,18 +326,31 @@ def test_an_issuer_that_does_not_answer_stops_the_hub_with_one_line(tmp_path):
     images, _ = current_images()
     client = docker.from_env()
     container = client.containers.create(
-        images["hub"], labels={"hubforge.test": "integration"},
-        environment={"AUTHENTICATOR": "oidc", "OIDC_ISSUER": "http://localhost:9", "OIDC_CLIENT_ID": "hub",
-                     "OIDC_CLIENT_SECRET": "not-shown", "OIDC_ALLOW_ALL": "1", "OIDC_START_WAIT": "2"},
-        volumes={str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}},
+        images["hub"],
+        labels={"hubforge.test": "integration"},
+        environment={
+            "AUTHENTICATOR": "oidc",
+            "OIDC_ISSUER": "http://localhost:9",
+            "OIDC_CLIENT_ID": "hub",
+            "OIDC_CLIENT_SECRET": "not-shown",
+            "OIDC_ALLOW_ALL": "1",
+            "OIDC_START_WAIT": "2",
+        },
+        volumes={
+            str(ROOT / "stack" / "jupyterhub_config.py"): {"bind": "/srv/jupyterhub/jupyterhub_config.py", "mode": "ro"}
+        },
     )
     try:
         container.start()
         code = container.wait(timeout=90)["StatusCode"]
-        errors = [line for line in container.logs().decode().splitlines()
-                  if line.startswith("hubforge: configuration error") or "Traceback" in line]
+        errors = [
+            line
+            for line in container.logs().decode().splitlines()
+            if line.startswith("hubforge: configuration error") or "Traceback" in line
+        ]
     finally:
         container.remove(force=True)
     assert code != 0
     assert len(errors) == 1 and errors[0].startswith(
-        "hubforge: configuration error: OIDC_ISSUER: the issuer does not answer at http://localhost:9/.well-known/openid-configuration"), errors
+        "hubforge: configuration error: OIDC_ISSUER: the issuer does not answer at http://localhost:9/.well-known/openid-configuration"
+    ), errors

@@ -12,6 +12,7 @@ import docker
 import pytest
 
 from hub_ext.naming import user_names
+
 from ..support.livestack import approved_user, claim_admin, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
@@ -37,12 +38,16 @@ def test_one_username_in_two_projects_gets_two_homes(two):
         apis.append(api)
     first, second = (live.lab("alice") for live in two)
     assert first.id != second.id
-    assert first.exec_run(["sh", "-c", "echo production > /home/lab/workspace/only-here.txt"], user="lab").exit_code == 0
+    assert (
+        first.exec_run(["sh", "-c", "echo production > /home/lab/workspace/only-here.txt"], user="lab").exit_code == 0
+    )
     assert second.exec_run(["ls", "/home/lab/workspace/only-here.txt"], user="lab").exit_code != 0
 
     for api in apis:
         api.stop("alice")
-    reset = apis[1].request("POST", "hub/api/hubforge/users/alice/volumes/reset", json={"volumes": ["workspace", "home"]})
+    reset = apis[1].request(
+        "POST", "hub/api/hubforge/users/alice/volumes/reset", json={"volumes": ["workspace", "home"]}
+    )
     assert reset.status_code == 200 and all(r["result"] == "removed" for r in reset.json()["results"].values())
 
     apis[0].start("alice")  # the first project's alice still has her file

@@ -34,8 +34,10 @@ def registry(tmp_path_factory):
     folder = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = folder / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n")
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n"
+    )
     process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     session = requests.Session()
     session.trust_env = False
@@ -55,27 +57,48 @@ def registry(tmp_path_factory):
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=1800,
+    )
 
 
 @pytest.fixture(scope="module")
 def signing_key(tmp_path_factory) -> tuple[Path, Path]:
-    """A release key as `openssl ecparam -name prime256v1 -genkey | openssl pkcs8 -topk8` writes it: (key, public key)."""
+    """A release key as `openssl ecparam -name prime256v1 -genkey | openssl pkcs8 -topk8` writes it: (key, public
+    key)."""
     folder = tmp_path_factory.mktemp("keys")
     key = ec.generate_private_key(ec.SECP256R1())
-    (folder / "release.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-    (folder / "release.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    (folder / "release.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (folder / "release.pub").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return folder / "release.key", folder / "release.pub"
 
 
 @pytest.fixture(scope="module")
 def released(registry, signing_key):
-    result = invoke("release", "--version", VERSION, "--registry", registry, "--namespace", NAMESPACE, "--push",
-                    "--allow-dirty", "--verbose", "--signing-key", str(signing_key[0]),
-                    env={"DOCKERHUB_USERNAME": "ci", "DOCKERHUB_TOKEN": SECRET})
+    result = invoke(
+        "release",
+        "--version",
+        VERSION,
+        "--registry",
+        registry,
+        "--namespace",
+        NAMESPACE,
+        "--push",
+        "--allow-dirty",
+        "--verbose",
+        "--signing-key",
+        str(signing_key[0]),
+        env={"DOCKERHUB_USERNAME": "ci", "DOCKERHUB_TOKEN": SECRET},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -153,7 +176,9 @@ def test_one_changed_byte_of_an_attestation_fails_verification(registry, release
     digest = json.loads((ROOT / "dist" / f"hub-{VERSION}.provenance.json").read_text())["digest"]
     tag = oci.referrers_tag(digest)
     index, _ = client.manifest(path, tag)
-    entry = next(m for m in json.loads(index)["manifests"] if m["annotations"][attest.PREDICATE].endswith("provenance/v1"))
+    entry = next(
+        m for m in json.loads(index)["manifests"] if m["annotations"][attest.PREDICATE].endswith("provenance/v1")
+    )
     manifest = json.loads(client.manifest(path, entry["digest"])[0])
     data = bytearray(client.blob(path, manifest["layers"][0]["digest"]))
     data[data.index(b'"version":"' + VERSION.encode()) + len('"version":"')] ^= 1  # 9.8.7 -> 8.8.7
@@ -171,12 +196,23 @@ def test_one_changed_byte_of_an_attestation_fails_verification(registry, release
 def test_cache_from_pulls_instead_of_building(registry, released):
     client = docker.from_env()
     plan = invoke("build", "--target", "gpu-probe", "--plan")
-    key = next(line.split("hubforge/gpu-probe:")[1].split()[0] for line in plan.stdout.splitlines() if "hubforge/gpu-probe:" in line)
+    key = next(
+        line.split("hubforge/gpu-probe:")[1].split()[0]
+        for line in plan.stdout.splitlines()
+        if "hubforge/gpu-probe:" in line
+    )
     built = client.images.get(f"hubforge/gpu-probe:{key}").id
     for tag in (f"hubforge/gpu-probe:{key}", "hubforge/gpu-probe:dev"):
         client.images.remove(tag, force=True)
-    result = invoke("build", "--target", "gpu-probe", "--cache-from", f"{registry}/{NAMESPACE}",
-                    "--cache-index", str(ROOT / "dist" / f"cache-index-{VERSION}.json"))
+    result = invoke(
+        "build",
+        "--target",
+        "gpu-probe",
+        "--cache-from",
+        f"{registry}/{NAMESPACE}",
+        "--cache-index",
+        str(ROOT / "dist" / f"cache-index-{VERSION}.json"),
+    )
     assert result.returncode == 0, result.stderr
     assert "pulled from the cache" in result.stdout and "building" not in result.stdout
     # the cache holds the built image itself, not the release's labelled copy: the same bytes as a build of the key
@@ -198,7 +234,9 @@ def upstream(registry):
     client.images.remove(f"{repository}:bookworm-slim")  # so the build really pulls
     pulled_before = {tag for image in client.images.list("hubforge/base") for tag in image.tags}
     yield f"{repository}:bookworm-slim@{digest}", digest
-    added = {tag for image in client.images.list("hubforge/base") + client.images.list(repository) for tag in image.tags}
+    added = {
+        tag for image in client.images.list("hubforge/base") + client.images.list(repository) for tag in image.tags
+    }
     for tag in added - pulled_before:  # the same image id carries the bootstrapped base's tags: untag only
         client.images.remove(tag, noprune=True)
     with contextlib.suppress(docker.errors.ImageNotFound):  # the digest reference a successful pull leaves
@@ -211,7 +249,9 @@ def test_base_pull_takes_the_digest_pinned_upstream_from_a_registry(upstream):
     result = invoke("build", "--target", "base", "--base", "pull", env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     plan = invoke("build", "--target", "base", "--base", "pull", "--plan", env=env)
-    key = next(line.split("hubforge/base:")[1].split()[0] for line in plan.stdout.splitlines() if "hubforge/base:" in line)
+    key = next(
+        line.split("hubforge/base:")[1].split()[0] for line in plan.stdout.splitlines() if "hubforge/base:" in line
+    )
     assert "up to date" in plan.stdout  # the base is a cached target in pull mode too
     pulled = docker.from_env().images.get(f"hubforge/base:{key}")
     assert reference.split(":bookworm-slim@")[0] + "@" + digest in pulled.attrs["RepoDigests"]

@@ -73,7 +73,10 @@ def test_unapprove_and_discard(live, admin):
 @pytest.mark.parametrize(("name", "status"), [("nobody", 404), ("a%20b", 400), ("a,b", 400)])
 def test_unknown_and_malformed_names(admin, name, status):
     token = admin.xsrf("hub/authorize")
-    assert admin.http.post(admin.url(f"hub/authorize/{name}/approve"), data={"_xsrf": token}, timeout=30).status_code == status
+    assert (
+        admin.http.post(admin.url(f"hub/authorize/{name}/approve"), data={"_xsrf": token}, timeout=30).status_code
+        == status
+    )
 
 
 @pytest.mark.parametrize(
@@ -84,7 +87,9 @@ def test_weak_passwords_are_refused_naming_the_rule(live, password, rule):
     assert rule in alert(HubSession(live.url).signup("weakling", password))
 
 
-@pytest.mark.parametrize(("name", "rule"), [("a b", "contains a space"), ("a/b", "contains a slash"), ("a,b", "contains a comma")])
+@pytest.mark.parametrize(
+    ("name", "rule"), [("a b", "contains a space"), ("a/b", "contains a slash"), ("a,b", "contains a comma")]
+)
 def test_refused_usernames_name_the_rule(live, name, rule):
     assert rule in alert(HubSession(live.url).signup(name, PASSWORD))
 
@@ -147,7 +152,10 @@ def test_an_admin_does_not_open_a_users_lab_but_still_manages_it(live, admin):
     opened = admin.http.get(admin.url("user/gus/lab"), timeout=30)  # follows the lab's OAuth redirects
     assert "/hub/api/oauth2/authorize" in opened.url
     assert opened.status_code == 403, f"the admin could open gus's lab ({opened.status_code} at {opened.url})"
-    assert "Admins do not open other users&#39; servers" in opened.text or "Admins do not open other users' servers" in opened.text
+    assert (
+        "Admins do not open other users&#39; servers" in opened.text
+        or "Admins do not open other users' servers" in opened.text
+    )
     mine = owner.http.get(owner.url("user/gus/lab"), timeout=30)  # the owner opens it as ever
     assert mine.status_code == 200 and mine.url.split("?")[0].endswith("/user/gus/lab"), mine.url
     # the admin keeps server management: stop through the admin's own API session
@@ -185,7 +193,8 @@ cookie = "; ".join(header.split(";", 1)[0] for header in headers)
 xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
 spend, storm = int(sys.argv[1]), int(sys.argv[2])
 for _ in range(spend):
-    status, _, text = call("signup", {"_xsrf": xsrf, "username": "a b", "signup_password": "x", "signup_password_confirmation": "x"}, cookie)
+    form = {"_xsrf": xsrf, "username": "a b", "signup_password": "x", "signup_password_confirmation": "x"}
+    status, _, text = call("signup", form, cookie)
     assert status == 200 and "contains a space" in text, (status, text[-300:])
 
 def guess(number):
@@ -207,7 +216,9 @@ def test_simultaneous_wrong_passwords_get_no_more_checks_than_the_address_budget
     answers = json.loads(result.output.decode().strip().splitlines()[-1])
     checked = sum(1 for status, invalid in answers if status == 200 and invalid)
     throttled = sum(1 for status, _ in answers if status == 429)
-    assert checked <= limit - spend, f"{checked} of {storm} simultaneous guesses were checked; the budget left {limit - spend}"
+    assert checked <= limit - spend, (
+        f"{checked} of {storm} simultaneous guesses were checked; the budget left {limit - spend}"
+    )
     assert checked + throttled == storm, answers
 
 
@@ -216,8 +227,11 @@ def change_password(session: HubSession, token: str, old: str, new: str) -> requ
     own = requests.Session()
     own.verify, own.trust_env = False, False
     own.cookies.update(session.http.cookies)
-    return own.post(session.url("hub/change-password"), timeout=120, data={
-        "_xsrf": token, "old_password": old, "new_password": new, "new_password_confirmation": new})
+    return own.post(
+        session.url("hub/change-password"),
+        timeout=120,
+        data={"_xsrf": token, "old_password": old, "new_password": new, "new_password_confirmation": new},
+    )
 
 
 class Bystander:
@@ -238,7 +252,7 @@ class Bystander:
             self.waits.append(time.monotonic() - started)
             self.done.wait(0.02)
 
-    def __enter__(self) -> "Bystander":
+    def __enter__(self) -> Bystander:
         self.http.get(self.url, timeout=30)  # the connection is open before the storm: only the hub's wait is measured
         self.thread.start()
         return self
@@ -252,11 +266,14 @@ def test_wrong_old_passwords_neither_freeze_the_hub_nor_go_unthrottled(live, adm
     user, _ = approved_user(live, admin, "cleo")
     token = user.xsrf("hub/change-password")
     with Bystander(live) as bystander, ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(lambda number: change_password(user, token, f"wrong-old-{number}", "Another-passw0rd!"),
-                                range(20)))
+        answers = list(
+            pool.map(lambda number: change_password(user, token, f"wrong-old-{number}", "Another-passw0rd!"), range(20))
+        )
     slowest = max(bystander.waits)
     statuses = [answer.status_code for answer in answers]
-    assert slowest <= 0.25, f"/hub/health waited {slowest:.2f} s during 20 wrong change-password posts (statuses {statuses})"
+    assert slowest <= 0.25, (
+        f"/hub/health waited {slowest:.2f} s during 20 wrong change-password posts (statuses {statuses})"
+    )
     assert statuses.count(429) >= 14, statuses  # 5 free failures for the account, then refused unchecked
     assert all("incorrect" in answer.text for answer in answers if answer.status_code == 200)
 
@@ -267,8 +284,11 @@ def test_changing_ones_password_still_works(live, admin):
     assert answer.status_code == 200 and "changed successfully" in answer.text
     assert HubSession(live.url).login("dora", "Another-passw0rd!").status_code == 302
     token = admin.xsrf("hub/change-password/dora")  # the admin's reset, for a user who forgot it
-    reset = admin.http.post(admin.url("hub/change-password/dora"), timeout=60, data={
-        "_xsrf": token, "new_password": "Third-passw0rd!", "new_password_confirmation": "Third-passw0rd!"})
+    reset = admin.http.post(
+        admin.url("hub/change-password/dora"),
+        timeout=60,
+        data={"_xsrf": token, "new_password": "Third-passw0rd!", "new_password_confirmation": "Third-passw0rd!"},
+    )
     assert reset.status_code == 200 and "changed successfully" in reset.text
     assert HubSession(live.url).login("dora", "Third-passw0rd!").status_code == 302
 
@@ -279,11 +299,23 @@ def test_simultaneous_signups_for_one_name_make_one_account(live, admin):
 
     def post(pair):
         session, token = pair
-        return alert(session.http.post(session.url("hub/signup"), timeout=60, data={
-            "_xsrf": token, "username": "twin", "signup_password": PASSWORD, "signup_password_confirmation": PASSWORD}))
+        return alert(
+            session.http.post(
+                session.url("hub/signup"),
+                timeout=60,
+                data={
+                    "_xsrf": token,
+                    "username": "twin",
+                    "signup_password": PASSWORD,
+                    "signup_password_confirmation": PASSWORD,
+                },
+            )
+        )
 
     with ThreadPoolExecutor(len(sessions)) as pool:
         alerts = list(pool.map(post, zip(sessions, tokens)))
     listed = admin.http.get(admin.url("hub/authorize"), timeout=30).text.count("<td>twin</td>")
     assert listed == 1, f"{listed} accounts named twin; the signups said {alerts}"
-    assert sum("sent to the admin" in said for said in alerts) == 1 and sum("is taken" in said for said in alerts) == 7, alerts
+    assert (
+        sum("sent to the admin" in said for said in alerts) == 1 and sum("is taken" in said for said in alerts) == 7
+    ), alerts

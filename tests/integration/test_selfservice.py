@@ -9,7 +9,6 @@ from ..support.livestack import approved_user
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture(scope="module")
 def owner(live, admin):
     session, api = approved_user(live, admin, "olive")
@@ -35,7 +34,9 @@ def test_home_page_offers_restart_while_running(owner):
 
 def test_restart_keeps_the_container_and_files_and_gives_a_new_kernel(live, owner):
     session, api = owner
-    assert api.request("PUT", "user/olive/api/contents/a.txt", json={"type": "file", "format": "text", "content": "A"}).status_code in (200, 201)
+    assert api.request(
+        "PUT", "user/olive/api/contents/a.txt", json={"type": "file", "format": "text", "content": "A"}
+    ).status_code in (200, 201)
     kernel = api.request("POST", "user/olive/api/kernels", json={"name": "python3"}).json()["id"]
     before = live.lab("olive").id
     counted = live.metric("hubforge_server_restarts_total", result="restarted")
@@ -84,7 +85,10 @@ def test_volume_reset_resets_only_what_was_chosen(live, owner):
     assert live.metric("hubforge_volume_resets_total", volume="workspace", result="removed") == removed + 1
     api.start("olive")
     lab = live.lab("olive")
-    present = lab.exec_run(["sh", "-c", "ls /home/lab/workspace/w.txt /home/lab/h.txt /home/lab/.cache/c.txt /mnt/shared/s.txt"], user="lab")
+    present = lab.exec_run(
+        ["sh", "-c", "ls /home/lab/workspace/w.txt /home/lab/h.txt /home/lab/.cache/c.txt /mnt/shared/s.txt"],
+        user="lab",
+    )
     output = present.output.decode()
     assert "No such file" in output and "workspace/w.txt" in output.split("No such file")[0]
     assert "/home/lab/h.txt" in output and "/mnt/shared/s.txt" in output and "/home/lab/.cache/c.txt" in output
@@ -102,5 +106,8 @@ def test_home_and_cache_reset_together(live, owner):
 
 def test_a_user_cannot_reset_another_users_volumes(stranger):
     session, api = stranger
-    assert api.request("POST", "hub/api/hubforge/users/olive/volumes/reset", json={"volumes": ["cache"]}).status_code == 403
+    assert (
+        api.request("POST", "hub/api/hubforge/users/olive/volumes/reset", json={"volumes": ["cache"]}).status_code
+        == 403
+    )
     assert session.api("POST", "hubforge/users/olive/volumes/reset", json={"volumes": ["cache"]}).status_code == 403

@@ -9,12 +9,11 @@ import sys
 import docker
 import pytest
 
-from ..support.hubclient import HubSession, KernelClient, plain_get
 from ..support.helpers import WEB_APP, dashboard_metric_families, metric_family
+from ..support.hubclient import HubSession, KernelClient, plain_get
 from ..support.livestack import PASSWORD, ROOT, approved_user
 
 pytestmark = pytest.mark.integration
-
 
 
 def test_https_health_and_http_redirect(live):
@@ -41,7 +40,6 @@ def test_weak_passwords_are_refused(live):
     for password in ("", "short", "password"):
         page = HubSession(live.url).signup("weakling", password)
         assert "successful" not in page.text.lower()
-
 
 
 def test_spawn_and_lab_api_through_the_proxy(live, admin):
@@ -83,7 +81,9 @@ def test_labs_cannot_change_their_image_and_the_hub_has_limits(live, admin):
 def test_workspace_survives_stop_and_start(live, admin):
     api = approved_user(live, admin, "dave")[1]
     api.start("dave")
-    put = api.request("PUT", "user/dave/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"})
+    put = api.request(
+        "PUT", "user/dave/api/contents/keep.txt", json={"type": "file", "format": "text", "content": "kept"}
+    )
     assert put.status_code in (200, 201), put.text
     assert live.lab("dave").attrs["HostConfig"]["AutoRemove"] is False  # restarts in place need that
     api.stop("dave")
@@ -140,12 +140,19 @@ def test_logs_of_a_user_show_their_lab_and_an_unknown_name_is_one_line(live, tmp
     shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert "/user/first.last/" in shown.stdout + shown.stderr
     assert live.stack.lab_logs_argv("nobody-here", follow=False, tail=10) is None
-    result = subprocess.run([sys.executable, "-m", "invoke", "logs", "nobody-here", "--project", live.project],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)})
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "logs", "nobody-here", "--project", live.project],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     error = result.stderr.strip()
-    assert error.count("\n") == 0 and "no service or running lab named 'nobody-here'" in error and "first.last" in error, error
+    assert (
+        error.count("\n") == 0 and "no service or running lab named 'nobody-here'" in error and "first.last" in error
+    ), error
 
 
 def test_down_removes_containers_and_keeps_volumes(live):

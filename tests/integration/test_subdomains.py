@@ -44,7 +44,9 @@ def test_the_hubs_cookies_never_reach_a_lab(live, admin):
     assert login_jar and all(c.domain == "hub.localhost" and not c.domain_specified for c in login_jar)
     # What a browser sends to the lab's origin with these cookies: a cookie set without Domain goes back to its own
     # host only (Python's cookie jar, which requests uses, would also send it to subdomains unless told to be strict)
-    strict = http.cookiejar.DefaultCookiePolicy(strict_ns_domain=http.cookiejar.DefaultCookiePolicy.DomainStrictNonDomain)
+    strict = http.cookiejar.DefaultCookiePolicy(
+        strict_ns_domain=http.cookiejar.DefaultCookiePolicy.DomainStrictNonDomain
+    )
     browser = http.cookiejar.CookieJar(strict)
     for cookie in session.http.cookies:
         browser.set_cookie(cookie)

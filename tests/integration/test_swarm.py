@@ -26,11 +26,15 @@ pytestmark = pytest.mark.integration
 STACK_ENGINE = "swarm"
 POOL = f"10.{random.randint(214, 250)}.{random.randint(0, 255)}.0/24"  # this module's labs, apart from other stacks'
 STACK_ENV = {"LAB_SUBNET_POOL": POOL}
-LISTENER = ("import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            "s.bind(('0.0.0.0', 9999)); s.listen(4)\n"
-            "for _ in range(20):\n    c, _ = s.accept(); c.sendall(b'walt-secret'); c.close()\n")
-READER = ("import socket\ntry:\n    c = socket.create_connection(({host!r}, 9999), timeout=3); print(c.recv(64))\n"
-          "except OSError as e:\n    print(type(e).__name__)\n")
+LISTENER = (
+    "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 9999)); s.listen(4)\n"
+    "for _ in range(20):\n    c, _ = s.accept(); c.sendall(b'walt-secret'); c.close()\n"
+)
+READER = (
+    "import socket\ntry:\n    c = socket.create_connection(({host!r}, 9999), timeout=3); print(c.recv(64))\n"
+    "except OSError as e:\n    print(type(e).__name__)\n"
+)
 
 
 @contextlib.contextmanager
@@ -56,8 +60,11 @@ def swarm_member():
 
 
 def service_of(live, name: str) -> dict:
-    found = [s for s in live.stack.docker.services({"hubforge.project": live.project})
-             if (s["Spec"].get("Labels") or {}).get("hubforge.user") == name]
+    found = [
+        s
+        for s in live.stack.docker.services({"hubforge.project": live.project})
+        if (s["Spec"].get("Labels") or {}).get("hubforge.user") == name
+    ]
     assert len(found) == 1, f"{name} has {len(found)} lab services"
     return found[0]
 
@@ -77,7 +84,8 @@ def spawn_failure(api, user: str) -> str:
 
 
 def gone(find, seconds: float = 30) -> bool:
-    """Whether `find` raises NotFound within `seconds`: Swarm stops a removed service's container after the call returns."""
+    """Whether `find` raises NotFound within `seconds`: Swarm stops a removed service's container after the call
+    returns."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -89,7 +97,9 @@ def gone(find, seconds: float = 30) -> bool:
 
 
 def put_file(api, user: str, path: str, content: str) -> None:
-    response = api.request("PUT", f"user/{user}/api/contents/{path}", json={"type": "file", "format": "text", "content": content})
+    response = api.request(
+        "PUT", f"user/{user}/api/contents/{path}", json={"type": "file", "format": "text", "content": content}
+    )
     assert response.status_code in (200, 201), response.text
 
 
@@ -111,7 +121,10 @@ def test_a_lab_is_a_service_with_the_runtime_of_the_compose_engine(live, admin):
     assert service["Spec"]["Name"] == names.container
     spec = service["Spec"]["TaskTemplate"]
     mounts = {m["Target"]: m for m in spec["ContainerSpec"]["Mounts"]}
-    assert mounts["/home/lab/workspace"]["Source"] == names.volumes["workspace"] and mounts["/home/lab/workspace"]["Type"] == "volume"
+    assert (
+        mounts["/home/lab/workspace"]["Source"] == names.volumes["workspace"]
+        and mounts["/home/lab/workspace"]["Type"] == "volume"
+    )
     assert mounts["/tmp"]["Type"] == "tmpfs" and spec["ContainerSpec"]["ReadOnly"] is True
     assert spec["ContainerSpec"]["CapabilityDrop"] == ["ALL"]
     assert spec["Resources"]["Limits"]["Pids"] == 1024 and spec["Resources"]["Limits"]["MemoryBytes"] == 4 * 2**30
@@ -128,8 +141,11 @@ def test_workspace_survives_stop_and_start_on_the_recorded_node(live, admin):
     put_file(api, "dave", "keep.txt", "kept")
     api.stop("dave")
     assert gone(lambda: live.lab("dave")), "the lab's container is still there 30 s after its service was removed"
-    assert not [s for s in live.stack.docker.services({"hubforge.project": live.project})
-                if (s["Spec"].get("Labels") or {}).get("hubforge.user") == "dave"]
+    assert not [
+        s
+        for s in live.stack.docker.services({"hubforge.project": live.project})
+        if (s["Spec"].get("Labels") or {}).get("hubforge.user") == "dave"
+    ]
     api.start("dave")
     constraints = service_of(live, "dave")["Spec"]["TaskTemplate"]["Placement"]["Constraints"]
     assert constraints == [f"node.id == {live.stack.docker.swarm_node_id()}"]  # pinned to the node with the volumes
@@ -174,7 +190,10 @@ def test_broadcast_reaches_the_labs(live, admin):
         time.sleep(0.5)
         response = admin.api("POST", "hubforge/broadcast", json={"message": "swarm maintenance", "type": "info"})
         assert response.status_code == 200, response.text
-        assert {r["user"]: r["result"] for r in response.json()["results"]}.items() >= {"viv": "delivered", "walt": "delivered"}.items()
+        assert {r["user"]: r["result"] for r in response.json()["results"]}.items() >= {
+            "viv": "delivered",
+            "walt": "delivered",
+        }.items()
         for listener in listeners.values():
             assert listener.wait_for("swarm maintenance", timeout=5) is not None
     finally:
@@ -190,14 +209,27 @@ def test_labs_cannot_reach_each_other(live, admin):
     walt_service = service_of(live, "walt")["Spec"]["Name"]
     walt.exec_run(["python3", "-c", LISTENER], user="lab", detach=True)
     time.sleep(1)
-    assert "walt-secret" in walt.exec_run(["python3", "-c", READER.format(host="127.0.0.1")], user="lab").output.decode()
+    assert (
+        "walt-secret" in walt.exec_run(["python3", "-c", READER.format(host="127.0.0.1")], user="lab").output.decode()
+    )
     with packets_to_the_pool_stay_here(POOL):
         by_name = viv.exec_run(["python3", "-c", READER.format(host=walt_service)], user="lab").output.decode()
         by_address = viv.exec_run(["python3", "-c", READER.format(host=walt_address)], user="lab").output.decode()
     assert "walt-secret" not in by_name and "gaierror" in by_name
     assert "walt-secret" not in by_address
-    hub = viv.exec_run(["python3", "-c", "import os,urllib.request;print(urllib.request.urlopen("
-                        "os.environ['JUPYTERHUB_API_URL'],timeout=5).status)"], user="lab").output.decode().strip()
+    hub = (
+        viv.exec_run(
+            [
+                "python3",
+                "-c",
+                "import os,urllib.request;print(urllib.request.urlopen("
+                "os.environ['JUPYTERHUB_API_URL'],timeout=5).status)",
+            ],
+            user="lab",
+        )
+        .output.decode()
+        .strip()
+    )
     assert hub == "200"  # the hub, on viv's own network, answers
 
 
@@ -207,11 +239,19 @@ def test_docker_sock_is_granted_and_docker_privileged_is_refused_in_one_line(liv
     api.start("gina")
     assert "/var/run/docker.sock" in {m["Destination"] for m in live.lab("gina").attrs["Mounts"]}
     api.stop("gina")
-    assert admin_api.request("POST", "hub/api/groups/docker-privileged/users", json={"users": ["gina"]}).status_code == 200
+    assert (
+        admin_api.request("POST", "hub/api/groups/docker-privileged/users", json={"users": ["gina"]}).status_code == 200
+    )
     assert "docker-privileged group cannot work on the swarm engine" in spawn_failure(api, "gina")
-    assert not [s for s in live.stack.docker.services({"hubforge.project": live.project})
-                if (s["Spec"].get("Labels") or {}).get("hubforge.user") == "gina"]
-    assert admin_api.request("DELETE", "hub/api/groups/docker-privileged/users", json={"users": ["gina"]}).status_code == 200
+    assert not [
+        s
+        for s in live.stack.docker.services({"hubforge.project": live.project})
+        if (s["Spec"].get("Labels") or {}).get("hubforge.user") == "gina"
+    ]
+    assert (
+        admin_api.request("DELETE", "hub/api/groups/docker-privileged/users", json={"users": ["gina"]}).status_code
+        == 200
+    )
 
 
 def test_status_lists_the_nodes_and_where_each_lab_runs(live):
@@ -224,9 +264,11 @@ def test_status_lists_the_nodes_and_where_each_lab_runs(live):
 
 
 PLANTED = "/planted-by-the-test"  # a file the built images do not hold
-PROBE = ("import socket, sys\nfor host in sys.argv[2:]:\n    try:\n"
-         "        socket.create_connection((host, int(sys.argv[1])), timeout=3).close(); print(host, 'connected')\n"
-         "    except OSError as e:\n        print(host, type(e).__name__)\n")
+PROBE = (
+    "import socket, sys\nfor host in sys.argv[2:]:\n    try:\n"
+    "        socket.create_connection((host, int(sys.argv[1])), timeout=3).close(); print(host, 'connected')\n"
+    "    except OSError as e:\n        print(host, type(e).__name__)\n"
+)
 
 
 def registry_auth(live) -> dict | None:
@@ -260,7 +302,9 @@ def planted(client, built: str, repository: str, tag: str) -> str:
 
 
 def runs_built_bytes(container, built_id: str) -> None:
-    assert container.image.id == built_id, f"{container.name} runs {container.image.id[:19]}, not the built {built_id[:19]}"
+    assert container.image.id == built_id, (
+        f"{container.name} runs {container.image.id[:19]}, not the built {built_id[:19]}"
+    )
     assert container.exec_run(["test", "-e", PLANTED]).exit_code != 0, f"{container.name} holds {PLANTED}"
 
 
@@ -297,7 +341,9 @@ def test_a_pushed_image_under_the_key_does_not_replace_what_the_swarm_runs(live,
         guard = client.services.get(live.stack.guard_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
 
         def guard_container():
-            found = client.containers.list(filters={"label": f"com.docker.swarm.service.name={live.stack.guard_service}"})
+            found = client.containers.list(
+                filters={"label": f"com.docker.swarm.service.name={live.stack.guard_service}"}
+            )
             return next((c for c in found if c.attrs["Config"]["Image"] == guard), None)
 
         runs_built_bytes(wait_until(guard_container, 60, "the network guard's task of the pinned image"), built["hub"])
@@ -324,7 +370,7 @@ def test_a_lab_cannot_open_a_connection_to_the_registry(live, admin):
     for line in gateway.splitlines()[1:]:
         fields = line.split()
         if len(fields) > 2 and fields[1] == "00000000":  # the default route: its gateway, little-endian hex
-            addresses.add(".".join(str(int(fields[2][i:i + 2], 16)) for i in (6, 4, 2, 0)))
+            addresses.add(".".join(str(int(fields[2][i : i + 2], 16)) for i in (6, 4, 2, 0)))
     started = time.monotonic()
     port = str(live.stack.options.registry_port)
     answers = lab.exec_run(["python3", "-c", PROBE, port, *sorted(addresses)], user="lab").output.decode()

@@ -102,11 +102,15 @@ def test_a_restart_on_a_worker_keeps_the_file(live, nodes, placed):
     user = on_a_worker(placed, nodes)[-1]
     session, api = placed[1][user]
     put_file(api, user, "restart.txt", "still here")
-    before = [t["ID"] for t in live.stack.docker.tasks(service_of(live, user)["ID"]) if t.get("DesiredState") == "running"]
+    before = [
+        t["ID"] for t in live.stack.docker.tasks(service_of(live, user)["ID"]) if t.get("DesiredState") == "running"
+    ]
     response = session.api("POST", f"hubforge/users/{user}/restart")
     assert response.status_code == 200 and response.json()["status"] == "restarted", response.text
     assert task_node(live, user) == placed[0][user]
-    after = [t["ID"] for t in live.stack.docker.tasks(service_of(live, user)["ID"]) if t.get("DesiredState") == "running"]
+    after = [
+        t["ID"] for t in live.stack.docker.tasks(service_of(live, user)["ID"]) if t.get("DesiredState") == "running"
+    ]
     assert after != before
     assert api.request("GET", f"user/{user}/api/contents/restart.txt").json()["content"] == "still here"
 
@@ -137,14 +141,20 @@ def test_a_broadcast_reaches_labs_on_every_node(live, admin, placed):
         results = {r["user"]: r["result"] for r in response.json()["results"]}
         assert all(results.get(user) == "delivered" for user in USERS), results
         for user, listener in listeners.items():
-            assert listener.wait_for("three nodes, one message", timeout=5) is not None, f"{user} on {placed[0][user][:12]}"
+            assert listener.wait_for("three nodes, one message", timeout=5) is not None, (
+                f"{user} on {placed[0][user][:12]}"
+            )
     finally:
         for listener in listeners.values():
             listener.close()
 
 
 def lab_container(live, cluster, user: str, node_id: str):
-    engine = live.stack.docker.client if node_id == live.stack.docker.swarm_node_id() else worker_of(cluster, node_id).client()
+    engine = (
+        live.stack.docker.client
+        if node_id == live.stack.docker.swarm_node_id()
+        else worker_of(cluster, node_id).client()
+    )
     found = engine.containers.list(filters={"label": [f"hubforge.project={live.project}", f"hubforge.user={user}"]})
     assert len(found) == 1, f"{user}: {len(found)} containers on {node_id[:12]}"
     return found[0]
@@ -158,21 +168,27 @@ def test_the_shared_volume_is_shared_by_the_labs_of_one_node(live, cluster, plac
     node, (writer, reader, *_) = next((n, users) for n, users in by_node.items() if len(users) >= 2)
     elsewhere = next(users[0] for n, users in by_node.items() if n != node)
     token = f"shared-{random.randint(0, 10**9)}"
-    code, output = lab_container(live, cluster, writer, node).exec_run(["sh", "-c", f"echo {token} > /mnt/shared/{writer}.txt"], user="lab")
+    code, output = lab_container(live, cluster, writer, node).exec_run(
+        ["sh", "-c", f"echo {token} > /mnt/shared/{writer}.txt"], user="lab"
+    )
     assert code == 0, output
     code, output = lab_container(live, cluster, reader, node).exec_run(["cat", f"/mnt/shared/{writer}.txt"], user="lab")
     assert code == 0 and output.decode().strip() == token  # the same node: the same volume
-    code, output = lab_container(live, cluster, elsewhere, placed[0][elsewhere]).exec_run(["cat", f"/mnt/shared/{writer}.txt"], user="lab")
+    code, output = lab_container(live, cluster, elsewhere, placed[0][elsewhere]).exec_run(
+        ["cat", f"/mnt/shared/{writer}.txt"], user="lab"
+    )
     assert code != 0 and token not in output.decode()  # another node: another volume of that name
 
 
 GUARDED = "10.199.77.1"  # a private address on an interface in a worker's namespace: nothing leaves the machine
-PROBE = ("import socket\ntry:\n    c = socket.create_connection(('" + GUARDED + "', 9999), timeout=3); print(c.recv(64))\n"
-         "except OSError as e:\n    print(type(e).__name__)\n")
+PROBE = (
+    "import socket\ntry:\n    c = socket.create_connection(('" + GUARDED + "', 9999), timeout=3); print(c.recv(64))\n"
+    "except OSError as e:\n    print(type(e).__name__)\n"
+)
 
 
 def guard_tasks_running(live, count: int, timeout: float = 60) -> str:
-    """"" once the guard's global service runs `count` tasks, else what its tasks say."""
+    """ "" once the guard's global service runs `count` tasks, else what its tasks say."""
     deadline = time.monotonic() + timeout
     states = "no guard service"
     while time.monotonic() < deadline:
@@ -181,7 +197,9 @@ def guard_tasks_running(live, count: int, timeout: float = 60) -> str:
         if sum(1 for t in tasks if (t.get("Status") or {}).get("State") == "running") >= count:
             time.sleep(1)  # the guard installs its rules as it starts
             return ""
-        states = "; ".join(f"{t.get('NodeID', '')[:6]} {t['Status'].get('State')} {t['Status'].get('Err', '')}" for t in tasks)
+        states = "; ".join(
+            f"{t.get('NodeID', '')[:6]} {t['Status'].get('State')} {t['Status'].get('Err', '')}" for t in tasks
+        )
         time.sleep(0.5)
     return states
 
@@ -196,7 +214,9 @@ def test_the_network_guard_keeps_labs_on_every_node_off_private_addresses(live, 
     for end in ("hfguard0", "hfguard1"):
         node.nsenter("ip", "link", "set", end, "up")
     bounded = LISTENER.replace("'0.0.0.0'", f"'{GUARDED}'").replace("s.listen(4)", "s.listen(4); s.settimeout(120)")
-    listener = subprocess.Popen(["nsenter", f"--net={node.netns}", "python3", "-c", bounded])  # nsenter execs: the pid is python's
+    listener = subprocess.Popen(
+        ["nsenter", f"--net={node.netns}", "python3", "-c", bounded]
+    )  # nsenter execs: the pid is python's
     lab = lab_container(live, cluster, user, node.node_id)
     try:
         time.sleep(1)
@@ -238,14 +258,19 @@ def test_a_volume_reset_removes_the_volumes_on_their_node(live, cluster, nodes, 
     assert response.json()["results"]["workspace"]["result"] == "removed", response.text
     left = {v.name for v in worker.volumes.list()}
     assert names.volumes["workspace"] not in left and names.volumes["home"] in left
-    assert not [s for s in live.stack.docker.services({"hubforge.project": live.project})
-                if (s["Spec"].get("Labels") or {}).get("hubforge.role") == "helper"]  # the helper service is gone
+    assert not [
+        s
+        for s in live.stack.docker.services({"hubforge.project": live.project})
+        if (s["Spec"].get("Labels") or {}).get("hubforge.role") == "helper"
+    ]  # the helper service is gone
     api.start(user)
     assert task_node(live, user) == placed[0][user]
     assert api.request("GET", f"user/{user}/api/contents/keep.txt").status_code == 404
 
 
-def test_a_worker_that_leaves_gives_its_users_a_clear_error_and_an_admin_can_forget_it(live, cluster, nodes, placed, admin_api):
+def test_a_worker_that_leaves_gives_its_users_a_clear_error_and_an_admin_can_forget_it(
+    live, cluster, nodes, placed, admin_api
+):
     user = on_a_worker(placed, nodes)[0]
     session, api = placed[1][user]
     put_file(api, user, "before-leave.txt", "on the node that leaves")
@@ -261,4 +286,6 @@ def test_a_worker_that_leaves_gives_its_users_a_clear_error_and_an_admin_can_for
     assert response.status_code == 200 and response.json() == {"user": user, "forgot": placed[0][user]}, response.text
     api.start(user)
     assert task_node(live, user) != placed[0][user]
-    assert api.request("GET", f"user/{user}/api/contents/before-leave.txt").status_code == 404  # new volumes, on a node that is here
+    assert (
+        api.request("GET", f"user/{user}/api/contents/before-leave.txt").status_code == 404
+    )  # new volumes, on a node that is here

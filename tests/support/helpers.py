@@ -13,8 +13,10 @@ from typing import TypeVar
 
 T = TypeVar("T")
 # Code for a lab's kernel: a web app of the user's own on port 8050 (for jupyter-server-proxy's /proxy/8050/)
-WEB_APP = ("import subprocess; subprocess.Popen(['python3', '-m', 'http.server', '8050', '--bind', '127.0.0.1'], "
-           "cwd='/tmp', stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('started')")
+WEB_APP = (
+    "import subprocess; subprocess.Popen(['python3', '-m', 'http.server', '8050', '--bind', '127.0.0.1'], "
+    "cwd='/tmp', stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('started')"
+)
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:

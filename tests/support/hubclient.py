@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import contextlib
-import socket
+import datetime
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlparse
 
 import requests
 import urllib3
-from requests.utils import requote_uri
 from jupyterhub.utils import subdomain_hook_idna
+from requests.utils import requote_uri
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the stack's certificate is self-signed
 
@@ -58,17 +58,30 @@ class HubSession:
         match = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
         return match.group(1) if match else self.http.cookies.get("_xsrf", "")
 
-    def signup(self, username: str, password: str, bootstrap_secret: str = "", confirmation: str | None = None) -> requests.Response:
+    def signup(
+        self, username: str, password: str, bootstrap_secret: str = "", confirmation: str | None = None
+    ) -> requests.Response:
         token = self.xsrf("hub/signup")
-        return self.http.post(self.url("hub/signup"), timeout=30, data={
-            "_xsrf": token, "username": username, "signup_password": password,
-            "signup_password_confirmation": password if confirmation is None else confirmation,
-            "bootstrap_secret": bootstrap_secret})
+        return self.http.post(
+            self.url("hub/signup"),
+            timeout=30,
+            data={
+                "_xsrf": token,
+                "username": username,
+                "signup_password": password,
+                "signup_password_confirmation": password if confirmation is None else confirmation,
+                "bootstrap_secret": bootstrap_secret,
+            },
+        )
 
     def login(self, username: str, password: str) -> requests.Response:
         token = self.xsrf("hub/login")
-        return self.http.post(self.url("hub/login"), data={"_xsrf": token, "username": username, "password": password},
-                              allow_redirects=False, timeout=30)
+        return self.http.post(
+            self.url("hub/login"),
+            data={"_xsrf": token, "username": username, "password": password},
+            allow_redirects=False,
+            timeout=30,
+        )
 
     def approve(self, username: str) -> requests.Response:
         """As an admin: approve a pending signup (an explicit POST with the page's XSRF token)."""
@@ -164,20 +177,45 @@ class KernelClient:
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
-        url = requote_uri(self.api.url(f"user/{self.user}/api/kernels/{self.id}/channels"))  # a name may be unicode or an e-mail
+        url = requote_uri(
+            self.api.url(f"user/{self.user}/api/kernels/{self.id}/channels")
+        )  # a name may be unicode or an e-mail
         url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        request = HTTPRequest(url, validate_cert=False,
-                              headers={"Authorization": self.api.http.headers["Authorization"]},
-                              connect_timeout=10, request_timeout=timeout)
+        request = HTTPRequest(
+            url,
+            validate_cert=False,
+            headers={"Authorization": self.api.http.headers["Authorization"]},
+            connect_timeout=10,
+            request_timeout=timeout,
+        )
         connection = await websocket_connect(request)
         msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
-        connection.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "session": session, "username": self.user, "msg_type": "execute_request",
-                       "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        connection.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "session": session,
+                        "username": self.user,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         output, replied, idle = [], None, False
         deadline = time.monotonic() + timeout
         try:
@@ -213,8 +251,9 @@ class EventListener:
     def __init__(self, api: HubAPI, user: str) -> None:
         self.events: list[dict] = []
         self.arrived: dict[str, float] = {}  # message -> time.monotonic() when it came in
-        self.response = api.http.get(api.url(f"user/{user}/hubforge/notifications/events"), stream=True,
-                                     verify=False, timeout=(5, 60))
+        self.response = api.http.get(
+            api.url(f"user/{user}/hubforge/notifications/events"), stream=True, verify=False, timeout=(5, 60)
+        )
         assert self.response.status_code == 200, self.response.text
         threading.Thread(target=self._read, daemon=True).start()
 

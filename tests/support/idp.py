@@ -19,10 +19,10 @@ from urllib.parse import urljoin
 
 import requests
 
+from hubforge.imagebuild.targets import Graph
+
 from .hubclient import HubSession
 from .livestack import built_refs, free_port
-
-from hubforge.imagebuild.targets import Graph
 
 CLIENT_ID = "hubforge-tests"
 HUB_UID = 1000  # the hub reads OIDC_CLIENT_SECRET_FILE as this user
@@ -62,10 +62,16 @@ class Idp:
             **settings,
         }
 
-    def add_user(self, username: str, password: str, groups: list[str], email: str = "", preferred_username: str = "") -> None:
-        self.users[username] = {"username": username, "password": password, "groups": list(groups),
-                                "email": email or f"{username}@example.org",
-                                **({"preferred_username": preferred_username} if preferred_username else {})}
+    def add_user(
+        self, username: str, password: str, groups: list[str], email: str = "", preferred_username: str = ""
+    ) -> None:
+        self.users[username] = {
+            "username": username,
+            "password": password,
+            "groups": list(groups),
+            "email": email or f"{username}@example.org",
+            **({"preferred_username": preferred_username} if preferred_username else {}),
+        }
 
     def set_groups(self, username: str, groups: list[str]) -> None:
         self.users[username]["groups"] = list(groups)
@@ -79,11 +85,15 @@ class Idp:
         config = {
             "issuer": self.issuer,
             "port": self.port,
-            "clients": [{
-                "client_id": CLIENT_ID, "client_secret": self.secret, "client_name": "hubforge",
-                "redirect_uris": [f"{hub_origin}/hub/oauth_callback"],
-                "post_logout_redirect_uris": [f"{hub_origin}/"],
-            }],
+            "clients": [
+                {
+                    "client_id": CLIENT_ID,
+                    "client_secret": self.secret,
+                    "client_name": "hubforge",
+                    "redirect_uris": [f"{hub_origin}/hub/oauth_callback"],
+                    "post_logout_redirect_uris": [f"{hub_origin}/"],
+                }
+            ],
             "users": list(self.users.values()),
         }
         staged = self.folder / "config.json.tmp"
@@ -123,10 +133,12 @@ class Idp:
 
 def prepare(idp: Idp):
     """For start_stack: write the provider's files once the stack's ports are known."""
+
     def write(options) -> None:
         port = "" if options.https_port == 443 else f":{options.https_port}"
         idp.write(f"https://hub.localhost{port}")
         (options.run_dir / "compose.override.yml").write_text(idp.override(options.project))
+
     return write
 
 
@@ -139,7 +151,10 @@ def sign_in(base_url: str, username: str, password: str) -> tuple[HubSession, re
     session = HubSession(base_url)
     page = session.http.get(session.url("hub/oauth_login"), timeout=30)
     match = _FORM.search(page.text)
-    assert page.status_code == 200 and match, f"no provider login form at {page.url}: {page.status_code} {page.text[:300]}"
-    answer = session.http.post(urljoin(page.url, unescape(match.group(1))), timeout=60,
-                               data={"username": username, "password": password})
+    assert page.status_code == 200 and match, (
+        f"no provider login form at {page.url}: {page.status_code} {page.text[:300]}"
+    )
+    answer = session.http.post(
+        urljoin(page.url, unescape(match.group(1))), timeout=60, data={"username": username, "password": password}
+    )
     return session, answer

@@ -13,15 +13,15 @@ import docker
 from prometheus_client.parser import text_string_to_metric_families
 from testcontainers.compose import DockerCompose
 
-from . import localdns
-from .hubclient import HubAPI, HubSession, plain_get
-
-from hubforge.imagebuild.builder import Builder, Settings
-from hubforge.docker_io import Docker, StackDocker
 from hubforge.deploy import PROJECT_LABEL, StackOptions, open_stack
 from hubforge.deploy.compose import compose_files
 from hubforge.deploy.engine import Stack
+from hubforge.docker_io import Docker, StackDocker
+from hubforge.imagebuild.builder import Builder, Settings
 from hubforge.imagebuild.targets import DEFAULT_SET, Graph
+
+from . import localdns
+from .hubclient import HubAPI, HubSession, plain_get
 
 localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do
 
@@ -80,8 +80,9 @@ class LiveStack:
         from hub_ext.naming import user_names
 
         if self.stack.options.engine == "swarm":  # a task's container: <service>.1.<task id>, found by its labels
-            found = docker.from_env().containers.list(filters={"label": [f"{PROJECT_LABEL}={self.project}",
-                                                                         f"hubforge.user={username}"]})
+            found = docker.from_env().containers.list(
+                filters={"label": [f"{PROJECT_LABEL}={self.project}", f"hubforge.user={username}"]}
+            )
             if not found:
                 raise docker.errors.NotFound(f"no running lab of {username}")
             return found[0]
@@ -104,22 +105,37 @@ class LiveStack:
     def dump_logs(self, folder: Path, tail: int | str = 500) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         client = docker.from_env()
-        for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"}) + self.containers():
+        for container in (
+            client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+            + self.containers()
+        ):
             (folder / f"{container.name}.log").write_bytes(container.logs(tail=tail))
 
 
-def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: dict[str, str] | None = None,
-                volume_prefix: str | None = None, engine: str = "compose",
-                before: Callable[[StackOptions], None] | None = None) -> LiveStack:
+def start_stack(
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    extra_lab_images: dict[str, str] | None = None,
+    volume_prefix: str | None = None,
+    engine: str = "compose",
+    before: Callable[[StackOptions], None] | None = None,
+) -> LiveStack:
     """A stack of the current images; `extra_lab_images` adds choices to the spawn page's image picker;
     `volume_prefix` "" takes the prefix `invoke up` would choose for the project; `before` writes more files into
     the run folder (a compose.override.yml) once the ports are chosen. On the swarm engine the ports are published
     on every address (its routing mesh binds no single one); the tests still reach them on loopback."""
     project = f"hft{secrets.token_hex(3)}"
-    options = StackOptions(project=project, run_dir=tmp / project, https_port=free_port(), http_port=free_port(),
-                           bind="127.0.0.1" if engine == "compose" else "0.0.0.0", engine=engine,
-                           volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix,
-                           registry_port=free_port(), routing_mesh="off")
+    options = StackOptions(
+        project=project,
+        run_dir=tmp / project,
+        https_port=free_port(),
+        http_port=free_port(),
+        bind="127.0.0.1" if engine == "compose" else "0.0.0.0",
+        engine=engine,
+        volume_prefix=f"{project}-lab" if volume_prefix is None else volume_prefix,
+        registry_port=free_port(),
+        routing_mesh="off",
+    )
     options.run_dir.mkdir(parents=True)
     lines = [f"JUPYTERHUB_ADMIN={ADMIN}"] + [f"{k}={v}" for k, v in (env or {}).items()]
     (options.run_dir / ".env").write_text("\n".join(lines) + f"\nJUPYTERHUB_METRICS_TOKEN={secrets.token_hex(16)}\n")
@@ -129,8 +145,11 @@ def start_stack(tmp: Path, env: dict[str, str] | None = None, extra_lab_images: 
     images, lab_images = current_images()
     stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
     files = [path.name for path in compose_files(options.run_dir)]  # compose.override.yml too, as `invoke up` does
-    compose = None if engine != "compose" else DockerCompose(options.run_dir, compose_file_name=files, wait=True,
-                                                             keep_volumes=False)
+    compose = (
+        None
+        if engine != "compose"
+        else DockerCompose(options.run_dir, compose_file_name=files, wait=True, keep_volumes=False)
+    )
     # Reached by name, as a browser would: with subdomains (the default) labs live at <user>.hub.localhost
     host = "127.0.0.1" if (env or {}).get("LAB_SUBDOMAINS") == "0" else "hub.localhost"
     live = LiveStack(stack, compose, f"https://{host}:{options.https_port}/", f"http://{host}:{options.http_port}/")

@@ -87,8 +87,10 @@ class Record:
                 "p50_s": round(statistics.median(times), 3) if times else None,
                 "p95_s": round(percentile(times, 0.95), 3) if times else None,
                 "max_s": round(max(times), 3) if times else None,
-                "errors": [{"kind": kind, "count": count, "first": self.first_error[(name, kind)]}
-                           for kind, count in self.failures.get(name, Counter()).most_common()],
+                "errors": [
+                    {"kind": kind, "count": count, "first": self.first_error[(name, kind)]}
+                    for kind, count in self.failures.get(name, Counter()).most_common()
+                ],
             }
         return {"completed": self.completed, "phases": phases}
 
@@ -99,8 +101,9 @@ class Browser:
 
     def __init__(self, base: str, timeout: float) -> None:
         self.base = base
-        self.http = httpx.AsyncClient(verify=False, trust_env=False, follow_redirects=False,
-                                      timeout=httpx.Timeout(timeout, connect=10))
+        self.http = httpx.AsyncClient(
+            verify=False, trust_env=False, follow_redirects=False, timeout=httpx.Timeout(timeout, connect=10)
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -134,8 +137,10 @@ class Browser:
             if response.status_code in (301, 302, 303, 307, 308):
                 url = urljoin(url, response.headers["location"])
                 continue
-            raise Refused(f"HTTP {response.status_code}", f"GET {urlparse(url).path} answered {response.status_code}: "
-                          f"{response.text[:160]!r}")
+            raise Refused(
+                f"HTTP {response.status_code}",
+                f"GET {urlparse(url).path} answered {response.status_code}: {response.text[:160]!r}",
+            )
         raise Refused("redirect loop", f"more than {MAX_REDIRECTS} redirects, last at {url}")
 
 
@@ -144,8 +149,9 @@ async def login(browser: Browser, name: str, password: str, form: str | None = N
     """Post the login form (fetched now unless `form` holds its _xsrf); returns where the hub sends us."""
     if form is None:
         form = await login_form(browser)
-    response = await browser.http.post(urljoin(browser.base, "hub/login"),
-                                       data={"_xsrf": form, "username": name, "password": password})
+    response = await browser.http.post(
+        urljoin(browser.base, "hub/login"), data={"_xsrf": form, "username": name, "password": password}
+    )
     if response.status_code != 302:
         error = re.search(r'class="(?:alert|login_error)[^"]*"[^>]*>\s*([^<]+)', response.text)
         raise Refused(f"HTTP {response.status_code}", (error.group(1).strip() if error else response.text[:160]))
@@ -162,16 +168,21 @@ async def login_form(browser: Browser) -> str:
 
 async def spawn(browser: Browser, name: str, after_login: str, timeout: float) -> str:
     """From the login's redirect to a ready server, as the spawn-pending page sees it; returns the server's URL."""
-    url, page = await browser.follow(after_login, lambda u, r: r.status_code == 200
-                                     or (r.status_code == 302 and "/user/" in r.headers.get("location", "")))
+    url, page = await browser.follow(
+        after_login,
+        lambda u, r: r.status_code == 200 or (r.status_code == 302 and "/user/" in r.headers.get("location", "")),
+    )
     if page.status_code == 302:  # already running: the hub sends us straight to the server
         return urljoin(url, page.headers["location"])
     if "/spawn-pending/" not in urlparse(url).path:
-        raise Refused("no pending page", f"the spawn ended on {urlparse(url).path}, not /hub/spawn-pending/: {page.text[:160]!r}")
+        raise Refused(
+            "no pending page", f"the spawn ended on {urlparse(url).path}, not /hub/spawn-pending/: {page.text[:160]!r}"
+        )
     progress = urljoin(browser.base, f"hub/api/users/{name}/server/progress")
     deadline = time.monotonic() + timeout
-    async with browser.http.stream("GET", progress, headers={"Accept": "text/event-stream"},
-                                   timeout=httpx.Timeout(timeout, connect=10)) as stream:
+    async with browser.http.stream(
+        "GET", progress, headers={"Accept": "text/event-stream"}, timeout=httpx.Timeout(timeout, connect=10)
+    ) as stream:
         if stream.status_code != 200:
             raise Refused(f"HTTP {stream.status_code}", f"the progress stream answered {stream.status_code}")
         async for line in stream.aiter_lines():
@@ -206,10 +217,14 @@ async def open_lab(browser: Browser, server_url: str) -> str:
 
 
 async def start_kernel(browser: Browser, lab: str) -> str:
-    response = await browser.http.post(lab + "api/kernels", json={"name": "python3"},
-                                       headers={"X-XSRFToken": browser.cookie("_xsrf", lab)})
+    response = await browser.http.post(
+        lab + "api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": browser.cookie("_xsrf", lab)}
+    )
     if response.status_code != 201:
-        raise Refused(f"HTTP {response.status_code}", f"starting a kernel answered {response.status_code}: {response.text[:160]!r}")
+        raise Refused(
+            f"HTTP {response.status_code}",
+            f"starting a kernel answered {response.status_code}: {response.text[:160]!r}",
+        )
     return response.json()["id"]
 
 
@@ -218,7 +233,9 @@ class KernelChannel:
 
     def __init__(self, browser: Browser, lab: str, kernel: str, timeout: float) -> None:
         self.browser, self.timeout = browser, timeout
-        self.url = (lab + f"api/kernels/{kernel}/channels").replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        self.url = (
+            (lab + f"api/kernels/{kernel}/channels").replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        )
         self.session = uuid.uuid4().hex
         self.connection = None
 
@@ -227,21 +244,44 @@ class KernelChannel:
         from tornado.websocket import websocket_connect
 
         lab = self.url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
-        request = HTTPRequest(self.url, validate_cert=False, connect_timeout=10, request_timeout=self.timeout,
-                              headers={"Cookie": self.browser.cookie_header(lab),
-                                       "X-XSRFToken": self.browser.cookie("_xsrf", lab)})
+        request = HTTPRequest(
+            self.url,
+            validate_cert=False,
+            connect_timeout=10,
+            request_timeout=self.timeout,
+            headers={"Cookie": self.browser.cookie_header(lab), "X-XSRFToken": self.browser.cookie("_xsrf", lab)},
+        )
         self.connection = await websocket_connect(request)
 
     async def execute(self, code: str) -> str:
         """Run `code`; its result's text/plain and stdout, once the kernel is idle again."""
         msg_id = uuid.uuid4().hex
-        self.connection.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "session": self.session, "username": "", "msg_type": "execute_request",
-                       "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        self.connection.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "session": self.session,
+                        "username": "",
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         output, replied, idle = [], False, False
         deadline = time.monotonic() + self.timeout
         for _ in range(10_000):  # bounded: a reply is a handful of messages
@@ -275,16 +315,24 @@ class KernelChannel:
 
 
 async def stop_kernel(browser: Browser, lab: str, kernel: str) -> None:
-    response = await browser.http.delete(lab + f"api/kernels/{kernel}", headers={"X-XSRFToken": browser.cookie("_xsrf", lab)})
+    response = await browser.http.delete(
+        lab + f"api/kernels/{kernel}", headers={"X-XSRFToken": browser.cookie("_xsrf", lab)}
+    )
     if response.status_code != 204:
-        raise Refused(f"HTTP {response.status_code}", f"stopping the kernel answered {response.status_code}: {response.text[:160]!r}")
+        raise Refused(
+            f"HTTP {response.status_code}",
+            f"stopping the kernel answered {response.status_code}: {response.text[:160]!r}",
+        )
 
 
 async def stop_server(browser: Browser, name: str, timeout: float) -> None:
     api = urljoin(browser.base, f"hub/api/users/{name}")
     response = await browser.http.delete(api + "/server", headers={"X-XSRFToken": browser.cookie("_xsrf", api)})
     if response.status_code not in (202, 204):
-        raise Refused(f"HTTP {response.status_code}", f"stopping the server answered {response.status_code}: {response.text[:160]!r}")
+        raise Refused(
+            f"HTTP {response.status_code}",
+            f"stopping the server answered {response.status_code}: {response.text[:160]!r}",
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         user = await browser.http.get(api)
@@ -430,7 +478,7 @@ class Bystander:
         self.stop, self.results = context.Event(), context.Queue()
         self.process = context.Process(target=_bystander, args=(url, interval, self.stop, self.results), daemon=True)
 
-    def __enter__(self) -> "Bystander":
+    def __enter__(self) -> Bystander:
         self.process.start()
         return self
 
@@ -442,11 +490,15 @@ class Bystander:
         found = self.results.get(timeout=timeout)
         self.process.join(timeout)
         latencies = found["latencies"] or [0.0]
-        return {"polls": len(found["latencies"]), "errors": len(found["errors"]),
-                "first_error": found["errors"][0] if found["errors"] else None,
-                "p50_ms": round(statistics.median(latencies) * 1000), "p99_ms": round(percentile(latencies, 0.99) * 1000),
-                "max_ms": round(max(latencies) * 1000),
-                "worst_at_s": [[round(latency * 1000), round(at, 1)] for latency, at in found["worst"]]}
+        return {
+            "polls": len(found["latencies"]),
+            "errors": len(found["errors"]),
+            "first_error": found["errors"][0] if found["errors"] else None,
+            "p50_ms": round(statistics.median(latencies) * 1000),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000),
+            "max_ms": round(max(latencies) * 1000),
+            "worst_at_s": [[round(latency * 1000), round(at, 1)] for latency, at in found["worst"]],
+        }
 
 
 def memory_bytes(stats: dict) -> int:

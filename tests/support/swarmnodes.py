@@ -19,7 +19,9 @@ from pathlib import Path
 import docker
 
 BRIDGE = "hfswarm0"
-SUBNET = "10.198.77"  # apart from LAB_SUBNET_POOL's default (10.213.0.0/16); the bridge's /24: .1 is this host (the manager), .2 and up the workers
+# Apart from LAB_SUBNET_POOL's default (10.213.0.0/16); the bridge's /24: .1 is this host (the manager), .2 and up
+# the workers.
+SUBNET = "10.198.77"
 MANAGER = f"{SUBNET}.1"
 ROOT = Path("/var/lib/hubforge-test-nodes")
 START_TIMEOUT = 60
@@ -76,8 +78,10 @@ class Cluster:
             return f"this host's swarm has {swarm['Nodes']} nodes"
         services = self.manager.services.list()
         if services:
-            return (f"this host's swarm runs {len(services)} services ({', '.join(sorted(s.name for s in services)[:3])}"
-                    f"{', ...' if len(services) > 3 else ''}); `invoke down --engine swarm` first")
+            return (
+                f"this host's swarm runs {len(services)} services ({', '.join(sorted(s.name for s in services)[:3])}"
+                f"{', ...' if len(services) > 3 else ''}); `invoke down --engine swarm` first"
+            )
         return ""
 
     def start(self) -> None:
@@ -86,8 +90,10 @@ class Cluster:
             self.restore_at = swarm["NodeAddr"]
             self.manager.swarm.leave(force=True)
         if Path(f"/sys/class/net/{BRIDGE}").exists():
-            raise RuntimeError(f"{BRIDGE} exists: another multi-node run is under way, or one was interrupted "
-                               f"(then: ip link delete {BRIDGE}; ip netns delete {self.nodes[0].name} ...)")
+            raise RuntimeError(
+                f"{BRIDGE} exists: another multi-node run is under way, or one was interrupted "
+                f"(then: ip link delete {BRIDGE}; ip netns delete {self.nodes[0].name} ...)"
+            )
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
         sh("ip", "addr", "add", f"{MANAGER}/24", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")
@@ -96,14 +102,18 @@ class Cluster:
             self.make_namespace(node)
             self.start_engine(node)
         self.manager.swarm.init(advertise_addr=MANAGER, listen_addr=f"{MANAGER}:2377")
-        for node in self.nodes[:self.join_at_start]:
+        for node in self.nodes[: self.join_at_start]:
             self.join(node)
 
     def join(self, node: Node) -> None:
         self.manager.swarm.reload()
         client = node.client()
-        client.swarm.join(remote_addrs=[f"{MANAGER}:2377"], join_token=self.manager.swarm.attrs["JoinTokens"]["Worker"],
-                          advertise_addr=node.address, listen_addr=f"{node.address}:2377")
+        client.swarm.join(
+            remote_addrs=[f"{MANAGER}:2377"],
+            join_token=self.manager.swarm.attrs["JoinTokens"]["Worker"],
+            advertise_addr=node.address,
+            listen_addr=f"{node.address}:2377",
+        )
         node.node_id = client.info()["Swarm"]["NodeID"]
         self.wait_ready([node])
 
@@ -123,12 +133,27 @@ class Cluster:
         data = ROOT / node.name
         data.mkdir(parents=True, exist_ok=True)
         log = open(ROOT / f"{node.name}.log", "ab")  # noqa: SIM115 -- the engine's own log, for a failed test
-        script = ("mount -t tmpfs -o mode=755 tmpfs /run && exec dockerd --data-root \"$0\" --exec-root /run/docker "
-                  "-H unix:///var/run/docker.sock -H \"$1\" --pidfile /run/docker.pid")
+        script = (
+            'mount -t tmpfs -o mode=755 tmpfs /run && exec dockerd --data-root "$0" --exec-root /run/docker '
+            '-H unix:///var/run/docker.sock -H "$1" --pidfile /run/docker.pid'
+        )
         node.process = subprocess.Popen(
-            ["nsenter", f"--net={node.netns}", "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", script, str(data), node.socket],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                "nsenter",
+                f"--net={node.netns}",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                str(data),
+                node.socket,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             with contextlib.suppress(docker.errors.DockerException):
@@ -150,10 +175,28 @@ class Cluster:
     def forward_registry(self, port: int) -> None:
         """What the routing mesh would give each worker: the stack's registry on its own 127.0.0.1."""
         for node in self.nodes:
-            node.nsenter("sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet")  # per namespace; no procps needed
-            rules = [["-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.1/32", "-p", "tcp", "--dport", str(port),
-                      "-j", "DNAT", "--to-destination", f"{MANAGER}:{port}"],
-                     ["-t", "nat", "-A", "POSTROUTING", "-s", "127.0.0.1/32", "-o", "eth0", "-j", "MASQUERADE"]]
+            node.nsenter(
+                "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet"
+            )  # per namespace; no procps needed
+            rules = [
+                [
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    "127.0.0.1/32",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    str(port),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    f"{MANAGER}:{port}",
+                ],
+                ["-t", "nat", "-A", "POSTROUTING", "-s", "127.0.0.1/32", "-o", "eth0", "-j", "MASQUERADE"],
+            ]
             for rule in rules:
                 node.nsenter("iptables", *rule)
 

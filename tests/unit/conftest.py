@@ -29,8 +29,11 @@ class EmptyImageStore:
 def source_tree(tmp_path: Path) -> Path:
     """A copy of images/ and hub_ext/ that a test may edit."""
     for folder in ("images", "hub_ext"):
-        shutil.copytree(ROOT / folder, tmp_path / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", "labextension", ".yarn"))
+        shutil.copytree(
+            ROOT / folder,
+            tmp_path / folder,
+            ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", "labextension", ".yarn"),
+        )
     return tmp_path
 
 

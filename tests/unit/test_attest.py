@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hubforge.errors import HubforgeError
-from hubforge.release import attest, oci, pipeline, plan as rel, sign
+from hubforge.release import attest, oci, pipeline, sign
+from hubforge.release import plan as rel
 
 from ..support.helpers import rootfs_tar
 
@@ -99,8 +100,11 @@ class DaemonPushingTo:
 
     def inspect(self, ref: str) -> dict:
         image = self.images.get(ref, ref)
-        return {"Id": image, "RootFS": {"Layers": ["sha256:" + "1" * 64]},
-                "RepoDigests": [f"{r.rsplit(':', 1)[0]}@{d}" for r, d in self.pushed.items() if self.images[r] == image]}
+        return {
+            "Id": image,
+            "RootFS": {"Layers": ["sha256:" + "1" * 64]},
+            "RepoDigests": [f"{r.rsplit(':', 1)[0]}@{d}" for r, d in self.pushed.items() if self.images[r] == image],
+        }
 
     def read_filesystem(self, image: str, read):
         return read(rootfs_tar({"usr/lib/python3/dist-packages/six-1.16.0.egg-info": b"Name: six\nVersion: 1.16.0\n"}))
@@ -112,15 +116,26 @@ def key() -> ec.EllipticCurvePrivateKey:
 
 
 def publish(tmp_path, monkeypatch, key, tags: tuple[str, ...]):
-    """`publish` of the hub, pushed under `tags`, to a registry without a referrers API; (registry, daemon, provenance)."""
+    """`publish` of the hub, pushed under `tags`, to a registry without a referrers API; (registry, daemon,
+    provenance)."""
     registry = DistributionWithoutReferrers()
     daemon = DaemonPushingTo(registry)
     daemon.images["hubforge/hub:k1"] = "built"
-    builder = SimpleNamespace(docker=daemon, normalize=lambda raw, ref, labels, keep: daemon.images.__setitem__(ref, "labelled"))
-    hub = SimpleNamespace(target=SimpleNamespace(name="hub", flavor="default", repository="hubforge/hub"), key="k1",
-                          remote_key="k1", ref="hubforge/hub:k1")
-    base = SimpleNamespace(target=SimpleNamespace(name="base", flavor="default", repository="hubforge/base"), key="b1",
-                           remote_key="b1", ref="hubforge/base:b1")
+    builder = SimpleNamespace(
+        docker=daemon, normalize=lambda raw, ref, labels, keep: daemon.images.__setitem__(ref, "labelled")
+    )
+    hub = SimpleNamespace(
+        target=SimpleNamespace(name="hub", flavor="default", repository="hubforge/hub"),
+        key="k1",
+        remote_key="k1",
+        ref="hubforge/hub:k1",
+    )
+    base = SimpleNamespace(
+        target=SimpleNamespace(name="base", flavor="default", repository="hubforge/base"),
+        key="b1",
+        remote_key="b1",
+        ref="hubforge/base:b1",
+    )
     monkeypatch.setattr(rel, "provenance", lambda *args, **kwargs: {"key": "k1", "git": {"sha": "a" * 40}})
     real = oci.Registry
     monkeypatch.setattr(oci, "Registry", lambda host, credentials: real(host, credentials, session=registry))
@@ -140,21 +155,29 @@ def released(tmp_path, monkeypatch, key):
 def test_an_image_pushed_only_under_its_key_is_described_by_that_tags_digest(tmp_path, monkeypatch, key):
     """The swarm's registry image is released under its key tag alone: its provenance names that tag's digest."""
     _, daemon, provenance = publish(tmp_path, monkeypatch, key, ("k1",))
-    assert provenance["digest"] == daemon.pushed[f"{REGISTRY}/ns/hub:k1"] and provenance["tags"] == {"k1": provenance["digest"]}
+    assert provenance["digest"] == daemon.pushed[f"{REGISTRY}/ns/hub:k1"] and provenance["tags"] == {
+        "k1": provenance["digest"]
+    }
 
 
 def test_provenance_names_the_digest_of_every_version_tag_not_the_key_tag(released):
-    """It named the key tag's digest (the last pushed): provenance.digest was sha256:586a… where 1.2.3 had sha256:6cc8…."""
+    """It named the key tag's digest (the last pushed): provenance.digest was sha256:586a… where 1.2.3 had
+    sha256:6cc8…."""
     _, daemon, provenance = released
-    versions = {tag: daemon.pushed[f"{REGISTRY}/ns/hub:{tag}"] for tag in ("1.2.3", "1.2", "1", "latest", "sha-abcdef123456")}
+    versions = {
+        tag: daemon.pushed[f"{REGISTRY}/ns/hub:{tag}"] for tag in ("1.2.3", "1.2", "1", "latest", "sha-abcdef123456")
+    }
     assert provenance["tags"] == versions
     assert set(versions.values()) == {provenance["digest"]}
     assert daemon.pushed[f"{REGISTRY}/ns/hub:k1"] != provenance["digest"]  # the key tag is the built image, unlabelled
 
 
 def test_version_tags_with_different_digests_are_refused_in_one_line():
-    with pytest.raises(HubforgeError, match=r"^hub: the registry gives its version tags different digests \(1.2.3 sha256:a, "
-                                            r"latest sha256:b\); push again$"):
+    with pytest.raises(
+        HubforgeError,
+        match=r"^hub: the registry gives its version tags different digests \(1.2.3 sha256:a, "
+        r"latest sha256:b\); push again$",
+    ):
         pipeline.release_digest("hub", {"1.2.3": "sha256:a", "latest": "sha256:b"})
     assert pipeline.release_digest("hub", {"1.2.3": "sha256:a", "latest": "sha256:a"}) == "sha256:a"
 
@@ -207,8 +230,11 @@ def test_a_signed_statement_about_another_image_is_refused(released, key):
     data = sign.statement(f"{REGISTRY}/ns/hub", other, sign.PREDICATE_PROVENANCE, {"digest": other})
     layer = oci.Descriptor(attest.ARTIFACT_TYPE, client.put_blob("ns/hub", data), len(data))
     subject = client.manifest("ns/hub", provenance["digest"])[1]
-    client.attach("ns/hub", attest.artifact_manifest(subject, layer, sign.PREDICATE_PROVENANCE, sign.sign(key, data)),
-                  {"artifactType": attest.ARTIFACT_TYPE})
+    client.attach(
+        "ns/hub",
+        attest.artifact_manifest(subject, layer, sign.PREDICATE_PROVENANCE, sign.sign(key, data)),
+        {"artifactType": attest.ARTIFACT_TYPE},
+    )
     with pytest.raises(HubforgeError, match="it was moved from another image"):
         attest.verify_image(client, f"{REGISTRY}/ns/hub:1.2.3", key.public_key())
 
@@ -249,8 +275,11 @@ def test_a_signature_verifies_and_fails_on_any_changed_byte(key):
 
 def test_keys_load_from_pem_files_as_openssl_and_cosign_write_them(tmp_path, key):
     private = tmp_path / "hubforge.key"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.BestAvailableEncryption(b"pw")))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+        )
+    )
     public = tmp_path / "hubforge.pub"
     public.write_bytes(sign.public_pem(key))
     loaded = sign.load_private_key(private, "pw")
@@ -258,12 +287,18 @@ def test_keys_load_from_pem_files_as_openssl_and_cosign_write_them(tmp_path, key
     assert public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")  # what `cosign verify-blob --key` reads
 
 
-@pytest.mark.parametrize("make", [
-    lambda path: None,
-    lambda path: path.write_text("not a key"),
-    lambda path: path.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda path: None,
+        lambda path: path.write_text("not a key"),
+        lambda path: path.write_bytes(
+            ec.generate_private_key(ec.SECP384R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        ),
+    ],
+)
 def test_a_missing_or_wrong_key_is_one_line_that_says_how_to_make_one(tmp_path, make):
     path = tmp_path / "hubforge.key"
     make(path)
@@ -272,21 +307,27 @@ def test_a_missing_or_wrong_key_is_one_line_that_says_how_to_make_one(tmp_path, 
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("reference", "parts"), [
-    ("127.0.0.1:5000/hftest/hub:9.8.7", ("127.0.0.1:5000", "hftest/hub", "9.8.7")),
-    ("hubforge/hub:1.4.0", ("registry-1.docker.io", "hubforge/hub", "1.4.0")),
-    ("docker.io/hubforge/hub", ("registry-1.docker.io", "hubforge/hub", "latest")),
-    ("debian", ("registry-1.docker.io", "library/debian", "latest")),
-    ("ghcr.io/team/lab@sha256:" + "a" * 64, ("ghcr.io", "team/lab", "sha256:" + "a" * 64)),
-    ("localhost:5000/lab", ("localhost:5000", "lab", "latest")),
-])
+@pytest.mark.parametrize(
+    ("reference", "parts"),
+    [
+        ("127.0.0.1:5000/hftest/hub:9.8.7", ("127.0.0.1:5000", "hftest/hub", "9.8.7")),
+        ("hubforge/hub:1.4.0", ("registry-1.docker.io", "hubforge/hub", "1.4.0")),
+        ("docker.io/hubforge/hub", ("registry-1.docker.io", "hubforge/hub", "latest")),
+        ("debian", ("registry-1.docker.io", "library/debian", "latest")),
+        ("ghcr.io/team/lab@sha256:" + "a" * 64, ("ghcr.io", "team/lab", "sha256:" + "a" * 64)),
+        ("localhost:5000/lab", ("localhost:5000", "lab", "latest")),
+    ],
+)
 def test_references_split_as_docker_splits_them(reference, parts):
     assert oci.split_reference(reference) == parts
 
 
 def test_only_loopback_registries_are_spoken_to_over_http():
-    assert [oci.Registry(host).base.split(":")[0] for host in ("127.0.0.1:5000", "localhost:5000", "ghcr.io")] == \
-        ["http", "http", "https"]
+    assert [oci.Registry(host).base.split(":")[0] for host in ("127.0.0.1:5000", "localhost:5000", "ghcr.io")] == [
+        "http",
+        "http",
+        "https",
+    ]
 
 
 def test_the_statement_is_an_in_toto_statement_about_the_digest():
@@ -294,11 +335,14 @@ def test_the_statement_is_an_in_toto_statement_about_the_digest():
     document = sign.read_statement(data)
     assert document["_type"] == "https://in-toto.io/Statement/v1"
     assert sign.subject_digests(document) == {"sha256:" + "c" * 64}
-    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(sign.statement(
-        "r/hub", "sha256:" + "c" * 64, sign.PREDICATE_SBOM, {"bomFormat": "CycloneDX"})).hexdigest()  # canonical
+    assert (
+        hashlib.sha256(data).hexdigest()
+        == hashlib.sha256(
+            sign.statement("r/hub", "sha256:" + "c" * 64, sign.PREDICATE_SBOM, {"bomFormat": "CycloneDX"})
+        ).hexdigest()
+    )  # canonical
     with pytest.raises(HubforgeError, match="not an in-toto statement"):
         sign.read_statement(b'{"predicate": {}}')
-
 
 
 def test_the_cache_index_is_signed_with_the_release_key_and_a_changed_byte_fails(tmp_path, monkeypatch, key):
@@ -311,7 +355,9 @@ def test_the_cache_index_is_signed_with_the_release_key_and_a_changed_byte_fails
     public = tmp_path / "release.pub.pem"
     public.write_bytes(sign.public_pem(key))
     signature = remote_cache.signature_path(index).read_text().strip()
-    sign.verify(sign.load_public_key(public), index.read_bytes(), signature, "the cache index")  # what load checks first
+    sign.verify(
+        sign.load_public_key(public), index.read_bytes(), signature, "the cache index"
+    )  # what load checks first
     data = bytearray(index.read_bytes())
     data[data.index(b'"k1"') + 2] = ord("2")  # one byte: the index now vouches under another key
     index.write_bytes(bytes(data))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from hubforge.errors import HubforgeError
 from hubforge.imagebuild import base
 from hubforge.imagebuild.lockfiles import DebPin, parse_apt_lock
 from hubforge.imagebuild.targets import BaseSpec, Graph
-from hubforge.errors import HubforgeError
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = json.loads((ROOT / base.RECIPE).read_text())
@@ -43,7 +43,10 @@ def test_apt_trusts_only_the_pinned_keyring_file_and_a_folder_holding_only_it():
     # a file replaces apt's Dir::Etc::Trusted only; the folder replaces Dir::Etc::TrustedParts (the host's
     # /etc/apt/trusted.gpg.d); check/signed-by would otherwise point the sources at the host's Debian keyring
     assert [a for a in argv if a.startswith(("--keyring", "--skip=check"))] == [
-        "--keyring=/tmp/w/trusted", "--keyring=/tmp/w/trusted/debian-archive.gpg", "--skip=check/signed-by"]
+        "--keyring=/tmp/w/trusted",
+        "--keyring=/tmp/w/trusted/debian-archive.gpg",
+        "--skip=check/signed-by",
+    ]
 
 
 def test_the_committed_keyring_is_the_pinned_one():
@@ -68,7 +71,11 @@ def test_a_changed_keyring_is_refused_in_one_line(tmp_path):
     with pytest.raises(HubforgeError) as refused:
         base.pinned_keyring(tmp_path, RECIPE)
     message = str(refused.value)
-    assert message.startswith(f"{RECIPE['keyring']['path']}: sha256 ") and "\n" not in message and "git checkout" in message
+    assert (
+        message.startswith(f"{RECIPE['keyring']['path']}: sha256 ")
+        and "\n" not in message
+        and "git checkout" in message
+    )
 
 
 # -- the attack: a key the host trusts, and mmdebstrap itself ----------------------------------------------------
@@ -92,13 +99,16 @@ def signed_mirror(folder: Path, home: Path, signer: str) -> str:
     """A one-package bookworm mirror on disk whose InRelease `signer` signed; its sources.list line."""
     dist = folder / "dists" / "bookworm"
     (dist / "main" / "binary-amd64").mkdir(parents=True)
-    packages = (b"Package: hubforge-probe\nVersion: 1\nArchitecture: all\nPriority: optional\n"
-                b"Filename: pool/hubforge-probe_1_all.deb\nSize: 1\nSHA256: " + b"0" * 64 + b"\n")
+    packages = (
+        b"Package: hubforge-probe\nVersion: 1\nArchitecture: all\nPriority: optional\n"
+        b"Filename: pool/hubforge-probe_1_all.deb\nSize: 1\nSHA256: " + b"0" * 64 + b"\n"
+    )
     (dist / "main" / "binary-amd64" / "Packages").write_bytes(packages)
     (dist / "Release").write_text(
         f"Origin: Debian\nLabel: Debian\nSuite: stable\nCodename: bookworm\nDate: {formatdate(usegmt=True)}\n"
         f"Architectures: amd64\nComponents: main\nSHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} "
-        f"main/binary-amd64/Packages\n")
+        f"main/binary-amd64/Packages\n"
+    )
     gpg(home, "--local-user", signer, "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
     return f"deb file://{folder} bookworm main"
 
@@ -129,8 +139,13 @@ def host_that_also_trusts(world: Path, extra_key: bytes) -> dict[str, str]:
 def mmdebstrap_accepts(argv: list[str], sources: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """mmdebstrap with the trust options of `argv` (the bootstrap's), up to apt's signature check of `sources`."""
     trust = [a for a in argv if a.startswith(("--keyring", "--skip", "--aptopt"))]
-    return subprocess.run(["mmdebstrap", "--mode=root", "--variant=extract", *trust, "bookworm", "/dev/null",
-                           sources], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        ["mmdebstrap", "--mode=root", "--variant=extract", *trust, "bookworm", "/dev/null", sources],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @needs_gpg
@@ -146,7 +161,9 @@ def test_a_key_the_host_adds_does_not_widen_what_the_bootstrap_accepts(world):
     argv = base.mmdebstrap_argv(SPEC, RECIPE, world / "out.tar", work)
 
     forged = mmdebstrap_accepts(argv, signed_mirror(world / "forged", home, "intruder@example.invalid"), env)
-    assert forged.returncode != 0, f"mmdebstrap accepted a Release signed by a key only the host trusts:\n{forged.stderr[-800:]}"
+    assert forged.returncode != 0, (
+        f"mmdebstrap accepted a Release signed by a key only the host trusts:\n{forged.stderr[-800:]}"
+    )
     assert "NO_PUBKEY" in forged.stderr or "is not signed" in forged.stderr, forged.stderr[-800:]
 
     genuine = mmdebstrap_accepts(argv, signed_mirror(world / "genuine", home, "debian@example.invalid"), env)
@@ -154,26 +171,53 @@ def test_a_key_the_host_adds_does_not_widen_what_the_bootstrap_accepts(world):
 
 
 # -- the lock: what the bootstrap installs ---------------------------------------------------------------------------
-PINS = [DebPin("libc6", "2.36-9+deb12u14", "a" * 64, "http://deb.debian.org/debian/pool/main/g/glibc/libc6_2.36-9+deb12u14_amd64.deb"),
-        DebPin("sensible-utils", "0.0.17+nmu1", "b" * 64, "http://deb.debian.org/debian/pool/main/s/sensible-utils/sensible-utils_0.0.17%2bnmu1_all.deb")]
+PINS = [
+    DebPin(
+        "libc6",
+        "2.36-9+deb12u14",
+        "a" * 64,
+        "http://deb.debian.org/debian/pool/main/g/glibc/libc6_2.36-9+deb12u14_amd64.deb",
+    ),
+    DebPin(
+        "sensible-utils",
+        "0.0.17+nmu1",
+        "b" * 64,
+        "http://deb.debian.org/debian/pool/main/s/sensible-utils/sensible-utils_0.0.17%2bnmu1_all.deb",
+    ),
+]
 
 
 def status(*packages: tuple[str, str, str], state: str = "install ok installed") -> str:
-    return "\n\n".join(f"Package: {name}\nStatus: {state}\nPriority: required\nVersion: {version}\nArchitecture: {arch}\n"
-                       f"Description: x\n continued" for name, version, arch in packages) + "\n"
+    return (
+        "\n\n".join(
+            f"Package: {name}\nStatus: {state}\nPriority: required\nVersion: {version}\nArchitecture: {arch}\n"
+            f"Description: x\n continued"
+            for name, version, arch in packages
+        )
+        + "\n"
+    )
 
 
 def test_the_installed_set_of_the_lock_passes():
-    base.check_installed(status(("libc6", "2.36-9+deb12u14", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all")), PINS, "lock")
+    base.check_installed(
+        status(("libc6", "2.36-9+deb12u14", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all")), PINS, "lock"
+    )
 
 
-@pytest.mark.parametrize(("installed", "phrase"), [
-    ((("libc6", "2.36-9+deb12u15", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all")),
-     "libc6 2.36-9+deb12u15/amd64 installed, 2.36-9+deb12u14/amd64 locked"),
-    ((("libc6", "2.36-9+deb12u14", "amd64"),), "sensible-utils 0.0.17+nmu1 was not installed"),
-    ((("libc6", "2.36-9+deb12u14", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all"), ("evil", "1", "all")),
-     "evil 1 is not in the lock"),
-])
+@pytest.mark.parametrize(
+    ("installed", "phrase"),
+    [
+        (
+            (("libc6", "2.36-9+deb12u15", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all")),
+            "libc6 2.36-9+deb12u15/amd64 installed, 2.36-9+deb12u14/amd64 locked",
+        ),
+        ((("libc6", "2.36-9+deb12u14", "amd64"),), "sensible-utils 0.0.17+nmu1 was not installed"),
+        (
+            (("libc6", "2.36-9+deb12u14", "amd64"), ("sensible-utils", "0.0.17+nmu1", "all"), ("evil", "1", "all")),
+            "evil 1 is not in the lock",
+        ),
+    ],
+)
 def test_an_installed_set_other_than_the_lock_is_refused_in_one_line(installed, phrase):
     with pytest.raises(HubforgeError) as refused:
         base.check_installed(status(*installed), PINS, "images/base/apt.lock")
@@ -193,7 +237,10 @@ def test_a_build_installs_every_locked_package_from_the_local_repository_alone()
     assert "--include=apt,usr-is-merged,zlib1g" in argv
     hooks = [a for a in argv if a.startswith("--customize-hook=")]
     # the image keeps the mirror's lines as its sources.list; the dpkg status is read before anything is purged
-    assert hooks[0].endswith('> "$1"/etc/apt/sources.list') and "'deb http://deb.debian.org/debian bookworm main'" in hooks[0]
+    assert (
+        hooks[0].endswith('> "$1"/etc/apt/sources.list')
+        and "'deb http://deb.debian.org/debian bookworm main'" in hooks[0]
+    )
     assert hooks[1] == '--customize-hook=cp "$1"/var/lib/dpkg/status /tmp/w/report' and "dpkg --purge" in hooks[2]
 
 
@@ -208,8 +255,10 @@ def make_deb(folder: Path, package: str, version: str, extra: str = "") -> Path:
     """A real (tiny) .deb, made by dpkg-deb."""
     tree = folder / f"{package}-tree"
     (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
-                                             f"Maintainer: t <t@example.invalid>\n{extra}Description: test\n")
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+        f"Maintainer: t <t@example.invalid>\n{extra}Description: test\n"
+    )
     out = folder / f"{package}_{version}_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True, capture_output=True)
     return out
@@ -218,15 +267,22 @@ def make_deb(folder: Path, package: str, version: str, extra: str = "") -> Path:
 def test_the_local_repository_indexes_exactly_the_locked_debs_by_the_locks_hashes(tmp_path):
     from hubforge.imagebuild.debs import DebCache
 
-    made = [make_deb(tmp_path, "alpha", "1.0", "Essential: yes\nPriority: required\n"), make_deb(tmp_path, "beta", "2:3-1")]
+    made = [
+        make_deb(tmp_path, "alpha", "1.0", "Essential: yes\nPriority: required\n"),
+        make_deb(tmp_path, "beta", "2:3-1"),
+    ]
     pins = [DebPin(d.name.split("_")[0], d.name.split("_")[1], sha256_of(d), d.as_uri()) for d in made]
     cache = DebCache(tmp_path / "cache", snapshot=None)
     base.local_repository(pins, cache, tmp_path / "repo", "bookworm")
 
     index = (tmp_path / "repo" / "Packages").read_text()
-    stanzas = [dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line) for stanza in index.split("\n\n")]
+    stanzas = [
+        dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line) for stanza in index.split("\n\n")
+    ]
     assert [(s["Package"], s["Version"], s["SHA256"], s["Filename"]) for s in stanzas] == [
-        ("alpha", "1.0", pins[0].sha256, "./alpha_1.0_all.deb"), ("beta", "2:3-1", pins[1].sha256, "./beta_2:3-1_all.deb")]
+        ("alpha", "1.0", pins[0].sha256, "./alpha_1.0_all.deb"),
+        ("beta", "2:3-1", pins[1].sha256, "./beta_2:3-1_all.deb"),
+    ]
     assert stanzas[0]["Essential"] == "yes"  # what mmdebstrap's essential stage selects by
     release = (tmp_path / "repo" / "Release").read_text()
     assert "Codename: bookworm" in release and hashlib.sha256(index.encode()).hexdigest() in release
@@ -280,5 +336,7 @@ def test_auto_says_in_one_line_why_it_bootstraps(source_tree, make_builder):
     builder.say = said.append
     assert builder.resolve_base_mode() == "bootstrap" and builder.resolve_base_mode() == "bootstrap"
     assert len(said) == 1 and "\n" not in said[0]
-    assert said[0].startswith("base: auto: bootstrapping from http://deb.debian.org/debian, because the registry of "
-                              "debian:bookworm-slim did not answer within 8 s")
+    assert said[0].startswith(
+        "base: auto: bootstrapping from http://deb.debian.org/debian, because the registry of "
+        "debian:bookworm-slim did not answer within 8 s"
+    )

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from hubforge.errors import HubforgeError
 from hubforge.imagebuild import wheels
 from hubforge.imagebuild.builder import Builder, Settings, Step, input_digests
 from hubforge.imagebuild.keys import Manifest
 from hubforge.imagebuild.targets import HOST_BUILD_LOCK, Graph, Target
 from hubforge.imagebuild.verify import Verifier
-from hubforge.errors import HubforgeError
 from tests.unit.conftest import EmptyImageStore
 
 EPOCH = 1767225600
@@ -85,7 +85,9 @@ def sources(tmp_path: Path, mirror, monkeypatch) -> tuple[Path, Path, Path]:
     pip_wheel = wheels.build_local_wheel(package, "pip", "26.3", tmp_path / "index", EPOCH)
     backend = tmp_path / "setuptools-src" / "setuptools"
     backend.mkdir(parents=True)
-    (backend / "__init__.py").write_text("# stands in for setuptools, the backend the image build makes sdists' wheels with\n")
+    (backend / "__init__.py").write_text(
+        "# stands in for setuptools, the backend the image build makes sdists' wheels with\n"
+    )
     backend_wheel = wheels.build_local_wheel(backend, "setuptools", "84.2.1", tmp_path / "index", EPOCH)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip download reads the find-links folder, never PyPI
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
@@ -99,16 +101,27 @@ def sources(tmp_path: Path, mirror, monkeypatch) -> tuple[Path, Path, Path]:
     return root, deb, pip_wheel
 
 
-TARGET = Target(name="probe", repository="hubforge/probe", template=None, apt_lock="img/apt.lock",
-                python_lock="img/requirements.lock")
+TARGET = Target(
+    name="probe",
+    repository="hubforge/probe",
+    template=None,
+    apt_lock="img/apt.lock",
+    python_lock="img/requirements.lock",
+)
 
 
 def stage(root: Path, cache: Path) -> Path:
     """Builder.stage_context for TARGET, as `invoke build` runs it before `docker build`."""
-    builder = Builder(Settings(root=root, cache_dir=cache), EmptyImageStore(), Graph({"probe": TARGET}),  # type: ignore[arg-type]
-                      say=lambda message: None)
+    builder = Builder(
+        Settings(root=root, cache_dir=cache),
+        EmptyImageStore(),
+        Graph({"probe": TARGET}),  # type: ignore[arg-type]
+        say=lambda message: None,
+    )
     builder.__dict__["daemon_arch"] = "amd64"  # the daemon's answer, without a daemon
-    step = Step(TARGET, Manifest("probe", "FROM scratch\n", input_digests(root, TARGET.all_inputs()), {}, None), exists=False)
+    step = Step(
+        TARGET, Manifest("probe", "FROM scratch\n", input_digests(root, TARGET.all_inputs()), {}, None), exists=False
+    )
     return builder.stage_context(step, progress=lambda message: None)
 
 

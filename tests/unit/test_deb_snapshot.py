@@ -11,13 +11,12 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from hubforge.errors import HubforgeError
 from hubforge.imagebuild import debs
 from hubforge.imagebuild.lockfiles import DebPin
-from hubforge.errors import HubforgeError
 
 PAYLOAD = b"!<arch>\n" + bytes(range(256)) * 8
 SHA1 = hashlib.sha1(PAYLOAD).hexdigest()
@@ -30,8 +29,12 @@ class Archive:
     def __init__(self) -> None:
         self.pool: dict[str, bytes] = {}
         self.files: dict[str, bytes] = {SHA1: PAYLOAD}
-        self.binfiles = {("bash", "5.2.15-2+b13"): [{"hash": "0" * 40, "architecture": "arm64"},
-                                                     {"hash": SHA1, "architecture": "amd64"}]}
+        self.binfiles = {
+            ("bash", "5.2.15-2+b13"): [
+                {"hash": "0" * 40, "architecture": "arm64"},
+                {"hash": SHA1, "architecture": "amd64"},
+            ]
+        }
         self.asked: list[str] = []
 
 
@@ -46,6 +49,7 @@ def archive() -> Iterator[tuple[Archive, str]]:
             parts = self.path.split("/")
             if self.path.startswith("/snapshot/mr/binary/") and len(parts) == 7 and parts[6] == "binfiles":
                 from urllib.parse import unquote
+
                 found = state.binfiles.get((unquote(parts[4]), unquote(parts[5])))
                 body = json.dumps({"result": found}).encode() if found else None
             elif self.path.startswith("/snapshot/file/"):
@@ -97,7 +101,9 @@ def test_a_snapshot_file_without_the_locks_sha256_is_refused(archive, tmp_path):
     state, base = archive
     state.files[SHA1] = PAYLOAD + b"x"  # the service serves other bytes under the hash it named
     cache = debs.DebCache(tmp_path / "debs", snapshot=f"{base}/snapshot")
-    with pytest.raises(HubforgeError, match=r"bash_5\.2\.15-2\+b13_amd64\.deb: sha256 \w+ does not match the lock") as refused:
+    with pytest.raises(
+        HubforgeError, match=r"bash_5\.2\.15-2\+b13_amd64\.deb: sha256 \w+ does not match the lock"
+    ) as refused:
         cache.fetch([pin_at(base, hashlib.sha256(PAYLOAD).hexdigest())])
     assert "\n" not in str(refused.value)
     assert not any((tmp_path / "debs").rglob("*.deb"))
@@ -116,13 +122,18 @@ def test_a_version_neither_serves_says_what_to_do_in_one_line(archive, tmp_path)
 def test_a_url_outside_a_debian_archive_path_is_not_looked_up_elsewhere(archive, tmp_path):
     state, base = archive
     cache = debs.DebCache(tmp_path / "debs", snapshot=f"{base}/snapshot")
-    pin = DebPin("bash", "5.2.15-2+b13", hashlib.sha256(PAYLOAD).hexdigest(), f"{base}/pool/bash_5.2.15-2+b13_amd64.deb")
+    pin = DebPin(
+        "bash", "5.2.15-2+b13", hashlib.sha256(PAYLOAD).hexdigest(), f"{base}/pool/bash_5.2.15-2+b13_amd64.deb"
+    )
     with pytest.raises(HubforgeError, match="run `invoke lock`"):
         cache.fetch([pin])
     assert state.asked == ["/pool/bash_5.2.15-2+b13_amd64.deb"]
 
 
 def test_the_snapshot_archive_follows_the_lock_url():
-    assert debs.snapshot_archive("http://deb.debian.org/debian-security/pool/updates/main/a/apt/apt_2.6.2_amd64.deb") == "debian-security"
+    assert (
+        debs.snapshot_archive("http://deb.debian.org/debian-security/pool/updates/main/a/apt/apt_2.6.2_amd64.deb")
+        == "debian-security"
+    )
     assert debs.snapshot_archive("http://deb.debian.org/debian/pool/main/a/adduser/adduser_3.134_all.deb") == "debian"
     assert debs.snapshot_archive("http://mirror.example/pool/x_1_all.deb") is None

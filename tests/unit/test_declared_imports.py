@@ -12,8 +12,9 @@ import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 # What runs on the host with the project installed (the images' own files are checked by their locks).
@@ -76,14 +77,18 @@ def undeclared(root: Path, sources: list[str], local: set[str]) -> dict[str, lis
 def test_every_import_is_declared_in_pyproject():
     missing = undeclared(ROOT, SOURCES, LOCAL)
     report = "\n".join(f"  {module}: {', '.join(places[:3])}" for module, places in sorted(missing.items()))
-    assert not missing, f"imported but not declared in pyproject.toml; add them to dependencies or the dev extra:\n{report}"
+    assert not missing, (
+        f"imported but not declared in pyproject.toml; add them to dependencies or the dev extra:\n{report}"
+    )
 
 
 def test_the_check_finds_an_undeclared_import(tmp_path):
     """The check itself can fail: a module that pytest brings along, but the project does not name."""
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\ndependencies = ["jinja2"]\n')
     (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("import os\nimport jinja2\nfrom . import b\nimport pluggy\nimport nosuchmodule_xyz\n")
+    (tmp_path / "pkg" / "a.py").write_text(
+        "import os\nimport jinja2\nfrom . import b\nimport pluggy\nimport nosuchmodule_xyz\n"
+    )
     missing = undeclared(tmp_path, ["pkg"], {"pkg"})
     assert set(missing) == {"pluggy (provided by pluggy)", "nosuchmodule_xyz (not installed)"}
     assert missing["pluggy (provided by pluggy)"] == ["pkg/a.py:4"]

@@ -26,22 +26,29 @@ def test_the_task_reference_is_generated_from_tasks_py():
 
 
 def test_every_task_and_flag_is_in_the_reference():
-    import tasks
     from invoke import Task
+
+    import tasks
 
     reference = hubforge_reference.task_reference()
     for name, task in vars(tasks).items():
         if isinstance(task, Task):
             assert f"## `invoke {name.replace('_', '-')}`" in reference
             for flag in task.help:
-                assert f"`--{flag.replace('_', '-')}`" in reference or f"`{flag}` (positional)" in reference, (name, flag)
+                assert f"`--{flag.replace('_', '-')}`" in reference or f"`{flag}` (positional)" in reference, (
+                    name,
+                    flag,
+                )
 
 
 def test_every_page_is_in_a_table_of_contents():
     index = (ROOT / "docs/index.md").read_text()
     listed = set(re.findall(r"^([a-z/-]+)$", index, re.M))
-    pages = {p.relative_to(ROOT / "docs").with_suffix("").as_posix() for p in (ROOT / "docs").rglob("*.md")
-             if "_build" not in p.parts} - {"index"}
+    pages = {
+        p.relative_to(ROOT / "docs").with_suffix("").as_posix()
+        for p in (ROOT / "docs").rglob("*.md")
+        if "_build" not in p.parts
+    } - {"index"}
     assert pages == listed
 
 

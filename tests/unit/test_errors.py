@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.imagebuild.base import Workspace, mmdebstrap_argv
 from hubforge.docker_io import Docker
 from hubforge.errors import DockerUnavailable, HubforgeError
+from hubforge.imagebuild.base import Workspace, mmdebstrap_argv
 from hubforge.imagebuild.targets import BaseSpec, Graph
 
 WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/repo"), Path("/tmp/w/report"))
@@ -22,8 +22,14 @@ NO_DAEMON = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,11 +63,17 @@ def test_docker_daemon_missing_is_one_line():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["build", "--target", "nope"], "error: unknown target 'nope'; valid targets: base, gpu-probe, hub, idp, lab, registry"),
+        (
+            ["build", "--target", "nope"],
+            "error: unknown target 'nope'; valid targets: base, gpu-probe, hub, idp, lab, registry",
+        ),
         (["build", "--base", "cloud"], "error: --base='cloud' is not valid; use one of: auto, pull, bootstrap"),
         (["clean", "--keep", "-1"], "error: --keep must be 0 or more, got -1"),
         (["lock", "--only", "npm"], "error: --only='npm' is not valid; use python, apt or native"),
-        (["release", "--version", "1.0.0", "--push", "--dry-run"], "error: --push and --dry-run contradict each other; pass one"),
+        (
+            ["release", "--version", "1.0.0", "--push", "--dry-run"],
+            "error: --push and --dry-run contradict each other; pass one",
+        ),
         (["up", "--gpu", "maybe"], "error: --gpu='maybe' is not valid; use auto, on or off"),
         (["up", "--port", "70000"], "error: --port='70000' is out of range; use 1-65535"),
         (["down", "--user-volumes"], "error: --user-volumes only goes with --volumes"),
@@ -91,10 +103,22 @@ def test_build_without_daemon_says_how_to_start_it():
 
 
 def test_mmdebstrap_argv_trims_and_uses_all_three_suites():
-    recipe = {"variant": "minbase", "components": ["main"], "include": ["usr-is-merged"], "purge_after": ["perl"],
-              "path_exclude": ["/usr/share/man/*"], "path_include": [], "remove_after": ["/var/log/*"]}
-    argv = mmdebstrap_argv(BaseSpec(mode="bootstrap", mirror="http://mirror.example/debian"), recipe, Path("/tmp/out.tar"), WORK,
-                           locking=True)
+    recipe = {
+        "variant": "minbase",
+        "components": ["main"],
+        "include": ["usr-is-merged"],
+        "purge_after": ["perl"],
+        "path_exclude": ["/usr/share/man/*"],
+        "path_include": [],
+        "remove_after": ["/var/log/*"],
+    }
+    argv = mmdebstrap_argv(
+        BaseSpec(mode="bootstrap", mirror="http://mirror.example/debian"),
+        recipe,
+        Path("/tmp/out.tar"),
+        WORK,
+        locking=True,
+    )
     assert argv[:5] == ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
     assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
     assert '--customize-hook=chroot "$1" dpkg --purge perl' in argv

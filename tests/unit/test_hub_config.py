@@ -80,7 +80,10 @@ def test_good_values(env, field, expected):
         # the admin's initial password skipped the rules every signup obeys
         ({"JUPYTERHUB_ADMIN_PASSWORD": "short"}, "JUPYTERHUB_ADMIN_PASSWORD is too short (5 characters)"),
         ({"JUPYTERHUB_ADMIN_PASSWORD": "password123"}, "JUPYTERHUB_ADMIN_PASSWORD is on the list of common passwords"),
-        ({"JUPYTERHUB_ADMIN_PASSWORD": "a-Long-pw", "PASSWORD_MIN_LENGTH": "12"}, "use at least PASSWORD_MIN_LENGTH=12"),
+        (
+            {"JUPYTERHUB_ADMIN_PASSWORD": "a-Long-pw", "PASSWORD_MIN_LENGTH": "12"},
+            "use at least PASSWORD_MIN_LENGTH=12",
+        ),
     ],
 )
 def test_bad_values_name_variable_and_valid_values(env, message):

@@ -43,23 +43,38 @@ def test_names_of_a_dotted_user():
 
 
 def runtime(groups, gpu=OFF):
-    return lab_runtime(names=user_names("p", "bob"), groups=groups, shared_volume="p_shared", gpu=gpu,
-                       pids_limit=512, docker_socket_gid=998)
+    return lab_runtime(
+        names=user_names("p", "bob"),
+        groups=groups,
+        shared_volume="p_shared",
+        gpu=gpu,
+        pids_limit=512,
+        docker_socket_gid=998,
+    )
 
 
 def test_plain_user_is_locked_down():
     plain = runtime([])
-    assert plain.host_config == {"pids_limit": 512, "cpu_shares": 128, "auto_remove": False, "read_only": True,
-                                 "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
-                                 "tmpfs": {"/tmp": "mode=1777,nosuid,nodev"}, "privileged": False, "cap_drop": ["ALL"],
-                                 "security_opt": ["no-new-privileges:true"], "device_requests": []}
+    assert plain.host_config == {
+        "pids_limit": 512,
+        "cpu_shares": 128,
+        "auto_remove": False,
+        "read_only": True,
+        "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+        "tmpfs": {"/tmp": "mode=1777,nosuid,nodev"},
+        "privileged": False,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "device_requests": [],
+    }
     assert "/var/run/docker.sock" not in plain.volumes
     assert plain.volumes["p_shared"] == {"bind": "/mnt/shared", "mode": "rw"}
 
 
 def test_a_lab_image_that_writes_its_root_can_have_it_writable():
-    writable = lab_runtime(names=user_names("p", "bob"), groups=[], shared_volume="p_shared", gpu=OFF, pids_limit=512,
-                           read_only_root=False)
+    writable = lab_runtime(
+        names=user_names("p", "bob"), groups=[], shared_volume="p_shared", gpu=OFF, pids_limit=512, read_only_root=False
+    )
     assert "read_only" not in writable.host_config and "tmpfs" not in writable.host_config
 
 
@@ -121,7 +136,9 @@ class RecordingVolumes:
 
     def __init__(self):
         self.volumes: dict[str, dict] = {}
-        self.networks: dict[str, dict] = {"bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}}
+        self.networks: dict[str, dict] = {
+            "bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}
+        }
         self.joined: list[tuple] = []
 
     async def __call__(self, method, *args, **kwargs):
@@ -148,8 +165,12 @@ class RecordingVolumes:
             return list(self.networks.values())
         if method == "create_network":
             (pool,) = kwargs["ipam"]["Config"]
-            self.networks[args[0]] = {"Name": args[0], "Labels": kwargs["labels"], "Containers": {},
-                                      "IPAM": {"Config": [{"Subnet": pool["Subnet"], "Gateway": pool["Gateway"]}]}}
+            self.networks[args[0]] = {
+                "Name": args[0],
+                "Labels": kwargs["labels"],
+                "Containers": {},
+                "IPAM": {"Config": [{"Subnet": pool["Subnet"], "Gateway": pool["Gateway"]}]},
+            }
             return {"Id": args[0]}
         if method == "connect_container_to_network":
             container, network = args
@@ -187,8 +208,11 @@ def test_each_lab_gets_its_own_network_and_the_hub_joins_it(db):
     subnets = {name: net["IPAM"]["Config"][0]["Subnet"] for name, net in daemon.networks.items()}
     # 10.213.0.0/29 is taken by another network: the pool's next /29s, one per lab
     assert subnets["p_net-alice"] == "10.213.0.8/29" and subnets["p_net-bob"] == "10.213.0.16/29"
-    assert daemon.networks["p_net-alice"]["Labels"] == {"hubforge.project": "p", "hubforge.user": "alice",
-                                                        "hubforge.role": "lab-network"}
+    assert daemon.networks["p_net-alice"]["Labels"] == {
+        "hubforge.project": "p",
+        "hubforge.user": "alice",
+        "hubforge.role": "lab-network",
+    }
     assert daemon.joined == [("0123456789ab", "p_net-alice", ("hub",)), ("0123456789ab", "p_net-bob", ("hub",))]
     asyncio.run(alice.apply_runtime())  # again: the same network, and the hub is not joined twice
     assert len(daemon.joined) == 2 and len(daemon.networks) == 3
@@ -196,8 +220,12 @@ def test_each_lab_gets_its_own_network_and_the_hub_joins_it(db):
 
 def test_a_network_of_another_project_is_never_joined(db):
     spawner, _ = make_spawner(db, "carol")
-    spawner.docker.networks["p_net-carol"] = {"Name": "p_net-carol", "Labels": {"hubforge.project": "other"},
-                                              "Containers": {}, "IPAM": {"Config": []}}
+    spawner.docker.networks["p_net-carol"] = {
+        "Name": "p_net-carol",
+        "Labels": {"hubforge.project": "other"},
+        "Containers": {},
+        "IPAM": {"Config": []},
+    }
     with pytest.raises(RuntimeError, match="belongs to the hubforge project 'other'"):
         asyncio.run(spawner.apply_runtime())
     assert spawner.docker.joined == []
@@ -235,11 +263,18 @@ def test_pre_spawn_names_and_labels_everything(db):
     spawner, _ = make_spawner(db)
     asyncio.run(spawner.apply_runtime())
     assert spawner.object_name == "jupyterlab-first-2elast"
-    assert set(spawner.volumes) >= {"jupyterlab-first-2elast_home", "jupyterlab-first-2elast_workspace",
-                                    "jupyterlab-first-2elast_cache", "jupyterhub_shared"}
+    assert set(spawner.volumes) >= {
+        "jupyterlab-first-2elast_home",
+        "jupyterlab-first-2elast_workspace",
+        "jupyterlab-first-2elast_cache",
+        "jupyterhub_shared",
+    }
     assert spawner.docker.volumes["jupyterlab-first-2elast_workspace"] == {
-        "hubforge.project": "p", "hubforge.user": "first.last", "hubforge.volume": "workspace",
-        "hubforge.account": account_id(spawner.user.orm_user.created)}
+        "hubforge.project": "p",
+        "hubforge.user": "first.last",
+        "hubforge.volume": "workspace",
+        "hubforge.account": account_id(spawner.user.orm_user.created),
+    }
     assert spawner.docker.volumes["jupyterhub_shared"] == {"hubforge.project": "p", "hubforge.volume": "shared"}
     assert spawner.extra_create_kwargs["labels"] == {"hubforge.project": "p", "hubforge.user": "first.last"}
 
@@ -272,6 +307,10 @@ def test_a_deleted_users_volumes_go_with_them_and_never_reach_the_next_owner(db)
 
 def test_volumes_from_before_the_account_label_stay_their_users(db):
     spawner, _ = make_spawner(db, "erin")
-    spawner.docker.volumes["jupyterlab-erin_home"] = {"hubforge.project": "p", "hubforge.user": "erin", "hubforge.volume": "home"}
+    spawner.docker.volumes["jupyterlab-erin_home"] = {
+        "hubforge.project": "p",
+        "hubforge.user": "erin",
+        "hubforge.volume": "home",
+    }
     asyncio.run(spawner.apply_runtime())  # mounted as before
     assert "jupyterlab-erin_home" in spawner.volumes

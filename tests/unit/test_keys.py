@@ -88,7 +88,9 @@ def test_the_upstream_digest_is_the_pull_key(source_tree, make_builder, tmp_path
 
 
 def manifest(**overrides) -> Manifest:
-    fields = dict(target="hub", dockerfile="FROM x\n", inputs={"a": "1", "b": "2"}, build_args={"X": "1"}, parent_key="p")
+    fields = dict(
+        target="hub", dockerfile="FROM x\n", inputs={"a": "1", "b": "2"}, build_args={"X": "1"}, parent_key="p"
+    )
     fields.update(overrides)
     return Manifest(**fields)
 

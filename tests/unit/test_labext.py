@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.imagebuild import labext
 from hubforge.errors import HubforgeError
+from hubforge.imagebuild import labext
 
 SOURCE = Path(__file__).resolve().parents[2] / "images" / "lab" / "hubforge-notify"
 
@@ -19,7 +19,9 @@ SOURCE = Path(__file__).resolve().parents[2] / "images" / "lab" / "hubforge-noti
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     copy = tmp_path / "hubforge-notify"
-    shutil.copytree(SOURCE, copy, ignore=shutil.ignore_patterns("node_modules", "lib", ".yarn", "labextension", "__pycache__"))
+    shutil.copytree(
+        SOURCE, copy, ignore=shutil.ignore_patterns("node_modules", "lib", ".yarn", "labextension", "__pycache__")
+    )
     return copy
 
 
@@ -35,9 +37,18 @@ def test_the_key_changes_with_any_source_file(source: Path) -> None:
 
 def test_the_key_ignores_build_outputs_and_caches(source: Path) -> None:
     before = labext.source_key(source)
-    for rel in ("node_modules/x/index.js", "lib/index.js", "hubforge_notify/labextension/package.json",
-                ".yarn/cache/x.zip", ".yarn/install-state.gz", "dist/x.whl", "build/x", "tsconfig.tsbuildinfo",
-                "hubforge_notify/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v/x"):
+    for rel in (
+        "node_modules/x/index.js",
+        "lib/index.js",
+        "hubforge_notify/labextension/package.json",
+        ".yarn/cache/x.zip",
+        ".yarn/install-state.gz",
+        "dist/x.whl",
+        "build/x",
+        "tsconfig.tsbuildinfo",
+        "hubforge_notify/__pycache__/cli.cpython-311.pyc",
+        ".pytest_cache/v/x",
+    ):
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_text("generated")
     assert labext.source_key(source) == before
@@ -49,13 +60,17 @@ def test_the_key_ignores_build_outputs_and_caches(source: Path) -> None:
 
 def host_env(bin_dir: Path):
     """A stand-in for WheelCache.host_environment: the bin/ of an environment, here a folder of fake tools."""
+
     @contextmanager
     def opened() -> Iterator[Path]:
         yield bin_dir
+
     return opened
 
 
-def test_a_cached_wheel_is_returned_without_building(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_wheel_is_returned_without_building(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = hashlib.sha256(f"{labext.source_key(source)}\0hostlock".encode()).hexdigest()
     cached = tmp_path / "cache" / key[:32] / "hubforge_notify-0.1.0-py3-none-any.whl"
     cached.parent.mkdir(parents=True)

@@ -18,8 +18,10 @@ from hubforge.imagebuild import labext
 
 SOURCE = Path(__file__).resolve().parents[2] / "images" / "lab" / "hubforge-notify"
 PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-pytestmark = pytest.mark.skipif(shutil.which("jlpm", path=PATH) is None or shutil.which("node") is None,
-                                reason="needs jlpm (jupyter-builder) and node")
+pytestmark = pytest.mark.skipif(
+    shutil.which("jlpm", path=PATH) is None or shutil.which("node") is None,
+    reason="needs jlpm (jupyter-builder) and node",
+)
 
 POSTINSTALL = "node -e \"require('fs').writeFileSync(process.env.INIT_CWD + '/pwned', 'ran')\""
 
@@ -27,10 +29,12 @@ POSTINSTALL = "node -e \"require('fs').writeFileSync(process.env.INIT_CWD + '/pw
 def project(root: Path, yarnrc: str) -> Path:
     """A yarn project whose one dependency (a local folder) has a postinstall that leaves a file behind."""
     (root / "evil").mkdir(parents=True)
-    (root / "evil" / "package.json").write_text(json.dumps({"name": "evil", "version": "1.0.0",
-                                                            "scripts": {"postinstall": POSTINSTALL}}))
-    (root / "package.json").write_text(json.dumps({"name": "victim", "version": "1.0.0", "private": True,
-                                                   "dependencies": {"evil": "file:./evil"}}))
+    (root / "evil" / "package.json").write_text(
+        json.dumps({"name": "evil", "version": "1.0.0", "scripts": {"postinstall": POSTINSTALL}})
+    )
+    (root / "package.json").write_text(
+        json.dumps({"name": "victim", "version": "1.0.0", "private": True, "dependencies": {"evil": "file:./evil"}})
+    )
     (root / ".yarnrc.yml").write_text(yarnrc)
     (root / "yarn.lock").write_text("")
     return root

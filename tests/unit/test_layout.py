@@ -39,8 +39,11 @@ def imports(package: Path, name: str = "hub_ext") -> list[tuple[str, str, str]]:
 
 def upward(package: Path) -> list[str]:
     rank = {room: floor for floor, room in enumerate(FLOORS)}
-    return [f"{file}: {room} imports {other}, a floor above it" for file, room, other in imports(package)
-            if room in rank and other in rank and rank[other] > rank[room]]
+    return [
+        f"{file}: {room} imports {other}, a floor above it"
+        for file, room, other in imports(package)
+        if room in rank and other in rank and rank[other] > rank[room]
+    ]
 
 
 def test_every_room_is_on_a_floor():
@@ -59,7 +62,9 @@ def test_an_import_up_the_floors_is_found(tmp_path):
     assert upward(package) == ["hub_ext/settings/hub.py: settings imports web, a floor above it"]
 
 
-@pytest.mark.parametrize("path", sorted(set(re.findall(r'"(hub_ext\.[\w.]+)"', (ROOT / "stack/jupyterhub_config.py").read_text()))))
+@pytest.mark.parametrize(
+    "path", sorted(set(re.findall(r'"(hub_ext\.[\w.]+)"', (ROOT / "stack/jupyterhub_config.py").read_text())))
+)
 def test_the_class_paths_the_hub_config_names_import(path):
     module, _, name = path.rpartition(".")
     assert isinstance(getattr(importlib.import_module(module), name), type)

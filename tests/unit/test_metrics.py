@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hub_ext.web import metrics
+
 from ..support.helpers import dashboard_metric_families, metric_family
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "stack" / "grafana" / "hubforge.json"
@@ -20,7 +21,10 @@ def sample(name: str, **labels: str) -> float:
 
 
 def test_a_restart_counts_its_result_and_duration():
-    before = sample("hubforge_server_restarts_total", result="restarted"), sample("hubforge_server_restart_duration_seconds_count")
+    before = (
+        sample("hubforge_server_restarts_total", result="restarted"),
+        sample("hubforge_server_restart_duration_seconds_count"),
+    )
     metrics.count_restart({"status": "restarted", "container": "c", "seconds": 1.5})
     assert sample("hubforge_server_restarts_total", result="restarted") == before[0] + 1
     assert sample("hubforge_server_restart_duration_seconds_count") == before[1] + 1
@@ -28,7 +32,10 @@ def test_a_restart_counts_its_result_and_duration():
 
 def test_a_refused_or_failed_restart_observes_no_duration():
     duration = sample("hubforge_server_restart_duration_seconds_count")
-    refused, failed = sample("hubforge_server_restarts_total", result="refused"), sample("hubforge_server_restarts_total", result="failed")
+    refused, failed = (
+        sample("hubforge_server_restarts_total", result="refused"),
+        sample("hubforge_server_restarts_total", result="failed"),
+    )
     metrics.count_restart(None)
     metrics.count_restart({"status": "failed", "container": "c", "reason": "gone"})
     assert sample("hubforge_server_restarts_total", result="refused") == refused + 1
@@ -42,13 +49,18 @@ def test_volume_resets_and_deliveries_count_each_outcome():
     metrics.count_volume_resets({"cache": {"result": "removed"}, "home": {"result": "not found"}})
     assert sample("hubforge_volume_resets_total", volume="cache", result="removed") == removed + 1
     assert sample("hubforge_volume_resets_total", volume="home", result="not found") == missing + 1
-    delivered, failed = sample("hubforge_broadcast_deliveries_total", result="delivered"), sample("hubforge_broadcast_deliveries_total", result="failed")
+    delivered, failed = (
+        sample("hubforge_broadcast_deliveries_total", result="delivered"),
+        sample("hubforge_broadcast_deliveries_total", result="failed"),
+    )
     metrics.count_deliveries([{"result": "delivered"}, {"result": "delivered"}, {"result": "failed"}])
     assert sample("hubforge_broadcast_deliveries_total", result="delivered") == delivered + 2
     assert sample("hubforge_broadcast_deliveries_total", result="failed") == failed + 1
 
 
-@pytest.mark.parametrize(("name", "family"), [("a_bucket", "a"), ("a_total", "a"), ("a_seconds_count", "a_seconds"), ("a", "a")])
+@pytest.mark.parametrize(
+    ("name", "family"), [("a_bucket", "a"), ("a_total", "a"), ("a_seconds_count", "a_seconds"), ("a", "a")]
+)
 def test_metric_family(name, family):
     assert metric_family(name) == family
 
@@ -56,7 +68,11 @@ def test_metric_family(name, family):
 def test_the_dashboard_queries_only_metrics_the_hub_registers():
     registered = {metric_family(m.name) for m in REGISTRY.collect()}
     used = dashboard_metric_families(DASHBOARD)
-    assert {"jupyterhub_server_spawn_duration_seconds", "hubforge_server_restarts", "process_resident_memory_bytes"} <= used
+    assert {
+        "jupyterhub_server_spawn_duration_seconds",
+        "hubforge_server_restarts",
+        "process_resident_memory_bytes",
+    } <= used
     assert used <= registered, f"the dashboard queries unknown metrics: {sorted(used - registered)}"
 
 

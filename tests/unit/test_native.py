@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.imagebuild import native
 from hubforge.errors import HubforgeError
+from hubforge.imagebuild import native
 
 RESOLUTION = "@x/bin-linux-x64-gnu@npm:2.0.0"
-FILES = {"package.json": json.dumps({"name": "@x/bin-linux-x64-gnu", "version": "2.0.0"}).encode(), "x.node": b"\x7fELF native"}
+FILES = {
+    "package.json": json.dumps({"name": "@x/bin-linux-x64-gnu", "version": "2.0.0"}).encode(),
+    "x.node": b"\x7fELF native",
+}
 
 
 def tarball(path: Path) -> Path:
@@ -32,7 +35,9 @@ def source(tmp_path: Path) -> Path:
     (src / "node_modules/@x/bin-linux-x64-gnu").mkdir(parents=True)
     for rel, data in FILES.items():
         (src / "node_modules/@x/bin-linux-x64-gnu" / rel).write_bytes(data)
-    (src / "yarn.lock").write_text(f'"{RESOLUTION}":\n  resolution: "{RESOLUTION}"\n  conditions: os=linux & cpu=x64\n  linkType: hard\n')
+    (src / "yarn.lock").write_text(
+        f'"{RESOLUTION}":\n  resolution: "{RESOLUTION}"\n  conditions: os=linux & cpu=x64\n  linkType: hard\n'
+    )
     return src
 
 
@@ -45,6 +50,7 @@ def pin_from(tmp_path: Path) -> native.NativePin:
             return json.dumps(integrity)
         (cwd / "bin.tgz").write_bytes(tar.read_bytes())
         return json.dumps([{"filename": "bin.tgz"}])
+
     return native.pin_from_registry(RESOLUTION, npm)
 
 
@@ -56,13 +62,18 @@ def test_the_registrys_files_pass(source: Path, tmp_path: Path) -> None:
 def test_a_changed_byte_of_the_installed_binary_is_refused_in_one_line(source: Path, tmp_path: Path) -> None:
     (source / native.NATIVE_LOCK).write_text(native.format_native_lock({RESOLUTION: pin_from(tmp_path)}))
     (source / "node_modules/@x/bin-linux-x64-gnu/x.node").write_bytes(b"\x7fELF nativf")
-    with pytest.raises(HubforgeError, match=r"^node_modules/@x/bin-linux-x64-gnu is not the pinned @x/bin-linux-x64-gnu@npm:2.0.0 \(native.lock\)") as refused:
+    with pytest.raises(
+        HubforgeError,
+        match=r"^node_modules/@x/bin-linux-x64-gnu is not the pinned @x/bin-linux-x64-gnu@npm:2.0.0 \(native.lock\)",
+    ) as refused:
         native.check_installed(source)
     assert "\n" not in str(refused.value)
 
 
 def test_an_installed_binary_without_a_pin_is_refused(source: Path) -> None:
-    with pytest.raises(HubforgeError, match=r"has no checksum in yarn.lock and no pin in native.lock; run `invoke lock --only native`"):
+    with pytest.raises(
+        HubforgeError, match=r"has no checksum in yarn.lock and no pin in native.lock; run `invoke lock --only native`"
+    ):
         native.check_installed(source)
 
 
@@ -74,12 +85,21 @@ def test_a_tarball_that_is_not_the_registrys_is_refused(tmp_path: Path) -> None:
             return json.dumps(native.npm_integrity(b"other"))
         (cwd / "bin.tgz").write_bytes(tar.read_bytes())
         return json.dumps([{"filename": "bin.tgz"}])
+
     with pytest.raises(HubforgeError, match="not the one the registry names"):
         native.pin_from_registry(RESOLUTION, npm)
 
 
-@pytest.mark.parametrize(("conditions", "installable"), [
-    ("os=linux & cpu=x64 & libc=glibc", True), ("os=darwin & cpu=arm64", True), ("os=linux & cpu=s390x & libc=glibc", False),
-    ("os=win32 & cpu=x64", False), ("cpu=wasm32", False), (None, True)])
+@pytest.mark.parametrize(
+    ("conditions", "installable"),
+    [
+        ("os=linux & cpu=x64 & libc=glibc", True),
+        ("os=darwin & cpu=arm64", True),
+        ("os=linux & cpu=s390x & libc=glibc", False),
+        ("os=win32 & cpu=x64", False),
+        ("cpu=wasm32", False),
+        (None, True),
+    ],
+)
 def test_which_conditions_a_build_host_meets(conditions, installable) -> None:
     assert native.installable_on_a_build_host(conditions) is installable

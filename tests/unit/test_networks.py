@@ -6,13 +6,20 @@ from ipaddress import ip_network
 
 import pytest
 
-from hub_ext.settings.hub import ConfigError, from_environ
-from hub_ext.naming import lab_network_name
 from hub_ext.helpers.netguard import parse_args
-from hub_ext.labs.networks import chain_names, free_subnet, guard_rules, network_spec, pool_capacity, upstream_resolvers, used_subnets
-from hub_ext.labs.runtime import lab_runtime
 from hub_ext.labs.gpu import decide
-from hub_ext.naming import user_names
+from hub_ext.labs.networks import (
+    chain_names,
+    free_subnet,
+    guard_rules,
+    network_spec,
+    pool_capacity,
+    upstream_resolvers,
+    used_subnets,
+)
+from hub_ext.labs.runtime import lab_runtime
+from hub_ext.naming import lab_network_name, user_names
+from hub_ext.settings.hub import ConfigError, from_environ
 
 POOL = ip_network("10.213.0.0/16")
 
@@ -64,7 +71,9 @@ def test_distinct_users_get_distinct_networks():
 def test_settings_defaults_and_errors():
     hub = from_environ({})
     assert hub.lab_subnet_pool == "10.213.0.0/16" and hub.lab_allowed_ranges == () and hub.lab_network_guard
-    hub = from_environ({"LAB_SUBNET_POOL": "10.50.0.0/20", "LAB_ALLOWED_RANGES": "10.1.2.0/24, 192.168.5.10", "LAB_NETWORK_GUARD": "0"})
+    hub = from_environ(
+        {"LAB_SUBNET_POOL": "10.50.0.0/20", "LAB_ALLOWED_RANGES": "10.1.2.0/24, 192.168.5.10", "LAB_NETWORK_GUARD": "0"}
+    )
     assert hub.lab_subnet_pool == "10.50.0.0/20"
     assert hub.lab_allowed_ranges == ("10.1.2.0/24", "192.168.5.10/32") and not hub.lab_network_guard
     for env, message in [
@@ -91,7 +100,9 @@ def rule_index(rules, *fragment):
 
 
 def test_guard_rules_return_before_they_reject():
-    rules = guard_rules("hubforge", POOL, [ip_network("10.1.2.0/24")], published=[(443, 8443)], resolvers=["10.255.255.53"])
+    rules = guard_rules(
+        "hubforge", POOL, [ip_network("10.1.2.0/24")], published=[(443, 8443)], resolvers=["10.255.255.53"]
+    )
     for chain in (rules.forward, rules.local):
         assert chain[0] == ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
         first_reject = rule_index(chain, "-j REJECT")
@@ -115,10 +126,14 @@ def test_a_pool_outside_the_private_ranges_is_still_kept_off_the_host():
 def test_restore_script_and_jumps():
     rules = guard_rules("staging", POOL)
     script = rules.restore_script()
-    assert script.startswith("*filter\n:HF-staging-FWD - [0:0]\n:HF-staging-IN - [0:0]\n") and script.endswith("COMMIT\n")
+    assert script.startswith("*filter\n:HF-staging-FWD - [0:0]\n:HF-staging-IN - [0:0]\n") and script.endswith(
+        "COMMIT\n"
+    )
     assert "-A HF-staging-FWD -d 169.254.0.0/16 -p tcp -j REJECT --reject-with tcp-reset" in script
-    assert rules.jumps() == (("DOCKER-USER", ("-s", "10.213.0.0/16", "-j", "HF-staging-FWD")),
-                             ("INPUT", ("-s", "10.213.0.0/16", "-j", "HF-staging-IN")))
+    assert rules.jumps() == (
+        ("DOCKER-USER", ("-s", "10.213.0.0/16", "-j", "HF-staging-FWD")),
+        ("INPUT", ("-s", "10.213.0.0/16", "-j", "HF-staging-IN")),
+    )
 
 
 def test_guard_arguments_are_checked():
@@ -130,7 +145,9 @@ def test_guard_arguments_are_checked():
 
 def test_labs_get_ipv6_off_when_asked():
     names = user_names("jupyterlab", "alice")
-    on = lab_runtime(names=names, groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64, disable_ipv6=True)
+    on = lab_runtime(
+        names=names, groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64, disable_ipv6=True
+    )
     off = lab_runtime(names=names, groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64)
     assert on.host_config["sysctls"] == {"net.ipv6.conf.all.disable_ipv6": "1"}
     assert "sysctls" not in off.host_config
@@ -139,8 +156,10 @@ def test_labs_get_ipv6_off_when_asked():
 def test_on_swarm_the_guard_matches_what_leaves_through_the_gateway_bridge():
     # a lab's packets off its overlay come from docker_gwbridge's own addresses, not from the pool
     rules = guard_rules("staging", ip_network("10.213.0.0/16"), interface="docker_gwbridge")
-    assert rules.jumps() == (("DOCKER-USER", ("-i", "docker_gwbridge", "-j", "HF-staging-FWD")),
-                             ("INPUT", ("-i", "docker_gwbridge", "-j", "HF-staging-IN")))
+    assert rules.jumps() == (
+        ("DOCKER-USER", ("-i", "docker_gwbridge", "-j", "HF-staging-FWD")),
+        ("INPUT", ("-i", "docker_gwbridge", "-j", "HF-staging-IN")),
+    )
     assert rules.forward == guard_rules("staging", ip_network("10.213.0.0/16")).forward  # the same decisions
 
 
@@ -148,8 +167,36 @@ def test_only_the_stacks_published_ports_pass_after_dnat():
     """Issue 25, part 9: a forward on the host (libvirt, kube-proxy, the Swarm ingress, one by hand) is no way out."""
     rules = guard_rules("hubforge", POOL, published=[(443, 8443), (80, 8080)])
     dnat = [r for r in rules.forward if "DNAT" in r]
-    assert dnat == [("-p", "tcp", "--dport", "8080", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", "80", "-j", "RETURN"),
-                    ("-p", "tcp", "--dport", "8443", "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", "443", "-j", "RETURN")]
+    assert dnat == [
+        (
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "--ctorigdstport",
+            "80",
+            "-j",
+            "RETURN",
+        ),
+        (
+            "-p",
+            "tcp",
+            "--dport",
+            "8443",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "--ctorigdstport",
+            "443",
+            "-j",
+            "RETURN",
+        ),
+    ]
     assert not any("DNAT" in r for r in guard_rules("hubforge", POOL).forward)  # nothing published: no DNAT passes
 
 
@@ -157,26 +204,52 @@ def test_dns_goes_only_to_the_hosts_resolvers():
     rules = guard_rules("hubforge", POOL, resolvers=["10.255.255.53", "192.168.1.1"])
     for chain in (rules.forward, rules.local):
         dns = [r for r in chain if "53" in r]
-        assert dns == [("-d", f"{a}/32", "-p", p, "--dport", "53", "-j", "RETURN")
-                       for a in ("10.255.255.53", "192.168.1.1") for p in ("udp", "tcp")]
+        assert dns == [
+            ("-d", f"{a}/32", "-p", p, "--dport", "53", "-j", "RETURN")
+            for a in ("10.255.255.53", "192.168.1.1")
+            for p in ("udp", "tcp")
+        ]
     assert not any("53" in r for r in guard_rules("hubforge", POOL).local)  # no resolver known: no port 53 at all
     assert ("-p", "udp", "--dport", "53", "-j", "RETURN") in guard_rules("hubforge", POOL, resolvers=None).local
 
 
-@pytest.mark.parametrize("resolv_conf, upstream, expected", [
-    ("nameserver 10.255.255.53\n", None, ("10.255.255.53",)),
-    ("# comment\nnameserver 192.168.1.1\nnameserver 127.0.0.1\nnameserver fd00::1\nsearch lan\n", None, ("192.168.1.1",)),
-    ("nameserver 127.0.0.53\noptions edns0\n", "nameserver 192.168.1.1\nnameserver 1.1.1.1\n", ("192.168.1.1", "1.1.1.1")),
-    ("nameserver 127.0.0.53\n", None, None),  # systemd-resolved's stub, its upstream file not mounted: unknown
-    ("", None, ()),
-])
+@pytest.mark.parametrize(
+    "resolv_conf, upstream, expected",
+    [
+        ("nameserver 10.255.255.53\n", None, ("10.255.255.53",)),
+        (
+            "# comment\nnameserver 192.168.1.1\nnameserver 127.0.0.1\nnameserver fd00::1\nsearch lan\n",
+            None,
+            ("192.168.1.1",),
+        ),
+        (
+            "nameserver 127.0.0.53\noptions edns0\n",
+            "nameserver 192.168.1.1\nnameserver 1.1.1.1\n",
+            ("192.168.1.1", "1.1.1.1"),
+        ),
+        ("nameserver 127.0.0.53\n", None, None),  # systemd-resolved's stub, its upstream file not mounted: unknown
+        ("", None, ()),
+    ],
+)
 def test_upstream_resolvers_are_what_dockers_embedded_dns_forwards_to(resolv_conf, upstream, expected):
     assert upstream_resolvers(resolv_conf, upstream) == expected
 
 
 def test_the_guard_takes_published_ports_and_resolvers():
-    args = parse_args(["--project", "p", "--pool", "10.213.0.0/16", "--publish", "443:8443", "--publish", "80:8080",
-                       "--resolver", "10.0.0.2"])
+    args = parse_args(
+        [
+            "--project",
+            "p",
+            "--pool",
+            "10.213.0.0/16",
+            "--publish",
+            "443:8443",
+            "--publish",
+            "80:8080",
+            "--resolver",
+            "10.0.0.2",
+        ]
+    )
     assert args.publish == [(443, 8443), (80, 8080)] and [str(a) for a in args.resolver] == ["10.0.0.2"]
     for bad in ("x:1", "0:8443", "443:70000"):
         with pytest.raises(SystemExit):

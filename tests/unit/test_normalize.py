@@ -8,8 +8,15 @@ import tarfile
 
 import pytest
 
-from hubforge.imagebuild.normalize import (differences, entries, image_archive, image_config, iso, normalize_layer,
-                                      saved_image)
+from hubforge.imagebuild.normalize import (
+    differences,
+    entries,
+    image_archive,
+    image_config,
+    iso,
+    normalize_layer,
+    saved_image,
+)
 
 EPOCH = 1767225600
 
@@ -53,7 +60,9 @@ def normalized(source: io.BytesIO) -> tuple[str, bytes]:
 
 def test_order_times_owner_names_and_access_times_do_not_change_the_digest():
     first, first_bytes = normalized(layer(FILES, mtime=EPOCH + 86_400 * 30, uname="root"))
-    second, _ = normalized(layer(FILES, mtime=EPOCH + 12_345.678, uname="nobody", order=lambda f: list(reversed(f)), atime=True))
+    second, _ = normalized(
+        layer(FILES, mtime=EPOCH + 12_345.678, uname="nobody", order=lambda f: list(reversed(f)), atime=True)
+    )
     assert first == second
     with tarfile.open(fileobj=io.BytesIO(first_bytes)) as out:
         members = out.getmembers()
@@ -76,8 +85,12 @@ def test_older_times_are_kept_and_real_changes_change_the_digest():
     changed = [f if f[0] != "usr/bin/tool" else (f[0], f[1], b"#!/bin/sh\necho other\n", f[3], f[4]) for f in FILES]
     mode = [f if f[0] != "usr/bin/tool" else (f[0], f[1], f[2], 0o700, f[4]) for f in FILES]
     owner = [f if f[0] != "home/lab/notes.txt" else (f[0], f[1], f[2], f[3], 1001) for f in FILES]
-    digests = {base, normalized(layer(changed, mtime=EPOCH))[0], normalized(layer(mode, mtime=EPOCH))[0],
-               normalized(layer(owner, mtime=EPOCH))[0]}
+    digests = {
+        base,
+        normalized(layer(changed, mtime=EPOCH))[0],
+        normalized(layer(mode, mtime=EPOCH))[0],
+        normalized(layer(owner, mtime=EPOCH))[0],
+    }
     assert len(digests) == 4
 
 
@@ -96,19 +109,35 @@ def test_differences_name_the_file_and_what_differs():
 
 def test_the_config_keeps_what_the_image_does_and_drops_what_the_build_left():
     original = {
-        "architecture": "amd64", "os": "linux", "created": "2026-12-03T10:00:01.123456789Z",
-        "container": "0f1e2d3c4b5a", "docker_version": "20.10.24",
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-12-03T10:00:01.123456789Z",
+        "container": "0f1e2d3c4b5a",
+        "docker_version": "20.10.24",
         "container_config": {"Hostname": "0f1e2d3c4b5a", "Cmd": ["/bin/sh", "-c", "#(nop) LABEL a=b"]},
-        "config": {"Hostname": "", "User": "1000:1000", "Env": ["PATH=/usr/bin"], "Cmd": ["jupyterhub"],
-                   "Image": "sha256:" + "a" * 64, "Labels": {"io.hubforge.key": "k"}, "Volumes": None},
-        "history": [{"created": "2026-12-03T10:00:00Z", "created_by": "/bin/sh -c #(nop) COPY dir:" + "b" * 64 + " in / "},
-                    {"created": "2026-12-03T10:00:01Z", "created_by": "/bin/sh -c #(nop)  USER 1000:1000", "empty_layer": True}],
+        "config": {
+            "Hostname": "",
+            "User": "1000:1000",
+            "Env": ["PATH=/usr/bin"],
+            "Cmd": ["jupyterhub"],
+            "Image": "sha256:" + "a" * 64,
+            "Labels": {"io.hubforge.key": "k"},
+            "Volumes": None,
+        },
+        "history": [
+            {"created": "2026-12-03T10:00:00Z", "created_by": "/bin/sh -c #(nop) COPY dir:" + "b" * 64 + " in / "},
+            {"created": "2026-12-03T10:00:01Z", "created_by": "/bin/sh -c #(nop)  USER 1000:1000", "empty_layer": True},
+        ],
         "rootfs": {"type": "layers", "diff_ids": ["sha256:old"]},
     }
     config = image_config(original, ["c" * 64], EPOCH)
     assert config["created"] == iso(EPOCH) == "2026-01-01T00:00:00Z"
-    assert config["config"] == {"User": "1000:1000", "Env": ["PATH=/usr/bin"], "Cmd": ["jupyterhub"],
-                                "Labels": {"io.hubforge.key": "k"}}
+    assert config["config"] == {
+        "User": "1000:1000",
+        "Env": ["PATH=/usr/bin"],
+        "Cmd": ["jupyterhub"],
+        "Labels": {"io.hubforge.key": "k"},
+    }
     assert "container" not in config and "container_config" not in config and "docker_version" not in config
     assert config["rootfs"]["diff_ids"] == ["sha256:" + "c" * 64]
     assert config["history"][0] == {"created": iso(EPOCH), "created_by": "/bin/sh -c #(nop) COPY dir:<content> in / "}
@@ -137,4 +166,4 @@ def test_links_and_directories_keep_their_kind(kind):
     _, data = normalized(layer([("x", kind, "target" if kind == "symlink" else None, 0o755, 0)], mtime=EPOCH))
     with tarfile.open(fileobj=io.BytesIO(data)) as out:
         member = out.getmember("x")
-    assert (member.isdir() if kind == "dir" else member.issym() and member.linkname == "target")
+    assert member.isdir() if kind == "dir" else member.issym() and member.linkname == "target"

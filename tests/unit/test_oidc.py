@@ -15,11 +15,25 @@ import pytest
 import yaml
 
 from hub_ext.settings.hub import ConfigError, from_environ
-from hub_ext.settings.oidc import (OIDCError, discover, groups_from_claims, hub_groups, logout_url, parse_discovery,
-                          parse_oidc, refusal_message, stored_key)
+from hub_ext.settings.oidc import (
+    OIDCError,
+    discover,
+    groups_from_claims,
+    hub_groups,
+    logout_url,
+    parse_discovery,
+    parse_oidc,
+    refusal_message,
+    stored_key,
+)
 
-BASE = {"AUTHENTICATOR": "oidc", "OIDC_ISSUER": "https://login.example.org/realms/team", "OIDC_CLIENT_ID": "hub",
-        "OIDC_CLIENT_SECRET": "s3cret", "OIDC_ALLOWED_GROUPS": "data-science"}
+BASE = {
+    "AUTHENTICATOR": "oidc",
+    "OIDC_ISSUER": "https://login.example.org/realms/team",
+    "OIDC_CLIENT_ID": "hub",
+    "OIDC_CLIENT_SECRET": "s3cret",
+    "OIDC_ALLOWED_GROUPS": "data-science",
+}
 
 
 def test_native_stays_the_default_and_ignores_oidc_settings():
@@ -28,15 +42,31 @@ def test_native_stays_the_default_and_ignores_oidc_settings():
 
 
 def test_oidc_settings_and_their_defaults():
-    config = from_environ({**BASE, "OIDC_ALLOWED_USERS": "Ada, bob", "OIDC_ADMIN_GROUPS": "hub admins,ops",
-                           "OIDC_GROUP_MAP": "platform=docker-sock", "OIDC_SCOPES": "openid,profile email groups"}).oidc
+    config = from_environ(
+        {
+            **BASE,
+            "OIDC_ALLOWED_USERS": "Ada, bob",
+            "OIDC_ADMIN_GROUPS": "hub admins,ops",
+            "OIDC_GROUP_MAP": "platform=docker-sock",
+            "OIDC_SCOPES": "openid,profile email groups",
+        }
+    ).oidc
     assert config.issuer == "https://login.example.org/realms/team" and config.client_secret == "s3cret"
     assert config.allowed_users == {"ada", "bob"} and config.allowed_groups == {"data-science"}
     assert config.admin_groups == {"hub admins", "ops"}  # group names keep spaces and case
     assert config.group_map == (("platform", "docker-sock"),)
     assert config.scopes == ("openid", "profile", "email", "groups")
-    assert (config.username_claim, config.groups_claim, config.claims_from) == ("preferred_username", "groups", "userinfo")
-    assert (config.login_name, config.logout_provider, config.start_wait, config.recheck_seconds) == ("OpenID Connect", False, 30, 300)
+    assert (config.username_claim, config.groups_claim, config.claims_from) == (
+        "preferred_username",
+        "groups",
+        "userinfo",
+    )
+    assert (config.login_name, config.logout_provider, config.start_wait, config.recheck_seconds) == (
+        "OpenID Connect",
+        False,
+        30,
+        300,
+    )
     assert "s3cret" not in repr(config)  # never in a log line or a traceback's locals
     assert config.who_gets_in == "members of data-science and the users ada, bob"
 
@@ -48,28 +78,43 @@ def test_the_client_secret_comes_from_a_file(tmp_path):
     assert from_environ(env).oidc.client_secret == "from-a-file"
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"AUTHENTICATOR": "ldap"}, "AUTHENTICATOR='ldap' is not valid; use native (signup with approval) or oidc"),
-    ({"OIDC_ISSUER": ""}, "AUTHENTICATOR=oidc needs OIDC_ISSUER"),
-    ({"OIDC_ISSUER": "login.example.org"}, "OIDC_ISSUER='login.example.org' is not a URL"),
-    ({"OIDC_ISSUER": "http://login.example.org"}, "uses plain http; an issuer must use https (http only for localhost)"),
-    ({"OIDC_ISSUER": "https://x.org/?a=b"}, "is not a URL"),
-    ({"OIDC_INTERNAL_URL": "keycloak:8080"}, "OIDC_INTERNAL_URL='keycloak:8080' is not a URL"),
-    ({"OIDC_CLIENT_ID": " "}, "AUTHENTICATOR=oidc needs OIDC_CLIENT_ID"),
-    ({"OIDC_CLIENT_SECRET": ""}, "needs OIDC_CLIENT_SECRET or OIDC_CLIENT_SECRET_FILE"),
-    ({"OIDC_CLIENT_SECRET_FILE": "/no/such/file"}, "OIDC_CLIENT_SECRET and OIDC_CLIENT_SECRET_FILE are both set"),
-    ({"OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": "/no/such/file"}, "OIDC_CLIENT_SECRET_FILE=/no/such/file: cannot read it"),
-    ({"OIDC_ALLOWED_GROUPS": ""}, "needs to know who gets in: set OIDC_ALLOWED_GROUPS, OIDC_ALLOWED_USERS, or OIDC_ALLOW_ALL=1"),
-    ({"OIDC_ALLOW_ALL": "maybe"}, "OIDC_ALLOW_ALL='maybe' is not valid; use 1 or 0"),
-    ({"OIDC_SCOPES": "profile email"}, "lacks openid"),
-    ({"OIDC_CLAIMS_FROM": "token"}, "OIDC_CLAIMS_FROM='token' is not valid; use userinfo or id_token"),
-    ({"OIDC_GROUP_MAP": "platform"}, "OIDC_GROUP_MAP: 'platform' is not provider-group=built-in-group"),
-    ({"OIDC_GROUP_MAP": "platform=root"}, "'root' is not a built-in group; use one of docker-sock, docker-privileged"),
-    ({"OIDC_START_WAIT": "-1"}, "OIDC_START_WAIT='-1' is not a number of seconds"),
-    ({"OIDC_ADMIN_USERS": "ada, two words"}, "OIDC_ADMIN_USERS: 'two words' is not a valid username"),
-    ({"OIDC_ALLOWED_USERS": "a/b"}, "OIDC_ALLOWED_USERS: 'a/b' is not a valid username"),
-    ({"OIDC_RECHECK_SECONDS": "soon"}, "OIDC_RECHECK_SECONDS='soon' is not a number of seconds"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"AUTHENTICATOR": "ldap"}, "AUTHENTICATOR='ldap' is not valid; use native (signup with approval) or oidc"),
+        ({"OIDC_ISSUER": ""}, "AUTHENTICATOR=oidc needs OIDC_ISSUER"),
+        ({"OIDC_ISSUER": "login.example.org"}, "OIDC_ISSUER='login.example.org' is not a URL"),
+        (
+            {"OIDC_ISSUER": "http://login.example.org"},
+            "uses plain http; an issuer must use https (http only for localhost)",
+        ),
+        ({"OIDC_ISSUER": "https://x.org/?a=b"}, "is not a URL"),
+        ({"OIDC_INTERNAL_URL": "keycloak:8080"}, "OIDC_INTERNAL_URL='keycloak:8080' is not a URL"),
+        ({"OIDC_CLIENT_ID": " "}, "AUTHENTICATOR=oidc needs OIDC_CLIENT_ID"),
+        ({"OIDC_CLIENT_SECRET": ""}, "needs OIDC_CLIENT_SECRET or OIDC_CLIENT_SECRET_FILE"),
+        ({"OIDC_CLIENT_SECRET_FILE": "/no/such/file"}, "OIDC_CLIENT_SECRET and OIDC_CLIENT_SECRET_FILE are both set"),
+        (
+            {"OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": "/no/such/file"},
+            "OIDC_CLIENT_SECRET_FILE=/no/such/file: cannot read it",
+        ),
+        (
+            {"OIDC_ALLOWED_GROUPS": ""},
+            "needs to know who gets in: set OIDC_ALLOWED_GROUPS, OIDC_ALLOWED_USERS, or OIDC_ALLOW_ALL=1",
+        ),
+        ({"OIDC_ALLOW_ALL": "maybe"}, "OIDC_ALLOW_ALL='maybe' is not valid; use 1 or 0"),
+        ({"OIDC_SCOPES": "profile email"}, "lacks openid"),
+        ({"OIDC_CLAIMS_FROM": "token"}, "OIDC_CLAIMS_FROM='token' is not valid; use userinfo or id_token"),
+        ({"OIDC_GROUP_MAP": "platform"}, "OIDC_GROUP_MAP: 'platform' is not provider-group=built-in-group"),
+        (
+            {"OIDC_GROUP_MAP": "platform=root"},
+            "'root' is not a built-in group; use one of docker-sock, docker-privileged",
+        ),
+        ({"OIDC_START_WAIT": "-1"}, "OIDC_START_WAIT='-1' is not a number of seconds"),
+        ({"OIDC_ADMIN_USERS": "ada, two words"}, "OIDC_ADMIN_USERS: 'two words' is not a valid username"),
+        ({"OIDC_ALLOWED_USERS": "a/b"}, "OIDC_ALLOWED_USERS: 'a/b' is not a valid username"),
+        ({"OIDC_RECHECK_SECONDS": "soon"}, "OIDC_RECHECK_SECONDS='soon' is not a number of seconds"),
+    ],
+)
 def test_bad_oidc_settings_are_one_line_naming_the_variable(change, message):
     with pytest.raises(ConfigError) as caught:
         from_environ({**BASE, **change})
@@ -79,7 +124,9 @@ def test_bad_oidc_settings_are_one_line_naming_the_variable(change, message):
 def test_plain_http_is_allowed_to_loopback_only():
     for issuer in ("http://localhost:9000", "http://idp.localhost:9000", "http://127.0.0.1:9000"):
         assert parse_oidc({**BASE, "OIDC_ISSUER": issuer}).issuer == issuer
-    assert parse_oidc({**BASE, "OIDC_INTERNAL_URL": "http://keycloak:8080/realms/team"}).internal_url  # inside the stack
+    assert parse_oidc(
+        {**BASE, "OIDC_INTERNAL_URL": "http://keycloak:8080/realms/team"}
+    ).internal_url  # inside the stack
 
 
 # -- discovery ------------------------------------------------------------------------------------------------
@@ -100,20 +147,32 @@ def test_the_browser_keeps_the_issuers_address_and_the_hub_calls_the_internal_on
     assert found.token == "http://keycloak:8080/realms/team/protocol/openid-connect/token"
     assert found.userinfo == "http://keycloak:8080/realms/team/protocol/openid-connect/userinfo"
     # a provider that names its endpoints after the address it was asked at (oidc-provider; Keycloak without a hostname)
-    asked_inside = {key: value.replace("https://login.example.org/realms/team", "http://keycloak:8080/realms/team")
-                    for key, value in DOCUMENT.items() if key != "issuer"}
+    asked_inside = {
+        key: value.replace("https://login.example.org/realms/team", "http://keycloak:8080/realms/team")
+        for key, value in DOCUMENT.items()
+        if key != "issuer"
+    }
     assert parse_discovery({**asked_inside, "issuer": DOCUMENT["issuer"]}, CONFIG) == found
     # an endpoint on another host (Entra's userinfo on graph.microsoft.com) is left where it is
     elsewhere = parse_discovery({**DOCUMENT, "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo"}, CONFIG)
     assert elsewhere.userinfo == "https://graph.microsoft.com/oidc/userinfo"
 
 
-@pytest.mark.parametrize(("document", "message"), [
-    ({**DOCUMENT, "issuer": "https://evil.example.org"}, "does not match the issuer the provider names, 'https://evil.example.org'"),
-    ({k: v for k, v in DOCUMENT.items() if k != "token_endpoint"}, "the discovery document has no token_endpoint"),
-    ({k: v for k, v in DOCUMENT.items() if k != "userinfo_endpoint"}, "userinfo_endpoint (or set OIDC_CLAIMS_FROM=id_token)"),
-    (["not", "an", "object"], "is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {**DOCUMENT, "issuer": "https://evil.example.org"},
+            "does not match the issuer the provider names, 'https://evil.example.org'",
+        ),
+        ({k: v for k, v in DOCUMENT.items() if k != "token_endpoint"}, "the discovery document has no token_endpoint"),
+        (
+            {k: v for k, v in DOCUMENT.items() if k != "userinfo_endpoint"},
+            "userinfo_endpoint (or set OIDC_CLAIMS_FROM=id_token)",
+        ),
+        (["not", "an", "object"], "is not a JSON object"),
+    ],
+)
 def test_a_wrong_discovery_document_is_refused(document, message):
     with pytest.raises(OIDCError) as caught:
         parse_discovery(document, CONFIG)
@@ -143,7 +202,9 @@ def test_discovery_waits_for_an_issuer_that_is_not_up_yet_then_answers():
         return DOCUMENT
 
     found = discover(CONFIG, fetch=fetch, say=lambda message: None, clock=clock, sleep=clock.sleep)
-    assert asked == ["http://keycloak:8080/realms/team/.well-known/openid-configuration"] * 3  # asked where the hub reaches it
+    assert (
+        asked == ["http://keycloak:8080/realms/team/.well-known/openid-configuration"] * 3
+    )  # asked where the hub reaches it
     assert found.issuer == DOCUMENT["issuer"] and clock.now < CONFIG.start_wait
 
 
@@ -155,7 +216,9 @@ def test_discovery_gives_up_after_the_wait_with_one_line():
 
     with pytest.raises(OIDCError) as caught:
         discover(CONFIG, fetch=fetch, say=lambda message: None, clock=clock, sleep=clock.sleep)
-    assert str(caught.value).startswith("OIDC_INTERNAL_URL: the issuer does not answer at http://keycloak:8080/realms/team/")
+    assert str(caught.value).startswith(
+        "OIDC_INTERNAL_URL: the issuer does not answer at http://keycloak:8080/realms/team/"
+    )
     assert "after 30 s" in str(caught.value) and "\n" not in str(caught.value)
     assert 30 <= clock.now < 33
 
@@ -188,13 +251,16 @@ def test_with_a_map_the_mapped_builtin_groups_follow_the_provider_both_ways_and_
     assert hub_groups({"team"}, mapping, {"docker-privileged"}) == {"team", "docker-privileged"}
 
 
-@pytest.mark.parametrize(("claims", "claim", "expected"), [
-    ({"groups": ["a", "b"]}, "groups", {"a", "b"}),
-    ({"groups": "a"}, "groups", {"a"}),
-    ({}, "groups", set()),
-    ({"realm_access": {"roles": ["x"]}}, "realm_access.roles", {"x"}),
-    ({"groups": {"not": "a list"}}, "groups", set()),
-])
+@pytest.mark.parametrize(
+    ("claims", "claim", "expected"),
+    [
+        ({"groups": ["a", "b"]}, "groups", {"a", "b"}),
+        ({"groups": "a"}, "groups", {"a"}),
+        ({}, "groups", set()),
+        ({"realm_access": {"roles": ["x"]}}, "realm_access.roles", {"x"}),
+        ({"groups": {"not": "a list"}}, "groups", set()),
+    ],
+)
 def test_the_groups_claim(claims, claim, expected):
     assert groups_from_claims(claims, claim) == expected
 
@@ -266,8 +332,13 @@ def signing_in(provider: Provider, db, **config):
                 raise provider.failure
             return dict(provider.claims)
 
-    made = Signing(manage_groups=True, auth_state_groups_key=GROUPS_KEY, enable_auth_state=True, username_claim="preferred_username",
-                   **config)
+    made = Signing(
+        manage_groups=True,
+        auth_state_groups_key=GROUPS_KEY,
+        enable_auth_state=True,
+        username_claim="preferred_username",
+        **config,
+    )
     made.db = db
     return made
 
@@ -306,6 +377,7 @@ def bind(db, name, sub, admin=False, groups=()):
         found = db.query(orm.Group).filter_by(name=group).first() or orm.Group(name=group)
         user.groups.append(found)
     if sub:
+
         async def sealed():
             return await encrypt({"oauth_user": {"sub": sub, "preferred_username": name}})
 
@@ -323,11 +395,14 @@ def test_a_name_taken_over_at_the_provider_does_not_get_the_hub_user_or_stop_the
     assert asyncio.run(auth.get_authenticated_user(handler, None)) is None
     assert "belongs to another account" in handler.hubforge_refusal
     assert handler.stopped == []
-    outsider = signing_in(Provider({"sub": "sub-mallory", "preferred_username": "bob", "groups": []}), hub_db,
-                          allowed_groups={"team"})
+    outsider = signing_in(
+        Provider({"sub": "sub-mallory", "preferred_username": "bob", "groups": []}), hub_db, allowed_groups={"team"}
+    )
     assert asyncio.run(outsider.get_authenticated_user(handler, None)) is None
     assert handler.stopped == []  # a refused stranger who claims bob's name does not stop bob's server
-    bob = signing_in(Provider({"sub": "sub-bob", "preferred_username": "bob", "groups": []}), hub_db, allowed_groups={"team"})
+    bob = signing_in(
+        Provider({"sub": "sub-bob", "preferred_username": "bob", "groups": []}), hub_db, allowed_groups={"team"}
+    )
     assert asyncio.run(bob.get_authenticated_user(handler, None)) is None
     assert handler.stopped == ["bob"]  # bob himself, out of the group: his server stops
 
@@ -335,12 +410,18 @@ def test_a_name_taken_over_at_the_provider_does_not_get_the_hub_user_or_stop_the
 def test_the_same_account_keeps_its_builtin_groups_and_a_stale_admin_flag_goes(hub_db):
     bind(hub_db, "admin", "", admin=True)  # the native admin of a hub that switched to OIDC
     bind(hub_db, "ada", "sub-ada", groups=["docker-sock"])
-    auth = signing_in(Provider({"sub": "sub-admin", "preferred_username": "admin", "groups": ["team"]}), hub_db,
-                      allowed_groups={"team"})
+    auth = signing_in(
+        Provider({"sub": "sub-admin", "preferred_username": "admin", "groups": ["team"]}),
+        hub_db,
+        allowed_groups={"team"},
+    )
     model = asyncio.run(auth.get_authenticated_user(Handler(), None))
     assert model["name"] == "admin" and model["admin"] is False
-    ada = signing_in(Provider({"sub": "sub-ada", "preferred_username": "ada", "groups": ["team", "docker-sock"]}), hub_db,
-                     allowed_groups={"team"})
+    ada = signing_in(
+        Provider({"sub": "sub-ada", "preferred_username": "ada", "groups": ["team", "docker-sock"]}),
+        hub_db,
+        allowed_groups={"team"},
+    )
     model = asyncio.run(ada.get_authenticated_user(Handler(), None))
     assert model["groups"] == ["docker-sock", "team"]  # kept from the hub, not taken from the provider's group
 
@@ -349,7 +430,10 @@ class Stored:
     """A hub user as refresh_user sees it: a name and the auth state of its last sign-in."""
 
     def __init__(self, name, sub):
-        self.name, self.state = name, {"oauth_user": {"sub": sub}, "token_response": {"access_token": "t", "token_type": "Bearer"}}
+        self.name, self.state = (
+            name,
+            {"oauth_user": {"sub": sub}, "token_response": {"access_token": "t", "token_type": "Bearer"}},
+        )
 
     async def get_auth_state(self):
         return self.state
@@ -360,24 +444,29 @@ def test_a_recheck_signs_in_again_when_the_provider_now_names_another_account_or
 
     bind(hub_db, "alice", "sub-alice")
     bind(hub_db, "bob", "sub-bob", groups=["docker-sock"])
-    renamed = signing_in(Provider({"sub": "sub-alice", "preferred_username": "bob", "groups": ["team"]}), hub_db,
-                         allowed_groups={"team"})
+    renamed = signing_in(
+        Provider({"sub": "sub-alice", "preferred_username": "bob", "groups": ["team"]}), hub_db, allowed_groups={"team"}
+    )
     assert asyncio.run(renamed.refresh_user(Stored("alice", "sub-alice"), Handler())) is False  # never bob's groups
-    same = signing_in(Provider({"sub": "sub-alice", "preferred_username": "alice", "groups": ["team"]}), hub_db,
-                      allowed_groups={"team"})
+    same = signing_in(
+        Provider({"sub": "sub-alice", "preferred_username": "alice", "groups": ["team"]}),
+        hub_db,
+        allowed_groups={"team"},
+    )
     assert asyncio.run(same.refresh_user(Stored("alice", "sub-alice"), Handler()))["groups"] == ["team"]
     down = signing_in(Provider(failure=HTTPClientError(599, "connection refused")), hub_db, allowed_groups={"team"})
     assert asyncio.run(down.refresh_user(Stored("alice", "sub-alice"), Handler())) is True  # unchanged, no 500
 
 
-
 # -- the allow-lists decide at every login and recheck, for users old and new --------------------------------------
 def allowed(auth, name: str, groups: list[str]) -> bool:
     """oauthenticator's own check of a sign-in by `name` whose provider groups are `groups`."""
+
     async def check():
         state = {"oauth_user": {"preferred_username": name, "groups": groups}}
         model = await auth.update_auth_model({"name": name, "admin": None, "auth_state": state})
         return await auth.check_allowed(name, await auth._apply_managed_groups(model))
+
     return asyncio.run(check())
 
 
@@ -401,8 +490,10 @@ class Running:
     """A hub user with a running server, as the hub's user dict holds them; `stop` is what JupyterHub's does."""
 
     def __init__(self, name):
-        self.name, self.state = name, {"oauth_user": {"sub": f"sub-{name}"},
-                                       "token_response": {"access_token": name, "token_type": "Bearer"}}
+        self.name, self.state = (
+            name,
+            {"oauth_user": {"sub": f"sub-{name}"}, "token_response": {"access_token": name, "token_type": "Bearer"}},
+        )
         self.spawners = {"": SimpleNamespace(active=True, pending=None)}
         self.saved = None
 
@@ -429,8 +520,14 @@ def test_the_recheck_stops_the_servers_of_users_who_lost_access_without_a_reques
     users = {name: Running(name) for name in groups}
     removed = []
     proxy = SimpleNamespace(delete_user=lambda user, server_name: asyncio.sleep(0, removed.append(user.name)))
-    auth = AtTheProvider(manage_groups=True, auth_state_groups_key=GROUPS_KEY, enable_auth_state=True,
-                         username_claim="preferred_username", allowed_groups={"team"}, allowed_users=set())
+    auth = AtTheProvider(
+        manage_groups=True,
+        auth_state_groups_key=GROUPS_KEY,
+        enable_auth_state=True,
+        username_claim="preferred_username",
+        allowed_groups={"team"},
+        allowed_users=set(),
+    )
     auth.db, auth.hub = hub_db, SimpleNamespace(users=users, proxy=proxy)
     assert asyncio.run(auth.recheck_all()) == ["finn", "dora"]
     assert sorted(removed) == ["dora", "finn"] and users["ada"].spawners[""].active
@@ -455,10 +552,19 @@ def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     secret.chmod(0o600)  # root's own: the hub (uid 1000) could not read it
-    options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file))
+    options = StackOptions(
+        project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file)
+    )
     options.run_dir.mkdir()
-    env = "\n".join(f"{k}={v}" for k, v in {**BASE, "OIDC_CLIENT_SECRET": "", "OIDC_CLIENT_SECRET_FILE": str(secret),
-                                            "ENABLE_GPU_SUPPORT": "0"}.items())
+    env = "\n".join(
+        f"{k}={v}"
+        for k, v in {
+            **BASE,
+            "OIDC_CLIENT_SECRET": "",
+            "OIDC_CLIENT_SECRET_FILE": str(secret),
+            "ENABLE_GPU_SUPPORT": "0",
+        }.items()
+    )
     (options.run_dir / ".env").write_text(env + "\n")
     daemon = SimpleNamespace(cpu_count=lambda: 2, containers=lambda labels, all=True: [])
     said = []
@@ -473,7 +579,8 @@ def test_the_rendered_stack_mounts_the_secret_file_for_the_hub(tmp_path):
     # readable by the hub, and by everyone: `invoke up` says so in one line, and goes on
     assert [line for line in said if "readable by every user" in line] == [
         f"warning: OIDC_CLIENT_SECRET_FILE={secret} is readable by every user (mode 0644), and the client secret lets "
-        f"anyone act as this hub at the provider; make it private: chown 1000 {secret} && chmod 0400 {secret}"]
+        f"anyone act as this hub at the provider; make it private: chown 1000 {secret} && chmod 0400 {secret}"
+    ]
     rendered = yaml.safe_load((options.run_dir / "compose.yml").read_text())
     hub = rendered["services"]["hub"]
     assert hub["environment"]["OIDC_CLIENT_SECRET_FILE"] == "/run/secrets/oidc_client_secret"
@@ -493,7 +600,8 @@ def test_a_world_readable_client_secret_file_is_named_in_one_line(tmp_path, mode
     if warned:
         assert config.secret_warning == (
             f"OIDC_CLIENT_SECRET_FILE={secret} is readable by every user (mode {mode:04o}), and the client secret lets "
-            f"anyone act as this hub at the provider; make it private: chown 1000 {secret} && chmod 0400 {secret}")
+            f"anyone act as this hub at the provider; make it private: chown 1000 {secret} && chmod 0400 {secret}"
+        )
     else:
         assert config.secret_warning == ""
 

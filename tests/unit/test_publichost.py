@@ -1,4 +1,5 @@
-"""Which requests hub_ext.hub.publichost sends to the public host: a browser's pages under another name, nothing else."""
+"""Which requests hub_ext.hub.publichost sends to the public host: a browser's pages under another name, nothing
+else."""
 
 from __future__ import annotations
 
@@ -11,25 +12,34 @@ from hub_ext.hub.publichost import redirect_target
 ORIGIN = "https://hub.example.org:8443"
 
 
-@pytest.mark.parametrize(("method", "host", "uri", "token", "expected"), [
-    ("GET", "127.0.0.1", "/hub/login?next=%2Fhub%2Fhome", False, ORIGIN + "/hub/login?next=%2Fhub%2Fhome"),
-    ("HEAD", "10.0.0.5", "/hub/home", False, ORIGIN + "/hub/home"),
-    ("GET", "other.example.net", "/user/ada/lab", False, ORIGIN + "/user/ada/lab"),
-    ("GET", "hub.example.org", "/hub/login", False, None),  # the public host
-    ("GET", "ada.hub.example.org", "/user/ada/lab", False, None),  # a lab's subdomain, when its server is down
-    ("GET", "HUB.EXAMPLE.ORG.", "/hub/home", False, None),  # names are case-insensitive, a final dot is the same name
-    ("GET", "hub", "/hub/home", False, None),  # the hub's alias inside the stack
-    ("GET", "127.0.0.1", "/hub/api/users", True, None),  # a token call: scripts at any address
-    ("GET", "127.0.0.1", "/hub/api/user", False, None),  # the API answers 403 by itself, never a redirect
-    # a lab's own check of the hub's version, with no token, at the hub's address inside the stack (Swarm: an IP)
-    ("GET", "10.230.7.2", "/hub/api", False, None),
-    ("GET", "10.230.7.2", "/hub/api?x=1", False, None),
-    ("GET", "127.0.0.1", "/hub/apis-are-not-the-api", False, ORIGIN + "/hub/apis-are-not-the-api"),
-    ("GET", "127.0.0.1", "/hub/health", False, None),  # health checks use the address
-    ("GET", "127.0.0.1", "/hub/metrics", False, None),
-    ("POST", "127.0.0.1", "/hub/login", False, None),  # a form post is never redirected (its body would be lost)
-    ("GET", "evilhub.example.org", "/hub/home", False, ORIGIN + "/hub/home"),  # not a subdomain, only a suffix
-])
+@pytest.mark.parametrize(
+    ("method", "host", "uri", "token", "expected"),
+    [
+        ("GET", "127.0.0.1", "/hub/login?next=%2Fhub%2Fhome", False, ORIGIN + "/hub/login?next=%2Fhub%2Fhome"),
+        ("HEAD", "10.0.0.5", "/hub/home", False, ORIGIN + "/hub/home"),
+        ("GET", "other.example.net", "/user/ada/lab", False, ORIGIN + "/user/ada/lab"),
+        ("GET", "hub.example.org", "/hub/login", False, None),  # the public host
+        ("GET", "ada.hub.example.org", "/user/ada/lab", False, None),  # a lab's subdomain, when its server is down
+        (
+            "GET",
+            "HUB.EXAMPLE.ORG.",
+            "/hub/home",
+            False,
+            None,
+        ),  # names are case-insensitive, a final dot is the same name
+        ("GET", "hub", "/hub/home", False, None),  # the hub's alias inside the stack
+        ("GET", "127.0.0.1", "/hub/api/users", True, None),  # a token call: scripts at any address
+        ("GET", "127.0.0.1", "/hub/api/user", False, None),  # the API answers 403 by itself, never a redirect
+        # a lab's own check of the hub's version, with no token, at the hub's address inside the stack (Swarm: an IP)
+        ("GET", "10.230.7.2", "/hub/api", False, None),
+        ("GET", "10.230.7.2", "/hub/api?x=1", False, None),
+        ("GET", "127.0.0.1", "/hub/apis-are-not-the-api", False, ORIGIN + "/hub/apis-are-not-the-api"),
+        ("GET", "127.0.0.1", "/hub/health", False, None),  # health checks use the address
+        ("GET", "127.0.0.1", "/hub/metrics", False, None),
+        ("POST", "127.0.0.1", "/hub/login", False, None),  # a form post is never redirected (its body would be lost)
+        ("GET", "evilhub.example.org", "/hub/home", False, ORIGIN + "/hub/home"),  # not a subdomain, only a suffix
+    ],
+)
 def test_what_is_redirected(method, host, uri, token, expected):
     assert redirect_target(method, host, uri, token, ORIGIN, "/") == expected
 
@@ -58,4 +68,9 @@ def test_status_gives_scripts_an_address():
     from hubforge.deploy.engine import script_address
 
     assert [script_address(b) for b in ("0.0.0.0", "::", "127.0.0.1", "192.0.2.7", "2001:db8::1")] == [
-        "127.0.0.1", "127.0.0.1", "127.0.0.1", "192.0.2.7", "[2001:db8::1]"]
+        "127.0.0.1",
+        "127.0.0.1",
+        "127.0.0.1",
+        "192.0.2.7",
+        "[2001:db8::1]",
+    ]

@@ -24,8 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
         ("1.2.3", None, ["1.2.3", "1.2", "1", "latest", "sha-abcdef123456"]),
         ("0.4.0", None, ["0.4.0", "0.4", "0", "latest", "sha-abcdef123456"]),
         ("2.0.0-rc.1", None, ["2.0.0-rc.1", "sha-abcdef123456"]),
-        ("1.2.3", "datascience", ["1.2.3-datascience", "1.2-datascience", "1-datascience", "latest-datascience",
-                                  "sha-abcdef123456-datascience"]),
+        (
+            "1.2.3",
+            "datascience",
+            [
+                "1.2.3-datascience",
+                "1.2-datascience",
+                "1-datascience",
+                "latest-datascience",
+                "sha-abcdef123456-datascience",
+            ],
+        ),
         ("2.0.0-beta", "datascience", ["2.0.0-beta-datascience", "sha-abcdef123456-datascience"]),
     ],
 )
@@ -46,7 +55,12 @@ def test_versions_parse():
 
 @pytest.mark.parametrize(
     ("registry", "expected"),
-    [("docker.io", "team/hub"), ("", "team/hub"), ("127.0.0.1:5000", "127.0.0.1:5000/team/hub"), ("ghcr.io/", "ghcr.io/team/hub")],
+    [
+        ("docker.io", "team/hub"),
+        ("", "team/hub"),
+        ("127.0.0.1:5000", "127.0.0.1:5000/team/hub"),
+        ("ghcr.io/", "ghcr.io/team/hub"),
+    ],
 )
 def test_repositories(registry, expected):
     assert repository(registry, "team", "hub") == expected
@@ -95,10 +109,12 @@ def test_workflows_are_valid_and_do_what_they_say():
     assert on["push"]["tags"] == ["v*.*.*"]
     step = next(s for s in release["jobs"]["release"]["steps"] if "invoke release" in s.get("run", ""))
     assert "--push" in step["run"]
-    assert step["env"] == {"DOCKERHUB_USERNAME": "${{ secrets.DOCKERHUB_USERNAME }}",
-                           "DOCKERHUB_TOKEN": "${{ secrets.DOCKERHUB_TOKEN }}",
-                           "SIGNING_KEY_PEM": "${{ secrets.HUBFORGE_SIGNING_KEY_PEM }}",
-                           "HUBFORGE_SIGNING_KEY_PASSWORD": "${{ secrets.HUBFORGE_SIGNING_KEY_PASSWORD }}"}
+    assert step["env"] == {
+        "DOCKERHUB_USERNAME": "${{ secrets.DOCKERHUB_USERNAME }}",
+        "DOCKERHUB_TOKEN": "${{ secrets.DOCKERHUB_TOKEN }}",
+        "SIGNING_KEY_PEM": "${{ secrets.HUBFORGE_SIGNING_KEY_PEM }}",
+        "HUBFORGE_SIGNING_KEY_PASSWORD": "${{ secrets.HUBFORGE_SIGNING_KEY_PASSWORD }}",
+    }
     assert 'export HUBFORGE_SIGNING_KEY="$RUNNER_TEMP/hubforge.key"' in step["run"]  # what `invoke release` signs with
     attach = next(s for s in release["jobs"]["release"]["steps"] if "action-gh-release" in s.get("uses", ""))
     assert attach["with"]["files"].split() == ["dist/*.json", "dist/*.sig"]  # the cache index's signature too
@@ -118,10 +134,16 @@ def test_sbom_document_lists_each_package_with_its_purl():
 def test_npm_packages_get_npm_purls_once_each_however_many_bundle_them():
     from hubforge.release.sbom import cyclonedx
 
-    npm = [("@hubforge/notify", "0.1.0", ""), ("css-loader", "6.8.1", "jupyterlab_pygments"),
-           ("css-loader", "6.8.1", "another-extension")]
+    npm = [
+        ("@hubforge/notify", "0.1.0", ""),
+        ("css-loader", "6.8.1", "jupyterlab_pygments"),
+        ("css-loader", "6.8.1", "another-extension"),
+    ]
     doc = cyclonedx("hubforge/lab:abc", "lab", "1.2.3", [], [], npm)
-    assert sorted(c["purl"] for c in doc["components"]) == ["pkg:npm/%40hubforge/notify@0.1.0", "pkg:npm/css-loader@6.8.1"]
+    assert sorted(c["purl"] for c in doc["components"]) == [
+        "pkg:npm/%40hubforge/notify@0.1.0",
+        "pkg:npm/css-loader@6.8.1",
+    ]
 
 
 def test_dpkg_status_paragraphs_give_the_installed_packages():
@@ -146,7 +168,10 @@ Status: deinstall ok config-files
 Architecture: amd64
 Version: 1.0
 """
-    assert parse_dpkg_status(text) == [("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"), ("libc6", "2.36-9+deb12u13", "amd64")]
+    assert parse_dpkg_status(text) == [
+        ("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"),
+        ("libc6", "2.36-9+deb12u13", "amd64"),
+    ]
     assert parse_dpkg_status("") == []
 
 
@@ -167,15 +192,21 @@ def test_python_and_debian_packages_are_read_from_metadata_files():
     from hubforge.release.sbom import read_inventory
 
     site = "usr/local/lib/python3.11/site-packages"
-    found = read_inventory(rootfs_tar({
-        "var/lib/dpkg/status": STATUS,
-        f"{site}/Jinja2-3.1.4.dist-info/METADATA": b"Metadata-Version: 2.1\nName: Jinja2\nVersion: 3.1.4\n\nName: body\n",
-        f"{site}/Jinja2-3.1.4.dist-info/RECORD": b"Name: not-metadata\nVersion: 0\n",
-        "usr/lib/python3/dist-packages/six-1.16.0.egg-info": b"Name: six\nVersion: 1.16.0\n",
-        "opt/venv/lib/python3.11/site-packages/attrs-23.1.0.egg-info/PKG-INFO": b"Name: attrs\nVersion: 23.1.0\n",
-        "usr/share/doc/fake.dist-info/METADATA": b"Name: not-on-a-path\nVersion: 1\n",
-    }, links={"root/.local/lib/python3.11/site-packages/Jinja2-3.1.4.dist-info/METADATA":
-              f"{site}/Jinja2-3.1.4.dist-info/METADATA"}))
+    found = read_inventory(
+        rootfs_tar(
+            {
+                "var/lib/dpkg/status": STATUS,
+                f"{site}/Jinja2-3.1.4.dist-info/METADATA": b"Metadata-Version: 2.1\nName: Jinja2\nVersion: 3.1.4\n\nName: body\n",
+                f"{site}/Jinja2-3.1.4.dist-info/RECORD": b"Name: not-metadata\nVersion: 0\n",
+                "usr/lib/python3/dist-packages/six-1.16.0.egg-info": b"Name: six\nVersion: 1.16.0\n",
+                "opt/venv/lib/python3.11/site-packages/attrs-23.1.0.egg-info/PKG-INFO": b"Name: attrs\nVersion: 23.1.0\n",
+                "usr/share/doc/fake.dist-info/METADATA": b"Name: not-on-a-path\nVersion: 1\n",
+            },
+            links={
+                "root/.local/lib/python3.11/site-packages/Jinja2-3.1.4.dist-info/METADATA": f"{site}/Jinja2-3.1.4.dist-info/METADATA"
+            },
+        )
+    )
     assert found.python == [("Jinja2", "3.1.4"), ("attrs", "23.1.0"), ("six", "1.16.0")]
     assert found.debian == [("libc6", "2.36-9+deb12u13", "amd64")] and found.npm == []
 
@@ -184,11 +215,15 @@ def test_an_image_without_dpkg_lists_its_status_d_paragraphs():
     """The gpu-probe: busybox and files copied from .debs, one status paragraph each in /var/lib/dpkg/status.d/."""
     from hubforge.release.sbom import read_inventory
 
-    found = read_inventory(rootfs_tar({
-        "var/lib/dpkg/status.d/libc6": STATUS.split(b"\n\n")[0],
-        "var/lib/dpkg/status.d/busybox-static": b"Package: busybox-static\nStatus: install ok installed\n"
-                                                b"Architecture: amd64\nVersion: 1:1.35.0-4+deb12u1+b1\n",
-    }))
+    found = read_inventory(
+        rootfs_tar(
+            {
+                "var/lib/dpkg/status.d/libc6": STATUS.split(b"\n\n")[0],
+                "var/lib/dpkg/status.d/busybox-static": b"Package: busybox-static\nStatus: install ok installed\n"
+                b"Architecture: amd64\nVersion: 1:1.35.0-4+deb12u1+b1\n",
+            }
+        )
+    )
     assert found.debian == [("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"), ("libc6", "2.36-9+deb12u13", "amd64")]
     assert found.python == [] and found.npm == []
 
@@ -197,30 +232,47 @@ def test_npm_packages_are_read_from_the_lab_extensions_and_their_bundles():
     from hubforge.release.sbom import read_inventory
 
     share = "usr/local/share/jupyter"
-    licenses = json.dumps({"packages": [{"name": "css-loader", "versionInfo": "6.8.1"}, {"name": "no-version"}]}).encode()
-    found = read_inventory(rootfs_tar({
-        f"{share}/lab/static/third-party-licenses.json":
-            json.dumps({"packages": [{"name": "@lumino/widgets", "versionInfo": "2.3.0"}]}).encode(),
-        f"{share}/labextensions/jupyterlab_pygments/package.json": b'{"name": "jupyterlab_pygments", "version": "0.3.0"}',
-        f"{share}/labextensions/jupyterlab_pygments/static/third-party-licenses.json": licenses,
-        f"{share}/labextensions/@hubforge/notify/package.json": b'{"name": "@hubforge/notify", "version": "0.1.0"}',
-        f"{share}/labextensions/broken/package.json": b"{not json",
-        f"{share}/labextensions/jupyterlab_pygments/static/node_modules/x/package.json": b'{"name": "x", "version": "1"}',
-    }))
-    assert found.npm == [("@hubforge/notify", "0.1.0", ""), ("@lumino/widgets", "2.3.0", "jupyterlab"),
-                         ("css-loader", "6.8.1", "jupyterlab_pygments"), ("jupyterlab_pygments", "0.3.0", "")]
+    licenses = json.dumps(
+        {"packages": [{"name": "css-loader", "versionInfo": "6.8.1"}, {"name": "no-version"}]}
+    ).encode()
+    found = read_inventory(
+        rootfs_tar(
+            {
+                f"{share}/lab/static/third-party-licenses.json": json.dumps(
+                    {"packages": [{"name": "@lumino/widgets", "versionInfo": "2.3.0"}]}
+                ).encode(),
+                f"{share}/labextensions/jupyterlab_pygments/package.json": b'{"name": "jupyterlab_pygments", "version": "0.3.0"}',
+                f"{share}/labextensions/jupyterlab_pygments/static/third-party-licenses.json": licenses,
+                f"{share}/labextensions/@hubforge/notify/package.json": b'{"name": "@hubforge/notify", "version": "0.1.0"}',
+                f"{share}/labextensions/broken/package.json": b"{not json",
+                f"{share}/labextensions/jupyterlab_pygments/static/node_modules/x/package.json": b'{"name": "x", "version": "1"}',
+            }
+        )
+    )
+    assert found.npm == [
+        ("@hubforge/notify", "0.1.0", ""),
+        ("@lumino/widgets", "2.3.0", "jupyterlab"),
+        ("css-loader", "6.8.1", "jupyterlab_pygments"),
+        ("jupyterlab_pygments", "0.3.0", ""),
+    ]
 
 
 class LyingImage:
-    """An image whose own python3 and dpkg-query report packages that are not on its disk; its filesystem is the truth."""
+    """An image whose own python3 and dpkg-query report packages that are not on its disk; its filesystem is the
+    truth."""
 
     def run_output(self, image, command, **kwargs):
         return '[["requests", "9.9.9"]]' if command[0] == "python3" else "libc6\t9.9\tamd64\tii \n"
 
     def read_filesystem(self, image, read):
-        return read(rootfs_tar({"var/lib/dpkg/status": STATUS,
-                               "usr/lib/python3.11/site-packages/requests-2.31.0.dist-info/METADATA":
-                                   b"Name: requests\nVersion: 2.31.0\n"}))
+        return read(
+            rootfs_tar(
+                {
+                    "var/lib/dpkg/status": STATUS,
+                    "usr/lib/python3.11/site-packages/requests-2.31.0.dist-info/METADATA": b"Name: requests\nVersion: 2.31.0\n",
+                }
+            )
+        )
 
 
 def test_the_sbom_is_what_the_filesystem_holds_not_what_the_image_says():

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from hubforge.errors import HubforgeError
 from hubforge.imagebuild import remote_cache, wheels
 from hubforge.imagebuild.builder import KEY_LABEL, TARGET_LABEL, Builder, Settings, Step, input_digests
 from hubforge.imagebuild.keys import KEY_LENGTH, Manifest
 from hubforge.imagebuild.remote_cache import Entry
 from hubforge.imagebuild.targets import Graph, Target
-from hubforge.errors import HubforgeError
 from hubforge.release import plan as rel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +37,11 @@ def step_of(inputs: dict[str, str] | None = None) -> Step:
 
 def built_image(step: Step, image_id: str = BUILT_ID, layers: tuple[str, ...] = LAYERS) -> dict:
     """What `docker image inspect` says of a build of `step`'s key."""
-    return {"Id": image_id, "RootFS": {"Layers": list(layers)},
-            "Config": {"Labels": {KEY_LABEL: step.key, TARGET_LABEL: "probe"}}}
+    return {
+        "Id": image_id,
+        "RootFS": {"Layers": list(layers)},
+        "Config": {"Labels": {KEY_LABEL: step.key, TARGET_LABEL: "probe"}},
+    }
 
 
 class RegistryAndStore:
@@ -82,7 +85,9 @@ def index_file(tmp_path: Path, step: Step, entry: Entry) -> Path:
 def pull(tmp_path: Path, step: Step, served: dict[str, dict], entry: Entry = Entry(DIGEST, BUILT_ID, LAYERS)):
     """pull_from_cache as `invoke build --cache-from CACHE --cache-index FILE` runs it: (pulled?, docker, lines)."""
     docker, lines = RegistryAndStore(served), []
-    settings = Settings(root=tmp_path, cache_dir=tmp_path / "cache", cache_from=CACHE, cache_index=index_file(tmp_path, step, entry))
+    settings = Settings(
+        root=tmp_path, cache_dir=tmp_path / "cache", cache_from=CACHE, cache_index=index_file(tmp_path, step, entry)
+    )
     builder = Builder(settings, docker, Graph({"probe": TARGET}), say=lines.append)  # type: ignore[arg-type]
     builder.remember = lambda step: None  # type: ignore[method-assign]  # the build state is not what is tested
     builder.ensure_friendly_tag = lambda step: None  # type: ignore[method-assign]
@@ -104,7 +109,9 @@ def test_an_other_image_under_the_key_tag_is_refused_in_one_line_and_built_here(
 def test_the_image_the_index_names_is_pulled_by_digest_and_tagged_under_the_key(tmp_path):
     step = step_of()
     image = built_image(step)
-    pulled, docker, lines = pull(tmp_path, step, {f"{CACHE}/probe@{DIGEST}": image, f"{CACHE}/probe:{step.remote_key}": image})
+    pulled, docker, lines = pull(
+        tmp_path, step, {f"{CACHE}/probe@{DIGEST}": image, f"{CACHE}/probe:{step.remote_key}": image}
+    )
     assert pulled and lines == []
     assert docker.pulls == [f"{CACHE}/probe@{DIGEST}"]
     assert docker.local[f"hubforge/probe:{step.key}"] is image
@@ -113,16 +120,26 @@ def test_the_image_the_index_names_is_pulled_by_digest_and_tagged_under_the_key(
 def test_a_pulled_image_that_is_not_the_indexed_build_is_removed_and_refused(tmp_path):
     step = step_of()
     pulled, docker, lines = pull(tmp_path, step, {f"{CACHE}/probe@{DIGEST}": built_image(step, OTHER_ID)})
-    assert not pulled and f"{CACHE}/probe@{DIGEST}" not in docker.local and f"hubforge/probe:{step.key}" not in docker.local
+    assert (
+        not pulled
+        and f"{CACHE}/probe@{DIGEST}" not in docker.local
+        and f"hubforge/probe:{step.key}" not in docker.local
+    )
     assert len(lines) == 1 and f"its image id is {OTHER_ID}" in lines[0]
 
 
 def test_a_key_the_index_does_not_name_is_not_even_asked_for(tmp_path):
     step, other = step_of(), step_of({"img/run.sh": "0" * 64})
     docker, lines = RegistryAndStore({f"{CACHE}/probe:{other.remote_key}": built_image(other)}), []
-    settings = Settings(root=tmp_path, cache_dir=tmp_path / "c", cache_from=CACHE,
-                        cache_index=index_file(tmp_path, step, Entry(DIGEST, BUILT_ID, LAYERS)))
-    assert not Builder(settings, docker, Graph({"probe": TARGET}), say=lines.append).pull_from_cache(other, lambda m: None)  # type: ignore[arg-type]
+    settings = Settings(
+        root=tmp_path,
+        cache_dir=tmp_path / "c",
+        cache_from=CACHE,
+        cache_index=index_file(tmp_path, step, Entry(DIGEST, BUILT_ID, LAYERS)),
+    )
+    assert not Builder(settings, docker, Graph({"probe": TARGET}), say=lines.append).pull_from_cache(
+        other, lambda m: None
+    )  # type: ignore[arg-type]
     assert docker.pulls == [] and lines == []
 
 
@@ -145,15 +162,18 @@ def inspected(image_id: str = BUILT_ID, layers=LAYERS, labels=LABELS) -> dict:
     return {"Id": image_id, "RootFS": {"Layers": list(layers)}, "Config": {"Labels": dict(labels)}}
 
 
-@pytest.mark.parametrize("found, why", [
-    (inspected(), ""),
-    (inspected(DIGEST), ""),  # the containerd image store names an image by its manifest digest
-    (None, "the pull left no image in the local store"),
-    (inspected(OTHER_ID), f"its image id is {OTHER_ID}, the cache index names {BUILT_ID}"),
-    (inspected(layers=LAYERS[:1]), "its layers are not those the cache index names"),
-    (inspected(labels={**LABELS, KEY_LABEL: "0" * KEY_LENGTH}), f"its label {KEY_LABEL} is '{'0' * KEY_LENGTH}'"),
-    (inspected(labels={}), f"its label {KEY_LABEL} is None"),
-])
+@pytest.mark.parametrize(
+    "found, why",
+    [
+        (inspected(), ""),
+        (inspected(DIGEST), ""),  # the containerd image store names an image by its manifest digest
+        (None, "the pull left no image in the local store"),
+        (inspected(OTHER_ID), f"its image id is {OTHER_ID}, the cache index names {BUILT_ID}"),
+        (inspected(layers=LAYERS[:1]), "its layers are not those the cache index names"),
+        (inspected(labels={**LABELS, KEY_LABEL: "0" * KEY_LENGTH}), f"its label {KEY_LABEL} is '{'0' * KEY_LENGTH}'"),
+        (inspected(labels={}), f"its label {KEY_LABEL} is None"),
+    ],
+)
 def test_refusal(found, why):
     result = remote_cache.refusal(ENTRY, found, LABELS)
     assert result.startswith(why) and bool(result) == bool(why)
@@ -167,10 +187,12 @@ def test_a_key_tag_is_refused_only_when_it_serves_another_digest(served, refused
 def test_the_index_round_trips_and_names_full_keys_only(tmp_path):
     key = "a" * 64
     assert remote_cache.parse(remote_cache.dump({"hub": {key: ENTRY}}), "x").entry("hub", key) == ENTRY
-    for bad in ({"schema": "other", "images": {}},
-                {"schema": remote_cache.SCHEMA, "images": {"hub": {key[:KEY_LENGTH]: ENTRY.to_json()}}},
-                {"schema": remote_cache.SCHEMA, "images": {"hub": {key: {**ENTRY.to_json(), "digest": "latest"}}}},
-                {"schema": remote_cache.SCHEMA, "images": {"hub": {key: {"digest": DIGEST}}}}):
+    for bad in (
+        {"schema": "other", "images": {}},
+        {"schema": remote_cache.SCHEMA, "images": {"hub": {key[:KEY_LENGTH]: ENTRY.to_json()}}},
+        {"schema": remote_cache.SCHEMA, "images": {"hub": {key: {**ENTRY.to_json(), "digest": "latest"}}}},
+        {"schema": remote_cache.SCHEMA, "images": {"hub": {key: {"digest": DIGEST}}}},
+    ):
         with pytest.raises(HubforgeError) as error:
             remote_cache.parse(bad, "idx.json")
         assert str(error.value).startswith("idx.json") and "\n" not in str(error.value)
@@ -190,8 +212,12 @@ def planned_step(root: Path) -> Step:
 
 
 def stage(root: Path, step: Step) -> Path:
-    builder = Builder(Settings(root=root, cache_dir=root / "cache"), RegistryAndStore({}), Graph({"probe": TARGET}),  # type: ignore[arg-type]
-                      say=lambda message: None)
+    builder = Builder(
+        Settings(root=root, cache_dir=root / "cache"),
+        RegistryAndStore({}),
+        Graph({"probe": TARGET}),  # type: ignore[arg-type]
+        say=lambda message: None,
+    )
     return builder.stage_context(step, lambda message: None)
 
 
@@ -229,8 +255,17 @@ def test_a_file_added_to_a_declared_folder_after_the_plan_is_refused(tmp_path):
 # -- part 7: a local wheel packs exactly the files its key hashes --------------------------------------------------
 def test_a_local_wheel_packs_exactly_the_files_the_key_covers(tmp_path):
     package = tmp_path / "hub_ext"
-    for rel_path in ("__init__.py", "templates/page.html", "build/lib/stale.py", "dist/old.whl", "lib/index.js",
-                     "node_modules/x/index.js", "__pycache__/a.cpython-311.pyc", "x.tsbuildinfo", ".pytest_cache/v"):
+    for rel_path in (
+        "__init__.py",
+        "templates/page.html",
+        "build/lib/stale.py",
+        "dist/old.whl",
+        "lib/index.js",
+        "node_modules/x/index.js",
+        "__pycache__/a.cpython-311.pyc",
+        "x.tsbuildinfo",
+        ".pytest_cache/v",
+    ):
         (package / rel_path).parent.mkdir(parents=True, exist_ok=True)
         (package / rel_path).write_text(rel_path)
     keyed = {name.split("/", 1)[1] for name in input_digests(tmp_path, ("hub_ext",))}
@@ -249,11 +284,16 @@ def test_the_hub_ext_wheel_packs_the_key_s_files_of_the_repository(tmp_path):
 
 # -- part 7: CI runs third-party actions by commit ----------------------------------------------------------------
 def test_every_workflow_action_is_pinned_by_commit():
-    uses = [(path.name, line.split("uses:", 1)[1].split("#")[0].strip())
-            for path in sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
-            for line in path.read_text().splitlines() if line.strip().lstrip("- ").startswith("uses:")]
+    uses = [
+        (path.name, line.split("uses:", 1)[1].split("#")[0].strip())
+        for path in sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+        for line in path.read_text().splitlines()
+        if line.strip().lstrip("- ").startswith("uses:")
+    ]
     assert uses, "no workflow uses an action: this test has nothing to check"
-    loose = [(name, ref) for name, ref in uses if not ref.startswith("./") and not re.fullmatch(r"[^@]+@[0-9a-f]{40}", ref)]
+    loose = [
+        (name, ref) for name, ref in uses if not ref.startswith("./") and not re.fullmatch(r"[^@]+@[0-9a-f]{40}", ref)
+    ]
     assert not loose, f"actions pinned by tag, not by commit: {loose}"
 
 
@@ -278,8 +318,14 @@ def test_an_index_rewritten_to_vouch_for_an_other_image_is_refused_with_the_rele
     index.write_text(index.read_text().replace(DIGEST, OTHER_DIGEST))  # the attacker's image, and its digest
     assert remote_cache.load(index).entry("probe", step.remote_key).digest == OTHER_DIGEST  # what --cache-key stops
     with pytest.raises(HubforgeError) as refused:
-        Builder(Settings(root=tmp_path, cache_dir=tmp_path / "cache", cache_from=CACHE, cache_index=index, cache_key=public),
-                None, Graph({"probe": TARGET}), say=lambda line: None)  # type: ignore[arg-type]
+        Builder(
+            Settings(
+                root=tmp_path, cache_dir=tmp_path / "cache", cache_from=CACHE, cache_index=index, cache_key=public
+            ),
+            None,
+            Graph({"probe": TARGET}),
+            say=lambda line: None,
+        )  # type: ignore[arg-type]
     assert "signature does not match" in str(refused.value) and "\n" not in str(refused.value)
 
 

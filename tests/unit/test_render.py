@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hubforge.imagebuild.builder import render_variables, template_texts
 from hubforge.errors import HubforgeError
-from hubforge.render import render
+from hubforge.imagebuild.builder import render_variables, template_texts
 from hubforge.imagebuild.targets import Graph
+from hubforge.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,23 @@ def test_rendering_is_deterministic_and_complete(name):
     assert 'org.opencontainers.image.licenses="BSD-3-Clause"' in first
 
 
-INSTRUCTIONS = {"FROM", "RUN", "COPY", "ENV", "ARG", "LABEL", "USER", "WORKDIR", "EXPOSE", "VOLUME", "HEALTHCHECK",
-                "ENTRYPOINT", "CMD", "SHELL", "STOPSIGNAL"}
+INSTRUCTIONS = {
+    "FROM",
+    "RUN",
+    "COPY",
+    "ENV",
+    "ARG",
+    "LABEL",
+    "USER",
+    "WORKDIR",
+    "EXPOSE",
+    "VOLUME",
+    "HEALTHCHECK",
+    "ENTRYPOINT",
+    "CMD",
+    "SHELL",
+    "STOPSIGNAL",
+}
 
 
 @pytest.mark.parametrize("name", ["hub", "lab", "lab-datascience", "gpu-probe", "registry", "idp"])
@@ -56,7 +71,7 @@ def test_no_add_and_a_non_root_user(name):
     text = render(template_texts(ROOT, target), target.template, render_variables(target, "p"))
     instructions = [line.split()[0] for line in text.splitlines() if line and not line.startswith((" ", "#"))]
     assert "ADD" not in instructions
-    final = text[text.rindex("FROM scratch"):]
+    final = text[text.rindex("FROM scratch") :]
     assert "\nUSER 1000:1000\n" in final or "\nUSER 65534:65534\n" in final
 
 

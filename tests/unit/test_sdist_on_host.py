@@ -15,7 +15,7 @@ from hubforge.imagebuild import wheels
 from hubforge.imagebuild.lockfiles import PythonPin
 from hubforge.imagebuild.verify import file_sha256
 
-BACKEND = '''
+BACKEND = """
 import pathlib
 def _mark():
     pathlib.Path({marker!r}).write_text("the sdist's code ran here")
@@ -25,7 +25,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 def get_requires_for_build_wheel(config_settings=None):
     _mark()
     return []
-'''
+"""
 
 
 def hostile_sdist(folder: Path, marker: Path) -> Path:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import json
+import logging
 from pathlib import Path
 
 import docker
@@ -14,12 +14,12 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
+from hub_ext.naming import user_names
+from hub_ext.spawn import spawner as hub_spawner
+from hub_ext.spawn.spawner import HubforgeSpawner, disk_usage, server_token
 from hub_ext.web.actions import BadRequest, broadcast_request, parse_json, volume_kinds, volume_listing
 from hub_ext.web.selfservice import authorize, deliver, exclusively, reset_volumes, restart_server, volume_sizes
-from hub_ext.spawn import spawner as hub_spawner
-from hub_ext.spawn.spawner import disk_usage
-from hub_ext.spawn.spawner import HubforgeSpawner, server_token
-from hub_ext.naming import user_names
+
 
 # -- validation ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
@@ -85,7 +85,9 @@ def test_bad_broadcasts(body, message):
 
 
 def test_good_broadcast():
-    request = broadcast_request({"message": " x" * 70, "type": "warning", "autoClose": False, "recipients": ["bob", "bob"]}, USERS)
+    request = broadcast_request(
+        {"message": " x" * 70, "type": "warning", "autoClose": False, "recipients": ["bob", "bob"]}, USERS
+    )
     assert len(request.message) == 139 and request.type == "warning" and request.auto_close is False
     assert request.recipients == ("bob",)
     assert broadcast_request({"message": "hi"}, USERS).recipients is None
@@ -146,7 +148,10 @@ def test_approval_pages_need_admin_users_not_just_admin_servers():
     with pytest.raises(web.HTTPError) as caught:
         authorize(operator, None, admin_only=True, scope="admin:users")
     assert caught.value.status_code == 403
-    assert authorize(HandlerStandIn(Who("root", True), {"admin:users"}), None, admin_only=True, scope="admin:users").name == "root"
+    assert (
+        authorize(HandlerStandIn(Who("root", True), {"admin:users"}), None, admin_only=True, scope="admin:users").name
+        == "root"
+    )
 
 
 def test_a_second_restart_or_reset_of_one_user_is_refused_while_the_first_runs():
@@ -233,12 +238,20 @@ class FakeDaemon:
             return {"Name": args[0], "Labels": {"hubforge.project": self.owners.get(args[0], "p")}}
         if method == "volumes":  # Docker's name filter matches substrings, any of the given ones
             wanted = kwargs["filters"]["name"]
-            return {"Volumes": [{"Name": n, "Labels": {"hubforge.project": self.owners.get(n, "p")}}
-                                for n in sorted(self.volumes) if any(w in n for w in wanted)]}
+            return {
+                "Volumes": [
+                    {"Name": n, "Labels": {"hubforge.project": self.owners.get(n, "p")}}
+                    for n in sorted(self.volumes)
+                    if any(w in n for w in wanted)
+                ]
+            }
         if method == "inspect_container":
             if self.container_state == {}:
                 raise FakeAPIError(404, "no such container")
-            return {"State": self.container_state, "Config": {"Env": ["PATH=/bin", f"JUPYTERHUB_API_TOKEN={SERVER_TOKEN}"]}}
+            return {
+                "State": self.container_state,
+                "Config": {"Env": ["PATH=/bin", f"JUPYTERHUB_API_TOKEN={SERVER_TOKEN}"]},
+            }
         raise AssertionError(f"unexpected call {method}")
 
 
@@ -343,8 +356,15 @@ class LabAPI(RequestHandler):
 
 async def serve_and(action):
     sock, port = bind_unused_port()
-    server = HTTPServer(Application([(r"/user/([^/]+)/hubforge/notify", LabStandIn), (r"/user/([^/]+)/api", LabAPI),
-                                     (r"/hostile/([^/]+)/hubforge/notify", HostileLab)]))
+    server = HTTPServer(
+        Application(
+            [
+                (r"/user/([^/]+)/hubforge/notify", LabStandIn),
+                (r"/user/([^/]+)/api", LabAPI),
+                (r"/hostile/([^/]+)/hubforge/notify", HostileLab),
+            ]
+        )
+    )
     server.add_sockets([sock])
     try:
         return await action(port)
@@ -373,10 +393,13 @@ def test_restart_restarts_the_same_container_and_tells_the_proxy_if_it_moved():
     assert moved == [True]
 
 
-@pytest.mark.parametrize(("state", "reason"), [
-    ({"Running": False, "ExitCode": 137}, "the lab's container stopped (exit code 137)"),
-    ({}, "the lab's container is gone"),
-])
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        ({"Running": False, "ExitCode": 137}, "the lab's container stopped (exit code 137)"),
+        ({}, "the lab's container is gone"),
+    ],
+)
 def test_a_restart_whose_container_dies_fails_at_once_with_the_reason(state, reason):
     async def unreachable_lab():
         spawner = FakeSpawner(FakeDaemon(container_state=state), url="http://127.0.0.1:9/user/alice/")
@@ -412,11 +435,13 @@ def test_delivery_to_an_unreachable_lab_fails_with_a_reason():
 
 def test_a_lab_answering_garbage_fails_only_its_own_delivery():
     """It used to raise out of the broadcast: a 500 for everyone, with no audit line and no metrics."""
+
     async def scenario(port):
         return await asyncio.gather(
             deliver("mallory", f"http://127.0.0.1:{port}/hostile/mallory/", {"message": "x"}, "good"),
             deliver("trudy", f"http://127.0.0.1:{port}/hostile/trudy/", {"message": "x"}, "good"),
-            deliver("alice", f"http://127.0.0.1:{port}/user/alice/", {"message": "x"}, "good"))
+            deliver("alice", f"http://127.0.0.1:{port}/user/alice/", {"message": "x"}, "good"),
+        )
 
     garbage, not_an_object, ok = asyncio.run(serve_and(scenario))
     assert garbage == {"user": "mallory", "result": "failed", "reason": "the lab answered something that is not JSON"}
@@ -426,10 +451,15 @@ def test_a_lab_answering_garbage_fails_only_its_own_delivery():
 
 def test_the_volume_manager_sees_volumes_made_or_removed_since_the_last_measurement(monkeypatch):
     monkeypatch.setitem(hub_spawner._usage, "future", None)
-    measured = {"Volumes": [{"Name": NAMES.volumes["home"], "UsageData": {"Size": 4096}},
-                            {"Name": NAMES.volumes["cache"], "UsageData": {"Size": 10}}]}
-    spawner = FakeSpawner(FakeDaemon(volumes=[NAMES.volumes["home"], NAMES.volumes["workspace"], "jupyterlab-alicex_home"]),
-                          active=False)
+    measured = {
+        "Volumes": [
+            {"Name": NAMES.volumes["home"], "UsageData": {"Size": 4096}},
+            {"Name": NAMES.volumes["cache"], "UsageData": {"Size": 10}},
+        ]
+    }
+    spawner = FakeSpawner(
+        FakeDaemon(volumes=[NAMES.volumes["home"], NAMES.volumes["workspace"], "jupyterlab-alicex_home"]), active=False
+    )
     spawner.client = type("Client", (), {"df": staticmethod(lambda: measured)})()
 
     sizes = asyncio.run(volume_sizes(spawner, NAMES.volumes))
@@ -445,8 +475,11 @@ def test_another_projects_volumes_are_neither_listed_nor_deleted(monkeypatch):
     spawner.client = type("Client", (), {"df": staticmethod(lambda: {"Volumes": []})})()
     assert set(asyncio.run(volume_sizes(spawner, NAMES.volumes))) == {NAMES.volumes["home"], NAMES.volumes["cache"]}
     results = asyncio.run(reset_volumes(spawner, NAMES, ["workspace", "cache"]))
-    assert results["workspace"] == {"volume": NAMES.volumes["workspace"], "result": "failed",
-                                    "reason": "it belongs to the hubforge project 'production'"}
+    assert results["workspace"] == {
+        "volume": NAMES.volumes["workspace"],
+        "result": "failed",
+        "reason": "it belongs to the hubforge project 'production'",
+    }
     assert results["cache"]["result"] == "removed"
     assert NAMES.volumes["workspace"] in daemon.volumes
 

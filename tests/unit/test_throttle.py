@@ -93,7 +93,10 @@ def request(peer: str, local: str, headers: dict[str, str]):
 def test_the_proxys_forwarded_address_is_the_client():
     assert client_address(request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "198.51.100.7"})) == "198.51.100.7"
     # a client's own X-Forwarded-For entries come first; the proxy appends the real one last
-    assert client_address(request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "1.2.3.4, 198.51.100.7"})) == "198.51.100.7"
+    assert (
+        client_address(request("172.18.0.2", "172.18.0.2", {"X-Forwarded-For": "1.2.3.4, 198.51.100.7"}))
+        == "198.51.100.7"
+    )
 
 
 def test_a_spoofed_header_does_not_move_the_client():
@@ -117,7 +120,9 @@ def test_password_checks_run_off_the_event_loop(monkeypatch):
     monkeypatch.setattr(bcrypt, "checkpw", recording)
 
     async def scenario():
-        return await asyncio.gather(*(password_matches(p, hashed) for p in ["a-Long-passw0rd!", "wrong"])), threading.current_thread()
+        return await asyncio.gather(
+            *(password_matches(p, hashed) for p in ["a-Long-passw0rd!", "wrong"])
+        ), threading.current_thread()
 
     results, loop_thread = asyncio.run(scenario())
     assert results == [True, False]
@@ -125,7 +130,8 @@ def test_password_checks_run_off_the_event_loop(monkeypatch):
 
 
 def test_an_attempt_is_counted_when_it_is_let_through(clock):
-    """Reserved before bcrypt runs: of 50 guesses at once from one address (none answered yet), the budget's go ahead."""
+    """Reserved before bcrypt runs: of 50 guesses at once from one address (none answered yet), the budget's go
+    ahead."""
     throttle = Throttle(free_failures=100, address_budget=40, clock=clock)
     waits = [throttle.reserve(f"storm{number}", "198.51.100.2") for number in range(50)]
     assert waits[:40] == [0] * 40 and all(wait == 60 for wait in waits[40:])
@@ -157,15 +163,18 @@ def test_a_refused_attempt_spends_nothing(clock):
     assert throttle.reserve("c", "192.0.2.1") == 0
 
 
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("bob", "bob"),
-    ("zoë.müller@example.org", "zoë.müller@example.org"),
-    ("\x1b[2J\x1b[31madmin", "\\x1b[2J\\x1b[31madmin"),  # would clear and colour the operator's terminal
-    ("eve\nINFO audit: approval by=admin", "eve\\nINFO audit: approval by=admin"),  # a forged second line
-    ("ad\u200bmin", "ad\\u200bmin"),  # looks like admin
-    ("a\u00a0b\u2028c", "a\\xa0b\\u2028c"),  # separators other than the space
-    ("back\\x1b", "back\\\\x1b"),  # a typed backslash cannot pass for an escape
-])
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("bob", "bob"),
+        ("zoë.müller@example.org", "zoë.müller@example.org"),
+        ("\x1b[2J\x1b[31madmin", "\\x1b[2J\\x1b[31madmin"),  # would clear and colour the operator's terminal
+        ("eve\nINFO audit: approval by=admin", "eve\\nINFO audit: approval by=admin"),  # a forged second line
+        ("ad\u200bmin", "ad\\u200bmin"),  # looks like admin
+        ("a\u00a0b\u2028c", "a\\xa0b\\u2028c"),  # separators other than the space
+        ("back\\x1b", "back\\\\x1b"),  # a typed backslash cannot pass for an escape
+    ],
+)
 def test_names_are_escaped_for_log_lines(raw, shown):
     from hub_ext.auth.rules import loggable
 
@@ -202,7 +211,9 @@ def test_simultaneous_logins_check_no_more_passwords_than_the_budget(monkeypatch
 
     answers = asyncio.run(storm())
     assert len(checks) == 3 and answers.count(None) == 3
-    assert all(isinstance(answer, LoginRefused) and "try again in" in str(answer) for answer in answers if answer is not None)
+    assert all(
+        isinstance(answer, LoginRefused) and "try again in" in str(answer) for answer in answers if answer is not None
+    )
 
 
 def test_a_throttled_login_logs_the_name_escaped(caplog):

@@ -13,8 +13,9 @@ from hub_ext.naming import user_names
 
 @pytest.fixture
 def auth():
-    return HubforgeAuthenticator(_deprecated_db_session=orm.new_session_factory("sqlite:///:memory:")(),
-                                 admin_users={"admin"})
+    return HubforgeAuthenticator(
+        _deprecated_db_session=orm.new_session_factory("sqlite:///:memory:")(), admin_users={"admin"}
+    )
 
 
 @pytest.mark.parametrize(

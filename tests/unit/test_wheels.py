@@ -34,9 +34,34 @@ def test_local_wheel_is_reproducible_and_installable(tmp_path):
     second = wheels.local_wheel(ROOT / "hub_ext", "0.1.0", tmp_path / "b", 1767225600)
     assert first.sha256 == second.sha256 and first.path.name == "hub_ext-0.1.0-py3-none-any.whl"
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(target), str(first.path)], check=True)
-    probe = subprocess.run([sys.executable, "-S", "-c", "import importlib.metadata as m, hub_ext; print(m.version('hub-ext'), hub_ext.__file__)"],
-                           env={"PYTHONPATH": str(target)}, cwd=tmp_path, capture_output=True, text=True, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(first.path),
+        ],
+        check=True,
+    )
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import importlib.metadata as m, hub_ext; print(m.version('hub-ext'), hub_ext.__file__)",
+        ],
+        env={"PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.startswith("0.1.0 " + str(target))
 
 

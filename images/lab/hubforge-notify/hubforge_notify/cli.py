@@ -21,7 +21,9 @@ def default_url(env: Mapping[str, str]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hubforge-notify", description="Show a notification in your open JupyterLab tabs.")
+    parser = argparse.ArgumentParser(
+        prog="hubforge-notify", description="Show a notification in your open JupyterLab tabs."
+    )
     parser.add_argument("message", help="1 to 140 characters, shown as plain text")
     parser.add_argument("--type", choices=TYPES, default="default")
     close = parser.add_mutually_exclusive_group()
@@ -48,7 +50,11 @@ def send(url: str, token: str | None, body: dict[str, object]) -> dict[str, obje
             detail = json.load(exc).get("message", exc.reason)
         except ValueError:
             detail = exc.reason
-        raise SystemExit(f"hubforge-notify: {detail}" if exc.code == 400 else f"hubforge-notify: HTTP {exc.code} from {url}: {detail}") from None
+        raise SystemExit(
+            f"hubforge-notify: {detail}"
+            if exc.code == 400
+            else f"hubforge-notify: HTTP {exc.code} from {url}: {detail}"
+        ) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ConnectionRefusedError):
             raise SystemExit(f"hubforge-notify: no Jupyter server at {url}") from None

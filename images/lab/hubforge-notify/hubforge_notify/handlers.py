@@ -84,7 +84,9 @@ def parse_notification(body: bytes) -> dict[str, Any]:
     # bool is an int in Python: `true` must not pass as 1 ms
     valid_ms = isinstance(auto_close, int) and not isinstance(auto_close, bool) and 1 <= auto_close <= MAX_AUTO_CLOSE_MS
     if auto_close is not False and not valid_ms:
-        raise ValueError(f"autoClose must be false or milliseconds 1..{MAX_AUTO_CLOSE_MS}, got {_short.repr(auto_close)}")
+        raise ValueError(
+            f"autoClose must be false or milliseconds 1..{MAX_AUTO_CLOSE_MS}, got {_short.repr(auto_close)}"
+        )
     sender = data.get("sender")
     if sender is not None and (not isinstance(sender, str) or not 1 <= len(sender.strip()) <= MAX_SENDER):
         raise ValueError(f"sender must be a string of 1..{MAX_SENDER} characters, got {_short.repr(sender)}")
@@ -108,8 +110,11 @@ def presents_server_token(authorization: str, environ=os.environ) -> bool:
     """
     expected = environ.get(SERVER_TOKEN_ENV, "")
     scheme, _, offered = authorization.partition(" ")
-    return bool(expected) and scheme.lower() in ("token", "bearer") and hmac.compare_digest(
-        offered.strip().encode(), expected.encode())
+    return (
+        bool(expected)
+        and scheme.lower() in ("token", "bearer")
+        and hmac.compare_digest(offered.strip().encode(), expected.encode())
+    )
 
 
 class NotifyHandler(APIHandler):

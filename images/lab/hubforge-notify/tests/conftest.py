@@ -55,9 +55,9 @@ async def _read(lines: AsyncIterator[str], events: Events) -> None:
     kind, data = None, None
     async for line in lines:
         if line.startswith("event: "):
-            kind = line[len("event: "):]
+            kind = line[len("event: ") :]
         elif line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
         elif line == "":
             if kind == "notification" and data is not None:
                 events.queue.put_nowait(json.loads(data))

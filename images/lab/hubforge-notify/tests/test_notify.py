@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import PACKAGE_ROOT
 from hubforge_notify.cli import default_url
 from hubforge_notify.handlers import BROKER_KEY, Broker
@@ -47,7 +46,12 @@ async def test_every_open_tab_receives_it(sse, server_url, token):
         assert reply.json()["delivered_to"] == 2
         one, two = await first.next(), await second.next()
     assert one == two
-    assert (one["message"], one["type"], one["autoClose"], one["sender"]) == ("maintenance at 18:00", "default", 5000, "admin")
+    assert (one["message"], one["type"], one["autoClose"], one["sender"]) == (
+        "maintenance at 18:00",
+        "default",
+        5000,
+        "admin",
+    )
 
 
 @pytest.mark.parametrize("token_value", [None, "wrong-token"])
@@ -161,8 +165,13 @@ async def cli(*args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "JPY_"))}
     env["PYTHONPATH"] = str(PACKAGE_ROOT)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hubforge_notify.cli", *args,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "hubforge_notify.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 20)
     return process.returncode or 0, out.decode(), err.decode()
@@ -192,6 +201,9 @@ async def test_cli_errors_are_one_clear_line(server_url, token):
 
 
 def test_cli_default_url_follows_jupyterhub():
-    assert default_url({"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/alice/"}) == "http://0.0.0.0:8888/user/alice/hubforge/notify"
+    assert (
+        default_url({"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/alice/"})
+        == "http://0.0.0.0:8888/user/alice/hubforge/notify"
+    )
     assert default_url({"JUPYTERHUB_SERVICE_PREFIX": "/user/bob/"}) == "http://127.0.0.1:8888/user/bob/hubforge/notify"
     assert default_url({}) == "http://127.0.0.1:8888/hubforge/notify"
