@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
+from hub_ext.naming import ROLE_LABEL
 
 from .errors import BuildFailed, DockerUnavailable, HubforgeError
 
@@ -299,7 +300,7 @@ class Docker:
     def _tool_container(self, image: str, command: list[str], **kwargs) -> Iterator[Any]:
         """A container of `image` made for one tool's use; it is always removed."""
         try:
-            container = self.client.containers.create(image, command, labels={"hubforge.role": "tool"}, **kwargs)
+            container = self.client.containers.create(image, command, labels={ROLE_LABEL: "tool"}, **kwargs)
         except docker.errors.APIError as exc:
             raise HubforgeError(f"cannot create a container of {image}: {_short(exc)}") from None
         try:
@@ -402,9 +403,7 @@ class StackDocker(Docker):
             host_config = self.client.api.create_host_config(
                 device_requests=requests_, log_config={"type": LOG_DRIVER, "config": default_log_options()}
             )  # one line of output; rotated all the same
-            created = self.client.api.create_container(
-                image, host_config=host_config, labels={"hubforge.role": "gpu-probe"}
-            )
+            created = self.client.api.create_container(image, host_config=host_config, labels={ROLE_LABEL: "gpu-probe"})
             container = created["Id"]
             self.client.api.start(container)
             code = self.client.api.wait(container, timeout=60)["StatusCode"]

@@ -21,6 +21,7 @@ from hub_ext.labs.runtime import log_options
 from hub_ext.naming import BUILTIN_GROUPS
 from hub_ext.settings.hub import (
     ENGINES,
+    SETTINGS,
     ConfigError,
     certificate_names,
     from_environ,
@@ -46,6 +47,13 @@ except ConfigError as exc:
 except json.JSONDecodeError as exc:
     refuse(f"HUBFORGE_LAB_IMAGES or HUBFORGE_GPU_PROBE is not JSON ({exc}); start the stack with `invoke up`")
 
+# Every setting of the table that sets a trait sets it here (hub_ext.settings.hub.SETTINGS: LAB_PIDS_LIMIT ->
+# HubforgeSpawner.pids_limit, ...); the classes that do not run ignore theirs. The rest are assigned below.
+for setting in SETTINGS:
+    if setting.trait:
+        section, trait = setting.trait.split(".")
+        setattr(getattr(c, section), trait, getattr(hub, setting.field))
+
 HOME = Path("/srv/jupyterhub")
 DATA = HOME / "data"  # volume: sqlite database and cookie secret
 CERTS = HOME / "certs"  # volume: TLS certificate and key
@@ -61,9 +69,9 @@ c.JupyterHub.ip = "0.0.0.0"  # ip and port, not bind_url: JupyterHub rebuilds bi
 c.JupyterHub.port = HTTPS_PORT
 c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
 c.JupyterHub.hub_connect_url = "http://hub:8081"  # the hub's service name on the stack network
-cert = Path(env.get("SSL_CERT") or CERTS / "tls.crt")
-key = Path(env.get("SSL_KEY") or CERTS / "tls.key")
-if not env.get("SSL_CERT"):
+cert = Path(hub.ssl_cert or CERTS / "tls.crt")
+key = Path(hub.ssl_key or CERTS / "tls.key")
+if not hub.ssl_cert:
     ensure_self_signed(cert, key, certificate_names(hub))  # the labs' wildcard included; remade if it lacks one
 # Each lab on its own origin, https://<user>.<hub host>/: the hub's cookies never reach a lab, and a lab's
 # JavaScript cannot act on the hub with its visitor's session. LAB_SUBDOMAINS=0 keeps labs on the hub's origin.
@@ -109,7 +117,6 @@ c.JupyterHub.tornado_settings = {
 # Both register hub_ext's pages and APIs through Authenticator.get_handlers, and share
 # hub_ext.authenticators.native.HubforgeAuthMixin:
 # one set of username rules, and admins' access to labs (hub_ext.web.labaccess), unless LAB_ADMIN_ACCESS=1.
-c.HubforgeAuthMixin.admin_lab_access = hub.lab_admin_access
 if hub.authenticator == "oidc":
     from hub_ext.authenticators.oidc import GROUPS_KEY
     from hub_ext.settings.oidc import OIDCError, discover, logout_url, stored_key
@@ -164,15 +171,11 @@ else:
     c.Authenticator.admin_users = {hub.admin}
     c.Authenticator.allow_all = True  # JupyterHub 5 needs it; NativeAuthenticator still enforces approval
     c.NativeAuthenticator.enable_signup = hub.enable_signup
-    c.HubforgeAuthenticator.admin_password = hub.admin_password  # checked against the password rules
     c.HubforgeAuthenticator.bootstrap_secret_file = str(DATA / "admin-bootstrap-secret")
     c.NativeAuthenticator.minimum_password_length = hub.password_min_length
     c.NativeAuthenticator.check_common_password = True
     # Throttling per account and client address with growing waits, and a budget per address (hub_ext.auth.throttle);
     # NativeAuthenticator's own per-account lock-out, which anyone could aim at the admin, is off.
-    c.HubforgeAuthenticator.login_free_failures = hub.login_max_failures
-    c.HubforgeAuthenticator.login_max_delay = hub.login_lockout_seconds
-    c.HubforgeAuthenticator.login_address_limit = hub.login_address_limit
 
 # -- spawning: one isolated lab container per user ----------------------------------------------------
 # The engine (`invoke up --engine`) picks the spawner; both take every setting below (HubforgeSwarmSpawner is a
@@ -183,9 +186,6 @@ if ENGINE not in ENGINES:
 c.JupyterHub.spawner_class = (
     "hub_ext.spawn.swarm.HubforgeSwarmSpawner" if ENGINE == "swarm" else "hub_ext.spawn.spawner.HubforgeSpawner"
 )
-if ENGINE == "swarm":
-    c.HubforgeSwarmSpawner.volume_driver = hub.lab_volume_driver  # empty: node-pinned volumes
-    c.HubforgeSwarmSpawner.volume_driver_options = hub.lab_volume_driver_opts
 if "default" in lab_images:
     c.HubforgeSpawner.image = lab_images["default"]
 if len(lab_images) > 1:
@@ -193,17 +193,12 @@ if len(lab_images) > 1:
 # Each lab on its own network with the hub (named from the stack network, addressed from LAB_SUBNET_POOL);
 # the netguard service keeps labs off private and link-local addresses (LAB_ALLOWED_RANGES excepted).
 c.HubforgeSpawner.stack_network = env.get("HUBFORGE_NETWORK", "hubforge_net")
-c.HubforgeSpawner.subnet_pool = hub.lab_subnet_pool
 c.HubforgeSpawner.notebook_dir = "/home/lab/workspace"
 c.HubforgeSpawner.mem_limit = hub.lab_mem_limit
 c.HubforgeSpawner.cpu_limit = hub.lab_cpu_limit
-c.HubforgeSpawner.pids_limit = hub.lab_pids_limit
 c.HubforgeSpawner.log_options = log_options(hub.log_max_size, hub.log_max_files)  # rotated: a lab cannot fill the disk
-c.HubforgeSpawner.cpu_shares = hub.lab_cpu_shares
-c.HubforgeSpawner.read_only_root = hub.lab_read_only_root
 c.JupyterHub.active_server_limit = hub.active_server_limit  # 0: no limit
 c.JupyterHub.concurrent_spawn_limit = hub.concurrent_spawn_limit  # 0: no limit
-c.HubforgeSpawner.start_concurrency = hub.lab_start_concurrency  # 0: cores - 1 (at least 1); the rest queue in order
 # Tornado's HTTP client, which the whole hub shares (readiness checks of starting labs, every proxy update,
 # broadcast deliveries), runs 10 requests at a time unless told otherwise; JupyterHub switches to pycurl,
 # which this image does not carry. With 100 labs that queue is the bottleneck.
@@ -213,10 +208,8 @@ c.HubforgeSpawner.volume_prefix = env.get("HUBFORGE_VOLUME_PREFIX", "jupyterlab"
 c.HubforgeSpawner.shared_volume = env.get("HUBFORGE_SHARED_VOLUME", "jupyterhub_shared")
 if env.get("HUBFORGE_DOCKER_GID"):
     c.HubforgeSpawner.docker_socket_gid = int(env["HUBFORGE_DOCKER_GID"])
-c.HubforgeSpawner.gpu_mode = hub.gpu_mode
 c.HubforgeSpawner.gpu_probe = gpu_probe
 c.HubforgeSpawner.lab_services = hub.lab_services
-c.HubforgeSpawner.server_proxy = hub.lab_server_proxy
 c.Spawner.default_url = "/lab"
 # Labs outlive the hub: a restart, a recreate after a settings change or a new hub image leaves every
 # running lab (and its kernels) running, and the hub finds them again from its database when it is back.

@@ -48,11 +48,38 @@ def task_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_references(app) -> None:
-    target = Path(app.srcdir) / "reference" / "tasks.md"
-    text = task_reference()
+BEGIN, END = "<!-- generated from hub_ext.settings.hub.SETTINGS: begin -->", "<!-- generated: end -->"
+
+
+def settings_table() -> str:
+    """The settings reference's table, one row a setting of hub_ext.settings.hub.SETTINGS, in its order."""
+    from hub_ext.settings.hub import SETTINGS
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def shown(value: str) -> str:
+        if value == "":
+            return "*(empty)*"
+        return f"*{value}*" if value.startswith("(") else f"`{value}`"
+
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for setting in SETTINGS:
+        rows.append(f"| `{setting.name}` | {shown(setting.shown_default())} | {cell(setting.help)} |")
+    return "\n".join([BEGIN, *rows, END])
+
+
+def write_if_changed(target: Path, text: str) -> None:
     if not target.exists() or target.read_text() != text:  # an unchanged page keeps its time: no rebuild
         target.write_text(text)
+
+
+def write_references(app) -> None:
+    reference = Path(app.srcdir) / "reference"
+    write_if_changed(reference / "tasks.md", task_reference())
+    page = (reference / "settings.md").read_text()
+    start, end = page.index(BEGIN), page.index(END) + len(END)
+    write_if_changed(reference / "settings.md", page[:start] + settings_table() + page[end:])
 
 
 def setup(app):

@@ -22,6 +22,7 @@ from hub_ext.auth import rules
 from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
+from hub_ext.settings.hub import default_of
 from hub_ext.web import accounts, labaccess
 from hub_ext.web.selfservice import default_handlers
 
@@ -33,7 +34,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
     admins' lab access, and one set of username rules (NFKC, then the signup rules) for every way a user is made."""
 
     admin_lab_access = Bool(
-        False,
+        default_of("LAB_ADMIN_ACCESS"),
         config=True,
         help="Admins may open other users' labs (LAB_ADMIN_ACCESS). Off: they manage servers but never open them "
         "(hub_ext.web.labaccess says why).",
@@ -59,7 +60,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
 
 class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
     admin_password = Unicode(
-        "",
+        default_of("JUPYTERHUB_ADMIN_PASSWORD"),
         config=True,
         help="""Initial password of the admin (JUPYTERHUB_ADMIN_PASSWORD). Empty: the admin signs up instead.
         Used once, when the admin's account is first made; changing it later changes nothing.""",
@@ -72,18 +73,18 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
     )
 
     login_free_failures = Integer(
-        5,
+        default_of("LOGIN_MAX_FAILURES"),
         config=True,
         help="Failed logins for one account from one address before each further try must wait (LOGIN_MAX_FAILURES).",
     )
     login_max_delay = Float(
-        600,
+        default_of("LOGIN_LOCKOUT_SECONDS"),
         config=True,
         help="The longest wait between tries, in seconds; the wait doubles from 1 s up to this "
         "(LOGIN_LOCKOUT_SECONDS).",
     )
     login_address_limit = Integer(
-        30,
+        default_of("LOGIN_ADDRESS_LIMIT"),
         config=True,
         help="Failed logins plus signups one client address may make per minute (LOGIN_ADDRESS_LIMIT). "
         "Successful logins do not count, so a class behind one NAT logs in freely.",

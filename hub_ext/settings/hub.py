@@ -6,14 +6,17 @@ Every error is one line naming the variable, what it got and what is valid.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import ipaddress
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
+from typing import Any
 
-from hub_ext.settings.oidc import AUTHENTICATORS, OIDCConfig, parse_oidc
+from hub_ext.settings.oidc import AUTHENTICATORS, parse_oidc
 from hub_ext.settings.parse import USERNAME, ConfigError, flag
 
 DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = "10m", 3  # LOG_MAX_SIZE, LOG_MAX_FILES: at most 30 MB per container
@@ -23,49 +26,6 @@ GPU_MODES = {"0": "off", "1": "on", "2": "auto", "off": "off", "on": "on", "auto
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgGtT])?[bB]?$")
 _BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
 _LOG_SIZE = re.compile(r"^([1-9]\d*)([kmg]?)$")
-
-
-@dataclass(frozen=True)
-class HubConfig:
-    admin: str = "admin"
-    enable_signup: bool = True
-    base_url: str = "/"
-    gpu_mode: str = "auto"
-    password_min_length: int = 8
-    login_max_failures: int = 5
-    login_lockout_seconds: int = 600
-    login_address_limit: int = 30
-    admin_password: str = ""
-    lab_mem_limit: str = "4G"
-    lab_cpu_limit: float = 2.0
-    lab_pids_limit: int = 1024
-    lab_cpu_shares: int = 128
-    lab_read_only_root: bool = True
-    hub_mem_limit: str = "2G"
-    hub_cpu_limit: float = 2.0
-    hub_pids_limit: int = 2048
-    active_server_limit: int = 0
-    concurrent_spawn_limit: int = 100
-    lab_start_concurrency: int = 0  # 0: one less than the host's CPU cores, at least one
-    lab_start_timeout: int = 600  # seconds, the wait for a start slot included
-    lab_server_proxy: bool = False
-    idle_culler_enabled: bool = False
-    idle_culler_timeout: int = 3600
-    logo_uri: str = ""
-    metrics_token: str = ""
-    lab_services: dict[str, str] = field(default_factory=dict)  # ENABLE_SERVICE_* passed to the labs
-    lab_subnet_pool: str = "10.213.0.0/16"
-    lab_allowed_ranges: tuple[str, ...] = ()
-    lab_network_guard: bool = True
-    log_max_size: str = DEFAULT_LOG_MAX_SIZE  # every container's json-file log rotates at this size...
-    log_max_files: int = DEFAULT_LOG_MAX_FILES  # ...and keeps this many files
-    lab_volume_driver: str = ""  # swarm engine: shared storage; empty: node-pinned local volumes
-    lab_volume_driver_opts: dict[str, str] = field(default_factory=dict)
-    lab_admin_access: bool = False
-    public_host: str = ""
-    lab_subdomains: bool = True
-    authenticator: str = "native"  # AUTHENTICATOR: native (signup and approval) or oidc (an OpenID Connect provider)
-    oidc: OIDCConfig | None = None  # the OIDC_* settings, with AUTHENTICATOR=oidc
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -286,60 +246,529 @@ def from_environ(env: Mapping[str, str]) -> HubConfig:
     return config
 
 
-def parse_authenticator(raw: str) -> str:
-    value = raw.strip().lower() or "native"
-    if value not in AUTHENTICATORS:
-        raise ConfigError(
-            f"AUTHENTICATOR={raw!r} is not valid; use native (signup with approval) or oidc (OpenID Connect)"
+# -- the table: every hub setting, declared once --------------------------------------------------------------
+# Each setting: its environment variable, the HubConfig field it fills, its default, its reader (the parser and
+# the bounds, one line naming the variable on a bad value), its help, and the trait it sets in
+# jupyterhub_config.py when there is one. HubConfig, the .env template (`env_template`), the docs' settings
+# reference (docs/_ext) and the traits' defaults are made from it or checked against it
+# (tests/unit/test_settings_table.py).
+Reader = Callable[["Setting", str, Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the environment variable (.env)
+    field: str  # HubConfig's field
+    default: Any  # the value when it is unset or empty
+    read: Reader  # (setting, raw value, the fields read before it) -> the value, or ConfigError in one line
+    help: str
+    trait: str | None = None  # Class.trait whose default this is, when the setting sets a trait
+    shown: str | None = None  # the default as .env and the docs show it, when it is not the value itself
+
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, bool):
+            return "1" if self.default else "0"
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        return "" if self.default in ("", (), {}) else str(self.default)
+
+
+def integer(minimum: int) -> Reader:
+    return lambda setting, raw, _: _int({setting.name: raw}, setting.name, setting.default, minimum)
+
+
+def number() -> Reader:
+    return lambda setting, raw, _: _float({setting.name: raw}, setting.name, setting.default)
+
+
+def boolean() -> Reader:
+    return lambda setting, raw, _: flag({setting.name: raw}, setting.name, setting.default)
+
+
+def text() -> Reader:
+    return lambda setting, raw, _: raw.strip() or setting.default
+
+
+def memory() -> Reader:
+    return lambda setting, raw, _: parse_memory(setting.name, raw.strip() or setting.default)
+
+
+def username() -> Reader:
+    return lambda setting, raw, _: parse_username(raw.strip() or setting.default, setting.name)
+
+
+def choice(values: Sequence[str], hint: str) -> Reader:
+    def read(setting: Setting, raw: str, _: Mapping[str, Any]) -> str:
+        value = raw.strip().lower() or setting.default
+        if value not in values:
+            raise ConfigError(f"{setting.name}={raw!r} is not valid; {hint}")
+        return value
+
+    return read
+
+
+def admin_password() -> Reader:
+    # the password rules of every signup; PASSWORD_MIN_LENGTH is read before it
+    return lambda setting, raw, earlier: parse_admin_password({setting.name: raw}, earlier["password_min_length"])
+
+
+def base_url() -> Reader:
+    return lambda setting, raw, _: parse_base_url(raw)
+
+
+def gpu_mode() -> Reader:
+    return lambda setting, raw, _: parse_gpu_mode(raw, setting.name)
+
+
+def subnet_pool() -> Reader:
+    return lambda setting, raw, _: parse_subnet_pool(raw)
+
+
+def ranges() -> Reader:
+    return lambda setting, raw, _: parse_ranges(raw, setting.name)
+
+
+def log_size() -> Reader:
+    return lambda setting, raw, _: parse_log_size(raw)
+
+
+def volume_driver() -> Reader:
+    return lambda setting, raw, _: parse_volume_driver(raw)
+
+
+def driver_options() -> Reader:
+    # LAB_VOLUME_DRIVER is read before it
+    return lambda setting, raw, earlier: parse_driver_options(raw, earlier["lab_volume_driver"])
+
+
+def public_host() -> Reader:
+    return lambda setting, raw, _: parse_public_host(raw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "AUTHENTICATOR",
+        "authenticator",
+        "native",
+        choice(AUTHENTICATORS, "use native (signup with approval) or oidc (OpenID Connect)"),
+        (
+            "`native`: NativeAuthenticator, self-signup with the admin's approval. `oidc`: sign in at your OpenID "
+            "Connect provider (the OIDC_* settings: the identity provider how-to)."
+        ),
+    ),
+    Setting(
+        "JUPYTERHUB_ADMIN",
+        "admin",
+        "admin",
+        username(),
+        ("The admin user. Signing up under this name needs the bootstrap secret and is then approved at once."),
+    ),
+    Setting(
+        "ENABLE_SIGNUP",
+        "enable_signup",
+        True,
+        boolean(),
+        (
+            "`1`: users sign up and wait for approval at `/hub/authorize`. `0`: no signup page once the admin "
+            "exists. Admins add users on the admin page and set their passwords at `/hub/authorize`."
+        ),
+    ),
+    Setting(
+        "PASSWORD_MIN_LENGTH",
+        "password_min_length",
+        8,
+        integer(1),
+        ("Minimum password length. Common passwords are always refused."),
+    ),
+    Setting(
+        "JUPYTERHUB_ADMIN_PASSWORD",
+        "admin_password",
+        "",
+        admin_password(),
+        (
+            "The admin's initial password. If set, the admin account is made at the first start and no bootstrap "
+            "secret is needed. It must pass the same rules as any password (length, not common). It is used once; "
+            "changing it later changes nothing."
+        ),
+        trait="HubforgeAuthenticator.admin_password",
+    ),
+    Setting(
+        "JUPYTERHUB_BASE_URL",
+        "base_url",
+        "/",
+        base_url(),
+        ("URL prefix, e.g. `/jupyterhub`."),
+    ),
+    Setting(
+        "ENABLE_GPU_SUPPORT",
+        "gpu_mode",
+        "auto",
+        gpu_mode(),
+        ("`2` auto (probe), `1` on, `0` off. `--gpu` overrides it."),
+        trait="HubforgeSpawner.gpu_mode",
+        shown="2",
+    ),
+    Setting(
+        "LOGIN_MAX_FAILURES",
+        "login_max_failures",
+        5,
+        integer(1),
+        (
+            "Failed logins for one account *from one address* before each further try from there must wait (1 s, "
+            "doubling). Other addresses are not slowed."
+        ),
+        trait="HubforgeAuthenticator.login_free_failures",
+    ),
+    Setting(
+        "LOGIN_LOCKOUT_SECONDS",
+        "login_lockout_seconds",
+        600,
+        integer(1),
+        ("The longest of those waits, in seconds."),
+        trait="HubforgeAuthenticator.login_max_delay",
+    ),
+    Setting(
+        "LOGIN_ADDRESS_LIMIT",
+        "login_address_limit",
+        30,
+        integer(1),
+        (
+            "Failed logins plus signup attempts one client address may make per minute. Successful logins are "
+            "free, so a class behind one NAT logs in; raise it if many people *sign up* from one address in the "
+            "same minute."
+        ),
+        trait="HubforgeAuthenticator.login_address_limit",
+    ),
+    Setting(
+        "LAB_MEM_LIMIT",
+        "lab_mem_limit",
+        "4G",
+        memory(),
+        ("Memory limit per lab (Docker syntax: `512M`, `4G`)."),
+    ),
+    Setting(
+        "LAB_CPU_LIMIT",
+        "lab_cpu_limit",
+        2.0,
+        number(),
+        ("CPUs per lab."),
+    ),
+    Setting(
+        "LAB_PIDS_LIMIT",
+        "lab_pids_limit",
+        1024,
+        integer(16),
+        ("Processes per lab."),
+        trait="HubforgeSpawner.pids_limit",
+    ),
+    Setting(
+        "LAB_CPU_SHARES",
+        "lab_cpu_shares",
+        128,
+        integer(2),
+        (
+            "A lab's CPU weight when the host is busy (the hub has Docker's default, 1024, so 8 labs' worth), so "
+            "logins and pages stay quick while labs compute. A lab alone still gets every idle core."
+        ),
+        trait="HubforgeSpawner.cpu_shares",
+    ),
+    Setting(
+        "LAB_START_CONCURRENCY",
+        "lab_start_concurrency",
+        0,
+        integer(0),
+        (
+            "Most labs starting at the same moment; the others wait in arrival order, and their spawn page says "
+            "how many are ahead. `0`: one less than the host's CPU cores, at least one."
+        ),
+        trait="HubforgeSpawner.start_concurrency",
+    ),
+    Setting(
+        "LAB_START_TIMEOUT",
+        "lab_start_timeout",
+        600,
+        integer(30),
+        (
+            "Seconds a lab may take to start, the wait for a start slot included. A lab whose container exits "
+            "fails at once."
+        ),
+    ),
+    Setting(
+        "LAB_SERVER_PROXY",
+        "lab_server_proxy",
+        False,
+        boolean(),
+        (
+            "`1` turns on jupyter-server-proxy in the labs: web apps a user runs are reached at `/proxy/<port>/`. "
+            "Off, each lab starts 0.25 s of CPU sooner."
+        ),
+        trait="HubforgeSpawner.server_proxy",
+    ),
+    Setting(
+        "LAB_READ_ONLY_ROOT",
+        "lab_read_only_root",
+        True,
+        boolean(),
+        (
+            "Labs get a read-only root filesystem and a private in-memory `/tmp`; only the volumes are writable. "
+            "`0` for lab images that write elsewhere at run time."
+        ),
+        trait="HubforgeSpawner.read_only_root",
+    ),
+    Setting(
+        "LAB_SUBNET_POOL",
+        "lab_subnet_pool",
+        "10.213.0.0/16",
+        subnet_pool(),
+        (
+            "IPv4 range the lab networks come from, a /29 per running lab; a /24 at least. Change it if it "
+            "collides with a network of yours."
+        ),
+        trait="HubforgeSpawner.subnet_pool",
+    ),
+    Setting(
+        "LAB_ALLOWED_RANGES",
+        "lab_allowed_ranges",
+        (),
+        ranges(),
+        (
+            "Comma-separated private ranges or addresses labs may reach despite the guard, e.g. "
+            "`10.1.2.0/24,192.168.5.10` (an HTTP proxy, a package mirror, a database)."
+        ),
+    ),
+    Setting(
+        "LOG_MAX_SIZE",
+        "log_max_size",
+        "10m",
+        log_size(),
+        (
+            "Every container's log (hub, guard, labs, Swarm services and helpers) is json-file, rotated at this "
+            "size (`k`, `m`, `g`; at least `1m`): a lab that prints without end cannot fill `/var/lib/docker`."
+        ),
+    ),
+    Setting(
+        "LOG_MAX_FILES",
+        "log_max_files",
+        3,
+        integer(1),
+        ("How many rotated log files each container keeps: at most `LOG_MAX_SIZE` × this much log per container."),
+    ),
+    Setting(
+        "LAB_NETWORK_GUARD",
+        "lab_network_guard",
+        True,
+        boolean(),
+        (
+            "`0` runs no network guard: labs can then reach private and link-local addresses (cloud metadata "
+            "included). Only for hosts where you firewall the lab networks yourself."
+        ),
+    ),
+    Setting(
+        "LAB_VOLUME_DRIVER",
+        "lab_volume_driver",
+        "",
+        volume_driver(),
+        (
+            "Swarm engine only. Empty: node-pinned volumes (each user's lab stays on the node that holds their "
+            "volumes). A driver name (`local` with NFS options, or a plugin) gives shared storage: every lab "
+            "volume comes from it and labs can run on any node."
+        ),
+        trait="HubforgeSwarmSpawner.volume_driver",
+    ),
+    Setting(
+        "LAB_VOLUME_DRIVER_OPTS",
+        "lab_volume_driver_opts",
+        {},
+        driver_options(),
+        (
+            "The driver's options as `key=value` pairs separated by `;`, e.g. "
+            "`type=nfs;o=addr=10.0.0.5,rw,nfsvers=4;device=:/exports/hubforge`."
+        ),
+        trait="HubforgeSwarmSpawner.volume_driver_options",
+    ),
+    Setting(
+        "LAB_ADMIN_ACCESS",
+        "lab_admin_access",
+        False,
+        boolean(),
+        (
+            "`1` lets admins open other users' labs. Off, an admin still starts, stops, restarts and resets every "
+            "server, but the hub refuses them the lab's own login (a lab's code runs with the rights of whoever "
+            "opens it). A server its owner shares with the admin still opens."
+        ),
+        trait="HubforgeAuthMixin.admin_lab_access",
+    ),
+    Setting(
+        "HUB_MEM_LIMIT",
+        "hub_mem_limit",
+        "2G",
+        memory(),
+        (
+            "Memory limit of the hub container (JupyterHub, the proxy and the bcrypt threads; about 160 MiB with "
+            "20 labs running)."
+        ),
+    ),
+    Setting(
+        "HUB_CPU_LIMIT",
+        "hub_cpu_limit",
+        2.0,
+        number(),
+        ("CPUs of the hub container; cut to the Docker daemon's CPU count when it has fewer."),
+    ),
+    Setting(
+        "HUB_PIDS_LIMIT",
+        "hub_pids_limit",
+        2048,
+        integer(64),
+        ("Processes and threads of the hub container."),
+    ),
+    Setting(
+        "ACTIVE_SERVER_LIMIT",
+        "active_server_limit",
+        0,
+        integer(0),
+        (
+            "Most labs running at once (JupyterHub's `active_server_limit`); a start beyond it is refused with a "
+            "message to try later. `0`: no limit."
+        ),
+    ),
+    Setting(
+        "CONCURRENT_SPAWN_LIMIT",
+        "concurrent_spawn_limit",
+        100,
+        integer(0),
+        ("Most labs starting at the same moment (JupyterHub's `concurrent_spawn_limit`). `0`: no limit."),
+    ),
+    Setting(
+        "IDLE_CULLER_ENABLED",
+        "idle_culler_enabled",
+        False,
+        boolean(),
+        ("`1` runs `jupyterhub-idle-culler` as a hub-managed service."),
+    ),
+    Setting(
+        "IDLE_CULLER_TIMEOUT",
+        "idle_culler_timeout",
+        3600,
+        integer(60),
+        ("Seconds of inactivity before a lab is stopped."),
+    ),
+    Setting(
+        "JUPYTERHUB_LOGO_URI",
+        "logo_uri",
+        "",
+        text(),
+        (
+            "Custom logo: an `http(s)://` URL (downloaded at start), a `file://` path under "
+            "`/srv/jupyterhub/logo/` in the hub container (mount your file there; any other path is refused, so "
+            "the logo cannot publish the hub's secrets), or a `data:image/...;base64,` URI."
+        ),
+    ),
+    Setting(
+        "JUPYTERHUB_METRICS_TOKEN",
+        "metrics_token",
+        "",
+        text(),
+        ("Token of the `metrics` service (scope `read:metrics`), used to scrape `/hub/metrics`."),
+        shown="(generated)",
+    ),
+    Setting(
+        "HUBFORGE_PUBLIC_HOST",
+        "public_host",
+        "",
+        public_host(),
+        (
+            "The hub's host name: the printed URL, the self-signed certificate and the labs' subdomains "
+            "(`<user>.<host>`). Give it a wildcard DNS record."
+        ),
+        shown="hub.localhost",
+    ),
+    Setting(
+        "LAB_SUBDOMAINS",
+        "lab_subdomains",
+        True,
+        boolean(),
+        (
+            "Each lab on its own origin, `https://<user>.<host>/`. `0` serves labs under the hub's origin "
+            "(`/user/<name>/`): a lab's JavaScript then runs with the hub session of whoever opens any page of "
+            "it; `invoke status` and the admin page warn."
+        ),
+    ),
+    Setting(
+        "SSL_CERT",
+        "ssl_cert",
+        "",
+        text(),
+        (
+            "Your own certificate (a path in the hub container); with `SSL_KEY`. Empty: a self-signed one for the "
+            "hub's names."
+        ),
+    ),
+    Setting(
+        "SSL_KEY",
+        "ssl_key",
+        "",
+        text(),
+        ("The key of `SSL_CERT` (a path in the hub container)."),
+    ),
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+# Families of variables beside the table: ENABLE_SERVICE_<NAME> (passed to the labs) and OIDC_* (hub_ext.settings.oidc).
+SERVICE_PREFIX = "ENABLE_SERVICE_"
+
+
+def default_of(name: str) -> Any:
+    """The table's default of a setting (a copy): a trait whose default it is names it so, and is checked against it."""
+    return copy.deepcopy(BY_NAME[name].default)
+
+
+HubConfig = make_dataclass(
+    "HubConfig",
+    [
+        (
+            s.field,
+            type(s.default),
+            dataclasses.field(default_factory=type(s.default))
+            if isinstance(s.default, dict)
+            else dataclasses.field(default=s.default),
         )
-    return value
+        for s in SETTINGS
+    ]
+    + [
+        ("lab_services", dict, dataclasses.field(default_factory=dict)),  # ENABLE_SERVICE_* passed to the labs
+        ("oidc", object, dataclasses.field(default=None)),
+    ],  # the OIDC_* settings (OIDCConfig), with AUTHENTICATOR=oidc
+    frozen=True,
+)
+HubConfig.__module__ = __name__  # make_dataclass's own `module=` is Python 3.12's
+HubConfig.__doc__ = "Every hub setting, read and checked by from_environ; one field for each row of SETTINGS."
+
+
+def env_template(metrics_token: str) -> str:
+    """The .env that `invoke up` writes on the first run: every setting of the table, commented out with its
+    default, and the generated metrics token."""
+    lines = [
+        "# hubforge stack settings (Compose .env). Kept across `invoke up`; edit and run `invoke up` again.",
+        "# Every variable, with its default and what it does: docs/reference/settings.md.",
+    ]
+    for setting in SETTINGS:
+        if setting.name == "JUPYTERHUB_METRICS_TOKEN":
+            lines.append(f"{setting.name}={metrics_token}")
+        else:
+            lines.append(f"# {setting.name}={setting.shown_default()}")
+    return "\n".join(lines) + "\n"
 
 
 def _from_environ(env: Mapping[str, str]) -> HubConfig:
-    authenticator = parse_authenticator(env.get("AUTHENTICATOR", ""))
-    oidc = parse_oidc(env) if authenticator == "oidc" else None
-    services = {k: v for k, v in sorted(env.items()) if k.startswith("ENABLE_SERVICE_")}
-    for key in services:
-        flag(env, key, False)  # each must be a valid flag
-    volume_driver = parse_volume_driver(env.get("LAB_VOLUME_DRIVER", ""))
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        values[setting.field] = setting.read(setting, env.get(setting.name, ""), values)
+    services = {k: v for k, v in sorted(env.items()) if k.startswith(SERVICE_PREFIX)}
+    oidc = parse_oidc(env) if values["authenticator"] == "oidc" else None
     return HubConfig(
-        admin=parse_username(env.get("JUPYTERHUB_ADMIN", "admin") or "admin", "JUPYTERHUB_ADMIN"),
-        enable_signup=flag(env, "ENABLE_SIGNUP", True),
-        base_url=parse_base_url(env.get("JUPYTERHUB_BASE_URL", "/")),
-        gpu_mode=parse_gpu_mode(env.get("ENABLE_GPU_SUPPORT", "")),
-        password_min_length=_int(env, "PASSWORD_MIN_LENGTH", 8, 1),
-        login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, 1),
-        login_lockout_seconds=_int(env, "LOGIN_LOCKOUT_SECONDS", 600, 1),
-        login_address_limit=_int(env, "LOGIN_ADDRESS_LIMIT", 30, 1),
-        admin_password=parse_admin_password(env, _int(env, "PASSWORD_MIN_LENGTH", 8, 1)),
-        lab_mem_limit=parse_memory("LAB_MEM_LIMIT", env.get("LAB_MEM_LIMIT", "") or "4G"),
-        lab_cpu_limit=_float(env, "LAB_CPU_LIMIT", 2.0),
-        lab_pids_limit=_int(env, "LAB_PIDS_LIMIT", 1024, 16),
-        lab_cpu_shares=_int(env, "LAB_CPU_SHARES", 128, 2),
-        lab_read_only_root=flag(env, "LAB_READ_ONLY_ROOT", True),
-        hub_mem_limit=parse_memory("HUB_MEM_LIMIT", env.get("HUB_MEM_LIMIT", "") or "2G"),
-        hub_cpu_limit=_float(env, "HUB_CPU_LIMIT", 2.0),
-        hub_pids_limit=_int(env, "HUB_PIDS_LIMIT", 2048, 64),
-        active_server_limit=_int(env, "ACTIVE_SERVER_LIMIT", 0, 0),
-        concurrent_spawn_limit=_int(env, "CONCURRENT_SPAWN_LIMIT", 100, 0),
-        lab_start_concurrency=_int(env, "LAB_START_CONCURRENCY", 0, 0),
-        lab_start_timeout=_int(env, "LAB_START_TIMEOUT", 600, 30),
-        lab_server_proxy=flag(env, "LAB_SERVER_PROXY", False),
-        idle_culler_enabled=flag(env, "IDLE_CULLER_ENABLED", False),
-        idle_culler_timeout=_int(env, "IDLE_CULLER_TIMEOUT", 3600, 60),
-        logo_uri=env.get("JUPYTERHUB_LOGO_URI", "").strip(),
-        metrics_token=env.get("JUPYTERHUB_METRICS_TOKEN", "").strip(),
-        lab_services={k: "1" if flag(env, k, False) else "0" for k in services},
-        lab_subnet_pool=parse_subnet_pool(env.get("LAB_SUBNET_POOL", "")),
-        lab_allowed_ranges=parse_ranges(env.get("LAB_ALLOWED_RANGES", ""), "LAB_ALLOWED_RANGES"),
-        lab_network_guard=flag(env, "LAB_NETWORK_GUARD", True),
-        log_max_size=parse_log_size(env.get("LOG_MAX_SIZE", "")),
-        log_max_files=_int(env, "LOG_MAX_FILES", DEFAULT_LOG_MAX_FILES, 1),
-        lab_volume_driver=volume_driver,
-        lab_volume_driver_opts=parse_driver_options(env.get("LAB_VOLUME_DRIVER_OPTS", ""), volume_driver),
-        lab_admin_access=flag(env, "LAB_ADMIN_ACCESS", False),
-        public_host=parse_public_host(env.get("HUBFORGE_PUBLIC_HOST", "")),
-        lab_subdomains=flag(env, "LAB_SUBDOMAINS", True),
-        authenticator=authenticator,
+        **values,
+        lab_services={k: "1" if flag(env, k, False) else "0" for k in services},  # each must be a valid flag
         oidc=oidc,
     )

@@ -45,7 +45,7 @@ from hub_ext.naming import (
     stale_owner,
     user_names,
 )
-from hub_ext.settings.hub import GPU_MODES
+from hub_ext.settings.hub import GPU_MODES, default_of
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 SIZES_TTL_S = 60
@@ -226,21 +226,30 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         "/var/run/docker.sock", config=True, help="Host path of the Docker socket (docker-sock group)."
     )
     docker_socket_gid = Integer(None, allow_none=True, config=True, help="Group id owning the Docker socket.")
-    pids_limit = Integer(1024, config=True, help="Maximum number of processes in one lab.")
+    pids_limit = Integer(default_of("LAB_PIDS_LIMIT"), config=True, help="Maximum number of processes in one lab.")
     log_options = Dict(
         config=True,
         help="""json-file options of every lab's log (LOG_MAX_SIZE, LOG_MAX_FILES): rotated, so a lab that prints
         without end cannot fill the host's disk. Empty: 10m x 3.""",
     )
-    cpu_shares = Integer(128, min=2, config=True, help="CPU weight of one lab under contention (the hub has 1024).")
-    read_only_root = Bool(
-        True, config=True, help="Labs get a read-only root filesystem and a tmpfs /tmp (LAB_READ_ONLY_ROOT)."
+    cpu_shares = Integer(
+        default_of("LAB_CPU_SHARES"),
+        min=2,
+        config=True,
+        help="CPU weight of one lab under contention (the hub has 1024).",
     )
-    gpu_mode = Unicode("auto", config=True, help="auto | on | off: whether labs get the host's GPUs.")
+    read_only_root = Bool(
+        default_of("LAB_READ_ONLY_ROOT"),
+        config=True,
+        help="Labs get a read-only root filesystem and a tmpfs /tmp (LAB_READ_ONLY_ROOT).",
+    )
+    gpu_mode = Unicode(
+        default_of("ENABLE_GPU_SUPPORT"), config=True, help="auto | on | off: whether labs get the host's GPUs."
+    )
     gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
     lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
     server_proxy = Bool(
-        False,
+        default_of("LAB_SERVER_PROXY"),
         config=True,
         help="""Turn on jupyter-server-proxy in the labs (LAB_SERVER_PROXY): web apps a user runs are then reached at
         /proxy/<port>/. Off by default: it costs about 0.25 s of CPU at every lab start.""",
@@ -254,7 +263,9 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         Off: every lab on the stack network (the pre-isolation layout), which lets labs reach each other.""",
     )
     subnet_pool = Unicode(
-        "10.213.0.0/16", config=True, help="IPv4 range carved into one /29 per lab network (LAB_SUBNET_POOL)."
+        default_of("LAB_SUBNET_POOL"),
+        config=True,
+        help="IPv4 range carved into one /29 per lab network (LAB_SUBNET_POOL).",
     )
     hub_container = Unicode(
         config=True,
@@ -297,6 +308,10 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
             VOLUME_LABEL: kind,
             ACCOUNT_LABEL: account_id(getattr(self.user.orm_user, "created", None)),
         }
+
+    def shared_volume_labels(self) -> dict[str, str]:
+        """The volume every lab mounts at /mnt/shared, on either engine."""
+        return {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"}
 
     def start_refusal(self) -> str | None:
         """Why this user may not start now, or None: an account revoked while its start waited (a start that was
@@ -359,7 +374,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         each other's network and container calls while the daemon could serve them side by side.""",
     )
     start_concurrency = Integer(
-        0,
+        default_of("LAB_START_CONCURRENCY"),
         min=0,
         config=True,
         help="""Most labs starting at the same moment (LAB_START_CONCURRENCY); the others wait in arrival order and
@@ -556,7 +571,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         self.extra_create_kwargs = {**base_create, "labels": labels}
         for kind, volume in names.volumes.items():
             await self.ensure_volume(volume, self.volume_labels(kind))
-        await self.ensure_volume(self.shared_volume, {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"})
+        await self.ensure_volume(self.shared_volume, self.shared_volume_labels())
         if self.lab_networks:
             await self.ensure_network(self.network_name)
         self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, groups, self.gpu.enabled)
@@ -678,15 +693,23 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             cid.startswith(self.hub_container) or info.get("Name") == self.hub_container
             for cid, info in (found.get("Containers") or {}).items()
         ):
-            try:
-                await self.docker("connect_container_to_network", self.hub_container, name, aliases=[self.hub_alias])
-            except Exception as exc:
-                if "already exists" not in str(exc):
-                    raise RuntimeError(
-                        f"the hub ({self.hub_container}) cannot join {name}: {exc}; "
-                        "set c.HubforgeSpawner.hub_container to the hub's container name"
-                    ) from exc
+            await self.connect_hub(name)
         self._hub_joined = True
+
+    async def connect_hub(self, network: str, address: str | None = None) -> None:
+        """The hub joins a lab's network under its alias (at `address`, when the engine picks the hub's address
+        there), on either engine; already being there is no error."""
+        where = {"ipv4_address": address} if address else {}
+        try:
+            await self.docker(
+                "connect_container_to_network", self.hub_container, network, aliases=[self.hub_alias], **where
+            )
+        except Exception as exc:  # noqa: BLE001 -- docker.errors.APIError, through the executor
+            if "already exists" not in str(exc):
+                raise RuntimeError(
+                    f"the hub ({self.hub_container}) cannot join the lab's network {network[:12]}: {exc}; "
+                    "set c.HubforgeSpawner.hub_container to the hub's container name"
+                ) from exc
 
     async def remove_lab_network(self) -> None:
         """Best effort: the hub leaves, the network goes (its /29 returns to the pool). A failure is logged."""

@@ -34,9 +34,10 @@ from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 from hub_ext.naming import (
     DOCKER_PRIVILEGED_GROUP,
     PROJECT_LABEL,
+    ROLE_LABEL,
     USER_LABEL,
-    VOLUME_LABEL,
 )
+from hub_ext.settings.hub import default_of
 from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
@@ -182,14 +183,16 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         "", help="The node that holds this user's volumes (node-pinned storage), kept in the hub's database."
     )
     volume_driver = Unicode(
-        "",
+        default_of("LAB_VOLUME_DRIVER"),
         config=True,
         help="""Shared storage (LAB_VOLUME_DRIVER): the volume driver of every lab volume, so labs can run on any
         node (local with NFS options, or a plugin). Empty: node-pinned storage, each user's lab stays on the node
         with their volumes.""",
     )
     volume_driver_options = Dict(
-        config=True, help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS."
+        default_value=default_of("LAB_VOLUME_DRIVER_OPTS"),
+        config=True,
+        help="The driver's options (LAB_VOLUME_DRIVER_OPTS), e.g. type, o and device for NFS.",
     )
     image_map = Unicode(
         IMAGE_MAP, config=True, help="The JSON file mapping each built image to its digest in the stack's registry."
@@ -253,7 +256,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         }
         self.extra_endpoint_spec = {"mode": "dnsrr"}  # the lab's own address: no virtual IP to route through
         volume_labels = {volume: self.volume_labels(kind) for kind, volume in self.names.volumes.items()}
-        volume_labels[self.shared_volume] = {PROJECT_LABEL: self.project, VOLUME_LABEL: "shared"}
+        volume_labels[self.shared_volume] = self.shared_volume_labels()
         driver = DriverConfig(self.volume_driver, self.volume_driver_options or None) if self.volume_driver else None
         self._mounts = service_mounts(self.volumes, host_config.get("tmpfs") or {}, volume_labels, driver)
 
@@ -412,7 +415,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             command=command,
             user="0:0",
             read_only=True,
-            labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"},
+            labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"},
             mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind")],
             env=["PYTHONDONTWRITEBYTECODE=1"],
         )
@@ -425,7 +428,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         )
         name = f"{self.service_name}-helper-{uuid.uuid4().hex[:12]}"  # two at the same moment must not collide
         service = await self.docker(
-            "create_service", template, name=name, labels={PROJECT_LABEL: self.project, "hubforge.role": "helper"}
+            "create_service", template, name=name, labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"}
         )
         service_id = service["ID"]
         try:
@@ -557,21 +560,6 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         """Kept when the lab stops, with the hub on it: a removed service's task leaves the network only later, and
         a network removed and made again under the same name in that time is not found when the next task starts.
         Its /28 returns to the pool at `invoke down`."""
-
-    async def connect_hub(self, network: str, address: str) -> None:
-        try:
-            await self.docker(
-                "connect_container_to_network",
-                self.hub_container,
-                network,
-                aliases=[self.hub_alias],
-                ipv4_address=address,
-            )
-        except Exception as exc:  # noqa: BLE001 -- docker.errors.APIError, through the executor
-            if "already exists" not in str(exc):
-                raise RuntimeError(
-                    f"the hub ({self.hub_container}) cannot join the lab's network {network[:12]}: {exc}"
-                ) from exc
 
     async def anchor(self, network: str) -> str:
         hub = await self.docker("inspect_container", self.hub_container)

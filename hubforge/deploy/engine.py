@@ -16,15 +16,14 @@ from typing import Any
 from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
 from hub_ext.labs.gpu import ALL_GPUS, decide
 from hub_ext.labs.networks import NETWORK_ROLE
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
-from hub_ext.settings.hub import ConfigError, from_environ, hub_host, parse_gpu_mode
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
+from hub_ext.settings.hub import ConfigError, env_template, from_environ, hub_host, parse_gpu_mode
 
 from ..docker_io import StackDocker
 from ..errors import HubforgeError
 from ..render import render
 from .settings import (
     BOOTSTRAP_SECRET,
-    ENV_TEMPLATE,
     HEALTH_TIMEOUT,
     StackOptions,
     config_digest,
@@ -119,7 +118,7 @@ class Stack:
         env_path = self.options.run_dir / ".env"
         if not env_path.exists():  # private from its first byte: it holds the metrics token
             with os.fdopen(os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as env_file:
-                env_file.write(ENV_TEMPLATE.format(metrics_token=secrets.token_hex(24)))
+                env_file.write(env_template(secrets.token_hex(24)))
         values = read_env_file(env_path)
         if self.options.gpu is not None:
             values["ENABLE_GPU_SUPPORT"] = self.options.gpu
@@ -322,19 +321,19 @@ class Stack:
         return [
             c
             for c in self.docker.containers({PROJECT_LABEL: self.options.project})
-            if c.get("Labels", {}).get("hubforge.user")
+            if c.get("Labels", {}).get(USER_LABEL)
         ]
 
     def lab_logs_argv(self, name: str, follow: bool, tail: int) -> list[str] | None:
         """`docker logs` of the lab of user `name` (or of the container so named), wherever it runs; None if none."""
         for lab in self.lab_containers():
-            if name in (lab["Labels"].get("hubforge.user"), lab["Names"][0].lstrip("/")):
+            if name in (lab["Labels"].get(USER_LABEL), lab["Names"][0].lstrip("/")):
                 return ["docker", "logs", f"--tail={tail}", *(["--follow"] if follow else []), lab["Id"]]
         return None
 
     def lab_users(self) -> list[str]:
         """Users whose lab exists, on any node."""
-        return sorted({lab["Labels"].get("hubforge.user", "?") for lab in self.lab_containers()})
+        return sorted({lab["Labels"].get(USER_LABEL, "?") for lab in self.lab_containers()})
 
     def down(self, volumes: bool, user_volumes: bool) -> list[str]:
         """Stop and remove the stack's containers (labs too); volumes only when asked. Returns what went."""
@@ -345,8 +344,8 @@ class Stack:
                 removed.append(network["Name"])
         if volumes:
             for volume in self.docker.volumes({PROJECT_LABEL: self.options.project}):
-                kind = volume.get("Labels", {}).get("hubforge.volume")
-                is_user = bool(volume.get("Labels", {}).get("hubforge.user"))
+                kind = volume.get("Labels", {}).get(VOLUME_LABEL)
+                is_user = bool(volume.get("Labels", {}).get(USER_LABEL))
                 if (is_user and user_volumes) or (not is_user and kind):
                     if self.docker.remove_volume(volume["Name"]):
                         removed.append(volume["Name"])
@@ -362,7 +361,7 @@ class Stack:
             details = self.docker.inspect_container(container["Id"]) or {}
             labs.append(
                 {
-                    "user": container["Labels"].get("hubforge.user"),
+                    "user": container["Labels"].get(USER_LABEL),
                     "container": container["Names"][0].lstrip("/"),
                     "image": container.get("Image"),
                     "state": container.get("State"),

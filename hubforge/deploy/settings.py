@@ -88,43 +88,6 @@ def validate_project(project: str) -> str:
 
 
 # -- the run directory ---------------------------------------------------------------------------------
-ENV_TEMPLATE = """\
-# hubforge stack settings (Compose .env). Kept across `invoke up`; edit and run `invoke up` again.
-# Every variable, with its default, is documented in the README ("Configuration").
-# JUPYTERHUB_ADMIN=admin
-# ENABLE_SIGNUP=1
-# JUPYTERHUB_BASE_URL=/
-# ENABLE_GPU_SUPPORT=2
-# PASSWORD_MIN_LENGTH=8
-# LOGIN_MAX_FAILURES=5
-# LOGIN_LOCKOUT_SECONDS=600
-# LOGIN_ADDRESS_LIMIT=30
-# LAB_MEM_LIMIT=4G
-# LAB_CPU_LIMIT=2
-# LAB_PIDS_LIMIT=1024
-# LAB_CPU_SHARES=128
-# LAB_READ_ONLY_ROOT=1
-# LAB_SERVER_PROXY=0
-# HUB_MEM_LIMIT=2G
-# HUB_CPU_LIMIT=2
-# HUB_PIDS_LIMIT=2048
-# ACTIVE_SERVER_LIMIT=0
-# CONCURRENT_SPAWN_LIMIT=100
-# LAB_START_CONCURRENCY=0
-# LAB_START_TIMEOUT=600
-# IDLE_CULLER_ENABLED=0
-# IDLE_CULLER_TIMEOUT=3600
-# JUPYTERHUB_LOGO_URI=
-# HUBFORGE_PUBLIC_HOST=hub.localhost
-# LAB_SUBDOMAINS=1
-# SSL_CERT=
-# SSL_KEY=
-# LAB_SUBNET_POOL=10.213.0.0/16
-# LAB_ALLOWED_RANGES=
-# LAB_NETWORK_GUARD=1
-# LAB_ADMIN_ACCESS=0
-JUPYTERHUB_METRICS_TOKEN={metrics_token}
-"""
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ from .hubclient import HubAPI, HubSession, plain_get
 
 localdns.install()  # stacks are reached at hub.localhost and labs at <user>.hub.localhost, as browsers do
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/livestack.py -> the repository
 ADMIN = "admin"
 PASSWORD = "a-Long-passw0rd!"
 

@@ -68,3 +68,27 @@ def test_an_import_up_the_floors_is_found(tmp_path):
 def test_the_class_paths_the_hub_config_names_import(path):
     module, _, name = path.rpartition(".")
     assert isinstance(getattr(importlib.import_module(module), name), type)
+
+
+def label_literals(root: Path) -> list[str]:
+    """Docker label names (naming.py's *_LABEL values) written as string literals outside hub_ext/naming.py, where
+    they are declared."""
+    from hub_ext import naming
+
+    labels = {value for name, value in vars(naming).items() if name.endswith("_LABEL")}
+    found = []
+    for path in sorted([*(root / "hub_ext").rglob("*.py"), *(root / "hubforge").rglob("*.py")]):
+        if path.name == "naming.py" and path.parent.name == "hub_ext":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in labels:
+                found.append(f"{path.relative_to(root).as_posix()}:{node.lineno}: {node.value}")
+    return found
+
+
+def test_docker_label_names_live_only_in_naming(tmp_path):
+    assert label_literals(ROOT) == []
+    (tmp_path / "hub_ext").mkdir()
+    (tmp_path / "hubforge").mkdir()
+    (tmp_path / "hubforge" / "x.py").write_text('labels = {"hubforge.role": "tool"}\n')
+    assert label_literals(tmp_path) == ["hubforge/x.py:1: hubforge.role"]
