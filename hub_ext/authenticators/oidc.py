@@ -28,6 +28,7 @@ from traitlets import List, Tuple, Unicode, default
 from hub_ext.auth import rules
 from hub_ext.authenticators.native import HubforgeAuthMixin
 from hub_ext.settings.oidc import groups_from_claims, hub_groups, refusal_message
+from hub_ext.spawn.spawner import stop_every_server
 
 audit = logging.getLogger("hubforge.audit")
 GROUPS_KEY = "hubforge_groups"  # where the hub groups of a sign-in are kept in its auth_state (auth_state_groups_key)
@@ -196,12 +197,15 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         user = handler.find_user(name) if handler is not None else self.hub_user(name)
         if user is None:
             return
-        stopped = []
-        for server_name, spawner in list(user.spawners.items()):
-            if spawner.active and not spawner.pending:
-                await self.stop_server(handler, user, server_name)
-                stopped.append(server_name or "default")
-        audit.info("oidc-withdraw user=%s why=%r stopped=%s", name, why, ",".join(stopped) or "-")
+        proxy = handler.proxy if handler is not None else self.hub.proxy
+        stopped, errors = await stop_every_server(user, proxy, self.log)
+        audit.info(
+            "oidc-withdraw user=%s why=%r stopped=%s%s",
+            name,
+            why,
+            ",".join(stopped) or "-",
+            f" could-not-stop={'; '.join(errors)!r}" if errors else "",
+        )
 
     def hub_user(self, name: str):
         if self.hub is None:
@@ -210,13 +214,6 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
             return self.hub.users[name]
         except KeyError:
             return None
-
-    async def stop_server(self, handler, user, server_name: str) -> None:
-        if handler is not None:
-            await handler.stop_single_user(user, server_name)
-        else:  # what BaseHandler.stop_single_user does, without a request: out of the proxy, then stopped
-            await self.hub.proxy.delete_user(user, server_name)
-            await user.stop(server_name)
 
     # -- the recheck that no request starts ---------------------------------------------------------------------
     async def recheck_forever(self) -> None:

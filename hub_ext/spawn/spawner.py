@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import os
 import socket
@@ -174,6 +175,34 @@ def user_lock(name: str) -> asyncio.Lock:
     """One lock per user for start, restart, volume reset and revocation: none of them may interleave
     (a spawn between a reset's checks and its deletes would mount a half-reset set of volumes)."""
     return _USER_LOCKS.setdefault(name, asyncio.Lock())
+
+
+async def stop_every_server(user, proxy, log) -> tuple[list[str], list[str]]:
+    """Stop every server of `user` (revocation, discard, an OIDC member who lost access), never raising: a start still
+    pending is cancelled (JupyterHub refuses to stop a pending server, and a user can hold a start pending on
+    purpose) and then stopped. Returns the servers stopped and, for each that could not be, why."""
+    stopped, errors = [], []
+    for server_name, spawner in list(user.spawners.items()):
+        try:
+            if spawner.pending == "spawn":
+                future = spawner._spawn_future  # JupyterHub's own DELETE .../server interrupts a start the same way
+                if future is not None and not future.done():
+                    future.cancel()
+                getattr(spawner, "cancel_start", lambda: False)()  # ... which does not reach the spawner's start
+            if spawner.pending == "stop":
+                continue  # already on its way down
+            # the lock: a start in its Docker phase finishes first (and is then stopped); one queued behind this
+            # revocation asks the authenticator first (may_start) and is refused
+            async with user_lock(user.name):
+                if spawner.active or spawner.pending:
+                    with contextlib.suppress(Exception):  # a start interrupted before the proxy knew of it
+                        await proxy.delete_user(user, server_name)
+                    await user.stop(server_name)
+                    stopped.append(server_name or "default")
+        except Exception as exc:  # noqa: BLE001 -- report it; the caller goes on (credentials are already gone)
+            log.exception("stopping %s's server %r failed", user.name, server_name)
+            errors.append(f"{server_name or 'default'}: {exc}")
+    return stopped, errors
 
 
 def ensure_builtin_groups(db) -> list[str]:

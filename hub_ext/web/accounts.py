@@ -6,8 +6,6 @@ explicit, idempotent POST with XSRF, and a GET never changes anything.
 
 from __future__ import annotations
 
-import contextlib
-
 from jupyterhub import orm
 from jupyterhub.handlers.base import BaseHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
@@ -21,7 +19,7 @@ from hub_ext.auth.rules import (
     username_problem,
 )
 from hub_ext.auth.throttle import LoginRefused, client_address, describe_wait
-from hub_ext.spawn.spawner import user_lock
+from hub_ext.spawn.spawner import stop_every_server, user_lock
 from hub_ext.web.selfservice import audit, authorize, spawner_of
 
 ACTIONS = ("approve", "unapprove", "discard")
@@ -368,30 +366,9 @@ class ApprovalActionHandler(BaseHandler):
         return f"hub user deleted, volumes deleted: {gone}" + (f"; NOT deleted: {'; '.join(failed)}" if failed else "")
 
     async def stop_servers(self, user) -> str:
-        """Stop every server of the user, never failing the request: a start still pending is cancelled (JupyterHub
-        refuses to stop a pending server, and a user can hold a start pending on purpose) and then stopped."""
-        stopped, errors = 0, []
-        for server_name, spawner in list(user.spawners.items()):
-            try:
-                if spawner.pending == "spawn":
-                    future = spawner._spawn_future  # JupyterHub's own DELETE .../server interrupts a start the same way
-                    if future is not None and not future.done():
-                        future.cancel()
-                    getattr(spawner, "cancel_start", lambda: False)()  # ... which does not reach the spawner's start
-                if spawner.pending == "stop":
-                    continue  # already on its way down
-                # the lock: a start in its Docker phase finishes first (and is then stopped); one queued behind this
-                # revocation asks the authenticator first (may_start) and is refused
-                async with user_lock(user.name):
-                    if spawner.active or spawner.pending:
-                        with contextlib.suppress(Exception):  # a start interrupted before the proxy knew of it
-                            await self.proxy.delete_user(user, server_name)
-                        await user.stop(server_name)
-                        stopped += 1
-            except Exception as exc:  # noqa: BLE001 -- report it; the credentials are already gone
-                self.log.exception("revocation: stopping %s's server %r failed", user.name, server_name)
-                errors.append(f"{server_name or 'default'}: {exc}")
-        said = f"{stopped} server{'s' if stopped != 1 else ''} stopped"
+        """Stop every server of the user, never failing the request (hub_ext.spawn.spawner.stop_every_server)."""
+        stopped, errors = await stop_every_server(user, self.proxy, self.log)
+        said = f"{len(stopped)} server{'s' if len(stopped) != 1 else ''} stopped"
         return said + (f"; could NOT stop {'; '.join(errors)}" if errors else "")
 
 

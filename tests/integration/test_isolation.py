@@ -35,21 +35,35 @@ DUMMY = "hfiso0"
 METADATA = "169.254.100.1"
 PUBLIC = "192.0.2.10"
 
+# Run inside a lab: exit 0 when host:port answers within 3 s. tcp: a connection is made; udp: a datagram (a DNS
+# query for "hub") gets a reply.
 PROBE = r"""
 import socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
+protocol, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 try:
-    socket.create_connection((host, port), timeout=3).close()
+    if protocol == "tcp":
+        socket.create_connection((host, port), timeout=3).close()
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(3)
+        sock.connect((host, port))
+        sock.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03hub\x00\x00\x01\x00\x01")
+        sock.recv(512)
 except OSError as exc:
-    print(f"refused: {exc}")
+    print(f"no answer: {exc}")
     sys.exit(1)
-print("connected")
+print("answered")
 """
 
 
+def answers(container, protocol: str, host: str, port: int, user: str = "lab") -> bool:
+    """Whether host:port answers `protocol` ("tcp" or "udp") from inside `container` (3 s timeout)."""
+    return container.exec_run(["python3", "-c", PROBE, protocol, host, str(port)], user=user).exit_code == 0
+
+
 def reaches(container, host: str, port: int, user: str = "lab") -> bool:
-    """Whether a TCP connection from inside `container` to host:port succeeds (3 s timeout)."""
-    return container.exec_run(["python3", "-c", PROBE, host, str(port)], user=user).exit_code == 0
+    """Whether a TCP connection from inside `container` to host:port succeeds."""
+    return answers(container, "tcp", host, port, user)
 
 
 def lab_address(container) -> str:
@@ -195,24 +209,10 @@ print("listening", flush=True)
 threading.Event().wait()
 """
 
-UDP_PROBE = r"""
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.settimeout(3)
-try:
-    sock.connect((sys.argv[1], int(sys.argv[2])))
-    sock.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03hub\x00\x00\x01\x00\x01")
-    sock.recv(512)
-except OSError as exc:
-    print(f"no answer: {exc}")
-    sys.exit(1)
-print("answered")
-"""
-
 
 def answers_udp(container, host: str, port: int, user: str = "lab") -> bool:
-    """Whether a datagram from inside `container` to host:port gets an answer (3 s timeout)."""
-    return container.exec_run(["python3", "-c", UDP_PROBE, host, str(port)], user=user).exit_code == 0
+    """Whether a datagram from inside `container` to host:port gets an answer."""
+    return answers(container, "udp", host, port, user)
 
 
 def run(*argv: str) -> None:

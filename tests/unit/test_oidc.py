@@ -344,16 +344,28 @@ def signing_in(provider: Provider, db, **config):
 
 
 class Handler:
-    """What the hub's request handler gives the authenticator: its user lookup and server stop."""
+    """What the hub's request handler gives the authenticator: its user lookup and the proxy. `stopped` names the
+    users whose servers were stopped (their User.stop was called)."""
 
     def __init__(self, users=None):
         self.users, self.stopped = users or {}, []
+        self.proxy = type("Proxy", (), {"delete_user": staticmethod(lambda user, server_name: asyncio.sleep(0))})()
 
     def find_user(self, name):
         return self.users.get(name)
 
-    async def stop_single_user(self, user, server_name):
-        self.stopped.append(user.name)
+
+def hub_user(handler: Handler, name: str, server) -> object:
+    """A hub user with one server, whose stop the handler records."""
+
+    class User:
+        def __init__(self):
+            self.name, self.spawners = name, {"": server}
+
+        async def stop(self, server_name):
+            handler.stopped.append(self.name)
+
+    return User()
 
 
 @pytest.fixture
@@ -389,7 +401,8 @@ def bind(db, name, sub, admin=False, groups=()):
 def test_a_name_taken_over_at_the_provider_does_not_get_the_hub_user_or_stop_their_servers(hub_db):
     bind(hub_db, "bob", "sub-bob", groups=["docker-sock"])
     server = type("Spawner", (), {"active": True, "pending": None})()
-    handler = Handler({"bob": type("User", (), {"name": "bob", "spawners": {"": server}})()})
+    handler = Handler()
+    handler.users["bob"] = hub_user(handler, "bob", server)
     taker = Provider({"sub": "sub-alice", "preferred_username": "bob", "groups": ["team"]})
     auth = signing_in(taker, hub_db, allowed_groups={"team"})
     assert asyncio.run(auth.get_authenticated_user(handler, None)) is None
