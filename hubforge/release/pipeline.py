@@ -96,8 +96,7 @@ def publish(
                 )
         if item.target == "base":
             continue
-        versioned = {tag: digests[tag] for tag in item.tags if tag != step.remote_key}
-        versioned = versioned or dict(digests)  # one pushed only under its key (the swarm's registry): that tag
+        versioned = {tag: digests[tag] for tag in item.described_by}
         digest = release_digest(item.repository, versioned)
         found = image_inventory(docker, released)  # read from outside the image: nothing in it runs
         image_name = item.repository.rsplit("/", 1)[1] + (

@@ -75,6 +75,12 @@ class Push:
     repository: str
     tags: tuple[str, ...]  # version tags, then the key tag (remote cache): the full sha256 key
 
+    @property
+    def described_by(self) -> tuple[str, ...]:
+        """The tags whose one digest the SBOM and provenance describe: the version tags, or, for an image pushed
+        only under its key tag (the base; the swarm's registry), that tag."""
+        return self.tags[:-1] or self.tags
+
 
 def plan(steps: list[Step], registry: str, namespace: str, version: Version, git12: str) -> list[Push]:
     """Every tag to push. Released images get version tags plus their key tag; the base gets only its
