@@ -28,8 +28,8 @@ _BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
 _LOG_SIZE = re.compile(r"^([1-9]\d*)([kmg]?)$")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
+def _int(name: str, raw: str, default: int, minimum: int) -> int:
+    raw = raw.strip()
     if raw == "":
         return default
     try:
@@ -41,8 +41,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
+def _float(name: str, raw: str, default: float) -> float:
+    raw = raw.strip()
     if raw == "":
         return default
     try:
@@ -221,9 +221,9 @@ def common_passwords() -> frozenset[str]:
     return frozenset(listing.read_text().splitlines()) if listing.exists() else frozenset()
 
 
-def parse_admin_password(env: Mapping[str, str], minimum: int) -> str:
-    """JUPYTERHUB_ADMIN_PASSWORD obeys the same rules as every signup's password."""
-    value = env.get("JUPYTERHUB_ADMIN_PASSWORD", "")
+def parse_admin_password(value: str, minimum: int) -> str:
+    """JUPYTERHUB_ADMIN_PASSWORD obeys the same rules as every signup's password (not stripped: a password may
+    begin or end with a space)."""
     if not value:
         return ""
     if len(value) < minimum:
@@ -276,11 +276,11 @@ class Setting:
 
 
 def integer(minimum: int) -> Reader:
-    return lambda setting, raw, _: _int({setting.name: raw}, setting.name, setting.default, minimum)
+    return lambda setting, raw, _: _int(setting.name, raw, setting.default, minimum)
 
 
 def number() -> Reader:
-    return lambda setting, raw, _: _float({setting.name: raw}, setting.name, setting.default)
+    return lambda setting, raw, _: _float(setting.name, raw, setting.default)
 
 
 def boolean() -> Reader:
@@ -311,7 +311,7 @@ def choice(values: Sequence[str], hint: str) -> Reader:
 
 def admin_password() -> Reader:
     # the password rules of every signup; PASSWORD_MIN_LENGTH is read before it
-    return lambda setting, raw, earlier: parse_admin_password({setting.name: raw}, earlier["password_min_length"])
+    return lambda setting, raw, earlier: parse_admin_password(raw, earlier["password_min_length"])
 
 
 def base_url() -> Reader:

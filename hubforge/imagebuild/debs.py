@@ -108,29 +108,10 @@ class DebCache:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
             try:
-                try:
-                    _copy_url(pin.url, tmp)
-                except urllib.error.HTTPError as gone:
-                    if gone.code != 404 or not self.snapshot or not snapshot_archive(pin.url):
-                        raise
-                    if progress:
-                        progress(
-                            f"{pin.filename}: the mirror no longer has this version; fetching it from {self.snapshot}"
-                        )
-                    tmp.seek(0)
-                    tmp.truncate()
-                    _copy_url(self._snapshot_url(pin), tmp)
-            except (urllib.error.URLError, OSError, HubforgeError) as exc:
+                self._fetch(pin, tmp, progress)
+            except HubforgeError:
                 os.unlink(tmp.name)
-                if isinstance(exc, HubforgeError):
-                    raise
-                reason = getattr(exc, "reason", exc)
-                hint = (
-                    "run `invoke lock` to re-resolve"
-                    if getattr(exc, "code", None) == 404
-                    else "check the mirror is reachable"
-                )
-                raise HubforgeError(f"cannot download {pin.url}: {reason}; {hint}") from exc
+                raise
         sha = file_sha256(Path(tmp.name))
         if sha != pin.sha256:
             os.unlink(tmp.name)
@@ -138,6 +119,29 @@ class DebCache:
                 f"{pin.filename}: sha256 {sha} does not match the lock ({pin.sha256}); run `invoke lock`"
             )
         os.replace(tmp.name, dest)
+
+    def _fetch(self, pin: DebPin, out, progress=None) -> None:
+        """The pin's bytes into `out`: from its URL, or, when a Debian mirror answers 404 there, from the snapshot.
+        One line (HubforgeError) when neither gives them."""
+        try:
+            try:
+                _copy_url(pin.url, out)
+            except urllib.error.HTTPError as gone:
+                if gone.code != 404 or not self.snapshot or not snapshot_archive(pin.url):
+                    raise
+                if progress:
+                    progress(f"{pin.filename}: the mirror no longer has this version; fetching it from {self.snapshot}")
+                out.seek(0)
+                out.truncate()
+                _copy_url(self._snapshot_url(pin), out)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            hint = (
+                "run `invoke lock` to re-resolve"
+                if getattr(exc, "code", None) == 404
+                else "check the mirror is reachable"
+            )
+            raise HubforgeError(f"cannot download {pin.url}: {reason}; {hint}") from exc
 
     def _snapshot_url(self, pin: DebPin) -> str:
         """The snapshot's address of the locked package's file, for the lock's architecture; one line when none."""

@@ -69,3 +69,15 @@ def rootfs_tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> 
             archive.addfile(info)
     out.seek(0)
     return out
+
+
+def docs_extension():
+    """docs/_ext/hubforge_reference.py, the Sphinx extension that writes the generated reference pages (docs/_ext
+    is not a package, so it is loaded by path)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "docs/_ext/hubforge_reference.py"
+    spec = importlib.util.spec_from_file_location("hubforge_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

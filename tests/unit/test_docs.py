@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from ..support.helpers import docs_extension
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_extension():
-    """docs/_ext/hubforge_reference.py, the Sphinx extension that writes the reference pages (not a package)."""
-    spec = importlib.util.spec_from_file_location("hubforge_reference", ROOT / "docs/_ext/hubforge_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hubforge_reference = load_extension()
+hubforge_reference = docs_extension()
 
 
 def test_the_task_reference_is_generated_from_tasks_py():

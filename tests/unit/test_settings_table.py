@@ -14,6 +14,8 @@ import pytest
 from hub_ext.settings.hub import BY_NAME, SETTINGS, HubConfig, env_template, from_environ
 from hub_ext.settings.parse import ConfigError
 
+from ..support.helpers import docs_extension
+
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = {
     "HubforgeSpawner": "hub_ext.spawn.spawner",
@@ -21,13 +23,6 @@ CLASSES = {
     "HubforgeAuthenticator": "hub_ext.authenticators.native",
     "HubforgeAuthMixin": "hub_ext.authenticators.native",
 }
-
-
-def extension():
-    spec = importlib.util.spec_from_file_location("hubforge_reference", ROOT / "docs/_ext/hubforge_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_hub_config_has_one_field_per_setting_and_the_families():
@@ -74,7 +69,7 @@ def test_the_hub_config_sets_every_trait_from_the_table_and_reads_no_setting_its
 
 def test_the_docs_reference_is_the_table():
     page = (ROOT / "docs/reference/settings.md").read_text()
-    assert extension().settings_table() in page, "docs/reference/settings.md is stale: run `invoke docs`"
+    assert docs_extension().settings_table() in page, "docs/reference/settings.md is stale: run `invoke docs`"
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in page
 
