@@ -14,6 +14,8 @@ SAFE_CHARS = frozenset(string.ascii_lowercase + string.digits)
 VOLUME_KINDS = ("home", "workspace", "cache")
 MOUNTS = {"home": "/home/lab", "workspace": "/home/lab/workspace", "cache": "/home/lab/.cache"}
 SHARED_MOUNT = "/mnt/shared"
+GROUPS_MOUNT = "/mnt/groups"  # a group's own folder is /mnt/groups/<group>, for its members only (group policies)
+LAB_UID = 1000  # the lab image's user, `lab`: a new group folder is made its, so members can write it
 # The built-in groups: their members' labs get the host's Docker socket, or run privileged (hub_ext.labs.runtime).
 DOCKER_SOCK_GROUP = "docker-sock"
 DOCKER_PRIVILEGED_GROUP = "docker-privileged"
@@ -49,6 +51,8 @@ PROJECT_LABEL = "hubforge.project"
 ROLE_LABEL = "hubforge.role"  # what a labelled container or network is for: hub, netguard, lab-network...
 USER_LABEL = "hubforge.user"  # the user a lab, its service or its volume belongs to
 VOLUME_LABEL = "hubforge.volume"  # what a volume is: home, workspace, cache, shared, hub-data...
+GROUP_LABEL = "hubforge.group"  # the group a group folder's volume belongs to
+GPUS_LABEL = "hubforge.gpus"  # the GPUs a lab holds, comma-separated indexes, so no other lab is handed them
 ACCOUNT_LABEL = "hubforge.account"  # which hub user a user's volume was made for: account_id() of that user
 
 
@@ -81,6 +85,12 @@ def default_volume_prefix(project: str) -> str:
     """`jupyterlab` for the default project (the names every existing stack already has), else
     `<project>-jupyterlab`: a second project's `alice` never gets the first one's volumes."""
     return "jupyterlab" if project == "hubforge" else f"{project}-jupyterlab"
+
+
+def group_folder_volume(prefix: str, group: str) -> str:
+    """A group's folder: `<prefix>_group_<escaped group>`. A user's volume is `<prefix>-<escaped user>_<kind>`, so
+    the two never collide."""
+    return f"{prefix}_group_{escape_username(group)}"
 
 
 def lab_network_name(stack_network: str, username: str) -> str:

@@ -188,8 +188,11 @@ c.JupyterHub.spawner_class = (
 )
 if "default" in lab_images:
     c.HubforgeSpawner.image = lab_images["default"]
-if len(lab_images) > 1:
-    c.HubforgeSpawner.allowed_images = lab_images  # the spawn page offers a picker
+# Group policies (hub_ext.labs.policy, edited on /hub/policies) decide, per user, which of these a user may pick (the
+# spawn page offers a picker when more than one), their limits, GPUs, folders and rights; the settings below are the
+# default policy, for users in no group.
+c.HubforgeSpawner.lab_images = lab_images
+c.HubforgeSpawner.idle_timeout = hub.idle_culler_timeout if hub.idle_culler_enabled else 0
 # Each lab on its own network with the hub (named from the stack network, addressed from LAB_SUBNET_POOL);
 # the netguard service keeps labs off private and link-local addresses (LAB_ALLOWED_RANGES excepted).
 c.HubforgeSpawner.stack_network = env.get("HUBFORGE_NETWORK", "hubforge_net")

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from hub_ext.naming import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP
+from hub_ext.naming import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, GROUPS_MOUNT
 from hub_ext.settings.hub import parse_memory
 from hub_ext.settings.parse import ConfigError
 
@@ -33,6 +33,7 @@ PROPERTY = "hubforge"  # the key of a group's JupyterHub properties that holds i
 FOLDER_MODES = ("rw", "ro")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a lab image's name in HUBFORGE_LAB_IMAGES (default, datascience)
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -146,6 +147,14 @@ def parse_policy(group: str, properties: Mapping[str, Any] | None) -> Policy:
         elif name == "folder":
             if value not in FOLDER_MODES:
                 raise _fail(group, name, value, 'is not valid; use "rw", "ro" or null (no folder)')
+            if not _FOLDER_NAME.match(group):
+                raise _fail(
+                    group,
+                    name,
+                    value,
+                    f"cannot be given: the folder would be {GROUPS_MOUNT}/{group}, and a "
+                    "folder's name is letters, digits, '.', '_' and '-' (rename the group)",
+                )
             values[name] = value
         elif name in ("docker_sock", "docker_privileged"):
             if not isinstance(value, bool):

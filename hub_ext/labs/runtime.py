@@ -1,18 +1,15 @@
-"""Per-user lab runtime as data: volumes, host config and environment from the user's groups and the GPU."""
+"""Per-user lab runtime as data: volumes, host config and environment from the user's merged group policy and the
+GPUs handed to the lab."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub_ext.labs.gpu import GpuDecision, lab_gpu_options
-from hub_ext.naming import (
-    DOCKER_PRIVILEGED_GROUP,
-    DOCKER_SOCK_GROUP,
-    SHARED_MOUNT,
-    UserNames,
-)
+from hub_ext.labs.gpu import lab_gpu_options
+from hub_ext.labs.policy import Policy
+from hub_ext.naming import GROUPS_MOUNT, SHARED_MOUNT, UserNames
 from hub_ext.settings.hub import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
 
 LAB_SOCKET = "/var/run/docker.sock"
@@ -42,10 +39,10 @@ class LabRuntime:
 def lab_runtime(
     *,
     names: UserNames,
-    groups: Iterable[str],
+    policy: Policy,
     shared_volume: str,
-    gpu: GpuDecision,
-    pids_limit: int,
+    gpus: list[str] | str | None = None,
+    folders: Mapping[str, tuple[str, str]] | None = None,
     cpu_shares: int = 128,
     read_only_root: bool = True,
     docker_socket: str = "/var/run/docker.sock",
@@ -57,17 +54,21 @@ def lab_runtime(
 ) -> LabRuntime:
     """Everything a lab container gets, computed fresh from its inputs on every spawn.
 
+    `policy` is the user's merged group policy (hub_ext.labs.policy): its processes, Docker rights and environment
+    (memory and CPUs are the spawner's own mem_limit and cpu_limit); `folders` maps each group folder's volume to
+    (group, "rw" | "ro"); `gpus` is what hub_ext.labs.gpu.allocate handed out.
     Nothing is carried over from an earlier spawn, so leaving a group removes what it granted.
     """
-    groups = set(groups)
     volumes = {name: {"bind": path, "mode": "rw"} for name, path in names.mounts().items()}
     volumes[shared_volume] = {"bind": SHARED_MOUNT, "mode": "rw"}
+    for volume, (group, mode) in sorted((folders or {}).items()):
+        volumes[volume] = {"bind": f"{GROUPS_MOUNT}/{group}", "mode": mode}
     # The spawner removes the container itself when the server stops (DockerSpawner.remove). Docker's
     # AutoRemove is off because `docker restart` of an AutoRemove container races with the removal:
     # now and then the container is gone, or "marked for removal and cannot be started", after a restart.
     # cpu_shares: under contention a lab weighs half of the hub (1024), so a busy host still answers logins
     host_config: dict[str, Any] = {
-        "pids_limit": pids_limit,
+        "pids_limit": policy.pids_limit,
         "cpu_shares": cpu_shares,
         "auto_remove": False,
         "log_config": {"type": LOG_DRIVER, "config": dict(logs or default_log_options())},
@@ -75,21 +76,21 @@ def lab_runtime(
     if read_only_root:  # the image cannot be changed from inside: only the volumes and a private /tmp are writable
         host_config["read_only"] = True
         host_config["tmpfs"] = {"/tmp": "mode=1777,nosuid,nodev"}  # in RAM: counts against the lab's memory limit
-    if DOCKER_PRIVILEGED_GROUP in groups:
+    if policy.docker_privileged:
         host_config["privileged"] = True  # all capabilities: dropping any would contradict the grant
     else:
         host_config["privileged"] = False
         host_config["cap_drop"] = ["ALL"]  # Jupyter runs as uid 1000 and needs no capability
         host_config["security_opt"] = ["no-new-privileges:true"]
-    if DOCKER_SOCK_GROUP in groups:
+    if policy.docker_sock:
         volumes[docker_socket] = {"bind": LAB_SOCKET, "mode": "rw"}
         if docker_socket_gid is not None:
             host_config["group_add"] = [str(docker_socket_gid)]
     if disable_ipv6:  # lab networks are IPv4 only; link-local IPv6 would reach the host around the guard's rules
         host_config["sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}
-    device_requests, gpu_env = lab_gpu_options(gpu)
+    device_requests, gpu_env = lab_gpu_options(gpus)
     host_config["device_requests"] = device_requests
-    environment = {**gpu_env, **dict(services or {})}
+    environment = {**dict(policy.environment), **gpu_env, **dict(services or {})}
     # jupyter-server-proxy (/proxy/<port>/ for web apps a user runs) ships in the lab but is off in its image:
     # its import alone (aiohttp) costs about 0.25 s of CPU at every lab start. LAB_SERVER_PROXY=1 turns it on.
     args = (f"--ServerApp.jpserver_extensions={SERVER_PROXY_EXTENSION}=True",) if server_proxy else ()

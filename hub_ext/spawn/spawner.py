@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import html
 import ipaddress
 import os
 import socket
@@ -23,7 +24,7 @@ from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from hub_ext.helpers.volumes import measure, remove_volume
-from hub_ext.labs.gpu import GpuDecision, decide
+from hub_ext.labs.gpu import GpuDecision, NoFreeGpu, allocate, decide
 from hub_ext.labs.networks import (
     NETWORK_ROLE,
     SUBNET_PREFIX,
@@ -31,10 +32,14 @@ from hub_ext.labs.networks import (
     network_spec,
     used_subnets,
 )
+from hub_ext.labs.policy import Effective, Policy, PolicyError, effective_policy, size_bytes
 from hub_ext.labs.runtime import lab_runtime
 from hub_ext.naming import (
     ACCOUNT_LABEL,
     BUILTIN_GROUPS,
+    GPUS_LABEL,
+    GROUP_LABEL,
+    LAB_UID,
     PROJECT_LABEL,
     ROLE_LABEL,
     USER_LABEL,
@@ -42,6 +47,7 @@ from hub_ext.naming import (
     account_id,
     escape_username,
     foreign_owner,
+    group_folder_volume,
     lab_network_name,
     stale_owner,
     user_names,
@@ -49,6 +55,12 @@ from hub_ext.naming import (
 from hub_ext.settings.hub import GPU_MODES, default_of
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
+_GPU_LOCK = asyncio.Lock()  # one GPU hand-out at a time in this hub
+_GPU_CLAIMS: dict[str, list[str]] = {}  # user -> GPUs handed to their lab, until it stops (labels cover a hub restart)
+OWN_FOLDER = (  # run once as root on a new group folder's volume: the lab's user owns it, new files keep its group
+    f"import os; os.chown('/folder', {LAB_UID}, {LAB_UID}); os.chmod('/folder', 0o2775); "
+    'print(\'hubforge-volumes: [{"result": "owned"}]\')'
+)
 SIZES_TTL_S = 60
 _SIZES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-sizes")
 _usage: dict[str, Any] = {"at": -SIZES_TTL_S, "future": None}
@@ -277,6 +289,17 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     )
     gpu_probe = Dict(None, allow_none=True, config=True, help="The gpu-probe's JSON result, from `invoke up`.")
     lab_services = Dict(config=True, help="ENABLE_SERVICE_* flags passed to every lab's environment.")
+    lab_images = Dict(
+        config=True,
+        help="""Every lab image of the stack, name -> reference (HUBFORGE_LAB_IMAGES). A group policy's `images` and
+        `default_image` name them; a user may pick among those their policy allows.""",
+    )
+    idle_timeout = Integer(
+        0,
+        min=0,
+        config=True,
+        help="The default policy's idle-cull timeout in seconds (IDLE_CULLER_TIMEOUT; 0: never culled).",
+    )
     server_proxy = Bool(
         default_of("LAB_SERVER_PROXY"),
         config=True,
@@ -368,6 +391,132 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         ensure_builtin_groups(self.user.db)
         return sorted(group.name for group in self.user.groups)
 
+    # -- group policies (hub_ext.labs.policy) ---------------------------------------------------------------
+    def base_settings(self) -> dict[str, Any]:
+        """What the operator configured, kept at the first spawn: every spawn starts from it, so a policy's values
+        never leak into the next start."""
+        if not hasattr(self, "_base_settings"):
+            self._base_settings = {
+                "host": dict(self.extra_host_config or {}),
+                "env": dict(self.environment or {}),
+                "create": dict(self.extra_create_kwargs or {}),
+                "args": list(self.args or []),
+                "mem_limit": getattr(self, "mem_limit", None),
+                "cpu_limit": getattr(self, "cpu_limit", None),
+                "image": getattr(self, "image", None),
+            }
+        return self._base_settings
+
+    @property
+    def default_gpus(self) -> int | str | None:
+        """GPUs of a lab whose groups set none: all of the host's, as before group policies (when GPUs are on)."""
+        return "all"
+
+    def default_policy(self) -> Policy:
+        """The policy of a user in no group: the stack's settings (LAB_MEM_LIMIT, LAB_CPU_LIMIT, LAB_PIDS_LIMIT,
+        ENABLE_GPU_SUPPORT, every lab image, IDLE_CULLER_TIMEOUT), so that existing stacks keep their meaning."""
+        base = self.base_settings()
+        images = tuple(self.lab_images)
+        return Policy(
+            mem_limit=str(base["mem_limit"]) if base["mem_limit"] else None,
+            cpu_limit=base["cpu_limit"] or None,
+            pids_limit=self.pids_limit,
+            gpus=self.default_gpus,
+            images=images,
+            default_image="default" if "default" in images else (images[0] if images else None),
+            idle_timeout=self.idle_timeout,
+            max_session=0,
+        )
+
+    def effective(self) -> Effective:
+        """This user's policy now: the default merged with the policies of their current groups. A policy that is
+        not valid (written around the API, into the database) stops the start with its one line."""
+        ensure_builtin_groups(self.user.db)
+        try:
+            return effective_policy(self.default_policy(), self.user.groups)
+        except PolicyError as exc:
+            raise web.HTTPError(409, f"{exc}: an admin corrects it on /hub/policies") from None
+
+    def policy_images(self, policy: Policy) -> dict[str, str]:
+        """The lab images this user may pick (name -> reference): the policy's, among the stack's."""
+        if not self.lab_images:
+            return {}
+        names = [name for name in (policy.images or tuple(self.lab_images)) if name in self.lab_images]
+        return {name: self.lab_images[name] for name in names}
+
+    async def hand_out_gpus(self, wanted: int | str | None) -> list[str] | str | None:
+        """The GPUs for this lab: none, all, or that many of the host's that no running lab holds (by the labels of
+        the project's labs, and the hand-outs of starts under way)."""
+        async with _GPU_LOCK:
+            _GPU_CLAIMS.pop(self.user.name, None)
+            if wanted in (None, 0, "all") or not self.gpu.enabled:
+                return allocate(wanted, self.gpu, [])
+            labs = await self.docker("containers", filters={"label": [f"{PROJECT_LABEL}={self.project}", GPUS_LABEL]})
+            held = [
+                device
+                for lab in labs
+                if (lab.get("Labels") or {}).get(USER_LABEL) != self.user.name
+                for device in (lab.get("Labels") or {}).get(GPUS_LABEL, "").split(",")
+                if device
+            ]
+            held += [device for user, devices in _GPU_CLAIMS.items() if user != self.user.name for device in devices]
+            try:
+                devices = allocate(wanted, self.gpu, held)
+            except NoFreeGpu as exc:
+                raise web.HTTPError(503, str(exc)) from None
+            if isinstance(devices, list):
+                _GPU_CLAIMS[self.user.name] = devices
+            return devices
+
+    def release_gpus(self) -> None:
+        _GPU_CLAIMS.pop(self.user.name, None)
+
+    async def ensure_group_folder(self, volume: str, group: str) -> None:
+        """A group's folder: made at its first member's start, labelled with the group, and owned by the lab's user
+        (a new volume is root's) by a one-shot container of the hub's image, with no network."""
+        labels = {PROJECT_LABEL: self.project, VOLUME_LABEL: "group", GROUP_LABEL: group}
+        try:
+            found = await self.docker("inspect_volume", volume)
+        except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: make it
+            if not not_found(exc):
+                raise
+            found = None
+        if found is not None:
+            owner = foreign_owner(found, self.project)
+            if owner:
+                raise RuntimeError(f"volume {volume} belongs to the hubforge project {owner!r}, not {self.project!r}")
+            if (found.get("Labels") or {}).get(GROUP_LABEL) == group:
+                return
+        await self.docker("create_volume", volume, labels=labels)
+        await self.own_folder(volume)
+
+    async def own_folder(self, volume: str) -> None:
+        hub = await self.docker("inspect_container", self.hub_container)
+        host_config = {  # Docker's API form: no client round trip to build it
+            "Binds": [f"{volume}:/folder:rw"],
+            "CapDrop": ["ALL"],
+            "CapAdd": ["CHOWN", "FOWNER"],
+            "ReadonlyRootfs": True,
+            "NetworkMode": "none",
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
+        }
+        helper = await self.docker(
+            "create_container",
+            hub["Config"]["Image"],
+            command=["python3", "-c", OWN_FOLDER],
+            user="0:0",
+            host_config=host_config,
+            labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"},
+        )
+        try:
+            await self.docker("start", helper["Id"])
+            status = await self.docker("wait", helper["Id"], timeout=60)
+            if status.get("StatusCode") != 0:
+                logs = await self.docker("logs", helper["Id"])
+                raise RuntimeError(f"could not make group folder {volume} the lab user's: {logs.decode()[-300:]}")
+        finally:
+            await self.docker("remove_container", helper["Id"], force=True)
+
 
 class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     """DockerSpawner whose per-user settings are recomputed from scratch before every start."""
@@ -383,6 +532,26 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     @default("remove")
     def _remove_default(self):
         return True  # data lives in volumes, never in containers
+
+    @default("options_form")
+    def _options_form_default(self):
+        return lambda spawner: spawner.image_form()
+
+    def image_form(self) -> str:
+        """The spawn page's picker: the images this user's policy allows, its default selected; none for one."""
+        policy = self.effective().policy
+        images = self.policy_images(policy)
+        if len(images) <= 1:
+            return ""
+        options = "".join(
+            f'<option value="{html.escape(name)}"{" selected" if name == policy.default_image else ""}>'
+            f"{html.escape(name)}</option>"
+            for name in images
+        )
+        return (
+            '<label for="image">Lab image</label>'
+            f'<select class="form-control" id="image" name="image" required autofocus>{options}</select>'
+        )
 
     @default("use_internal_ip")
     def _internal_ip_default(self):
@@ -501,6 +670,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
 
     async def stop(self, now=False):
         await super().stop(now=now)
+        self.release_gpus()
         if self.remove:
             await self.remove_lab_network()
 
@@ -529,7 +699,11 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         refusal = self.start_refusal()
         if refusal:
             raise web.HTTPError(403, refusal)
-        await self.apply_runtime()
+        try:
+            await self.apply_runtime()
+        except BaseException:
+            self.release_gpus()
+            raise
         ticket = self._start_ticket = asyncio.get_running_loop().create_future()
         await self.slots.acquire(ticket)
         held = True
@@ -565,15 +739,38 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         return self.object_id
 
     async def apply_runtime(self) -> None:
-        """Idempotent: set volumes, host config and environment for the user's *current* groups."""
+        """Idempotent: set volumes, limits, image, host config and environment from the user's *current* groups'
+        policies (hub_ext.labs.policy), starting each time from what the operator configured."""
         names = self.names
-        groups = self.current_groups()
+        base = self.base_settings()
+        effective = self.effective()
+        policy = effective.policy
+        images = self.policy_images(policy)
+        if self.lab_images and not images:
+            raise web.HTTPError(
+                409, f"no lab image of this stack is allowed by the policy of {', '.join(effective.groups)}"
+            )
+        chosen = (self.user_options or {}).get("image")
+        if chosen and chosen not in images:
+            self.log.info("%s's earlier image choice %r is not allowed by their policy now", self.user.name, chosen)
+            self.user_options = {key: value for key, value in self.user_options.items() if key != "image"}
+        self.allowed_images = images
+        if images:
+            self.image = images.get(policy.default_image or "", next(iter(images.values())))
+        else:
+            self.image = base["image"]
+        self.mem_limit = size_bytes(policy.mem_limit) if policy.mem_limit else None
+        self.cpu_limit = policy.cpu_limit
+        gpus = await self.hand_out_gpus(policy.gpus)
+        folders = {
+            group_folder_volume(self.volume_prefix, group): (group, mode) for group, mode in effective.folders.items()
+        }
         runtime = lab_runtime(
             names=names,
-            groups=groups,
+            policy=policy,
             shared_volume=self.shared_volume,
-            gpu=self.gpu,
-            pids_limit=self.pids_limit,
+            gpus=gpus,
+            folders=folders,
             cpu_shares=self.cpu_shares,
             read_only_root=self.read_only_root,
             docker_socket=self.docker_socket,
@@ -583,27 +780,33 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             server_proxy=self.server_proxy,
             logs=self.log_options,
         )
-        if not hasattr(self, "_base_settings"):  # what the operator configured, kept once
-            self._base_settings = (
-                dict(self.extra_host_config or {}),
-                dict(self.environment or {}),
-                dict(self.extra_create_kwargs or {}),
-                list(self.args or []),
-            )
-        base_host, base_env, base_create, base_args = self._base_settings
         self.name_template = names.container
         self.volumes = runtime.volumes
-        self.extra_host_config = {**base_host, **runtime.host_config}
-        self.environment = {**base_env, **runtime.environment}
-        self.args = [*base_args, *runtime.args]
-        labels = {**base_create.get("labels", {}), **self.labels()}
-        self.extra_create_kwargs = {**base_create, "labels": labels}
+        self.extra_host_config = {**base["host"], **runtime.host_config}
+        self.environment = {**base["env"], **runtime.environment}
+        self.args = [*base["args"], *runtime.args]
+        labels = {**base["create"].get("labels", {}), **self.labels()}
+        if isinstance(gpus, list):
+            labels[GPUS_LABEL] = ",".join(gpus)
+        self.extra_create_kwargs = {**base["create"], "labels": labels}
+        self.policy_applied = effective
         for kind, volume in names.volumes.items():
             await self.ensure_volume(volume, self.volume_labels(kind))
         await self.ensure_volume(self.shared_volume, self.shared_volume_labels())
+        for volume, (group, _) in folders.items():
+            await self.ensure_group_folder(volume, group)
         if self.lab_networks:
             await self.ensure_network(self.network_name)
-        self.log.info("runtime for %s: groups=%s gpu=%s", self.user.name, groups, self.gpu.enabled)
+        self.log.info(
+            "runtime for %s: groups=%s mem=%s cpus=%s gpus=%s image=%s folders=%s",
+            self.user.name,
+            list(effective.groups),
+            policy.mem_limit,
+            policy.cpu_limit,
+            gpus,
+            self.image,
+            sorted(effective.folders),
+        )
 
     creates_volumes = True  # False where the engine makes them at the mount, on whichever node the lab lands
 

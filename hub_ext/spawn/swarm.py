@@ -29,6 +29,7 @@ from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
 from hub_ext.helpers.volumes import parse_answer
+from hub_ext.labs.gpu import NVIDIA_CAPABILITIES
 from hub_ext.labs.networks import hub_address, overlay_spec
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 from hub_ext.naming import (
@@ -232,6 +233,26 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         return not self.volume_driver
 
     # -- the spec ---------------------------------------------------------------------------------------
+    @property
+    def default_gpus(self) -> int | str | None:
+        return self.gpus_per_lab
+
+    async def hand_out_gpus(self, wanted: int | str | None) -> list[str] | str | None:
+        """Swarm hands GPUs out itself: a lab's service asks for that many generic resources, and the scheduler
+        places it on a node with them free and gives it those. "all" asks for gpus_per_lab (a service cannot ask for
+        a node's every GPU). No device requests: a service has none."""
+        if not self.gpu.enabled or wanted in (None, 0):
+            self.lab_gpus = 0
+        else:
+            self.lab_gpus = self.gpus_per_lab if wanted == "all" else int(wanted)
+        return None
+
+    async def ensure_group_folder(self, volume: str, group: str) -> None:
+        raise SwarmRefused(
+            f"the group folder of {group!r} is not available on the swarm engine yet: an admin turns it off in the "
+            "group's policy (folder: null), or runs the compose engine"
+        )
+
     async def apply_runtime(self) -> None:
         await super().apply_runtime()
         host_config = self.extra_host_config
@@ -243,10 +264,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             "healthcheck": Healthcheck(test=["NONE"]),
         }
         env = dict(self.environment)
-        if host_config.get("device_requests"):
-            env.pop("NVIDIA_VISIBLE_DEVICES", None)  # the node's runtime exposes the GPU the scheduler assigned
+        if self.lab_gpus:  # the node's runtime exposes the GPUs the scheduler assigned
+            env["NVIDIA_DRIVER_CAPABILITIES"] = NVIDIA_CAPABILITIES
         self.environment = env
-        self.lab_gpus = self.gpus_per_lab if host_config.get("device_requests") else 0
         resources = service_resources(self.mem_limit, self.cpu_limit, self.pids_limit, self.lab_gpus)
         self.extra_task_spec = {
             "resources": resources,

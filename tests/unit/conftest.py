@@ -9,6 +9,8 @@ import pytest
 
 from hubforge.imagebuild.builder import Builder, Settings
 
+from ..support.fakedaemon import db  # noqa: F401 -- a fixture: an in-memory hub database
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

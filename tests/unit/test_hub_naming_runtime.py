@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
 
-from hub_ext.labs.gpu import GpuDecision, decide, lab_gpu_options
+from hub_ext.labs.gpu import GpuDecision, allocate, decide, lab_gpu_options
+from hub_ext.labs.policy import Policy, builtin_policy, merge
 from hub_ext.labs.runtime import lab_runtime
 from hub_ext.naming import (
     DOCKER_PRIVILEGED_GROUP,
@@ -18,7 +18,9 @@ from hub_ext.naming import (
     escape_username,
     user_names,
 )
-from hub_ext.spawn.spawner import HubforgeSpawner, ensure_builtin_groups
+from hub_ext.spawn.spawner import ensure_builtin_groups
+
+from ..support.fakedaemon import make_spawner
 
 OFF = GpuDecision("off", False, "off")
 
@@ -42,13 +44,16 @@ def test_names_of_a_dotted_user():
     assert names.mounts()["jupyterlab-first-2elast_workspace"] == "/home/lab/workspace"
 
 
-def runtime(groups, gpu=OFF):
+def policy_of(groups) -> Policy:
+    """The merged policy of a user in these groups (each with its built-in meaning), over a default of 512 pids."""
+    return merge(Policy(pids_limit=512), {group: builtin_policy(group) for group in groups}).policy
+
+
+def runtime(groups):
     return lab_runtime(
         names=user_names("p", "bob"),
-        groups=groups,
+        policy=policy_of(groups),
         shared_volume="p_shared",
-        gpu=gpu,
-        pids_limit=512,
         docker_socket_gid=998,
     )
 
@@ -73,7 +78,7 @@ def test_plain_user_is_locked_down():
 
 def test_a_lab_image_that_writes_its_root_can_have_it_writable():
     writable = lab_runtime(
-        names=user_names("p", "bob"), groups=[], shared_volume="p_shared", gpu=OFF, pids_limit=512, read_only_root=False
+        names=user_names("p", "bob"), policy=policy_of([]), shared_volume="p_shared", read_only_root=False
     )
     assert "read_only" not in writable.host_config and "tmpfs" not in writable.host_config
 
@@ -104,7 +109,7 @@ def test_privileged_group_is_privileged_without_cap_drop():
 def test_gpu_decision(mode, probe, enabled):
     decision = decide(mode, probe)
     assert decision.enabled is enabled
-    requests, env = lab_gpu_options(decision)
+    requests, env = lab_gpu_options(allocate("all", decision, []))
     assert bool(requests) is enabled and bool(env) is enabled
     if enabled:
         assert requests[0]["Count"] == -1 and requests[0]["Capabilities"] == [["gpu"]]
@@ -118,85 +123,7 @@ def test_gpu_decision_says_why():
         decide("sometimes", None)
 
 
-# -- the spawner's pre-spawn step, with a real (in-memory) hub database ---------------------------------
-class UserStandIn:
-    """The parts of jupyterhub.user.User the spawner reads: name, groups and the db session."""
-
-    def __init__(self, orm_user, db):
-        self.orm_user, self.db, self.name = orm_user, db, orm_user.name
-        self.url = f"/user/{self.name}/"
-
-    @property
-    def groups(self):
-        return self.orm_user.groups
-
-
-class RecordingVolumes:
-    """Stands in for the Docker daemon's volume calls; records what the spawner creates."""
-
-    def __init__(self):
-        self.volumes: dict[str, dict] = {}
-        self.networks: dict[str, dict] = {
-            "bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}
-        }
-        self.joined: list[tuple] = []
-
-    async def __call__(self, method, *args, **kwargs):
-        assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
-        if method == "inspect_volume":
-            if args[0] not in self.volumes:
-                error = Exception("not found")
-                error.response = type("R", (), {"status_code": 404})()
-                raise error
-            return {"Name": args[0], "Labels": self.volumes[args[0]]}  # as Docker's inspect answers
-        if method == "create_volume":
-            self.volumes[args[0]] = kwargs["labels"]
-            return {"Name": args[0]}
-        if method == "remove_volume":
-            del self.volumes[args[0]]
-            return None
-        if method in ("inspect_network", "connect_container_to_network") and args[-1] not in self.networks:
-            error = Exception("not found")
-            error.response = type("R", (), {"status_code": 404})()
-            raise error
-        if method == "inspect_network":
-            return self.networks[args[0]]
-        if method == "networks":
-            return list(self.networks.values())
-        if method == "create_network":
-            (pool,) = kwargs["ipam"]["Config"]
-            self.networks[args[0]] = {
-                "Name": args[0],
-                "Labels": kwargs["labels"],
-                "Containers": {},
-                "IPAM": {"Config": [{"Subnet": pool["Subnet"], "Gateway": pool["Gateway"]}]},
-            }
-            return {"Id": args[0]}
-        if method == "connect_container_to_network":
-            container, network = args
-            self.networks[network]["Containers"][container + "0" * 52] = {"Name": "hub"}
-            self.joined.append((container, network, tuple(kwargs["aliases"])))
-            return None
-        raise AssertionError(f"unexpected docker call {method}")
-
-
-@pytest.fixture
-def db():
-    return orm.new_session_factory("sqlite:///:memory:")()
-
-
-def make_spawner(db, name="first.last"):
-    user = orm.User(name=name)
-    db.add(user)
-    db.commit()
-    spawner = HubforgeSpawner(user=UserStandIn(user, db), _deprecated_db_session=db)
-    spawner.project, spawner.volume_prefix, spawner.docker_socket_gid = "p", "jupyterlab", 998
-    spawner.extra_host_config = {"dns": ["1.1.1.1"]}  # operator setting that must survive
-    spawner.docker = RecordingVolumes()
-    spawner.hub_container, spawner.stack_network = "0123456789ab", "p_net"
-    return spawner, user
-
-
+# -- the spawner's pre-spawn step, with a real (in-memory) hub database: tests/support/fakedaemon.py ----------
 def test_each_lab_gets_its_own_network_and_the_hub_joins_it(db):
     alice, _ = make_spawner(db, "alice")
     bob, _ = make_spawner(db, "bob")

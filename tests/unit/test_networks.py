@@ -7,7 +7,6 @@ from ipaddress import ip_network
 import pytest
 
 from hub_ext.helpers.netguard import parse_args
-from hub_ext.labs.gpu import decide
 from hub_ext.labs.networks import (
     chain_names,
     free_subnet,
@@ -17,6 +16,7 @@ from hub_ext.labs.networks import (
     upstream_resolvers,
     used_subnets,
 )
+from hub_ext.labs.policy import Policy
 from hub_ext.labs.runtime import lab_runtime
 from hub_ext.naming import lab_network_name, user_names
 from hub_ext.settings.hub import ConfigError, from_environ
@@ -145,10 +145,8 @@ def test_guard_arguments_are_checked():
 
 def test_labs_get_ipv6_off_when_asked():
     names = user_names("jupyterlab", "alice")
-    on = lab_runtime(
-        names=names, groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64, disable_ipv6=True
-    )
-    off = lab_runtime(names=names, groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64)
+    on = lab_runtime(names=names, policy=Policy(pids_limit=64), shared_volume="s", disable_ipv6=True)
+    off = lab_runtime(names=names, policy=Policy(pids_limit=64), shared_volume="s")
     assert on.host_config["sysctls"] == {"net.ipv6.conf.all.disable_ipv6": "1"}
     assert "sysctls" not in off.host_config
 

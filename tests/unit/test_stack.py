@@ -261,7 +261,7 @@ def test_the_hub_gets_memory_cpu_and_pids_limits_within_the_daemons_cpus(tmp_pat
 
 def test_every_service_and_every_lab_rotates_its_log(tmp_path):
     """Issue 25, part 8: unbounded json-file logs let one lab fill /var/lib/docker."""
-    from hub_ext.labs.gpu import decide
+    from hub_ext.labs.policy import Policy
     from hub_ext.labs.runtime import lab_runtime, log_options
     from hub_ext.naming import user_names
     from hub_ext.settings.hub import ConfigError, from_environ
@@ -272,15 +272,15 @@ def test_every_service_and_every_lab_rotates_its_log(tmp_path):
         assert service["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "5"}}, name
     lab = lab_runtime(
         names=user_names("jupyterlab", "alice"),
-        groups=[],
+        policy=Policy(pids_limit=64),
         shared_volume="s",
-        gpu=decide("off", None),
-        pids_limit=64,
         logs=log_options("20m", 5),
     )
     assert lab.host_config["log_config"] == {"type": "json-file", "config": {"max-size": "20m", "max-file": "5"}}
     default = lab_runtime(
-        names=user_names("jupyterlab", "alice"), groups=[], shared_volume="s", gpu=decide("off", None), pids_limit=64
+        names=user_names("jupyterlab", "alice"),
+        policy=Policy(pids_limit=64),
+        shared_volume="s",
     )
     assert default.host_config["log_config"]["config"] == {"max-size": "10m", "max-file": "3"}
     hub = from_environ({})

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hub_ext.labs.gpu import decide
 from hub_ext.labs.networks import hub_address, overlay_spec
+from hub_ext.labs.policy import Policy, builtin_policy, merge
 from hub_ext.labs.runtime import lab_runtime
 from hub_ext.naming import DOCKER_PRIVILEGED_GROUP, DOCKER_SOCK_GROUP, user_names
 from hub_ext.settings.hub import ConfigError, from_environ
@@ -221,13 +221,11 @@ def test_a_bind_address_swarm_cannot_honour_is_refused_in_one_line(tmp_path):
     assert not (stack.options.run_dir / "stack.yml").exists()
 
 
-def runtime(groups=(), gpu="off"):
+def runtime(groups=()):
     return lab_runtime(
         names=user_names("jl", "ann"),
-        groups=groups,
+        policy=merge(Policy(pids_limit=512), {group: builtin_policy(group) for group in groups}).policy,
         shared_volume="p_shared",
-        gpu=decide(gpu, None),
-        pids_limit=512,
         docker_socket_gid=998,
         disable_ipv6=True,
     )

@@ -1,0 +1,122 @@
+"""A Docker daemon's calls as the spawner makes them, recorded, and a spawner on an in-memory hub database: for the
+unit tests of what a spawn asks of Docker (volumes, networks, group folders, GPU hand-outs). It stands in for the
+daemon, never for the spawner under test."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+from jupyterhub import orm
+
+from hub_ext.spawn.spawner import HubforgeSpawner
+
+
+def _has_label(labels: dict, wanted: str) -> bool:
+    key, _, value = wanted.partition("=")
+    return key in labels and (not value or labels[key] == value)
+
+
+class UserStandIn:
+    """The parts of jupyterhub.user.User the spawner reads: name, groups and the db session."""
+
+    def __init__(self, orm_user, db):
+        self.orm_user, self.db, self.name = orm_user, db, orm_user.name
+        self.url = f"/user/{self.name}/"
+
+    @property
+    def groups(self):
+        return self.orm_user.groups
+
+
+class FakeDaemon:
+    """Stands in for the Docker daemon's volume calls; records what the spawner creates."""
+
+    def __init__(self):
+        self.volumes: dict[str, dict] = {}
+        self.containers: dict[str, dict] = {}  # id -> {"Image", "Cmd", "Labels", "HostConfig", "State"}
+        self.helpers: list[dict] = []  # one-shot containers run, in order
+        self.networks: dict[str, dict] = {
+            "bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}
+        }
+        self.joined: list[tuple] = []
+
+    async def __call__(self, method, *args, **kwargs):
+        assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
+        if method == "inspect_volume":
+            if args[0] not in self.volumes:
+                error = Exception("not found")
+                error.response = type("R", (), {"status_code": 404})()
+                raise error
+            return {"Name": args[0], "Labels": self.volumes[args[0]]}  # as Docker's inspect answers
+        if method == "create_volume":
+            self.volumes[args[0]] = kwargs["labels"]
+            return {"Name": args[0]}
+        if method == "remove_volume":
+            del self.volumes[args[0]]
+            return None
+        if method in ("inspect_network", "connect_container_to_network") and args[-1] not in self.networks:
+            error = Exception("not found")
+            error.response = type("R", (), {"status_code": 404})()
+            raise error
+        if method == "inspect_network":
+            return self.networks[args[0]]
+        if method == "networks":
+            return list(self.networks.values())
+        if method == "create_network":
+            (pool,) = kwargs["ipam"]["Config"]
+            self.networks[args[0]] = {
+                "Name": args[0],
+                "Labels": kwargs["labels"],
+                "Containers": {},
+                "IPAM": {"Config": [{"Subnet": pool["Subnet"], "Gateway": pool["Gateway"]}]},
+            }
+            return {"Id": args[0]}
+        if method == "connect_container_to_network":
+            container, network = args
+            self.networks[network]["Containers"][container + "0" * 52] = {"Name": "hub"}
+            self.joined.append((container, network, tuple(kwargs["aliases"])))
+            return None
+        if method == "inspect_container" and args[0] == "0123456789ab":
+            return {"Id": args[0], "Config": {"Image": "hubforge/hub:1"}}
+        if method == "containers":
+            wanted = kwargs.get("filters", {}).get("label", [])
+            return [
+                {"Id": cid, "Labels": c["Labels"]}
+                for cid, c in self.containers.items()
+                if all(_has_label(c["Labels"], label) for label in wanted)
+            ]
+        if method == "create_container":
+            cid = f"c{len(self.containers)}"
+            self.containers[cid] = {
+                "Image": args[0],
+                "Cmd": kwargs.get("command"),
+                "Labels": kwargs.get("labels") or {},
+                "HostConfig": kwargs.get("host_config") or {},
+                "User": kwargs.get("user"),
+            }
+            self.helpers.append(self.containers[cid])
+            return {"Id": cid}
+        if method in ("start", "remove_container"):
+            if method == "remove_container":
+                self.containers.pop(args[0], None)
+            return None
+        if method == "wait":
+            return {"StatusCode": 0}
+        raise AssertionError(f"unexpected docker call {method}")
+
+
+@pytest.fixture
+def db():
+    return orm.new_session_factory("sqlite:///:memory:")()
+
+
+def make_spawner(db, name="first.last"):
+    user = orm.User(name=name)
+    db.add(user)
+    db.commit()
+    spawner = HubforgeSpawner(user=UserStandIn(user, db), _deprecated_db_session=db)
+    spawner.project, spawner.volume_prefix, spawner.docker_socket_gid = "p", "jupyterlab", 998
+    spawner.extra_host_config = {"dns": ["1.1.1.1"]}  # operator setting that must survive
+    spawner.docker = FakeDaemon()
+    spawner.hub_container, spawner.stack_network = "0123456789ab", "p_net"
+    return spawner, user
