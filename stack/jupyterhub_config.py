@@ -111,6 +111,7 @@ c.JupyterHub.tornado_settings = {
         "Content-Security-Policy": "frame-ancestors 'self'",
     },
     "cookie_options": {"secure": True},
+    "hubforge_lab_images": list(lab_images),  # the names a group policy may give (hub_ext.web.policies)
 }
 
 # -- authentication: NativeAuthenticator (signup with approval), or an OpenID Connect provider ---------------------

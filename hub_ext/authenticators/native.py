@@ -23,7 +23,7 @@ from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
 from hub_ext.settings.hub import default_of
-from hub_ext.web import accounts, labaccess
+from hub_ext.web import accounts, labaccess, policies
 from hub_ext.web.selfservice import default_handlers
 
 TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
@@ -43,7 +43,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
     def hubforge_handlers(self, own: list) -> list:
         """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and
         hub_ext's."""
-        return list(labaccess.handlers) + list(own) + list(default_handlers)
+        return list(labaccess.handlers) + list(own) + list(default_handlers) + list(policies.handlers)
 
     def normalize_username(self, username: str) -> str:
         """NFKC first, then JupyterHub's own (lower case, username_map): a full-width or ligature
