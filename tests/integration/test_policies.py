@@ -1,0 +1,111 @@
+"""Group policies on a live stack (issue 28): each group's members get its memory, image and folder at their start;
+nobody else sees a group's folder; a bad policy is refused in one line by both APIs; a change reaches the members'
+running labs as "restart to apply" and applies at their next start."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from ..support.livestack import approved_user, current_images
+
+pytestmark = pytest.mark.integration
+
+# the data-science choice, as a built flavour adds it (the lab image under another name: one image to build)
+SCIENCE = "hubforge/lab:policy-test"
+EXTRA_LAB_IMAGES = {"datascience": SCIENCE}
+MIB = 2**20
+MEMORY_LIMIT = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"  # v2 | v1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def science_image():
+    client = docker.from_env()
+    client.images.get(current_images()[0]["lab"]).tag(SCIENCE)
+    yield SCIENCE
+    client.images.remove(SCIENCE, noprune=True)
+
+
+def put_policy(admin_api, group: str, policy):
+    return admin_api.request("PUT", f"hub/api/hubforge/policies/{group}", json=policy)
+
+
+def lab_run(live, name: str, script: str) -> tuple[int, str]:
+    result = live.lab(name).exec_run(["sh", "-c", script], user="lab")
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def members(live, admin, admin_api):
+    """rita in research (768 MiB, the data-science image, a read-write folder), sam in students (320 MiB, the default
+    image), both started."""
+    _, rita = approved_user(live, admin, "rita")
+    _, sam = approved_user(live, admin, "sam")
+    research = {"mem_limit": "768M", "images": ["datascience"], "folder": "rw", "environment": {"TEAM": "research"}}
+    assert put_policy(admin_api, "research", research).status_code == 201
+    assert put_policy(admin_api, "students", {"mem_limit": "320M", "default_image": "default"}).status_code == 201
+    for group, user in (("research", "rita"), ("students", "sam")):
+        added = admin_api.request("POST", f"hub/api/groups/{group}/users", json={"users": [user]})
+        assert added.status_code == 200, added.text
+    rita.start("rita")
+    sam.start("sam")
+    return rita, sam
+
+
+def test_each_member_gets_their_groups_memory_image_and_folder(live, members):
+    rita, sam = live.lab("rita"), live.lab("sam")
+    assert rita.attrs["HostConfig"]["Memory"] == 768 * MIB and sam.attrs["HostConfig"]["Memory"] == 320 * MIB
+    assert rita.attrs["Config"]["Image"] == SCIENCE and sam.attrs["Config"]["Image"] != SCIENCE
+    # read from inside the lab, as its user sees it
+    assert lab_run(live, "rita", MEMORY_LIMIT)[1].strip() == str(768 * MIB)
+    assert lab_run(live, "rita", "echo $TEAM")[1].strip() == "research"
+    code, out = lab_run(
+        live, "rita", "echo notes > /mnt/groups/research/notes.txt && cat /mnt/groups/research/notes.txt"
+    )
+    assert code == 0 and out.strip() == "notes", out
+
+
+def test_a_non_member_cannot_see_the_groups_folder(live, members):
+    script = "cat /mnt/groups/research/notes.txt; find / -name notes.txt 2>/dev/null; echo TEAM=$TEAM"
+    _, out = lab_run(live, "sam", script)
+    # not there, found nowhere, and none of the group's environment
+    assert out.splitlines() == ["cat: /mnt/groups/research/notes.txt: No such file or directory", "TEAM="], out
+    assert not any(m["Destination"].startswith("/mnt/groups") for m in live.lab("sam").attrs["Mounts"])
+
+
+def test_a_bad_policy_is_refused_in_one_line_by_both_apis(admin_api):
+    refused = put_policy(admin_api, "research", {"mem_limit": "lots"})
+    assert refused.status_code == 400
+    assert refused.json()["message"] == (
+        "policy of group 'research': mem_limit='lots' is not a size; use e.g. 512M, 4G or a byte count"
+    )
+    through_jupyterhub = admin_api.request("PUT", "hub/api/groups/research/properties", json={"hubforge": {"gpus": -1}})
+    assert through_jupyterhub.status_code == 400
+    assert "policy of group 'research': gpus=-1 is not a whole number >= 0" in through_jupyterhub.json()["message"]
+    unknown = put_policy(admin_api, "research", {"images": ["nope"]})
+    assert unknown.status_code == 400 and "image 'nope' is not a lab image of this stack" in unknown.json()["message"]
+    typo = put_policy(admin_api, "research", {"mem_limt": "1G"})
+    assert typo.status_code == 400 and "'mem_limt' is not a policy field" in typo.json()["message"]
+    kept = admin_api.request("GET", "hub/api/groups/research").json()["properties"]["hubforge"]
+    assert kept["mem_limit"] == "768M"  # nothing of the refused writes was kept
+    # JupyterHub's own API still reads and writes the policy
+    assert admin_api.request("GET", "hub/api/hubforge/policies/students").json()["policy"] == {
+        "mem_limit": "320M",
+        "default_image": "default",
+    }
+
+
+def test_a_change_tells_running_members_to_restart_and_applies_at_their_next_start(live, admin_api, members):
+    _, sam = members
+    changed = put_policy(admin_api, "students", {"mem_limit": "384M"})
+    assert changed.status_code == 200 and changed.json()["restart_to_apply"] == ["sam"]
+    assert live.lab("sam").attrs["HostConfig"]["Memory"] == 320 * MIB  # running labs are left alone
+    sam.stop("sam")
+    sam.start("sam")
+    assert lab_run(live, "sam", MEMORY_LIMIT)[1].strip() == str(384 * MIB)
+
+
+def test_the_policies_page_lists_groups_members_and_running_labs(admin, members):
+    page = admin.http.get(admin.url("hub/hubforge/policies"), timeout=30)
+    assert page.status_code == 200
+    assert 'data-group="research"' in page.text and "rita" in page.text and "<code>mem_limit=\"768M\"</code>" in page.text
