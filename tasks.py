@@ -294,6 +294,22 @@ def logs(c, service=None, follow=False, tail=200, project=None):
     app.logs(settings(c), stack_options(c, project), service, follow, int(tail))
 
 
+@task(
+    positional=["action", "file"],
+    help={
+        "action": "export (write every group's policy as YAML) or import (set the policies in FILE)",
+        "file": "the YAML file (export: default the terminal)",
+        "project": "Compose project name (default hubforge)",
+    },
+)
+@user_errors
+def policies(c, action, file=None, project=None):
+    """Group policies as YAML, to keep them in git: `invoke policies export [FILE]`, `invoke policies import FILE`."""
+    from hubforge import app
+
+    app.policies(settings(c), stack_options(c, project), action, file)
+
+
 PYTEST_BROWSER_ARGS = ["--screenshot", "only-on-failure", "--tracing", "retain-on-failure", "--output", "test-results"]
 
 

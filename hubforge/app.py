@@ -534,6 +534,63 @@ def logs(settings: Settings, options, service: str | None, follow: bool, tail: i
     proc.run(stack.logs_argv(service, follow, tail), capture=False, check=False)
 
 
+# -- group policies --------------------------------------------------------------------------------------------
+def policies(settings: Settings, options, action: str, path: str | None) -> None:
+    """`invoke policies export [FILE]` writes every group's policy as YAML (to FILE, or the terminal);
+    `invoke policies import FILE` sets each group's policy in FILE (null removes one), through the hub's own checks."""
+    import json as _json
+
+    import yaml
+
+    stack = stack_for(settings, options)
+    hub = stack.hub_container()
+    if hub is None:
+        raise HubforgeError(f"stack {options.project} is not running: start it with `invoke up`")
+    if action == "export":
+        code, out = stack.docker.exec_output(hub["Id"], ["python3", "-m", "hub_ext.hub.admincli", "export"])
+        if code != 0:
+            raise HubforgeError(f"the hub could not list its policies: {out.strip().splitlines()[-1:]}")
+        document = _json.loads(out.strip().splitlines()[-1])
+        text = yaml.safe_dump(document, sort_keys=True, allow_unicode=True)
+        if path:
+            Path(path).write_text(text, encoding="utf-8")
+            say(f"wrote the policies of {len(document['groups'])} groups to {path}")
+        else:
+            print(text, end="")
+        return
+    if action != "import" or not path:
+        raise HubforgeError("use `invoke policies export [FILE]` or `invoke policies import FILE`")
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HubforgeError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise HubforgeError(f"{path} is not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("groups"), dict):
+        raise HubforgeError(
+            f"{path} must hold `groups:` mapping each group to its policy (as `invoke policies export` writes)"
+        )
+    code, out = stack.docker.exec_output(
+        hub["Id"], ["python3", "-m", "hub_ext.hub.admincli", "import", _json.dumps(document)]
+    )
+    try:
+        results = _json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise HubforgeError(f"the hub could not import the policies: {out.strip()[-300:]}") from None
+    for result in results:
+        if result["result"] == "refused":
+            say(f"[red]✗[/] {result['group']}: {result['reason']}")
+        else:
+            running = result.get("restart_to_apply") or []
+            then = f"; running labs told to restart: {', '.join(running)}" if running else ""
+            say(f"[green]✓[/] {result['group']}: {result['result']}{then}")
+    refused = [r["group"] for r in results if r["result"] == "refused"]
+    if refused:
+        raise HubforgeError(
+            f"{len(refused)} of {len(results)} groups refused ({', '.join(refused)}); the others are set"
+        )
+
+
 # -- releases --------------------------------------------------------------------------------------------
 def release(
     settings: Settings,

@@ -27,6 +27,7 @@ from hub_ext.settings.hub import (
     from_environ,
     hub_host,
 )
+from hub_ext.settings.oidc import stored_key
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub's config loader
 env = os.environ
@@ -120,7 +121,7 @@ c.JupyterHub.tornado_settings = {
 # one set of username rules, and admins' access to labs (hub_ext.web.labaccess), unless LAB_ADMIN_ACCESS=1.
 if hub.authenticator == "oidc":
     from hub_ext.authenticators.oidc import GROUPS_KEY
-    from hub_ext.settings.oidc import OIDCError, discover, logout_url, stored_key
+    from hub_ext.settings.oidc import OIDCError, discover, logout_url
 
     oidc = hub.oidc
     if oidc.secret_warning:  # used all the same: refusing would stop a running hub over a mode it can name
@@ -239,6 +240,12 @@ if hub.idle_culler_enabled:
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         }
     )
+# `invoke policies export|import` (hub_ext.hub.admincli, run in this container): a token kept in the data volume,
+# allowed to read and write groups only.
+services.append({"name": "hubforge-cli", "api_token": stored_key(DATA / "cli-token")})
+roles.append(
+    {"name": "hubforge-cli", "services": ["hubforge-cli"], "scopes": ["admin:groups", "list:users", "read:users"]}
+)
 if hub.metrics_token:
     services.append({"name": "metrics", "api_token": hub.metrics_token})
     roles.append({"name": "metrics", "services": ["metrics"], "scopes": ["read:metrics"]})

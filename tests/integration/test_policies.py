@@ -4,10 +4,15 @@ running labs as "restart to apply" and applies at their next start."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import docker
 import pytest
+import yaml
 
-from ..support.livestack import approved_user, current_images
+from ..support.livestack import ROOT, approved_user, current_images
 
 pytestmark = pytest.mark.integration
 
@@ -108,4 +113,38 @@ def test_a_change_tells_running_members_to_restart_and_applies_at_their_next_sta
 def test_the_policies_page_lists_groups_members_and_running_labs(admin, members):
     page = admin.http.get(admin.url("hub/hubforge/policies"), timeout=30)
     assert page.status_code == 200
-    assert 'data-group="research"' in page.text and "rita" in page.text and "<code>mem_limit=\"768M\"</code>" in page.text
+    assert 'data-group="research"' in page.text and "rita" in page.text and '<code>mem_limit="768M"</code>' in page.text
+
+
+def invoke_policies(live, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "policies", *args, "--project", live.project],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
+    )
+
+
+def test_policies_export_and_import_as_yaml(live, admin_api, members, tmp_path):
+    exported = tmp_path / "policies.yaml"
+    done = invoke_policies(live, "export", str(exported))
+    assert done.returncode == 0, done.stderr
+    document = yaml.safe_load(exported.read_text())
+    assert document["groups"]["research"]["mem_limit"] == "768M" and "students" in document["groups"]
+    document["groups"]["research"]["mem_limit"] = "1G"
+    document["groups"]["newcomers"] = {"mem_limit": "256M"}
+    document["groups"]["broken"] = {"cpu_limit": "many"}
+    exported.write_text(yaml.safe_dump(document))
+    done = invoke_policies(live, "import", str(exported))
+    assert done.returncode == 1  # one group refused, the others set
+    assert "broken: policy of group 'broken': cpu_limit='many' is not a number of CPUs" in done.stdout + done.stderr
+    assert "rita" in done.stdout  # research's running lab was told to restart
+    groups = {g["name"]: g for g in admin_api.request("GET", "hub/api/hubforge/policies").json()["groups"]}
+    assert groups["research"]["policy"]["mem_limit"] == "1G" and groups["newcomers"]["policy"] == {"mem_limit": "256M"}
+    assert "broken" not in groups
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups: [research]\n")
+    done = invoke_policies(live, "import", str(bad))
+    assert done.returncode != 0 and "must hold `groups:` mapping each group to its policy" in done.stdout + done.stderr
