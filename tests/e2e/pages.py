@@ -299,3 +299,18 @@ class JupyterLab:
 
     def notification(self, text: str) -> Locator:
         return self.page.locator(".Toastify__toast").filter(has_text=text)
+
+
+class PoliciesPage(HubPage):
+    """/hub/hubforge/policies: groups with their policies; the form sets one group's."""
+
+    def set_memory(self, group: str, memory: str) -> Locator:
+        self.open("hub/hubforge/policies")
+        edit = self.page.locator(f'button.policy-edit[data-group="{group}"]')
+        if edit.count():
+            edit.click()
+        else:
+            self.page.get_by_label("Group", exact=True).fill(group)
+        self.page.get_by_label("Memory", exact=True).fill(memory)
+        self.page.get_by_role("button", name="Save policy").click()
+        return self.page.get_by_role("alert")

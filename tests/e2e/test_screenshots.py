@@ -1,4 +1,5 @@
-"""README screenshots (only with --screenshots DIR): home page, volume manager, broadcast page, a toast."""
+"""README screenshots (only with --screenshots DIR): home page, volume manager, broadcast page, a toast, the policies
+page."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from ..support.livestack import ADMIN, PASSWORD
-from .pages import BroadcastPage, HomePage, JupyterLab, LoginPage
+from .pages import BroadcastPage, HomePage, JupyterLab, LoginPage, PoliciesPage
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +44,11 @@ def test_readme_screenshots(live, make_user, admin_http, browser, page, folder):
         "Delivered"
     )
     admin.screenshot(path=folder / "broadcast.png")
+    admin_http.api("PUT", "hubforge/policies/research", json={"mem_limit": "16G", "gpus": 1, "folder": "rw"})
+    admin_http.api("POST", "groups/research/users", json={"users": ["dana"]})
+    expect(PoliciesPage(admin, live.url).set_memory("students", "2G")).to_contain_text("Saved")
+    admin.reload()
+    admin.screenshot(path=folder / "policies.png", full_page=True)
     expect(lab.notification("Hub maintenance tonight")).to_be_in_viewport(ratio=1, timeout=3_000)  # slid in
     lab_page.screenshot(path=folder / "lab-notification.png")
 
