@@ -52,6 +52,7 @@ ROLE_LABEL = "hubforge.role"  # what a labelled container or network is for: hub
 USER_LABEL = "hubforge.user"  # the user a lab, its service or its volume belongs to
 VOLUME_LABEL = "hubforge.volume"  # what a volume is: home, workspace, cache, shared, hub-data...
 GROUP_LABEL = "hubforge.group"  # the group a group folder's volume belongs to
+QUOTA_LABEL = "hubforge.quota"  # the size in bytes a quota'd volume was made with (hub_ext.helpers.quota)
 GPUS_LABEL = "hubforge.gpus"  # the GPUs a lab holds, comma-separated indexes, so no other lab is handed them
 ACCOUNT_LABEL = "hubforge.account"  # which hub user a user's volume was made for: account_id() of that user
 

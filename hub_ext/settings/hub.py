@@ -291,6 +291,16 @@ def text() -> Reader:
     return lambda setting, raw, _: raw.strip() or setting.default
 
 
+def parse_absolute_path(name: str, raw: str) -> str:
+    if not raw.startswith("/") or ".." in raw.split("/") or any(c in raw for c in ":\n"):
+        raise ConfigError(f"{name}={raw!r} is not an absolute host path without ':' or '..'")
+    return raw.rstrip("/") or "/"
+
+
+def absolute_path() -> Reader:
+    return lambda setting, raw, _: parse_absolute_path(setting.name, raw.strip() or setting.default)
+
+
 def memory() -> Reader:
     return lambda setting, raw, _: parse_memory(setting.name, raw.strip() or setting.default)
 
@@ -587,6 +597,17 @@ SETTINGS: tuple[Setting, ...] = (
             "`type=nfs;o=addr=10.0.0.5,rw,nfsvers=4;device=:/exports/hubforge`."
         ),
         trait="HubforgeSwarmSpawner.volume_driver_options",
+    ),
+    Setting(
+        "LAB_QUOTA_DIR",
+        "lab_quota_dir",
+        "/var/lib/hubforge/quotas",
+        absolute_path(),
+        (
+            "Host folder of the files that hold quota'd volumes (group policies' `home_quota`, `workspace_quota`): "
+            "one sparse ext4 file per volume, loop-mounted by Docker's local driver, under a subfolder per project."
+        ),
+        trait="HubforgeSpawner.quota_dir",
     ),
     Setting(
         "LAB_ADMIN_ACCESS",

@@ -23,7 +23,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from hub_ext.helpers.volumes import measure, remove_volume
+from hub_ext.helpers.quota import quota_file
+from hub_ext.helpers.volumes import measure, parse_answer, remove_volume
 from hub_ext.labs.gpu import GpuDecision, NoFreeGpu, allocate, decide
 from hub_ext.labs.networks import (
     NETWORK_ROLE,
@@ -41,6 +42,7 @@ from hub_ext.naming import (
     GROUP_LABEL,
     LAB_UID,
     PROJECT_LABEL,
+    QUOTA_LABEL,
     ROLE_LABEL,
     USER_LABEL,
     VOLUME_LABEL,
@@ -56,11 +58,13 @@ from hub_ext.settings.hub import GPU_MODES, default_of
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 _GPU_LOCK = asyncio.Lock()  # one GPU hand-out at a time in this hub
+_QUOTA_APPLIED: dict[str, int] = {}  # quota'd volume -> the size this hub last made it (a restart checks again)
 _GPU_CLAIMS: dict[str, list[str]] = {}  # user -> GPUs handed to their lab, until it stops (labels cover a hub restart)
 OWN_FOLDER = (  # run once as root on a new group folder's volume: the lab's user owns it, new files keep its group
     f"import os; os.chown('/folder', {LAB_UID}, {LAB_UID}); os.chmod('/folder', 0o2775); "
-    'print(\'hubforge-volumes: [{"result": "owned"}]\')'
+    'print(\'hubforge-volumes: [{"result": "owned"}]\')'  # hub_ext.helpers.volumes.RESULT_PREFIX, one answer
 )
+QUOTA_KINDS = {"home": "home_quota", "workspace": "workspace_quota"}  # the volumes a policy's quotas hold
 SIZES_TTL_S = 60
 _SIZES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-sizes")
 _usage: dict[str, Any] = {"at": -SIZES_TTL_S, "future": None}
@@ -294,6 +298,12 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         help="""Every lab image of the stack, name -> reference (HUBFORGE_LAB_IMAGES). A group policy's `images` and
         `default_image` name them; a user may pick among those their policy allows.""",
     )
+    quota_dir = Unicode(
+        default_of("LAB_QUOTA_DIR"),
+        config=True,
+        help="""Host folder of the files that hold quota'd volumes (LAB_QUOTA_DIR): each project has its own
+        subfolder, each volume a sparse file `<volume>.img` there.""",
+    )
     idle_timeout = Integer(
         0,
         min=0,
@@ -491,11 +501,18 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         await self.own_folder(volume)
 
     async def own_folder(self, volume: str) -> None:
+        answer = await self.run_helper(["python3", "-c", OWN_FOLDER], [f"{volume}:/folder:rw"], ["CHOWN", "FOWNER"])
+        if not answer or answer[0].get("result") != "owned":
+            raise RuntimeError(f"could not make group folder {volume} the lab user's: {answer}")
+
+    async def run_helper(self, command: list[str], binds: list[str], caps: list[str] | None = None) -> list:
+        """Run a one-shot helper of the hub's image on this host, as root with no network, only `caps` and these
+        binds; its answer line (hub_ext.helpers.volumes.RESULT_PREFIX), parsed."""
         hub = await self.docker("inspect_container", self.hub_container)
         host_config = {  # Docker's API form: no client round trip to build it
-            "Binds": [f"{volume}:/folder:rw"],
+            "Binds": binds,
             "CapDrop": ["ALL"],
-            "CapAdd": ["CHOWN", "FOWNER"],
+            "CapAdd": list(caps or []),
             "ReadonlyRootfs": True,
             "NetworkMode": "none",
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
@@ -503,17 +520,16 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         helper = await self.docker(
             "create_container",
             hub["Config"]["Image"],
-            command=["python3", "-c", OWN_FOLDER],
+            command=command,
             user="0:0",
             host_config=host_config,
             labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"},
         )
         try:
             await self.docker("start", helper["Id"])
-            status = await self.docker("wait", helper["Id"], timeout=60)
-            if status.get("StatusCode") != 0:
-                logs = await self.docker("logs", helper["Id"])
-                raise RuntimeError(f"could not make group folder {volume} the lab user's: {logs.decode()[-300:]}")
+            await self.docker("wait", helper["Id"], timeout=120)
+            logs = await self.docker("logs", helper["Id"])
+            return parse_answer(logs.decode(errors="replace")) or []
         finally:
             await self.docker("remove_container", helper["Id"], force=True)
 
@@ -791,7 +807,11 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         self.extra_create_kwargs = {**base["create"], "labels": labels}
         self.policy_applied = effective
         for kind, volume in names.volumes.items():
-            await self.ensure_volume(volume, self.volume_labels(kind))
+            quota = getattr(policy, QUOTA_KINDS.get(kind, ""), None)
+            if quota:
+                await self.ensure_quota_volume(volume, self.volume_labels(kind), size_bytes(quota))
+            else:
+                await self.ensure_volume(volume, self.volume_labels(kind))
         await self.ensure_volume(self.shared_volume, self.shared_volume_labels())
         for volume, (group, _) in folders.items():
             await self.ensure_group_folder(volume, group)
@@ -810,8 +830,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
 
     creates_volumes = True  # False where the engine makes them at the mount, on whichever node the lab lands
 
-    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
-        """Create a volume with labels, so `invoke down` and the volume manager can find it.
+    async def ensure_volume(
+        self, name: str, labels: dict[str, str], driver_opts: dict[str, str] | None = None, before_create=None
+    ) -> dict | None:
+        """Create a volume with labels, so `invoke down` and the volume manager can find it (with the local driver's
+        options when given, after awaiting `before_create`); returns an existing volume's inspection, after checking
+        whose it is, or None.
 
         Docker still fills a new, empty volume from the image's folder at the first mount.
         """
@@ -820,10 +844,13 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         except Exception as exc:  # docker.errors.NotFound: create it; anything else: let Docker create it
             if not not_found(exc):
                 self.log.warning("cannot inspect volume %s: %s", name, exc)
-                return
+                return None
             if self.creates_volumes:
-                await self.docker("create_volume", name, labels=labels)
-            return
+                if before_create is not None:
+                    await before_create()
+                options = {"driver": "local", "driver_opts": driver_opts} if driver_opts else {}
+                await self.docker("create_volume", name, labels=labels, **options)
+            return None
         owner = foreign_owner(found, self.project)
         if owner:
             raise RuntimeError(
@@ -837,10 +864,72 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 f"which was deleted: its files are never mounted for a new owner; an admin removes it with "
                 f"`docker volume rm {name}`"
             )
+        return found
+
+    # -- storage quotas (hub_ext.helpers.quota) -----------------------------------------------------------------
+    @property
+    def project_quota_dir(self) -> str:
+        return os.path.join(self.quota_dir, self.project)
+
+    async def ensure_quota_volume(self, name: str, labels: dict[str, str], size: int) -> None:
+        """A volume that holds at most `size` bytes: a new one is a fresh filesystem in its own file; an existing one
+        is grown (files kept) or shrunk to the policy's size when it changed. A shrink below what is used is refused
+        by the helper and the volume keeps its size: no file is ever lost to a quota. A volume made before its quota
+        stays as it is (docs: it comes under the quota when reset)."""
+        path = str(quota_file(self.project_quota_dir, name))
+        options = {"type": "ext4", "o": "loop", "device": path}
+
+        async def make() -> None:
+            answer = await self.quota_helper(["prepare", "--new", path, str(size)])
+            if answer.get("result") != "made":
+                raise RuntimeError(f"could not make the quota'd volume {name}: {answer.get('reason', answer)}")
+
+        found = await self.ensure_volume(name, {**labels, QUOTA_LABEL: str(size)}, options, before_create=make)
+        if found is None:
+            _QUOTA_APPLIED[name] = size
+            return
+        device = (found.get("Options") or {}).get("device")
+        if not device:
+            self.log.warning("volume %s predates its quota and is not held to it: it is when reset", name)
+            return
+        if _QUOTA_APPLIED.get(name) == size:
+            return
+        answer = await self.quota_helper(["prepare", device, str(size)])
+        if answer.get("result") in ("made", "grown", "shrunk", "unchanged"):
+            _QUOTA_APPLIED[name] = size
+            self.log.info("quota of %s: %s to %d bytes", name, answer["result"], size)
+        else:
+            self.log.warning("quota of %s stays as it was: %s", name, answer.get("reason", answer))
+
+    async def quota_helper(self, command: list[str]) -> dict[str, Any]:
+        answer = await self.run_helper(
+            ["python3", "-m", "hub_ext.helpers.quota", *command],
+            [f"{self.project_quota_dir}:{self.project_quota_dir}:rw"],
+        )
+        return answer[0] if answer else {"result": "failed", "reason": "the quota helper gave no answer"}
+
+    async def remove_quota_files(self, removed: list[dict[str, Any]], devices: dict[str, str]) -> None:
+        """After volumes were removed: delete the files that held the quota'd ones (their data goes with them)."""
+        for result in removed:
+            device = devices.get(result["volume"])
+            if result["result"] == "removed" and device:
+                _QUOTA_APPLIED.pop(result["volume"], None)
+                answer = await self.quota_helper(["remove", device])
+                if answer.get("result") not in ("removed", "none"):
+                    self.log.error("the file %s of removed volume %s is left: %s", device, result["volume"], answer)
 
     async def remove_volumes(self, names: list[str]) -> list[dict[str, Any]]:
-        """Delete these volumes of the user's (a reset, a discarded account), in order; one result each."""
-        return [await remove_volume(self.docker, name, self.project) for name in names]
+        """Delete these volumes of the user's (a reset, a discarded account), in order; one result each. A quota'd
+        volume's file goes too."""
+        devices = {}
+        for name in names:
+            with contextlib.suppress(Exception):  # not found: nothing to remove
+                device = ((await self.docker("inspect_volume", name)).get("Options") or {}).get("device")
+                if device:
+                    devices[name] = device
+        results = [await remove_volume(self.docker, name, self.project) for name in names]
+        await self.remove_quota_files(results, devices)
+        return results
 
     async def volume_sizes(self, names: list[str]) -> dict[str, int | None]:
         """Which of these volumes of the user's exist, with their sizes (None: not measured yet).

@@ -20,9 +20,12 @@ from jupyterhub.apihandlers.groups import GroupPropertiesAPIHandler
 from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 
-from hub_ext.labs.policy import PROPERTY, PolicyError, parse_policy
+from hub_ext.helpers.quota import SLACK, human
+from hub_ext.labs.policy import PROPERTY, Policy, PolicyError, parse_policy, size_bytes
+from hub_ext.naming import user_names
+from hub_ext.spawn.spawner import QUOTA_KINDS
 from hub_ext.web.actions import BadRequest, parse_json
-from hub_ext.web.selfservice import BroadcastAPIHandler, authorize, running_users
+from hub_ext.web.selfservice import BroadcastAPIHandler, authorize, prefix_of, running_users, spawner_of
 
 audit = logging.getLogger("JupyterHub").getChild("audit")
 LAB_IMAGES_SETTING = "hubforge_lab_images"  # tornado setting: the stack's lab image names (jupyterhub_config.py)
@@ -83,15 +86,60 @@ def group_listing(db, running: set[str]) -> list[dict[str, Any]]:
     return listing
 
 
+async def quota_refusal(handler, group_name: str, properties: Mapping[str, Any]) -> str | None:
+    """One line when the new policy's quotas are below what a member's quota'd volume already holds (lowering a
+    quota never loses a file); None when it fits. Asks each member's volume's own filesystem (a helper per volume),
+    only for the quotas this change lowers."""
+    group = orm.Group.find(handler.db, group_name)
+    if group is None:
+        return None
+    new = parse_policy(group_name, properties)
+    try:
+        old = parse_policy(group_name, group.properties)
+    except PolicyError:  # a bad stored policy (written around the API): every quota counts as lowered
+        old = Policy()
+    lowered = {
+        kind: size_bytes(getattr(new, field))
+        for kind, field in QUOTA_KINDS.items()
+        if getattr(new, field)
+        and (not getattr(old, field) or size_bytes(getattr(new, field)) < size_bytes(getattr(old, field)))
+    }
+    if not lowered:
+        return None
+    for orm_user in group.users:
+        spawner = spawner_of(handler.users[orm_user])
+        names = user_names(prefix_of(spawner), orm_user.name)
+        for kind, size in lowered.items():
+            try:
+                device = ((await spawner.docker("inspect_volume", names.volumes[kind])).get("Options") or {}).get(
+                    "device"
+                )
+            except Exception:  # noqa: BLE001 -- no such volume: nothing to hold
+                continue
+            if not device:
+                continue
+            answer = await spawner.quota_helper(["usage", device])
+            if answer.get("result") == "measured" and answer["used"] + SLACK > size:
+                field = QUOTA_KINDS[kind]
+                return (
+                    f"policy of group {group_name!r}: {field}={getattr(new, field)!r} is below what {orm_user.name}'s "
+                    f"{kind} holds ({human(answer['used'])} in use): they delete files first, or the quota stays higher"
+                )
+    return None
+
+
 class CheckedGroupPropertiesAPIHandler(GroupPropertiesAPIHandler):
     """JupyterHub's PUT /hub/api/groups/NAME/properties, refusing a bad policy (400, one line naming the field)."""
 
-    def put(self, group_name):
+    async def put(self, group_name):
         data = self.get_json_body()
         try:
             checked_properties(group_name, data, self.settings.get(LAB_IMAGES_SETTING) or [])
         except BadRequest as exc:
             raise web.HTTPError(400, str(exc)) from None
+        refusal = await quota_refusal(self, group_name, data)
+        if refusal:
+            raise web.HTTPError(400, refusal)
         return super().put(group_name)
 
 
@@ -125,8 +173,11 @@ class PoliciesAPIHandler(BroadcastAPIHandler):
             else:
                 properties[PROPERTY] = policy
             checked = checked_properties(group_name, properties, self.settings.get(LAB_IMAGES_SETTING) or [])
+            refusal = await quota_refusal(self, group_name, checked)
         except BadRequest as exc:
             raise web.HTTPError(400, str(exc)) from None
+        if refusal:
+            raise web.HTTPError(400, refusal)
         created = group is None
         if created:
             group = orm.Group(name=group_name)

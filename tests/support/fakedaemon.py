@@ -4,10 +4,14 @@ daemon, never for the spawner under test."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import docker
 import pytest
 from jupyterhub import orm
 
+from hub_ext.helpers import quota
 from hub_ext.spawn.spawner import HubforgeSpawner
 
 
@@ -33,8 +37,10 @@ class FakeDaemon:
 
     def __init__(self):
         self.volumes: dict[str, dict] = {}
+        self.options: dict[str, dict] = {}  # volume -> the local driver's options it was made with
         self.containers: dict[str, dict] = {}  # id -> {"Image", "Cmd", "Labels", "HostConfig", "State"}
         self.helpers: list[dict] = []  # one-shot containers run, in order
+        self.ran: dict[str, list[str]] = {}  # container id -> its command
         self.networks: dict[str, dict] = {
             "bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}
         }
@@ -47,9 +53,10 @@ class FakeDaemon:
                 error = Exception("not found")
                 error.response = type("R", (), {"status_code": 404})()
                 raise error
-            return {"Name": args[0], "Labels": self.volumes[args[0]]}  # as Docker's inspect answers
+            return {"Name": args[0], "Labels": self.volumes[args[0]], "Options": self.options.get(args[0]) or None}
         if method == "create_volume":
             self.volumes[args[0]] = kwargs["labels"]
+            self.options[args[0]] = kwargs.get("driver_opts") or {}
             return {"Name": args[0]}
         if method == "remove_volume":
             del self.volumes[args[0]]
@@ -95,6 +102,7 @@ class FakeDaemon:
                 "User": kwargs.get("user"),
             }
             self.helpers.append(self.containers[cid])
+            self.ran[cid] = kwargs.get("command")
             return {"Id": cid}
         if method in ("start", "remove_container"):
             if method == "remove_container":
@@ -102,6 +110,13 @@ class FakeDaemon:
             return None
         if method == "wait":
             return {"StatusCode": 0}
+        if method == "logs":  # what the helper printed: the quota helper runs here, on this machine's files
+            command = self.ran[args[0]]
+            if command[:3] == ["python3", "-m", "hub_ext.helpers.quota"]:
+                with contextlib.redirect_stdout(io.StringIO()) as printed:
+                    quota.main(command[3:])
+                return printed.getvalue().encode()
+            return b'hubforge-volumes: [{"result": "owned"}]\n'  # the group folder's chown
         raise AssertionError(f"unexpected docker call {method}")
 
 

@@ -5,6 +5,8 @@ result: this machine has no GPU."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 
 import pytest
 from jupyterhub import orm
@@ -184,3 +186,41 @@ def test_gpu_allocation_rules():
         allocate(2, on, ["1"])
     assert allocate(1, decide("off", TWO_GPUS), []) is None  # GPU support off: none, whatever the policy
     assert allocate(1, decide("on", None), []) == "all"  # forced on with no probe: no devices to hand out one by one
+
+
+# -- storage quotas: the fake daemon runs the real quota helper on this machine's files ------------------------
+@pytest.mark.skipif(not shutil.which("mkfs.ext4"), reason="e2fsprogs is not installed")
+def test_a_quota_makes_a_loop_volume_of_its_size_grows_it_and_its_file_goes_with_it(db, tmp_path):
+    daemon = FakeDaemon()
+    spawner, user = spawner_of(db, "quinn", daemon)
+    spawner.quota_dir = str(tmp_path)
+    students = group(db, "students", {"home_quota": "64M"}, user)
+    asyncio.run(spawner.apply_runtime())
+    home = "jupyterlab-quinn_home"
+    device = str(tmp_path / "p" / f"{home}.img")
+    assert daemon.options[home] == {"type": "ext4", "o": "loop", "device": device}
+    assert daemon.volumes[home]["hubforge.quota"] == str(64 * 2**20) and os.path.getsize(device) == 64 * 2**20
+    assert daemon.options["jupyterlab-quinn_workspace"] == {}  # no workspace quota: a plain volume
+    helpers = len(daemon.helpers)
+    asyncio.run(spawner.apply_runtime())
+    assert len(daemon.helpers) == helpers  # the size is known: no helper at the next start
+
+    students.properties = {PROPERTY: {"home_quota": "96M"}}
+    db.commit()
+    asyncio.run(spawner.apply_runtime())
+    assert os.path.getsize(device) == 96 * 2**20
+    (helper,) = [h for h in daemon.helpers if "quota" in " ".join(h["Cmd"])][-1:]
+    assert helper["HostConfig"]["Binds"] == [f"{tmp_path}/p:{tmp_path}/p:rw"] and helper["HostConfig"]["CapAdd"] == []
+
+    results = asyncio.run(spawner.remove_volumes([home]))  # a reset, or the user deleted
+    assert results == [{"volume": home, "result": "removed"}] and not os.path.exists(device)
+
+
+def test_a_volume_made_before_its_quota_keeps_working_unheld(db, tmp_path):
+    daemon = FakeDaemon()
+    spawner, user = spawner_of(db, "olga", daemon)
+    spawner.quota_dir = str(tmp_path)
+    asyncio.run(spawner.apply_runtime())  # no quota yet: plain volumes
+    group(db, "students", {"home_quota": "64M"}, user)
+    asyncio.run(spawner.apply_runtime())
+    assert daemon.options["jupyterlab-olga_home"] == {} and not list(tmp_path.rglob("*.img"))

@@ -280,6 +280,7 @@ class FakeSpawner:
     lab_alive = HubforgeSpawner.lab_alive
     lab_environment = HubforgeSpawner.lab_environment
     remove_volumes = HubforgeSpawner.remove_volumes
+    remove_quota_files = HubforgeSpawner.remove_quota_files
     volume_sizes = HubforgeSpawner.volume_sizes
 
 

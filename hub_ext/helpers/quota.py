@@ -1,0 +1,145 @@
+"""Storage quotas that hold: a quota'd volume is a fixed-size ext4 filesystem in a file on the host, which Docker's
+`local` driver loop-mounts (type=ext4, o=loop, device=FILE). A write past its size fails in the lab with "No space
+left on device", and nobody else's volume is touched. It works on any host filesystem (no XFS project quotas needed).
+
+This module runs as a one-shot helper, as root in a container of the hub's image with no network and the quota
+folder bind-mounted at its host path (`python3 -m hub_ext.helpers.quota prepare|usage|remove ...`), and prints one
+JSON line (hub_ext.helpers.volumes.RESULT_PREFIX). e2fsprogs does the work on the file, never on a mounted device,
+so the helper needs no privilege: the hub runs it before the lab starts, while the volume is not mounted.
+
+- prepare FILE SIZE: make a new filesystem (owned by the lab's user, no lost+found, so Docker still fills it from
+  the image at the first mount), or grow one (e2fsck, then resize2fs), or shrink one whose files fit; refuses to
+  shrink below what is used, and changes nothing then.
+- usage FILE: size and use of the filesystem, from its superblock.
+- remove FILE: delete the file of a removed volume (a reset, a deleted user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hub_ext.helpers.volumes import RESULT_PREFIX
+from hub_ext.naming import LAB_UID
+
+MIN_SIZE = 16 * 2**20  # ext4 with a journal needs a few MiB; a quota below this is refused by the policy's check
+SLACK = 8 * 2**20  # a shrink keeps this much above the blocks in use (metadata, the journal's growth)
+
+
+class QuotaRefused(RuntimeError):
+    """One line: why a quota'd volume cannot take this size."""
+
+
+def run(*command: str) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    fine = (0, 1) if command[0] == "e2fsck" else (0,)  # e2fsck's 1: errors found and corrected
+    if done.returncode not in fine:
+        raise RuntimeError(f"{command[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+    return done.stdout
+
+
+def human(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
+def superblock(path: Path) -> dict[str, int]:
+    """Block size, block count and free blocks of the filesystem in `path` (dumpe2fs -h)."""
+    fields = {}
+    for line in run("dumpe2fs", "-h", str(path)).splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Block size", "Block count", "Free blocks", "Reserved block count"):
+            fields[name] = int(value.strip())
+    return fields
+
+
+def usage(path: Path) -> dict[str, int]:
+    """{"size": bytes the filesystem holds, "used": bytes in use} as `df` would say (reserved blocks are none)."""
+    sb = superblock(path)
+    block = sb["Block size"]
+    return {"size": sb["Block count"] * block, "used": (sb["Block count"] - sb["Free blocks"]) * block}
+
+
+def prepare(path: Path, size: int) -> dict[str, Any]:
+    """Make, grow or shrink the filesystem in `path` to `size` bytes; the result says which."""
+    size = max(size, MIN_SIZE) // 4096 * 4096
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as blank:
+            blank.truncate(size)  # sparse: the host's disk holds only what is written
+        # -m 0: no blocks reserved for root (the lab's user gets the whole quota); root_owner: the lab's user owns it
+        run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"root_owner={LAB_UID}:{LAB_UID}", str(path))
+        run("debugfs", "-w", "-R", "rmdir lost+found", str(path))  # empty: Docker copies the image's files in
+        return {"result": "made", **usage(path)}
+    now = usage(path)
+    if now["size"] == size:
+        return {"result": "unchanged", **now}
+    run("e2fsck", "-f", "-p", str(path))
+    if size > now["size"]:
+        with open(path, "r+b") as grown:
+            grown.truncate(size)
+        run("resize2fs", str(path), f"{size // 1024}K")
+        return {"result": "grown", "from": now["size"], **usage(path)}
+    block = superblock(path)["Block size"]
+    estimate = re.search(r"(\d+)\s*$", run("resize2fs", "-P", str(path)).strip())
+    smallest = max(now["used"] + SLACK, int(estimate.group(1)) * block if estimate else 0)
+    if size < smallest:
+        raise QuotaRefused(
+            f"{human(now['used'])} are in use, and the files need at least {human(smallest)}; a quota of "
+            f"{human(size)} is refused: the user deletes files first, or the quota stays higher"
+        )
+    run("resize2fs", str(path), f"{size // 1024}K")
+    with open(path, "r+b") as shrunk:
+        shrunk.truncate(size)
+    return {"result": "shrunk", "from": now["size"], **usage(path)}
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.img$")
+
+
+def quota_file(folder: str, volume: str) -> Path:
+    """The file that holds a quota'd volume: `<folder>/<volume>.img`."""
+    path = Path(folder) / f"{volume}.img"
+    if not _SAFE_NAME.match(path.name):
+        raise ValueError(f"not a volume's file name: {path.name!r}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m hub_ext.helpers.quota", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("prepare", "usage", "remove"):
+        command = commands.add_parser(name)
+        command.add_argument("file", type=Path)
+        if name == "prepare":
+            command.add_argument("size", type=int)
+            command.add_argument("--new", action="store_true", help="a new volume: a file left by a removed one goes")
+    args = parser.parse_args(argv)
+    if not _SAFE_NAME.match(args.file.name):
+        parser.error(f"not a volume's file: {args.file}")
+    try:
+        if args.command == "prepare":
+            if args.new:
+                args.file.unlink(missing_ok=True)
+            result = prepare(args.file, args.size)
+        elif args.command == "usage":
+            result = {"result": "measured", **usage(args.file)} if args.file.exists() else {"result": "none"}
+        else:
+            existed = args.file.exists()
+            args.file.unlink(missing_ok=True)
+            result = {"result": "removed" if existed else "none"}
+    except QuotaRefused as exc:
+        result = {"result": "refused", "reason": str(exc)}
+    except (RuntimeError, OSError) as exc:
+        result = {"result": "failed", "reason": str(exc)}
+    print(RESULT_PREFIX + json.dumps([{"file": os.fspath(args.file), **result}]), flush=True)
+    return 0 if result["result"] not in ("failed", "refused") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
