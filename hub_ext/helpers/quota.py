@@ -1,17 +1,21 @@
-"""Storage quotas that hold: a quota'd volume is a fixed-size ext4 filesystem in a file on the host, which Docker's
-`local` driver loop-mounts (type=ext4, o=loop, device=FILE). A write past its size fails in the lab with "No space
-left on device", and nobody else's volume is touched. It works on any host filesystem (no XFS project quotas needed).
+"""Storage quotas that hold: a quota'd volume is a fixed-size ext4 filesystem in a file on the host (FILE.img),
+attached to a loop device, which Docker's `local` driver mounts (type=ext4, device=FILE.dev, a symbolic link to that
+loop device). A write past its size fails in the lab with "No space left on device", and nobody else's volume is
+touched. It works on any host filesystem (no XFS project quotas needed). Docker's own `o=loop` option is not used:
+Docker 20.10's local driver hands it to mount(2), which refuses it ("loop: invalid argument").
 
 This module runs as a one-shot helper, as root in a container of the hub's image with no network and the quota
 folder bind-mounted at its host path (`python3 -m hub_ext.helpers.quota prepare|usage|remove ...`), and prints one
-JSON line (hub_ext.helpers.volumes.RESULT_PREFIX). e2fsprogs does the work on the file, never on a mounted device,
-so the helper needs no privilege: the hub runs it before the lab starts, while the volume is not mounted.
+JSON line (hub_ext.helpers.volumes.RESULT_PREFIX). e2fsprogs works on the file while the volume is not mounted: the
+hub runs it before the lab starts. Attaching and detaching the loop device (util-linux's losetup) needs
+CAP_SYS_ADMIN and the host's loop devices, and nothing else (no network, no other device).
 
-- prepare FILE SIZE: make a new filesystem (owned by the lab's user, no lost+found, so Docker still fills it from
-  the image at the first mount), or grow one (e2fsck, then resize2fs), or shrink one whose files fit; refuses to
-  shrink below what is used, and changes nothing then.
+- prepare FILE SIZE [--new] [--attach]: make a new filesystem (owned by the lab's user, no lost+found, so Docker
+  still fills it from the image at the first mount), or grow one (e2fsck, then resize2fs), or shrink one whose files
+  fit; refuses to shrink below what is used, and changes nothing then. --attach: then make sure the file is on a
+  loop device of the right size, and point FILE.dev at it (after a host's reboot, at a new one).
 - usage FILE: size and use of the filesystem, from its superblock.
-- remove FILE: delete the file of a removed volume (a reset, a deleted user).
+- remove FILE: detach and delete the files of a removed volume (a reset, a deleted user).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +104,7 @@ def prepare(path: Path, size: int) -> dict[str, Any]:
     return {"result": "shrunk", "from": now["size"], **usage(path)}
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.img$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.(img|dev)$")
 
 
 def quota_file(folder: str, volume: str) -> Path:
@@ -108,6 +113,38 @@ def quota_file(folder: str, volume: str) -> Path:
     if not _SAFE_NAME.match(path.name):
         raise ValueError(f"not a volume's file name: {path.name!r}")
     return path
+
+
+def device_link(path: Path) -> Path:
+    """What the volume's `device` option names: FILE.dev, a link to the loop device that holds FILE.img."""
+    return path.with_suffix(".dev")
+
+
+def loops_of(path: Path) -> list[str]:
+    """The loop devices `path` is attached to (losetup -j matches the file itself, not its name)."""
+    return [line.split(":", 1)[0] for line in run("losetup", "-j", str(path)).splitlines() if line.strip()]
+
+
+def attach(path: Path) -> str:
+    """Put `path` on a loop device (the one it is on, its size refreshed after a resize, or a free one), and point
+    its link at it, replacing the link in one step."""
+    found = loops_of(path)
+    if found:
+        device = found[0]
+        run("losetup", "-c", device)  # the file may have grown or shrunk since it was attached
+    else:
+        device = run("losetup", "-f", "--show", str(path)).strip()
+    link, staged = device_link(path), path.with_suffix(".dev.tmp")
+    staged.unlink(missing_ok=True)
+    os.symlink(device, staged)
+    os.replace(staged, link)
+    return device
+
+
+def detach(path: Path) -> None:
+    for device in loops_of(path):
+        run("losetup", "-d", device)
+    device_link(path).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,22 +156,32 @@ def main(argv: list[str] | None = None) -> int:
         if name == "prepare":
             command.add_argument("size", type=int)
             command.add_argument("--new", action="store_true", help="a new volume: a file left by a removed one goes")
+            command.add_argument("--attach", action="store_true", help="then put it on a loop device, for Docker")
     args = parser.parse_args(argv)
     if not _SAFE_NAME.match(args.file.name):
         parser.error(f"not a volume's file: {args.file}")
+    args.file = args.file.with_suffix(".img")  # a volume's `device` option names the link: its file is beside it
     try:
         if args.command == "prepare":
             if args.new:
+                if args.attach:
+                    detach(args.file)
                 args.file.unlink(missing_ok=True)
             result = prepare(args.file, args.size)
+            if args.attach:
+                result["device"] = attach(args.file)
         elif args.command == "usage":
             result = {"result": "measured", **usage(args.file)} if args.file.exists() else {"result": "none"}
         else:
             existed = args.file.exists()
+            if shutil.which("losetup"):
+                detach(args.file)
             args.file.unlink(missing_ok=True)
             result = {"result": "removed" if existed else "none"}
     except QuotaRefused as exc:
         result = {"result": "refused", "reason": str(exc)}
+        if args.attach:  # the volume keeps its size, and is mounted as it is
+            result["device"] = attach(args.file)
     except (RuntimeError, OSError) as exc:
         result = {"result": "failed", "reason": str(exc)}
     print(RESULT_PREFIX + json.dumps([{"file": os.fspath(args.file), **result}]), flush=True)

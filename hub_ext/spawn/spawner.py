@@ -23,7 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from hub_ext.helpers.quota import quota_file
+from hub_ext.helpers.quota import device_link, quota_file
 from hub_ext.helpers.volumes import measure, parse_answer, remove_volume
 from hub_ext.labs.gpu import GpuDecision, NoFreeGpu, allocate, decide
 from hub_ext.labs.networks import (
@@ -505,7 +505,9 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         if not answer or answer[0].get("result") != "owned":
             raise RuntimeError(f"could not make group folder {volume} the lab user's: {answer}")
 
-    async def run_helper(self, command: list[str], binds: list[str], caps: list[str] | None = None) -> list:
+    async def run_helper(
+        self, command: list[str], binds: list[str], caps: list[str] | None = None, devices: list[str] | None = None
+    ) -> list:
         """Run a one-shot helper of the hub's image on this host, as root with no network, only `caps` and these
         binds; its answer line (hub_ext.helpers.volumes.RESULT_PREFIX), parsed."""
         hub = await self.docker("inspect_container", self.hub_container)
@@ -513,6 +515,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
             "Binds": binds,
             "CapDrop": ["ALL"],
             "CapAdd": list(caps or []),
+            "DeviceCgroupRules": list(devices or []),
             "ReadonlyRootfs": True,
             "NetworkMode": "none",
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
@@ -876,11 +879,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         is grown (files kept) or shrunk to the policy's size when it changed. A shrink below what is used is refused
         by the helper and the volume keeps its size: no file is ever lost to a quota. A volume made before its quota
         stays as it is (docs: it comes under the quota when reset)."""
-        path = str(quota_file(self.project_quota_dir, name))
-        options = {"type": "ext4", "o": "loop", "device": path}
+        image = quota_file(self.project_quota_dir, name)
+        path, link = str(image), str(device_link(image))
+        options = {"type": "ext4", "device": link}
 
         async def make() -> None:
-            answer = await self.quota_helper(["prepare", "--new", path, str(size)])
+            answer = await self.quota_helper(["prepare", "--new", "--attach", path, str(size)])
             if answer.get("result") != "made":
                 raise RuntimeError(f"could not make the quota'd volume {name}: {answer.get('reason', answer)}")
 
@@ -893,18 +897,32 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             self.log.warning("volume %s predates its quota and is not held to it: it is when reset", name)
             return
         if _QUOTA_APPLIED.get(name) == size:
-            return
-        answer = await self.quota_helper(["prepare", device, str(size)])
-        if answer.get("result") in ("made", "grown", "shrunk", "unchanged"):
+            return  # sized and attached by this hub already (a host's reboot restarts the hub too)
+        answer = await self.quota_helper(["prepare", "--attach", device, str(size)])
+        if answer.get("result") in ("grown", "shrunk", "unchanged"):
             _QUOTA_APPLIED[name] = size
-            self.log.info("quota of %s: %s to %d bytes", name, answer["result"], size)
+            self.log.info("quota of %s: %s to %d bytes, on %s", name, answer["result"], size, answer.get("device"))
+        elif answer.get("result") == "refused":
+            self.log.warning("quota of %s stays as it was: %s", name, answer.get("reason"))
         else:
-            self.log.warning("quota of %s stays as it was: %s", name, answer.get("reason", answer))
+            raise RuntimeError(f"the quota'd volume {name} cannot be attached: {answer.get('reason', answer)}")
+
+    async def mounted_usage(self, mount: str) -> dict[str, Any]:
+        """Size and use of a volume the running lab has mounted, as its `df` says."""
+        created = await self.docker("exec_create", self.object_id, ["df", "-B1", "--output=size,used", mount])
+        out = (await self.docker("exec_start", created["Id"])).decode(errors="replace").split()
+        if len(out) == 4 and out[2].isdigit() and out[3].isdigit():
+            return {"result": "measured", "size": int(out[2]), "used": int(out[3])}
+        return {"result": "failed", "reason": " ".join(out)[-200:]}
 
     async def quota_helper(self, command: list[str]) -> dict[str, Any]:
+        """The quota helper, with the project's quota folder and, to attach and detach loop devices, CAP_SYS_ADMIN and
+        the host's /dev with only loop devices allowed (block major 7, and /dev/loop-control)."""
         answer = await self.run_helper(
             ["python3", "-m", "hub_ext.helpers.quota", *command],
-            [f"{self.project_quota_dir}:{self.project_quota_dir}:rw"],
+            [f"{self.project_quota_dir}:{self.project_quota_dir}:rw", "/dev:/dev"],
+            ["SYS_ADMIN"],
+            devices=["b 7:* rmw", "c 10:237 rwm"],
         )
         return answer[0] if answer else {"result": "failed", "reason": "the quota helper gave no answer"}
 

@@ -22,7 +22,7 @@ from tornado import web
 
 from hub_ext.helpers.quota import SLACK, human
 from hub_ext.labs.policy import PROPERTY, Policy, PolicyError, parse_policy, size_bytes
-from hub_ext.naming import user_names
+from hub_ext.naming import MOUNTS, user_names
 from hub_ext.spawn.spawner import QUOTA_KINDS
 from hub_ext.web.actions import BadRequest, parse_json
 from hub_ext.web.selfservice import BroadcastAPIHandler, authorize, prefix_of, running_users, spawner_of
@@ -118,7 +118,10 @@ async def quota_refusal(handler, group_name: str, properties: Mapping[str, Any])
                 continue
             if not device:
                 continue
-            answer = await spawner.quota_helper(["usage", device])
+            if spawner.active:  # mounted: the superblock on disk lags; the lab's own filesystem says what is used
+                answer = await spawner.mounted_usage(MOUNTS[kind])
+            else:
+                answer = await spawner.quota_helper(["usage", device])
             if answer.get("result") == "measured" and answer["used"] + SLACK > size:
                 field = QUOTA_KINDS[kind]
                 return (

@@ -148,3 +148,51 @@ def test_policies_export_and_import_as_yaml(live, admin_api, members, tmp_path):
     bad.write_text("groups: [research]\n")
     done = invoke_policies(live, "import", str(bad))
     assert done.returncode != 0 and "must hold `groups:` mapping each group to its policy" in done.stdout + done.stderr
+
+
+# -- storage quotas ------------------------------------------------------------------------------------------
+WRITE = "dd if=/dev/zero of={path} bs=1M count={mib} conv=fsync 2>&1; echo exit=$?"
+
+
+@pytest.fixture(scope="module")
+def quota_member(live, admin, admin_api, tmp_path_factory):
+    """quentin in "quota" (workspace 48M), started; his neighbour is sam (no quota)."""
+    _, quentin = approved_user(live, admin, "quentin")
+    assert put_policy(admin_api, "quota", {"workspace_quota": "48M"}).status_code == 201
+    added = admin_api.request("POST", "hub/api/groups/quota/users", json={"users": ["quentin"]})
+    assert added.status_code == 200, added.text
+    quentin.start("quentin")
+    return quentin
+
+
+def test_writing_past_the_quota_fails_while_the_neighbour_writes_fine(live, members, quota_member):
+    code, out = lab_run(live, "quentin", "df -m /home/lab/workspace | tail -1")
+    assert code == 0 and 36 <= int(out.split()[1]) <= 48, out  # the filesystem's size (less its journal), as seen
+    _, out = lab_run(live, "quentin", WRITE.format(path="/home/lab/workspace/big.bin", mib=80))
+    assert "No space left on device" in out and "exit=1" in out, out
+    _, out = lab_run(live, "sam", WRITE.format(path="/home/lab/workspace/big.bin", mib=80))
+    assert "exit=0" in out, out  # the neighbour's workspace is not held to anyone's quota
+    lab_run(live, "sam", "rm -f /home/lab/workspace/big.bin")
+
+
+def test_raising_the_quota_keeps_the_files_and_lowering_it_below_use_is_refused(live, admin_api, quota_member):
+    lab_run(live, "quentin", "rm -f /home/lab/workspace/big.bin")
+    code, out = lab_run(
+        live,
+        "quentin",
+        WRITE.format(path="/home/lab/workspace/keep.bin", mib=30) + "; sha256sum /home/lab/workspace/keep.bin",
+    )
+    assert "exit=0" in out, out
+    digest = out.split()[-2]
+    lowered = put_policy(admin_api, "quota", {"workspace_quota": "20M"})
+    assert lowered.status_code == 400
+    assert lowered.json()["message"].startswith(
+        "policy of group 'quota': workspace_quota='20M' is below what quentin's workspace holds ("
+    )
+    assert put_policy(admin_api, "quota", {"workspace_quota": "96M"}).status_code == 200
+    quota_member.stop("quentin")
+    quota_member.start("quentin")
+    _, out = lab_run(live, "quentin", "sha256sum /home/lab/workspace/keep.bin; df -m /home/lab/workspace | tail -1")
+    assert out.split()[0] == digest and 80 <= int(out.split()[-5]) <= 96, out
+    _, out = lab_run(live, "quentin", WRITE.format(path="/home/lab/workspace/more.bin", mib=40))
+    assert "exit=0" in out, out  # room for more now

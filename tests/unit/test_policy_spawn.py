@@ -198,7 +198,7 @@ def test_a_quota_makes_a_loop_volume_of_its_size_grows_it_and_its_file_goes_with
     asyncio.run(spawner.apply_runtime())
     home = "jupyterlab-quinn_home"
     device = str(tmp_path / "p" / f"{home}.img")
-    assert daemon.options[home] == {"type": "ext4", "o": "loop", "device": device}
+    assert daemon.options[home] == {"type": "ext4", "device": device.replace(".img", ".dev")}
     assert daemon.volumes[home]["hubforge.quota"] == str(64 * 2**20) and os.path.getsize(device) == 64 * 2**20
     assert daemon.options["jupyterlab-quinn_workspace"] == {}  # no workspace quota: a plain volume
     helpers = len(daemon.helpers)
@@ -210,7 +210,9 @@ def test_a_quota_makes_a_loop_volume_of_its_size_grows_it_and_its_file_goes_with
     asyncio.run(spawner.apply_runtime())
     assert os.path.getsize(device) == 96 * 2**20
     (helper,) = [h for h in daemon.helpers if "quota" in " ".join(h["Cmd"])][-1:]
-    assert helper["HostConfig"]["Binds"] == [f"{tmp_path}/p:{tmp_path}/p:rw"] and helper["HostConfig"]["CapAdd"] == []
+    assert helper["HostConfig"]["Binds"] == [f"{tmp_path}/p:{tmp_path}/p:rw", "/dev:/dev"]
+    assert helper["HostConfig"]["CapAdd"] == ["SYS_ADMIN"] and helper["HostConfig"]["NetworkMode"] == "none"
+    assert helper["HostConfig"]["DeviceCgroupRules"] == ["b 7:* rmw", "c 10:237 rwm"]  # loop devices only
 
     results = asyncio.run(spawner.remove_volumes([home]))  # a reset, or the user deleted
     assert results == [{"volume": home, "result": "removed"}] and not os.path.exists(device)
