@@ -417,6 +417,40 @@ class StackDocker(Docker):
                 except docker.errors.NotFound:
                     pass  # already gone
 
+    def remove_quota_files(self, image: str, folder: str, devices: list[str]) -> tuple[int | None, str]:
+        """Detach and delete the files of removed quota'd volumes (hub_ext.helpers.quota remove), in a one-shot
+        container of the hub's image: root, no network, CAP_SYS_ADMIN and loop devices only, the quota folder."""
+        container = None
+        try:
+            host_config = self.client.api.create_host_config(
+                binds=[f"{folder}:{folder}:rw", "/dev:/dev"],
+                cap_drop=["ALL"],
+                cap_add=["SYS_ADMIN"],
+                device_cgroup_rules=["b 7:* rmw", "c 10:237 rwm"],
+                network_mode="none",
+                read_only=True,
+                log_config={"type": LOG_DRIVER, "config": default_log_options()},
+            )
+            created = self.client.api.create_container(
+                image,
+                ["python3", "-m", "hub_ext.helpers.quota", "remove", *devices],
+                user="0:0",
+                host_config=host_config,
+                labels={ROLE_LABEL: "helper"},
+            )
+            container = created["Id"]
+            self.client.api.start(container)
+            code = self.client.api.wait(container, timeout=120)["StatusCode"]
+            return code, self.client.api.logs(container).decode(errors="replace")
+        except docker.errors.APIError as exc:
+            return None, _short(exc)
+        finally:
+            if container:
+                try:
+                    self.client.api.remove_container(container, force=True)
+                except docker.errors.NotFound:
+                    pass
+
     def cpu_count(self) -> int:
         """The daemon's CPUs: Compose refuses a `cpus` limit above it."""
         return int(self.client.info().get("NCPU") or 1)

@@ -147,17 +147,40 @@ def detach(path: Path) -> None:
     device_link(path).unlink(missing_ok=True)
 
 
+def remove(given: Path) -> dict[str, Any]:
+    """Detach and delete the files of a removed volume (its .img and .dev)."""
+    if not _SAFE_NAME.match(given.name):
+        return {"file": os.fspath(given), "result": "failed", "reason": "not a volume's file"}
+    path = given.with_suffix(".img")
+    try:
+        existed = path.exists()
+        if shutil.which("losetup"):
+            detach(path)
+        path.unlink(missing_ok=True)
+        device_link(path).unlink(missing_ok=True)
+        return {"file": os.fspath(path), "result": "removed" if existed else "none"}
+    except (RuntimeError, OSError) as exc:
+        return {"file": os.fspath(path), "result": "failed", "reason": str(exc)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m hub_ext.helpers.quota", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "usage", "remove"):
         command = commands.add_parser(name)
+        if name == "remove":  # any number: `invoke down --user-volumes` removes a project's at once
+            command.add_argument("files", type=Path, nargs="+")
+            continue
         command.add_argument("file", type=Path)
         if name == "prepare":
             command.add_argument("size", type=int)
             command.add_argument("--new", action="store_true", help="a new volume: a file left by a removed one goes")
             command.add_argument("--attach", action="store_true", help="then put it on a loop device, for Docker")
     args = parser.parse_args(argv)
+    if args.command == "remove":
+        results = [remove(path) for path in args.files]
+        print(RESULT_PREFIX + json.dumps(results), flush=True)
+        return 0 if all(r["result"] != "failed" for r in results) else 1
     if not _SAFE_NAME.match(args.file.name):
         parser.error(f"not a volume's file: {args.file}")
     args.file = args.file.with_suffix(".img")  # a volume's `device` option names the link: its file is beside it
@@ -170,14 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             result = prepare(args.file, args.size)
             if args.attach:
                 result["device"] = attach(args.file)
-        elif args.command == "usage":
-            result = {"result": "measured", **usage(args.file)} if args.file.exists() else {"result": "none"}
         else:
-            existed = args.file.exists()
-            if shutil.which("losetup"):
-                detach(args.file)
-            args.file.unlink(missing_ok=True)
-            result = {"result": "removed" if existed else "none"}
+            result = {"result": "measured", **usage(args.file)} if args.file.exists() else {"result": "none"}
     except QuotaRefused as exc:
         result = {"result": "refused", "reason": str(exc)}
         if args.attach:  # the volume keeps its size, and is mounted as it is

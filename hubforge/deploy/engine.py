@@ -16,7 +16,7 @@ from typing import Any
 from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
 from hub_ext.labs.gpu import ALL_GPUS, decide
 from hub_ext.labs.networks import NETWORK_ROLE
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
+from hub_ext.naming import PROJECT_LABEL, QUOTA_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
 from hub_ext.settings.hub import ConfigError, env_template, from_environ, hub_host, parse_gpu_mode
 
 from ..docker_io import StackDocker
@@ -343,13 +343,31 @@ class Stack:
             if self.docker.remove_network(network["Id"]):
                 removed.append(network["Name"])
         if volumes:
+            quota_files = []
             for volume in self.docker.volumes({PROJECT_LABEL: self.options.project}):
                 kind = volume.get("Labels", {}).get(VOLUME_LABEL)
-                is_user = bool(volume.get("Labels", {}).get(USER_LABEL))
+                is_user = bool(volume.get("Labels", {}).get(USER_LABEL)) or kind == "group"  # people's files
                 if (is_user and user_volumes) or (not is_user and kind):
                     if self.docker.remove_volume(volume["Name"]):
                         removed.append(volume["Name"])
+                        device = (volume.get("Options") or {}).get("device", "")
+                        if volume.get("Labels", {}).get(QUOTA_LABEL) and device.endswith(".dev"):
+                            quota_files.append(device)
+            if quota_files:
+                self.remove_quota_files(quota_files)
         return removed
+
+    def remove_quota_files(self, devices: list[str]) -> None:
+        """The files and loop devices that held removed quota'd volumes (group policies' quotas) go too."""
+        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        image = (state.get("images") or {}).get("hub")
+        folder = os.path.dirname(devices[0])
+        if not image:
+            self.say(f"[yellow]the files of {len(devices)} quota'd volumes stay in {folder}: no hub image is known[/]")
+            return
+        code, out = self.docker.remove_quota_files(image, folder, devices)
+        if code != 0:
+            self.say(f"[yellow]the files of quota'd volumes in {folder} were not all removed: {out.strip()[-300:]}[/]")
 
     def status(self) -> dict[str, Any]:
         state: dict[str, Any] = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import docker
 import pytest
@@ -196,3 +197,16 @@ def test_raising_the_quota_keeps_the_files_and_lowering_it_below_use_is_refused(
     assert out.split()[0] == digest and 80 <= int(out.split()[-5]) <= 96, out
     _, out = lab_run(live, "quentin", WRITE.format(path="/home/lab/workspace/more.bin", mib=40))
     assert "exit=0" in out, out  # room for more now
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads the host's quota folder and loop devices")
+def test_down_with_user_volumes_removes_the_quota_files_and_their_loop_devices(live, quota_member):
+    """Last in this module: it takes the stack down."""
+    folder = Path("/var/lib/hubforge/quotas") / live.project
+    image = folder / f"{live.project}-lab-quentin_workspace.img"
+    assert image.exists() and (folder / f"{image.stem}.dev").is_symlink()
+    attached = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
+    assert attached.startswith("/dev/loop"), attached
+    live.stack.down(volumes=True, user_volumes=True)
+    assert not image.exists() and not (folder / f"{image.stem}.dev").exists()
+    assert subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout == ""
