@@ -224,22 +224,10 @@ c.Spawner.poll_interval = 30  # seconds (JupyterHub's default, stated): a dead l
 c.Spawner.start_timeout = hub.lab_start_timeout  # the wait for a start slot included; a lab that dies fails at once
 c.Spawner.http_timeout = 120
 
-# -- services: idle culler and Prometheus metrics -----------------------------------------------------
+# -- services: Prometheus metrics, `invoke policies` ---------------------------------------------------
+# Idle labs are culled in the hub (hub_ext.hub.culler), by each user's policy: IDLE_CULLER_TIMEOUT is the default
+# policy's idle_timeout (HubforgeSpawner.idle_timeout above), and a group's policy may give its members another.
 services, roles = [], []
-if hub.idle_culler_enabled:
-    services.append(
-        {
-            "name": "idle-culler",
-            "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_culler_timeout}"],
-        }
-    )
-    roles.append(
-        {
-            "name": "idle-culler",
-            "services": ["idle-culler"],
-            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-        }
-    )
 # `invoke policies export|import` (hub_ext.hub.admincli, run in this container): a token kept in the data volume,
 # allowed to read and write groups only.
 services.append({"name": "hubforge-cli", "api_token": stored_key(DATA / "cli-token")})

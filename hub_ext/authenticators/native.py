@@ -7,6 +7,7 @@ and the handlers run in the hub with its sessions, XSRF checks, scopes and spawn
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import unicodedata
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from hub_ext.auth import rules
 from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
+from hub_ext.hub.culler import cull_forever
 from hub_ext.settings.hub import default_of
 from hub_ext.web import accounts, labaccess, policies
 from hub_ext.web.selfservice import default_handlers
@@ -40,9 +42,14 @@ class HubforgeAuthMixin(LoggingConfigurable):
         "(hub_ext.web.labaccess says why).",
     )
 
-    def hubforge_handlers(self, own: list) -> list:
+    culling: asyncio.Task | None = None  # hub_ext.hub.culler.cull_forever, kept so that it is not garbage-collected
+
+    def hubforge_handlers(self, app, own: list) -> list:
         """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and
-        hub_ext's."""
+        hub_ext's; and the hub's own background work that needs the application (get_handlers is the one hook that
+        hands it to an authenticator, inside JupyterHub.initialize, on the hub's event loop)."""
+        if self.culling is None and app is not None:
+            self.culling = asyncio.get_running_loop().create_task(cull_forever(app))
         return list(labaccess.handlers) + list(own) + list(default_handlers) + list(policies.handlers)
 
     def normalize_username(self, username: str) -> str:
@@ -107,7 +114,7 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         """NativeAuthenticator's routes, with signup and approval replaced by safe ones, plus hub_ext's."""
         replaced = {route for route, _ in accounts.handlers}
         native = [(route, handler) for route, handler in super().get_handlers(app) if route not in replaced]
-        return self.hubforge_handlers(list(accounts.handlers) + native)
+        return self.hubforge_handlers(app, list(accounts.handlers) + native)
 
     @property
     def bootstrap(self) -> rules.BootstrapSecret:

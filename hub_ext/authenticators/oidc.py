@@ -83,7 +83,7 @@ class HubforgeOIDCAuthenticator(HubforgeAuthMixin, GenericOAuthenticator):
         self.hub = app
         if self.auth_refresh_age and not self.allow_all:
             self.rechecking = asyncio.get_running_loop().create_task(self.recheck_forever())
-        return self.hubforge_handlers(super().get_handlers(app))
+        return self.hubforge_handlers(app, super().get_handlers(app))
 
     # -- groups ---------------------------------------------------------------------------------------------
     async def update_auth_model(self, auth_model):
