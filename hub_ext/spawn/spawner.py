@@ -7,6 +7,7 @@ import collections
 import contextlib
 import html
 import ipaddress
+import json
 import os
 import socket
 import time
@@ -41,6 +42,7 @@ from hub_ext.naming import (
     GPUS_LABEL,
     GROUP_LABEL,
     LAB_UID,
+    MOUNTS,
     PROJECT_LABEL,
     QUOTA_LABEL,
     ROLE_LABEL,
@@ -65,6 +67,7 @@ OWN_FOLDER = (  # run once as root on a new group folder's volume: the lab's use
     'print(\'hubforge-volumes: [{"result": "owned"}]\')'  # hub_ext.helpers.volumes.RESULT_PREFIX, one answer
 )
 QUOTA_KINDS = {"home": "home_quota", "workspace": "workspace_quota"}  # the volumes a policy's quotas hold
+QUOTAS_ENV = "HUBFORGE_QUOTAS"  # the lab's quota'd volumes, for its status bar (images/lab/hubforge-notify)
 SIZES_TTL_S = 60
 _SIZES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-sizes")
 _usage: dict[str, Any] = {"at": -SIZES_TTL_S, "future": None}
@@ -809,12 +812,15 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             labels[GPUS_LABEL] = ",".join(gpus)
         self.extra_create_kwargs = {**base["create"], "labels": labels}
         self.policy_applied = effective
+        held = {}
         for kind, volume in names.volumes.items():
             quota = getattr(policy, QUOTA_KINDS.get(kind, ""), None)
-            if quota:
-                await self.ensure_quota_volume(volume, self.volume_labels(kind), size_bytes(quota))
-            else:
+            if quota and await self.ensure_quota_volume(volume, self.volume_labels(kind), size_bytes(quota)):
+                held[kind] = {"mount": MOUNTS[kind], "quota": size_bytes(quota)}
+            elif not quota:
                 await self.ensure_volume(volume, self.volume_labels(kind))
+        if held:  # for the lab's status bar (hubforge_notify's hubforge/usage)
+            self.environment = {**self.environment, QUOTAS_ENV: json.dumps(held, sort_keys=True)}
         await self.ensure_volume(self.shared_volume, self.shared_volume_labels())
         for volume, (group, _) in folders.items():
             await self.ensure_group_folder(volume, group)
@@ -874,7 +880,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def project_quota_dir(self) -> str:
         return os.path.join(self.quota_dir, self.project)
 
-    async def ensure_quota_volume(self, name: str, labels: dict[str, str], size: int) -> None:
+    async def ensure_quota_volume(self, name: str, labels: dict[str, str], size: int) -> bool:
         """A volume that holds at most `size` bytes: a new one is a fresh filesystem in its own file; an existing one
         is grown (files kept) or shrunk to the policy's size when it changed. A shrink below what is used is refused
         by the helper and the volume keeps its size: no file is ever lost to a quota. A volume made before its quota
@@ -891,13 +897,13 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         found = await self.ensure_volume(name, {**labels, QUOTA_LABEL: str(size)}, options, before_create=make)
         if found is None:
             _QUOTA_APPLIED[name] = size
-            return
+            return True
         device = (found.get("Options") or {}).get("device")
         if not device:
             self.log.warning("volume %s predates its quota and is not held to it: it is when reset", name)
-            return
+            return False
         if _QUOTA_APPLIED.get(name) == size:
-            return  # sized and attached by this hub already (a host's reboot restarts the hub too)
+            return True  # sized and attached by this hub already (a host's reboot restarts the hub too)
         answer = await self.quota_helper(["prepare", "--attach", device, str(size)])
         if answer.get("result") in ("grown", "shrunk", "unchanged"):
             _QUOTA_APPLIED[name] = size
@@ -906,6 +912,38 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             self.log.warning("quota of %s stays as it was: %s", name, answer.get("reason"))
         else:
             raise RuntimeError(f"the quota'd volume {name} cannot be attached: {answer.get('reason', answer)}")
+        return True
+
+    async def quota_usage(self) -> dict[str, dict[str, Any]]:
+        """For each volume kind the user's policy gives a quota: the quota, whether the volume is held to it (made
+        under it), and what is used (from the running lab's df, else from the volume's own filesystem)."""
+        try:
+            policy = self.effective().policy
+        except web.HTTPError:
+            return {}
+        found = {}
+        for kind, field in QUOTA_KINDS.items():
+            quota = getattr(policy, field)
+            if not quota:
+                continue
+            entry: dict[str, Any] = {"quota_bytes": size_bytes(quota), "used_bytes": None, "held": False}
+            try:
+                volume = await self.docker("inspect_volume", self.names.volumes[kind])
+            except Exception:  # noqa: BLE001 -- not made yet
+                found[kind] = entry
+                continue
+            device = (volume.get("Options") or {}).get("device")
+            entry["held"] = bool(device)
+            if device:
+                answer = (
+                    await self.mounted_usage(MOUNTS[kind])
+                    if self.active
+                    else await self.quota_helper(["usage", device])
+                )
+                if answer.get("result") == "measured":
+                    entry["used_bytes"], entry["filesystem_bytes"] = answer["used"], answer["size"]
+            found[kind] = entry
+        return found
 
     async def mounted_usage(self, mount: str) -> dict[str, Any]:
         """Size and use of a volume the running lab has mounted, as its `df` says."""

@@ -50,19 +50,32 @@ def volume_kinds(body: Any) -> list[str]:
     return kinds
 
 
-def volume_listing(volumes: dict[str, str], sizes: dict[str, int | None]) -> list[dict[str, Any]]:
-    """What the volume manager shows: kind, Docker name, mount point, description, size (None: unknown)."""
-    return [
-        {
+def volume_listing(
+    volumes: dict[str, str],
+    sizes: dict[str, int | None],
+    quotas: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """What the volume manager shows: kind, Docker name, mount point, description, size (None: unknown), and for a
+    quota'd volume its quota and use (`quotas`: kind -> {"quota_bytes", "used_bytes", "held"})."""
+    listing = []
+    for kind in VOLUME_KINDS:
+        entry = {
             "kind": kind,
             "volume": volumes[kind],
             "mount": MOUNTS[kind],
             "description": VOLUME_DESCRIPTIONS[kind],
             "exists": volumes[kind] in sizes,
             "size_bytes": sizes.get(volumes[kind]),
+            "quota_bytes": None,
+            "held": False,
         }
-        for kind in VOLUME_KINDS
-    ]
+        quota = (quotas or {}).get(kind)
+        if quota:
+            entry.update(quota)
+            if quota.get("used_bytes") is not None:
+                entry["size_bytes"] = quota["used_bytes"]
+        listing.append(entry)
+    return listing
 
 
 @dataclass(frozen=True)

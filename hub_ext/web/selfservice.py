@@ -129,7 +129,9 @@ class VolumesAPIHandler(APIHandler):
                 {
                     "user": user.name,
                     "running": bool(spawner.active),
-                    "volumes": volume_listing(names.volumes, await volume_sizes(spawner, names.volumes)),
+                    "volumes": volume_listing(
+                        names.volumes, await volume_sizes(spawner, names.volumes), await quota_usage(spawner)
+                    ),
                 }
             )
         )
@@ -219,7 +221,7 @@ class VolumesPageHandler(BaseHandler):
         user = authorize(self, self.get_argument("user", self.current_user.name))
         spawner = spawner_of(user)
         names = user_names(prefix_of(spawner), user.name)
-        listing = volume_listing(names.volumes, await volume_sizes(spawner, names.volumes))
+        listing = volume_listing(names.volumes, await volume_sizes(spawner, names.volumes), await quota_usage(spawner))
         self.finish(
             await self.render_template(
                 "hubforge-volumes.html", target=user, running=bool(spawner.active), volumes=listing
@@ -243,6 +245,12 @@ class BroadcastPageHandler(BaseHandler):
 async def volume_sizes(spawner, volumes: dict[str, str]) -> dict[str, int | None]:
     """Existing volumes of the user -> size in bytes (None when not measured yet), on the node that holds them."""
     return await spawner.volume_sizes(list(volumes.values()))
+
+
+async def quota_usage(spawner) -> dict[str, dict[str, Any]]:
+    """The user's quotas and their use, where the engine has quotas (hub_ext.spawn.spawner.quota_usage)."""
+    measure = getattr(spawner, "quota_usage", None)
+    return await measure() if measure is not None else {}
 
 
 def running_users(handler: BaseHandler) -> list:

@@ -197,6 +197,12 @@ def test_raising_the_quota_keeps_the_files_and_lowering_it_below_use_is_refused(
     assert out.split()[0] == digest and 80 <= int(out.split()[-5]) <= 96, out
     _, out = lab_run(live, "quentin", WRITE.format(path="/home/lab/workspace/more.bin", mib=40))
     assert "exit=0" in out, out  # room for more now
+    volumes = {
+        v["kind"]: v for v in quota_member.request("GET", "hub/api/hubforge/users/quentin/volumes").json()["volumes"]
+    }
+    workspace = volumes["workspace"]  # the user's own volume manager says it: used of the quota
+    assert workspace["held"] and workspace["quota_bytes"] == 96 * MIB and workspace["used_bytes"] >= 70 * MIB
+    assert volumes["home"]["quota_bytes"] is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads the host's quota folder and loop devices")

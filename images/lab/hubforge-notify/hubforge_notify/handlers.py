@@ -181,6 +181,41 @@ class EventsHandler(APIHandler):
             offer(self._queue, None)
 
 
+QUOTAS_ENV = "HUBFORGE_QUOTAS"  # set by the hub at spawn: {"home": {"mount": ..., "quota": bytes}, ...}
+
+
+def quota_usage(environ=os.environ, statvfs=os.statvfs) -> dict[str, Any]:
+    """What each of this lab's quota'd volumes holds and may hold, from its own filesystem (each quota'd volume is
+    a filesystem of its quota's size); {} where the user's policy sets no quota."""
+    try:
+        quotas = json.loads(environ.get(QUOTAS_ENV) or "{}")
+    except ValueError:
+        return {}
+    usage = {}
+    for kind, spec in sorted(quotas.items()):
+        if not isinstance(spec, dict) or not isinstance(spec.get("mount"), str):
+            continue
+        try:
+            fs = statvfs(spec["mount"])
+        except OSError:
+            continue
+        usage[kind] = {
+            "mount": spec["mount"],
+            "quota": spec.get("quota"),
+            "size": fs.f_blocks * fs.f_frsize,
+            "used": (fs.f_blocks - fs.f_bfree) * fs.f_frsize,
+        }
+    return usage
+
+
+class UsageHandler(APIHandler):
+    """GET {base_url}hubforge/usage: the quota'd volumes' use and quota, for the status bar."""
+
+    @tornado.web.authenticated
+    def get(self) -> None:
+        self.finish(json.dumps(quota_usage()))
+
+
 def setup_handlers(web_app: tornado.web.Application) -> None:
     """Create the broker and route both endpoints under the server's base_url."""
     web_app.settings.setdefault(BROKER_KEY, Broker())
@@ -190,5 +225,6 @@ def setup_handlers(web_app: tornado.web.Application) -> None:
         [
             (url_path_join(base_url, "hubforge/notify"), NotifyHandler),
             (url_path_join(base_url, "hubforge/notifications/events"), EventsHandler),
+            (url_path_join(base_url, "hubforge/usage"), UsageHandler),
         ],
     )

@@ -207,3 +207,34 @@ def test_cli_default_url_follows_jupyterhub():
     )
     assert default_url({"JUPYTERHUB_SERVICE_PREFIX": "/user/bob/"}) == "http://127.0.0.1:8888/user/bob/hubforge/notify"
     assert default_url({}) == "http://127.0.0.1:8888/hubforge/notify"
+
+
+def test_usage_reports_only_the_quotad_volumes_from_their_own_filesystems(tmp_path):
+    from hubforge_notify.handlers import quota_usage
+
+    class Fs:
+        f_blocks, f_bfree, f_frsize = 1000, 250, 4096
+
+    seen = []
+
+    def statvfs(path):
+        seen.append(path)
+        return Fs()
+
+    env = {"HUBFORGE_QUOTAS": json.dumps({"workspace": {"mount": "/home/lab/workspace", "quota": 4096000}})}
+    assert quota_usage(env, statvfs) == {
+        "workspace": {"mount": "/home/lab/workspace", "quota": 4096000, "size": 4096000, "used": 3072000}
+    }
+    assert seen == ["/home/lab/workspace"]
+    assert quota_usage({}, statvfs) == {} and quota_usage({"HUBFORGE_QUOTAS": "not json"}, statvfs) == {}
+
+
+async def test_usage_needs_the_users_login(server_url, token, monkeypatch):
+    monkeypatch.setenv("HUBFORGE_QUOTAS", json.dumps({"home": {"mount": "/", "quota": 10}}))
+    async with httpx.AsyncClient() as client:
+        refused = await client.get(server_url + "hubforge/usage")
+        answered = await client.get(server_url + "hubforge/usage", headers={"Authorization": f"token {token}"})
+    assert refused.status_code == 403
+    assert (
+        answered.status_code == 200 and answered.json()["home"]["quota"] == 10 and answered.json()["home"]["size"] > 0
+    )
