@@ -305,7 +305,8 @@ def clean(settings: Settings, keep: int, wheels: bool, dry_run: bool) -> None:
 
 def report_doctor(settings: Settings) -> bool:
     results = doctor.checks(
-        settings.cache_dir, {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry", "resolver"}
+        settings.cache_dir,
+        {"docker", "compose", "disk", "bootstrap", "node", "chromium", "registry", "resolver", "quotas"},
     )
     from rich.table import Table
 

@@ -183,6 +183,16 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
                 apt=("libnss-myhostname",),
             )
         )
+    if "quotas" in need:
+        ok, detail = loop_devices()
+        results.append(
+            Check(
+                "loop devices (storage quotas)",
+                ok,
+                detail,
+                "sudo modprobe loop (group policies' home_quota and workspace_quota need it; nothing else does)",
+            )
+        )
     if "registry" in need:
         found = which(REGISTRY) or (REGISTRY_PATH if Path(REGISTRY_PATH).exists() else None)
         results.append(
@@ -195,6 +205,14 @@ def checks(cache_dir: Path, need: set[str]) -> list[Check]:
             )
         )
     return results
+
+
+def loop_devices(control: Path = Path("/dev/loop-control")) -> tuple[bool, str]:
+    """Storage quotas put each quota'd volume's file on a loop device (hub_ext.helpers.quota): the host's kernel
+    needs the loop driver, and /dev/loop-control. Any host filesystem will do under LAB_QUOTA_DIR."""
+    if control.exists() and control.is_char_device():
+        return True, f"{control} present: quota'd volumes can be attached"
+    return False, f"{control} missing: a group policy with a storage quota cannot start its members' labs"
 
 
 def localhost_resolves(name: str = "hub.localhost") -> tuple[bool, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from hub_ext.helpers import quota
 
-pytestmark = pytest.mark.skipif(not shutil.which("debugfs"), reason="e2fsprogs is not installed")
+E2FSPROGS = pytest.mark.skipif(not shutil.which("debugfs"), reason="e2fsprogs is not installed")
 MIB = 2**20
 
 
@@ -30,6 +30,7 @@ def listing(image) -> str:
     return subprocess.run(["debugfs", "-R", "ls -l /", str(image)], check=True, capture_output=True, text=True).stdout
 
 
+@E2FSPROGS
 def test_a_new_quota_volume_is_empty_sparse_and_the_lab_users(tmp_path):
     image = tmp_path / "jupyterlab-ann_home.img"
     made = quota.prepare(image, 64 * MIB)
@@ -41,6 +42,7 @@ def test_a_new_quota_volume_is_empty_sparse_and_the_lab_users(tmp_path):
     assert quota.prepare(image, 64 * MIB)["result"] == "unchanged"
 
 
+@E2FSPROGS
 def test_raising_a_quota_keeps_the_files_and_lowering_it_below_use_is_refused(tmp_path):
     image = tmp_path / "jupyterlab-ann_workspace.img"
     quota.prepare(image, 48 * MIB)
@@ -60,6 +62,7 @@ def test_raising_a_quota_keeps_the_files_and_lowering_it_below_use_is_refused(tm
     assert get(image, "results.bin") == data
 
 
+@E2FSPROGS
 def test_the_helper_prints_one_line_and_refuses_other_files(tmp_path, capsys):
     image = tmp_path / "jupyterlab-ann_home.img"
     assert quota.main(["prepare", str(image), str(32 * MIB)]) == 0
@@ -68,3 +71,14 @@ def test_the_helper_prints_one_line_and_refuses_other_files(tmp_path, capsys):
     capsys.readouterr()
     assert quota.main(["remove", str(tmp_path / "passwd")]) == 1
     assert "not a volume's file" in capsys.readouterr().out and (tmp_path / "passwd").exists() is False
+
+
+def test_doctor_says_whether_the_host_can_attach_quotad_volumes(tmp_path):
+    from pathlib import Path
+
+    from hubforge.doctor import loop_devices
+
+    ok, detail = loop_devices(Path("/dev/null"))  # a character device, as /dev/loop-control is
+    assert ok and "present" in detail
+    ok, detail = loop_devices(tmp_path / "loop-control")
+    assert not ok and "a group policy with a storage quota cannot start its members' labs" in detail
