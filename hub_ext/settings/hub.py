@@ -667,14 +667,17 @@ SETTINGS: tuple[Setting, ...] = (
         "idle_culler_enabled",
         False,
         boolean(),
-        ("`1` runs `jupyterhub-idle-culler` as a hub-managed service."),
+        (
+            "`1` stops labs idle longer than `IDLE_CULLER_TIMEOUT` (the default policy's `idle_timeout`; the hub's own "
+            "culler, which also applies each group policy's `idle_timeout` and `max_session`)."
+        ),
     ),
     Setting(
         "IDLE_CULLER_TIMEOUT",
         "idle_culler_timeout",
         3600,
         integer(60),
-        ("Seconds of inactivity before a lab is stopped."),
+        ("Seconds of inactivity before a lab is stopped, for users whose groups set no `idle_timeout`."),
     ),
     Setting(
         "JUPYTERHUB_LOGO_URI",
