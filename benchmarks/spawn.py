@@ -1,8 +1,12 @@
 """Spawn benchmark: start request -> lab API answering through the proxy, 10 sequential and 20 concurrent.
 
-Run: python benchmarks/spawn.py [--engine swarm]   (needs the images of `invoke build`; starts and removes its own
-stack; on swarm, makes this host a single-node swarm when it is in none and leaves it after)
+Run: python benchmarks/spawn.py [--engine swarm] [--policies groups|quota]   (needs the images of `invoke build`;
+starts and removes its own stack; on swarm, makes this host a single-node swarm when it is in none and leaves it after)
 Prints p50/p95 for both runs, a second start of the sequential users, the hub's memory and an idle lab's memory.
+
+--policies groups: every user is in two of five groups with policies (memory, CPUs, processes, environment), so each
+spawn resolves and merges them; --policies quota: every user's group also gives home and workspace quotas, so each
+first spawn makes two quota'd volumes (the figure "creating a quota'd volume the first time").
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def main() -> None:
         choices=range(0, 5),
         help="swarm: this many more engines, in network namespaces of their own, join as workers (as in the tests)",
     )
+    parser.add_argument("--policies", choices=("none", "groups", "quota"), default="none")
     args = parser.parse_args()
     engine = args.engine
     if args.workers and engine != "swarm":
@@ -65,6 +70,8 @@ def main() -> None:
             api = admin_api(live, admin)
             users = [f"seq{i}" for i in range(10)] + [f"par{i}" for i in range(20)]
             assert api.request("POST", "hub/api/users", json={"usernames": users}).status_code == 201
+            if args.policies != "none":
+                give_policies(api, users, quota=args.policies == "quota")
 
             sequential = [api.start(users[0])]
             time.sleep(5)  # idle: nothing talks to it, and the start-up settles
@@ -83,7 +90,10 @@ def main() -> None:
             concurrent = [r for r in results if isinstance(r, float)]
             failures = [r for r in results if not isinstance(r, float)]
             hub = live.hub()
-            print(f"engine {engine}" + (f", {args.workers} workers + the manager" if args.workers else ""))
+            print(
+                f"engine {engine}, policies {args.policies}"
+                + (f", {args.workers} workers + the manager" if args.workers else "")
+            )
             if engine == "swarm":
                 placement = live.stack.engine_state()["lab_placement"]
                 spread: dict[str, int] = {}
@@ -124,6 +134,28 @@ def main() -> None:
                 cluster.stop()
             elif engine == "swarm" and not was_member:
                 docker.from_env().swarm.leave(force=True)
+
+
+def give_policies(api: HubAPI, users: list[str], quota: bool) -> None:
+    """Five groups with policies; each user in two of them (and, with `quota`, in one that sets both quotas)."""
+    for index in range(5):
+        policy = {
+            "mem_limit": f"{512 + 128 * index}M",
+            "cpu_limit": 1 + index % 2,
+            "pids_limit": 512 + index,
+            "environment": {f"GROUP_{index}": "1"},
+        }
+        members = [name for number, name in enumerate(users) if number % 5 in (index, (index + 1) % 5)]
+        assert api.request("PUT", f"hub/api/hubforge/policies/bench{index}", json=policy).status_code == 201
+        assert api.request("POST", f"hub/api/groups/bench{index}/users", json={"users": members}).status_code == 200
+    if quota:
+        assert (
+            api.request(
+                "PUT", "hub/api/hubforge/policies/quota", json={"home_quota": "1G", "workspace_quota": "2G"}
+            ).status_code
+            == 201
+        )
+        assert api.request("POST", "hub/api/groups/quota/users", json={"users": users}).status_code == 200
 
 
 def idle_memory(live, user: str) -> float | None:
