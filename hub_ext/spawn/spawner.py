@@ -484,10 +484,13 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     def release_gpus(self) -> None:
         _GPU_CLAIMS.pop(self.user.name, None)
 
+    def group_folder_labels(self, group: str) -> dict[str, str]:
+        return {PROJECT_LABEL: self.project, VOLUME_LABEL: "group", GROUP_LABEL: group}
+
     async def ensure_group_folder(self, volume: str, group: str) -> None:
         """A group's folder: made at its first member's start, labelled with the group, and owned by the lab's user
         (a new volume is root's) by a one-shot container of the hub's image, with no network."""
-        labels = {PROJECT_LABEL: self.project, VOLUME_LABEL: "group", GROUP_LABEL: group}
+        labels = self.group_folder_labels(group)
         try:
             found = await self.docker("inspect_volume", volume)
         except Exception as exc:  # noqa: BLE001 -- docker.errors.NotFound: make it
@@ -822,6 +825,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         if held:  # for the lab's status bar (hubforge_notify's hubforge/usage)
             self.environment = {**self.environment, QUOTAS_ENV: json.dumps(held, sort_keys=True)}
         await self.ensure_volume(self.shared_volume, self.shared_volume_labels())
+        self.group_folders = {volume: group for volume, (group, _) in folders.items()}
         for volume, (group, _) in folders.items():
             await self.ensure_group_folder(volume, group)
         if self.lab_networks:

@@ -39,7 +39,7 @@ from hub_ext.naming import (
     USER_LABEL,
 )
 from hub_ext.settings.hub import default_of
-from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
+from hub_ext.spawn.spawner import OWN_FOLDER, SIZES_TTL_S, HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
@@ -60,6 +60,9 @@ _REMOTE_SIZES: dict[
     tuple[str, tuple[str, ...]], tuple[float, asyncio.Task]
 ] = {}  # (node, names) -> (when, measurement)
 _LOGGED_IN: set[tuple[int, str]] = set()  # (id of the Docker client, registry) that the client holds credentials for
+
+
+_FOLDERS_PREPARED: set[tuple[str, str]] = set()  # (node, or "shared", group folder volume) made and owned
 
 
 class SwarmRefused(RuntimeError):
@@ -254,10 +257,27 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         )
 
     async def ensure_group_folder(self, volume: str, group: str) -> None:
-        raise SwarmRefused(
-            f"the group folder of {group!r} is not available on the swarm engine yet: an admin turns it off in the "
-            "group's policy (folder: null), or runs the compose engine"
-        )
+        """Made on the node the lab lands on, when its service is made (create_object): only then is the node known."""
+
+    async def prepare_group_folders(self, node: str) -> None:
+        """Each group folder this lab mounts, made on `node` (or, with shared storage, once for all nodes) and handed
+        to the lab's user by a one-shot helper there; remembered, so a folder is prepared once per node."""
+        driver = DriverConfig(self.volume_driver, self.volume_driver_options or None) if self.volume_driver else None
+        for volume, group in sorted(getattr(self, "group_folders", {}).items()):
+            key = ("shared" if driver else node, volume)
+            if key in _FOLDERS_PREPARED:
+                continue
+            mount = Mount(
+                target="/folder",
+                source=volume,
+                type="volume",
+                labels=self.group_folder_labels(group),
+                driver_config=driver,
+            )
+            answer = await self.on_node(node, ["python3", "-c", OWN_FOLDER], mounts=[mount])
+            if not answer or answer[0].get("result") != "owned":
+                raise SwarmRefused(f"the group folder of {group!r} could not be made on node {node[:12]}: {answer}")
+            _FOLDERS_PREPARED.add(key)
 
     async def apply_runtime(self) -> None:
         await super().apply_runtime()
@@ -283,6 +303,8 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         self.extra_endpoint_spec = {"mode": "dnsrr"}  # the lab's own address: no virtual IP to route through
         volume_labels = {volume: self.volume_labels(kind) for kind, volume in self.names.volumes.items()}
         volume_labels[self.shared_volume] = self.shared_volume_labels()
+        for volume, group in getattr(self, "group_folders", {}).items():
+            volume_labels[volume] = self.group_folder_labels(group)
         driver = DriverConfig(self.volume_driver, self.volume_driver_options or None) if self.volume_driver else None
         self._mounts = service_mounts(self.volumes, host_config.get("tmpfs") or {}, volume_labels, driver)
 
@@ -372,6 +394,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                 nodes = await self.docker("nodes")
                 running = await self.docker("tasks", filters={"desired-state": "running"})
                 constraints.append(f"node.id == {least_loaded(nodes, running, self.lab_gpus)}")
+        if getattr(self, "group_folders", None):
+            pinned = [c.split("==", 1)[1].strip() for c in constraints if c.startswith("node.id ==")]
+            await self.prepare_group_folders(pinned[0] if pinned else await self.hub_node())
         self.extra_task_spec = {**self.extra_task_spec, "placement": Placement(constraints=sorted(set(constraints)))}
         return await super().create_object()
 
@@ -426,8 +451,9 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         for key in [k for k in _REMOTE_SIZES if k[0] == self.node_id]:
             _REMOTE_SIZES.pop(key, None)
 
-    async def on_node(self, node: str, command: list[str]) -> list[dict[str, Any]]:
-        """Run a hub_ext helper once on `node`, with the node's Docker socket; its answer line, parsed."""
+    async def on_node(self, node: str, command: list[str], mounts: list[Mount] | None = None) -> list[dict[str, Any]]:
+        """Run a hub_ext helper once on `node`, with the node's Docker socket (and `mounts`); its answer line,
+        parsed."""
         hub = await self.docker("inspect_container", self.hub_container)
         image = self.registry_ref(hub["Config"]["Image"])
         if image is None:
@@ -442,7 +468,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             user="0:0",
             read_only=True,
             labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"},
-            mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind")],
+            mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind"), *(mounts or [])],
             env=["PYTHONDONTWRITEBYTECODE=1"],
         )
         template = TaskTemplate(

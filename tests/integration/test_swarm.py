@@ -254,6 +254,30 @@ def test_docker_sock_is_granted_and_docker_privileged_is_refused_in_one_line(liv
     )
 
 
+def test_a_group_policy_gives_members_its_memory_and_folder_and_refuses_a_quota_in_one_line(live, admin, admin_api):
+    """Group policies on Swarm: service resources from the policy, the group's folder made and owned on the lab's
+    node by a one-shot helper there, and storage quotas refused in one line (not on this engine yet)."""
+    api = approved_user(live, admin, "hana")[1]
+    policy = {"mem_limit": "640M", "folder": "rw", "environment": {"TEAM": "swarm"}}
+    assert admin_api.request("PUT", "hub/api/hubforge/policies/crew", json=policy).status_code == 201
+    assert admin_api.request("POST", "hub/api/groups/crew/users", json={"users": ["hana"]}).status_code == 200
+    api.start("hana")
+    service = next(
+        s
+        for s in live.stack.docker.services({"hubforge.project": live.project})
+        if (s["Spec"].get("Labels") or {}).get("hubforge.user") == "hana"
+    )
+    assert service["Spec"]["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 640 * 2**20
+    result = live.lab("hana").exec_run(
+        ["sh", "-c", "echo ok > /mnt/groups/crew/x && cat /mnt/groups/crew/x; echo $TEAM"], user="lab"
+    )
+    assert result.output.decode().split() == ["ok", "swarm"], result.output
+    api.stop("hana")
+    assert admin_api.request("PUT", "hub/api/hubforge/policies/crew", json={"home_quota": "1G"}).status_code == 200
+    assert "storage quotas are not available on the swarm engine yet" in spawn_failure(api, "hana")
+    assert admin_api.request("PUT", "hub/api/hubforge/policies/crew", json=None).status_code == 200
+
+
 def test_status_lists_the_nodes_and_where_each_lab_runs(live):
     state = live.stack.status()
     assert state["engine"] == "swarm" and state["running"]
