@@ -18,6 +18,7 @@ from typing import Any
 from jupyterhub import orm
 from jupyterhub.apihandlers.groups import GroupPropertiesAPIHandler
 from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.utils import url_path_join
 from tornado import web
 
 from hub_ext.helpers.quota import SLACK, human
@@ -228,7 +229,15 @@ class PoliciesPageHandler(BaseHandler):
         )
 
 
+class PoliciesRedirectHandler(BaseHandler):
+    """GET /hub/policies -- the page's short address."""
+
+    def get(self):
+        self.redirect(url_path_join(self.hub.base_url, "hubforge/policies"))
+
+
 handlers = [
+    (r"/policies", PoliciesRedirectHandler),
     (r"/api/groups/([^/]+)/properties", CheckedGroupPropertiesAPIHandler),
     (r"/api/hubforge/policies", PoliciesAPIHandler),
     (r"/api/hubforge/policies/([^/]+)", PoliciesAPIHandler),

@@ -112,8 +112,8 @@ def test_a_change_tells_running_members_to_restart_and_applies_at_their_next_sta
 
 
 def test_the_policies_page_lists_groups_members_and_running_labs(admin, members):
-    page = admin.http.get(admin.url("hub/hubforge/policies"), timeout=30)
-    assert page.status_code == 200
+    page = admin.http.get(admin.url("hub/policies"), timeout=30)  # the short address leads there
+    assert page.status_code == 200 and page.url.endswith("/hub/hubforge/policies")
     assert 'data-group="research"' in page.text and "rita" in page.text and '<code>mem_limit="768M"</code>' in page.text
 
 
