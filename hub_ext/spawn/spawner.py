@@ -776,9 +776,9 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 409, f"no lab image of this stack is allowed by the policy of {', '.join(effective.groups)}"
             )
         chosen = (self.user_options or {}).get("image")
-        if chosen and chosen not in images:
-            self.log.info("%s's earlier image choice %r is not allowed by their policy now", self.user.name, chosen)
-            self.user_options = {key: value for key, value in self.user_options.items() if key != "image"}
+        if chosen and self.lab_images and chosen not in images:
+            allowed = ", ".join(images) or "none"
+            raise web.HTTPError(400, f"Image {chosen} not in allowed list: {allowed} (by the policies of your groups)")
         self.allowed_images = images
         if images:
             self.image = images.get(policy.default_image or "", next(iter(images.values())))

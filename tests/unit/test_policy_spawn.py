@@ -103,13 +103,19 @@ def test_the_most_generous_value_of_each_group_wins(db):
     assert spawner.mem_limit == 16 * 2**30 and spawner.cpu_limit == 8.0
 
 
-def test_an_earlier_image_choice_the_policy_no_longer_allows_falls_back_to_its_default(db):
+def test_an_image_the_policy_does_not_allow_is_refused_in_one_line(db):
     spawner, user = spawner_of(db, "cy")
     spawner.user_options = {"image": "datascience"}
     group(db, "students", {"images": ["default"]}, user)
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.apply_runtime())
+    assert refused.value.status_code == 400
+    assert refused.value.log_message == (
+        "Image datascience not in allowed list: default (by the policies of your groups)"
+    )
+    spawner.user_options = {}
     asyncio.run(spawner.apply_runtime())
-    assert "image" not in spawner.user_options and spawner.image == IMAGES["default"]
-    assert spawner.image_form() == ""  # one image: nothing to pick
+    assert spawner.image == IMAGES["default"] and spawner.image_form() == ""  # one image: nothing to pick
 
 
 def test_a_bad_policy_written_around_the_api_stops_the_start_with_its_line(db):
