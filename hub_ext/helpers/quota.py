@@ -14,6 +14,8 @@ CAP_SYS_ADMIN and the host's loop devices, and nothing else (no network, no othe
   still fills it from the image at the first mount), or grow one (e2fsck, then resize2fs), or shrink one whose files
   fit; refuses to shrink below what is used, and changes nothing then. --attach: then make sure the file is on a
   loop device of the right size, and point FILE.dev at it (after a host's reboot, at a new one).
+- prepare-all JSON: the same for several files in one run, each attached: [{"file", "size", "new"}, ...] (a lab's
+  home and workspace at its first start cost one helper, not two).
 - usage FILE: size and use of the filesystem, from its superblock.
 - remove FILE: detach and delete the files of a removed volume (a reset, a deleted user).
 """
@@ -163,13 +165,41 @@ def remove(given: Path) -> dict[str, Any]:
         return {"file": os.fspath(path), "result": "failed", "reason": str(exc)}
 
 
+def prepare_one(path: Path, size: int, new: bool, attach_it: bool) -> dict[str, Any]:
+    """prepare (after removing what a removed volume left, for a new one), then attach; a result, never an
+    exception."""
+    if not _SAFE_NAME.match(path.name):
+        return {"file": os.fspath(path), "result": "failed", "reason": "not a volume's file"}
+    path = path.with_suffix(".img")  # a volume's `device` option names the link: its file is beside it
+    try:
+        if new:
+            if attach_it:
+                detach(path)
+            path.unlink(missing_ok=True)
+        result = prepare(path, size)
+    except QuotaRefused as exc:
+        result = {"result": "refused", "reason": str(exc)}
+    except (RuntimeError, OSError) as exc:
+        return {"file": os.fspath(path), "result": "failed", "reason": str(exc)}
+    try:
+        if attach_it:  # a refused shrink keeps the volume's size, and it is mounted as it is
+            result["device"] = attach(path)
+    except (RuntimeError, OSError) as exc:
+        return {"file": os.fspath(path), "result": "failed", "reason": f"cannot attach: {exc}"}
+    return {"file": os.fspath(path), **result}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m hub_ext.helpers.quota", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("prepare", "usage", "remove"):
+    for name in ("prepare", "prepare-all", "usage", "remove"):
         command = commands.add_parser(name)
         if name == "remove":  # any number: `invoke down --user-volumes` removes a project's at once
             command.add_argument("files", type=Path, nargs="+")
+            continue
+        if name == "prepare-all":
+            command.add_argument("specs", help='JSON: [{"file": PATH, "size": BYTES, "new": BOOL}, ...]')
+            command.add_argument("--no-attach", dest="attach", action="store_false", help="no loop devices")
             continue
         command.add_argument("file", type=Path)
         if name == "prepare":
@@ -179,30 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "remove":
         results = [remove(path) for path in args.files]
-        print(RESULT_PREFIX + json.dumps(results), flush=True)
-        return 0 if all(r["result"] != "failed" for r in results) else 1
-    if not _SAFE_NAME.match(args.file.name):
-        parser.error(f"not a volume's file: {args.file}")
-    args.file = args.file.with_suffix(".img")  # a volume's `device` option names the link: its file is beside it
-    try:
-        if args.command == "prepare":
-            if args.new:
-                if args.attach:
-                    detach(args.file)
-                args.file.unlink(missing_ok=True)
-            result = prepare(args.file, args.size)
-            if args.attach:
-                result["device"] = attach(args.file)
-        else:
-            result = {"result": "measured", **usage(args.file)} if args.file.exists() else {"result": "none"}
-    except QuotaRefused as exc:
-        result = {"result": "refused", "reason": str(exc)}
-        if args.attach:  # the volume keeps its size, and is mounted as it is
-            result["device"] = attach(args.file)
-    except (RuntimeError, OSError) as exc:
-        result = {"result": "failed", "reason": str(exc)}
-    print(RESULT_PREFIX + json.dumps([{"file": os.fspath(args.file), **result}]), flush=True)
-    return 0 if result["result"] not in ("failed", "refused") else 1
+    elif args.command == "prepare-all":
+        try:
+            specs = [(Path(s["file"]), int(s["size"]), bool(s.get("new"))) for s in json.loads(args.specs)]
+        except (ValueError, TypeError, KeyError) as exc:
+            parser.error(f"specs: {exc}")
+        results = [prepare_one(path, size, new, args.attach) for path, size, new in specs]
+    elif args.command == "prepare":
+        results = [prepare_one(args.file, args.size, args.new, args.attach)]
+    elif not _SAFE_NAME.match(args.file.name):
+        results = [{"file": os.fspath(args.file), "result": "failed", "reason": "not a volume's file"}]
+    else:
+        path = args.file.with_suffix(".img")
+        try:
+            measured = {"result": "measured", **usage(path)} if path.exists() else {"result": "none"}
+        except (RuntimeError, OSError) as exc:
+            measured = {"result": "failed", "reason": str(exc)}
+        results = [{"file": os.fspath(path), **measured}]
+    print(RESULT_PREFIX + json.dumps(results), flush=True)
+    return 0 if all(r["result"] not in ("failed", "refused") for r in results) else 1
 
 
 if __name__ == "__main__":

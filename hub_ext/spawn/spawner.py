@@ -815,13 +815,21 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             labels[GPUS_LABEL] = ",".join(gpus)
         self.extra_create_kwargs = {**base["create"], "labels": labels}
         self.policy_applied = effective
-        held = {}
+        quotas = {
+            volume: (kind, size_bytes(getattr(policy, QUOTA_KINDS[kind])))
+            for kind, volume in names.volumes.items()
+            if getattr(policy, QUOTA_KINDS.get(kind, ""), None)
+        }
         for kind, volume in names.volumes.items():
-            quota = getattr(policy, QUOTA_KINDS.get(kind, ""), None)
-            if quota and await self.ensure_quota_volume(volume, self.volume_labels(kind), size_bytes(quota)):
-                held[kind] = {"mount": MOUNTS[kind], "quota": size_bytes(quota)}
-            elif not quota:
+            if volume not in quotas:
                 await self.ensure_volume(volume, self.volume_labels(kind))
+        wanted = {volume: (self.volume_labels(kind), size) for volume, (kind, size) in quotas.items()}
+        held_volumes = await self.ensure_quota_volumes(wanted) if wanted else set()
+        held = {
+            kind: {"mount": MOUNTS[kind], "quota": size}
+            for volume, (kind, size) in quotas.items()
+            if volume in held_volumes
+        }
         if held:  # for the lab's status bar (hubforge_notify's hubforge/usage)
             self.environment = {**self.environment, QUOTAS_ENV: json.dumps(held, sort_keys=True)}
         await self.ensure_volume(self.shared_volume, self.shared_volume_labels())
@@ -848,7 +856,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     ) -> dict | None:
         """Create a volume with labels, so `invoke down` and the volume manager can find it (with the local driver's
         options when given, after awaiting `before_create`); returns an existing volume's inspection, after checking
-        whose it is, or None.
+        whose it is, {} when it made the volume, or None when it could not tell.
 
         Docker still fills a new, empty volume from the image's folder at the first mount.
         """
@@ -863,6 +871,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                     await before_create()
                 options = {"driver": "local", "driver_opts": driver_opts} if driver_opts else {}
                 await self.docker("create_volume", name, labels=labels, **options)
+                return {}
             return None
         owner = foreign_owner(found, self.project)
         if owner:
@@ -884,39 +893,44 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def project_quota_dir(self) -> str:
         return os.path.join(self.quota_dir, self.project)
 
-    async def ensure_quota_volume(self, name: str, labels: dict[str, str], size: int) -> bool:
-        """A volume that holds at most `size` bytes: a new one is a fresh filesystem in its own file; an existing one
-        is grown (files kept) or shrunk to the policy's size when it changed. A shrink below what is used is refused
-        by the helper and the volume keeps its size: no file is ever lost to a quota. A volume made before its quota
-        stays as it is (docs: it comes under the quota when reset)."""
-        image = quota_file(self.project_quota_dir, name)
-        path, link = str(image), str(device_link(image))
-        options = {"type": "ext4", "device": link}
-
-        async def make() -> None:
-            answer = await self.quota_helper(["prepare", "--new", "--attach", path, str(size)])
-            if answer.get("result") != "made":
-                raise RuntimeError(f"could not make the quota'd volume {name}: {answer.get('reason', answer)}")
-
-        found = await self.ensure_volume(name, {**labels, QUOTA_LABEL: str(size)}, options, before_create=make)
-        if found is None:
-            _QUOTA_APPLIED[name] = size
-            return True
-        device = (found.get("Options") or {}).get("device")
-        if not device:
-            self.log.warning("volume %s predates its quota and is not held to it: it is when reset", name)
-            return False
-        if _QUOTA_APPLIED.get(name) == size:
-            return True  # sized and attached by this hub already (a host's reboot restarts the hub too)
-        answer = await self.quota_helper(["prepare", "--attach", device, str(size)])
-        if answer.get("result") in ("grown", "shrunk", "unchanged"):
-            _QUOTA_APPLIED[name] = size
-            self.log.info("quota of %s: %s to %d bytes, on %s", name, answer["result"], size, answer.get("device"))
-        elif answer.get("result") == "refused":
-            self.log.warning("quota of %s stays as it was: %s", name, answer.get("reason"))
-        else:
-            raise RuntimeError(f"the quota'd volume {name} cannot be attached: {answer.get('reason', answer)}")
-        return True
+    async def ensure_quota_volumes(self, wanted: dict[str, tuple[dict[str, str], int]]) -> set[str]:
+        """Volumes that hold at most their size (volume -> (labels, bytes)); returns those held to it. A new one is a
+        fresh filesystem in its own file; an existing one is grown (files kept) or shrunk to the policy's size when it
+        changed. A shrink below what is used is refused by the helper and the volume keeps its size: no file is ever
+        lost to a quota. A volume made before its quota stays as it is (docs: it comes under the quota when reset).
+        One helper does the work of every volume of this start, and none runs when nothing changed."""
+        ops, held = [], set()
+        for name, (labels, size) in wanted.items():
+            image = quota_file(self.project_quota_dir, name)
+            options = {"type": "ext4", "device": str(device_link(image))}
+            found = await self.ensure_volume(name, {**labels, QUOTA_LABEL: str(size)}, options)
+            if found is None:
+                raise RuntimeError(f"cannot tell whether the quota'd volume {name} exists: the start stops here")
+            device = (found.get("Options") or {}).get("device") if found else str(image)
+            if not device:
+                self.log.warning("volume %s predates its quota and is not held to it: it is when reset", name)
+                continue
+            held.add(name)
+            if not found or _QUOTA_APPLIED.get(name) != size:  # new, or not sized and attached by this hub yet
+                ops.append({"volume": name, "file": device, "size": size, "new": not found})
+        if not ops:
+            return held
+        specs = json.dumps([{key: op[key] for key in ("file", "size", "new")} for op in ops])
+        answers = await self.run_helper(
+            ["python3", "-m", "hub_ext.helpers.quota", "prepare-all", specs], *self.quota_helper_access()
+        )
+        for op, answer in zip(ops, answers + [{"result": "failed", "reason": "no answer"}] * len(ops)):
+            result = answer.get("result")
+            if result in ("made", "grown", "shrunk", "unchanged"):
+                _QUOTA_APPLIED[op["volume"]] = op["size"]
+                self.log.info(
+                    "quota of %s: %s, %d bytes, on %s", op["volume"], result, op["size"], answer.get("device")
+                )
+            elif result == "refused":  # attached at its old size
+                self.log.warning("quota of %s stays as it was: %s", op["volume"], answer.get("reason"))
+            else:
+                raise RuntimeError(f"the quota'd volume {op['volume']} cannot be used: {answer.get('reason', answer)}")
+        return held
 
     async def quota_usage(self) -> dict[str, dict[str, Any]]:
         """For each volume kind the user's policy gives a quota: the quota, whether the volume is held to it (made
@@ -957,14 +971,19 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             return {"result": "measured", "size": int(out[2]), "used": int(out[3])}
         return {"result": "failed", "reason": " ".join(out)[-200:]}
 
-    async def quota_helper(self, command: list[str]) -> dict[str, Any]:
-        """The quota helper, with the project's quota folder and, to attach and detach loop devices, CAP_SYS_ADMIN and
-        the host's /dev with only loop devices allowed (block major 7, and /dev/loop-control)."""
-        answer = await self.run_helper(
-            ["python3", "-m", "hub_ext.helpers.quota", *command],
+    def quota_helper_access(self) -> tuple[list[str], list[str], list[str]]:
+        """What the quota helper gets (binds, capabilities, device rules): the project's quota folder and, to attach
+        and detach loop devices, CAP_SYS_ADMIN and the host's /dev with only loop devices allowed (block major 7, and
+        /dev/loop-control)."""
+        return (
             [f"{self.project_quota_dir}:{self.project_quota_dir}:rw", "/dev:/dev"],
             ["SYS_ADMIN"],
-            devices=["b 7:* rmw", "c 10:237 rwm"],
+            ["b 7:* rmw", "c 10:237 rwm"],
+        )
+
+    async def quota_helper(self, command: list[str]) -> dict[str, Any]:
+        answer = await self.run_helper(
+            ["python3", "-m", "hub_ext.helpers.quota", *command], *self.quota_helper_access()
         )
         return answer[0] if answer else {"result": "failed", "reason": "the quota helper gave no answer"}
 

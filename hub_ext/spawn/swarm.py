@@ -250,10 +250,10 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             self.lab_gpus = self.gpus_per_lab if wanted == "all" else int(wanted)
         return None
 
-    async def ensure_quota_volume(self, name: str, labels: dict[str, str], size: int) -> None:
+    async def ensure_quota_volumes(self, wanted: dict[str, tuple[dict[str, str], int]]) -> set[str]:
         raise SwarmRefused(
-            f"storage quotas are not available on the swarm engine yet ({name}): an admin removes home_quota and "
-            "workspace_quota from the policy of this user's groups, or runs the compose engine"
+            f"storage quotas are not available on the swarm engine yet ({', '.join(sorted(wanted))}): an admin "
+            "removes home_quota and workspace_quota from the policy of this user's groups, or runs the compose engine"
         )
 
     async def ensure_group_folder(self, volume: str, group: str) -> None:

@@ -115,7 +115,8 @@ class FakeDaemon:
             if command[:3] == ["python3", "-m", "hub_ext.helpers.quota"]:
                 # the file work, here; no loop device is attached (that needs the host's /dev and CAP_SYS_ADMIN)
                 with contextlib.redirect_stdout(io.StringIO()) as printed:
-                    quota.main([arg for arg in command[3:] if arg != "--attach"])
+                    args = [arg for arg in command[3:] if arg != "--attach"]
+                    quota.main(args + ["--no-attach"] if args[0] == "prepare-all" else args)
                 return printed.getvalue().encode()
             return b'hubforge-volumes: [{"result": "owned"}]\n'  # the group folder's chown
         raise AssertionError(f"unexpected docker call {method}")
