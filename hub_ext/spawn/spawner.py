@@ -60,6 +60,7 @@ from hub_ext.settings.hub import GPU_MODES, default_of
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 _GPU_LOCK = asyncio.Lock()  # one GPU hand-out at a time in this hub
+_IMAGE_TITLES: dict[str, str] = {}  # image reference -> the picker's text (an image's tag names its content)
 _QUOTA_APPLIED: dict[str, int] = {}  # quota'd volume -> the size this hub last made it (a restart checks again)
 _GPU_CLAIMS: dict[str, list[str]] = {}  # user -> GPUs handed to their lab, until it stops (labels cover a hub restart)
 OWN_FOLDER = (  # run once as root on a new group folder's volume: the lab's user owns it, new files keep its group
@@ -562,21 +563,37 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
     def _options_form_default(self):
         return lambda spawner: spawner.image_form()
 
-    def image_form(self) -> str:
-        """The spawn page's picker: the images this user's policy allows, its default selected; none for one."""
+    async def image_form(self) -> str:
+        """The spawn page's picker: the images this user's policy allows, each with what it is and its size (from the
+        image's own description label), its default (the lean `default` unless a policy says) selected; none for
+        one image."""
         policy = self.effective().policy
         images = self.policy_images(policy)
         if len(images) <= 1:
             return ""
-        options = "".join(
-            f'<option value="{html.escape(name)}"{" selected" if name == policy.default_image else ""}>'
-            f"{html.escape(name)}</option>"
-            for name in images
-        )
+        options = []
+        for name, ref in images.items():
+            title = await self.image_title(name, ref)
+            selected = " selected" if name == policy.default_image else ""
+            options.append(f'<option value="{html.escape(name)}"{selected}>{html.escape(title)}</option>')
         return (
             '<label for="image">Lab image</label>'
-            f'<select class="form-control" id="image" name="image" required autofocus>{options}</select>'
+            f'<select class="form-control" id="image" name="image" required autofocus>{"".join(options)}</select>'
         )
+
+    async def image_title(self, name: str, ref: str) -> str:
+        """`name: description (size)`, from the image as Docker holds it; the name alone when Docker cannot say."""
+        if ref not in _IMAGE_TITLES:
+            try:
+                found = await self.docker("inspect_image", ref)
+            except Exception:  # noqa: BLE001 -- not on this node, or the daemon is busy: the name will do
+                return name
+            labels = (found.get("Config") or {}).get("Labels") or {}
+            description = labels.get("org.opencontainers.image.description", "")
+            size = f"{found.get('Size', 0) / 1e6:.0f} MB" if found.get("Size") else ""
+            details = ", ".join(part for part in (description, size) if part)
+            _IMAGE_TITLES[ref] = f"{name}: {details}" if details else name
+        return _IMAGE_TITLES[ref]
 
     @default("use_internal_ip")
     def _internal_ip_default(self):

@@ -205,8 +205,9 @@ class HomePage(HubPage):
             if "ERR_NETWORK_CHANGED" not in error.message:
                 raise
 
-    def manage_volumes(self) -> None:
-        self.goto()
+    def manage_volumes(self, reload: bool = True) -> None:
+        if reload:
+            self.goto()
         self.page.get_by_role("button", name="Manage volumes").click()
 
 

@@ -68,6 +68,10 @@ def test_the_image_picker_offers_each_lab_image_and_the_choice_is_spawned(live, 
     assert session.login(ADMIN, ADMIN_PASSWORD).status_code == 302
     form = session.http.get(session.url("hub/spawn"), timeout=30).text
     assert set(re.findall(r'<option value="([^"]+)"', form)) == {"default", "second"}
+    # the lean default preselected, each with what it is and its size (issue 29, part 4)
+    assert re.search(
+        r'<option value="default" selected>default: JupyterLab 4 single-user server \(lean\), \d+ MB<', form
+    )
     api = HubAPI(live.url + "jupyterhub/", session.new_token(ADMIN))
     refused = api.request("POST", f"hub/api/users/{ADMIN}/server", json={"image": "hubforge/hub:dev"})
     assert refused.status_code == 400 and "not in allowed list" in refused.json()["message"]

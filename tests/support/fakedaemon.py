@@ -38,6 +38,7 @@ class FakeDaemon:
     def __init__(self):
         self.volumes: dict[str, dict] = {}
         self.options: dict[str, dict] = {}  # volume -> the local driver's options it was made with
+        self.images: dict[str, dict] = {}  # reference -> Docker's inspection of the image
         self.containers: dict[str, dict] = {}  # id -> {"Image", "Cmd", "Labels", "HostConfig", "State"}
         self.helpers: list[dict] = []  # one-shot containers run, in order
         self.ran: dict[str, list[str]] = {}  # container id -> its command
@@ -83,6 +84,12 @@ class FakeDaemon:
             self.networks[network]["Containers"][container + "0" * 52] = {"Name": "hub"}
             self.joined.append((container, network, tuple(kwargs["aliases"])))
             return None
+        if method == "inspect_image":
+            if args[0] not in self.images:
+                error = Exception("not found")
+                error.response = type("R", (), {"status_code": 404})()
+                raise error
+            return self.images[args[0]]
         if method == "inspect_container" and args[0] == "0123456789ab":
             return {"Id": args[0], "Config": {"Image": "hubforge/hub:1"}}
         if method == "containers":

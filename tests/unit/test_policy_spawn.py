@@ -18,6 +18,7 @@ from hub_ext.labs.policy import PROPERTY
 from ..support.fakedaemon import FakeDaemon, make_spawner
 
 IMAGES = {"default": "hubforge/lab:1", "datascience": "hubforge/lab-datascience:1"}
+DESCRIPTION = "org.opencontainers.image.description"
 TWO_GPUS = {"gpus": [{"index": 0, "name": "A100", "uuid": "GPU-a"}, {"index": 1, "name": "A100", "uuid": "GPU-b"}]}
 
 
@@ -63,7 +64,11 @@ def test_each_group_gets_its_own_limits_image_and_folder(db):
     assert sam.extra_host_config["pids_limit"] == 256 and "TEAM" not in sam.environment
     assert not any(bind["bind"].startswith("/mnt/groups") for bind in sam.volumes.values())  # no one else's folder
     assert nora.mem_limit == 4 * 2**30 and nora.extra_host_config["pids_limit"] == 1024
-    assert set(nora.allowed_images) == set(IMAGES) and "<select" in nora.image_form()
+    assert set(nora.allowed_images) == set(IMAGES)
+    daemon.images[IMAGES["default"]] = {"Config": {"Labels": {DESCRIPTION: "JupyterLab (lean)"}}, "Size": 478_651_979}
+    form = asyncio.run(nora.image_form())  # the datascience image is not on this daemon: its name alone
+    assert '<option value="default" selected>default: JupyterLab (lean), 479 MB</option>' in form
+    assert '<option value="datascience">datascience</option>' in form
 
     # the folder was made once, labelled with its group, and handed to the lab's user by a one-shot root helper
     assert daemon.volumes["jupyterlab_group_research"] == {
@@ -115,7 +120,7 @@ def test_an_image_the_policy_does_not_allow_is_refused_in_one_line(db):
     )
     spawner.user_options = {}
     asyncio.run(spawner.apply_runtime())
-    assert spawner.image == IMAGES["default"] and spawner.image_form() == ""  # one image: nothing to pick
+    assert spawner.image == IMAGES["default"] and asyncio.run(spawner.image_form()) == ""  # one image: no picker
 
 
 def test_a_bad_policy_written_around_the_api_stops_the_start_with_its_line(db):
