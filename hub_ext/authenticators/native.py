@@ -20,6 +20,7 @@ from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from hub_ext.auth import rules
+from hub_ext.auth.audit import ensure_table
 from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
@@ -48,6 +49,8 @@ class HubforgeAuthMixin(LoggingConfigurable):
         """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and
         hub_ext's; and the hub's own background work that needs the application (get_handlers is the one hook that
         hands it to an authenticator, inside JupyterHub.initialize, on the hub's event loop)."""
+        if app is not None:
+            ensure_table(app.db)  # the audit trail's table, beside JupyterHub's own
         if self.culling is None and app is not None:
             self.culling = asyncio.get_running_loop().create_task(cull_forever(app))
         return list(labaccess.handlers) + list(own) + list(default_handlers) + list(policies.handlers)

@@ -11,6 +11,7 @@ from jupyterhub.handlers.base import BaseHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from tornado import web
 
+from hub_ext.auth.audit import record
 from hub_ext.auth.passwords import hash_password
 from hub_ext.auth.rules import (
     end_credentials,
@@ -117,9 +118,7 @@ class SignupHandler(BaseHandler):
         if account is None:
             self.finish(await self.page("alert-danger", f"The username {username!r} is taken.", username))
             return
-        self.log.info(
-            "audit: signup user=%s approved=%s from=%s", loggable(account.username), is_admin, loggable(address)
-        )
+        record(self.db, account.username, "signup", account.username, address, {"approved": is_admin})
         if is_admin:
             auth.bootstrap.consume()
             self.log.info("audit: admin account %s claimed with the bootstrap secret", loggable(username))
@@ -231,9 +230,7 @@ class ChangePasswordHandler(BaseHandler):
             return
         account.password = await hash_password(new)
         self.db.commit()
-        self.log.info(
-            "audit: password changed by=%s user=%s from=%s", loggable(name), loggable(name), loggable(address)
-        )
+        record(self.db, name, "password-change", name, address)
         self.finish(await self.page("alert-success", "Your password has been changed successfully!"))
 
 
@@ -274,7 +271,7 @@ class ChangePasswordAdminHandler(BaseHandler):
             return
         account.password = await hash_password(new)
         self.db.commit()
-        self.log.info("audit: password changed by=%s user=%s", admin.name, account.username)
+        record(self.db, admin.name, "password-reset", account.username, client_address(self.request))
         self.finish(
             await self.page(
                 account.username, "alert-success", f"The password for {account.username} has been changed successfully"
@@ -338,8 +335,13 @@ class ApprovalActionHandler(BaseHandler):
             if account is not None:
                 self.db.delete(account)
                 self.db.commit()
-        self.log.info(
-            "audit: approval by=%s user=%s action=%s changed=%s %s", admin.name, name, action, changed, detail
+        record(
+            self.db,
+            admin.name,
+            action,
+            name,
+            client_address(self.request),
+            {"changed": changed, "detail": detail},
         )
         self.redirect(
             self.hub.base_url + "authorize?message=" + f"{name}: {action} done" + (f" ({detail})" if detail else "")

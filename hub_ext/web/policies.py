@@ -21,6 +21,8 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from hub_ext.auth.audit import record
+from hub_ext.auth.throttle import client_address
 from hub_ext.helpers.quota import SLACK, human
 from hub_ext.labs.policy import PROPERTY, Policy, PolicyError, parse_policy, size_bytes
 from hub_ext.naming import MOUNTS, user_names
@@ -192,13 +194,13 @@ class PoliciesAPIHandler(BroadcastAPIHandler):
         notice = {"message": RESTART_NOTICE.format(group=group_name), "type": "warning", "autoClose": False}
         payload = {**notice, "sender": admin.name}
         results = await asyncio.gather(*(self.deliver_to(user, payload) for user in running))
-        audit.info(
-            "policy of group=%s set by=%s created=%s policy=%s restart_to_apply=%s",
-            group_name,
+        record(
+            self.db,
             admin.name,
-            created,
-            json.dumps(policy, sort_keys=True),
-            ",".join(user.name for user in running) or "-",
+            "policy-change",
+            group_name,
+            client_address(self.request),
+            {"policy": policy, "created": created, "restart_to_apply": [user.name for user in running]},
         )
         self.set_status(201 if created else 200)
         self.write(

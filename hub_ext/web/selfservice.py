@@ -20,6 +20,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from hub_ext.auth.audit import record
+from hub_ext.auth.throttle import client_address
 from hub_ext.naming import user_names
 from hub_ext.spawn.spawner import lab_answers, server_token, user_lock
 from hub_ext.web.actions import (
@@ -150,7 +152,14 @@ class VolumeResetAPIHandler(APIHandler):
         async with exclusively(user.name):
             results = await reset_volumes(spawner, user_names(prefix_of(spawner), user.name), kinds)
         summary = " ".join(f"{kind}={r['result']}" for kind, r in results.items())
-        audit.info("volume-reset by=%s user=%s %s", self.current_user.name, user.name, summary)
+        record(
+            self.db,
+            self.current_user.name,
+            "volume-reset",
+            user.name,
+            client_address(self.request),
+            {"results": summary},
+        )
         count_volume_resets(results)
         self.write(json.dumps({"user": user.name, "results": results}))
 
@@ -190,14 +199,13 @@ class BroadcastAPIHandler(APIHandler):
         results = await asyncio.gather(*(self.deliver_to(user, payload) for user in targets))
         delivered = sum(1 for r in results if r["result"] == "delivered")
         count_deliveries(results)
-        audit.info(
-            "broadcast by=%s to=%s type=%s delivered=%d/%d message=%r",
+        record(
+            self.db,
             sender.name,
+            "broadcast",
             "all" if request.recipients is None else ",".join(request.recipients),
-            request.type,
-            delivered,
-            len(results),
-            request.message,
+            client_address(self.request),
+            {"type": request.type, "delivered": delivered, "of": len(results), "message": request.message},
         )
         self.write(json.dumps({"delivered": delivered, "results": results}))
 
