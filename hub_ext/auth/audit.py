@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -64,9 +65,15 @@ class Query:
     limit: int = 500
 
 
+_MADE: weakref.WeakSet = weakref.WeakSet()  # the engines whose database has the table, in this process
+
+
 def ensure_table(db: Session) -> None:
     """Create the table in the hub's database if it is not there (JupyterHub's own migrations never touch it)."""
-    Base.metadata.create_all(db.get_bind(), tables=[AuditRecord.__table__])
+    bind = db.get_bind()
+    if bind not in _MADE:
+        Base.metadata.create_all(bind, tables=[AuditRecord.__table__])
+        _MADE.add(bind)
 
 
 def _now() -> datetime:
@@ -85,6 +92,7 @@ def record(
     """Add one record and write its JSON line; the caller's transaction is committed here."""
     if action not in ACTIONS:
         raise ValueError(f"audit action {action!r} is not one of {', '.join(ACTIONS)}")
+    ensure_table(db)
     entry = AuditRecord(
         at=at or _now(),
         actor=actor or "-",

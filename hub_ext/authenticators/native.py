@@ -20,13 +20,13 @@ from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from hub_ext.auth import rules
-from hub_ext.auth.audit import ensure_table
+from hub_ext.auth.audit import ensure_table, prune, record
 from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
 from hub_ext.hub.culler import cull_forever
 from hub_ext.settings.hub import default_of
-from hub_ext.web import accounts, labaccess, policies
+from hub_ext.web import accounts, auditpage, labaccess, policies
 from hub_ext.web.selfservice import default_handlers
 
 TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
@@ -43,6 +43,12 @@ class HubforgeAuthMixin(LoggingConfigurable):
         "(hub_ext.web.labaccess says why).",
     )
 
+    audit_retention_days = Integer(
+        default_of("AUDIT_RETENTION_DAYS"),
+        min=0,
+        config=True,
+        help="Days the audit trail keeps a record (AUDIT_RETENTION_DAYS; 0: every record).",
+    )
     culling: asyncio.Task | None = None  # hub_ext.hub.culler.cull_forever, kept so that it is not garbage-collected
 
     def hubforge_handlers(self, app, own: list) -> list:
@@ -51,9 +57,18 @@ class HubforgeAuthMixin(LoggingConfigurable):
         hands it to an authenticator, inside JupyterHub.initialize, on the hub's event loop)."""
         if app is not None:
             ensure_table(app.db)  # the audit trail's table, beside JupyterHub's own
+            pruned = prune(app.db, self.audit_retention_days)
+            if pruned:
+                self.log.info("audit: %d records older than %d days dropped", pruned, self.audit_retention_days)
         if self.culling is None and app is not None:
             self.culling = asyncio.get_running_loop().create_task(cull_forever(app))
-        return list(labaccess.handlers) + list(own) + list(default_handlers) + list(policies.handlers)
+        return (
+            list(labaccess.handlers)
+            + list(own)
+            + list(default_handlers)
+            + list(policies.handlers)
+            + list(auditpage.handlers)
+        )
 
     def normalize_username(self, username: str) -> str:
         """NFKC first, then JupyterHub's own (lower case, username_map): a full-width or ligature
@@ -195,6 +210,8 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
             return username
         if account is not None:
             handler.hubforge_pending = True
+        reason = "not approved yet" if account is not None else "wrong username or password"
+        record(self.db, "-", "login-failed", username, address, {"reason": reason})
         return None
 
     async def password_holder(self, username: str, password: str, address: str, purpose: str) -> UserInfo | None:
@@ -207,6 +224,7 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
             self.log.warning(
                 "%s for %s from %s throttled for %.0f s", purpose, loggable(username), loggable(address), wait
             )
+            record(self.db, "-", "throttled", username or "", address, {"purpose": purpose, "wait_s": round(wait)})
             raise LoginRefused(f"Too many failed logins from your address; try again in {describe_wait(wait)}.", wait)
         account = self.get_user(username) if username else None
         matches = await password_matches(password, account.password if account else NO_ACCOUNT_HASH)

@@ -610,6 +610,17 @@ SETTINGS: tuple[Setting, ...] = (
         trait="HubforgeSpawner.quota_dir",
     ),
     Setting(
+        "AUDIT_RETENTION_DAYS",
+        "audit_retention_days",
+        365,
+        integer(0),
+        (
+            "Days the audit trail keeps a record (the Audit page, GET /hub/api/hubforge/audit); older ones are dropped "
+            "at the hub's start and daily. `0` keeps every record."
+        ),
+        trait="HubforgeAuthMixin.audit_retention_days",
+    ),
+    Setting(
         "LAB_ADMIN_ACCESS",
         "lab_admin_access",
         False,
