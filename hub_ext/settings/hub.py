@@ -616,7 +616,7 @@ SETTINGS: tuple[Setting, ...] = (
         integer(0),
         (
             "Days the audit trail keeps a record (the Audit page, GET /hub/api/hubforge/audit); older ones are dropped "
-            "at the hub's start and daily. `0` keeps every record."
+            "when the hub starts. `0` keeps every record."
         ),
         trait="HubforgeAuthMixin.audit_retention_days",
     ),
