@@ -56,3 +56,24 @@ def test_retention_prunes_only_older_records_and_zero_keeps_all(audit_db):
     assert prune(audit_db, 0, now=T0) == 0
     assert prune(audit_db, 365, now=T0) == 1
     assert [r.subject for r in find(audit_db, Query())] == ["new"]
+
+
+def test_a_bad_filter_is_refused_in_one_line_naming_it():
+    from tornado import web
+
+    from hub_ext.web.auditpage import audit_query
+
+    def asked(**given):
+        return audit_query(lambda name: given.get(name))
+
+    assert asked(user="ann", action="approve", since="2026-12-01T09:00Z", limit="10") == Query(
+        user="ann", action="approve", since=datetime(2026, 12, 1, 9, 0), limit=10
+    )
+    for given, message in [
+        ({"action": "nope"}, "action='nope' is not an audited action"),
+        ({"since": "yesterday"}, "since='yesterday' is not a time; use ISO 8601"),
+        ({"limit": "0"}, "limit='0' is not a number of records from 1 to 5000"),
+    ]:
+        with pytest.raises(web.HTTPError) as refused:
+            asked(**given)
+        assert refused.value.status_code == 400 and message in refused.value.log_message
