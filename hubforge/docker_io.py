@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from hub_ext.helpers.quota import LOOP_CAPABILITIES, LOOP_DEVICE_RULES
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 from hub_ext.naming import ROLE_LABEL
 
@@ -397,16 +398,45 @@ class StackDocker(Docker):
         Returns (exit code, output), or (None, reason) when Docker refuses the GPU request itself,
         which is what a host without the NVIDIA runtime does.
         """
+        requests_ = [docker.types.DeviceRequest(**r) for r in device_requests]
+        return self.run_once(image, None, {"device_requests": requests_}, {ROLE_LABEL: "gpu-probe"}, timeout=60)
+
+    def remove_quota_files(self, image: str, folder: str, devices: list[str]) -> tuple[int | None, str]:
+        """Detach and delete the files of removed quota'd volumes (hub_ext.helpers.quota remove), in a one-shot
+        container of the hub's image: root, no network, CAP_SYS_ADMIN and loop devices only, the quota folder."""
+        host = {
+            "binds": [f"{folder}:{folder}:rw", "/dev:/dev"],
+            "cap_drop": ["ALL"],
+            "cap_add": list(LOOP_CAPABILITIES),
+            "device_cgroup_rules": list(LOOP_DEVICE_RULES),
+            "network_mode": "none",
+            "read_only": True,
+        }
+        command = ["python3", "-m", "hub_ext.helpers.quota", "remove", *devices]
+        return self.run_once(image, command, host, {ROLE_LABEL: "helper"}, user="0:0", timeout=120)
+
+    def run_once(
+        self,
+        image: str,
+        command: list[str] | None,
+        host: dict,
+        labels: dict[str, str],
+        user: str | None = None,
+        timeout: int = 60,
+    ) -> tuple[int | None, str]:
+        """Run a one-shot container (its log rotated like every other) and always remove it: (exit code, output), or
+        (None, Docker's reason) when Docker refuses it."""
         container = None
         try:
-            requests_ = [docker.types.DeviceRequest(**r) for r in device_requests]
             host_config = self.client.api.create_host_config(
-                device_requests=requests_, log_config={"type": LOG_DRIVER, "config": default_log_options()}
-            )  # one line of output; rotated all the same
-            created = self.client.api.create_container(image, host_config=host_config, labels={ROLE_LABEL: "gpu-probe"})
+                log_config={"type": LOG_DRIVER, "config": default_log_options()}, **host
+            )
+            created = self.client.api.create_container(
+                image, command, user=user, host_config=host_config, labels=labels
+            )
             container = created["Id"]
             self.client.api.start(container)
-            code = self.client.api.wait(container, timeout=60)["StatusCode"]
+            code = self.client.api.wait(container, timeout=timeout)["StatusCode"]
             return code, self.client.api.logs(container).decode(errors="replace")
         except docker.errors.APIError as exc:
             return None, _short(exc)
@@ -416,40 +446,6 @@ class StackDocker(Docker):
                     self.client.api.remove_container(container, force=True)
                 except docker.errors.NotFound:
                     pass  # already gone
-
-    def remove_quota_files(self, image: str, folder: str, devices: list[str]) -> tuple[int | None, str]:
-        """Detach and delete the files of removed quota'd volumes (hub_ext.helpers.quota remove), in a one-shot
-        container of the hub's image: root, no network, CAP_SYS_ADMIN and loop devices only, the quota folder."""
-        container = None
-        try:
-            host_config = self.client.api.create_host_config(
-                binds=[f"{folder}:{folder}:rw", "/dev:/dev"],
-                cap_drop=["ALL"],
-                cap_add=["SYS_ADMIN"],
-                device_cgroup_rules=["b 7:* rmw", "c 10:237 rwm"],
-                network_mode="none",
-                read_only=True,
-                log_config={"type": LOG_DRIVER, "config": default_log_options()},
-            )
-            created = self.client.api.create_container(
-                image,
-                ["python3", "-m", "hub_ext.helpers.quota", "remove", *devices],
-                user="0:0",
-                host_config=host_config,
-                labels={ROLE_LABEL: "helper"},
-            )
-            container = created["Id"]
-            self.client.api.start(container)
-            code = self.client.api.wait(container, timeout=120)["StatusCode"]
-            return code, self.client.api.logs(container).decode(errors="replace")
-        except docker.errors.APIError as exc:
-            return None, _short(exc)
-        finally:
-            if container:
-                try:
-                    self.client.api.remove_container(container, force=True)
-                except docker.errors.NotFound:
-                    pass
 
     def cpu_count(self) -> int:
         """The daemon's CPUs: Compose refuses a `cpus` limit above it."""

@@ -35,6 +35,10 @@ from typing import Any
 from hub_ext.helpers.volumes import RESULT_PREFIX
 from hub_ext.naming import LAB_UID
 
+# What a quota helper container gets to attach and detach loop devices, and nothing more: one capability, and of the
+# host's /dev only the loop devices (block major 7) and /dev/loop-control (char 10:237).
+LOOP_CAPABILITIES = ("SYS_ADMIN",)
+LOOP_DEVICE_RULES = ("b 7:* rmw", "c 10:237 rwm")
 MIN_SIZE = 16 * 2**20  # ext4 with a journal needs a few MiB; a quota below this is refused by the policy's check
 SLACK = 8 * 2**20  # a shrink keeps this much above the blocks in use (metadata, the journal's growth)
 

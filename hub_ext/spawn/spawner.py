@@ -24,7 +24,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from hub_ext.helpers.quota import device_link, quota_file
+from hub_ext.helpers.quota import LOOP_CAPABILITIES, LOOP_DEVICE_RULES, device_link, quota_file
 from hub_ext.helpers.volumes import measure, parse_answer, remove_volume
 from hub_ext.labs.gpu import GpuDecision, NoFreeGpu, allocate, decide
 from hub_ext.labs.networks import (
@@ -994,8 +994,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         /dev/loop-control)."""
         return (
             [f"{self.project_quota_dir}:{self.project_quota_dir}:rw", "/dev:/dev"],
-            ["SYS_ADMIN"],
-            ["b 7:* rmw", "c 10:237 rwm"],
+            list(LOOP_CAPABILITIES),
+            list(LOOP_DEVICE_RULES),
         )
 
     async def quota_helper(self, command: list[str]) -> dict[str, Any]:
