@@ -970,15 +970,16 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             device = (volume.get("Options") or {}).get("device")
             entry["held"] = bool(device)
             if device:
-                answer = (
-                    await self.mounted_usage(MOUNTS[kind])
-                    if self.active
-                    else await self.quota_helper(["usage", device])
-                )
+                answer = await self.volume_use(kind, device)
                 if answer.get("result") == "measured":
                     entry["used_bytes"], entry["filesystem_bytes"] = answer["used"], answer["size"]
             found[kind] = entry
         return found
+
+    async def volume_use(self, kind: str, device: str) -> dict[str, Any]:
+        """Size and use of a quota'd volume: from the running lab's df while it is mounted (the superblock on disk
+        lags then), else from the volume's own filesystem."""
+        return await self.mounted_usage(MOUNTS[kind]) if self.active else await self.quota_helper(["usage", device])
 
     async def mounted_usage(self, mount: str) -> dict[str, Any]:
         """Size and use of a volume the running lab has mounted, as its `df` says."""

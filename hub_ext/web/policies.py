@@ -25,7 +25,7 @@ from hub_ext.auth.audit import record
 from hub_ext.auth.throttle import client_address
 from hub_ext.helpers.quota import SLACK, human
 from hub_ext.labs.policy import PROPERTY, Policy, PolicyError, parse_policy, size_bytes
-from hub_ext.naming import MOUNTS, user_names
+from hub_ext.naming import user_names
 from hub_ext.spawn.spawner import QUOTA_KINDS
 from hub_ext.web.actions import BadRequest, parse_json
 from hub_ext.web.selfservice import BroadcastAPIHandler, authorize, prefix_of, running_users, spawner_of
@@ -121,10 +121,7 @@ async def quota_refusal(handler, group_name: str, properties: Mapping[str, Any])
                 continue
             if not device:
                 continue
-            if spawner.active:  # mounted: the superblock on disk lags; the lab's own filesystem says what is used
-                answer = await spawner.mounted_usage(MOUNTS[kind])
-            else:
-                answer = await spawner.quota_helper(["usage", device])
+            answer = await spawner.volume_use(kind, device)
             if answer.get("result") == "measured" and answer["used"] + SLACK > size:
                 field = QUOTA_KINDS[kind]
                 return (
