@@ -13,8 +13,9 @@ import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
+from hub_ext.auth.people import DUE
 from hub_ext.authenticators.native import TEMPLATES
-from hub_ext.hub import database, process, publichost
+from hub_ext.hub import database, passwordgate, process, publichost
 from hub_ext.hub.logo import LogoError, materialize
 from hub_ext.hub.tls import ensure_self_signed
 from hub_ext.labs.runtime import log_options
@@ -89,6 +90,9 @@ if hub.lab_subdomains:
     c.JupyterHub.cookie_host_prefix_enabled = True
     # The cookies name the public host: a browser that opened the hub under another name (127.0.0.1) is sent there.
     publichost.install(PUBLIC_ORIGIN, hub.base_url)
+if hub.authenticator == "native":
+    # An account an admin made or reset chooses its own password before anything else opens.
+    passwordgate.install(hub.base_url, DUE.is_due)
 c.JupyterHub.template_vars = {
     "hubforge_shared_origin": not hub.lab_subdomains,  # the admin page says so
     "hubforge_native": hub.authenticator == "native",  # signup and approval pages exist

@@ -26,6 +26,8 @@ Base = declarative_base()
 
 ACTIONS = (
     "signup",
+    "user-create",
+    "user-change",
     "approve",
     "unapprove",
     "discard",

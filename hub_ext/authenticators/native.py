@@ -22,11 +22,12 @@ from traitlets.config import LoggingConfigurable
 from hub_ext.auth import rules
 from hub_ext.auth.audit import ensure_table, prune, record
 from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
+from hub_ext.auth.people import DUE
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
 from hub_ext.hub.culler import cull_forever
 from hub_ext.settings.hub import default_of
-from hub_ext.web import accounts, auditpage, labaccess, policies
+from hub_ext.web import accounts, audited, auditpage, labaccess, people, policies
 from hub_ext.web.selfservice import default_handlers
 
 TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
@@ -68,6 +69,8 @@ class HubforgeAuthMixin(LoggingConfigurable):
             + list(default_handlers)
             + list(policies.handlers)
             + list(auditpage.handlers)
+            + list(people.handlers)
+            + list(audited.handlers)
         )
 
     def normalize_username(self, username: str) -> str:
@@ -148,6 +151,8 @@ class HubforgeAuthenticator(HubforgeAuthMixin, NativeAuthenticator):
         an account unapproved or discarded while its start waited for a slot stays stopped."""
         if name in self.admin_users:
             return None
+        if DUE.is_due(self.db, name):
+            return f"{name} must choose their own password first (at /hub/change-password); then the lab can start"
         account = self.get_user(name)
         if account is None or not account.is_authorized:
             return f"{name}'s account is not approved (it was unapproved or discarded); ask an admin"

@@ -13,6 +13,7 @@ from tornado import web
 
 from hub_ext.auth.audit import record
 from hub_ext.auth.passwords import hash_password
+from hub_ext.auth.people import DUE, generate_passphrase
 from hub_ext.auth.rules import (
     end_credentials,
     loggable,
@@ -24,6 +25,10 @@ from hub_ext.spawn.spawner import stop_every_server, user_lock
 from hub_ext.web.selfservice import audit, authorize, spawner_of
 
 ACTIONS = ("approve", "unapprove", "discard")
+DUE_MESSAGE = (
+    "An admin made or reset your account: choose a password of your own before anything else opens. "
+    "Your current password is the one the admin gave you."
+)
 
 
 # Names whose signup is hashing its password. The check that a name is free and the row that takes it are a
@@ -186,6 +191,8 @@ class ChangePasswordHandler(BaseHandler):
     """
 
     async def page(self, alert: str = "", message: str = "") -> str:
+        if not message and DUE.is_due(self.db, self.current_user.name):
+            alert, message = "alert-warning", DUE_MESSAGE
         return await self.render_template(
             "change-password.html", user_name=self.current_user.name, result_message=message, alert=alert
         )
@@ -225,12 +232,19 @@ class ChangePasswordHandler(BaseHandler):
         problem = password_problem(
             new, confirmation, auth.minimum_password_length, auth.check_common_password and auth.is_common(new)
         )
+        due = DUE.is_due(self.db, name)
+        if problem is None and due and new == self.get_body_argument("old_password", "", strip=False):
+            problem = "Choose a password of your own, not the one you were given."
         if problem:
             self.finish(await self.page("alert-danger", problem))
             return
         account.password = await hash_password(new)
         self.db.commit()
-        record(self.db, name, "password-change", name, address)
+        DUE.clear(self.db, name)
+        record(self.db, name, "password-change", name, address, {"was_due": due} if due else None)
+        if due:  # the hub opens now: on to where the login was going
+            self.redirect(self.get_next_url(self.current_user))
+            return
         self.finish(await self.page("alert-success", "Your password has been changed successfully!"))
 
 
@@ -269,12 +283,14 @@ class ChangePasswordAdminHandler(BaseHandler):
         if problem:
             self.finish(await self.page(account.username, "alert-danger", problem))
             return
-        account.password = await hash_password(new)
-        self.db.commit()
-        record(self.db, admin.name, "password-reset", account.username, client_address(self.request))
+        ended = await reset_password(self, admin, account.username, new)
         self.finish(
             await self.page(
-                account.username, "alert-success", f"The password for {account.username} has been changed successfully"
+                account.username,
+                "alert-success",
+                f"The password for {account.username} has been changed successfully. They must choose their own at "
+                f"their next login; {ended.get('tokens_ended', 0)} tokens and their sessions ended, "
+                f"{ended.get('servers_stopped', 0)} servers stopped.",
             )
         )
 
@@ -372,6 +388,35 @@ class ApprovalActionHandler(BaseHandler):
         stopped, errors = await stop_every_server(user, self.proxy, self.log)
         said = f"{len(stopped)} server{'s' if len(stopped) != 1 else ''} stopped"
         return said + (f"; could NOT stop {'; '.join(errors)}" if errors else "")
+
+
+async def end_sessions(handler, user) -> dict:
+    """A reset's consequences for the user: every token and login cookie ends, and their servers stop (their own
+    server token is one of those tokens)."""
+    tokens = end_credentials(handler.db, user)
+    stopped, errors = await stop_every_server(user, handler.proxy, handler.log)
+    return {"tokens_ended": len(tokens), "servers_stopped": len(stopped), "stop_errors": errors}
+
+
+async def reset_password(handler, admin, name: str, password: str | None = None) -> dict:
+    """Give the account a new password (a generated passphrase unless the admin chose one): its sessions, tokens and
+    servers end, and it must choose its own password at its next login."""
+    auth = handler.authenticator
+    account = auth.get_user(name)
+    if account is None:
+        raise web.HTTPError(404, f"no account {name!r}")
+    if name == admin.name:
+        raise web.HTTPError(400, "change your own password at /hub/change-password, not by a reset")
+    generated = password is None
+    password = generate_passphrase() if generated else password
+    account.password = await hash_password(password)
+    auth.db.commit()
+    DUE.mark(handler.db, name, "password-reset")
+    user = handler.find_user(name)
+    ended = await end_sessions(handler, user) if user is not None else {}  # credentials first, then the servers
+    address = client_address(handler.request)
+    record(handler.db, admin.name, "password-reset", name, address, {"generated": generated, **ended})
+    return {"name": name, **({"password": password} if generated else {}), **ended}
 
 
 class NoChangeHandler(BaseHandler):
