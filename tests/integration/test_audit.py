@@ -1,11 +1,14 @@
-"""The audit trail on a live stack (issue 29, part 3): each audited action leaves a record with who, whom, what,
-when and from where, in the hub's database (the API and page read it) and as a JSON line in the hub's log."""
+"""People and the audit trail on a live stack (issue 29, parts 1 and 3), one stack for both: batch creation with
+generated passphrases, the password a made or reset account must replace before anything opens, an admin's reset that
+ends the old sessions; and each audited action leaves a record with who, whom, what, when and from where, in the hub's
+database (the API and page read it) and as a JSON line in the hub's log."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import time
 
 import pytest
 
@@ -36,6 +39,7 @@ def test_each_action_is_recorded_with_who_whom_and_where(live, admin, admin_api)
         },
     )
     assert "changed successfully" in changed.text
+    assert session.api("POST", "hubforge/users/ann/volumes/reset", json={"volumes": ["cache"]}).status_code == 200
     reset = admin.http.post(
         admin.url("hub/change-password/ann"),
         timeout=60,
@@ -45,9 +49,8 @@ def test_each_action_is_recorded_with_who_whom_and_where(live, admin, admin_api)
             "new_password_confirmation": "Third-passw0rd!",
         },
     )
-    assert reset.status_code == 200
+    assert reset.status_code == 200 and "must choose their own" in reset.text
     assert admin_api.request("PUT", "hub/api/hubforge/policies/team", json={"mem_limit": "1G"}).status_code == 201
-    assert session.api("POST", "hubforge/users/ann/volumes/reset", json={"volumes": ["cache"]}).status_code == 200
     assert admin_api.request("POST", "hub/api/hubforge/broadcast", json={"message": "hello"}).status_code == 200
 
     about_ann = {(r["actor"], r["action"]) for r in records(admin_api, user="ann")}
@@ -82,3 +85,121 @@ def test_the_trail_is_read_only_and_for_admins_only(live, admin, admin_api):
     assert bad.status_code == 400 and "action='nope' is not an audited action" in bad.json()["message"]
     page = admin.http.get(admin.url("hub/hubforge/audit"), params={"user": "bert"}, timeout=30)
     assert page.status_code == 200 and "<td>signup</td>" in page.text
+
+
+def passphrase_kept_in_clear(live, passphrase: str) -> bool:
+    """Whether the passphrase's text is anywhere in the hub's database files or its log."""
+    probe = (
+        "import pathlib, sys; "
+        "print(any(sys.argv[1].encode() in p.read_bytes() for p in pathlib.Path('/srv/jupyterhub/data').glob('*')"
+        " if p.is_file()))"
+    )
+    found = live.hub().exec_run(["python3", "-c", probe, passphrase]).output.decode().strip()
+    assert found in ("True", "False"), found
+    return found == "True" or passphrase in live.hub().logs(tail=5000).decode()
+
+
+def test_a_batch_makes_the_good_lines_lists_the_bad_and_shows_each_passphrase_once(live, admin, admin_api):
+    assert admin_api.request("POST", "hub/api/groups/research").status_code == 201
+    text = "cara research\nbad/name\ncara\ndev students\n" + ADMIN + "\n# a comment\neli"
+    made = admin_api.request("POST", "hub/api/hubforge/people", json={"text": text})
+    assert made.status_code == 201, made.text
+    created = {c["name"]: c for c in made.json()["created"]}
+    assert set(created) == {"cara", "eli"} and created["cara"]["groups"] == ["research"]
+    refused = {r["line"]: r["reason"] for r in made.json()["refused"]}
+    assert set(refused) == {2, 3, 4, 5}, refused
+    assert "slash" in refused[2] and "already on line 1" in refused[3]
+    assert "no group 'students'" in refused[4] and "admin" in refused[5]
+    assert "research" in [g for g in admin_api.user("cara")["groups"]]
+    # a CSV file, with the missing group made this time
+    csv_made = admin_api.request(
+        "POST", "hub/api/hubforge/people", json={"text": "name,groups\nfay,students\n", "create_groups": True}
+    )
+    assert csv_made.status_code == 201 and csv_made.json()["created"][0]["groups"] == ["students"]
+    # all bad: nobody made, one line
+    none = admin_api.request("POST", "hub/api/hubforge/people", json={"text": "cara\n"})
+    assert none.status_code == 400 and none.json()["message"] == "nobody was created: 1 line refused"
+    _, other = approved_user(live, admin, "gus")
+    assert other.request("POST", "hub/api/hubforge/people", json={"text": "x"}).status_code == 403
+    # approved, and the passphrase is only a hash in the hub
+    listing = {p["name"]: p for p in admin_api.request("GET", "hub/api/hubforge/people").json()["people"]}
+    assert listing["cara"]["approved"] and listing["cara"]["password_due"] and not listing["gus"]["password_due"]
+    assert not passphrase_kept_in_clear(live, created["cara"]["password"])
+    assert admin.http.get(admin.url("hub/hubforge/people"), timeout=30).status_code == 200
+    (made_cara,) = [r for r in records(admin_api, action="batch-create") if r["subject"] == "cara"]
+    assert made_cara["actor"] == ADMIN and made_cara["detail"] == {"groups": ["research"]} and made_cara["address"]
+
+
+def test_a_made_account_must_choose_its_password_before_its_lab_opens(live, admin, admin_api):
+    passphrase = admin_api.request("POST", "hub/api/hubforge/people", json={"text": "hal"}).json()["created"][0][
+        "password"
+    ]
+    hal = HubSession(live.url)
+    assert hal.login("hal", passphrase).status_code == 302
+    home = hal.http.get(hal.url("hub/home"), timeout=30)
+    assert home.url.split("?")[0].endswith("/hub/change-password") and "choose a password of your own" in home.text
+    spawn = hal.api("POST", "users/hal/server")
+    assert spawn.status_code == 403 and "choose your own password first" in spawn.json()["message"]
+    assert not admin_api.user("hal")["servers"]
+    token = hal.http.post(
+        hal.url("hub/api/users/hal/tokens"), json={"auth": {"username": "hal", "password": passphrase}}, timeout=30
+    )
+    assert token.status_code == 403  # no way around it with a token made from the password
+    form = {"_xsrf": hal.xsrf("hub/change-password"), "old_password": passphrase}
+    same = hal.http.post(
+        hal.url("hub/change-password"),
+        data={**form, "new_password": passphrase, "new_password_confirmation": passphrase},
+        timeout=60,
+    )
+    assert "not the one you were given" in same.text
+    done = hal.http.post(
+        hal.url("hub/change-password"),
+        data={**form, "new_password": "Hals-own-passw0rd", "new_password_confirmation": "Hals-own-passw0rd"},
+        timeout=60,
+    )
+    assert done.status_code == 200 and "/hub/change-password" not in done.url
+    started = hal.api("POST", "users/hal/server")
+    assert started.status_code in (201, 202), started.text
+    admin_api.wait_ready("hal")
+    admin_api.stop("hal")
+    assert HubSession(live.url).login("hal", "Hals-own-passw0rd").status_code == 302
+
+
+def test_an_admins_reset_ends_the_old_sessions_and_tokens(live, admin, admin_api):
+    rita, rita_api = approved_user(live, admin, "rita")
+    assert rita_api.request("GET", "hub/api/user").status_code == 200
+    reset = admin_api.request("POST", "hub/api/hubforge/people/rita/password-reset")
+    assert reset.status_code == 200, reset.text
+    answer = reset.json()
+    assert answer["tokens_ended"] >= 1 and len(answer["password"]) >= 20
+    assert rita_api.request("GET", "hub/api/user").status_code == 403  # the old token
+    old_session = rita.http.get(rita.url("hub/home"), timeout=30)
+    assert "/hub/login" in old_session.url  # the old cookie
+    assert HubSession(live.url).login("rita", PASSWORD).status_code != 302  # the old password
+    again = HubSession(live.url)
+    assert again.login("rita", answer["password"]).status_code == 302
+    assert again.http.get(again.url("hub/home"), timeout=30).url.split("?")[0].endswith("/hub/change-password")
+    (recorded,) = [r for r in records(admin_api, action="password-reset") if r["subject"] == "rita"]
+    assert recorded["actor"] == ADMIN and recorded["detail"]["generated"] is True
+    assert answer["password"] not in json.dumps(recorded)
+    assert admin_api.request("POST", "hub/api/hubforge/people/nobody/password-reset").status_code == 404
+    assert admin_api.request("POST", f"hub/api/hubforge/people/{ADMIN}/password-reset").status_code == 400
+
+
+def test_jupyterhubs_own_user_group_and_token_calls_are_recorded(live, admin, admin_api):
+    assert admin_api.request("POST", "hub/api/users/zed").status_code == 201
+    assert admin_api.request("POST", "hub/api/groups/lab-team/users", json={"users": ["zed"]}).status_code == 404
+    assert admin_api.request("POST", "hub/api/groups/lab-team", json={"users": []}).status_code == 201
+    assert admin_api.request("POST", "hub/api/groups/lab-team/users", json={"users": ["zed"]}).status_code == 200
+    assert admin_api.request("DELETE", "hub/api/groups/lab-team/users", json={"users": ["zed"]}).status_code == 200
+    made = admin_api.request("POST", "hub/api/users/zed/tokens", json={"note": "ci", "expires_in": 600})
+    assert made.status_code == 201
+    assert admin_api.request("DELETE", "hub/api/users/zed").status_code == 204
+    time.sleep(0.2)
+    about_zed = [(r["action"], r["detail"]) for r in records(admin_api, user="zed")]
+    actions = [action for action, _ in about_zed]
+    assert actions[::-1] == ["user-create", "token-create", "delete"], about_zed
+    assert {"note": "ci", "expires_in": 600} == dict(about_zed[1][1])
+    assert made.json()["token"] not in json.dumps(about_zed)
+    group = [r["detail"] for r in records(admin_api, action="group-change") if r["subject"] == "lab-team"]
+    assert group[::-1] == [{"created": True, "users": []}, {"added": ["zed"]}, {"removed": ["zed"]}]
