@@ -6,6 +6,7 @@ import re
 import time
 import weakref
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Error, Locator, Page, expect
 
@@ -150,7 +151,7 @@ class LoginPage(HubPage):
             navigate(self.page, self.base + "hub/spawn")  # where the successful login was redirecting
         # JupyterHub starts the server at login and redirects into it: wait for that, so that no later
         # navigation of the test races the redirect (a refused login stays on /hub/login)
-        if "/hub/spawn" in self.page.url and self.page.locator("#spawn_form").count() == 0:
+        if urlsplit(self.page.url).path.endswith("/hub/spawn") and self.page.locator("#spawn_form").count() == 0:
             wait_for_lab(self.page)
 
 
@@ -173,6 +174,54 @@ class AuthorizePage(HubPage):
         self.page.get_by_label(re.compile("^New Password", re.I)).first.fill(password)
         self.page.locator("input[type=password]").nth(1).fill(password)
         self.page.get_by_role("button", name=re.compile("Change Password", re.I)).click()
+
+
+class ChangePasswordPage(HubPage):
+    def change(self, old: str, new: str) -> None:
+        """Fill and send the change-password form where the page is (a made or reset account is sent there)."""
+        self.page.get_by_label("Old password:").fill(old)
+        self.page.get_by_label("New password:", exact=True).fill(new)
+        self.page.get_by_label("Confirm new password:").fill(new)
+        self.page.get_by_role("button", name="Change Password").click()
+
+
+class PeoplePage(HubPage):
+    def create(self, text: str) -> dict[str, str]:
+        """Paste a batch and make it; the passphrases the page shows once, by name."""
+        self.open("hub/hubforge/people")
+        self.page.get_by_label("Names").fill(text)
+        self.page.get_by_role("button", name="Create accounts").click()
+        expect(self.alert()).to_contain_text("account(s) made", timeout=60_000)
+        rows = self.page.locator("#batch-created tbody tr")
+        return {
+            rows.nth(i).get_attribute("data-user"): rows.nth(i).locator(".batch-passphrase").inner_text()
+            for i in range(rows.count())
+        }
+
+
+class AuditPage(HubPage):
+    def filter(self, user: str = "", action: str = "") -> None:
+        self.open("hub/hubforge/audit")
+        self.page.get_by_label("User").fill(user)
+        self.page.get_by_label("Action").select_option(action)
+        with self.page.expect_navigation():
+            self.page.get_by_role("button", name="Filter").click()
+
+    def actions(self) -> list[str]:
+        """The listed records' actions, newest first."""
+        return self.page.locator("table tbody tr td:nth-child(3)").all_inner_texts()
+
+
+class ActivityPage(HubPage):
+    def goto(self) -> None:
+        self.open("hub/hubforge/activity")
+
+    def row(self, name: str) -> Locator:
+        return self.page.locator(f'tr[data-user="{name}"]')
+
+    def interval_ms(self) -> int:
+        """The page's own collection interval, in milliseconds."""
+        return int(self.page.locator("[data-interval]").first.get_attribute("data-interval")) * 1000
 
 
 class HomePage(HubPage):

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from ..support.hubclient import HubSession
 from ..support.livestack import ADMIN, start_stack, stop_stack
-from .pages import AdminPage, AuthorizePage, LoginPage, navigate
+from .pages import AdminPage, AuthorizePage, ChangePasswordPage, LoginPage, navigate, wait_for_lab
 
 pytestmark = pytest.mark.e2e
 ADMIN_PASSWORD = "Initial-admin-pw-1"
@@ -30,7 +30,11 @@ def test_admin_creates_a_user_when_signup_is_off(closed, page):
     AdminPage(page, closed.url).add_user("zoe")
     AuthorizePage(page, closed.url).set_password("zoe", "Zoes-own-pass-7")
     page.context.clear_cookies()
-    LoginPage(page, closed.url).login("zoe", "Zoes-own-pass-7")  # in: the hub starts zoe's server and opens it
+    LoginPage(page, closed.url).login("zoe", "Zoes-own-pass-7")
+    # a password an admin set is only for the first login: zoe chooses her own before anything opens
+    expect(page).to_have_url(re.compile(r"/hub/change-password"))
+    ChangePasswordPage(page, closed.url).change("Zoes-own-pass-7", "Zoes-very-own-8")
+    wait_for_lab(page)  # in: the hub starts zoe's server and opens it
     expect(page).to_have_url(re.compile(r"/user/zoe/lab"))
 
 
