@@ -151,6 +151,15 @@ def test_someone_outside_the_allowed_groups_is_refused_with_a_page_that_says_why
     assert ada[1].request("GET", "hub/api/users/mallory").status_code == 404  # no hub user was made
 
 
+def test_people_come_from_the_provider_so_the_people_api_says_so(live, ada):
+    session, api = ada  # an admin, from the provider's admin group
+    for method, path in (("GET", "people"), ("POST", "people"), ("POST", "people/bob/password-reset")):
+        answer = api.request(method, f"hub/api/hubforge/{path}", json={"text": "eve"} if method == "POST" else None)
+        assert answer.status_code == 409 and "at the identity provider" in answer.json()["message"], answer.text
+    page = session.http.get(session.url("hub/hubforge/people"), timeout=30)
+    assert page.status_code == 200 and "people come from the identity provider" in page.text
+
+
 def test_the_name_of_the_hubs_native_admin_gives_no_admin_rights(live, ada):
     _, answer = sign_in(live.url, "admin", PASSWORD)
     assert answer.status_code == 200
