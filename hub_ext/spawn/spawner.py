@@ -402,7 +402,6 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         return results
 
     def current_groups(self) -> list[str]:
-        ensure_builtin_groups(self.user.db)
         return sorted(group.name for group in self.user.groups)
 
     # -- group policies (hub_ext.labs.policy) ---------------------------------------------------------------
@@ -444,8 +443,9 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
 
     def effective(self) -> Effective:
         """This user's policy now: the default merged with the policies of their current groups. A policy that is
-        not valid (written around the API, into the database) stops the start with its one line."""
-        ensure_builtin_groups(self.user.db)
+        not valid (written around the API, into the database) stops the start with its one line. (The built-in groups
+        are made at the hub's start and again when one is deleted, hub_ext.web.audited, not here: the culler asks
+        this for every running lab every minute.)"""
         try:
             return effective_policy(self.default_policy(), self.user.groups)
         except PolicyError as exc:

@@ -4,7 +4,8 @@ The admin page and scripts change who can do what through JupyterHub's API: dele
 one admin, creating or deleting a group, adding or removing members, creating a token. Each handler here is
 JupyterHub's, registered at the same route ahead of it (an authenticator's routes come first), and adds one record
 once JupyterHub's own method has succeeded. Nothing else about the request changes, except that a token cannot be made
-for an account that must still choose its own password (hub_ext.hub.passwordgate).
+for an account that must still choose its own password (hub_ext.hub.passwordgate), and that a deleted built-in group
+is made again, empty.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from hub_ext.auth.audit import record
 from hub_ext.auth.people import DUE
 from hub_ext.auth.throttle import client_address
 from hub_ext.hub.passwordgate import REFUSAL
+from hub_ext.naming import BUILTIN_GROUPS
+from hub_ext.spawn.spawner import ensure_builtin_groups
 
 TOKEN_FIELDS = ("note", "expires_in", "scopes", "roles")  # what a token record keeps: never the token
 
@@ -83,6 +86,8 @@ class AuditedGroupAPIHandler(GroupAPIHandler):
     async def delete(self, group_name):
         await maybe_future(super().delete(group_name))
         audit(self, "group-change", group_name, {"deleted": True})
+        if group_name in BUILTIN_GROUPS:  # made again, empty: its meaning stays for the members an admin adds
+            ensure_builtin_groups(self.db)
 
 
 class AuditedGroupUsersAPIHandler(GroupUsersAPIHandler):

@@ -203,3 +203,8 @@ def test_jupyterhubs_own_user_group_and_token_calls_are_recorded(live, admin, ad
     assert made.json()["token"] not in json.dumps(about_zed)
     group = [r["detail"] for r in records(admin_api, action="group-change") if r["subject"] == "lab-team"]
     assert group[::-1] == [{"created": True, "users": []}, {"added": ["zed"]}, {"removed": ["zed"]}]
+    # a built-in group deleted is made again, empty (its rights stay defined for the members an admin adds)
+    assert admin_api.request("DELETE", "hub/api/groups/docker-sock").status_code == 204
+    again = admin_api.request("GET", "hub/api/groups/docker-sock")
+    assert again.status_code == 200 and again.json()["users"] == []
+    assert records(admin_api, action="group-change")[0]["detail"] == {"deleted": True}

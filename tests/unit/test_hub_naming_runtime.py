@@ -167,6 +167,7 @@ def test_builtin_groups_come_back_after_deletion(db):
 
 
 def test_pre_spawn_adds_and_removes_by_current_groups(db):
+    ensure_builtin_groups(db)  # the hub's start makes them (load_groups)
     spawner, user = make_spawner(db)
     asyncio.run(spawner.apply_runtime())
     assert "/var/run/docker.sock" not in spawner.volumes and spawner.extra_host_config["privileged"] is False
