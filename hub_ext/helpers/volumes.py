@@ -1,6 +1,6 @@
 """Measuring and removing a user's volumes: one rule each, run by the hub on its own node and, on Swarm, by a
 one-shot helper service on the node that holds them (`python3 -m hub_ext.helpers.volumes sizes|remove ...`, which prints
-one JSON line).
+one JSON line). `own` hands a new group folder to the lab's user, in a one-shot root helper of either engine.
 
 A volume of another project is never removed, even when the names collide (naming.foreign_owner).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,21 @@ from typing import Any
 from hub_ext.naming import foreign_owner
 
 RESULT_PREFIX = "hubforge-volumes: "  # the helper's answer line in its service's logs
+
+
+FOLDER = "/folder"  # where a one-shot helper mounts the volume it works on
+
+
+def own_command(uid: int) -> list[str]:
+    """The helper's command that makes the volume mounted at FOLDER the lab user's (`uid`): once, as root, on a new
+    group folder; files made in it later keep its group (setgid)."""
+    return ["python3", "-m", "hub_ext.helpers.volumes", "own", "--uid", str(uid), FOLDER]
+
+
+def own(path: str, uid: int) -> list[dict[str, Any]]:
+    os.chown(path, uid, uid)
+    os.chmod(path, 0o2775)
+    return [{"result": "owned"}]
 
 
 Gateway = Callable[..., Awaitable[Any]]  # DockerSpawner.docker: (APIClient method name, *args) -> its result
@@ -80,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sizes.add_argument("--project", required=True)
     sizes.add_argument("names", nargs="+")
+    owned = commands.add_parser("own", help="make a folder the lab user's (a new group folder), setgid")
+    owned.add_argument("--uid", type=int, required=True)
+    owned.add_argument("path")
     args = parser.parse_args(argv)
+    if args.command == "own":
+        print(RESULT_PREFIX + json.dumps(own(args.path, args.uid)), flush=True)
+        return 0
 
     import docker  # the helper's own node: its socket is mounted at the default path
 

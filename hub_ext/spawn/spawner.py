@@ -25,7 +25,7 @@ from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from hub_ext.helpers.quota import LOOP_CAPABILITIES, LOOP_DEVICE_RULES, device_link, quota_file
-from hub_ext.helpers.volumes import measure, parse_answer, remove_volume
+from hub_ext.helpers.volumes import FOLDER, measure, own_command, parse_answer, remove_volume
 from hub_ext.labs.gpu import GpuDecision, NoFreeGpu, allocate, decide
 from hub_ext.labs.networks import (
     NETWORK_ROLE,
@@ -63,10 +63,6 @@ _GPU_LOCK = asyncio.Lock()  # one GPU hand-out at a time in this hub
 _IMAGE_TITLES: dict[str, str] = {}  # image reference -> the picker's text (an image's tag names its content)
 _QUOTA_APPLIED: dict[str, int] = {}  # quota'd volume -> the size this hub last made it (a restart checks again)
 _GPU_CLAIMS: dict[str, list[str]] = {}  # user -> GPUs handed to their lab, until it stops (labels cover a hub restart)
-OWN_FOLDER = (  # run once as root on a new group folder's volume: the lab's user owns it, new files keep its group
-    f"import os; os.chown('/folder', {LAB_UID}, {LAB_UID}); os.chmod('/folder', 0o2775); "
-    'print(\'hubforge-volumes: [{"result": "owned"}]\')'  # hub_ext.helpers.volumes.RESULT_PREFIX, one answer
-)
 QUOTA_KINDS = {"home": "home_quota", "workspace": "workspace_quota"}  # the volumes a policy's quotas hold
 QUOTAS_ENV = "HUBFORGE_QUOTAS"  # the lab's quota'd volumes, for its status bar (images/lab/hubforge-notify)
 SIZES_TTL_S = 60
@@ -508,7 +504,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         await self.own_folder(volume)
 
     async def own_folder(self, volume: str) -> None:
-        answer = await self.run_helper(["python3", "-c", OWN_FOLDER], [f"{volume}:/folder:rw"], ["CHOWN", "FOWNER"])
+        answer = await self.run_helper(own_command(LAB_UID), [f"{volume}:{FOLDER}:rw"], ["CHOWN", "FOWNER"])
         if not answer or answer[0].get("result") != "owned":
             raise RuntimeError(f"could not make group folder {volume} the lab user's: {answer}")
 

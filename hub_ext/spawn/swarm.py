@@ -28,18 +28,19 @@ from docker.types import (
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
-from hub_ext.helpers.volumes import parse_answer
+from hub_ext.helpers.volumes import FOLDER, own_command, parse_answer
 from hub_ext.labs.gpu import NVIDIA_CAPABILITIES
 from hub_ext.labs.networks import hub_address, overlay_spec
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 from hub_ext.naming import (
     DOCKER_PRIVILEGED_GROUP,
+    LAB_UID,
     PROJECT_LABEL,
     ROLE_LABEL,
     USER_LABEL,
 )
 from hub_ext.settings.hub import default_of
-from hub_ext.spawn.spawner import OWN_FOLDER, SIZES_TTL_S, HubforgeSpawner, not_found
+from hub_ext.spawn.spawner import SIZES_TTL_S, HubforgeSpawner, not_found
 
 GPU_RESOURCE = "NVIDIA-GPU"  # the nodes' generic resource (dockerd's node-generic-resources), as NVIDIA documents it
 WAITING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"}
@@ -268,13 +269,13 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             if key in _FOLDERS_PREPARED:
                 continue
             mount = Mount(
-                target="/folder",
+                target=FOLDER,
                 source=volume,
                 type="volume",
                 labels=self.group_folder_labels(group),
                 driver_config=driver,
             )
-            answer = await self.on_node(node, ["python3", "-c", OWN_FOLDER], mounts=[mount])
+            answer = await self.on_node(node, own_command(LAB_UID), mounts=[mount])
             if not answer or answer[0].get("result") != "owned":
                 raise SwarmRefused(f"the group folder of {group!r} could not be made on node {node[:12]}: {answer}")
             _FOLDERS_PREPARED.add(key)

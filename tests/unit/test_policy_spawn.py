@@ -79,7 +79,7 @@ def test_each_group_gets_its_own_limits_image_and_folder(db):
     (helper,) = daemon.helpers
     assert helper["User"] == "0:0" and helper["HostConfig"]["NetworkMode"] == "none"
     assert helper["HostConfig"]["Binds"] == ["jupyterlab_group_research:/folder:rw"]
-    assert "os.chown('/folder', 1000, 1000)" in helper["Cmd"][-1]
+    assert helper["Cmd"] == ["python3", "-m", "hub_ext.helpers.volumes", "own", "--uid", "1000", "/folder"]
     asyncio.run(rita.apply_runtime())  # the next start finds it made
     assert len(daemon.helpers) == 1
 
@@ -237,3 +237,14 @@ def test_a_volume_made_before_its_quota_keeps_working_unheld(db, tmp_path):
     group(db, "students", {"home_quota": "64M"}, user)
     asyncio.run(spawner.apply_runtime())
     assert daemon.options["jupyterlab-olga_home"] == {} and not list(tmp_path.rglob("*.img"))
+
+
+def test_the_helpers_own_command_hands_the_folder_to_the_lab_user(tmp_path, capsys):
+    from hub_ext.helpers import volumes
+
+    folder = tmp_path / "folder"
+    folder.mkdir(mode=0o700)
+    assert volumes.main(["own", "--uid", "1000", str(folder)]) == 0
+    assert volumes.parse_answer(capsys.readouterr().out) == [{"result": "owned"}]
+    status = folder.stat()
+    assert (status.st_uid, status.st_gid, status.st_mode & 0o7777) == (1000, 1000, 0o2775)
