@@ -24,7 +24,7 @@ from tornado import web
 from hub_ext.auth.audit import record
 from hub_ext.auth.throttle import client_address
 from hub_ext.helpers.quota import SLACK, human
-from hub_ext.labs.policy import PROPERTY, Policy, PolicyError, parse_policy, size_bytes
+from hub_ext.labs.policy import PROPERTY, Policy, PolicyError, merge, parse_policy, size_bytes
 from hub_ext.naming import user_names
 from hub_ext.spawn.spawner import QUOTA_KINDS
 from hub_ext.web.actions import BadRequest, parse_json
@@ -89,46 +89,62 @@ def group_listing(db, running: set[str]) -> list[dict[str, Any]]:
     return listing
 
 
+QUOTA_CHECKS_AT_ONCE = 4  # members' volumes measured at once when a quota is lowered (a helper each when stopped)
+
+
+def stored_policy(group) -> Policy:
+    try:
+        return parse_policy(group.name, group.properties)
+    except PolicyError:  # a bad stored policy (written around the API) gives nothing
+        return Policy()
+
+
 async def quota_refusal(handler, group_name: str, properties: Mapping[str, Any]) -> str | None:
-    """One line when the new policy's quotas are below what a member's quota'd volume already holds (lowering a
-    quota never loses a file); None when it fits. Asks each member's volume's own filesystem (a helper per volume),
-    only for the quotas this change lowers."""
+    """One line when the new policy leaves a member with a quota below what their quota'd volume already holds
+    (lowering a quota never loses a file); None when it fits. A member's quota after the change is the most generous
+    of their groups' (a larger one from another group holds). Only the quotas this change lowers are checked, by
+    asking each member's volume's own filesystem, a few members at a time."""
     group = orm.Group.find(handler.db, group_name)
     if group is None:
         return None
-    new = parse_policy(group_name, properties)
-    try:
-        old = parse_policy(group_name, group.properties)
-    except PolicyError:  # a bad stored policy (written around the API): every quota counts as lowered
-        old = Policy()
-    lowered = {
-        kind: size_bytes(getattr(new, field))
+    new, old = parse_policy(group_name, properties), stored_policy(group)
+    lowered = [
+        kind
         for kind, field in QUOTA_KINDS.items()
         if getattr(new, field)
         and (not getattr(old, field) or size_bytes(getattr(new, field)) < size_bytes(getattr(old, field)))
-    }
+    ]
     if not lowered:
         return None
+    checks = []
     for orm_user in group.users:
         spawner = spawner_of(handler.users[orm_user])
-        names = user_names(prefix_of(spawner), orm_user.name)
-        for kind, size in lowered.items():
+        others = {g.name: stored_policy(g) for g in orm_user.groups if g.name != group_name}
+        after = merge(spawner.default_policy(), {**others, group_name: new}).policy
+        for kind in lowered:
+            if getattr(after, QUOTA_KINDS[kind]):
+                checks.append((orm_user.name, spawner, kind, getattr(after, QUOTA_KINDS[kind])))
+    gate = asyncio.Semaphore(QUOTA_CHECKS_AT_ONCE)
+
+    async def over(name: str, spawner, kind: str, limit: str) -> str | None:
+        volume = user_names(prefix_of(spawner), name).volumes[kind]
+        async with gate:
             try:
-                device = ((await spawner.docker("inspect_volume", names.volumes[kind])).get("Options") or {}).get(
-                    "device"
-                )
+                device = ((await spawner.docker("inspect_volume", volume)).get("Options") or {}).get("device")
             except Exception:  # noqa: BLE001 -- no such volume: nothing to hold
-                continue
+                return None
             if not device:
-                continue
+                return None
             answer = await spawner.volume_use(kind, device)
-            if answer.get("result") == "measured" and answer["used"] + SLACK > size:
-                field = QUOTA_KINDS[kind]
-                return (
-                    f"policy of group {group_name!r}: {field}={getattr(new, field)!r} is below what {orm_user.name}'s "
-                    f"{kind} holds ({human(answer['used'])} in use): they delete files first, or the quota stays higher"
-                )
-    return None
+        if answer.get("result") == "measured" and answer["used"] + SLACK > size_bytes(limit):
+            return (
+                f"policy of group {group_name!r}: {QUOTA_KINDS[kind]}={limit!r} would be {name}'s, below what their "
+                f"{kind} holds ({human(answer['used'])} in use): they delete files first, or the quota stays higher"
+            )
+        return None
+
+    answers = await asyncio.gather(*(over(*check) for check in checks))
+    return next((answer for answer in answers if answer), None)
 
 
 class CheckedGroupPropertiesAPIHandler(GroupPropertiesAPIHandler):

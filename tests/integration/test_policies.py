@@ -188,8 +188,13 @@ def test_raising_the_quota_keeps_the_files_and_lowering_it_below_use_is_refused(
     lowered = put_policy(admin_api, "quota", {"workspace_quota": "20M"})
     assert lowered.status_code == 400
     assert lowered.json()["message"].startswith(
-        "policy of group 'quota': workspace_quota='20M' is below what quentin's workspace holds ("
+        "policy of group 'quota': workspace_quota='20M' would be quentin's, below what their workspace holds ("
     )
+    # a larger quota from another of his groups holds: lowering this group's takes nothing from him
+    assert put_policy(admin_api, "roomy", {"workspace_quota": "200M"}).status_code == 201
+    assert admin_api.request("POST", "hub/api/groups/roomy/users", json={"users": ["quentin"]}).status_code == 200
+    assert put_policy(admin_api, "quota", {"workspace_quota": "20M"}).status_code == 200
+    assert admin_api.request("DELETE", "hub/api/groups/roomy/users", json={"users": ["quentin"]}).status_code == 200
     assert put_policy(admin_api, "quota", {"workspace_quota": "96M"}).status_code == 200
     quota_member.stop("quentin")
     quota_member.start("quentin")
