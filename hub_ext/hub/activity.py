@@ -32,6 +32,7 @@ log = logging.getLogger("JupyterHub").getChild("activity")
 VOLUMES_EVERY = 10  # intervals between two looks at the volumes' sizes (a `docker system df` walks every volume)
 HISTORY_S = 3600  # the sparkline's hour
 CPU_RUNS_KEPT = 100  # the last runs' own CPU times, for the benchmark and the hub's log
+SPARK_POINTS = 60  # points of the last hour a page gets per lab (a sparkline is ~120 px wide): keeps answers small
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Collector:
             "cpu_percent": None if state.cpu_percent is None else round(state.cpu_percent, 1),
             "memory_bytes": reading.memory_bytes if reading else None,
             "memory_limit": reading.memory_limit if reading else None,
-            "series": [list(point) for point in state.series],
+            "series": thinned(state.series, SPARK_POINTS),
         }
 
     def status(self) -> dict[str, Any]:
@@ -154,6 +155,13 @@ class Collector:
             "run_cpu_seconds_median": median,
             "core_share_percent": None if median is None else round(100 * median / self.interval, 3),
         }
+
+
+def thinned(series: Iterable[tuple], points: int) -> list[list]:
+    """At most `points` of a series, evenly spread, the newest always kept."""
+    found = list(series)
+    step = math.ceil(len(found) / points) if found else 1
+    return [list(point) for point in found[::-1][::step][::-1]]
 
 
 def _iso(moment: float | None) -> str | None:

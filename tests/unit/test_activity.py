@@ -122,7 +122,9 @@ def test_a_stalled_hub_does_not_bill_its_pause_and_the_series_is_an_hour():
     for step in range(400):
         files.now[ID] = cgroups.Reading(step * 10**9, 1, None)
         collector.observe(lab, epoch(T0) + step * 10)
-    assert len(collector.now_of("ann")["series"]) == 361  # an hour of 10 s points
+    assert len(collector.labs["ann"].series) == 361  # an hour of 10 s points
+    sent = collector.now_of("ann")["series"]
+    assert len(sent) <= 60 and sent[-1][0] == int(epoch(T0) + 399 * 10)  # thinned for the page, the newest kept
     files.now[ID] = cgroups.Reading(500 * 10**9, 1, None)
     before = sum(t.running_seconds for t in collector.ledger.open.values())
     collector.observe(lab, epoch(T0) + 399 * 10 + 600)  # ten minutes without a run
