@@ -103,7 +103,7 @@ def in_process(users: int, labs: int) -> list[float]:
     groups = [orm.Group(name=f"g{index}") for index in range(20)]
     db.add_all(groups)
     for index in range(users):
-        db.add(orm.User(name=f"u{index:03d}", groups=[groups[index % 20], groups[(index * 7) % 20]]))
+        db.add(orm.User(name=f"u{index:03d}", groups=[groups[index % 20], groups[(index + 7) % 20]]))
     db.commit()
     readings: dict[str, cgroups.Reading] = {}
     collector = Collector(INTERVAL, Path("/nowhere"), read=lambda root, cid: readings.get(cid))
