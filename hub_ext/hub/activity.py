@@ -25,7 +25,7 @@ from typing import Any
 
 from hub_ext.hub import cgroups, usage
 from hub_ext.labs.policy import Policy, PolicyError, merge, parse_policy, size_bytes
-from hub_ext.naming import GPUS_LABEL, PROJECT_LABEL, ROLE_LABEL, USER_LABEL
+from hub_ext.naming import GPUS_LABEL, PROJECT_LABEL, ROLE_LABEL, USER_LABEL, user_names
 from hub_ext.spawn.spawner import disk_usage
 
 log = logging.getLogger("JupyterHub").getChild("activity")
@@ -212,7 +212,9 @@ async def collect_once(app, collector: Collector, retention_days: int) -> None:
     started = time.thread_time()
     collector.observe(labs_in(listing or []), time.time())
     spent = time.thread_time() - started
-    if gateway is not None and (collector.runs - 1) % VOLUMES_EVERY == 0:
+    if gateway is not None and (
+        (collector.runs - 1) % VOLUMES_EVERY == 0 or unmeasured(collector, gateway.volume_prefix)
+    ):
         collector.volume_prefix = gateway.volume_prefix
         collector.note_volumes(await disk_usage(gateway.client), gateway.project, time.time())
     started = time.thread_time()
@@ -223,6 +225,12 @@ async def collect_once(app, collector: Collector, retention_days: int) -> None:
         pruned = usage.prune(app.db, retention_days, now)
         log.info("activity: %d hourly figures written; %d past %d days dropped", len(done), pruned, retention_days)
     collector.cpu_times.append(spent + time.thread_time() - started)
+
+
+def unmeasured(collector: Collector, prefix: str) -> bool:
+    """Whether a running lab's home volume has no size yet (a new user's): then the volumes are looked at again
+    before their turn, which the shared `docker system df` still allows at most once a minute."""
+    return any(user_names(prefix, user).volumes["home"] not in collector.volume_sizes for user in collector.labs)
 
 
 def flush(app, collector: Collector) -> None:

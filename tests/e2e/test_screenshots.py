@@ -74,4 +74,5 @@ def test_activity_screenshot(live, make_user, admin_http, browser, folder):
     row = admin.locator('tr[data-user="erin"][data-running="1"]')
     # the second collector run gives a CPU figure, and the sparkline a line
     expect(row.locator("td").nth(4)).to_have_text(re.compile(r"^\d+\.\d$"), timeout=60_000)
+    expect(row.locator("td").nth(7)).to_contain_text("home", timeout=90_000)  # the shared df, at most once a minute
     admin.screenshot(path=folder / "activity.png")

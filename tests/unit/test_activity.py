@@ -14,7 +14,7 @@ from jupyterhub import orm
 from tornado import web
 
 from hub_ext.hub import cgroups, usage
-from hub_ext.hub.activity import Collector, Lab, group_policies, labs_in, quotas, volume_figures
+from hub_ext.hub.activity import Collector, Lab, group_policies, labs_in, quotas, unmeasured, volume_figures
 from hub_ext.labs.policy import PROPERTY
 from hub_ext.web.activitypage import activity_rows, matches, rows_csv, usage_period
 
@@ -255,3 +255,16 @@ def test_a_running_lab_the_collector_does_not_see_is_on_another_node(db):
     db.commit()
     (row,) = activity_rows(db, Collector(15, Path("/nowhere")))
     assert row["running"] and row["node"] == "x" * 12 and row["note"] == "figures only for the hub's node"
+
+
+def test_a_new_labs_volumes_are_looked_at_before_their_turn():
+    files = Cgroups()
+    collector = Collector(15, Path("/nowhere"), read=files)
+    collector.observe({"ann": Lab("ann", ID, "lab:1", 0)}, 0.0)
+    assert unmeasured(collector, "jupyterlab")
+    collector.note_volumes(
+        {"Volumes": [{"Name": "jupyterlab-ann_home", "Labels": {"hubforge.project": "p"}, "UsageData": {"Size": 1}}]},
+        "p",
+        1.0,
+    )
+    assert not unmeasured(collector, "jupyterlab")
