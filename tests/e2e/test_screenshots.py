@@ -76,3 +76,8 @@ def test_activity_screenshot(live, make_user, admin_http, browser, folder):
     expect(row.locator("td").nth(4)).to_have_text(re.compile(r"^\d+\.\d$"), timeout=60_000)
     expect(row.locator("td").nth(7)).to_contain_text("home", timeout=90_000)  # the shared df, at most once a minute
     admin.screenshot(path=folder / "activity.png")
+    home = browser.new_context(ignore_https_errors=True).new_page()  # erin's own figures on her home page
+    LoginPage(home, live.url).login("erin", PASSWORD)
+    HomePage(home, live.url).goto()
+    expect(home.locator("#my-cpu")).to_have_text(re.compile(r"^\d+\.\d %$"))
+    expect(home.locator("#my-week")).to_contain_text("CPU h")
