@@ -23,6 +23,23 @@ def activity(api, **query) -> dict:
     return answer.json()
 
 
+def usage_rows(api) -> list[dict]:
+    answer = api.request("GET", "hub/api/hubforge/usage", params={"by": "user"})
+    return answer.json()["rows"] if answer.status_code == 200 else []
+
+
+def stored_cpu_seconds(live, user: str) -> float:
+    """The user's CPU seconds in the hub's hourly table, read in the hub's container."""
+    script = (
+        "import sqlite3; db = sqlite3.connect('/srv/jupyterhub/data/jupyterhub.sqlite'); "
+        f"print(db.execute('SELECT coalesce(sum(cpu_seconds), 0) FROM hubforge_usage_hourly WHERE user = ?', "
+        f"({user!r},)).fetchone()[0])"
+    )
+    code, out = live.hub().exec_run(["python3", "-c", script])
+    assert code == 0, out.decode()
+    return float(out.decode().strip())
+
+
 def row_of(api, name: str) -> dict:
     return next(row for row in activity(api)["users"] if row["name"] == name)
 
@@ -60,6 +77,15 @@ def test_a_busy_lab_shows_with_its_figures_and_a_user_sees_only_their_own(live, 
     assert ann_api.request("GET", "hub/api/hubforge/usage").status_code == 403
     mine = ann_api.request("GET", "hub/api/hubforge/activity/me").json()
     assert mine["user"]["name"] == "ann" and mine["user"]["running"] and mine["week"]["cpu_hours"] > 0
+
+
+def test_the_hour_under_way_is_written_when_the_hub_stops(live, admin_api):
+    """After the first test: ann's figures of this hour are in the collector's memory only, until the hub stops."""
+    before = next(row for row in usage_rows(admin_api) if row["name"] == "ann")["cpu_hours"]
+    assert before > 0 and not stored_cpu_seconds(live, "ann")
+    live.hub().restart(timeout=30)
+    wait_until(lambda: usage_rows(admin_api), timeout=90, what="the restarted hub's usage report")
+    assert stored_cpu_seconds(live, "ann") >= before * 3600 * 0.99  # rounded to 4 decimals of an hour
 
 
 def test_bad_report_arguments_answer_400_with_one_line(admin_api, admin):
