@@ -99,7 +99,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
         """The activity collector, in the hub's event loop; what it holds is written when the hub stops."""
         pruned = usage.prune(app.db, self.activity_retention_days)  # and at every hour's write
         if pruned:
-            self.log.info("activity: %d hourly figures older than %d days dropped", pruned, self.activity_retention_days)
+            self.log.info("activity: %d hourly figures past %d days dropped", pruned, self.activity_retention_days)
         self.activity = activity.Collector(self.activity_interval, Path(self.cgroup_root))
         self.collecting = asyncio.get_running_loop().create_task(
             activity.collect_forever(app, self.activity, self.activity_retention_days)
