@@ -1,7 +1,7 @@
 """Activity benchmark (issue 29, part 2): how fast the Activity API answers with 500 users and 100 running labs, and
 what the hub's collector costs.
 
-Run: flock /tmp/hubforge-docker.lock python benchmarks/activity.py [--users 500] [--labs 100] [--window 60]
+Run: flock /tmp/hubforge-docker.lock python benchmarks/activity.py [--users 500] [--labs 100] [--window 60] [--baseline]
 (after `invoke build`; it starts a stack of its own and removes it).
 
 - Users: made through the hub's REST API with the admin's token (one POST /hub/api/users).
@@ -14,7 +14,8 @@ Run: flock /tmp/hubforge-docker.lock python benchmarks/activity.py [--users 500]
 - Printed: the API's answer time (median and p95 of 20 requests, JSON and CSV) once the collector has run; the same
   answer computed in-process for a full hour of sparkline points for every lab; the collector's own CPU per run (its
   self-measured thread time, as the API reports it) as a share of a core; and the hub container's whole CPU use over
-  a quiet window (no requests), from its cgroup, which bounds what collecting costs from above.
+  a quiet window (no requests), from its cgroup, which bounds what collecting costs from above. `--baseline` measures
+  that window with the collector idle (it runs once, at the start, before any lab), for the difference.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +45,7 @@ from tests.support.helpers import wait_until  # noqa: E402
 from tests.support.livestack import ADMIN, admin_api, claim_admin, current_images, start_stack, stop_stack  # noqa: E402
 
 INTERVAL = 15
+BASELINE_INTERVAL = 86400
 REQUESTS = 20
 
 
@@ -126,16 +129,20 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--labs", type=int, default=100, help="stand-in labs, besides the admin's real one")
     parser.add_argument("--window", type=float, default=60, help="seconds of the quiet window for the hub's CPU")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help=f"the hub's CPU alone: the collector runs once, at the start, then waits {BASELINE_INTERVAL} s",
+    )
     options = parser.parse_args()
     print(f"activity benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores")
-    report_times(
-        f"in-process: rows of {options.users} users with {options.labs} labs, a full hour of points each",
-        in_process(options.users, options.labs),
-    )
-
-    import tempfile
-
-    live = start_stack(Path(tempfile.mkdtemp(prefix="activity-bench-")), {"ACTIVITY_INTERVAL": str(INTERVAL)})
+    if not options.baseline:
+        report_times(
+            f"in-process: rows of {options.users} users with {options.labs} labs, a full hour of points each",
+            in_process(options.users, options.labs),
+        )
+    interval = BASELINE_INTERVAL if options.baseline else INTERVAL
+    live = start_stack(Path(tempfile.mkdtemp(prefix="activity-bench-")), {"ACTIVITY_INTERVAL": str(interval)})
     try:
         admin = claim_admin(live)
         api = admin_api(live, admin)
@@ -149,45 +156,57 @@ def main() -> None:
         started = time.perf_counter()
         start_stand_ins(live.project, images["hub"], names[: options.labs])
         print(f"{options.labs} stand-in labs started in {time.perf_counter() - started:.1f} s (+ the admin's real lab)")
-
-        def seen() -> dict | None:
-            status = api.request("GET", "hub/api/hubforge/activity").json()["collector"]
-            return status if status.get("labs_seen", 0) >= options.labs + 1 and status["runs"] >= 3 else None
-
-        status = wait_until(seen, timeout=6 * INTERVAL, what="the collector to see every lab, 3 runs in", interval=2)
-        print(f"collector: {status['labs_seen']} labs seen after {status['runs']} runs, every {INTERVAL} s")
-
-        report_times(
-            f"GET /hub/api/hubforge/activity, {options.users} users, {options.labs + 1} labs",
-            timed_requests(lambda: api.request("GET", "hub/api/hubforge/activity")),
-        )
-        report_times(
-            "GET /hub/api/hubforge/activity?format=csv",
-            timed_requests(lambda: api.request("GET", "hub/api/hubforge/activity", params={"format": "csv"})),
-        )
-        report_times(
-            "GET /hub/api/hubforge/usage?by=group",
-            timed_requests(lambda: api.request("GET", "hub/api/hubforge/usage", params={"by": "group"})),
-        )
-        answer = api.request("GET", "hub/api/hubforge/activity")
-        print(f"answer size: {len(answer.content) / 1024:.0f} KiB JSON")
-
-        hub = live.hub()
-        before, at = hub_cpu_seconds(hub.id), time.monotonic()
-        time.sleep(options.window)
-        used, elapsed = hub_cpu_seconds(hub.id) - before, time.monotonic() - at
+        if options.baseline:
+            hub_share(live, options.window, f"{options.labs + 1} labs, the collector idle (baseline)")
+            return
+        measure(api, options.users, options.labs)
+        hub_share(live, options.window, f"{options.labs + 1} labs")
         status = api.request("GET", "hub/api/hubforge/activity").json()["collector"]
         print(
             f"collector's own CPU per run (median of its last {min(status['runs'], 100)} runs): "
             f"{status['run_cpu_seconds_median'] * 1e3:.1f} ms = {status['core_share_percent']:.3f} % of a core "
             f"at one run per {INTERVAL} s"
         )
-        print(
-            f"hub container, whole (collector, JupyterHub, proxy), quiet {elapsed:.0f} s with {options.labs + 1} labs: "
-            f"{100 * used / elapsed:.2f} % of a core"
-        )
     finally:
         stop_stack(live)
+
+
+def measure(api, users: int, labs: int) -> None:
+    """The API's answer times once the collector has seen every lab."""
+
+    def seen() -> dict | None:
+        status = api.request("GET", "hub/api/hubforge/activity").json()["collector"]
+        return status if status.get("labs_seen", 0) >= labs + 1 and status["runs"] >= 3 else None
+
+    status = wait_until(seen, timeout=6 * INTERVAL, what="the collector to see every lab, 3 runs in", interval=2)
+    print(f"collector: {status['labs_seen']} labs seen after {status['runs']} runs, every {INTERVAL} s")
+
+    report_times(
+        f"GET /hub/api/hubforge/activity, {users} users, {labs + 1} labs",
+        timed_requests(lambda: api.request("GET", "hub/api/hubforge/activity")),
+    )
+    report_times(
+        "GET /hub/api/hubforge/activity?format=csv",
+        timed_requests(lambda: api.request("GET", "hub/api/hubforge/activity", params={"format": "csv"})),
+    )
+    report_times(
+        "GET /hub/api/hubforge/usage?by=group",
+        timed_requests(lambda: api.request("GET", "hub/api/hubforge/usage", params={"by": "group"})),
+    )
+    answer = api.request("GET", "hub/api/hubforge/activity")
+    print(f"answer size: {len(answer.content) / 1024:.0f} KiB JSON")
+
+
+def hub_share(live, window: float, what: str) -> None:
+    """The hub container's whole CPU use over a quiet window, from its cgroup."""
+    hub = live.hub()
+    before, at = hub_cpu_seconds(hub.id), time.monotonic()
+    time.sleep(window)
+    used, elapsed = hub_cpu_seconds(hub.id) - before, time.monotonic() - at
+    print(
+        f"hub container, whole (JupyterHub, proxy, collector), quiet {elapsed:.0f} s, {what}: "
+        f"{100 * used / elapsed:.2f} % of a core"
+    )
 
 
 if __name__ == "__main__":
