@@ -8,6 +8,7 @@ and the handlers run in the hub with its sessions, XSRF checks, scopes and spawn
 from __future__ import annotations
 
 import asyncio
+import atexit
 import secrets
 import unicodedata
 from datetime import datetime, timezone
@@ -25,9 +26,10 @@ from hub_ext.auth.passwords import NO_ACCOUNT_HASH, password_matches
 from hub_ext.auth.people import DUE
 from hub_ext.auth.rules import loggable
 from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, describe_wait
+from hub_ext.hub import activity, usage
 from hub_ext.hub.culler import cull_forever
 from hub_ext.settings.hub import default_of
-from hub_ext.web import accounts, audited, auditpage, labaccess, people, policies
+from hub_ext.web import accounts, activitypage, audited, auditpage, labaccess, people, policies
 from hub_ext.web.selfservice import default_handlers
 
 TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
@@ -50,7 +52,27 @@ class HubforgeAuthMixin(LoggingConfigurable):
         config=True,
         help="Days the audit trail keeps a record (AUDIT_RETENTION_DAYS; 0: every record).",
     )
+    activity_interval = Integer(
+        default_of("ACTIVITY_INTERVAL"),
+        min=5,
+        config=True,
+        help="Seconds between two runs of the activity collector (ACTIVITY_INTERVAL): one Docker listing of every "
+        "lab, and each lab's cgroup files (hub_ext.hub.activity).",
+    )
+    activity_retention_days = Integer(
+        default_of("ACTIVITY_RETENTION_DAYS"),
+        min=1,
+        config=True,
+        help="Days the hourly figures per user are kept (ACTIVITY_RETENTION_DAYS).",
+    )
+    cgroup_root = Unicode(
+        "/host/sys/fs/cgroup",
+        config=True,
+        help="Where the host's cgroup tree is mounted in the hub (read-only), for the labs' CPU and memory.",
+    )
     culling: asyncio.Task | None = None  # hub_ext.hub.culler.cull_forever, kept so that it is not garbage-collected
+    activity: activity.Collector | None = None  # what the activity pages read (hub_ext.web.activitypage)
+    collecting: asyncio.Task | None = None  # hub_ext.hub.activity.collect_forever
 
     def hubforge_handlers(self, app, own: list) -> list:
         """The authenticator's own routes between the lab-access check (first: it replaces JupyterHub's) and
@@ -63,6 +85,8 @@ class HubforgeAuthMixin(LoggingConfigurable):
                 self.log.info("audit: %d records older than %d days dropped", pruned, self.audit_retention_days)
         if self.culling is None and app is not None:
             self.culling = asyncio.get_running_loop().create_task(cull_forever(app))
+        if self.collecting is None and app is not None:
+            self.start_activity(app)
         return (
             list(labaccess.handlers)
             + list(own)
@@ -71,7 +95,19 @@ class HubforgeAuthMixin(LoggingConfigurable):
             + list(auditpage.handlers)
             + list(people.handlers)
             + list(audited.handlers)
+            + list(activitypage.handlers)
         )
+
+    def start_activity(self, app) -> None:
+        """The activity collector, in the hub's event loop; what it holds is written when the hub stops."""
+        pruned = usage.prune(app.db, self.activity_retention_days)  # and at every hour's write
+        if pruned:
+            self.log.info("activity: %d hourly figures past %d days dropped", pruned, self.activity_retention_days)
+        self.activity = activity.Collector(self.activity_interval, Path(self.cgroup_root))
+        self.collecting = asyncio.get_running_loop().create_task(
+            activity.collect_forever(app, self.activity, self.activity_retention_days)
+        )
+        atexit.register(activity.flush, app, self.activity)
 
     def normalize_username(self, username: str) -> str:
         """NFKC first, then JupyterHub's own (lower case, username_map): a full-width or ligature

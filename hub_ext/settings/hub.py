@@ -621,6 +621,28 @@ SETTINGS: tuple[Setting, ...] = (
         trait="HubforgeAuthMixin.audit_retention_days",
     ),
     Setting(
+        "ACTIVITY_INTERVAL",
+        "activity_interval",
+        15,
+        integer(5),
+        (
+            "Seconds between two looks of the activity collector at the labs (the Activity page, "
+            "GET /hub/api/hubforge/activity): one Docker listing for every lab, and each lab's cgroup files."
+        ),
+        trait="HubforgeAuthMixin.activity_interval",
+    ),
+    Setting(
+        "ACTIVITY_RETENTION_DAYS",
+        "activity_retention_days",
+        7,
+        integer(1),
+        (
+            "Days the hourly CPU, memory and GPU figures per user are kept (the usage report, "
+            "GET /hub/api/hubforge/usage)."
+        ),
+        trait="HubforgeAuthMixin.activity_retention_days",
+    ),
+    Setting(
         "LAB_ADMIN_ACCESS",
         "lab_admin_access",
         False,

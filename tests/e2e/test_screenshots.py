@@ -3,6 +3,7 @@ page."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,27 @@ def test_readme_screenshots(live, make_user, admin_http, browser, page, folder):
     home.manage_volumes()
     expect(page.get_by_role("button", name="Reset selected volumes")).to_be_visible()
     page.screenshot(path=folder / "volumes.png")
+
+
+def test_activity_screenshot(live, make_user, admin_http, browser, folder):
+    """The Activity page with a busy lab and users who run nothing (docs/howto/activity.md)."""
+    erin = make_user("erin")
+    make_user("femi")
+    admin_http.api("POST", "groups/physics")
+    admin_http.api("POST", "groups/physics/users", json={"users": ["erin", "femi"]})
+    erin.start("erin")
+    busy = "import time\nend = time.time() + 120\nwhile time.time() < end:\n    pass\n"
+    live.lab("erin").exec_run(["python3", "-c", busy], detach=True)
+    admin = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 650}).new_page()
+    LoginPage(admin, live.url).login(ADMIN, PASSWORD)
+    admin.goto(live.url + "hub/hubforge/activity")
+    row = admin.locator('tr[data-user="erin"][data-running="1"]')
+    # the second collector run gives a CPU figure, and the sparkline a line
+    expect(row.locator("td").nth(4)).to_have_text(re.compile(r"^\d+\.\d$"), timeout=60_000)
+    expect(row.locator("td").nth(7)).to_contain_text("home", timeout=90_000)  # the shared df, at most once a minute
+    admin.screenshot(path=folder / "activity.png")
+    home = browser.new_context(ignore_https_errors=True).new_page()  # erin's own figures on her home page
+    LoginPage(home, live.url).login("erin", PASSWORD)
+    HomePage(home, live.url).goto()
+    expect(home.locator("#my-cpu")).to_have_text(re.compile(r"^\d+\.\d %$"))
+    expect(home.locator("#my-week")).to_contain_text("CPU h")
