@@ -27,6 +27,7 @@ from hub_ext.naming import user_names
 from hub_ext.web.selfservice import authorize
 
 OTHER_NODE = "figures only for the hub's node"
+NOT_YET = "started since the last collection: figures at the next one"
 REPORT_DAYS_MAX = 366
 CSV_COLUMNS = (
     "user",
@@ -99,9 +100,10 @@ def user_row(user: orm.User, collector: Collector | None, policies: Mapping, pre
         row["series"] = lab["series"]
         if not lab["measured"]:
             row["note"] = "no cgroup figures (is /sys/fs/cgroup mounted in the hub?)"
-    elif running:  # running by the hub's records, not on this node (Swarm)
-        row["node"] = ((server.state or {}).get("node_id") or "")[:12] or "another node"
-        row["note"] = OTHER_NODE
+    elif running:  # running by the hub's records, not in the last listing: started since, or on another node (Swarm)
+        node = ((server.state or {}).get("node_id") or "")[:12]
+        row["node"] = node
+        row["note"] = f"{NOT_YET}, or {OTHER_NODE}" if node else NOT_YET
     return row
 
 

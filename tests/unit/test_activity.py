@@ -247,14 +247,21 @@ def test_activity_rows_for_every_user_the_filter_and_csv(db):
     ]
 
 
-def test_a_running_lab_the_collector_does_not_see_is_on_another_node(db):
-    ann = orm.User(name="ann")
-    server = orm.Server()
-    db.add_all([ann, server])
-    db.add(orm.Spawner(user=ann, name="", server=server, state={"node_id": "x" * 25}))
+def test_a_running_lab_the_collector_has_not_seen_is_new_or_on_another_node(db):
+    ann, bob = orm.User(name="ann"), orm.User(name="bob")
+    servers = orm.Server(), orm.Server()
+    db.add_all([ann, bob, *servers])
+    db.add(orm.Spawner(user=ann, name="", server=servers[0], state={"node_id": "x" * 25}))  # Swarm
+    db.add(orm.Spawner(user=bob, name="", server=servers[1]))  # Compose: it started since the last listing
     db.commit()
-    (row,) = activity_rows(db, Collector(15, Path("/nowhere")))
-    assert row["running"] and row["node"] == "x" * 12 and row["note"] == "figures only for the hub's node"
+    ann_row, bob_row = activity_rows(db, Collector(15, Path("/nowhere")))
+    assert ann_row["running"] and ann_row["node"] == "x" * 12
+    assert (
+        ann_row["note"]
+        == "started since the last collection: figures at the next one, or figures only for the hub's node"
+    )
+    assert bob_row["running"] and bob_row["node"] == ""
+    assert bob_row["note"] == "started since the last collection: figures at the next one"
 
 
 def test_a_new_labs_volumes_are_looked_at_before_their_turn():
