@@ -24,8 +24,8 @@ def test_a_batch_made_user_changes_the_passphrase_starts_a_lab_and_the_admin_see
     folder = Path(shots) if shots else None
     LoginPage(page, live.url).login(ADMIN, PASSWORD)
     admin_http.api("POST", "groups/physics")
-    passphrases = PeoplePage(page, live.url).create("nia physics\nomar\npat physics\nbad/name")
-    assert set(passphrases) == {"nia", "omar", "pat"}
+    passphrases = PeoplePage(page, live.url).create("nia physics\nomar\npilar physics\nbad/name")
+    assert set(passphrases) == {"nia", "omar", "pilar"}
     expect(page.locator("#batch-refused")).to_contain_text("slash")
     expect(page.locator("#batch-csv")).to_be_visible()
     if folder:
