@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import logging
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -20,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, String, Text, or_
 from sqlalchemy.orm import Session, declarative_base
+
+from hub_ext.auth import tables
 
 log = logging.getLogger("JupyterHub").getChild("audit")
 Base = declarative_base()
@@ -67,15 +68,9 @@ class Query:
     limit: int = 500
 
 
-_MADE: weakref.WeakSet = weakref.WeakSet()  # the engines whose database has the table, in this process
-
-
 def ensure_table(db: Session) -> None:
-    """Create the table in the hub's database if it is not there (JupyterHub's own migrations never touch it)."""
-    bind = db.get_bind()
-    if bind not in _MADE:
-        Base.metadata.create_all(bind, tables=[AuditRecord.__table__])
-        _MADE.add(bind)
+    """Create the table in the hub's database if it is not there (hub_ext.auth.tables)."""
+    tables.ensure(db, AuditRecord.__table__)
 
 
 def _now() -> datetime:

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from sqlalchemy import Column, DateTime, String
 from sqlalchemy.orm import Session, declarative_base
 
+from hub_ext.auth import tables
+
 BATCH_MAX = 1000  # lines in one batch: a class or a department, not a directory import
 
 # Lower-case letters and digits a reader cannot confuse (no 0/o, 1/l/i): 31 symbols, 5 a group, 4 groups: 99 bits.
@@ -118,7 +120,7 @@ class DueStore:
         bind = db.get_bind()
         names = self.names.get(bind)
         if names is None:
-            Base.metadata.create_all(bind, tables=[PasswordDue.__table__])
+            tables.ensure(db, PasswordDue.__table__)
             names = self.names[bind] = {row.username for row in db.query(PasswordDue.username)}
         return names
 

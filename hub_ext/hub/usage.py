@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String, UniqueConstraint, tuple_
 from sqlalchemy.orm import Session, declarative_base
+
+from hub_ext.auth import tables
 
 Base = declarative_base()
 BY = ("user", "group")
@@ -97,15 +98,9 @@ class Ledger:
         return done
 
 
-_MADE: weakref.WeakSet = weakref.WeakSet()  # the engines whose database has the table, in this process
-
-
 def ensure_table(db: Session) -> None:
-    """Create the table in the hub's database if it is not there (JupyterHub's own migrations never touch it)."""
-    bind = db.get_bind()
-    if bind not in _MADE:
-        Base.metadata.create_all(bind, tables=[HourlyUsage.__table__])
-        _MADE.add(bind)
+    """Create the table in the hub's database if it is not there (hub_ext.auth.tables)."""
+    tables.ensure(db, HourlyUsage.__table__)
 
 
 def write(db: Session, figures: Mapping[Key, Totals]) -> int:
