@@ -521,6 +521,10 @@ class StackDocker(Docker):
     def remove_volume(self, name: str) -> bool:
         return removed(self.client.api.remove_volume, name)
 
+    def volume_users(self, name: str) -> list[str]:
+        """The names of the containers (running or not) that mount the volume `name`."""
+        return [c["Names"][0].lstrip("/") for c in self.client.api.containers(all=True, filters={"volume": name})]
+
     def volume(self, name: str) -> dict | None:
         """A volume's inspect document (labels, driver, options, mountpoint), or None when there is none."""
         try:

@@ -98,6 +98,15 @@ class Backups:
     # -- backup ---------------------------------------------------------------------------------------------------
     def ensure_repository(self) -> None:
         """Make the password file (at its default place only) and the repository, the first time."""
+        try:
+            self.make_repository()
+        except PermissionError as exc:
+            raise HubforgeError(
+                f"cannot write {exc.filename} ({exc.strerror}): set BACKUP_REPOSITORY and BACKUP_PASSWORD_FILE to "
+                "places you may write, or run as root"
+            ) from None
+
+    def make_repository(self) -> None:
         if not self.repo.password_file.is_file():
             if not self.repo.password_is_default:
                 raise HubforgeError(
@@ -227,6 +236,14 @@ class Backups:
 
     def recreate(self, volumes: list[Volume]) -> None:
         """Each volume made again, empty, with its labels (Compose's too: `up` then takes the stack's as its own)."""
+        in_use = {v.name: users for v in volumes if (users := self.docker.volume_users(v.name))}
+        if in_use:  # checked for all before any is removed: a refusal leaves every volume as it was
+            name, users = next(iter(in_use.items()))
+            raise HubforgeError(
+                f"volume {name} is in use by {', '.join(users)}"
+                + (f" (and {len(in_use) - 1} more volumes)" if len(in_use) > 1 else "")
+                + ": stop what uses it, then restore again (nothing was restored)"
+            )
         quota_files = []
         for volume in volumes:
             existing = self.docker.volume(volume.name)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support.hubclient import HubAPI, HubSession
+from ..support.hubclient import HubAPI, HubSession, KernelClient
 from ..support.livestack import PASSWORD, ROOT, approved_user, claim_admin, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
@@ -99,10 +99,13 @@ def test_a_restore_refuses_a_running_stack_and_an_unknown_snapshot_or_user(live,
 
 def test_one_users_restore_while_the_others_lab_keeps_running(live, users):
     ann_lab = live.lab("ann").id
+    kernel = KernelClient(users["ann"], "ann")  # ann works on while bob's files come back
+    kernel.execute("answer = 6 * 7")
     lab_sh(live, "bob", f"rm {NOTES} {SECRET} && echo 'a mistake' > /home/lab/workspace/mistake.txt")
     done = invoke(live, "restore", "latest", "--user", "bob")
     assert done.returncode == 0, done.stdout + done.stderr
     assert live.lab("ann").id == ann_lab and live.lab("ann").status == "running"
+    assert kernel.execute("print(answer)").strip() == "42"  # her kernel kept its state
     assert not users["bob"].user("bob")["servers"]  # the hub stopped bob's lab for the restore, and knows it
     users["bob"].start("bob")
     assert lab_sh(live, "bob", f"cat {NOTES}") == "notes of bob"

@@ -296,6 +296,7 @@ class StandInDaemon:
         self.runs: list[tuple[list[str], dict]] = []
         self.removed: list[str] = []
         self.created: list[str] = []
+        self.users: dict[str, list[str]] = {}  # volume -> the containers that mount it
 
     def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None):
         self.runs.append((command, host))
@@ -309,6 +310,9 @@ class StandInDaemon:
 
     def volume(self, name):
         return next((v for v in self.listed if v["Name"] == name), None)
+
+    def volume_users(self, name):
+        return self.users.get(name, [])
 
     def remove_volume(self, name):
         self.removed.append(name)
@@ -374,6 +378,18 @@ def test_a_running_stack_is_not_overwritten_unless_forced(tmp_path):
     assert command == ["restore", snapshot.id, "--target", "/", "--exclude", "/backup/manifest"]
     assert f"{tmp_path / 'run'}:/backup/settings:rw" in host["binds"] and not host["read_only"]
     assert set(host["cap_add"]) == {"CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"} and host["cap_drop"] == ["ALL"]
+
+
+def test_a_volume_in_use_stops_the_restore_before_any_volume_is_replaced(tmp_path):
+    backups, daemon = backups_of(tmp_path, canned(tmp_path))
+    daemon.users = {f"{P}-jupyterlab-bob_home": ["stray"], f"{P}_shared": ["other"]}
+    with pytest.raises(HubforgeError) as caught:
+        backups.restore_stack("latest", False, lambda message: None)
+    assert str(caught.value) == (
+        f"volume {P}-jupyterlab-bob_home is in use by stray (and 1 more volumes): stop what uses it, then restore "
+        "again (nothing was restored)"
+    )
+    assert daemon.removed == daemon.created == [] and [run[0][0] for run in daemon.runs] == ["snapshots", "dump"]
 
 
 def test_a_user_restore_touches_only_that_user_s_volumes(tmp_path):
