@@ -4,7 +4,6 @@ gateway, with the stack's volumes and run folder mounted under plan.ROOT."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -331,7 +330,3 @@ class Backups:
 def snapshot_rows(snapshots: list[Snapshot]) -> list[tuple[str, str, str, str]]:
     """id, time, version and engine of each snapshot, newest first: what `invoke backup --list` shows."""
     return [(s.short_id, s.time[:19].replace("T", " "), s.tag("version"), s.tag("engine")) for s in reversed(snapshots)]
-
-
-def dumps(document: Mapping[str, Any]) -> str:
-    return json.dumps(document, indent=1, default=str)
