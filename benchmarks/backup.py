@@ -123,6 +123,7 @@ def main() -> None:
     finally:
         stop_stack(live)
         shutil.rmtree(kept, ignore_errors=True)
+        shutil.rmtree(Path(os.path.expanduser("~/.cache/hubforge/restic")) / live.project, ignore_errors=True)
     medians = {name: statistics.median(values) for name, values in figures.items()}
     result = {
         "users": args.users,

@@ -19,6 +19,7 @@ from ..support.livestack import PASSWORD, ROOT, approved_user, claim_admin, star
 
 pytestmark = pytest.mark.integration
 NOTES = "/home/lab/workspace/notes.txt"
+RESTIC_CACHE = Path(os.path.expanduser("~/.cache/hubforge/restic"))
 SECRET = "/home/lab/private.txt"
 
 
@@ -36,6 +37,7 @@ def live(tmp_path_factory, request):
     if getattr(request.session, "stack_failed", False):
         stack.dump_logs(ROOT / "test-results" / "logs" / stack.project)
     stop_stack(stack)
+    shutil.rmtree(RESTIC_CACHE / stack.project, ignore_errors=True)  # restic's cache of this project's repository
 
 
 def invoke(live, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
