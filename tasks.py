@@ -89,7 +89,8 @@ def validate_jobs(value) -> int:
 @task(
     help={
         "target": (
-            "one of base, hub, lab, gpu-probe, registry, idp (default: all but idp, the tests' OpenID Connect provider)"
+            "one of base, hub, lab, gpu-probe, registry, backup, idp (default: all but idp, the tests' OpenID Connect "
+            "provider)"
         ),
         "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
         "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
@@ -139,7 +140,7 @@ def build(
 
 @task(
     help={
-        "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, idp)",
+        "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, backup, idp)",
         "only": "python | apt | native: lock only one kind",
         "base": "auto | pull | bootstrap, for resolving Debian packages",
     }
@@ -308,6 +309,49 @@ def policies(c, action, file=None, project=None):
     from hubforge import app
 
     app.policies(settings(c), stack_options(c, project), action, file)
+
+
+def restic_environment() -> dict[str, str]:
+    """restic's credentials for a remote repository (s3:, rest:), from this environment: the only ones passed on."""
+    from hubforge.backup.plan import REMOTE_ENVIRONMENT
+
+    return {name: os.environ[name] for name in REMOTE_ENVIRONMENT if os.environ.get(name)}
+
+
+@task(
+    help={
+        "list": "list the project's snapshots in the repository instead of making one",
+        "project": "Compose project name (default hubforge)",
+    }
+)
+@user_errors
+def backup(c, list=False, project=None):
+    """Back up the whole stack while it runs (the hub's database, the settings, every user's volumes) into the restic
+    repository of BACKUP_REPOSITORY, with progress; `--list` lists the snapshots."""
+    from hubforge import app
+
+    app.configure_logging(False)
+    app.backup(settings(c), stack_options(c, project), list, restic_environment())
+
+
+@task(
+    positional=["snapshot"],
+    help={
+        "snapshot": "a snapshot's id (or the start of it, as `invoke backup --list` shows it), or latest",
+        "user": "restore only this user's volumes, while everyone else keeps working (their lab is stopped first)",
+        "volume": "with --user: only this volume (home, workspace or cache)",
+        "force": "restore the whole stack even though it runs: stop it first",
+        "project": "Compose project name (default hubforge)",
+    },
+)
+@user_errors
+def restore(c, snapshot, user=None, volume=None, force=False, project=None):
+    """Bring the whole stack back from a snapshot (volumes with their owners and modes, the hub's database, the
+    settings), here or on a new machine, then `invoke up`; or, with --user, one user's volumes."""
+    from hubforge import app
+
+    app.configure_logging(False)
+    app.restore(settings(c), stack_options(c, project), snapshot, user, volume, force, restic_environment())
 
 
 PYTEST_BROWSER_ARGS = ["--screenshot", "only-on-failure", "--tracing", "retain-on-failure", "--output", "test-results"]

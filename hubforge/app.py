@@ -657,3 +657,106 @@ def sbom(settings: Settings, image: str, output: Path | None) -> Path:
     path, python, debian = image_sbom(Docker(), image, settings.root / "dist", output)
     say(f"{path}: {python} Python and {debian} Debian packages")
     return path
+
+
+# -- backups ---------------------------------------------------------------------------------------------------
+def backups_for(settings: Settings, options, passed: dict[str, str]):
+    """The project's backups: its stack, the built backup image, and the repository its .env names."""
+    from hub_ext.settings.hub import ConfigError, from_environ
+
+    from .backup import plan
+    from .backup.runner import Backups
+    from .deploy.settings import read_env_file
+
+    doctor.ensure(settings.cache_dir, {"docker"}, say)
+    stack = stack_for(settings, options)
+    if options.engine == "swarm":
+        raise HubforgeError(plan.SWARM_REFUSAL)
+    env_path = options.run_dir / ".env"
+    try:
+        hub = from_environ(read_env_file(env_path))
+    except ConfigError as exc:
+        raise HubforgeError(f"{env_path}: {exc}") from None
+    builder = make_builder(settings)
+    step = builder.plan(builder.graph.select("backup", None))[-1]
+    if not step.exists:
+        raise HubforgeError(f"the backup image {step.ref} is not built: run `invoke build`, then try again")
+    repo = plan.repository(hub.backup_repository, hub.backup_password_file, options.project, options.run_dir)
+    cache = settings.cache_dir / "restic" / options.project
+    return Backups(stack, step.ref, repo, cache, passed, say)
+
+
+def source_commit(root: Path) -> str:
+    """The checkout's commit, recorded in each snapshot's tags; empty outside a git checkout."""
+    from .release.plan import git
+
+    try:
+        return git(root, "rev-parse", "HEAD")
+    except HubforgeError:
+        return ""
+
+
+def backup(settings: Settings, options, list_only: bool, passed: dict[str, str]) -> dict | None:
+    """`invoke backup`: one snapshot of the whole stack while it runs, with progress; `--list`: the snapshots."""
+    import tempfile
+
+    from rich.table import Table
+
+    from . import __version__
+    from .backup.plan import human_bytes, summary_line
+    from .backup.runner import snapshot_rows
+
+    backups = backups_for(settings, options, passed)
+    if list_only:
+        snapshots = backups.snapshots()
+        if not snapshots:
+            say(f"no snapshots of project {options.project} in {backups.repo.location}; make one with `invoke backup`")
+            return None
+        table = Table(
+            "snapshot", "time (UTC)", "hubforge", "engine", title=f"{options.project}: {backups.repo.location}"
+        )
+        for row in snapshot_rows(snapshots):
+            table.add_row(*row)
+        console.print(table)
+        return None
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hubforge-backup-") as staging, console.status("backing up") as status:
+        summary = backups.backup(__version__, source_commit(settings.root), Path(staging), status.update)
+    say(f"[bold green]backed up[/] {options.project} to {backups.repo.location}: {summary_line(summary)}")
+    say(
+        f"  {summary['volumes']} volumes, the hub's database and the settings; "
+        f"{human_bytes(summary.get('total_bytes_processed', 0))} read in {time.monotonic() - started:.1f}s. "
+        f"`invoke restore {summary.get('snapshot_id', '?')[:8]}` brings it back"
+    )
+    return summary
+
+
+def restore(
+    settings: Settings,
+    options,
+    snapshot: str,
+    user: str | None,
+    volume: str | None,
+    force: bool,
+    passed: dict[str, str],
+) -> None:
+    """`invoke restore SNAPSHOT`: the whole stack (then `invoke up`); with --user, one user's volumes only."""
+    if volume is not None and user is None:
+        raise HubforgeError("--volume only goes with --user NAME")
+    backups = backups_for(settings, options, passed)
+    started = time.monotonic()
+    if user is not None:
+        with console.status("restoring") as status:
+            chosen, volumes = backups.restore_user(snapshot, user, volume, status.update)
+        say(
+            f"[bold green]restored[/] {', '.join(v.name for v in volumes)} of {user} from snapshot {chosen.short_id} "
+            f"({chosen.time[:19]}) in {time.monotonic() - started:.1f}s; their next start has the files"
+        )
+        return
+    with console.status("restoring") as status:
+        chosen, count = backups.restore_stack(snapshot, force, status.update)
+    say(
+        f"[bold green]restored[/] project {options.project} from snapshot {chosen.short_id} ({chosen.time[:19]}): "
+        f"{count} volumes and the settings in {options.run_dir}, in {time.monotonic() - started:.1f}s"
+    )
+    say("  next: `invoke up` starts it (and builds the images first on a new machine)")

@@ -426,20 +426,64 @@ class StackDocker(Docker):
     ) -> tuple[int | None, str]:
         """Run a one-shot container (its log rotated like every other) and always remove it: (exit code, output), or
         (None, Docker's reason) when Docker refuses it."""
+        try:
+            with self._one_shot(image, command, host, labels, user) as container:
+                code = self.client.api.wait(container, timeout=timeout)["StatusCode"]
+                return code, self.client.api.logs(container).decode(errors="replace")
+        except docker.errors.APIError as exc:
+            return None, _short(exc)
+
+    def run_streamed(
+        self,
+        image: str,
+        command: list[str],
+        host: dict,
+        labels: dict[str, str],
+        environment: Mapping[str, str],
+        user: str | None = None,
+        on_line: Callable[[str], None] = lambda line: None,
+    ) -> tuple[int | None, str, str]:
+        """Run a one-shot container like run_once, handing each line of its stdout to `on_line` as it comes (a long
+        job's progress): (exit code, stdout, stderr), or (None, "", Docker's reason) when Docker refuses it. The summary
+        a job prints last is in the returned stdout, not necessarily among the lines handed on."""
+        try:
+            with self._one_shot(image, command, host, labels, user, environment) as container:
+                pending = b""
+                for chunk in self.client.api.logs(container, stdout=True, stderr=False, stream=True, follow=True):
+                    *complete, pending = (pending + chunk).split(b"\n")
+                    for raw in complete:
+                        on_line(raw.decode(errors="replace"))
+                code = self.client.api.wait(container)["StatusCode"]
+                # the output itself is read once the container has exited: a stream that follows a container which
+                # exits at once may end before the daemon has logged its last lines
+                out = self.client.api.logs(container, stdout=True, stderr=False).decode(errors="replace")
+                errors = self.client.api.logs(container, stdout=False, stderr=True).decode(errors="replace")
+                return code, out, errors
+        except docker.errors.APIError as exc:
+            return None, "", _short(exc)
+
+    @contextlib.contextmanager
+    def _one_shot(
+        self,
+        image: str,
+        command: list[str] | None,
+        host: dict,
+        labels: dict[str, str],
+        user: str | None,
+        environment: Mapping[str, str] | None = None,
+    ) -> Iterator[str]:
+        """A started container that is removed however the block ends."""
         container = None
         try:
             host_config = self.client.api.create_host_config(
                 log_config={"type": LOG_DRIVER, "config": default_log_options()}, **host
             )
             created = self.client.api.create_container(
-                image, command, user=user, host_config=host_config, labels=labels
+                image, command, user=user, host_config=host_config, labels=labels, environment=dict(environment or {})
             )
             container = created["Id"]
             self.client.api.start(container)
-            code = self.client.api.wait(container, timeout=timeout)["StatusCode"]
-            return code, self.client.api.logs(container).decode(errors="replace")
-        except docker.errors.APIError as exc:
-            return None, _short(exc)
+            yield container
         finally:
             if container:
                 try:
@@ -476,6 +520,20 @@ class StackDocker(Docker):
 
     def remove_volume(self, name: str) -> bool:
         return removed(self.client.api.remove_volume, name)
+
+    def volume_users(self, name: str) -> list[str]:
+        """The names of the containers (running or not) that mount the volume `name`."""
+        return [c["Names"][0].lstrip("/") for c in self.client.api.containers(all=True, filters={"volume": name})]
+
+    def volume(self, name: str) -> dict | None:
+        """A volume's inspect document (labels, driver, options, mountpoint), or None when there is none."""
+        try:
+            return self.client.api.inspect_volume(name)
+        except docker.errors.NotFound:
+            return None
+
+    def create_volume(self, name: str, driver: str, options: Mapping[str, str], labels: Mapping[str, str]) -> None:
+        self.client.api.create_volume(name, driver=driver, driver_opts=dict(options), labels=dict(labels))
 
     def networks(self, labels: Mapping[str, str]) -> list[dict]:
         filters = label_filter(labels)

@@ -232,11 +232,15 @@ c.Spawner.http_timeout = 120
 # Idle labs are culled in the hub (hub_ext.hub.culler), by each user's policy: IDLE_CULLER_TIMEOUT is the default
 # policy's idle_timeout (HubforgeSpawner.idle_timeout above), and a group's policy may give its members another.
 services, roles = [], []
-# `invoke policies export|import` (hub_ext.hub.admincli, run in this container): a token kept in the data volume,
-# allowed to read and write groups only.
+# `invoke policies export|import` and `invoke restore --user` (hub_ext.hub.admincli, run in this container): a token
+# kept in the data volume, allowed to write groups, read users and stop a user's server, nothing else.
 services.append({"name": "hubforge-cli", "api_token": stored_key(DATA / "cli-token")})
 roles.append(
-    {"name": "hubforge-cli", "services": ["hubforge-cli"], "scopes": ["admin:groups", "list:users", "read:users"]}
+    {
+        "name": "hubforge-cli",
+        "services": ["hubforge-cli"],
+        "scopes": ["admin:groups", "list:users", "read:users", "servers"],
+    }
 )
 if hub.metrics_token:
     services.append({"name": "metrics", "api_token": hub.metrics_token})

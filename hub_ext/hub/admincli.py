@@ -1,11 +1,13 @@
-"""`invoke policies` inside the hub's container: read and write group policies through the hub's own API.
+"""`invoke policies` and `invoke restore --user` inside the hub's container: the hub's own API, from the host.
 
     python3 -m hub_ext.hub.admincli export          -> {"groups": {NAME: policy, ...}} (the groups that have one)
     python3 -m hub_ext.hub.admincli import JSON     -> one result a group: set (or removed, for null) or refused
+    python3 -m hub_ext.hub.admincli stop USER       -> {"user": USER, "known": bool, "stopped": bool}: the user's
+                                                       server stopped, as the admin page stops it (exit 1: it did not)
 
 It calls http://127.0.0.1:8081 with the token of the hub's `hubforge-cli` service (made at the hub's first start,
-kept in its data volume, scoped to groups only), so every write goes through the same checks as the policies page
-and JupyterHub's REST API. Prints one JSON document; exits 1 when a group was refused.
+kept in its data volume, scoped to groups, reading users and stopping servers), so every write goes through the same
+checks as the policies page and JupyterHub's REST API. Prints one JSON document; exits 1 when a group was refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,9 +28,15 @@ HUB_API = "http://127.0.0.1:8081"
 
 
 def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """hubforge's own API (hub_ext.web)."""
+    return call_hub(method, f"hubforge/{path}", body)
+
+
+def call_hub(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """JupyterHub's REST API, under /hub/api/."""
     base = from_environ(os.environ).base_url
     request = urllib.request.Request(
-        f"{HUB_API}{base}hub/api/hubforge/{path}",
+        f"{HUB_API}{base}hub/api/{path}",
         method=method,
         data=None if method == "GET" else json.dumps(body).encode(),
         headers={"Authorization": f"token {TOKEN_FILE.read_text().strip()}", "Content-Type": "application/json"},
@@ -60,6 +69,28 @@ def import_(document: Any) -> list[dict[str, Any]]:
     return results
 
 
+def stop(name: str, timeout: float = 120) -> dict[str, Any]:
+    """Stop `name`'s server (JupyterHub's DELETE .../server) and wait until the hub has it stopped."""
+    user = urllib.request.quote(name, safe="")
+    status, model = call_hub("GET", f"users/{user}")
+    if status == 404:
+        return {"user": name, "known": False, "stopped": True}
+    if status != 200:
+        raise SystemExit(f"the hub answered {status} for user {name!r}: {model}")
+    if not (model.get("server") or model.get("pending")):
+        return {"user": name, "known": True, "stopped": True}
+    status, answer = call_hub("DELETE", f"users/{user}/server")
+    if status not in (202, 204, 400):  # 400: not running any more
+        raise SystemExit(f"the hub answered {status} when asked to stop {name!r}'s server: {answer}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, model = call_hub("GET", f"users/{user}")
+        if status == 200 and not (model.get("server") or model.get("pending")):
+            return {"user": name, "known": True, "stopped": True}
+        time.sleep(0.5)
+    return {"user": name, "known": True, "stopped": False}
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["export"]:
         print(json.dumps(export()))
@@ -68,6 +99,10 @@ def main(argv: list[str]) -> int:
         results = import_(json.loads(argv[1]))
         print(json.dumps(results))
         return 1 if any(r["result"] == "refused" for r in results) else 0
+    if argv[:1] == ["stop"] and len(argv) == 2:
+        result = stop(argv[1])
+        print(json.dumps(result))
+        return 0 if result["stopped"] else 1
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -357,6 +357,32 @@ def public_host() -> Reader:
     return lambda setting, raw, _: parse_public_host(raw)
 
 
+BACKUP_URL_SCHEMES = ("s3:", "rest:")  # restic's remote repositories that the backup image can reach
+
+
+def parse_backup_repository(raw: str) -> str:
+    """BACKUP_REPOSITORY: empty (the default folder), an absolute host path, or a restic s3:/rest: URL."""
+    value = raw.strip()
+    if not value or value.startswith(BACKUP_URL_SCHEMES):
+        return value
+    if value.startswith("sftp:"):
+        raise ConfigError(
+            f"BACKUP_REPOSITORY={raw!r}: sftp repositories are not supported yet (the backup image has no ssh client); "
+            "mount the remote folder (sshfs, NFS) and give its path, or use s3: or rest:"
+        )
+    if not value.startswith("/"):
+        raise ConfigError(f"BACKUP_REPOSITORY={raw!r} is not valid; use an absolute host path, s3:... or rest:...")
+    return parse_absolute_path("BACKUP_REPOSITORY", value)
+
+
+def backup_repository() -> Reader:
+    return lambda setting, raw, _: parse_backup_repository(raw)
+
+
+def optional_path() -> Reader:
+    return lambda setting, raw, _: parse_absolute_path(setting.name, raw.strip()) if raw.strip() else ""
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "AUTHENTICATOR",
@@ -769,6 +795,29 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         text(),
         ("The key of `SSL_CERT` (a path in the hub container)."),
+    ),
+    Setting(
+        "BACKUP_REPOSITORY",
+        "backup_repository",
+        "",
+        backup_repository(),
+        (
+            "Where `invoke backup` keeps its restic repository: a folder on this host, or `s3:HOST/BUCKET/PATH` or "
+            "`rest:URL` (their credentials from restic's own variables, e.g. `AWS_ACCESS_KEY_ID`, in the environment "
+            "of `invoke`). Read by the host's tasks only."
+        ),
+        shown="/var/lib/hubforge/backups/<project>",
+    ),
+    Setting(
+        "BACKUP_PASSWORD_FILE",
+        "backup_password_file",
+        "",
+        optional_path(),
+        (
+            "The file that holds the repository's password (a host path). Empty: `backup-password` in the stack's "
+            "run folder, made at the first backup. Keep a copy elsewhere: without it the backups cannot be read."
+        ),
+        shown="<run folder>/backup-password",
     ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}

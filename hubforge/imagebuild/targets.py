@@ -168,10 +168,18 @@ TARGETS: tuple[Target, ...] = (
         budget_mb=60,
         description="the swarm engine's image registry (Distribution), so that every node gets the built images",
     ),
+    Target(
+        name="backup",
+        repository=f"{NAMESPACE}/backup",
+        template="images/backup/Dockerfile.j2",
+        apt_lock="images/backup/apt.lock",
+        budget_mb=50,
+        description="restic (Debian's package) for `invoke backup` and `invoke restore`",
+    ),
 )
 
 # What `invoke build` builds with no --target: flavours other than the default, and the tests' idp, are opt-in.
-DEFAULT_SET = ("base", "hub", "lab", "gpu-probe", "registry")
+DEFAULT_SET = ("base", "hub", "lab", "gpu-probe", "registry", "backup")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,51 @@ def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built
     try:
         with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
             shell.start()  # no shell, no tools: nothing runs in it but the registry
+    finally:
+        shell.remove(force=True)
+
+
+def test_the_backup_image_is_restic_alone_and_checks_what_it_backed_up(built, client, tracked, tmp_path):
+    """restic from its lock, uid 65532 by default, no shell; run as a backup runs it (root, DAC_READ_SEARCH only, read-
+    only root), it backs up a file only its owner may read, and `restic check` passes."""
+    image = client.images.get(built["backup"])
+    assert (
+        image.labels[KEY_LABEL] == built["backup"].rsplit(":", 1)[1] and image.attrs["Config"]["User"] == "65532:65532"
+    )
+    code, output = tracked.run(built["backup"], ["version"])
+    assert code == 0 and output.startswith("restic 0.14.0 "), output
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "secret.txt").write_text("only its owner reads this")
+    os.chown(tmp_path / "data" / "secret.txt", 1000, 1000)
+    (tmp_path / "data" / "secret.txt").chmod(0o600)
+    (tmp_path / "password").write_text("test\n")
+    for folder in ("repository", "tmp", "cache"):
+        (tmp_path / folder).mkdir()
+    as_a_backup = {
+        "user": "0:0",
+        "volumes": [
+            (str(tmp_path / "data"), "/backup/data", "ro"),
+            (str(tmp_path / "repository"), "/repo", "rw"),
+            (str(tmp_path / "password"), "/pw", "ro"),
+            (str(tmp_path / "tmp"), "/tmp", "rw"),
+            (str(tmp_path / "cache"), "/cache", "rw"),
+        ],
+        "env": {"RESTIC_REPOSITORY": "/repo", "RESTIC_PASSWORD_FILE": "/pw"},
+        "cap_drop": ["ALL"],
+        "read_only": True,
+        "network_mode": "none",
+    }
+    for command in (["init"], ["backup", "/backup", "--host", "test"], ["check"], ["ls", "latest"]):
+        kwargs = {**as_a_backup, "cap_add": ["DAC_READ_SEARCH"] if command[0] == "backup" else []}
+        code, output = tracked.run(built["backup"], command, **kwargs)
+        assert code == 0, (command, output)
+    assert "/backup/data/secret.txt" in output
+    shell = client.containers.create(
+        built["backup"], ["sh", "-c", "id"], entrypoint=[], labels={"hubforge.test": "images"}
+    )
+    try:
+        with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
+            shell.start()
     finally:
         shell.remove(force=True)
 

@@ -29,7 +29,7 @@ def builder(root: Path = ROOT, graph: Graph | None = None) -> Builder:
     return Builder(Settings(root=root, cache_dir=CACHE), Docker(), graph, say=lambda message: None)
 
 
-@pytest.mark.parametrize("name", ["gpu-probe", "registry", "hub", "lab"])
+@pytest.mark.parametrize("name", ["gpu-probe", "registry", "backup", "hub", "lab"])
 def test_a_clean_rebuild_is_the_same_image(name):
     made = builder()
     step = made.plan(made.graph.select(name, None))[-1]

@@ -25,7 +25,7 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
 @pytest.mark.parametrize(
     ("edit", "changed"),
     [
-        ("images/base/bootstrap.json", {"base", "hub", "lab", "lab-datascience", "gpu-probe", "registry"}),
+        ("images/base/bootstrap.json", {"base", "hub", "lab", "lab-datascience", "gpu-probe", "registry", "backup"}),
         ("images/hub/Dockerfile.j2", {"hub"}),
         ("images/hub/requirements.lock", {"hub"}),
         ("images/hub/apt.lock", {"hub"}),
@@ -37,6 +37,7 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
         ("images/lab/overrides.json", {"lab", "lab-datascience"}),
         ("images/gpu-probe/probe.sh", {"gpu-probe"}),
         ("images/registry/config.yml", {"registry"}),
+        ("images/backup/apt.lock", {"backup"}),
         ("images/_shared/harden.j2", {"hub", "lab", "lab-datascience", "gpu-probe"}),
         ("images/_shared/venv.j2", {"hub", "lab", "lab-datascience"}),
         ("images/_shared/build-apt.lock", {"hub", "lab", "lab-datascience"}),

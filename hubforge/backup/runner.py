@@ -1,0 +1,332 @@
+"""Backups and restores of a compose stack: restic in one short-lived `backup` container, through the Docker
+gateway, with the stack's volumes and run folder mounted under plan.ROOT."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
+
+from ..deploy.engine import Stack
+from ..errors import HubforgeError
+from . import plan
+from .plan import Repository, Snapshot, Volume
+
+log = logging.getLogger(__name__)
+BACKUP_ROLE = {ROLE_LABEL: "backup"}
+# What the container may do: read every file (backup), or put files back with their owners and modes (restore).
+READ_CAPABILITIES = ["DAC_READ_SEARCH"]
+WRITE_CAPABILITIES = ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"]
+STOP_TIMEOUT = 150
+
+
+@dataclass
+class Backups:
+    """One project's backups: its stack (engine, run folder, Docker gateway), the backup image and the repository."""
+
+    stack: Stack
+    image: str
+    repo: Repository
+    cache_dir: Path  # restic's cache for this project, on the host
+    passed: Mapping[str, str]  # restic's credential variables from the environment of `invoke` (remote repositories)
+    say: Callable[[str], None]
+
+    @property
+    def project(self) -> str:
+        return self.stack.options.project
+
+    @property
+    def docker(self):
+        return self.stack.docker
+
+    # -- one restic run -------------------------------------------------------------------------------------------
+    def host_config(self, binds: list[str], writing: bool) -> dict[str, Any]:
+        """The backup container: root with only the capabilities it needs, no new privileges, the repository's
+        password read-only, no network for a local repository."""
+        binds = [
+            *binds,
+            f"{self.repo.password_file.resolve()}:{plan.PASSWORD_MOUNT}:ro",
+            f"{self.cache_dir}:{plan.CACHE_MOUNT}:rw",
+        ]
+        if self.repo.local:
+            binds.append(f"{self.repo.location}:{plan.REPOSITORY_MOUNT}:rw")
+        return {
+            "binds": binds,
+            "cap_drop": ["ALL"],
+            "cap_add": WRITE_CAPABILITIES if writing else READ_CAPABILITIES,
+            "security_opt": ["no-new-privileges:true"],
+            "network_mode": "none" if self.repo.local else "bridge",
+            # a restore also sets the owner and mode of /backup itself: its root stays writable, a backup's does not
+            "read_only": not writing,
+            "tmpfs": {"/tmp": "size=512m"},  # restic's pack files before they are written out
+        }
+
+    def restic(
+        self,
+        argv: list[str],
+        binds: list[str] = (),
+        writing: bool = False,
+        on_line: Callable[[str], None] = lambda line: None,
+    ) -> str:
+        """restic's stdout; a failure is one line (restic_problem)."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        code, out, err = self.docker.run_streamed(
+            self.image,
+            argv,
+            self.host_config(list(binds), writing),
+            {PROJECT_LABEL: self.project, **BACKUP_ROLE},
+            plan.environment(self.repo, self.passed),
+            user="0:0",
+            on_line=on_line,
+        )
+        if code is None:
+            raise HubforgeError(f"Docker refused the backup container: {err}")
+        if code != 0:
+            log.info("restic %s exited %s: %s", argv[0], code, err)
+            raise HubforgeError(plan.restic_problem(err, self.repo))
+        return out
+
+    # -- backup ---------------------------------------------------------------------------------------------------
+    def ensure_repository(self) -> None:
+        """Make the password file (at its default place only) and the repository, the first time."""
+        try:
+            self.make_repository()
+        except PermissionError as exc:
+            raise HubforgeError(
+                f"cannot write {exc.filename} ({exc.strerror}): set BACKUP_REPOSITORY and BACKUP_PASSWORD_FILE to "
+                "places you may write, or run as root"
+            ) from None
+
+    def make_repository(self) -> None:
+        if not self.repo.password_file.is_file():
+            if not self.repo.password_is_default:
+                raise HubforgeError(
+                    f"no password file at {self.repo.password_file} (BACKUP_PASSWORD_FILE); create it, or unset "
+                    "BACKUP_PASSWORD_FILE to have one made"
+                )
+            self.repo.password_file.parent.mkdir(parents=True, exist_ok=True)
+            with os.fdopen(
+                os.open(self.repo.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
+            ) as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+            self.say(
+                f"[bold]made the repository's password[/] in {self.repo.password_file}: keep a copy somewhere else, "
+                "without it no backup can be read"
+            )
+        if self.repo.local:
+            Path(self.repo.location).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if (Path(self.repo.location) / "config").is_file():
+                return
+        else:
+            try:
+                self.restic(["cat", "config"])
+                return
+            except HubforgeError as exc:
+                if "no backup repository" not in str(exc):
+                    raise
+        self.restic(["init"])
+        self.say(f"made a restic repository at {self.repo.location}")
+
+    @contextlib.contextmanager
+    def database_copy(self, volumes: list[Volume]) -> Iterator[list[str]]:
+        """While the hub runs: a consistent copy of its database (SQLite's online backup, in the hub's own container),
+        bound over the live file in the backup's tree; yields those binds. With the hub stopped, nothing: the files
+        at rest are consistent."""
+        hub = self.stack.hub_container()
+        data = next((v for v in volumes if v.kind == plan.HUB_DATA_KIND), None)
+        if data is None or not hub or hub.get("State") != "running":
+            yield []
+            return
+        copy = f"{plan.HUB_DATA}/{plan.DATABASE_COPY}"
+        script = (
+            "import os, sqlite3\n"
+            f"copy = {copy!r}\n"
+            "if os.path.exists(copy): os.remove(copy)\n"
+            f"source, target = sqlite3.connect({plan.HUB_DATA + '/' + plan.DATABASE!r}), sqlite3.connect(copy)\n"
+            "source.backup(target)\n"
+            "target.close(); source.close()\n"
+        )
+        code, out = self.docker.exec_output(hub["Id"], ["python3", "-c", script])
+        if code != 0:
+            raise HubforgeError(f"the hub could not copy its database: {out.strip()[-300:]}")
+        mountpoint = (self.docker.volume(data.name) or {}).get("Mountpoint", "")
+        try:
+            yield [f"{mountpoint}/{plan.DATABASE_COPY}:{data.path}/{plan.DATABASE}:ro"]
+        finally:
+            self.docker.exec_output(hub["Id"], ["python3", "-c", f"import os; os.remove({copy!r})"])
+
+    def backup(self, version: str, commit: str, staging: Path, status: Callable[[str], None]) -> dict[str, Any]:
+        """One snapshot of the whole stack while it runs; returns restic's summary."""
+        self.refuse_swarm()
+        run_dir = self.stack.options.run_dir
+        if not (run_dir / ".env").exists():
+            raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
+        volumes = plan.stack_volumes(self.docker.volumes({PROJECT_LABEL: self.project}))
+        self.ensure_repository()
+        with self.database_copy(volumes) as database_binds:
+            staging.mkdir(parents=True, exist_ok=True)
+            (staging / plan.MANIFEST_FILE).write_text(
+                plan.manifest(
+                    self.project,
+                    self.stack.options.engine,
+                    version,
+                    commit,
+                    volumes,
+                    "online copy" if database_binds else "files at rest",
+                )
+            )
+            binds = [f"{staging}:{plan.MANIFEST}:ro", f"{run_dir}:{plan.SETTINGS}:ro"]
+            binds += [f"{v.name}:{v.path}:ro" for v in volumes] + database_binds
+            argv = plan.backup_argv(
+                self.project,
+                plan.tags(self.project, self.stack.options.engine, version, commit),
+                plan.backup_excludes(volumes, bool(database_binds)),
+            )
+
+            def on_line(line: str) -> None:
+                parsed = plan.parse_backup_line(line)
+                if isinstance(parsed, plan.Progress):
+                    status(plan.progress_line(parsed))
+
+            status(f"backing up {len(volumes)} volumes and the settings")
+            summary = plan.backup_summary(self.restic(argv, binds, on_line=on_line))
+        if not summary:
+            raise HubforgeError("restic finished without a summary: the snapshot may be incomplete; run it again")
+        summary["volumes"] = len(volumes)
+        return summary
+
+    def refuse_swarm(self) -> None:
+        if self.stack.options.engine == "swarm":
+            raise HubforgeError(plan.SWARM_REFUSAL)
+
+    # -- reading the repository -----------------------------------------------------------------------------------
+    def check_repository(self) -> None:
+        problem = plan.missing_repository(self.repo)
+        if problem:
+            raise HubforgeError(problem)
+
+    def snapshots(self) -> list[Snapshot]:
+        self.check_repository()
+        return plan.parse_snapshots(self.restic(plan.list_argv(self.project)))
+
+    def manifest(self, snapshot: Snapshot) -> dict[str, Any]:
+        document = plan.parse_manifest(self.restic(plan.dump_argv(snapshot.id)))
+        if document.get("project") != self.project:
+            raise HubforgeError(
+                f"snapshot {snapshot.short_id} is of project {document.get('project')}; restore it with --project "
+                f"{document.get('project')}"
+            )
+        return document
+
+    # -- restore --------------------------------------------------------------------------------------------------
+    def running(self) -> list[str]:
+        """What of the stack runs: the hub, the guard, labs."""
+        hub = self.stack.hub_container()
+        running = ["hub"] if hub and hub.get("State") == "running" else []
+        return running + [f"the lab of {user}" for user in self.stack.lab_users()]
+
+    def recreate(self, volumes: list[Volume]) -> None:
+        """Each volume made again, empty, with its labels (Compose's too: `up` then takes the stack's as its own)."""
+        in_use = {v.name: users for v in volumes if (users := self.docker.volume_users(v.name))}
+        if in_use:  # checked for all before any is removed: a refusal leaves every volume as it was
+            name, users = next(iter(in_use.items()))
+            raise HubforgeError(
+                f"volume {name} is in use by {', '.join(users)}"
+                + (f" (and {len(in_use) - 1} more volumes)" if len(in_use) > 1 else "")
+                + ": stop what uses it, then restore again (nothing was restored)"
+            )
+        quota_files = []
+        for volume in volumes:
+            existing = self.docker.volume(volume.name)
+            if existing is not None:
+                self.docker.remove_volume(volume.name)
+                device = (existing.get("Options") or {}).get("device", "")
+                if plan.volume_of(existing).quota and device.endswith(".dev"):
+                    quota_files.append(device)
+            again = volume.recreated()
+            self.docker.create_volume(again.name, again.driver, again.options, again.labels)
+        if quota_files:
+            self.stack.remove_quota_files(quota_files)
+
+    def put_back(
+        self, snapshot: Snapshot, volumes: list[Volume], settings: bool, status: Callable[[str], None]
+    ) -> None:
+        binds = [f"{v.name}:{v.path}:rw" for v in volumes]
+        includes = None if settings else [v.path for v in volumes]
+        if settings:
+            self.stack.options.run_dir.mkdir(parents=True, exist_ok=True)
+            binds.append(f"{self.stack.options.run_dir}:{plan.SETTINGS}:rw")
+        started = time.monotonic()
+        status(
+            f"restoring snapshot {snapshot.short_id}: {len(volumes)} volumes"
+            + (" and the settings" if settings else "")
+        )
+        self.restic(plan.restore_argv(snapshot.id, includes), binds, writing=True)
+        log.info("restored in %.1fs", time.monotonic() - started)
+
+    def restore_stack(self, wanted: str, force: bool, status: Callable[[str], None]) -> tuple[Snapshot, int]:
+        """The whole stack from a snapshot: every volume and the run folder's settings. Refuses a running stack unless
+        `force` (then stops it first, volumes kept until they are replaced)."""
+        self.refuse_swarm()
+        snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
+        document = self.manifest(snapshot)
+        running = self.running()
+        if running and not force:
+            raise HubforgeError(
+                f"stack {self.project} is running ({', '.join(running)}): a restore replaces its data; stop it with "
+                "`invoke down`, or pass --force to have the restore stop it"
+            )
+        if running:
+            status(f"stopping stack {self.project}")
+            self.stack.down(False, False)
+        volumes = document["volumes"]
+        status(f"making {len(volumes)} volumes again")
+        self.recreate(volumes)
+        self.put_back(snapshot, volumes, True, status)
+        return snapshot, len(volumes)
+
+    def restore_user(
+        self, wanted: str, user: str, kind: str | None, status: Callable[[str], None]
+    ) -> tuple[Snapshot, list[Volume]]:
+        """One user's volumes from a snapshot, while everyone else keeps working: their lab is stopped first (through
+        the hub, as an admin stops it), then only their volumes are replaced."""
+        self.refuse_swarm()
+        snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
+        volumes = plan.user_volumes(self.manifest(snapshot)["volumes"], user, kind)
+        self.stop_lab(user, status)
+        status(f"making {len(volumes)} volumes of {user} again")
+        self.recreate(volumes)
+        self.put_back(snapshot, volumes, False, status)
+        return snapshot, volumes
+
+    def stop_lab(self, user: str, status: Callable[[str], None]) -> None:
+        """The user's lab stopped: through the hub's API when it runs (so it knows), and the container gone."""
+        hub = self.stack.hub_container()
+        if hub and hub.get("State") == "running" and self.lab_of(user):
+            status(f"stopping the lab of {user}")
+            code, out = self.docker.exec_output(hub["Id"], ["python3", "-m", "hub_ext.hub.admincli", "stop", user])
+            if code != 0:
+                raise HubforgeError(f"the hub did not stop the lab of {user}: {out.strip()[-300:]} (nothing restored)")
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.lab_of(user):
+            if time.monotonic() > deadline or not (hub and hub.get("State") == "running"):
+                for lab in self.lab_of(user):  # no hub to ask, or it did not remove it: the container goes
+                    self.docker.remove_container(lab["Id"])
+                break
+            time.sleep(0.5)
+
+    def lab_of(self, user: str) -> list[dict]:
+        return [c for c in self.stack.lab_containers() if c.get("Labels", {}).get(USER_LABEL) == user]
+
+
+def snapshot_rows(snapshots: list[Snapshot]) -> list[tuple[str, str, str, str]]:
+    """id, time, version and engine of each snapshot, newest first: what `invoke backup --list` shows."""
+    return [(s.short_id, s.time[:19].replace("T", " "), s.tag("version"), s.tag("engine")) for s in reversed(snapshots)]
