@@ -3,6 +3,7 @@ status and down. An engine (compose.py, swarm.py) says how its stack file is sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -368,6 +369,11 @@ class Stack:
         code, out = self.docker.remove_quota_files(image, folder, devices)
         if code != 0:
             self.say(f"[yellow]the files of quota'd volumes in {folder} were not all removed: {out.strip()[-300:]}[/]")
+            return
+        # the helper cannot remove the folder it has mounted; emptied, it goes from here (a folder made by another
+        # user, or still holding another volume's files, stays)
+        with contextlib.suppress(OSError):
+            Path(folder).rmdir()
 
     def status(self) -> dict[str, Any]:
         state: dict[str, Any] = (

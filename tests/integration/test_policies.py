@@ -220,4 +220,5 @@ def test_down_with_user_volumes_removes_the_quota_files_and_their_loop_devices(l
     assert attached.startswith("/dev/loop"), attached
     live.stack.down(volumes=True, user_volumes=True)
     assert not image.exists() and not (folder / f"{image.stem}.dev").exists()
+    assert not folder.exists()  # the project's emptied quota folder goes too
     assert subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout == ""
