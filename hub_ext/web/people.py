@@ -182,6 +182,7 @@ async def create_people(handler, admin, batch: Batch, create_groups: bool) -> tu
             handler.db.commit()
             record(handler.db, admin.name, "batch-create", name, address, {"groups": list(entry.groups)})
             created.append({"line": entry.line, "name": name, "password": password, "groups": list(entry.groups)})
+            await asyncio.sleep(0)  # a few ms of database work an account: let other requests in between accounts
     finally:
         _SIGNING_UP.difference_update(names)
     refused.sort(key=lambda item: item["line"])
