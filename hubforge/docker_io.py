@@ -308,7 +308,7 @@ class Docker:
             yield container
         finally:
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # with the anonymous volumes an image's VOLUME made
             except docker.errors.NotFound:
                 pass  # already removed
 
@@ -487,7 +487,7 @@ class StackDocker(Docker):
         finally:
             if container:
                 try:
-                    self.client.api.remove_container(container, force=True)
+                    self.client.api.remove_container(container, force=True, v=True)  # its anonymous volumes too
                 except docker.errors.NotFound:
                     pass  # already gone
 

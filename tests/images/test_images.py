@@ -181,7 +181,7 @@ def test_the_registry_serves_as_an_unprivileged_user_from_a_read_only_root(built
         with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
             shell.start()  # no shell, no tools: nothing runs in it but the registry
     finally:
-        shell.remove(force=True)
+        shell.remove(force=True, v=True)
 
 
 def test_the_backup_image_is_restic_alone_and_checks_what_it_backed_up(built, client, tracked, tmp_path):
@@ -226,7 +226,7 @@ def test_the_backup_image_is_restic_alone_and_checks_what_it_backed_up(built, cl
         with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
             shell.start()
     finally:
-        shell.remove(force=True)
+        shell.remove(force=True, v=True)
 
 
 def sbom_of(image: str, folder: Path) -> dict:
