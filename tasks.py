@@ -354,6 +354,41 @@ def restore(c, snapshot, user=None, volume=None, force=False, project=None):
     app.restore(settings(c), stack_options(c, project), snapshot, user, volume, force, restic_environment())
 
 
+@task(
+    help={
+        "to": "a released version X.Y.Z, pulled from --registry (default: what this checkout builds)",
+        "registry": "with --to: the registry the release went to (default docker.io, i.e. Docker Hub)",
+        "namespace": "with --to: its account or organisation (default hubforge)",
+        "key": "with --to: the release's public key (PEM); the signed SBOM and provenance of every image are checked",
+        "project": "Compose project name (default hubforge)",
+    }
+)
+@user_errors
+def upgrade(c, to=None, registry="docker.io", namespace="hubforge", key=None, project=None):
+    """Move a running stack to a release (--to) or to this checkout: back up, get the images by digest, migrate the
+    hub's database, recreate the hub with labs running, then a health gate (healthy, metrics, a canary lab); a failed
+    gate rolls back by itself."""
+    from hubforge import app
+    from hubforge.errors import HubforgeError
+
+    if to is None and (key or registry != "docker.io" or namespace != "hubforge"):
+        raise HubforgeError("--registry, --namespace and --key go with --to X.Y.Z (a release)")
+    app.configure_logging(False)
+    key_path = Path(key) if key else None
+    app.upgrade(settings(c), stack_options(c, project), to, registry, namespace, key_path, restic_environment())
+
+
+@task(help={"project": "Compose project name (default hubforge)"})
+@user_errors
+def rollback(c, project=None):
+    """Undo the last `invoke upgrade`: the previous images, and the hub's database of the snapshot taken before it
+    (labs keep running)."""
+    from hubforge import app
+
+    app.configure_logging(False)
+    app.rollback(settings(c), stack_options(c, project), restic_environment())
+
+
 PYTEST_BROWSER_ARGS = ["--screenshot", "only-on-failure", "--tracing", "retain-on-failure", "--output", "test-results"]
 
 

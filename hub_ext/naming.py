@@ -47,6 +47,9 @@ def user_names(prefix: str, username: str) -> UserNames:
     )
 
 
+# The account `invoke upgrade`'s health gate starts a lab for, then deletes (hub_ext.hub.admincli canary)
+CANARY_USER = "hubforge-canary"
+
 PROJECT_LABEL = "hubforge.project"
 ROLE_LABEL = "hubforge.role"  # what a labelled container or network is for: hub, netguard, lab-network...
 USER_LABEL = "hubforge.user"  # the user a lab, its service or its volume belongs to

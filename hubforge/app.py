@@ -342,17 +342,23 @@ def stack_for(settings: Settings, options):
     return open_stack(options, StackDocker(), settings.root, say)
 
 
-def up(settings: Settings, options) -> dict:
-    """Build what is missing, start the stack, wait for health, print the URL and the next step."""
+def checkout_images(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
+    """What this checkout runs: the default set, built where missing, and every lab flavour already built."""
     from .imagebuild.targets import DEFAULT_SET
 
-    doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
     steps = build(settings, None, None, False, False)
     images = {s.target.name: s.ref for s in steps if s.target.name in DEFAULT_SET}
     lab_images = {"default": images["lab"]}
     builder = make_builder(settings)
     flavor_steps = builder.plan(builder.graph.closure([n for n in builder.graph.targets if n.startswith("lab-")]))
     lab_images.update({s.target.flavor: s.ref for s in flavor_steps if s.target.name.startswith("lab-") and s.exists})
+    return images, lab_images
+
+
+def up(settings: Settings, options) -> dict:
+    """Build what is missing, start the stack, wait for health, print the URL and the next step."""
+    doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
+    images, lab_images = checkout_images(settings)
     stack = stack_for(settings, options)
     with console.status("starting the stack") as status:
         state = stack.up(images, lab_images, status.update)
@@ -760,3 +766,133 @@ def restore(
         f"{count} volumes and the settings in {options.run_dir}, in {time.monotonic() - started:.1f}s"
     )
     say("  next: `invoke up` starts it (and builds the images first on a new machine)")
+
+
+# -- upgrades --------------------------------------------------------------------------------------------------
+def recorded_options(options):
+    """The stack's options as its last `up` recorded them (ports, address, volume prefix): an upgrade keeps them,
+    whatever flags or invoke config say now. Also returns that record (stack.json)."""
+    import dataclasses
+    import json as _json
+
+    path = options.run_dir / "stack.json"
+    if not path.exists():
+        raise HubforgeError(f"no stack {options.project} here ({options.run_dir}): start it with `invoke up` first")
+    state = _json.loads(path.read_text())
+    return (
+        dataclasses.replace(
+            options,
+            https_port=state.get("https_port", options.https_port),
+            http_port=state.get("http_port", options.http_port),
+            bind=state.get("bind", options.bind),
+            volume_prefix=state.get("volume_prefix", options.volume_prefix),
+        ),
+        state,
+    )
+
+
+def upgrader(settings: Settings, options, passed: dict[str, str]):
+    from hub_ext.settings.hub import from_environ
+
+    from .deploy.settings import read_env_file
+    from .upgrade.runner import Upgrade
+
+    backups = backups_for(settings, options, passed)
+    token = from_environ(read_env_file(options.run_dir / ".env")).metrics_token
+    return Upgrade(backups.stack, backups, say, token)
+
+
+def release_target(current, to: str, registry: str, namespace: str, key_path: Path | None, upgrade, status):
+    """The images of release `to`, pulled by digest (and their signed attestations checked with `key_path`)."""
+    from .release import oci
+    from .release.plan import parse_version
+    from .release.sign import load_public_key
+    from .upgrade.plan import Release
+
+    release = Release(registry, namespace, parse_version(to))
+    key = client = None
+    if key_path is not None:
+        key = load_public_key(key_path)
+        host = oci.split_reference(release.reference("hub"))[0]
+        client = oci.Registry(host, stored_credentials(host))
+    else:
+        say(
+            "[yellow]note[/]: no --key: the images are pinned by the digests their tags name now, but no signature "
+            "says who released them"
+        )
+    return upgrade.fetch(release, current, key, client, status)
+
+
+def upgrade(
+    settings: Settings,
+    options,
+    to: str | None,
+    registry: str,
+    namespace: str,
+    key_path: Path | None,
+    passed: dict[str, str],
+) -> None:
+    """`invoke upgrade [--to X.Y.Z]`: the stack moved to a release or to what this checkout builds, with a backup
+    first, a health gate after, and a rollback by itself when the gate fails."""
+    from . import __version__
+    from .upgrade import plan
+    from .upgrade.runner import upgrade_summary
+
+    doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
+    options, state = recorded_options(options)
+    upgrade = upgrader(settings, options, passed)
+    upgrade.refuse_swarm()
+    upgrade.running_hub()
+    current = plan.running_set(state, plan.raw_record(options.run_dir))
+    started = time.monotonic()
+    if to:
+        with console.status("getting the release") as status:
+            target = release_target(current, to, registry, namespace, key_path, upgrade, status.update)
+    else:
+        images, lab_images = checkout_images(settings)
+        commit = source_commit(settings.root)
+        target = plan.ImageSet(images, lab_images, f"{__version__} (checkout {commit[:12] or 'outside git'})")
+    changes = current.changes(target)
+    if not changes:
+        say(f"stack {options.project} already runs these images ({target.version}): nothing to upgrade")
+        return
+    say(f"[bold]upgrading[/] {options.project} to {target.version}:")
+    for line in changes:
+        say(f"  {line}")
+    with console.status("upgrading") as status:
+        record, timings = upgrade.upgrade(current, target, status.update)
+    say(f"[bold green]upgraded[/] in {time.monotonic() - started:.0f}s: {upgrade_summary(record, timings)}")
+    labs = upgrade.stack.lab_users()
+    if labs:
+        say(
+            f"  {len(labs)} running labs keep their image until their next start ({', '.join(labs[:8])}"
+            + (", ..." if len(labs) > 8 else "")
+            + "); their home page says so. New starts get the new lab image"
+        )
+    say("  `invoke rollback` goes back to the previous images and this snapshot's database")
+
+
+def rollback(settings: Settings, options, passed: dict[str, str]) -> None:
+    """`invoke rollback`: undo the last upgrade (its images, and the hub's database of the snapshot taken before it)."""
+    from .upgrade import plan
+
+    options, _state = recorded_options(options)
+    record = plan.load_record(options.run_dir)
+    if record is None:
+        raise HubforgeError(
+            f"stack {options.project} has no upgrade to roll back ({options.run_dir / plan.RECORD_FILE} is missing)"
+        )
+    if record.state == "rolled back":
+        raise HubforgeError(
+            f"the last upgrade of {options.project} (to {record.after.version}) was already rolled back"
+            + (f": {record.reason}" if record.reason else "")
+        )
+    upgrade = upgrader(settings, options, passed)
+    started = time.monotonic()
+    say(
+        f"[bold]rolling back[/] {options.project} from {record.after.version} to {record.before.version}, with the "
+        f"hub's database of snapshot {record.snapshot[:8]} (what changed in the hub since the upgrade is lost)"
+    )
+    with console.status("rolling back") as status:
+        upgrade.rollback(record, "rolled back by hand (invoke rollback)", status.update)
+    say(f"[bold green]rolled back[/] to {record.before.version} in {time.monotonic() - started:.0f}s; labs ran on")

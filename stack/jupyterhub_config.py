@@ -19,7 +19,7 @@ from hub_ext.hub import database, passwordgate, process, publichost
 from hub_ext.hub.logo import LogoError, materialize
 from hub_ext.hub.tls import ensure_self_signed
 from hub_ext.labs.runtime import log_options
-from hub_ext.naming import BUILTIN_GROUPS
+from hub_ext.naming import BUILTIN_GROUPS, CANARY_USER
 from hub_ext.settings.hub import (
     ENGINES,
     SETTINGS,
@@ -232,14 +232,15 @@ c.Spawner.http_timeout = 120
 # Idle labs are culled in the hub (hub_ext.hub.culler), by each user's policy: IDLE_CULLER_TIMEOUT is the default
 # policy's idle_timeout (HubforgeSpawner.idle_timeout above), and a group's policy may give its members another.
 services, roles = [], []
-# `invoke policies export|import` and `invoke restore --user` (hub_ext.hub.admincli, run in this container): a token
-# kept in the data volume, allowed to write groups, read users and stop a user's server, nothing else.
+# `invoke policies export|import`, `invoke restore --user` and `invoke upgrade`'s canary (hub_ext.hub.admincli, run in
+# this container): a token kept in the data volume, allowed to write groups, read users, start and stop servers, and
+# create and delete the canary account alone, nothing else.
 services.append({"name": "hubforge-cli", "api_token": stored_key(DATA / "cli-token")})
 roles.append(
     {
         "name": "hubforge-cli",
         "services": ["hubforge-cli"],
-        "scopes": ["admin:groups", "list:users", "read:users", "servers"],
+        "scopes": ["admin:groups", "list:users", "read:users", "servers", f"admin:users!user={CANARY_USER}"],
     }
 )
 if hub.metrics_token:

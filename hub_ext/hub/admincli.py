@@ -4,23 +4,31 @@
     python3 -m hub_ext.hub.admincli import JSON     -> one result a group: set (or removed, for null) or refused
     python3 -m hub_ext.hub.admincli stop USER       -> {"user": USER, "known": bool, "stopped": bool}: the user's
                                                        server stopped, as the admin page stops it (exit 1: it did not)
+    python3 -m hub_ext.hub.admincli canary          -> {"ok": bool, "step": ..., "reason": ..., seconds}: `invoke
+                                                       upgrade`'s gate: a throwaway user's lab starts and answers
+                                                       through the proxy, then the user and its volumes go
 
 It calls http://127.0.0.1:8081 with the token of the hub's `hubforge-cli` service (made at the hub's first start,
-kept in its data volume, scoped to groups, reading users and stopping servers), so every write goes through the same
-checks as the policies page and JupyterHub's REST API. Prints one JSON document; exits 1 when a group was refused.
+kept in its data volume, scoped to groups, reading users and stopping servers, and to the canary account alone), so
+every write goes through the same checks as the policies page and JupyterHub's REST API. Prints one JSON document;
+exits 1 when a group was refused.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hub_ext.naming import CANARY_USER
 from hub_ext.settings.hub import from_environ
 
 TOKEN_FILE = Path("/srv/jupyterhub/data/cli-token")  # the hub's data volume (jupyterhub_config.py: DATA)
@@ -91,6 +99,77 @@ def stop(name: str, timeout: float = 120) -> dict[str, Any]:
     return {"user": name, "known": True, "stopped": False}
 
 
+PROXY = ("127.0.0.1", 8443)  # the proxy's HTTPS port inside this container, behind the published one
+
+
+def lab_answers(url: str, timeout: float = 10) -> tuple[int, str]:
+    """GET a lab's /api (Jupyter Server's version, which needs no login) through the proxy, by the host and path
+    its users reach it at: the route, the proxy and the lab all answer. The proxy is this container's own, so its
+    certificate (self-signed, or one for the public name) is not checked here."""
+    parsed = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(*PROXY, timeout=timeout, context=context)
+    try:
+        connection.request("GET", parsed.path.rstrip("/") + "/api", headers={"Host": parsed.netloc or "hub"})
+        answer = connection.getresponse()
+        return answer.status, answer.read(2000).decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def canary(timeout: float = 180) -> dict[str, Any]:
+    """The upgrade's health gate, from inside the new hub: the canary account's lab is started, must answer through
+    the proxy, and is stopped; the account is deleted (its volumes with it, by the spawner's delete_forever). Each
+    step's failure is one reason."""
+    started = time.monotonic()
+    name = urllib.request.quote(CANARY_USER, safe="")
+    result: dict[str, Any] = {"ok": False, "user": CANARY_USER}
+
+    def failed(step: str, reason: str) -> dict[str, Any]:
+        return {**result, "step": step, "reason": reason, "seconds": round(time.monotonic() - started, 1)}
+
+    status, model = call_hub("GET", f"users/{name}")
+    if status == 404:
+        status, model = call_hub("POST", f"users/{name}")
+        if status != 201:
+            return failed("create", f"the hub answered {status} when asked to create {CANARY_USER}: {model}")
+    status, answer = call_hub("POST", f"users/{name}/server")
+    if status not in (201, 202, 400):  # 400: already running (a gate cut off earlier)
+        return failed("start", f"the hub answered {status} when asked to start the canary lab: {answer}")
+    deadline = time.monotonic() + timeout
+    url = None
+    while time.monotonic() < deadline:
+        status, model = call_hub("GET", f"users/{name}")
+        server = (model or {}).get("servers", {}).get("") if status == 200 else None
+        if server and server.get("ready"):
+            url = server.get("url")
+            break
+        if status == 200 and not server:
+            return failed("start", "the canary lab stopped while starting: see `invoke logs hub`")
+        time.sleep(0.5)
+    if url is None:
+        return failed("start", f"the canary lab was not ready within {timeout:.0f}s")
+    result["started_s"] = round(time.monotonic() - started, 1)
+    try:
+        code, body = lab_answers(url)
+    except OSError as exc:
+        code, body = 0, str(exc)
+    result["answered"] = code
+    if code != 200 or '"version"' not in body:
+        outcome = failed("answer", f"the canary lab did not answer through the proxy ({code}): {body[:200]}")
+    else:
+        result["ok"] = True
+        outcome = result
+    stop(CANARY_USER)
+    status, answer = call_hub("DELETE", f"users/{name}")
+    if status not in (204, 404) and outcome["ok"]:
+        return failed("delete", f"the hub answered {status} when asked to delete {CANARY_USER}: {answer}")
+    outcome["seconds"] = round(time.monotonic() - started, 1)
+    return outcome
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["export"]:
         print(json.dumps(export()))
@@ -103,6 +182,10 @@ def main(argv: list[str]) -> int:
         result = stop(argv[1])
         print(json.dumps(result))
         return 0 if result["stopped"] else 1
+    if argv == ["canary"]:
+        result = canary()
+        print(json.dumps(result))
+        return 0 if result["ok"] else 1
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -95,6 +95,16 @@ async def disk_usage(client) -> dict:
 _USER_LOCKS: dict[str, asyncio.Lock] = {}
 
 
+def image_of(found: dict | None) -> str:
+    """The image reference a lab was made with: a container's (Config.Image) or a Swarm service's."""
+    if not found:
+        return ""
+    if "Config" in found:
+        return (found.get("Config") or {}).get("Image") or ""
+    spec = ((found.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    return spec.get("Image") or ""
+
+
 def not_found(exc: BaseException) -> bool:
     """Whether a Docker call failed because its object does not exist (docker.errors.NotFound, as it comes
     back through DockerSpawner's executor)."""
@@ -676,6 +686,21 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
 
     restarting = False  # set by hub_ext's restart in place: a stopped container then is expected, not a death
     _hub_joined = False  # whether this hub container is on the lab's network (a recreated hub is on none)
+    running_image = ""  # the image the lab's container (or service) runs, as Docker last said at a poll or start
+
+    async def get_object(self):
+        found = await super().get_object()
+        self.running_image = image_of(found)
+        return found
+
+    @property
+    def outdated_image(self) -> bool:
+        """Whether the running lab's image is none of the stack's lab images any more: the stack was upgraded (or a
+        flavour dropped) since it started. The home page tells its user that a stop and start brings the new one."""
+        if not (self.active and self.running_image and self.lab_images):
+            return False
+        images = set(self.lab_images.values())  # Swarm pins a service's tag to the digest it resolved: tag@sha256:...
+        return self.running_image not in images and self.running_image.split("@", 1)[0] not in images
 
     async def poll(self):
         """None while the lab runs; otherwise its exit status, and its container is removed.

@@ -307,6 +307,17 @@ class Backups:
         self.put_back(snapshot, volumes, False, status)
         return snapshot, volumes
 
+    def restore_hub_data(self, wanted: str, status: Callable[[str], None]) -> Snapshot:
+        """The hub's data volume alone (its database, its keys) from a snapshot: an upgrade's rollback. The hub's
+        container must be gone; labs and everyone's volumes are left alone."""
+        snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
+        volumes = [v for v in self.manifest(snapshot)["volumes"] if v.kind == plan.HUB_DATA_KIND]
+        if not volumes:
+            raise HubforgeError(f"snapshot {snapshot.short_id} holds no hub database")
+        self.recreate(volumes)
+        self.put_back(snapshot, volumes, False, status)
+        return snapshot
+
     def stop_lab(self, user: str, status: Callable[[str], None]) -> None:
         """The user's lab stopped: through the hub's API when it runs (so it knows), and the container gone."""
         hub = self.stack.hub_container()

@@ -40,6 +40,9 @@ class ComposeStack(Stack):
     def start(self) -> None:
         proc.run(self.compose("up", "--detach", "--remove-orphans"), what="docker compose up")
 
+    def remove_hub(self) -> None:
+        proc.run(self.compose("rm", "--stop", "--force", "hub"), what="docker compose rm hub")
+
     def remove(self, volumes: bool) -> None:
         if (self.options.run_dir / self.run_file).exists():
             proc.run(

@@ -79,6 +79,11 @@ class Stack:
         """Remove the stack's services and containers (not the labs); its own volumes only when asked."""
         raise NotImplementedError
 
+    def remove_hub(self) -> None:
+        """Stop and remove the hub's container alone (labs and the other services keep running): an upgrade's database
+        step, which needs the hub off its database."""
+        raise NotImplementedError
+
     def remove_labs(self) -> list[str]:
         """Remove every user's lab (never their volumes); returns what went."""
         removed = []
@@ -219,6 +224,9 @@ class Stack:
             "images": dict(images),
             "lab_images": dict(lab_images),
             "run_dir": str(options.run_dir),
+            # what `invoke upgrade` starts it with again, whatever its own flags
+            "bind": options.bind,
+            "volume_prefix": options.volume_prefix,
         }
         if hub.oidc:  # what the provider needs to know; never the client secret
             state["oidc"] = {

@@ -1,0 +1,1 @@
+"""`invoke upgrade` and `invoke rollback`: plan.py (data), runner.py (execution)."""

@@ -1,0 +1,117 @@
+"""What an upgrade moves between, pulls and records (hubforge.upgrade.plan), and the spawner's word on labs that run a
+lab image the stack no longer has."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from hub_ext.spawn.spawner import HubforgeSpawner, image_of
+from hubforge.errors import HubforgeError
+from hubforge.release.plan import parse_version
+from hubforge.upgrade import plan
+
+CURRENT = plan.ImageSet(
+    {"hub": "hubforge/hub:aaa", "lab": "hubforge/lab:bbb", "gpu-probe": "hubforge/gpu-probe:ccc", "backup": "b:1"},
+    {"default": "hubforge/lab:bbb", "datascience": "hubforge/lab:ddd"},
+    "the images of its last `invoke up`",
+)
+DIGEST = "sha256:" + "1" * 64
+
+
+def test_a_release_names_each_image_the_stack_runs_by_its_version_tag():
+    release = plan.Release("127.0.0.1:5000", "team", parse_version("1.4.2"))
+    assert release.wanted(CURRENT.lab_images) == {
+        "hub": "127.0.0.1:5000/team/hub:1.4.2",
+        "lab": "127.0.0.1:5000/team/lab:1.4.2",
+        "gpu-probe": "127.0.0.1:5000/team/gpu-probe:1.4.2",
+        "lab:datascience": "127.0.0.1:5000/team/lab:1.4.2-datascience",
+    }
+    assert plan.Release("docker.io", "hubforge", parse_version("2.0.0")).reference("hub") == "hubforge/hub:2.0.0"
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("127.0.0.1:5000/team/hub:1.4.2", f"127.0.0.1:5000/team/hub@{DIGEST}"),
+        ("hubforge/hub:2.0.0", f"hubforge/hub@{DIGEST}"),
+        ("registry:5000/hub", f"registry:5000/hub@{DIGEST}"),  # a port is no tag
+        (f"hubforge/hub@{'sha256:' + '2' * 64}", f"hubforge/hub@{DIGEST}"),
+    ],
+)
+def test_an_image_is_pinned_by_digest_whatever_its_tag(reference, expected):
+    assert plan.pinned(reference, DIGEST) == expected
+
+
+def test_a_release_set_pins_every_released_image_and_keeps_the_others():
+    release = plan.Release("127.0.0.1:5000", "team", parse_version("1.4.2"))
+    digests = {key: DIGEST for key in release.wanted(CURRENT.lab_images)}
+    target = plan.release_set(CURRENT, release, digests)
+    assert target.images["hub"] == f"127.0.0.1:5000/team/hub@{DIGEST}"
+    assert target.images["backup"] == "b:1"  # released by no one: the checkout's
+    assert target.lab_images == {
+        "default": f"127.0.0.1:5000/team/lab@{DIGEST}",
+        "datascience": f"127.0.0.1:5000/team/lab@{DIGEST}",
+    }
+    assert target.version == "1.4.2"
+    changes = CURRENT.changes(target)
+    assert f"hub: hubforge/hub:aaa -> 127.0.0.1:5000/team/hub@{DIGEST}" in changes
+    assert not any(line.startswith("backup") for line in changes)
+    assert CURRENT.changes(CURRENT) == []
+
+
+def test_the_record_round_trips_and_a_damaged_one_is_one_line(tmp_path):
+    after = plan.ImageSet({"hub": "x"}, {"default": "y"}, "1.0.0")
+    record = plan.Record(CURRENT, after, "abcdef0123", migrated=True)
+    record.save(tmp_path)
+    again = plan.load_record(tmp_path)
+    assert (again.before, again.after, again.snapshot, again.state, again.migrated) == (
+        CURRENT,
+        after,
+        "abcdef0123",
+        "upgrading",
+        True,
+    )
+    assert plan.load_record(tmp_path / "nowhere") is None
+    (tmp_path / plan.RECORD_FILE).write_text('{"from": {}}')
+    with pytest.raises(HubforgeError, match="is not an upgrade record"):
+        plan.load_record(tmp_path)
+
+
+def test_the_running_version_comes_from_the_last_upgrade_that_ran_these_images():
+    state = {"images": {"hub": "x"}, "lab_images": {"default": "y"}}
+    done = {"state": "done", "to": {"images": {"hub": "x"}, "version": "1.0.0"}, "from": {"images": {"hub": "w"}}}
+    assert plan.running_set(state, done).version == "1.0.0"
+    back = {"state": "rolled back", "to": {"images": {"hub": "z"}}, "from": {"images": {"hub": "x"}, "version": "0.9"}}
+    assert plan.running_set(state, back).version == "0.9"
+    assert "invoke up" in plan.running_set(state, None).version
+    assert json.dumps(plan.running_set(state, None).to_json())
+
+
+def test_a_migration_runs_only_when_the_schema_moves():
+    assert not plan.needs_migration("4621fec11365\n", "4621fec11365")
+    assert plan.needs_migration("0eee8c825d24", "4621fec11365")
+
+
+def test_the_lab_image_of_a_container_or_a_swarm_service():
+    assert image_of({"Config": {"Image": "hubforge/lab:bbb"}}) == "hubforge/lab:bbb"
+    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {"Image": "reg/lab:bbb@" + DIGEST}}}}
+    assert image_of(service) == "reg/lab:bbb@" + DIGEST
+    assert image_of(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("running", "outdated"),
+    [
+        ("hubforge/lab:bbb", False),
+        ("hubforge/lab:bbb@" + DIGEST, False),  # as Swarm pins a tag
+        ("hubforge/lab:old", True),
+        ("", False),  # not polled yet
+    ],
+)
+def test_a_running_lab_is_outdated_when_its_image_is_none_of_the_stack(running, outdated):
+    spawner = SimpleNamespace(active=True, running_image=running, lab_images={"default": "hubforge/lab:bbb"})
+    assert HubforgeSpawner.outdated_image.fget(spawner) is outdated
+    assert HubforgeSpawner.outdated_image.fget(SimpleNamespace(**{**vars(spawner), "active": False})) is False
