@@ -5,19 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import docker
 import pytest
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..support.helpers import wait_until
-from ..support.livestack import current_images, free_port
+from ..support.livestack import current_images
+from ..support.registry import loopback_registry
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,32 +26,8 @@ SECRET = "fake-token-must-never-show"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    if not Path(binary).exists():
-        pytest.fail("Debian's docker-registry is missing: apt-get install docker-registry (.ci/run does)")
-    folder = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = folder / "config.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n"
-    )
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    session = requests.Session()
-    session.trust_env = False
-    host = f"127.0.0.1:{port}"
-    try:
-        wait_until(lambda: session.get(f"http://{host}/v2/", timeout=2).status_code == 200, 30, "the registry")
+    with loopback_registry(tmp_path_factory.mktemp("registry")) as host:
         yield host
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
-        client = docker.from_env()
-        for image in client.images.list():
-            for tag in image.tags:
-                if tag.startswith(host):
-                    client.images.remove(tag, noprune=False)
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,169 @@
+"""`invoke upgrade` and `invoke rollback` on a live compose stack (issue 30): releases pushed to a registry on
+loopback, as `invoke release` puts them on Docker Hub -- 0.9.0 (today's images, its hub one label apart so that it is
+another image) and 0.9.1 (a hub that cannot start). A user's lab and kernel run throughout: the upgrade to 0.9.0 keeps
+them, the upgrade to 0.9.1 fails its gate and rolls back by itself with the database intact, the upgrade to this
+checkout and a rollback by hand keep them too."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+
+from ..support.hubclient import HubSession, KernelClient
+from ..support.livestack import (
+    PASSWORD,
+    ROOT,
+    approved_user,
+    claim_admin,
+    current_images,
+    start_stack,
+    stop_stack,
+)
+from ..support.registry import loopback_registry
+
+pytestmark = pytest.mark.integration
+NAMESPACE = "hftest"
+RESTIC_CACHE = Path(os.path.expanduser("~/.cache/hubforge/restic"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with loopback_registry(tmp_path_factory.mktemp("registry")) as host:
+        yield host
+
+
+def push_release(registry: str, version: str, hub_dockerfile: str) -> dict[str, str]:
+    """Today's lab and gpu-probe, and a hub built FROM today's with `hub_dockerfile`'s lines (no network), pushed
+    under `version`; returns name -> the registry's digest."""
+    client = docker.from_env()
+    images, _ = current_images()
+    dockerfile = f"FROM {images['hub']}\n{hub_dockerfile}\n"
+    hub, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), network_mode="none", rm=True)
+    digests = {}
+    for name, image in (("hub", hub), ("lab", client.images.get(images["lab"])), ("gpu-probe", None)):
+        image = image or client.images.get(images[name])
+        repository = f"{registry}/{NAMESPACE}/{name}"
+        image.tag(repository, version)
+        for line in client.api.push(repository, tag=version, stream=True, decode=True):
+            assert "error" not in line, line
+            digests[name] = (line.get("aux") or {}).get("Digest", digests.get(name))
+        client.images.remove(f"{repository}:{version}")  # the upgrade pulls it back by digest
+    return digests
+
+
+@pytest.fixture(scope="module")
+def releases(registry):
+    return {
+        "0.9.0": push_release(registry, "0.9.0", 'LABEL org.opencontainers.image.version="0.9.0"'),
+        # a hub that exits at once: the gate must fail and the stack come back by itself
+        "0.9.1": push_release(registry, "0.9.1", 'CMD ["jupyterhub", "--no-such-option=1"]'),
+    }
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, request):
+    keep = tmp_path_factory.mktemp("kept")
+    env = {"BACKUP_REPOSITORY": str(keep / "repository"), "BACKUP_PASSWORD_FILE": str(keep / "password")}
+    (keep / "password").write_text("a-backup-password-for-the-tests\n")
+    (keep / "password").chmod(0o600)
+    stack = start_stack(tmp_path_factory.mktemp("stack"), env, volume_prefix="")
+    yield stack
+    if getattr(request.session, "stack_failed", False):
+        stack.dump_logs(ROOT / "test-results" / "logs" / stack.project)
+    stop_stack(stack)
+    shutil.rmtree(RESTIC_CACHE / stack.project, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def worker(live):
+    """ula, whose lab runs through every upgrade, with a kernel holding a value."""
+    admin = claim_admin(live)
+    session, api = approved_user(live, admin, "ula")
+    api.start("ula")
+    kernel = KernelClient(api, "ula")
+    kernel.execute("answer = 6 * 7")
+    return {"session": session, "api": api, "kernel": kernel, "lab": live.lab("ula").id, "admin": admin}
+
+
+def invoke(live, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args, "--project", live.project],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
+    )
+
+
+def hub_image(live) -> str:
+    return live.hub().attrs["Config"]["Image"]
+
+
+def record(live) -> dict:
+    return json.loads((live.stack.options.run_dir / "upgrade.json").read_text())
+
+
+def the_lab_lived(live, worker) -> None:
+    lab = live.lab("ula")
+    assert lab.id == worker["lab"] and lab.status == "running", "the lab was not left running"
+    assert worker["kernel"].execute("print(answer)").strip() == "42", "the kernel lost its state"
+
+
+def test_an_upgrade_to_a_release_keeps_running_labs_and_their_kernels(live, worker, registry, releases):
+    hub_before = live.hub().id
+    done = invoke(live, "upgrade", "--to", "0.9.0", "--registry", registry, "--namespace", NAMESPACE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "upgraded" in done.stdout and "gate passed" in done.stdout, done.stdout
+    assert live.hub().id != hub_before
+    assert hub_image(live) == f"{registry}/{NAMESPACE}/hub@{releases['0.9.0']['hub']}"  # pinned by digest
+    the_lab_lived(live, worker)
+    assert record(live)["state"] == "done" and record(live)["to"]["version"] == "0.9.0"
+    # ula's lab runs the image of before: her home page says so; a new start gets the release's lab image
+    home = worker["session"].http.get(worker["session"].url("hub/home"), timeout=30)
+    assert "still runs the previous lab image" in home.text
+    _, other = approved_user(live, worker["admin"], "vic")
+    other.start("vic")
+    assert live.lab("vic").attrs["Config"]["Image"] == f"{registry}/{NAMESPACE}/lab@{releases['0.9.0']['lab']}"
+    # the canary went, with its volumes
+    assert not docker.from_env().volumes.list(filters={"label": "hubforge.user=hubforge-canary"})
+    again = invoke(live, "upgrade", "--to", "0.9.0", "--registry", registry, "--namespace", NAMESPACE)
+    assert again.returncode == 0 and "nothing to upgrade" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_broken_release_fails_the_gate_and_rolls_back_by_itself(live, worker, registry, releases):
+    good = hub_image(live)
+    failed = invoke(live, "upgrade", "--to", "0.9.1", "--registry", registry, "--namespace", NAMESPACE)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "failed" in failed.stderr and "rolled back to 0.9.0" in failed.stderr, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert hub_image(live) == good
+    assert live.hub().attrs["State"]["Health"]["Status"] == "healthy"
+    assert record(live)["state"] == "rolled back" and "healthy" in record(live)["reason"]
+    the_lab_lived(live, worker)
+    session = HubSession(live.url)  # the database came back intact: her password and approval hold
+    assert session.login("ula", PASSWORD).status_code == 302
+    assert session.api("GET", "user").json()["name"] == "ula"
+
+
+def test_an_upgrade_to_this_checkout_then_a_rollback_by_hand(live, worker):
+    images, _ = current_images()
+    done = invoke(live, "upgrade")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert hub_image(live) == images["hub"]
+    the_lab_lived(live, worker)
+    back = invoke(live, "rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert hub_image(live) != images["hub"] and "0.9.0" in back.stdout
+    the_lab_lived(live, worker)
+    assert HubSession(live.url).login("ula", PASSWORD).status_code == 302
+    twice = invoke(live, "rollback")
+    assert twice.returncode == 1 and "already rolled back" in twice.stderr
