@@ -69,12 +69,20 @@ class Upgrade:
         digests = {}
         for name, reference in release.wanted(current.lab_images).items():
             status(f"resolving {reference}")
-            if key is not None:
-                from ..release import attest
+            try:
+                if key is not None:
+                    from ..release import attest
 
-                digest = attest.verify_image(registry, reference, key).digest
-            else:
-                digest = self.docker.remote_digest(reference)
+                    digest = attest.verify_image(registry, reference, key).digest
+                else:
+                    digest = self.docker.remote_digest(reference)
+            except HubforgeError as exc:
+                if not name.startswith("lab:"):
+                    raise
+                raise HubforgeError(
+                    f"release {release.version} has no {reference} for the lab flavour {name[4:]} this stack offers "
+                    f"({str(exc).splitlines()[0]}); nothing was changed"
+                ) from None
             exact = plan.pinned(reference, digest)
             status(f"pulling {exact}")
             self.docker.pull(exact)
