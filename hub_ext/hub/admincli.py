@@ -136,6 +136,9 @@ def canary(timeout: float = 180) -> dict[str, Any]:
         if status != 201:
             return failed("create", f"the hub answered {status} when asked to create {CANARY_USER}: {model}")
     status, answer = call_hub("POST", f"users/{name}/server")
+    if status == 429:  # the hub is at ACTIVE_SERVER_LIMIT (or spawning at its limit): it answered, and said so
+        call_hub("DELETE", f"users/{name}")
+        return {**result, "ok": True, "skipped": f"no lab started: {(answer or {}).get('message', 'hub is full')}"}
     if status not in (201, 202, 400):  # 400: already running (a gate cut off earlier)
         return failed("start", f"the hub answered {status} when asked to start the canary lab: {answer}")
     deadline = time.monotonic() + timeout

@@ -168,6 +168,8 @@ class Upgrade:
             raise GateFailed(f"the canary did not run: {out.strip()[-300:]}") from None
         if code != 0 or not result.get("ok"):
             raise GateFailed(f"canary lab, step {result.get('step', '?')}: {result.get('reason', out.strip()[-200:])}")
+        if result.get("skipped"):
+            self.say(f"[yellow]note[/]: the canary was skipped: {result['skipped']}")
         timings["canary"] = time.monotonic() - started
         return timings
 
