@@ -5,6 +5,8 @@ which the stack's backup service runs too; it is re-exported here. No Docker her
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,14 @@ from hub_ext.backup.plan import (  # noqa: F401 -- the shared half, re-exported:
 from hub_ext.naming import VOLUME_KINDS
 
 from ..errors import HubforgeError
+
+
+def write_password(path: Path) -> None:
+    """A new repository's password, in a file private from its first byte (made only where none is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+
 
 SWARM_REFUSAL = (
     "backups of swarm stacks are not supported yet (user volumes live on the workers); this project runs on the "

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,11 +87,7 @@ class Backups:
                     f"no password file at {self.repo.password_file} (BACKUP_PASSWORD_FILE); create it, or unset "
                     "BACKUP_PASSWORD_FILE to have one made"
                 )
-            self.repo.password_file.parent.mkdir(parents=True, exist_ok=True)
-            with os.fdopen(
-                os.open(self.repo.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
-            ) as handle:
-                handle.write(secrets.token_urlsafe(32) + "\n")
+            plan.write_password(self.repo.password_file)
             self.say(
                 f"[bold]made the repository's password[/] in {self.repo.password_file}: keep a copy somewhere else, "
                 "without it no backup can be read"
