@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,19 @@ def gauges(document: dict[str, Any]) -> list[tuple[str, str, float]]:
     return [(name, text, float(value)) for (name, text), value in zip(GAUGES, values, strict=True)]
 
 
+STUCK_SECONDS = 6 * 3600  # a slot's backup still running this long after it began: the service is unhealthy
+
+
+def problem(document: dict[str, Any], now: float) -> str | None:
+    """Why the service is unhealthy (its container's health check), or None: it has written no status since it
+    started, or the backup of its last slot has been running for STUCK_SECONDS."""
+    if not document.get("next_run"):
+        return "the backup service has written no status yet"
+    if now - document["next_run"] > STUCK_SECONDS:
+        return f"the backup of the slot at {_when(document['next_run'])} UTC is still running"
+    return None
+
+
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
@@ -100,3 +115,11 @@ def line(document: dict[str, Any]) -> str:
     if document.get("next_run"):
         parts.append(f"next {_when(document['next_run'])} UTC")
     return "; ".join(parts)
+
+
+if __name__ == "__main__":  # the backup service's health check: `python3 -m hub_ext.backup.status`
+    from hub_ext.backup.plan import STATE_MOUNT, STATUS_FILE
+
+    trouble = problem(read(Path(STATE_MOUNT) / STATUS_FILE), time.time())
+    if trouble:
+        sys.exit(f"unhealthy: {trouble}")

@@ -261,3 +261,12 @@ def test_the_backup_service_is_in_the_stack_only_with_a_schedule(tmp_path):
     assert given["password_file"] == str(run_dir / "backup-password")  # made at `up` at its default place
     assert (run_dir / "backup-password").stat().st_mode & 0o777 == 0o600
     assert json.loads((run_dir / "stack.json").read_text())["backups"] == {"schedule": "every day at 02:30 UTC"}
+
+
+def test_the_health_check_wants_a_status_and_no_backup_running_for_hours():
+    assert status.problem({}, NOON) == "the backup service has written no status yet"
+    assert status.problem({"next_run": NOON + 60}, NOON) is None
+    assert status.problem({"next_run": NOON - 3600}, NOON) is None  # a backup of an hour is running
+    assert status.problem({"next_run": NOON - 7 * 3600}, NOON) == (
+        "the backup of the slot at 2026-12-07 05:00 UTC is still running"
+    )
