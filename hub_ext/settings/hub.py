@@ -810,7 +810,7 @@ SETTINGS: tuple[Setting, ...] = (
         (
             "Where `invoke backup` keeps its restic repository: a folder on this host, or `s3:HOST/BUCKET/PATH` or "
             "`rest:URL` (their credentials from restic's own variables, e.g. `AWS_ACCESS_KEY_ID`, in the environment "
-            "of `invoke`). Read by the host's tasks only."
+            "of `invoke`; for the scheduled backups, in `.env`)."
         ),
         shown="/var/lib/hubforge/backups/<project>",
     ),
