@@ -496,6 +496,10 @@ def status(settings: Settings, options, as_json: bool) -> dict:
         )
     elif state.get("network_guard"):
         say("network guard: on (labs are kept off private and link-local addresses; see the netguard service above)")
+    if state.get("backups"):
+        from hub_ext.backup.status import line
+
+        say(f"backups: {line(state['backups'])}")
     gpu = state.get("gpu") or {}
     say(f"GPU: mode {gpu.get('mode')}, {'enabled' if gpu.get('enabled') else 'disabled'}: {gpu.get('reason')}")
     if gpu.get("probe"):

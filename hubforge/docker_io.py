@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from hub_ext.backup.gateway import JobCalls, label_filter
 from hub_ext.helpers.quota import LOOP_CAPABILITIES, LOOP_DEVICE_RULES
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 from hub_ext.naming import ROLE_LABEL
@@ -375,11 +376,6 @@ def _short(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
-def label_filter(labels: Mapping[str, str]) -> dict[str, list[str]]:
-    """The API's filter for objects carrying every one of `labels`."""
-    return {"label": [f"{k}={v}" for k, v in labels.items()]}
-
-
 def removed(remove: Callable[[str], object], name: str) -> bool:
     """Call a removal; False when the object was already gone."""
     try:
@@ -389,7 +385,7 @@ def removed(remove: Callable[[str], object], name: str) -> bool:
         return False
 
 
-class StackDocker(Docker):
+class StackDocker(Docker, JobCalls):
     """The stack's Docker calls: probes, labelled containers and volumes."""
 
     def run_gpu_probe(self, image: str, device_requests: list[dict]) -> tuple[int | None, str]:
@@ -433,71 +429,9 @@ class StackDocker(Docker):
         except docker.errors.APIError as exc:
             return None, _short(exc)
 
-    def run_streamed(
-        self,
-        image: str,
-        command: list[str],
-        host: dict,
-        labels: dict[str, str],
-        environment: Mapping[str, str],
-        user: str | None = None,
-        on_line: Callable[[str], None] = lambda line: None,
-    ) -> tuple[int | None, str, str]:
-        """Run a one-shot container like run_once, handing each line of its stdout to `on_line` as it comes (a long
-        job's progress): (exit code, stdout, stderr), or (None, "", Docker's reason) when Docker refuses it. The summary
-        a job prints last is in the returned stdout, not necessarily among the lines handed on."""
-        try:
-            with self._one_shot(image, command, host, labels, user, environment) as container:
-                pending = b""
-                for chunk in self.client.api.logs(container, stdout=True, stderr=False, stream=True, follow=True):
-                    *complete, pending = (pending + chunk).split(b"\n")
-                    for raw in complete:
-                        on_line(raw.decode(errors="replace"))
-                code = self.client.api.wait(container)["StatusCode"]
-                # the output itself is read once the container has exited: a stream that follows a container which
-                # exits at once may end before the daemon has logged its last lines
-                out = self.client.api.logs(container, stdout=True, stderr=False).decode(errors="replace")
-                errors = self.client.api.logs(container, stdout=False, stderr=True).decode(errors="replace")
-                return code, out, errors
-        except docker.errors.APIError as exc:
-            return None, "", _short(exc)
-
-    @contextlib.contextmanager
-    def _one_shot(
-        self,
-        image: str,
-        command: list[str] | None,
-        host: dict,
-        labels: dict[str, str],
-        user: str | None,
-        environment: Mapping[str, str] | None = None,
-    ) -> Iterator[str]:
-        """A started container that is removed however the block ends."""
-        container = None
-        try:
-            host_config = self.client.api.create_host_config(
-                log_config={"type": LOG_DRIVER, "config": default_log_options()}, **host
-            )
-            created = self.client.api.create_container(
-                image, command, user=user, host_config=host_config, labels=labels, environment=dict(environment or {})
-            )
-            container = created["Id"]
-            self.client.api.start(container)
-            yield container
-        finally:
-            if container:
-                try:
-                    self.client.api.remove_container(container, force=True, v=True)  # its anonymous volumes too
-                except docker.errors.NotFound:
-                    pass  # already gone
-
     def cpu_count(self) -> int:
         """The daemon's CPUs: Compose refuses a `cpus` limit above it."""
         return int(self.client.info().get("NCPU") or 1)
-
-    def containers(self, labels: Mapping[str, str], all: bool = True) -> list[dict]:
-        filters = label_filter(labels)
-        return self.client.api.containers(all=all, filters=filters)
 
     def inspect_container(self, container: str) -> dict | None:
         try:
@@ -514,23 +448,12 @@ class StackDocker(Docker):
             if exc.status_code != 409:  # 409: removal already in progress
                 raise
 
-    def volumes(self, labels: Mapping[str, str]) -> list[dict]:
-        filters = label_filter(labels)
-        return self.client.api.volumes(filters=filters).get("Volumes") or []
-
     def remove_volume(self, name: str) -> bool:
         return removed(self.client.api.remove_volume, name)
 
     def volume_users(self, name: str) -> list[str]:
         """The names of the containers (running or not) that mount the volume `name`."""
         return [c["Names"][0].lstrip("/") for c in self.client.api.containers(all=True, filters={"volume": name})]
-
-    def volume(self, name: str) -> dict | None:
-        """A volume's inspect document (labels, driver, options, mountpoint), or None when there is none."""
-        try:
-            return self.client.api.inspect_volume(name)
-        except docker.errors.NotFound:
-            return None
 
     def create_volume(self, name: str, driver: str, options: Mapping[str, str], labels: Mapping[str, str]) -> None:
         self.client.api.create_volume(name, driver=driver, driver_opts=dict(options), labels=dict(labels))
@@ -549,12 +472,6 @@ class StackDocker(Docker):
             return True
         except docker.errors.NotFound:
             return False
-
-    def exec_output(self, container: str, command: list[str]) -> tuple[int, str]:
-        """Run a command in a running container; (exit code, output)."""
-        created = self.client.api.exec_create(container, command, stdout=True, stderr=True)
-        output = self.client.api.exec_start(created["Id"]).decode(errors="replace")
-        return self.client.api.exec_inspect(created["Id"]).get("ExitCode", 1), output
 
     def logs(self, container: str, tail: int = 200) -> str:
         return self.client.api.logs(container, tail=tail).decode(errors="replace")

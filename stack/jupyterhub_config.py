@@ -29,6 +29,7 @@ from hub_ext.settings.hub import (
     hub_host,
 )
 from hub_ext.settings.oidc import stored_key
+from hub_ext.web import metrics
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub's config loader
 env = os.environ
@@ -249,6 +250,8 @@ if hub.metrics_token:
 c.JupyterHub.services = services
 c.JupyterHub.load_roles = roles
 c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics
+if hub.backup_schedule != "off":  # the backup service's last success and failure, from its status file
+    metrics.watch_backups()
 
 # -- look ---------------------------------------------------------------------------------------------
 if hub.logo_uri:

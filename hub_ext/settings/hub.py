@@ -18,6 +18,7 @@ from typing import Any
 
 from hub_ext.settings.oidc import AUTHENTICATORS, parse_oidc
 from hub_ext.settings.parse import USERNAME, ConfigError, flag
+from hub_ext.settings.schedule import parse_schedule
 
 DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILES = "10m", 3  # LOG_MAX_SIZE, LOG_MAX_FILES: at most 30 MB per container
 
@@ -377,6 +378,11 @@ def parse_backup_repository(raw: str) -> str:
 
 def backup_repository() -> Reader:
     return lambda setting, raw, _: parse_backup_repository(raw)
+
+
+def schedule() -> Reader:
+    # kept as its normalised text (a plain field of HubConfig); hub_ext.settings.schedule reads it back
+    return lambda setting, raw, _: parse_schedule(setting.name, raw).text
 
 
 def optional_path() -> Reader:
@@ -804,7 +810,7 @@ SETTINGS: tuple[Setting, ...] = (
         (
             "Where `invoke backup` keeps its restic repository: a folder on this host, or `s3:HOST/BUCKET/PATH` or "
             "`rest:URL` (their credentials from restic's own variables, e.g. `AWS_ACCESS_KEY_ID`, in the environment "
-            "of `invoke`). Read by the host's tasks only."
+            "of `invoke`; for the scheduled backups, in `.env`)."
         ),
         shown="/var/lib/hubforge/backups/<project>",
     ),
@@ -818,6 +824,43 @@ SETTINGS: tuple[Setting, ...] = (
             "run folder, made at the first backup. Keep a copy elsewhere: without it the backups cannot be read."
         ),
         shown="<run folder>/backup-password",
+    ),
+    Setting(
+        "BACKUP_SCHEDULE",
+        "backup_schedule",
+        "off",
+        schedule(),
+        (
+            "When the stack's `backup` service takes a snapshot by itself: `off`, `hourly`, `daily`, `daily HH:MM` "
+            "(UTC) or `every N` with `m`, `h` or `d` (`every 6h`: at 00:00, 06:00, 12:00 and 18:00 UTC). Each "
+            "scheduled snapshot is followed by the retention below; its outcome shows in `invoke status` and on "
+            "`/hub/metrics`."
+        ),
+    ),
+    Setting(
+        "BACKUP_KEEP_DAILY",
+        "backup_keep_daily",
+        7,
+        integer(0),
+        (
+            "Retention after each scheduled backup: the last snapshot of each of this many days is kept (`restic "
+            "forget --keep-daily`). Applies to every snapshot of the project, those of `invoke backup` too. `0`: "
+            "no daily rule; with all three rules at `0` nothing is forgotten."
+        ),
+    ),
+    Setting(
+        "BACKUP_KEEP_WEEKLY",
+        "backup_keep_weekly",
+        4,
+        integer(0),
+        ("Retention: the last snapshot of each of this many weeks is kept too (`--keep-weekly`)."),
+    ),
+    Setting(
+        "BACKUP_KEEP_MONTHLY",
+        "backup_keep_monthly",
+        6,
+        integer(0),
+        ("Retention: the last snapshot of each of this many months is kept too (`--keep-monthly`)."),
     ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -6,7 +6,14 @@ beside JupyterHub's spawn and request metrics (stack/grafana/hubforge.json).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from hub_ext.backup import status as backup_status
+from hub_ext.backup.plan import STATE_MOUNT, STATUS_FILE
 
 RESTARTS = Counter(
     "hubforge_server_restarts",
@@ -48,3 +55,28 @@ def count_volume_resets(results: dict[str, dict]) -> None:
 def count_deliveries(results: list[dict]) -> None:
     for outcome in results:
         BROADCAST_DELIVERIES.labels(result=outcome["result"]).inc()
+
+
+class BackupGauges:
+    """The backup service's last success and failure (hub_ext.backup.status), read from its status file at each
+    scrape: the service writes it in another container, so there is nothing to count here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, text, value in backup_status.gauges(backup_status.read(self.path)):
+            yield GaugeMetricFamily(name, text, value=value)
+
+
+def watch_backups(path: Path = Path(STATE_MOUNT) / STATUS_FILE) -> BackupGauges:
+    """Serve the backup gauges (BACKUP_SCHEDULE on: the service's volume is mounted read-only at STATE_MOUNT)."""
+    global _backup_gauges
+    if _backup_gauges is None:  # once per process, however often the configuration is loaded
+        _backup_gauges = BackupGauges(path)
+        REGISTRY.register(_backup_gauges)
+    _backup_gauges.path = path
+    return _backup_gauges
+
+
+_backup_gauges: BackupGauges | None = None

@@ -1,151 +1,71 @@
-"""What a backup holds and how restic is asked for it, as data: the tree of a snapshot, restic's argv and
-environment, its JSON read back (progress, snapshots), the manifest of volumes, and the refusals. No Docker here."""
+"""What `invoke backup --list` and `invoke restore` read back and refuse, as data: the manifest, the snapshots,
+the choice of one, one user's volumes. The shared half (the tree, restic's argv, its answers) is hub_ext.backup.plan,
+which the stack's backup service runs too; it is re-exported here. No Docker here."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_ext.naming import QUOTA_LABEL, USER_LABEL, VOLUME_KINDS, VOLUME_LABEL
+from hub_ext.backup.plan import (  # noqa: F401 -- the shared half, re-exported: one namespace for hubforge's callers
+    CACHE_MOUNT,
+    DATABASE,
+    DATABASE_COPY,
+    DEFAULT_REPOSITORY_FOLDER,
+    HUB_DATA,
+    HUB_DATA_KIND,
+    MANIFEST,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    PASSWORD_FILE_NAME,
+    PASSWORD_MOUNT,
+    REMOTE_ENVIRONMENT,
+    RENDERED,
+    REPOSITORY_MOUNT,
+    ROOT,
+    SETTINGS,
+    VOLUMES,
+    Progress,
+    Repository,
+    Volume,
+    backup_argv,
+    backup_excludes,
+    backup_summary,
+    dump_argv,
+    environment,
+    human_bytes,
+    list_argv,
+    manifest,
+    parse_backup_line,
+    progress_line,
+    repository,
+    restic_problem,
+    restore_argv,
+    stack_volumes,
+    summary_line,
+    tags,
+    volume_of,
+)
+from hub_ext.naming import VOLUME_KINDS
 
 from ..errors import HubforgeError
 
-# The snapshot's tree, the same on every host: a restore on a new machine puts each part back by these paths.
-ROOT = "/backup"
-MANIFEST = f"{ROOT}/manifest"  # stack.json: the volumes (labels, driver), the project, the version
-SETTINGS = f"{ROOT}/settings"  # the run folder: .env, config.d/, compose.override.yml, stored secrets
-VOLUMES = f"{ROOT}/volumes"  # /backup/volumes/<volume name>: the files inside each labelled volume
-MANIFEST_FILE = "stack.json"
-MANIFEST_FORMAT = 1
 
-# In the backup container: the repository (a local one), its password, restic's cache.
-REPOSITORY_MOUNT = "/repo"
-PASSWORD_MOUNT = "/run/secrets/restic-password"
-CACHE_MOUNT = "/cache"
+def write_password(path: Path) -> None:
+    """A new repository's password, in a file private from its first byte (made only where none is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
 
-DEFAULT_REPOSITORY_FOLDER = Path("/var/lib/hubforge/backups")
-PASSWORD_FILE_NAME = "backup-password"
-# The run folder's files that `invoke up` makes again from the checkout (and the stack's own state): never restored
-# over what the new code writes. The password file is not kept inside the repository it opens.
-RENDERED = ("compose.yml", "jupyterhub_config.py", "stack.json", PASSWORD_FILE_NAME)
 
-# The hub's database, copied with SQLite's online backup inside the running hub (hub_ext.hub.database's file).
-DATABASE = "jupyterhub.sqlite"
-DATABASE_COPY = ".hubforge-backup.sqlite"  # the copy, beside it in the data volume, while the backup runs
-HUB_DATA = "/srv/jupyterhub/data"
-HUB_DATA_KIND = "hub-data"
-
-# restic's variables for remote repositories, passed from the environment of `invoke` to the backup container.
-REMOTE_ENVIRONMENT = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "RESTIC_REST_USERNAME",
-    "RESTIC_REST_PASSWORD",
-)
 SWARM_REFUSAL = (
     "backups of swarm stacks are not supported yet (user volumes live on the workers); this project runs on the "
     "swarm engine"
 )
-
-
-@dataclass(frozen=True)
-class Repository:
-    """Where the snapshots are: a folder on this host (mounted into the container) or a restic URL."""
-
-    location: str  # the host folder, or s3:/rest: URL
-    password_file: Path
-    password_is_default: bool  # made at the first backup when missing
-
-    @property
-    def local(self) -> bool:
-        return self.location.startswith("/")
-
-    @property
-    def restic_location(self) -> str:
-        return REPOSITORY_MOUNT if self.local else self.location
-
-
-def repository(backup_repository: str, backup_password_file: str, project: str, run_dir: Path) -> Repository:
-    """The repository of BACKUP_REPOSITORY and BACKUP_PASSWORD_FILE (already checked by the settings table), with
-    their defaults: a folder per project under /var/lib/hubforge/backups, and a password file in the run folder."""
-    location = backup_repository or str(DEFAULT_REPOSITORY_FOLDER / project)
-    if backup_password_file:
-        return Repository(location, Path(backup_password_file), False)
-    return Repository(location, run_dir / PASSWORD_FILE_NAME, True)
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A labelled Docker volume as the manifest records it, enough to make it again on another host."""
-
-    name: str
-    driver: str = "local"
-    labels: Mapping[str, str] = field(default_factory=dict)
-    options: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def user(self) -> str | None:
-        return self.labels.get(USER_LABEL)
-
-    @property
-    def kind(self) -> str:
-        return self.labels.get(VOLUME_LABEL, "")
-
-    @property
-    def quota(self) -> bool:
-        return bool(self.labels.get(QUOTA_LABEL))
-
-    @property
-    def path(self) -> str:
-        return f"{VOLUMES}/{self.name}"
-
-    def recreated(self) -> Volume:
-        """How a restore makes it: the same name and labels. A quota'd volume (an ext4 file on a loop device, made by
-        the hub's quota helper) comes back as a plain local volume, without its quota label: the spawner then treats
-        it as one made before its quota (docs: held to it again after a reset)."""
-        if not self.quota:
-            return self
-        return Volume(self.name, "local", {k: v for k, v in self.labels.items() if k != QUOTA_LABEL}, {})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "driver": self.driver, "labels": dict(self.labels), "options": dict(self.options)}
-
-
-def volume_of(inspected: Mapping[str, Any]) -> Volume:
-    """A Volume from Docker's listing or inspect document."""
-    return Volume(
-        inspected["Name"],
-        inspected.get("Driver") or "local",
-        dict(inspected.get("Labels") or {}),
-        dict(inspected.get("Options") or {}),
-    )
-
-
-def stack_volumes(listed: Iterable[Mapping[str, Any]]) -> list[Volume]:
-    """The project's volumes that hold something: every one with a kind label (hub data, certificates, shared,
-    users', group folders), sorted by name."""
-    return sorted((volume_of(v) for v in listed if (v.get("Labels") or {}).get(VOLUME_LABEL)), key=lambda v: v.name)
-
-
-def manifest(project: str, engine: str, version: str, commit: str, volumes: list[Volume], database: str) -> str:
-    """/backup/manifest/stack.json: what a restore needs before it reads any file."""
-    return json.dumps(
-        {
-            "format": MANIFEST_FORMAT,
-            "project": project,
-            "engine": engine,
-            "hubforge": {"version": version, "commit": commit},
-            "database": database,
-            "volumes": [v.as_dict() for v in volumes],
-        },
-        indent=1,
-        sort_keys=True,
-    )
 
 
 def parse_manifest(text: str) -> dict[str, Any]:
@@ -165,137 +85,6 @@ def parse_manifest(text: str) -> dict[str, Any]:
         for v in document.get("volumes", [])
     ]
     return document
-
-
-# -- restic's command lines --------------------------------------------------------------------------------------
-def tags(project: str, engine: str, version: str, commit: str) -> list[str]:
-    """Each snapshot's tags: whose it is and what made it; `--list` and a restore pick a project's by the first two."""
-    return ["hubforge", f"project={project}", f"engine={engine}", f"version={version}"] + (
-        [f"commit={commit[:12]}"] if commit else []
-    )
-
-
-def backup_argv(project: str, snapshot_tags: list[str], excludes: list[str]) -> list[str]:
-    """`restic backup` of the whole tree. One path and one host name for every snapshot of a project, whatever the
-    machine: restic then takes the last snapshot as the parent, and reads again only files whose size, times or
-    inode changed (a second backup costs time in proportion to the changes)."""
-    argv = ["backup", ROOT, "--json", "--host", project]
-    for tag in snapshot_tags:
-        argv += ["--tag", tag]
-    for pattern in excludes:
-        argv += ["--exclude", pattern]
-    return argv
-
-
-def backup_excludes(volumes: list[Volume], online_copy: bool) -> list[str]:
-    """What the tree holds but a snapshot must not: the files `up` renders, the database's live files while the hub
-    writes them (the online copy stands in their place), and the copy's own name."""
-    excludes = [f"{SETTINGS}/{name}" for name in RENDERED]
-    for volume in volumes:
-        if volume.kind == HUB_DATA_KIND:
-            excludes.append(f"{volume.path}/{DATABASE_COPY}")
-            if online_copy:
-                excludes += [f"{volume.path}/{DATABASE}-wal", f"{volume.path}/{DATABASE}-shm"]
-    return excludes
-
-
-def list_argv(project: str) -> list[str]:
-    return ["snapshots", "--json", "--tag", f"project={project}"]
-
-
-def restore_argv(snapshot_id: str, includes: list[str] | None) -> list[str]:
-    """`restic restore` into the same tree (target /), every part (includes None: all but the manifest) or some."""
-    argv = ["restore", snapshot_id, "--target", "/"]
-    if includes is None:
-        return argv + ["--exclude", MANIFEST]
-    for path in includes:
-        argv += ["--include", path]
-    return argv
-
-
-def dump_argv(snapshot_id: str) -> list[str]:
-    return ["dump", snapshot_id, f"{MANIFEST}/{MANIFEST_FILE}"]
-
-
-def environment(repo: Repository, passed: Mapping[str, str]) -> dict[str, str]:
-    """The backup container's environment: the repository, the password's file, the cache, and restic's own
-    credentials for a remote repository (only those REMOTE_ENVIRONMENT names)."""
-    env = {
-        "RESTIC_REPOSITORY": repo.restic_location,
-        "RESTIC_PASSWORD_FILE": PASSWORD_MOUNT,
-        "RESTIC_CACHE_DIR": CACHE_MOUNT,
-        "RESTIC_PROGRESS_FPS": "2",  # restic shows no progress when its output is not a terminal, unless asked
-    }
-    if not repo.local:
-        env.update({k: v for k, v in passed.items() if k in REMOTE_ENVIRONMENT and v})
-    return env
-
-
-# -- what restic answers ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Progress:
-    percent: float
-    files_done: int
-    total_files: int
-    bytes_done: int
-    total_bytes: int
-    seconds: float
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"
-
-
-def parse_backup_line(line: str) -> Progress | dict[str, Any] | None:
-    """One line of `restic backup --json`: a Progress (status), the summary (a dict), or None (anything else)."""
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(message, dict):
-        return None
-    if message.get("message_type") == "status":
-        return Progress(
-            float(message.get("percent_done") or 0.0),
-            int(message.get("files_done") or 0),
-            int(message.get("total_files") or 0),
-            int(message.get("bytes_done") or 0),
-            int(message.get("total_bytes") or 0),
-            float(message.get("seconds_elapsed") or 0.0),
-        )
-    if message.get("message_type") == "summary":
-        return message
-    return None
-
-
-def backup_summary(output: str) -> dict[str, Any] | None:
-    """The summary that `restic backup --json` prints last, or None when it printed none."""
-    for line in reversed(output.splitlines()):
-        parsed = parse_backup_line(line)
-        if isinstance(parsed, dict):
-            return parsed
-    return None
-
-
-def progress_line(progress: Progress) -> str:
-    return (
-        f"backing up: {progress.percent * 100:.0f}% ({human_bytes(progress.bytes_done)} of "
-        f"{human_bytes(progress.total_bytes)}, {progress.files_done} of {progress.total_files} files, "
-        f"{progress.seconds:.0f}s)"
-    )
-
-
-def summary_line(summary: Mapping[str, Any]) -> str:
-    return (
-        f"snapshot {summary.get('snapshot_id', '?')[:8]}: {summary.get('files_new', 0)} new, "
-        f"{summary.get('files_changed', 0)} changed, {summary.get('files_unmodified', 0)} unchanged files; "
-        f"{human_bytes(summary.get('data_added', 0))} added to the repository in "
-        f"{float(summary.get('total_duration', 0.0)):.1f}s"
-    )
 
 
 @dataclass(frozen=True)
@@ -339,23 +128,6 @@ def pick_snapshot(snapshots: list[Snapshot], wanted: str, project: str) -> Snaps
     raise HubforgeError(
         f"no snapshot {wanted!r} of project {project}; the latest are {recent} (`invoke backup --list` lists all)"
     )
-
-
-def restic_problem(stderr: str, repo: Repository) -> str:
-    """restic's failure as one line that says what to do next."""
-    text = stderr.strip()
-    where = repo.location
-    if "wrong password" in text or "no key found" in text:
-        return (
-            f"the password in {repo.password_file} does not open the repository at {where}: use the file that was "
-            "kept with it (BACKUP_PASSWORD_FILE)"
-        )
-    if "Is there a repository at the following location" in text or "repository does not exist" in text:
-        return f"there is no backup repository at {where} (BACKUP_REPOSITORY); make one with `invoke backup`"
-    if "unable to create lock" in text or "repository is already locked" in text:
-        return f"the repository at {where} is locked by another restic; wait for it, or run `restic unlock` there"
-    last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no output)"]
-    return f"restic failed: {last[0][:300]}"
 
 
 def missing_repository(repo: Repository) -> str | None:

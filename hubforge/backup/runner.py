@@ -3,17 +3,16 @@ gateway, with the stack's volumes and run folder mounted under plan.ROOT."""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import os
-import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, USER_LABEL
+from hub_ext.backup.job import ResticJob
+from hub_ext.naming import USER_LABEL
 
 from ..deploy.engine import Stack
 from ..errors import HubforgeError
@@ -21,11 +20,13 @@ from . import plan
 from .plan import Repository, Snapshot, Volume
 
 log = logging.getLogger(__name__)
-BACKUP_ROLE = {ROLE_LABEL: "backup"}
-# What the container may do: read every file (backup), or put files back with their owners and modes (restore).
-READ_CAPABILITIES = ["DAC_READ_SEARCH"]
-WRITE_CAPABILITIES = ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"]
 STOP_TIMEOUT = 150
+
+
+class Job(ResticJob):
+    """The shared restic job, whose refusals are hubforge's: `invoke` prints them as one line."""
+
+    failure = HubforgeError
 
 
 @dataclass
@@ -48,51 +49,25 @@ class Backups:
         return self.stack.docker
 
     # -- one restic run -------------------------------------------------------------------------------------------
-    def host_config(self, binds: list[str], writing: bool) -> dict[str, Any]:
-        """The backup container: root with only the capabilities it needs, no new privileges, the repository's
-        password read-only, no network for a local repository."""
-        binds = [
-            *binds,
-            f"{self.repo.password_file.resolve()}:{plan.PASSWORD_MOUNT}:ro",
-            f"{self.cache_dir}:{plan.CACHE_MOUNT}:rw",
-        ]
-        if self.repo.local:
-            binds.append(f"{self.repo.location}:{plan.REPOSITORY_MOUNT}:rw")
-        return {
-            "binds": binds,
-            "cap_drop": ["ALL"],
-            "cap_add": WRITE_CAPABILITIES if writing else READ_CAPABILITIES,
-            "security_opt": ["no-new-privileges:true"],
-            "network_mode": "none" if self.repo.local else "bridge",
-            # a restore also sets the owner and mode of /backup itself: its root stays writable, a backup's does not
-            "read_only": not writing,
-            "tmpfs": {"/tmp": "size=512m"},  # restic's pack files before they are written out
-        }
-
-    def restic(
-        self,
-        argv: list[str],
-        binds: list[str] = (),
-        writing: bool = False,
-        on_line: Callable[[str], None] = lambda line: None,
-    ) -> str:
-        """restic's stdout; a failure is one line (restic_problem)."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        code, out, err = self.docker.run_streamed(
+    @property
+    def job(self) -> ResticJob:
+        """restic as the backup service runs it too (hub_ext.backup.job), through this stack's gateway."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)  # else Docker makes the missing bind source, owned by root
+        return Job(
+            self.docker,
+            self.project,
+            self.stack.options.engine,
             self.image,
-            argv,
-            self.host_config(list(binds), writing),
-            {PROJECT_LABEL: self.project, **BACKUP_ROLE},
-            plan.environment(self.repo, self.passed),
-            user="0:0",
-            on_line=on_line,
+            dataclasses.replace(self.repo, password_file=self.repo.password_file.resolve()),  # as Docker binds it
+            str(self.cache_dir),
+            str(self.stack.options.run_dir),
+            self.passed,
+            self.stack.hub_container,
         )
-        if code is None:
-            raise HubforgeError(f"Docker refused the backup container: {err}")
-        if code != 0:
-            log.info("restic %s exited %s: %s", argv[0], code, err)
-            raise HubforgeError(plan.restic_problem(err, self.repo))
-        return out
+
+    def restic(self, argv: list[str], *args, **kwargs) -> str:
+        """restic's stdout (ResticJob.restic: binds, writing, on_line); a failure is one line (restic_problem)."""
+        return self.job.restic(argv, *args, **kwargs)
 
     # -- backup ---------------------------------------------------------------------------------------------------
     def ensure_repository(self) -> None:
@@ -112,11 +87,7 @@ class Backups:
                     f"no password file at {self.repo.password_file} (BACKUP_PASSWORD_FILE); create it, or unset "
                     "BACKUP_PASSWORD_FILE to have one made"
                 )
-            self.repo.password_file.parent.mkdir(parents=True, exist_ok=True)
-            with os.fdopen(
-                os.open(self.repo.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
-            ) as handle:
-                handle.write(secrets.token_urlsafe(32) + "\n")
+            plan.write_password(self.repo.password_file)
             self.say(
                 f"[bold]made the repository's password[/] in {self.repo.password_file}: keep a copy somewhere else, "
                 "without it no backup can be read"
@@ -125,43 +96,10 @@ class Backups:
             Path(self.repo.location).mkdir(parents=True, exist_ok=True, mode=0o700)
             if (Path(self.repo.location) / "config").is_file():
                 return
-        else:
-            try:
-                self.restic(["cat", "config"])
-                return
-            except HubforgeError as exc:
-                if "no backup repository" not in str(exc):
-                    raise
+        elif self.job.initialised():
+            return
         self.restic(["init"])
         self.say(f"made a restic repository at {self.repo.location}")
-
-    @contextlib.contextmanager
-    def database_copy(self, volumes: list[Volume]) -> Iterator[list[str]]:
-        """While the hub runs: a consistent copy of its database (SQLite's online backup, in the hub's own container),
-        bound over the live file in the backup's tree; yields those binds. With the hub stopped, nothing: the files
-        at rest are consistent."""
-        hub = self.stack.hub_container()
-        data = next((v for v in volumes if v.kind == plan.HUB_DATA_KIND), None)
-        if data is None or not hub or hub.get("State") != "running":
-            yield []
-            return
-        copy = f"{plan.HUB_DATA}/{plan.DATABASE_COPY}"
-        script = (
-            "import os, sqlite3\n"
-            f"copy = {copy!r}\n"
-            "if os.path.exists(copy): os.remove(copy)\n"
-            f"source, target = sqlite3.connect({plan.HUB_DATA + '/' + plan.DATABASE!r}), sqlite3.connect(copy)\n"
-            "source.backup(target)\n"
-            "target.close(); source.close()\n"
-        )
-        code, out = self.docker.exec_output(hub["Id"], ["python3", "-c", script])
-        if code != 0:
-            raise HubforgeError(f"the hub could not copy its database: {out.strip()[-300:]}")
-        mountpoint = (self.docker.volume(data.name) or {}).get("Mountpoint", "")
-        try:
-            yield [f"{mountpoint}/{plan.DATABASE_COPY}:{data.path}/{plan.DATABASE}:ro"]
-        finally:
-            self.docker.exec_output(hub["Id"], ["python3", "-c", f"import os; os.remove({copy!r})"])
 
     def backup(self, version: str, commit: str, staging: Path, status: Callable[[str], None]) -> dict[str, Any]:
         """One snapshot of the whole stack while it runs; returns restic's summary."""
@@ -169,39 +107,8 @@ class Backups:
         run_dir = self.stack.options.run_dir
         if not (run_dir / ".env").exists():
             raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
-        volumes = plan.stack_volumes(self.docker.volumes({PROJECT_LABEL: self.project}))
         self.ensure_repository()
-        with self.database_copy(volumes) as database_binds:
-            staging.mkdir(parents=True, exist_ok=True)
-            (staging / plan.MANIFEST_FILE).write_text(
-                plan.manifest(
-                    self.project,
-                    self.stack.options.engine,
-                    version,
-                    commit,
-                    volumes,
-                    "online copy" if database_binds else "files at rest",
-                )
-            )
-            binds = [f"{staging}:{plan.MANIFEST}:ro", f"{run_dir}:{plan.SETTINGS}:ro"]
-            binds += [f"{v.name}:{v.path}:ro" for v in volumes] + database_binds
-            argv = plan.backup_argv(
-                self.project,
-                plan.tags(self.project, self.stack.options.engine, version, commit),
-                plan.backup_excludes(volumes, bool(database_binds)),
-            )
-
-            def on_line(line: str) -> None:
-                parsed = plan.parse_backup_line(line)
-                if isinstance(parsed, plan.Progress):
-                    status(plan.progress_line(parsed))
-
-            status(f"backing up {len(volumes)} volumes and the settings")
-            summary = plan.backup_summary(self.restic(argv, binds, on_line=on_line))
-        if not summary:
-            raise HubforgeError("restic finished without a summary: the snapshot may be incomplete; run it again")
-        summary["volumes"] = len(volumes)
-        return summary
+        return self.job.snapshot(version, commit, staging, str(staging), status)
 
     def refuse_swarm(self) -> None:
         if self.stack.options.engine == "swarm":

@@ -14,12 +14,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hub_ext.backup import plan as backup_plan
+from hub_ext.backup import status as backup_status
 from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
 from hub_ext.labs.gpu import ALL_GPUS, decide
 from hub_ext.labs.networks import NETWORK_ROLE
 from hub_ext.naming import PROJECT_LABEL, QUOTA_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
 from hub_ext.settings.hub import ConfigError, env_template, from_environ, hub_host, parse_gpu_mode
+from hub_ext.settings.schedule import parse_schedule
 
+from .. import __version__
+from ..backup.plan import SWARM_REFUSAL, write_password
 from ..docker_io import StackDocker
 from ..errors import HubforgeError
 from ..render import render
@@ -201,6 +206,7 @@ class Stack:
                 "log_max_size": hub.log_max_size,
                 "log_max_files": hub.log_max_files,
                 "oidc_secret": self.oidc_secret(hub),
+                "backup": self.backup_service(hub, images),
             }
         )
         host = hub_host(hub)
@@ -228,6 +234,8 @@ class Stack:
             "bind": options.bind,
             "volume_prefix": options.volume_prefix,
         }
+        if hub.backup_schedule != "off":
+            state["backups"] = {"schedule": parse_schedule("BACKUP_SCHEDULE", hub.backup_schedule).describe()}
         if hub.oidc:  # what the provider needs to know; never the client secret
             state["oidc"] = {
                 "issuer": hub.oidc.issuer,
@@ -241,6 +249,56 @@ class Stack:
             state["bootstrap_shown"] = previous["bootstrap_shown"]
         self.state_file.write_text(json.dumps(state, indent=1))
         return state
+
+    def backup_service(self, hub, images: Mapping[str, str]) -> dict[str, Any] | None:
+        """The backup service's settings (hub_ext.backup.scheduler), with BACKUP_SCHEDULE on: the host's paths of the
+        repository and its password (made here at its default place, as `invoke backup` does), the retention, the
+        backup image. None when the schedule is off, or on an engine that cannot back up yet (said once)."""
+        if hub.backup_schedule == "off":
+            return None
+        if self.options.engine == "swarm":
+            self.say(f"note: BACKUP_SCHEDULE is ignored: {SWARM_REFUSAL}")
+            return None
+        repo = backup_plan.repository(
+            hub.backup_repository, hub.backup_password_file, self.options.project, self.options.run_dir
+        )
+        if repo.password_is_default and not repo.password_file.is_file():
+            write_password(repo.password_file)
+            self.say(f"made the backup repository's password in {repo.password_file}: keep a copy somewhere else")
+        elif not repo.password_file.is_file():
+            raise HubforgeError(
+                f"BACKUP_SCHEDULE is on but there is no password file at {repo.password_file} (BACKUP_PASSWORD_FILE); "
+                "create it (nothing was started)"
+            )
+        if repo.local:  # made here, private; else Docker would make the missing bind source
+            Path(repo.location).mkdir(parents=True, exist_ok=True, mode=0o700)
+        return {
+            "project": self.options.project,
+            "engine": self.options.engine,
+            "image": images["backup"],
+            "version": __version__,
+            "repository": repo.location,
+            "password_file": str(repo.password_file.resolve()),
+            "run_dir": str(self.options.run_dir.resolve()),
+            "state_volume": f"{self.options.project}_{backup_plan.STATE_VOLUME}",
+            "schedule": hub.backup_schedule,
+            "keep": {
+                "daily": hub.backup_keep_daily,
+                "weekly": hub.backup_keep_weekly,
+                "monthly": hub.backup_keep_monthly,
+            },
+        }
+
+    def backup_status(self) -> dict[str, Any]:
+        """The backup service's status file, read through the hub's container (which mounts its volume read-only):
+        no host permissions needed. {} when the hub is not running or nothing was written yet."""
+        hub = self.hub_container()
+        if not hub or hub.get("State") != "running":
+            return {}
+        code, output = self.docker.exec_output(
+            hub["Id"], ["cat", f"{backup_plan.STATE_MOUNT}/{backup_plan.STATUS_FILE}"]
+        )
+        return backup_status.parse(output) if code == 0 else {}
 
     def oidc_secret(self, hub) -> dict[str, str] | None:
         """OIDC_CLIENT_SECRET_FILE, mounted into the hub as a secret: its path on this host, and a name that changes
@@ -407,4 +465,6 @@ class Stack:
         state["admin_unclaimed"] = self.bootstrap_secret() is not None
         state.pop("bootstrap_shown", None)
         state["running"] = any(s["service"] == "hub" and s["state"] == "running" for s in services)
+        if "backups" in state:
+            state["backups"].update(self.backup_status())
         return state

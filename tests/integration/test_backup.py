@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ..support.hubclient import HubAPI, HubSession, KernelClient
 from ..support.livestack import PASSWORD, ROOT, approved_user, claim_admin, start_stack, stop_stack
+from ..support.livestack import run_invoke as invoke
 
 pytestmark = pytest.mark.integration
 NOTES = "/home/lab/workspace/notes.txt"
@@ -38,17 +37,6 @@ def live(tmp_path_factory, request):
         stack.dump_logs(ROOT / "test-results" / "logs" / stack.project)
     stop_stack(stack)
     shutil.rmtree(RESTIC_CACHE / stack.project, ignore_errors=True)  # restic's cache of this project's repository
-
-
-def invoke(live, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args, "--project", live.project],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
-    )
 
 
 def lab_sh(live, user: str, script: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +178,18 @@ def stop_stack(live: LiveStack) -> None:
         container.remove(force=True)
     for volume in client.volumes.list(filters={"label": f"{PROJECT_LABEL}={live.project}"}):
         volume.remove(force=True)
+
+
+def run_invoke(live: LiveStack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`invoke ARGS --project <the stack's>` as a user types it, with the stack's run folder's parent as stack_dir."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args, "--project", live.project],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
+    )
 
 
 def claim_admin(live: LiveStack) -> HubSession:

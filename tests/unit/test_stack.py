@@ -247,7 +247,7 @@ def rendered_on_one_cpu(tmp_path, env: str) -> dict:
     (options.run_dir / ".env").write_text(env)
     try:
         stack = ComposeStack(options, OneCpuDaemon(), Path(__file__).resolve().parents[2], say=lambda message: None)
-        stack.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
+        stack.prepare({"hub": "h:1", "gpu-probe": "g:1", "backup": "b:1"}, {"default": "l:1"})
         return yaml.safe_load((options.run_dir / "compose.yml").read_text())["services"]
     finally:
         listener.close()
