@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, VOLUME_LABEL
 
 from ..backup.runner import Backups
 from ..deploy.engine import Stack
@@ -121,7 +121,7 @@ class Upgrade:
             (
                 v["Name"]
                 for v in self.docker.volumes({PROJECT_LABEL: self.stack.options.project})
-                if v.get("Labels", {}).get("hubforge.volume") == "hub-data"
+                if v.get("Labels", {}).get(VOLUME_LABEL) == "hub-data"
             ),
             None,
         )
