@@ -26,9 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from tests.integration.test_upgrade import NAMESPACE, push_release  # noqa: E402
 from tests.support.livestack import approved_user, claim_admin, start_stack, stop_stack  # noqa: E402
-from tests.support.registry import loopback_registry  # noqa: E402
+from tests.support.registry import NAMESPACE, loopback_registry, push_release  # noqa: E402
 
 PROBE_INTERVAL = 0.1
 VERSIONS = ("0.9.0", "0.9.2")

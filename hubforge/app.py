@@ -790,6 +790,8 @@ def recorded_options(options):
             http_port=state.get("http_port", options.http_port),
             bind=state.get("bind", options.bind),
             volume_prefix=state.get("volume_prefix", options.volume_prefix),
+            registry_port=state.get("registry_port", options.registry_port),
+            routing_mesh=state.get("routing_mesh", options.routing_mesh),
         ),
         state,
     )
@@ -845,7 +847,6 @@ def upgrade(
     doctor.ensure(settings.cache_dir, {"docker", "compose"}, say)
     options, state = recorded_options(options)
     upgrade = upgrader(settings, options, passed)
-    upgrade.refuse_swarm()
     upgrade.running_hub()
     current = plan.running_set(state, plan.raw_record(options.run_dir))
     started = time.monotonic()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .. import proc
 from .engine import Stack
 
@@ -38,6 +40,15 @@ class ComposeStack(Stack):
         return found[0] if found else None
 
     def start(self) -> None:
+        """`compose up`, the network guard first when the stack has one: Compose would otherwise stop the hub, then
+        recreate the guard and wait for its health check (some 2.5 s) before it starts the hub again -- time in which
+        nobody reaches the hub or a lab. Recreated on its own, the guard is replaced while the old hub still serves."""
+        services = (yaml.safe_load((self.options.run_dir / self.run_file).read_text()) or {}).get("services") or {}
+        if "netguard" in services and self.hub_container():
+            proc.run(
+                self.compose("up", "--detach", "--no-deps", "--wait", "--wait-timeout", "60", "netguard"),
+                what="docker compose up netguard",
+            )
         proc.run(self.compose("up", "--detach", "--remove-orphans"), what="docker compose up")
 
     def remove_hub(self) -> None:

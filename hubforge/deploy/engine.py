@@ -233,6 +233,8 @@ class Stack:
             # what `invoke upgrade` starts it with again, whatever its own flags
             "bind": options.bind,
             "volume_prefix": options.volume_prefix,
+            "registry_port": options.registry_port,
+            "routing_mesh": options.routing_mesh,
         }
         if hub.backup_schedule != "off":
             state["backups"] = {"schedule": parse_schedule("BACKUP_SCHEDULE", hub.backup_schedule).describe()}

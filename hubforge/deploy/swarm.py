@@ -96,6 +96,19 @@ def built_here(manifest: bytes | None, digest: str, image_id: str) -> bool:
     return image_id in (config, digest)
 
 
+def stack_registry_name(ref: str) -> tuple[str, str]:
+    """(repository, tag) of an image in the stack's registry: a built image's own (hubforge/hub, its key); a
+    release's pinned by digest (registry.example.org/team/hub@sha256:<hex>) as team/hub, tagged with the digest."""
+    if "@" in ref:
+        name, digest = ref.split("@", 1)
+        first, _, rest = name.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):  # a registry host, not a namespace
+            name = rest
+        return name, digest.replace(":", "-")
+    repository, key = ref.rsplit(":", 1)
+    return repository, key
+
+
 def registry_answers(registry: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{registry}/v2/", timeout=2) as answer:  # noqa: S310
@@ -295,7 +308,7 @@ class SwarmStack(Stack):
         self.docker.login(self.registry, auth["username"], auth["password"])  # the push, and the guard's service
         pinned = {}
         for ref in sorted({images["hub"], *lab_images.values()}):
-            repository, key = ref.rsplit(":", 1)
+            repository, key = stack_registry_name(ref)
             image_id = self.docker.inspect(ref)["Id"]
             digest = (self.pinned(ref) or "").removeprefix(f"{self.registry}/{repository}@")
             if not built_here(
@@ -329,9 +342,24 @@ class SwarmStack(Stack):
             )
 
     def hub_container(self) -> dict | None:
-        found = [c for c in self.docker.containers({NAMESPACE: self.options.project, SERVICE: self.hub_service})]
+        found = self.hub_containers()
         found.sort(key=lambda c: (c.get("State") != "running", -c.get("Created", 0)))
         return found[0] if found else None
+
+    def remove_hub(self) -> None:
+        """The hub's service scaled to none (the next deploy sets it back to one), and its containers gone: the
+        running one stopped by Swarm, the exited ones of earlier tasks removed, so none holds the data volume."""
+        proc.run(["docker", "service", "scale", "--detach", f"{self.hub_service}=0"], what="docker service scale")
+        deadline = time.monotonic() + REMOVE_TIMEOUT
+        while any(c.get("State") in ("running", "restarting") for c in self.hub_containers()):
+            if time.monotonic() > deadline:
+                raise HubforgeError(f"the hub's container did not stop within {REMOVE_TIMEOUT:.0f} s")
+            time.sleep(0.5)
+        for container in self.hub_containers():
+            self.docker.remove_container(container["Id"])
+
+    def hub_containers(self) -> list[dict]:
+        return self.docker.containers({NAMESPACE: self.options.project, SERVICE: self.hub_service})
 
     def start(self) -> None:
         proc.run(

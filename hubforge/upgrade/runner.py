@@ -55,13 +55,6 @@ class Upgrade:
             )
         return hub
 
-    def refuse_swarm(self) -> None:
-        if self.stack.options.engine == "swarm":
-            raise HubforgeError(
-                "upgrades of swarm stacks are not supported yet (their backup is not); on this project, `invoke up` "
-                "with the new checkout updates the services, with no backup and no automatic rollback"
-            )
-
     # -- the new images -------------------------------------------------------------------------------------------
     def fetch(self, release: plan.Release, current: ImageSet, key: Any, registry: Any, status: Status) -> ImageSet:
         """Each image of `release` the stack needs, pulled by the digest its tag resolves to (checked against the
@@ -144,6 +137,22 @@ class Upgrade:
         services of its image); labs are no service of it and run on."""
         self.stack.prepare(target.images, target.lab_images)
         self.stack.start()
+        self.stack.distribute(target.images, target.lab_images, status)  # swarm: into the registry every node pulls
+        self.wait_for_hub(target.images["hub"], status)
+
+    def wait_for_hub(self, image: str, status: Status) -> None:
+        """Until the hub's container is one of `image`: Compose has made it when `up` returns, Swarm only some time
+        after `stack deploy` does (until then the old one may still answer, and a gate would check the wrong hub)."""
+        deadline = time.monotonic() + self.gate_timeout
+        wanted = self.docker.image_id(image)
+        while True:
+            hub = self.stack.hub_container() or {}
+            if hub.get("State") == "running" and (hub.get("Image") == image or hub.get("ImageID") == wanted):
+                return
+            if time.monotonic() > deadline:
+                raise GateFailed(f"no hub of {image} ran within {self.gate_timeout:.0f} s")
+            status(f"waiting for the hub of {image} to run")
+            time.sleep(0.5)
 
     # -- the gate -------------------------------------------------------------------------------------------------
     def gate(self, status: Status) -> dict[str, float]:
@@ -191,7 +200,6 @@ class Upgrade:
     # -- the whole of it ------------------------------------------------------------------------------------------
     def upgrade(self, current: ImageSet, target: ImageSet, status: Status) -> tuple[Record, dict[str, float]]:
         """Back up, migrate, switch, gate; on a failed gate, roll back by itself and raise what failed."""
-        self.refuse_swarm()
         hub = self.running_hub()
         status("checking the new hub image")
         head = self.schema_head(target.images["hub"])
@@ -231,7 +239,6 @@ class Upgrade:
     def rollback(self, record: Record, reason: str, status: Status) -> None:
         """Back to `record.before`: the hub's container gone, its data volume from the upgrade's snapshot, the previous
         images, a healthy hub. Labs run on throughout."""
-        self.refuse_swarm()
         status("rolling back: stopping the new hub")
         self.stack.remove_hub()
         status(f"rolling back: the hub's database from snapshot {record.snapshot[:8]}")

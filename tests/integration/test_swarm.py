@@ -7,11 +7,13 @@ import contextlib
 import io
 import json
 import random
+import shutil
 import subprocess
 import tarfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import docker
 import pytest
@@ -19,8 +21,9 @@ import pytest
 from hub_ext.naming import user_names
 
 from ..support.helpers import wait_until
-from ..support.hubclient import EventListener
-from ..support.livestack import approved_user, current_images
+from ..support.hubclient import EventListener, HubSession, KernelClient
+from ..support.livestack import PASSWORD, approved_user, current_images, run_invoke
+from ..support.registry import NAMESPACE, loopback_registry, push_release
 
 pytestmark = pytest.mark.integration
 STACK_ENGINE = "swarm"
@@ -401,6 +404,36 @@ def test_a_lab_cannot_open_a_connection_to_the_registry(live, admin):
     assert time.monotonic() - started < 3.5 * len(addresses) + 5
     assert len(answers.splitlines()) == len(addresses), answers
     assert "connected" not in answers, answers
+
+
+def test_an_upgrade_keeps_the_labs_and_a_broken_release_rolls_back_by_itself(live, admin, tmp_path_factory):
+    """`invoke upgrade` on Swarm (issue 30): the hub's service moves to a release pulled by digest while a lab service
+    and its kernel run on; a release whose hub cannot start fails the gate and the stack comes back by itself."""
+    repository = Path("/var/lib/hubforge/backups") / live.project  # BACKUP_REPOSITORY's default: the upgrade's backup
+    try:
+        with loopback_registry(tmp_path_factory.mktemp("registry")) as registry:
+            good = push_release(registry, "0.9.0", 'LABEL org.opencontainers.image.version="0.9.0"')
+            push_release(registry, "0.9.1", 'CMD ["jupyterhub", "--no-such-option=1"]')
+            _, api = approved_user(live, admin, "uma")
+            api.start("uma")
+            kernel = KernelClient(api, "uma")
+            kernel.execute("answer = 6 * 7")
+            lab = service_of(live, "uma")["ID"]
+            release = ["--registry", registry, "--namespace", NAMESPACE]
+            done = run_invoke(live, "upgrade", "--to", "0.9.0", *release, timeout=900)
+            assert done.returncode == 0, done.stdout + done.stderr
+            pinned = f"{registry}/{NAMESPACE}/hub@{good['hub']}"
+            assert live.stack.hub_container()["Image"] == pinned
+            assert service_of(live, "uma")["ID"] == lab
+            assert kernel.execute("print(answer)").strip() == "42"
+            failed = run_invoke(live, "upgrade", "--to", "0.9.1", *release, timeout=900)
+            assert failed.returncode == 1 and "rolled back to 0.9.0" in failed.stderr, failed.stdout + failed.stderr
+            assert live.stack.hub_container()["Image"] == pinned
+            assert service_of(live, "uma")["ID"] == lab
+            assert kernel.execute("print(answer)").strip() == "42"
+            assert HubSession(live.url).login("uma", PASSWORD).status_code == 302  # the database came back intact
+    finally:
+        shutil.rmtree(repository, ignore_errors=True)
 
 
 def test_down_removes_the_stack_and_every_lab_service_and_keeps_volumes(live):

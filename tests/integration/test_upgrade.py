@@ -6,12 +6,10 @@ checkout and a rollback by hand keep them too."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import docker
@@ -24,13 +22,13 @@ from ..support.livestack import (
     approved_user,
     claim_admin,
     current_images,
+    run_invoke,
     start_stack,
     stop_stack,
 )
-from ..support.registry import loopback_registry
+from ..support.registry import NAMESPACE, loopback_registry, push_release
 
 pytestmark = pytest.mark.integration
-NAMESPACE = "hftest"
 RESTIC_CACHE = Path(os.path.expanduser("~/.cache/hubforge/restic"))
 
 
@@ -38,25 +36,6 @@ RESTIC_CACHE = Path(os.path.expanduser("~/.cache/hubforge/restic"))
 def registry(tmp_path_factory):
     with loopback_registry(tmp_path_factory.mktemp("registry")) as host:
         yield host
-
-
-def push_release(registry: str, version: str, hub_dockerfile: str) -> dict[str, str]:
-    """Today's lab and gpu-probe, and a hub built FROM today's with `hub_dockerfile`'s lines (no network), pushed
-    under `version`; returns name -> the registry's digest."""
-    client = docker.from_env()
-    images, _ = current_images()
-    dockerfile = f"FROM {images['hub']}\n{hub_dockerfile}\n"
-    hub, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), network_mode="none", rm=True)
-    digests = {}
-    for name, image in (("hub", hub), ("lab", client.images.get(images["lab"])), ("gpu-probe", None)):
-        image = image or client.images.get(images[name])
-        repository = f"{registry}/{NAMESPACE}/{name}"
-        image.tag(repository, version)
-        for line in client.api.push(repository, tag=version, stream=True, decode=True):
-            assert "error" not in line, line
-            digests[name] = (line.get("aux") or {}).get("Digest", digests.get(name))
-        client.images.remove(f"{repository}:{version}")  # the upgrade pulls it back by digest
-    return digests
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +72,8 @@ def worker(live):
     return {"session": session, "api": api, "kernel": kernel, "lab": live.lab("ula").id, "admin": admin}
 
 
-def invoke(live, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args, "--project", live.project],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
-    )
+def invoke(live, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_invoke(live, *args, timeout=900)
 
 
 def hub_image(live) -> str:

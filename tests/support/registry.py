@@ -4,6 +4,7 @@ it and pulled back from it, as from Docker Hub."""
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ import pytest
 import requests
 
 from .helpers import wait_until
-from .livestack import free_port
+from .livestack import current_images, free_port
+
+NAMESPACE = "hftest"  # where the tests' releases go in a loopback registry
 
 
 @contextlib.contextmanager
@@ -46,3 +49,22 @@ def loopback_registry(folder: Path) -> Iterator[str]:
                 if ref.startswith(host):
                     with contextlib.suppress(docker.errors.APIError):
                         client.images.remove(ref, noprune=False)
+
+
+def push_release(registry: str, version: str, hub_dockerfile: str) -> dict[str, str]:
+    """Today's lab and gpu-probe, and a hub built FROM today's with `hub_dockerfile`'s lines (no network), pushed
+    under `version`; returns name -> the registry's digest."""
+    client = docker.from_env()
+    images, _ = current_images()
+    dockerfile = f"FROM {images['hub']}\n{hub_dockerfile}\n"
+    hub, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), network_mode="none", rm=True)
+    digests = {}
+    for name, image in (("hub", hub), ("lab", client.images.get(images["lab"])), ("gpu-probe", None)):
+        image = image or client.images.get(images[name])
+        repository = f"{registry}/{NAMESPACE}/{name}"
+        image.tag(repository, version)
+        for line in client.api.push(repository, tag=version, stream=True, decode=True):
+            assert "error" not in line, line
+            digests[name] = (line.get("aux") or {}).get("Digest", digests.get(name))
+        client.images.remove(f"{repository}:{version}")  # the upgrade pulls it back by digest
+    return digests
