@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from hub_ext.spawn.spawner import HubforgeSpawner, image_of
+from hubforge.deploy.swarm import stack_registry_name
 from hubforge.errors import HubforgeError
 from hubforge.release.plan import parse_version
 from hubforge.upgrade import plan
@@ -115,3 +116,16 @@ def test_a_running_lab_is_outdated_when_its_image_is_none_of_the_stack(running, 
     spawner = SimpleNamespace(active=True, running_image=running, lab_images={"default": "hubforge/lab:bbb"})
     assert HubforgeSpawner.outdated_image.fget(spawner) is outdated
     assert HubforgeSpawner.outdated_image.fget(SimpleNamespace(**{**vars(spawner), "active": False})) is False
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("hubforge/hub:0f77b3d190daaea8eb7d", ("hubforge/hub", "0f77b3d190daaea8eb7d")),
+        (f"127.0.0.1:5000/team/hub@{DIGEST}", ("team/hub", "sha256-" + "1" * 64)),
+        (f"registry.example.org/team/lab@{DIGEST}", ("team/lab", "sha256-" + "1" * 64)),
+        (f"hubforge/hub@{DIGEST}", ("hubforge/hub", "sha256-" + "1" * 64)),  # Docker Hub: a namespace, no host
+    ],
+)
+def test_an_image_has_one_name_in_the_swarms_registry_built_or_released(ref, expected):
+    assert stack_registry_name(ref) == expected
