@@ -54,6 +54,10 @@ class ComposeStack(Stack):
     def remove_hub(self) -> None:
         proc.run(self.compose("rm", "--stop", "--force", "hub"), what="docker compose rm hub")
 
+    def pause_backups(self) -> None:
+        if self.docker.containers({PROJECT: self.options.project, SERVICE: "backup"}):
+            proc.run(self.compose("stop", "backup"), what="docker compose stop backup")  # the next `up` starts it
+
     def remove(self, volumes: bool) -> None:
         if (self.options.run_dir / self.run_file).exists():
             proc.run(

@@ -89,6 +89,10 @@ class Stack:
         step, which needs the hub off its database."""
         raise NotImplementedError
 
+    def pause_backups(self) -> None:
+        """Stop the stack's backup service, if it has one, until the next start (a rollback replaces the volume a
+        scheduled backup reads)."""
+
     def remove_labs(self) -> list[str]:
         """Remove every user's lab (never their volumes); returns what went."""
         removed = []

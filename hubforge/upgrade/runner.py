@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from hub_ext.backup.job import BACKUP_ROLE
 from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, VOLUME_LABEL
 
 from ..backup.runner import Backups
@@ -216,6 +217,8 @@ class Upgrade:
             started = time.monotonic()
             if plan.needs_migration(revision, head):
                 status("stopping the hub for its database's migration")
+                self.stack.pause_backups()  # no scheduled backup reads the database halfway through its migration
+                self.wait_for_backups(status)
                 self.stack.remove_hub()
                 self.migrate(target.images["hub"], status)
                 record.migrated = True
@@ -236,11 +239,26 @@ class Upgrade:
         record.save(self.run_dir)
         return record, timings
 
+    def wait_for_backups(self, status: Status) -> None:
+        """Until no backup of the project runs (a scheduled one, or another `invoke backup`): its restic container
+        holds the hub's data volume, which the rollback replaces."""
+        deadline = time.monotonic() + BACKUP_WAIT
+        labels = {PROJECT_LABEL: self.stack.options.project, **BACKUP_ROLE}
+        while self.docker.containers(labels, all=False):
+            if time.monotonic() > deadline:
+                raise HubforgeError(
+                    f"a backup of the project still runs after {BACKUP_WAIT} s; run `invoke rollback` once it ends"
+                )
+            status("rolling back: waiting for the backup under way to finish")
+            time.sleep(1)
+
     def rollback(self, record: Record, reason: str, status: Status) -> None:
         """Back to `record.before`: the hub's container gone, its data volume from the upgrade's snapshot, the previous
         images, a healthy hub. Labs run on throughout."""
         status("rolling back: stopping the new hub")
         self.stack.remove_hub()
+        self.stack.pause_backups()
+        self.wait_for_backups(status)
         status(f"rolling back: the hub's database from snapshot {record.snapshot[:8]}")
         self.backups.restore_hub_data(record.snapshot, status)
         status(f"rolling back: the images of {record.before.version}")
@@ -249,6 +267,9 @@ class Upgrade:
         record.state = "rolled back"
         record.reason = reason
         record.save(self.run_dir)
+
+
+BACKUP_WAIT = 1800  # seconds a rollback waits for a backup under way, which reads the volume it replaces
 
 
 def upgrade_summary(record: Record, timings: Mapping[str, float]) -> str:
