@@ -260,7 +260,17 @@ class Upgrade:
         self.stack.pause_backups()
         self.wait_for_backups(status)
         status(f"rolling back: the hub's database from snapshot {record.snapshot[:8]}")
-        self.backups.restore_hub_data(record.snapshot, status)
+        try:
+            self.backups.restore_hub_data(record.snapshot, status)
+        except HubforgeError as exc:
+            if record.migrated:  # the previous JupyterHub refuses a database of a newer schema: nothing to start
+                raise HubforgeError(
+                    f"the hub's database could not be restored from snapshot {record.snapshot[:8]} "
+                    f"({str(exc).splitlines()[0]}); the previous hub cannot start on the migrated one, so the stack "
+                    "has no hub now: fix that and run `invoke rollback` again"
+                ) from None
+            # the schema did not move: the previous hub starts on the database as the new one left it
+            self.say(f"[yellow]the hub's database was not restored[/] ({str(exc).splitlines()[0]}); it is kept as is")
         status(f"rolling back: the images of {record.before.version}")
         self.switch(record.before, status)
         self.stack.wait_healthy(status, timeout=self.gate_timeout)
