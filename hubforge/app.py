@@ -881,7 +881,7 @@ def rollback(settings: Settings, options, passed: dict[str, str]) -> None:
     """`invoke rollback`: undo the last upgrade (its images, and the hub's database of the snapshot taken before it)."""
     from .upgrade import plan
 
-    options, _state = recorded_options(options)
+    options, state = recorded_options(options)
     record = plan.load_record(options.run_dir)
     if record is None:
         raise HubforgeError(
@@ -891,6 +891,12 @@ def rollback(settings: Settings, options, passed: dict[str, str]) -> None:
         raise HubforgeError(
             f"the last upgrade of {options.project} (to {record.after.version}) was already rolled back"
             + (f": {record.reason}" if record.reason else "")
+        )
+    running = (state.get("images") or {}).get("hub")
+    if record.state == "done" and running != record.after.images.get("hub"):
+        raise HubforgeError(
+            f"stack {options.project} no longer runs what its last upgrade installed ({record.after.version}: its hub "
+            f"is {running}); a rollback would skip what came since: use `invoke restore` for an older state"
         )
     upgrade = upgrader(settings, options, passed)
     started = time.monotonic()

@@ -12,7 +12,7 @@ from pathlib import Path
 from jupyterhub import orm
 from jupyterhub.utils import new_token
 
-from hub_ext.naming import escape_username
+from hub_ext.naming import CANARY_USER, escape_username
 
 USERNAME_MAX = 64
 # Every accepted name must spawn: the escaped form goes into container and volume names
@@ -52,6 +52,8 @@ def username_problem(name: str) -> str | None:
     `name` is the normalised form (NFKC, lower case) that the hub stores and shows."""
     if not name:
         return "Choose a username."
+    if name == CANARY_USER:
+        return f"The name {CANARY_USER} is hubforge's own (an upgrade's test account); choose another."
     if len(name) > USERNAME_MAX:
         return f"Usernames are at most {USERNAME_MAX} characters (this one has {len(name)})."
     hidden = _invisible(name)

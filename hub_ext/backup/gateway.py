@@ -86,10 +86,22 @@ class JobCalls:
             yield container
         finally:
             if container:
+                self._interrupt(container)
                 try:
                     self.client.api.remove_container(container, force=True, v=True)  # its anonymous volumes too
                 except sdk().errors.NotFound:
                     pass  # already gone
+
+    def _interrupt(self, container: str, grace: int = 15) -> None:
+        """A job still running when its block ends (its caller was stopped) gets SIGINT and `grace` seconds first:
+        restic then removes its lock from the repository, which a kill would leave behind for half an hour."""
+        try:
+            if not (self.client.api.inspect_container(container).get("State") or {}).get("Running"):
+                return
+            self.client.api.kill(container, signal="SIGINT")
+            self.client.api.wait(container, timeout=grace)
+        except Exception:  # noqa: BLE001 -- gone, or slow to stop: the removal below forces it
+            return
 
     def containers(self, labels: Mapping[str, str], all: bool = True) -> list[dict]:
         return self.client.api.containers(all=all, filters=label_filter(labels))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,11 @@ class ResticJob:
         if data is None or not hub or hub.get("State") != "running":
             yield []
             return
-        copy = f"{plan.HUB_DATA}/{plan.DATABASE_COPY}"
+        name = plan.database_copy_name(secrets.token_hex(6))
+        copy = f"{plan.HUB_DATA}/{name}"
         script = (
-            "import os, sqlite3\n"
+            "import sqlite3\n"
             f"copy = {copy!r}\n"
-            "if os.path.exists(copy): os.remove(copy)\n"
             f"source, target = sqlite3.connect({plan.HUB_DATA + '/' + plan.DATABASE!r}), sqlite3.connect(copy)\n"
             "source.backup(target)\n"
             "target.close(); source.close()\n"
@@ -112,12 +113,21 @@ class ResticJob:
             raise self.failure(f"the hub could not copy its database: {out.strip()[-300:]}")
         mountpoint = (self.docker.volume(data.name) or {}).get("Mountpoint", "")
         try:
-            yield [f"{mountpoint}/{plan.DATABASE_COPY}:{data.path}/{plan.DATABASE}:ro"]
+            yield [f"{mountpoint}/{name}:{data.path}/{plan.DATABASE}:ro"]
         finally:
-            self.docker.exec_output(hub["Id"], ["python3", "-c", f"import os; os.remove({copy!r})"])
+            try:
+                self.docker.exec_output(hub["Id"], ["python3", "-c", f"import os; os.remove({copy!r})"])
+            except Exception as exc:  # noqa: BLE001 -- the hub went meanwhile (an upgrade): the copy stays, excluded
+                log.warning("the database copy %s stays in the hub's data volume: %s", name, exc)
 
     def snapshot(
-        self, version: str, commit: str, staging: Path, staging_host: str, status: Callable[[str], None]
+        self,
+        version: str,
+        commit: str,
+        staging: Path,
+        staging_host: str,
+        status: Callable[[str], None],
+        extra_tags: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """One snapshot of the whole stack while it runs; returns restic's summary (with the count of volumes). The
         manifest is written to `staging` here and bound from `staging_host`, the same folder as the daemon sees it."""
@@ -138,7 +148,7 @@ class ResticJob:
             binds += [f"{v.name}:{v.path}:ro" for v in volumes] + database_binds
             argv = plan.backup_argv(
                 self.project,
-                plan.tags(self.project, self.engine, version, commit),
+                plan.tags(self.project, self.engine, version, commit, extra_tags),
                 plan.backup_excludes(volumes, bool(database_binds)),
             )
 

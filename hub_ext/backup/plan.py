@@ -33,7 +33,10 @@ RENDERED = ("compose.yml", "jupyterhub_config.py", "stack.json", PASSWORD_FILE_N
 
 # The hub's database, copied with SQLite's online backup inside the running hub (hub_ext.hub.database's file).
 DATABASE = "jupyterhub.sqlite"
-DATABASE_COPY = ".hubforge-backup.sqlite"  # the copy, beside it in the data volume, while the backup runs
+# The copy, beside it in the data volume, while the backup runs: a name of its own per run, so that two backups at
+# once (`invoke backup` or an upgrade's, and the service's) never remove each other's copy; excluded by the pattern.
+DATABASE_COPY = ".hubforge-backup-*.sqlite"
+UPGRADE_TAG = "upgrade"  # the snapshot an upgrade takes first: its way back, which the retention never forgets
 HUB_DATA = "/srv/jupyterhub/data"
 HUB_DATA_KIND = "hub-data"
 
@@ -150,10 +153,16 @@ def manifest(project: str, engine: str, version: str, commit: str, volumes: list
 
 
 # -- restic's command lines --------------------------------------------------------------------------------------
-def tags(project: str, engine: str, version: str, commit: str) -> list[str]:
+def database_copy_name(token: str) -> str:
+    return DATABASE_COPY.replace("*", token)
+
+
+def tags(project: str, engine: str, version: str, commit: str, extra: tuple[str, ...] = ()) -> list[str]:
     """Each snapshot's tags: whose it is and what made it; `--list` and a restore pick a project's by the first two."""
-    return ["hubforge", f"project={project}", f"engine={engine}", f"version={version}"] + (
-        [f"commit={commit[:12]}"] if commit else []
+    return (
+        ["hubforge", f"project={project}", f"engine={engine}", f"version={version}"]
+        + ([f"commit={commit[:12]}"] if commit else [])
+        + list(extra)
     )
 
 
@@ -189,6 +198,7 @@ def forget_argv(project: str, daily: int, weekly: int, monthly: int) -> list[str
     if not any(count for _, count in rules):
         return None
     argv = ["forget", "--json", "--tag", f"project={project}", "--host", project, "--group-by", "host,paths"]
+    argv += ["--keep-tag", UPGRADE_TAG]  # an upgrade's way back stays until it is forgotten by hand
     for option, count in rules:
         argv += [option, str(count)] if count else []
     return argv

@@ -120,24 +120,36 @@ def lab_answers(url: str, timeout: float = 10) -> tuple[int, str]:
 
 
 def canary(timeout: float = 180) -> dict[str, Any]:
-    """The upgrade's health gate, from inside the new hub: the canary account's lab is started, must answer through
-    the proxy, and is stopped; the account is deleted (its volumes with it, by the spawner's delete_forever). Each
-    step's failure is one reason."""
+    """The upgrade's health gate, from inside the new hub: the canary account's lab is started and must answer
+    through the proxy. However that ends, the lab is stopped and the account deleted (its volumes with it, by the
+    spawner's delete_forever). Each step's failure is one reason."""
     started = time.monotonic()
     name = urllib.request.quote(CANARY_USER, safe="")
+    try:
+        outcome = canary_steps(name, timeout, started)
+    finally:
+        stop(CANARY_USER)
+        deleted, answer = call_hub("DELETE", f"users/{name}")
+    if deleted not in (204, 404) and outcome["ok"]:
+        outcome = {**outcome, "ok": False, "step": "delete"}
+        outcome["reason"] = f"the hub answered {deleted} when asked to delete {CANARY_USER}: {answer}"
+    outcome["seconds"] = round(time.monotonic() - started, 1)
+    return outcome
+
+
+def canary_steps(name: str, timeout: float, started: float) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False, "user": CANARY_USER}
 
     def failed(step: str, reason: str) -> dict[str, Any]:
-        return {**result, "step": step, "reason": reason, "seconds": round(time.monotonic() - started, 1)}
+        return {**result, "step": step, "reason": reason}
 
     status, model = call_hub("GET", f"users/{name}")
-    if status == 404:
+    if status == 404:  # else a canary cut short earlier: the name is reserved, so it is nobody else's
         status, model = call_hub("POST", f"users/{name}")
         if status != 201:
             return failed("create", f"the hub answered {status} when asked to create {CANARY_USER}: {model}")
     status, answer = call_hub("POST", f"users/{name}/server")
     if status == 429:  # the hub is at ACTIVE_SERVER_LIMIT (or spawning at its limit): it answered, and said so
-        call_hub("DELETE", f"users/{name}")
         return {**result, "ok": True, "skipped": f"no lab started: {(answer or {}).get('message', 'hub is full')}"}
     if status not in (201, 202, 400):  # 400: already running (a gate cut off earlier)
         return failed("start", f"the hub answered {status} when asked to start the canary lab: {answer}")
@@ -161,16 +173,8 @@ def canary(timeout: float = 180) -> dict[str, Any]:
         code, body = 0, str(exc)
     result["answered"] = code
     if code != 200 or '"version"' not in body:
-        outcome = failed("answer", f"the canary lab did not answer through the proxy ({code}): {body[:200]}")
-    else:
-        result["ok"] = True
-        outcome = result
-    stop(CANARY_USER)
-    status, answer = call_hub("DELETE", f"users/{name}")
-    if status not in (204, 404) and outcome["ok"]:
-        return failed("delete", f"the hub answered {status} when asked to delete {CANARY_USER}: {answer}")
-    outcome["seconds"] = round(time.monotonic() - started, 1)
-    return outcome
+        return failed("answer", f"the canary lab did not answer through the proxy ({code}): {body[:200]}")
+    return {**result, "ok": True}
 
 
 def main(argv: list[str]) -> int:

@@ -101,14 +101,21 @@ class Backups:
         self.restic(["init"])
         self.say(f"made a restic repository at {self.repo.location}")
 
-    def backup(self, version: str, commit: str, staging: Path, status: Callable[[str], None]) -> dict[str, Any]:
+    def backup(
+        self,
+        version: str,
+        commit: str,
+        staging: Path,
+        status: Callable[[str], None],
+        extra_tags: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
         """One snapshot of the whole stack while it runs; returns restic's summary."""
         self.refuse_swarm()
         run_dir = self.stack.options.run_dir
         if not (run_dir / ".env").exists():
             raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
         self.ensure_repository()
-        return self.job.snapshot(version, commit, staging, str(staging), status)
+        return self.job.snapshot(version, commit, staging, str(staging), status, extra_tags)
 
     def refuse_swarm(self) -> None:
         if self.stack.options.engine == "swarm":
@@ -214,16 +221,14 @@ class Backups:
         self.put_back(snapshot, volumes, False, status)
         return snapshot, volumes
 
-    def restore_hub_data(self, wanted: str, status: Callable[[str], None]) -> Snapshot:
-        """The hub's data volume alone (its database, its keys) from a snapshot: an upgrade's rollback. The hub's
-        container must be gone; labs and everyone's volumes are left alone."""
+    def hub_data_of(self, wanted: str) -> tuple[Snapshot, list[Volume]]:
+        """The snapshot `wanted` and the hub's data volume in it (its database, its keys): what an upgrade's rollback
+        puts back, found before anything stops."""
         snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
         volumes = [v for v in self.manifest(snapshot)["volumes"] if v.kind == plan.HUB_DATA_KIND]
         if not volumes:
             raise HubforgeError(f"snapshot {snapshot.short_id} holds no hub database")
-        self.recreate(volumes)
-        self.put_back(snapshot, volumes, False, status)
-        return snapshot
+        return snapshot, volumes
 
     def stop_lab(self, user: str, status: Callable[[str], None]) -> None:
         """The user's lab stopped: through the hub's API when it runs (so it knows), and the container gone."""

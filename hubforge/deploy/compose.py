@@ -55,8 +55,13 @@ class ComposeStack(Stack):
         proc.run(self.compose("rm", "--stop", "--force", "hub"), what="docker compose rm hub")
 
     def pause_backups(self) -> None:
-        if self.docker.containers({PROJECT: self.options.project, SERVICE: "backup"}):
-            proc.run(self.compose("stop", "backup"), what="docker compose stop backup")  # the next `up` starts it
+        if self.docker.containers({PROJECT: self.options.project, SERVICE: "backup"}, all=False):
+            proc.run(self.compose("pause", "backup"), what="docker compose pause backup")
+
+    def resume_backups(self) -> None:
+        found = self.docker.containers({PROJECT: self.options.project, SERVICE: "backup"}, all=False)
+        if any(c.get("State") == "paused" for c in found):
+            proc.run(self.compose("unpause", "backup"), what="docker compose unpause backup")
 
     def remove(self, volumes: bool) -> None:
         if (self.options.run_dir / self.run_file).exists():

@@ -90,8 +90,11 @@ class Stack:
         raise NotImplementedError
 
     def pause_backups(self) -> None:
-        """Stop the stack's backup service, if it has one, until the next start (a rollback replaces the volume a
-        scheduled backup reads)."""
+        """Freeze the stack's backup service, if it has one, so that it starts no backup (a rollback replaces the
+        volume a backup reads); resume_backups thaws it."""
+
+    def resume_backups(self) -> None:
+        """Thaw what pause_backups froze."""
 
     def remove_labs(self) -> list[str]:
         """Remove every user's lab (never their volumes); returns what went."""

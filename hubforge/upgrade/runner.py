@@ -3,12 +3,13 @@ migrated, the hub recreated while labs run on, a health gate, and the way back w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 import requests
 
 from hub_ext.backup.job import BACKUP_ROLE
-from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL, VOLUME_LABEL
+from hub_ext.backup.plan import UPGRADE_TAG
+from hub_ext.naming import CANARY_USER, PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
 
 from ..backup.runner import Backups
 from ..deploy.engine import Stack
@@ -170,6 +172,7 @@ class Upgrade:
         self.check_metrics()
         timings["metrics"] = time.monotonic() - started
         status("health gate: a canary lab starts and answers")
+        self.clear_canary()
         hub = self.stack.hub_container()
         code, out = self.docker.exec_output(hub["Id"], ["python3", "-m", "hub_ext.hub.admincli", "canary"])
         try:
@@ -200,7 +203,8 @@ class Upgrade:
 
     # -- the whole of it ------------------------------------------------------------------------------------------
     def upgrade(self, current: ImageSet, target: ImageSet, status: Status) -> tuple[Record, dict[str, float]]:
-        """Back up, migrate, switch, gate; on a failed gate, roll back by itself and raise what failed."""
+        """Back up, migrate, switch, gate; when anything after the backup fails, roll back by itself and raise what
+        failed (and, if the rollback failed too, that)."""
         hub = self.running_hub()
         status("checking the new hub image")
         head = self.schema_head(target.images["hub"])
@@ -208,7 +212,7 @@ class Upgrade:
         from .. import __version__
 
         with tempfile.TemporaryDirectory(prefix="hubforge-upgrade-") as staging:
-            summary = self.backups.backup(__version__, "", Path(staging), status)
+            summary = self.backups.backup(__version__, "", Path(staging), status, (UPGRADE_TAG,))
         record = Record(current, target, summary.get("snapshot_id", ""))
         record.save(self.run_dir)
         self.say(f"  backed up: snapshot {record.snapshot[:8]} (the way back)")
@@ -217,23 +221,30 @@ class Upgrade:
             started = time.monotonic()
             if plan.needs_migration(revision, head):
                 status("stopping the hub for its database's migration")
-                self.stack.pause_backups()  # no scheduled backup reads the database halfway through its migration
-                self.wait_for_backups(status)
-                self.stack.remove_hub()
-                self.migrate(target.images["hub"], status)
+                with self.backups_paused(status):  # no backup reads the database halfway through its migration
+                    self.stack.remove_hub()
+                    self.migrate(target.images["hub"], status)
                 record.migrated = True
                 record.save(self.run_dir)
             status("recreating the hub with the new images (labs keep running)")
+            self.wait_for_backups(status)  # the backup service runs the hub's image: it is recreated too
             self.switch(target, status)
             timings = {f"gate.{k}": v for k, v in self.gate(status).items()}
             timings["switch"] = time.monotonic() - started
-        except HubforgeError as exc:
-            reason = str(exc).splitlines()[0]
+        except Exception as exc:  # noqa: BLE001 -- whatever failed (Docker's errors too), the way back is the same
+            reason = one_line(exc)
             self.say(f"[red]✗[/] the upgrade to {target.version} failed: {reason}; rolling back")
-            self.rollback(record, reason, status)
+            try:
+                restored = self.rollback(record, reason, status)
+            except Exception as again:  # noqa: BLE001
+                raise HubforgeError(
+                    f"upgrade to {target.version} failed ({reason}), and its rollback failed too ({one_line(again)}): "
+                    "fix that and run `invoke rollback`"
+                ) from None
+            database = f"the hub's database of snapshot {record.snapshot[:8]}" if restored else "its database as is"
             raise HubforgeError(
-                f"upgrade to {target.version} failed ({reason}); rolled back to {current.version}, with the hub's "
-                f"database of snapshot {record.snapshot[:8]}: `invoke logs hub` shows the failed start"
+                f"upgrade to {target.version} failed ({reason}); rolled back to {current.version}, with {database}: "
+                "`invoke logs hub` shows the failed start"
             ) from None
         record.state = "done"
         record.save(self.run_dir)
@@ -241,42 +252,78 @@ class Upgrade:
 
     def wait_for_backups(self, status: Status) -> None:
         """Until no backup of the project runs (a scheduled one, or another `invoke backup`): its restic container
-        holds the hub's data volume, which the rollback replaces."""
+        holds the hub's data volume, which a rollback replaces and a migration rewrites."""
         deadline = time.monotonic() + BACKUP_WAIT
         labels = {PROJECT_LABEL: self.stack.options.project, **BACKUP_ROLE}
         while self.docker.containers(labels, all=False):
             if time.monotonic() > deadline:
-                raise HubforgeError(
-                    f"a backup of the project still runs after {BACKUP_WAIT} s; run `invoke rollback` once it ends"
-                )
-            status("rolling back: waiting for the backup under way to finish")
+                raise HubforgeError(f"a backup of the project still runs after {BACKUP_WAIT} s; try again once it ends")
+            status("waiting for the backup under way to finish")
             time.sleep(1)
 
-    def rollback(self, record: Record, reason: str, status: Status) -> None:
-        """Back to `record.before`: the hub's container gone, its data volume from the upgrade's snapshot, the previous
-        images, a healthy hub. Labs run on throughout."""
-        status("rolling back: stopping the new hub")
-        self.stack.remove_hub()
-        self.stack.pause_backups()
+    @contextlib.contextmanager
+    def backups_paused(self, status: Status) -> Iterator[None]:
+        """No backup runs inside the block: one under way ends first (stopping it could leave restic's lock), then the
+        backup service is frozen so that it starts none, and thawed after."""
         self.wait_for_backups(status)
-        status(f"rolling back: the hub's database from snapshot {record.snapshot[:8]}")
+        self.stack.pause_backups()
         try:
-            self.backups.restore_hub_data(record.snapshot, status)
-        except HubforgeError as exc:
-            if record.migrated:  # the previous JupyterHub refuses a database of a newer schema: nothing to start
-                raise HubforgeError(
-                    f"the hub's database could not be restored from snapshot {record.snapshot[:8]} "
-                    f"({str(exc).splitlines()[0]}); the previous hub cannot start on the migrated one, so the stack "
-                    "has no hub now: fix that and run `invoke rollback` again"
-                ) from None
-            # the schema did not move: the previous hub starts on the database as the new one left it
-            self.say(f"[yellow]the hub's database was not restored[/] ({str(exc).splitlines()[0]}); it is kept as is")
+            self.wait_for_backups(status)  # one that started in between
+            yield
+        finally:
+            self.stack.resume_backups()
+
+    def clear_canary(self) -> None:
+        """What a canary cut short left on this host (its lab, its volumes): the next canary would find volumes made
+        for an account that no longer exists, and the spawner refuses those."""
+        labels = {PROJECT_LABEL: self.stack.options.project, USER_LABEL: CANARY_USER}
+        for container in self.docker.containers(labels):
+            self.docker.remove_container(container["Id"])
+        for volume in self.docker.volumes(labels):
+            self.docker.remove_volume(volume["Name"])
+
+    def rollback(self, record: Record, reason: str, status: Status) -> bool:
+        """Back to `record.before`: the hub's container gone, its data volume from the upgrade's snapshot, the previous
+        images, a healthy hub. Labs run on throughout. Returns whether the database was restored."""
+        status(f"rolling back: finding snapshot {record.snapshot[:8]}")
+        snapshot, volumes = self.backups.hub_data_of(record.snapshot)  # before anything stops
+        restored = True
+        with self.backups_paused(status):
+            status("rolling back: stopping the new hub")
+            self.stack.remove_hub()
+            try:
+                self.backups.recreate(volumes)  # checks that nothing uses them before it removes any
+            except HubforgeError as exc:
+                if record.migrated:  # the previous JupyterHub refuses a database of a newer schema
+                    raise HubforgeError(
+                        f"the hub's database could not be replaced ({one_line(exc)}); the previous hub cannot start "
+                        "on the migrated one, so the stack has no hub now"
+                    ) from None
+                # the schema did not move: the previous hub starts on the database as the new one left it
+                self.say(f"[yellow]the hub's database was not restored[/] ({one_line(exc)}); it is kept as is")
+                restored = False
+            if restored:
+                status(f"rolling back: the hub's database from snapshot {snapshot.short_id}")
+                try:
+                    self.backups.put_back(snapshot, volumes, False, status)
+                except HubforgeError as exc:
+                    raise HubforgeError(
+                        f"restoring the hub's database from snapshot {snapshot.short_id} failed ({one_line(exc)}); its "
+                        "data volume is incomplete, so the stack has no hub now"
+                    ) from None
         status(f"rolling back: the images of {record.before.version}")
         self.switch(record.before, status)
         self.stack.wait_healthy(status, timeout=self.gate_timeout)
+        self.clear_canary()
         record.state = "rolled back"
         record.reason = reason
         record.save(self.run_dir)
+        return restored
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 BACKUP_WAIT = 1800  # seconds a rollback waits for a backup under way, which reads the volume it replaces

@@ -132,10 +132,12 @@ def test_an_upgrade_to_this_checkout_then_a_rollback_by_hand(live, worker):
     assert done.returncode == 0, done.stdout + done.stderr
     assert hub_image(live) == images["hub"]
     the_lab_lived(live, worker)
+    approved_user(live, worker["admin"], "wes")  # after the snapshot: gone with the database the rollback restores
     back = invoke(live, "rollback")
     assert back.returncode == 0, back.stdout + back.stderr
     assert hub_image(live) != images["hub"] and "0.9.0" in back.stdout
     the_lab_lived(live, worker)
     assert HubSession(live.url).login("ula", PASSWORD).status_code == 302
+    assert HubSession(live.url).login("wes", PASSWORD).status_code != 302, "the database was not restored"
     twice = invoke(live, "rollback")
     assert twice.returncode == 1 and "already rolled back" in twice.stderr

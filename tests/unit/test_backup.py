@@ -142,7 +142,7 @@ def test_a_backup_is_one_path_and_one_host_per_project_so_the_last_snapshot_is_t
         f"/backup/volumes/{P}_hub-data/jupyterhub.sqlite-shm",
     ]
     assert set(live) <= set(online) and not set(live) & set(at_rest)
-    assert f"/backup/volumes/{P}_hub-data/.hubforge-backup.sqlite" in at_rest
+    assert f"/backup/volumes/{P}_hub-data/.hubforge-backup-*.sqlite" in at_rest
     assert {"/backup/settings/compose.yml", "/backup/settings/backup-password"} <= set(at_rest)
     assert "/backup/settings/.env" not in at_rest
 

@@ -113,6 +113,8 @@ def test_the_retention_forgets_only_this_projects_snapshots():
         "p1",
         "--group-by",
         "host,paths",
+        "--keep-tag",
+        "upgrade",  # an upgrade's way back is never forgotten by the schedule
         "--keep-daily",
         "7",
         "--keep-weekly",

@@ -3,6 +3,7 @@ lab image the stack no longer has."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from types import SimpleNamespace
 
@@ -129,3 +130,14 @@ def test_a_running_lab_is_outdated_when_its_image_is_none_of_the_stack(running, 
 )
 def test_an_image_has_one_name_in_the_swarms_registry_built_or_released(ref, expected):
     assert stack_registry_name(ref) == expected
+
+
+def test_an_upgrades_snapshot_is_kept_by_the_retention_and_copies_never_share_a_name():
+    from hub_ext.backup import plan as backup_plan
+
+    argv = backup_plan.forget_argv("team", 7, 4, 6)
+    assert argv[argv.index("--keep-tag") + 1] == backup_plan.UPGRADE_TAG
+    assert backup_plan.UPGRADE_TAG in backup_plan.tags("team", "compose", "1.0.0", "", (backup_plan.UPGRADE_TAG,))
+    first, second = backup_plan.database_copy_name("a1"), backup_plan.database_copy_name("b2")
+    assert first != second
+    assert all(fnmatch.fnmatch(name, backup_plan.DATABASE_COPY) for name in (first, second))  # what is excluded

@@ -61,3 +61,10 @@ def test_an_admin_cannot_add_through_the_api_what_signup_refuses(auth):
     assert auth.validate_username("alice")
     assert not auth.validate_username("admin\u200b")
     assert not auth.validate_username("ü" * 30)
+
+
+def test_the_upgrades_canary_name_is_nobodys_to_take():
+    """`invoke upgrade`'s canary creates, starts and then deletes this account with its volumes: a person who held
+    the name would lose both."""
+    assert "hubforge's own" in username_problem("hubforge-canary")
+    assert username_problem("hubforge-canary2") is None
