@@ -46,13 +46,15 @@ def loggable(text: str) -> str:
     )
 
 
-def username_problem(name: str) -> str | None:
+def username_problem(name: str, reserved_too: bool = True) -> str | None:
     """Why a signup name is refused, naming the rule; None when it is fine.
 
-    `name` is the normalised form (NFKC, lower case) that the hub stores and shows."""
+    `name` is the normalised form (NFKC, lower case) that the hub stores and shows. `reserved_too`: hubforge's own
+    account names are refused too (a person signing up, a batch, a provider's name); the REST API, through which the
+    upgrade's canary is made, checks the form only."""
     if not name:
         return "Choose a username."
-    if name == CANARY_USER:
+    if reserved_too and name == CANARY_USER:
         return f"The name {CANARY_USER} is hubforge's own (an upgrade's test account); choose another."
     if len(name) > USERNAME_MAX:
         return f"Usernames are at most {USERNAME_MAX} characters (this one has {len(name)})."

@@ -115,8 +115,9 @@ class HubforgeAuthMixin(LoggingConfigurable):
         return super().normalize_username(unicodedata.normalize("NFKC", username))
 
     def validate_username(self, username: str) -> bool:
-        """The signup rules hold for every way a user is made, an admin's API call included (400)."""
-        problem = rules.username_problem(username)
+        """The signup rules hold for every way a user is made, an admin's API call included (400); the API may make
+        hubforge's own accounts (the upgrade's canary), which signup refuses."""
+        problem = rules.username_problem(username, reserved_too=False)
         if problem:
             self.log.warning("username %r refused: %s", username, problem)
         return problem is None and super().validate_username(username)

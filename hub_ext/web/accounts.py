@@ -38,7 +38,7 @@ _SIGNING_UP: set[str] = set()
 
 def normalized_target(authenticator, name: str) -> str:
     """A username from a URL: 400 when malformed, the normalised form otherwise."""
-    if username_problem(name):
+    if username_problem(name, reserved_too=False):
         raise web.HTTPError(400, f"not a valid username: {name!r}")
     return authenticator.normalize_username(name)
 
