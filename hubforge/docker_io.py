@@ -448,16 +448,6 @@ class StackDocker(Docker, JobCalls):
             if exc.status_code != 409:  # 409: removal already in progress
                 raise
 
-    def remove_volume(self, name: str) -> bool:
-        return removed(self.client.api.remove_volume, name)
-
-    def volume_users(self, name: str) -> list[str]:
-        """The names of the containers (running or not) that mount the volume `name`."""
-        return [c["Names"][0].lstrip("/") for c in self.client.api.containers(all=True, filters={"volume": name})]
-
-    def create_volume(self, name: str, driver: str, options: Mapping[str, str], labels: Mapping[str, str]) -> None:
-        self.client.api.create_volume(name, driver=driver, driver_opts=dict(options), labels=dict(labels))
-
     def networks(self, labels: Mapping[str, str]) -> list[dict]:
         filters = label_filter(labels)
         return self.client.api.networks(filters=filters)

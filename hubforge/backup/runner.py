@@ -141,43 +141,21 @@ class Backups:
         return running + [f"the lab of {user}" for user in self.stack.lab_users()]
 
     def recreate(self, volumes: list[Volume]) -> None:
-        """Each volume made again, empty, with its labels (Compose's too: `up` then takes the stack's as its own)."""
-        in_use = {v.name: users for v in volumes if (users := self.docker.volume_users(v.name))}
-        if in_use:  # checked for all before any is removed: a refusal leaves every volume as it was
-            name, users = next(iter(in_use.items()))
-            raise HubforgeError(
-                f"volume {name} is in use by {', '.join(users)}"
-                + (f" (and {len(in_use) - 1} more volumes)" if len(in_use) > 1 else "")
-                + ": stop what uses it, then restore again (nothing was restored)"
-            )
-        quota_files = []
-        for volume in volumes:
-            existing = self.docker.volume(volume.name)
-            if existing is not None:
-                self.docker.remove_volume(volume.name)
-                device = (existing.get("Options") or {}).get("device", "")
-                if plan.volume_of(existing).quota and device.endswith(".dev"):
-                    quota_files.append(device)
-            again = volume.recreated()
-            self.docker.create_volume(again.name, again.driver, again.options, again.labels)
+        """Each volume made again, empty, with its labels (ResticJob.recreate); quota'd ones' files removed."""
+        quota_files = self.job.recreate(volumes)
         if quota_files:
             self.stack.remove_quota_files(quota_files)
 
     def put_back(
         self, snapshot: Snapshot, volumes: list[Volume], settings: bool, status: Callable[[str], None]
     ) -> None:
-        binds = [f"{v.name}:{v.path}:rw" for v in volumes]
-        includes = None if settings else [v.path for v in volumes]
         if settings:
             self.stack.options.run_dir.mkdir(parents=True, exist_ok=True)
-            binds.append(f"{self.stack.options.run_dir}:{plan.SETTINGS}:rw")
-        started = time.monotonic()
         status(
             f"restoring snapshot {snapshot.short_id}: {len(volumes)} volumes"
             + (" and the settings" if settings else "")
         )
-        self.restic(plan.restore_argv(snapshot.id, includes), binds, writing=True)
-        log.info("restored in %.1fs", time.monotonic() - started)
+        self.job.put_back(snapshot.id, volumes, str(self.stack.options.run_dir) if settings else None)
 
     def restore_stack(self, wanted: str, force: bool, status: Callable[[str], None]) -> tuple[Snapshot, int]:
         """The whole stack from a snapshot: every volume and the run folder's settings. Refuses a running stack unless

@@ -298,8 +298,9 @@ class StandInDaemon:
         self.created: list[str] = []
         self.users: dict[str, list[str]] = {}  # volume -> the containers that mount it
 
-    def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None):
+    def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None, files=None):
         self.runs.append((command, host))
+        self.files = dict(files or {})
         code, out, err = self.answers.get(command[0], (0, "", ""))
         for line in out.splitlines():
             on_line(line)
