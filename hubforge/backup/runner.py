@@ -63,7 +63,12 @@ class Backups:
             str(self.stack.options.run_dir),
             self.passed,
             self.stack.hub_container,
+            **self.job_extras(),
         )
+
+    def job_extras(self) -> dict[str, Any]:
+        """More of the manager's job (its run tags and node, on the swarm engine)."""
+        return {}
 
     def restic(self, argv: list[str], *args, **kwargs) -> str:
         """restic's stdout (ResticJob.restic: binds, writing, on_line); a failure is one line (restic_problem)."""
@@ -103,16 +108,14 @@ class Backups:
 
     def backup(self, version: str, commit: str, staging: Path, status: Callable[[str], None]) -> dict[str, Any]:
         """One snapshot of the whole stack while it runs; returns restic's summary."""
-        self.refuse_swarm()
-        run_dir = self.stack.options.run_dir
-        if not (run_dir / ".env").exists():
-            raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
+        self.check_stack()
         self.ensure_repository()
         return self.job.snapshot(version, commit, staging, str(staging), status)
 
-    def refuse_swarm(self) -> None:
-        if self.stack.options.engine == "swarm":
-            raise HubforgeError(plan.SWARM_REFUSAL)
+    def check_stack(self) -> None:
+        run_dir = self.stack.options.run_dir
+        if not (run_dir / ".env").exists():
+            raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
 
     # -- reading the repository -----------------------------------------------------------------------------------
     def check_repository(self) -> None:
@@ -160,8 +163,11 @@ class Backups:
     def restore_stack(self, wanted: str, force: bool, status: Callable[[str], None]) -> tuple[Snapshot, int]:
         """The whole stack from a snapshot: every volume and the run folder's settings. Refuses a running stack unless
         `force` (then stops it first, volumes kept until they are replaced)."""
-        self.refuse_swarm()
         snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
+        return snapshot, self.restore_here(snapshot, force, status)
+
+    def restore_here(self, snapshot: Snapshot, force: bool, status: Callable[[str], None]) -> int:
+        """This host's part of a whole restore: its volumes and the settings; returns how many volumes."""
         document = self.manifest(snapshot)
         running = self.running()
         if running and not force:
@@ -176,14 +182,13 @@ class Backups:
         status(f"making {len(volumes)} volumes again")
         self.recreate(volumes)
         self.put_back(snapshot, volumes, True, status)
-        return snapshot, len(volumes)
+        return len(volumes)
 
     def restore_user(
         self, wanted: str, user: str, kind: str | None, status: Callable[[str], None]
     ) -> tuple[Snapshot, list[Volume]]:
         """One user's volumes from a snapshot, while everyone else keeps working: their lab is stopped first (through
         the hub, as an admin stops it), then only their volumes are replaced."""
-        self.refuse_swarm()
         snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
         volumes = plan.user_volumes(self.manifest(snapshot)["volumes"], user, kind)
         self.stop_lab(user, status)
@@ -214,15 +219,23 @@ class Backups:
         deadline = time.monotonic() + STOP_TIMEOUT
         while self.lab_of(user):
             if time.monotonic() > deadline or not (hub and hub.get("State") == "running"):
-                for lab in self.lab_of(user):  # no hub to ask, or it did not remove it: the container goes
-                    self.docker.remove_container(lab["Id"])
+                for lab in self.lab_of(user):  # no hub to ask, or it did not remove it: the lab goes
+                    self.remove_lab(lab)
                 break
             time.sleep(0.5)
 
     def lab_of(self, user: str) -> list[dict]:
+        """The user's lab: its container here (a service on the swarm engine, SwarmBackups)."""
         return [c for c in self.stack.lab_containers() if c.get("Labels", {}).get(USER_LABEL) == user]
 
+    def remove_lab(self, lab: dict) -> None:
+        self.docker.remove_container(lab["Id"])
 
-def snapshot_rows(snapshots: list[Snapshot]) -> list[tuple[str, str, str, str]]:
-    """id, time, version and engine of each snapshot, newest first: what `invoke backup --list` shows."""
-    return [(s.short_id, s.time[:19].replace("T", " "), s.tag("version"), s.tag("engine")) for s in reversed(snapshots)]
+
+def run_rows(runs: list[plan.Run]) -> list[tuple[str, str, str, str, str]]:
+    """id, time, version, engine and nodes of each backup, newest first: what `invoke backup --list` shows (one row
+    per run: on the compose engine a run is one snapshot, and its id the snapshot's)."""
+    return [
+        (r.id, r.time[:19].replace("T", " "), r.tag("version"), r.tag("engine"), ", ".join(r.nodes()))
+        for r in reversed(runs)
+    ]

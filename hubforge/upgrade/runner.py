@@ -58,7 +58,7 @@ class Upgrade:
     def refuse_swarm(self) -> None:
         if self.stack.options.engine == "swarm":
             raise HubforgeError(
-                "upgrades of swarm stacks are not supported yet (their backup is not); on this project, `invoke up` "
+                "upgrades of swarm stacks are not supported yet; on this project, `invoke up` "
                 "with the new checkout updates the services, with no backup and no automatic rollback"
             )
 
