@@ -21,7 +21,7 @@ import pytest
 
 from ..support.livestack import approved_user, free_port
 from ..support.livestack import run_invoke as invoke
-from ..support.swarmnodes import MANAGER, Cluster
+from ..support.swarmnodes import MANAGER, started
 from .test_swarm import put_file, service_of
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,8 @@ START_TIMEOUT = 30
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """One more engine, joined before the stack starts."""
-    made = Cluster(count=1, join=1)
-    try:
-        made.start()
+    with started(count=1) as made:
         yield made
-    finally:
-        made.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
