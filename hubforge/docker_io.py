@@ -518,12 +518,9 @@ class StackDocker(Docker, JobCalls):
         labels = onnode.helper_labels(project)
         secret_id, references = None, []
         if secret is not None:
-            secret_id = self.client.api.create_secret(onnode.helper_name(project), secret[1], labels=labels)["ID"]
-            references = [
-                docker.types.SecretReference(
-                    secret_id, self.client.api.inspect_secret(secret_id)["Spec"]["Name"], secret[0], "0", "0", 0o400
-                )
-            ]
+            secret_name = onnode.helper_name(project)
+            secret_id = self.client.api.create_secret(secret_name, secret[1], labels=labels)["ID"]
+            references = [docker.types.SecretReference(secret_id, secret_name, secret[0], "0", "0", 0o400)]
         template = onnode.helper_template(
             image, command, project, node, docker.types.DriverConfig(LOG_DRIVER, default_log_options()), (), references
         )

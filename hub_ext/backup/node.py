@@ -98,10 +98,15 @@ def pulled(docker: HubDocker, image: str, registry: Mapping[str, str]) -> str:
         return image
     except sdk().errors.NotFound:
         pass
-    try:
-        docker.client.api.pull(image, auth_config={"username": registry["username"], "password": registry["password"]})
+    said = ""
+    try:  # the daemon reports a failed pull in its stream, which the call does not raise for: the image is looked for
+        said = docker.client.api.pull(
+            image, auth_config={"username": registry["username"], "password": registry["password"]}
+        )
+        docker.client.api.inspect_image(image)
     except sdk().errors.APIError as exc:
-        raise BackupError(f"the node could not pull the backup image {image}: {reason(exc)}") from None
+        last = [line for line in str(said).splitlines() if line.strip()][-1:] or [reason(exc)]
+        raise BackupError(f"the node could not pull the backup image {image}: {last[0][:300]}") from None
     return image
 
 

@@ -6,6 +6,7 @@ a restore takes a run, or any of its snapshots."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from ..errors import HubforgeError
 from . import plan
 from .plan import Run, Snapshot, Volume
 from .runner import Backups
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,8 +75,13 @@ class SwarmBackups(Backups):
         return self.pinned(ref, "the hub's image")
 
     def registry_auth(self) -> dict[str, str]:
+        """The stack registry's login, given to this client (docker-py hands it to Swarm with each helper). With the
+        stack down (a whole restore) the registry does not answer: the nodes then run the images they hold."""
         auth = registry_credentials(self.stack.options.run_dir / AUTH_DIR)
-        self.docker.login(self.stack.registry, auth["username"], auth["password"])  # docker-py hands it to Swarm
+        try:
+            self.docker.login(self.stack.registry, auth["username"], auth["password"])
+        except HubforgeError as exc:
+            log.info("no login to the stack's registry (%s): the nodes use the images they hold", exc)
         return auth
 
     def on_node(self, node: dict[str, Any], command: list[str], secret: bool) -> list[dict[str, Any]]:
