@@ -723,10 +723,10 @@ def backup(settings: Settings, options, list_only: bool, passed: dict[str, str])
     if list_only:
         snapshots = backups.snapshots()
         if not snapshots:
-            say(f"no snapshots of project {options.project} in {backups.repo.location}; make one with `invoke backup`")
+            say(f"no snapshots of project {options.project} in {backups.repo.shown}; make one with `invoke backup`")
             return None
         columns = ["snapshot", "time (UTC)", "hubforge", "engine"] + (["nodes"] if options.engine == "swarm" else [])
-        table = Table(*columns, title=f"{options.project}: {backups.repo.location}")
+        table = Table(*columns, title=f"{options.project}: {backups.repo.shown}")
         for row in run_rows(group_runs(snapshots)):
             table.add_row(*row[: len(columns)])
         console.print(table)
@@ -738,7 +738,7 @@ def backup(settings: Settings, options, list_only: bool, passed: dict[str, str])
         else:
             run, results = "", [NodeResult("", backups.backup(__version__, commit, Path(staging), status.update))]
     summary = results[0].summary
-    say(f"[bold green]backed up[/] {options.project} to {backups.repo.location}: {summary_line(summary)}")
+    say(f"[bold green]backed up[/] {options.project} to {backups.repo.shown}: {summary_line(summary)}")
     say(
         f"  {summary['volumes']} volumes, the hub's database and the settings"
         + (" (the manager's)" if run else "")

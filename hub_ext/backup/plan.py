@@ -5,6 +5,7 @@ backup service (hub_ext.backup.scheduler); standard library only, no Docker here
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,11 @@ class Repository:
     @property
     def local(self) -> bool:
         return self.location.startswith("/")
+
+    @property
+    def shown(self) -> str:
+        """The location as messages print it: a password in a URL (rest:https://user:password@host/) masked."""
+        return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", self.location)
 
     @property
     def restic_location(self) -> str:
@@ -333,7 +339,7 @@ def summary_line(summary: Mapping[str, Any]) -> str:
 def restic_problem(stderr: str, repo: Repository) -> str:
     """restic's failure as one line that says what to do next."""
     text = stderr.strip()
-    where = repo.location
+    where = repo.shown
     if "wrong password" in text or "no key found" in text:
         return (
             f"the password in {repo.password_file} does not open the repository at {where}: use the file that was "

@@ -104,7 +104,7 @@ class Backups:
         elif self.job.initialised():
             return
         self.restic(["init"])
-        self.say(f"made a restic repository at {self.repo.location}")
+        self.say(f"made a restic repository at {self.repo.shown}")
 
     def backup(self, version: str, commit: str, staging: Path, status: Callable[[str], None]) -> dict[str, Any]:
         """One snapshot of the whole stack while it runs; returns restic's summary."""

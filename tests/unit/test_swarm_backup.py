@@ -162,3 +162,18 @@ def test_files_go_into_a_container_by_folder_readable_by_root_only():
         assert (entry.mode, entry.uid, archive.extractfile(entry).read()) == (0o400, 0, b"pw")
     with pytest.raises(ValueError, match="absolute path"):
         folders_of({"relative/file": b""})
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("rest:http://user:secret@10.0.0.1:8000/", "rest:http://user:***@10.0.0.1:8000/"),
+        ("rest:https://10.0.0.1:8000/repo", "rest:https://10.0.0.1:8000/repo"),
+        ("s3:s3.amazonaws.com/bucket", "s3:s3.amazonaws.com/bucket"),
+        ("/srv/backups/proj", "/srv/backups/proj"),
+    ],
+)
+def test_a_password_in_the_repositorys_url_is_never_printed(location, shown):
+    repo = Repository(location, Path("/etc/pw"), False)
+    assert repo.shown == shown
+    assert "secret" not in shared.restic_problem("Fatal: unable to open config file", repo)
