@@ -4,11 +4,13 @@ host's engine (the manager) and one more engine in a network namespace of its ow
 The repository is restic's REST server (Debian's `rclone serve restic`) on the manager's address on the nodes'
 bridge, which only this test owns: every node reaches it, as a real swarm reaches a `rest:` repository. A backup makes
 one snapshot per node, under one run; a user's files on the worker are deleted, and `invoke restore latest --user`
-brings them back there while another user's lab keeps running. A folder on the manager as the repository is refused
-in one line while the worker holds volumes."""
+brings them back there while another user's lab keeps running; a whole restore (`--force`) puts the worker's
+volumes back on the worker. A folder on the manager as the repository is refused in one line while the worker holds
+volumes."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from hub_ext.naming import user_names
 
 from ..support.livestack import approved_user, free_port
 from ..support.livestack import run_invoke as invoke
@@ -163,3 +167,29 @@ def test_one_users_restore_on_the_worker_while_another_lab_keeps_running(live, c
 def test_a_restore_of_an_unknown_user_names_the_users_of_every_node(live, users):
     nobody = invoke(live, "restore", "latest", "--user", "cy")
     assert nobody.returncode == 1 and "its users: mia, wes" in nobody.stderr, nobody.stderr
+
+
+def test_the_whole_stack_comes_back_with_the_workers_volumes_put_back_on_the_worker(live, cluster, users):
+    """Last: `--force` stops the stack (its registry too); the worker's part runs from the images it holds."""
+    gone = users["wes"].request("DELETE", "user/wes/api/contents/keep.txt")
+    assert gone.status_code == 204, gone.text
+    started = time.monotonic()
+    done = invoke(live, "restore", "latest", "--force", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"whole restore of two nodes: {time.monotonic() - started:.1f} s")
+    assert "skipped" not in done.stdout, done.stdout
+    workspace = user_names(live.stack.options.volume_prefix, "wes").volumes["workspace"]
+    hub_image = live.stack.pinned(json.loads(live.stack.state_file.read_text())["images"]["hub"])
+    read = (
+        cluster.nodes[0]
+        .client()
+        .containers.run(
+            hub_image,
+            ["/srv/workspace/keep.txt"],
+            entrypoint=["cat"],
+            remove=True,
+            volumes={workspace: {"bind": "/srv/workspace", "mode": "ro"}},
+            network_mode="none",
+        )
+    )
+    assert read.decode() == "the notes of wes"
