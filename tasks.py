@@ -326,8 +326,8 @@ def restic_environment() -> dict[str, str]:
 )
 @user_errors
 def backup(c, list=False, project=None):
-    """Back up the whole stack while it runs (the hub's database, the settings, every user's volumes) into the restic
-    repository of BACKUP_REPOSITORY, with progress; `--list` lists the snapshots."""
+    """Back up the whole stack while it runs (the hub's database, the settings, every user's volumes; on Swarm, on
+    every node) into the restic repository of BACKUP_REPOSITORY, with progress; `--list` lists the backups."""
     from hubforge import app
 
     app.configure_logging(False)
@@ -337,7 +337,8 @@ def backup(c, list=False, project=None):
 @task(
     positional=["snapshot"],
     help={
-        "snapshot": "a snapshot's id (or the start of it, as `invoke backup --list` shows it), or latest",
+        "snapshot": "a backup's id or one of its snapshots' (or the start of it, as `invoke backup --list` shows it), "
+        "or latest",
         "user": "restore only this user's volumes, while everyone else keeps working (their lab is stopped first)",
         "volume": "with --user: only this volume (home, workspace or cache)",
         "force": "restore the whole stack even though it runs: stop it first",

@@ -680,8 +680,6 @@ def backups_for(settings: Settings, options, passed: dict[str, str]):
 
     doctor.ensure(settings.cache_dir, {"docker"}, say)
     stack = stack_for(settings, options)
-    if options.engine == "swarm":
-        raise HubforgeError(plan.SWARM_REFUSAL)
     env_path = options.run_dir / ".env"
     try:
         hub = from_environ(read_env_file(env_path))
@@ -693,6 +691,10 @@ def backups_for(settings: Settings, options, passed: dict[str, str]):
         raise HubforgeError(f"the backup image {step.ref} is not built: run `invoke build`, then try again")
     repo = plan.repository(hub.backup_repository, hub.backup_password_file, options.project, options.run_dir)
     cache = settings.cache_dir / "restic" / options.project
+    if options.engine == "swarm":
+        from .backup.swarm import SwarmBackups
+
+        return SwarmBackups(stack, step.ref, repo, cache, passed, say)
     return Backups(stack, step.ref, repo, cache, passed, say)
 
 
@@ -713,31 +715,42 @@ def backup(settings: Settings, options, list_only: bool, passed: dict[str, str])
     from rich.table import Table
 
     from . import __version__
-    from .backup.plan import human_bytes, summary_line
-    from .backup.runner import snapshot_rows
+    from .backup.plan import group_runs, human_bytes, summary_line
+    from .backup.runner import run_rows
+    from .backup.swarm import NodeResult
 
     backups = backups_for(settings, options, passed)
     if list_only:
         snapshots = backups.snapshots()
         if not snapshots:
-            say(f"no snapshots of project {options.project} in {backups.repo.location}; make one with `invoke backup`")
+            say(f"no snapshots of project {options.project} in {backups.repo.shown}; make one with `invoke backup`")
             return None
-        table = Table(
-            "snapshot", "time (UTC)", "hubforge", "engine", title=f"{options.project}: {backups.repo.location}"
-        )
-        for row in snapshot_rows(snapshots):
-            table.add_row(*row)
+        columns = ["snapshot", "time (UTC)", "hubforge", "engine"] + (["nodes"] if options.engine == "swarm" else [])
+        table = Table(*columns, title=f"{options.project}: {backups.repo.shown}")
+        for row in run_rows(group_runs(snapshots)):
+            table.add_row(*row[: len(columns)])
         console.print(table)
         return None
-    started = time.monotonic()
+    started, commit = time.monotonic(), source_commit(settings.root)
     with tempfile.TemporaryDirectory(prefix="hubforge-backup-") as staging, console.status("backing up") as status:
-        summary = backups.backup(__version__, source_commit(settings.root), Path(staging), status.update)
-    say(f"[bold green]backed up[/] {options.project} to {backups.repo.location}: {summary_line(summary)}")
+        if options.engine == "swarm":
+            run, results = backups.backup_run(__version__, commit, Path(staging), status.update)
+        else:
+            run, results = "", [NodeResult("", backups.backup(__version__, commit, Path(staging), status.update))]
+    summary = results[0].summary
+    say(f"[bold green]backed up[/] {options.project} to {backups.repo.shown}: {summary_line(summary)}")
     say(
-        f"  {summary['volumes']} volumes, the hub's database and the settings; "
-        f"{human_bytes(summary.get('total_bytes_processed', 0))} read in {time.monotonic() - started:.1f}s. "
-        f"`invoke restore {summary.get('snapshot_id', '?')[:8]}` brings it back"
+        f"  {summary['volumes']} volumes, the hub's database and the settings"
+        + (" (the manager's)" if run else "")
+        + f"; {human_bytes(summary.get('total_bytes_processed', 0))} read"
     )
+    for result in results[1:]:
+        if result.summary is None:
+            say(f"  node {result.name}: no volumes of this project, no snapshot")
+        else:
+            say(f"  node {result.name}: {result.summary['volumes']} volumes; {summary_line(result.summary)}")
+    which = run or summary.get("snapshot_id", "?")[:8]
+    say(f"  in {time.monotonic() - started:.1f}s. `invoke restore {which}` brings it back")
     return summary
 
 

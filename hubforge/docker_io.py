@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -448,16 +449,6 @@ class StackDocker(Docker, JobCalls):
             if exc.status_code != 409:  # 409: removal already in progress
                 raise
 
-    def remove_volume(self, name: str) -> bool:
-        return removed(self.client.api.remove_volume, name)
-
-    def volume_users(self, name: str) -> list[str]:
-        """The names of the containers (running or not) that mount the volume `name`."""
-        return [c["Names"][0].lstrip("/") for c in self.client.api.containers(all=True, filters={"volume": name})]
-
-    def create_volume(self, name: str, driver: str, options: Mapping[str, str], labels: Mapping[str, str]) -> None:
-        self.client.api.create_volume(name, driver=driver, driver_opts=dict(options), labels=dict(labels))
-
     def networks(self, labels: Mapping[str, str]) -> list[dict]:
         filters = label_filter(labels)
         return self.client.api.networks(filters=filters)
@@ -508,6 +499,68 @@ class StackDocker(Docker, JobCalls):
 
     def remove_service(self, service: str) -> bool:
         return removed(self.client.api.remove_service, service)
+
+    def run_on_node(
+        self,
+        node: str,
+        image: str,
+        command: list[str],
+        project: str,
+        secret: tuple[str, bytes] | None = None,
+        timeout: float = 3600.0,
+    ) -> list[dict[str, Any]]:
+        """A hub_ext helper run once on swarm node `node` (hub_ext.helpers.onnode), from `image` of the stack's
+        registry (after a login to it, whose credentials docker-py hands to Swarm); with `secret` (file name, data)
+        as a swarm secret of its own, made for this run and removed after it. Its answer, parsed; a HubforgeError
+        with the task's reason when it gave none."""
+        from hub_ext.helpers import onnode
+
+        labels = onnode.helper_labels(project)
+        secret_id, references = None, []
+        if secret is not None:
+            secret_name = onnode.helper_name(project)
+            secret_id = self.client.api.create_secret(secret_name, secret[1], labels=labels)["ID"]
+            references = [docker.types.SecretReference(secret_id, secret_name, secret[0], "0", "0", 0o400)]
+        template = onnode.helper_template(
+            image, command, project, node, docker.types.DriverConfig(LOG_DRIVER, default_log_options()), (), references
+        )
+        service_id = None
+        try:
+            service_id = self.client.api.create_service(template, name=onnode.helper_name(project), labels=labels)["ID"]
+            deadline = time.monotonic() + timeout
+            while (state := onnode.task_state(tasks := self.tasks(service_id))) not in onnode.FINISHED:
+                if time.monotonic() > deadline:
+                    raise HubforgeError(
+                        f"the helper on node {node[:12]} did not finish within {timeout:.0f} s ({state or 'no task'})"
+                    )
+                time.sleep(0.3)
+            logs = b"".join(self.client.api.service_logs(service_id, stdout=True, stderr=True))
+            try:
+                return onnode.helper_answer(logs.decode(errors="replace"), node, tasks)
+            except RuntimeError as exc:
+                raise HubforgeError(str(exc)) from None
+        except docker.errors.APIError as exc:
+            raise HubforgeError(f"Swarm refused the helper on node {node[:12]}: {_short(exc)}") from None
+        finally:
+            if service_id:
+                self.remove_service(service_id)
+            if secret_id:
+                self.remove_secret_when_free(secret_id)
+
+    def remove_secret_when_free(self, secret_id: str, timeout: float = 30.0) -> None:
+        """A secret is in use until its service's task is gone, a moment after the service."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.api.remove_secret(secret_id)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    log.warning("the helper's secret %s stays: it is still in use", secret_id[:12])
+                    return
+                time.sleep(0.3)
 
     def ensure_host_service(
         self,

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
+import posixpath
+import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -20,6 +23,27 @@ def sdk() -> Any:
 def label_filter(labels: Mapping[str, str]) -> dict[str, list[str]]:
     """The API's filter for objects carrying every one of `labels`."""
     return {"label": [f"{k}={v}" for k, v in labels.items()]}
+
+
+def files_archive(files: Mapping[str, bytes]) -> bytes:
+    """A tar of `files` (name in the folder -> content), each root's and readable by its owner only."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, content in sorted(files.items()):
+            entry = tarfile.TarInfo(name)
+            entry.size, entry.mode, entry.uid, entry.gid = len(content), 0o400, 0, 0
+            archive.addfile(entry, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def folders_of(files: Mapping[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """Absolute file paths grouped by their folder: each folder becomes an anonymous volume of the container."""
+    folders: dict[str, dict[str, bytes]] = {}
+    for path, content in files.items():
+        if not path.startswith("/") or path.endswith("/"):
+            raise ValueError(f"a file put into a container needs an absolute path, got {path!r}")
+        folders.setdefault(posixpath.dirname(path), {})[posixpath.basename(path)] = content
+    return folders
 
 
 def reason(exc: BaseException) -> str:
@@ -42,12 +66,14 @@ class JobCalls:
         environment: Mapping[str, str],
         user: str | None = None,
         on_line: Callable[[str], None] = lambda line: None,
+        files: Mapping[str, bytes] | None = None,
     ) -> tuple[int | None, str, str]:
         """Run a one-shot container, handing each line of its stdout to `on_line` as it comes (a long job's progress):
         (exit code, stdout, stderr), or (None, "", Docker's reason) when Docker refuses it. The summary a job prints
-        last is in the returned stdout, not necessarily among the lines handed on."""
+        last is in the returned stdout, not necessarily among the lines handed on. `files` (absolute path -> content)
+        are put into the container before it starts (see _one_shot)."""
         try:
-            with self._one_shot(image, command, host, labels, user, environment) as container:
+            with self._one_shot(image, command, host, labels, user, environment, files) as container:
                 pending = b""
                 for chunk in self.client.api.logs(container, stdout=True, stderr=False, stream=True, follow=True):
                     *complete, pending = (pending + chunk).split(b"\n")
@@ -71,17 +97,30 @@ class JobCalls:
         labels: dict[str, str],
         user: str | None,
         environment: Mapping[str, str] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> Iterator[str]:
-        """A started container (its log rotated like every other) that is removed however the block ends."""
+        """A started container (its log rotated like every other) that is removed however the block ends. Each folder
+        of `files` is an anonymous volume of the container, filled (files 0400, root's) before it starts, and removed
+        with it: how a file reaches a container on a node where no host path of it exists (a helper on a swarm
+        worker), even with a read-only root."""
         container = None
+        folders = folders_of(files or {})
         try:
             host_config = self.client.api.create_host_config(
                 log_config={"type": LOG_DRIVER, "config": default_log_options()}, **host
             )
             created = self.client.api.create_container(
-                image, command, user=user, host_config=host_config, labels=labels, environment=dict(environment or {})
+                image,
+                command,
+                user=user,
+                host_config=host_config,
+                labels=labels,
+                environment=dict(environment or {}),
+                volumes=sorted(folders) or None,
             )
             container = created["Id"]
+            for folder, contents in sorted(folders.items()):
+                self.client.api.put_archive(container, folder, files_archive(contents))
             self.client.api.start(container)
             yield container
         finally:
@@ -115,6 +154,21 @@ class JobCalls:
             return self.client.api.inspect_volume(name)
         except sdk().errors.NotFound:
             return None
+
+    def volume_users(self, name: str) -> list[str]:
+        """The names of the containers (running or not) that mount the volume `name`."""
+        return [c["Names"][0].lstrip("/") for c in self.client.api.containers(all=True, filters={"volume": name})]
+
+    def remove_volume(self, name: str) -> bool:
+        """False when it was already gone."""
+        try:
+            self.client.api.remove_volume(name)
+            return True
+        except sdk().errors.NotFound:
+            return False
+
+    def create_volume(self, name: str, driver: str, options: Mapping[str, str], labels: Mapping[str, str]) -> None:
+        self.client.api.create_volume(name, driver=driver, driver_opts=dict(options), labels=dict(labels))
 
     def exec_output(self, container: str, command: list[str]) -> tuple[int, str]:
         """Run a command in a running container; (exit code, output)."""

@@ -5,6 +5,7 @@ backup service (hub_ext.backup.scheduler); standard library only, no Docker here
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,11 @@ class Repository:
     @property
     def local(self) -> bool:
         return self.location.startswith("/")
+
+    @property
+    def shown(self) -> str:
+        """The location as messages print it: a password in a URL (rest:https://user:password@host/) masked."""
+        return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", self.location)
 
     @property
     def restic_location(self) -> str:
@@ -136,8 +142,17 @@ def stack_volumes(listed: Iterable[Mapping[str, Any]]) -> list[Volume]:
     return sorted((volume_of(v) for v in listed if (v.get("Labels") or {}).get(VOLUME_LABEL)), key=lambda v: v.name)
 
 
-def manifest(project: str, engine: str, version: str, commit: str, volumes: list[Volume], database: str) -> str:
-    """/backup/manifest/stack.json: what a restore needs before it reads any file."""
+def manifest(
+    project: str,
+    engine: str,
+    version: str,
+    commit: str,
+    volumes: list[Volume],
+    database: str,
+    node: Mapping[str, str] | None = None,
+) -> str:
+    """/backup/manifest/stack.json: what a restore needs before it reads any file; on the swarm engine, also the node
+    the volumes are on (id, hostname)."""
     return json.dumps(
         {
             "format": MANIFEST_FORMAT,
@@ -146,6 +161,7 @@ def manifest(project: str, engine: str, version: str, commit: str, volumes: list
             "hubforge": {"version": version, "commit": commit},
             "database": database,
             "volumes": [v.as_dict() for v in volumes],
+            **({"node": dict(node)} if node else {}),
         },
         indent=1,
         sort_keys=True,
@@ -166,16 +182,27 @@ def tags(project: str, engine: str, version: str, commit: str, extra: tuple[str,
     )
 
 
-def backup_argv(project: str, snapshot_tags: list[str], excludes: list[str]) -> list[str]:
+def backup_argv(project: str, snapshot_tags: list[str], excludes: list[str], host: str | None = None) -> list[str]:
     """`restic backup` of the whole tree. One path and one host name for every snapshot of a project, whatever the
     machine: restic then takes the last snapshot as the parent, and reads again only files whose size, times or
-    inode changed (a second backup costs time in proportion to the changes)."""
-    argv = ["backup", ROOT, "--json", "--host", project]
+    inode changed (a second backup costs time in proportion to the changes). On the swarm engine each node other than
+    the manager has a host name of its own (node_host), so that its parent is its own last snapshot."""
+    argv = ["backup", ROOT, "--json", "--host", host or project]
     for tag in snapshot_tags:
         argv += ["--tag", tag]
     for pattern in excludes:
         argv += ["--exclude", pattern]
     return argv
+
+
+def node_host(project: str, hostname: str) -> str:
+    """restic's --host of a swarm worker's snapshots: the project's, and the node's hostname."""
+    return f"{project}@{hostname}"
+
+
+def run_tags(run: str, node_id: str, hostname: str) -> list[str]:
+    """The tags that tie a snapshot to one `invoke backup` of a swarm stack (`run`) and to the node it was taken on."""
+    return [f"run={run}", f"node={hostname}", f"node-id={node_id}"]
 
 
 def backup_excludes(volumes: list[Volume], online_copy: bool) -> list[str]:
@@ -322,7 +349,7 @@ def summary_line(summary: Mapping[str, Any]) -> str:
 def restic_problem(stderr: str, repo: Repository) -> str:
     """restic's failure as one line that says what to do next."""
     text = stderr.strip()
-    where = repo.location
+    where = repo.shown
     if "wrong password" in text or "no key found" in text:
         return (
             f"the password in {repo.password_file} does not open the repository at {where}: use the file that was "

@@ -11,24 +11,30 @@ import asyncio
 import ipaddress
 import json
 import time
-import uuid
 from typing import Any
 
 from docker.errors import APIError
 from docker.types import (
-    ContainerSpec,
     DriverConfig,
     Healthcheck,
     Mount,
     Placement,
     Resources,
     RestartPolicy,
-    TaskTemplate,
 )
 from dockerspawner import SwarmSpawner
 from traitlets import Dict, Integer, Unicode
 
-from hub_ext.helpers.volumes import FOLDER, own_command, parse_answer
+from hub_ext.helpers.onnode import (
+    FINISHED,
+    helper_answer,
+    helper_labels,
+    helper_name,
+    helper_template,
+    task_error,
+    task_state,
+)
+from hub_ext.helpers.volumes import FOLDER, own_command
 from hub_ext.labs.gpu import NVIDIA_CAPABILITIES
 from hub_ext.labs.networks import hub_address, overlay_spec
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
@@ -36,7 +42,6 @@ from hub_ext.naming import (
     DOCKER_PRIVILEGED_GROUP,
     LAB_UID,
     PROJECT_LABEL,
-    ROLE_LABEL,
     USER_LABEL,
 )
 from hub_ext.settings.hub import default_of
@@ -154,11 +159,6 @@ def least_loaded(nodes: list[dict], running: list[dict], gpus: int = 0) -> str:
     for task in running:
         load[task.get("NodeID", "")] = load.get(task.get("NodeID", ""), 0) + 1
     return min(eligible, key=lambda n: (load.get(n["ID"], 0), n["ID"]))["ID"]
-
-
-def task_error(task: dict | None) -> str:
-    status = (task or {}).get("Status") or {}
-    return status.get("Err") or status.get("Message") or status.get("State") or "no task"
 
 
 class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
@@ -454,7 +454,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
 
     async def on_node(self, node: str, command: list[str], mounts: list[Mount] | None = None) -> list[dict[str, Any]]:
         """Run a hub_ext helper once on `node`, with the node's Docker socket (and `mounts`); its answer line,
-        parsed."""
+        parsed (hub_ext.helpers.onnode)."""
         hub = await self.docker("inspect_container", self.hub_container)
         image = self.registry_ref(hub["Config"]["Image"])
         if image is None:
@@ -463,33 +463,17 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                 "run `invoke up --engine swarm` again on the manager"
             )
         await self.registry_login(image)
-        spec = ContainerSpec(
-            image,
-            command=command,
-            user="0:0",
-            read_only=True,
-            labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"},
-            mounts=[Mount(target="/var/run/docker.sock", source="/var/run/docker.sock", type="bind"), *(mounts or [])],
-            env=["PYTHONDONTWRITEBYTECODE=1"],
-        )
-        template = TaskTemplate(
-            spec,
-            restart_policy=RestartPolicy(condition="none"),
-            placement=Placement(constraints=[f"node.id == {node}"]),
-            resources=Resources(mem_limit=128 * 2**20),
-            log_driver=self.task_logs(),
-        )
-        name = f"{self.service_name}-helper-{uuid.uuid4().hex[:12]}"  # two at the same moment must not collide
+        template = helper_template(image, command, self.project, node, self.task_logs(), mounts or ())
         service = await self.docker(
-            "create_service", template, name=name, labels={PROJECT_LABEL: self.project, ROLE_LABEL: "helper"}
+            "create_service", template, name=helper_name(self.service_name), labels=helper_labels(self.project)
         )
         service_id = service["ID"]
         try:
             deadline = time.monotonic() + HELPER_TIMEOUT
             while True:
                 tasks = await self.docker("tasks", filters={"service": service_id})
-                state = ((tasks[0] if tasks else {}).get("Status") or {}).get("State", "")
-                if state in ("complete", "failed", "rejected", "shutdown", "orphaned"):
+                state = task_state(tasks)
+                if state in FINISHED:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(
@@ -502,13 +486,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
                     lambda: b"".join(self.client.service_logs(service_id, stdout=True, stderr=True))
                 )
             )
-            answer = parse_answer(logs.decode(errors="replace"))
-            if answer is None:
-                raise RuntimeError(
-                    f"the helper on node {node[:12]} gave no answer ({state}: "
-                    f"{task_error(tasks[0] if tasks else None)})"
-                )
-            return answer
+            return helper_answer(logs.decode(errors="replace"), node, tasks)
         finally:
             await self.docker("remove_service", service_id)
 

@@ -40,11 +40,13 @@ from hub_ext.backup.plan import (  # noqa: F401 -- the shared half, re-exported:
     human_bytes,
     list_argv,
     manifest,
+    node_host,
     parse_backup_line,
     progress_line,
     repository,
     restic_problem,
     restore_argv,
+    run_tags,
     stack_volumes,
     summary_line,
     tags,
@@ -63,8 +65,8 @@ def write_password(path: Path) -> None:
 
 
 SWARM_REFUSAL = (
-    "backups of swarm stacks are not supported yet (user volumes live on the workers); this project runs on the "
-    "swarm engine"
+    "scheduled backups of swarm stacks are not supported yet; run `invoke backup` on the manager (from cron, say), "
+    "which backs up every node"
 )
 
 
@@ -93,6 +95,7 @@ class Snapshot:
     short_id: str
     time: str  # RFC 3339, as restic writes it
     tags: tuple[str, ...]
+    host: str = ""  # restic's --host: the project's (the manager, or a compose host), or project@node (node_host)
 
     def tag(self, name: str) -> str:
         return next((t.split("=", 1)[1] for t in self.tags if t.startswith(f"{name}=")), "")
@@ -107,26 +110,106 @@ def parse_snapshots(text: str) -> list[Snapshot]:
             f"restic listed the snapshots in a form this hubforge cannot read: {text[:120]!r}"
         ) from None
     snapshots = [
-        Snapshot(item["id"], item.get("short_id", item["id"][:8]), item.get("time", ""), tuple(item.get("tags") or ()))
+        Snapshot(
+            item["id"],
+            item.get("short_id", item["id"][:8]),
+            item.get("time", ""),
+            tuple(item.get("tags") or ()),
+            item.get("hostname", ""),
+        )
         for item in listed or []
     ]
     return sorted(snapshots, key=lambda s: s.time)
 
 
-def pick_snapshot(snapshots: list[Snapshot], wanted: str, project: str) -> Snapshot:
-    """`latest`, or a snapshot by its id or a prefix of it (restic's short id); one line naming the choices else."""
-    if not snapshots:
+@dataclass(frozen=True)
+class Run:
+    """The snapshots one `invoke backup` made: on the swarm engine one per node with volumes (tag run=<id>), the
+    manager's first; on the compose engine (or before runs existed) one snapshot, whose short id is the run's."""
+
+    id: str
+    snapshots: tuple[Snapshot, ...]
+
+    @property
+    def time(self) -> str:
+        return min(s.time for s in self.snapshots)
+
+    @property
+    def short_id(self) -> str:
+        return self.id
+
+    @property
+    def manager(self) -> Snapshot | None:
+        """The snapshot of the manager (or of a compose host): the one without a node's own restic host."""
+        return next((s for s in self.snapshots if "@" not in s.host), None)
+
+    @property
+    def workers(self) -> list[Snapshot]:
+        return [s for s in self.snapshots if "@" in s.host]
+
+    def tag(self, name: str) -> str:
+        return (self.manager or self.snapshots[0]).tag(name)
+
+    def nodes(self) -> list[str]:
+        """Where each snapshot was taken: the manager, then each other node's hostname (and its id's start)."""
+        return ["manager" if s is self.manager else f"{s.tag('node')} ({s.tag('node-id')[:6]})" for s in self.snapshots]
+
+
+def group_runs(snapshots: list[Snapshot]) -> list[Run]:
+    """Snapshots (oldest first) grouped into runs by their run tag, oldest first; a snapshot without one is a run."""
+    runs: dict[str, list[Snapshot]] = {}
+    for snapshot in snapshots:
+        runs.setdefault(snapshot.tag("run") or snapshot.short_id, []).append(snapshot)
+    ordered = [
+        Run(run_id, tuple(sorted(members, key=lambda s: ("@" in s.host, s.host, s.time))))
+        for run_id, members in runs.items()
+    ]
+    return sorted(ordered, key=lambda r: r.time)
+
+
+def pick_run(runs: list[Run], wanted: str, project: str) -> Run:
+    """`latest`, a run by its id (or its start), or the run of a snapshot given by its id (or its start); one line
+    naming the latest when there is no such run, or several."""
+    if not runs:
         raise HubforgeError(f"the repository has no snapshot of project {project}: make one with `invoke backup`")
     if wanted == "latest":
-        return snapshots[-1]
-    found = [s for s in snapshots if s.id.startswith(wanted)] if wanted else []
+        return runs[-1]
+    found = (
+        [r for r in runs if r.id.startswith(wanted) or any(s.id.startswith(wanted) for s in r.snapshots)]
+        if wanted
+        else []
+    )
     if len(found) == 1:
         return found[0]
-    recent = ", ".join(s.short_id for s in snapshots[-5:])
+    recent = ", ".join(r.id for r in runs[-5:])
     if len(found) > 1:
         raise HubforgeError(f"snapshot {wanted!r} is ambiguous; give more of its id (the latest: {recent})")
     raise HubforgeError(
         f"no snapshot {wanted!r} of project {project}; the latest are {recent} (`invoke backup --list` lists all)"
+    )
+
+
+def pick_snapshot(snapshots: list[Snapshot], wanted: str, project: str) -> Snapshot:
+    """The manager's snapshot of the run `wanted` names (pick_run): on the compose engine, the snapshot itself."""
+    return manager_snapshot(pick_run(group_runs(snapshots), wanted, project))
+
+
+def manager_snapshot(run: Run) -> Snapshot:
+    """The run's snapshot of the manager (the hub's database, the settings); one line when it has none."""
+    if run.manager is None:
+        raise HubforgeError(f"backup {run.id} holds no snapshot of the manager (its nodes: {', '.join(run.nodes())})")
+    return run.manager
+
+
+def local_repository_refusal(repo: Repository, holders: dict[str, int]) -> str | None:
+    """Why a local repository cannot take a swarm stack's backup: other nodes hold volumes of the project (node name
+    -> how many), and no other node reaches a folder on the manager. None when only the manager holds any."""
+    if not repo.local or not holders:
+        return None
+    where = ", ".join(f"{name} ({count})" for name, count in sorted(holders.items()))
+    return (
+        f"BACKUP_REPOSITORY is a folder on this manager ({repo.location}), which the swarm's other nodes cannot "
+        f"reach, and they hold volumes of this project: {where}; use a repository every node reaches (rest: or s3:)"
     )
 
 

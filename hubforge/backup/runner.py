@@ -63,7 +63,12 @@ class Backups:
             str(self.stack.options.run_dir),
             self.passed,
             self.stack.hub_container,
+            **self.job_extras(),
         )
+
+    def job_extras(self) -> dict[str, Any]:
+        """More of the manager's job (its run tags and node, on the swarm engine)."""
+        return {}
 
     def restic(self, argv: list[str], *args, **kwargs) -> str:
         """restic's stdout (ResticJob.restic: binds, writing, on_line); a failure is one line (restic_problem)."""
@@ -99,7 +104,7 @@ class Backups:
         elif self.job.initialised():
             return
         self.restic(["init"])
-        self.say(f"made a restic repository at {self.repo.location}")
+        self.say(f"made a restic repository at {self.repo.shown}")
 
     def backup(
         self,
@@ -110,16 +115,14 @@ class Backups:
         extra_tags: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """One snapshot of the whole stack while it runs; returns restic's summary."""
-        self.refuse_swarm()
-        run_dir = self.stack.options.run_dir
-        if not (run_dir / ".env").exists():
-            raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
+        self.check_stack()
         self.ensure_repository()
         return self.job.snapshot(version, commit, staging, str(staging), status, extra_tags)
 
-    def refuse_swarm(self) -> None:
-        if self.stack.options.engine == "swarm":
-            raise HubforgeError(plan.SWARM_REFUSAL)
+    def check_stack(self) -> None:
+        run_dir = self.stack.options.run_dir
+        if not (run_dir / ".env").exists():
+            raise HubforgeError(f"no stack {self.project} here ({run_dir}): start it with `invoke up` first")
 
     # -- reading the repository -----------------------------------------------------------------------------------
     def check_repository(self) -> None:
@@ -148,49 +151,30 @@ class Backups:
         return running + [f"the lab of {user}" for user in self.stack.lab_users()]
 
     def recreate(self, volumes: list[Volume]) -> None:
-        """Each volume made again, empty, with its labels (Compose's too: `up` then takes the stack's as its own)."""
-        in_use = {v.name: users for v in volumes if (users := self.docker.volume_users(v.name))}
-        if in_use:  # checked for all before any is removed: a refusal leaves every volume as it was
-            name, users = next(iter(in_use.items()))
-            raise HubforgeError(
-                f"volume {name} is in use by {', '.join(users)}"
-                + (f" (and {len(in_use) - 1} more volumes)" if len(in_use) > 1 else "")
-                + ": stop what uses it, then restore again (nothing was restored)"
-            )
-        quota_files = []
-        for volume in volumes:
-            existing = self.docker.volume(volume.name)
-            if existing is not None:
-                self.docker.remove_volume(volume.name)
-                device = (existing.get("Options") or {}).get("device", "")
-                if plan.volume_of(existing).quota and device.endswith(".dev"):
-                    quota_files.append(device)
-            again = volume.recreated()
-            self.docker.create_volume(again.name, again.driver, again.options, again.labels)
+        """Each volume made again, empty, with its labels (ResticJob.recreate); quota'd ones' files removed."""
+        quota_files = self.job.recreate(volumes)
         if quota_files:
             self.stack.remove_quota_files(quota_files)
 
     def put_back(
         self, snapshot: Snapshot, volumes: list[Volume], settings: bool, status: Callable[[str], None]
     ) -> None:
-        binds = [f"{v.name}:{v.path}:rw" for v in volumes]
-        includes = None if settings else [v.path for v in volumes]
         if settings:
             self.stack.options.run_dir.mkdir(parents=True, exist_ok=True)
-            binds.append(f"{self.stack.options.run_dir}:{plan.SETTINGS}:rw")
-        started = time.monotonic()
         status(
             f"restoring snapshot {snapshot.short_id}: {len(volumes)} volumes"
             + (" and the settings" if settings else "")
         )
-        self.restic(plan.restore_argv(snapshot.id, includes), binds, writing=True)
-        log.info("restored in %.1fs", time.monotonic() - started)
+        self.job.put_back(snapshot.id, volumes, str(self.stack.options.run_dir) if settings else None)
 
     def restore_stack(self, wanted: str, force: bool, status: Callable[[str], None]) -> tuple[Snapshot, int]:
         """The whole stack from a snapshot: every volume and the run folder's settings. Refuses a running stack unless
         `force` (then stops it first, volumes kept until they are replaced)."""
-        self.refuse_swarm()
         snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
+        return snapshot, self.restore_here(snapshot, force, status)
+
+    def restore_here(self, snapshot: Snapshot, force: bool, status: Callable[[str], None]) -> int:
+        """This host's part of a whole restore: its volumes and the settings; returns how many volumes."""
         document = self.manifest(snapshot)
         running = self.running()
         if running and not force:
@@ -205,14 +189,13 @@ class Backups:
         status(f"making {len(volumes)} volumes again")
         self.recreate(volumes)
         self.put_back(snapshot, volumes, True, status)
-        return snapshot, len(volumes)
+        return len(volumes)
 
     def restore_user(
         self, wanted: str, user: str, kind: str | None, status: Callable[[str], None]
     ) -> tuple[Snapshot, list[Volume]]:
         """One user's volumes from a snapshot, while everyone else keeps working: their lab is stopped first (through
         the hub, as an admin stops it), then only their volumes are replaced."""
-        self.refuse_swarm()
         snapshot = plan.pick_snapshot(self.snapshots(), wanted, self.project)
         volumes = plan.user_volumes(self.manifest(snapshot)["volumes"], user, kind)
         self.stop_lab(user, status)
@@ -241,15 +224,23 @@ class Backups:
         deadline = time.monotonic() + STOP_TIMEOUT
         while self.lab_of(user):
             if time.monotonic() > deadline or not (hub and hub.get("State") == "running"):
-                for lab in self.lab_of(user):  # no hub to ask, or it did not remove it: the container goes
-                    self.docker.remove_container(lab["Id"])
+                for lab in self.lab_of(user):  # no hub to ask, or it did not remove it: the lab goes
+                    self.remove_lab(lab)
                 break
             time.sleep(0.5)
 
     def lab_of(self, user: str) -> list[dict]:
+        """The user's lab: its container here (a service on the swarm engine, SwarmBackups)."""
         return [c for c in self.stack.lab_containers() if c.get("Labels", {}).get(USER_LABEL) == user]
 
+    def remove_lab(self, lab: dict) -> None:
+        self.docker.remove_container(lab["Id"])
 
-def snapshot_rows(snapshots: list[Snapshot]) -> list[tuple[str, str, str, str]]:
-    """id, time, version and engine of each snapshot, newest first: what `invoke backup --list` shows."""
-    return [(s.short_id, s.time[:19].replace("T", " "), s.tag("version"), s.tag("engine")) for s in reversed(snapshots)]
+
+def run_rows(runs: list[plan.Run]) -> list[tuple[str, str, str, str, str]]:
+    """id, time, version, engine and nodes of each backup, newest first: what `invoke backup --list` shows (one row
+    per run: on the compose engine a run is one snapshot, and its id the snapshot's)."""
+    return [
+        (r.id, r.time[:19].replace("T", " "), r.tag("version"), r.tag("engine"), ", ".join(r.nodes()))
+        for r in reversed(runs)
+    ]

@@ -307,7 +307,8 @@ class SwarmStack(Stack):
         auth = registry_credentials(self.options.run_dir / AUTH_DIR)
         self.docker.login(self.registry, auth["username"], auth["password"])  # the push, and the guard's service
         pinned = {}
-        for ref in sorted({images["hub"], *lab_images.values()}):
+        # the hub's image runs labs' helpers and the backup's on every node, and the backup image restic there
+        for ref in sorted({images["hub"], *([images["backup"]] if "backup" in images else []), *lab_images.values()}):
             repository, key = stack_registry_name(ref)
             image_id = self.docker.inspect(ref)["Id"]
             digest = (self.pinned(ref) or "").removeprefix(f"{self.registry}/{repository}@")

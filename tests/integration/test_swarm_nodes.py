@@ -18,7 +18,7 @@ from hub_ext.naming import user_names
 
 from ..support.hubclient import EventListener
 from ..support.livestack import approved_user
-from ..support.swarmnodes import Cluster
+from ..support.swarmnodes import started
 from .test_swarm import LISTENER, put_file, service_of, spawn_failure
 
 pytestmark = pytest.mark.integration
@@ -33,12 +33,8 @@ LEAVE_SECONDS = 30  # a start on a node that left fails within this, with the re
 def cluster():
     """Two more engines; the first joins now, the second once the stack is up (`nodes`). A swarm this host is already
     in (a user's `invoke up --engine swarm` leaves one) is joined, and left as it was."""
-    made = Cluster(count=2, join=1)
-    try:
-        made.start()
+    with started(count=2, join=1) as made:
         yield made
-    finally:
-        made.stop()
 
 
 @pytest.fixture(scope="module")

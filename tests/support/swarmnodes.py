@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,3 +227,14 @@ class Cluster:
             Path(f"{ROOT}/{node.name}.sock").unlink(missing_ok=True)
         sh("iptables", "-D", *self.rule, check=False)
         sh("ip", "link", "delete", BRIDGE, check=False)
+
+
+@contextlib.contextmanager
+def started(count: int, join: int | None = None) -> Iterator[Cluster]:
+    """A Cluster started for the block, and stopped however it ends (a failed start included)."""
+    made = Cluster(count=count, join=join)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()

@@ -12,7 +12,7 @@ from hub_ext.settings.hub import from_environ, parse_backup_repository
 from hub_ext.settings.parse import ConfigError
 from hubforge.backup import plan
 from hubforge.backup.plan import Progress, Repository, Snapshot
-from hubforge.backup.runner import Backups, snapshot_rows
+from hubforge.backup.runner import Backups, run_rows
 from hubforge.deploy.settings import StackOptions
 from hubforge.errors import HubforgeError
 
@@ -223,7 +223,7 @@ def test_snapshots_are_listed_oldest_first_and_picked_by_id_prefix_or_latest():
     assert plan.pick_snapshot(snapshots, "latest", P).short_id == "aaab3333"
     assert plan.pick_snapshot(snapshots, "bbbb", P).short_id == "bbbb2222"
     assert plan.pick_snapshot(snapshots, snapshots[0].id, P).short_id == "aaaa1111"
-    assert snapshot_rows(snapshots)[-1] == ("aaaa1111", "2026-12-07 00:10:00", "1", "compose")
+    assert run_rows(plan.group_runs(snapshots))[-1] == ("aaaa1111", "2026-12-07 00:10:00", "1", "compose", "manager")
     assert plan.parse_snapshots("null") == [] and plan.parse_snapshots("") == []
 
 
@@ -298,8 +298,9 @@ class StandInDaemon:
         self.created: list[str] = []
         self.users: dict[str, list[str]] = {}  # volume -> the containers that mount it
 
-    def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None):
+    def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None, files=None):
         self.runs.append((command, host))
+        self.files = dict(files or {})
         code, out, err = self.answers.get(command[0], (0, "", ""))
         for line in out.splitlines():
             on_line(line)
@@ -421,18 +422,6 @@ def test_a_missing_repository_is_named_and_restic_never_runs(tmp_path):
     (tmp_path / "repo" / "config").unlink()
     with pytest.raises(HubforgeError, match="there is no backup repository at"):
         backups.snapshots()
-    assert daemon.runs == []
-
-
-def test_a_swarm_stack_is_refused_in_one_line(tmp_path):
-    backups, daemon = backups_of(tmp_path, canned(tmp_path), engine="swarm")
-    for attempt in (
-        lambda: backups.backup("1", "", tmp_path / "s", lambda m: None),
-        lambda: backups.restore_stack("latest", True, lambda m: None),
-        lambda: backups.restore_user("latest", "ann", None, lambda m: None),
-    ):
-        with pytest.raises(HubforgeError, match="backups of swarm stacks are not supported yet"):
-            attempt()
     assert daemon.runs == []
 
 

@@ -205,7 +205,7 @@ class RefusingDocker(JobCalls):
     def volumes(self, labels):
         return []
 
-    def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None):
+    def run_streamed(self, image, command, host, labels, environment, user=None, on_line=lambda line: None, files=None):
         return None, "", f"No such image: {image}"
 
 
