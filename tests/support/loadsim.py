@@ -356,12 +356,43 @@ class Plan:
     spawn_timeout_s: float = 300.0
     step_timeout_s: float = 60.0
     stop: bool = True  # stop the kernel and the server at the end
+    hold_stops: bool = False  # no stop before every user has run their first cell (or failed): arrivals alone
 
 
-async def user_flow(base: str, name: str, password: str, plan: Plan, record: Record) -> None:
+class Arrivals:
+    """Counts users until each has run their first cell or failed before it; `done` is set then (the arrival
+    window's end, which benchmarks/load.py's CPU meter closes on)."""
+
+    def __init__(self, expected: int, on_first_cell: Callable[[str], None], on_done: Callable[[Arrivals], None]):
+        self.expected, self.on_first_cell, self.on_done = expected, on_first_cell, on_done
+        self.cells = self.lost = self.stops_within = 0
+        self.done = asyncio.Event()
+
+    def first_cell(self, name: str) -> None:
+        self.cells += 1
+        self.on_first_cell(name)
+        self.settle()
+
+    def failed(self) -> None:
+        self.lost += 1
+        self.settle()
+
+    def stopping(self) -> None:
+        """A server is about to stop: counted when that is within the window."""
+        self.stops_within += 0 if self.done.is_set() else 1
+
+    def settle(self) -> None:
+        if self.cells + self.lost >= self.expected and not self.done.is_set():
+            self.done.set()
+            self.on_done(self)
+
+
+async def user_flow(
+    base: str, name: str, password: str, plan: Plan, record: Record, arrivals: Arrivals | None = None
+) -> None:
     """One user's whole visit; the first failing phase ends it (and is recorded)."""
     browser = Browser(base, plan.step_timeout_s)
-    channel = None
+    channel, arrived = None, False
     try:
         with record.phase("login"):
             after_login = await login(browser, name, password)
@@ -378,10 +409,17 @@ async def user_flow(base: str, name: str, password: str, plan: Plan, record: Rec
             n = 1000 + cell
             with record.phase("execute"):
                 check_sum(await channel.execute(f"sum(range({n}))"), n)
+            if arrivals is not None and not arrived:
+                arrived = True
+                arrivals.first_cell(name)
             if time.monotonic() + plan.think_s > session_end:
                 break
             await asyncio.sleep(plan.think_s)
         if plan.stop:
+            if arrivals is not None:
+                if plan.hold_stops:  # bounded: every other user's phases are, and so is the whole run
+                    await arrivals.done.wait()
+                arrivals.stopping()
             channel.close()
             channel = None
             with record.phase("kernel-stop"):
@@ -390,20 +428,30 @@ async def user_flow(base: str, name: str, password: str, plan: Plan, record: Rec
                 await stop_server(browser, name, plan.step_timeout_s)
         record.completed += 1
     except Exception:  # noqa: BLE001 -- recorded by the phase that failed; this user's visit ends here
-        pass
+        if arrivals is not None and not arrived:
+            arrivals.failed()
     finally:
         if channel is not None:
             channel.close()
         await browser.close()
 
 
-async def ramp(base: str, users: list[tuple[str, str]], ramp_s: float, plan: Plan, record: Record) -> None:
-    """Start each user's visit at an even spacing over `ramp_s` seconds, and wait for every one."""
+async def ramp(
+    base: str,
+    users: list[tuple[str, str]],
+    ramp_s: float,
+    plan: Plan,
+    record: Record,
+    arrivals: Callable[[int], Arrivals] | None = None,
+) -> None:
+    """Start each user's visit at an even spacing over `ramp_s` seconds, and wait for every one; `arrivals` makes
+    the tracker of their first cells (inside the event loop, which its Event belongs to)."""
+    tracker = arrivals(len(users)) if arrivals is not None else None
     spacing = ramp_s / max(1, len(users) - 1) if len(users) > 1 else 0.0
 
     async def delayed(index: int, name: str, password: str) -> None:
         await asyncio.sleep(index * spacing)
-        await user_flow(base, name, password, plan, record)
+        await user_flow(base, name, password, plan, record, tracker)
 
     await asyncio.gather(*(delayed(i, name, password) for i, (name, password) in enumerate(users)))
 
