@@ -158,9 +158,7 @@ def scenario(
     """Run one scenario with a fresh bystander and sampler: (record summary, bystander, resources, seconds); with a
     meter, the resources hold the CPU per arriving user (its window opens as the scenario starts)."""
     record = Record()
-    sampler = Sampler(
-        live.hub(), lambda: [c for c in live.containers() if c.status == "running" and c.labels.get("hubforge.user")]
-    )
+    sampler = Sampler(live.hub().id)
     loop_before = event_loop_buckets(live)
     with Bystander(live.url.replace("hub.localhost", "127.0.0.1") + "hub/health") as bystander:
         time.sleep(1.0)  # the bystander's process is up and polling

@@ -226,11 +226,12 @@ class Accounting:
 
 class LabFinder:
     """Which container is whose lab, from the cgroup tree and the JUPYTERHUB_USER of its first process: no Docker
-    call. Containers without one (the hub, the netguard) are remembered as nobody's."""
+    call. A container whose first process shows no user (the hub, the netguard, or a lab whose runc init has not
+    become tini yet) is looked at again on the next refresh."""
 
     def __init__(self, root: Path, proc: Path) -> None:
         self.root, self.proc = root, proc
-        self.owner: dict[str, str | None] = {}
+        self.owner: dict[str, str] = {}  # container id -> user
         self.dirs: dict[str, Path] = {}
 
     def find(self, user: str) -> tuple[str, Path] | None:
@@ -241,12 +242,13 @@ class LabFinder:
             self.refresh()
         return None
 
-    def refresh(self) -> None:
-        for container, directory in cgroups.cpu_dirs(self.root).items():
+    def refresh(self) -> dict[str, str]:
+        """The labs in the tree now, by container id."""
+        now = cgroups.cpu_dirs(self.root)
+        for container, directory in now.items():
             if container in self.owner:
                 continue
             self.dirs[container] = directory
-            self.owner[container] = None
             for pid in cgroups.pids(directory)[:1]:
                 try:
                     environ = (self.proc / str(pid) / "environ").read_bytes().split(b"\0")
@@ -255,6 +257,7 @@ class LabFinder:
                 for pair in environ:
                     if pair.startswith(b"JUPYTERHUB_USER="):
                         self.owner[container] = pair.split(b"=", 1)[1].decode()
+        return {container: owner for container, owner in self.owner.items() if container in now}
 
 
 class Meter(threading.Thread):
