@@ -179,3 +179,19 @@ def test_containers_in_the_cgroup_tree(tmp_path, leaf):
     assert cgroups.pids(found[lab]) == [4242, 4250]
     assert cgroups.pids(tmp_path / "gone") == []
     assert cgroups.cpu_dirs(tmp_path / "not-mounted") == {}
+
+
+def test_the_arrival_window_closes_on_the_last_first_cell_or_failure():
+    from tests.support.loadsim import Arrivals
+
+    cells, closed = [], []
+    arrivals = Arrivals(3, cells.append, lambda a: closed.append((a.cells, a.lost, a.stops_within)))
+    arrivals.first_cell("load000")
+    arrivals.stopping()  # within the window: counted
+    arrivals.failed()
+    assert not arrivals.done.is_set() and closed == []
+    arrivals.first_cell("load002")
+    assert arrivals.done.is_set() and closed == [(2, 1, 1)]
+    arrivals.stopping()  # after the window: not counted
+    arrivals.failed()  # a late failure does not close it twice
+    assert cells == ["load000", "load002"] and closed == [(2, 1, 1)] and arrivals.stops_within == 1
