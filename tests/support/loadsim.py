@@ -494,7 +494,7 @@ def _bystander(url: str, interval: float, stop, results) -> None:
 
     import requests
 
-    from tests import localdns
+    from tests.support import localdns
 
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)  # a user's normal priority, whatever the simulator's (root may lower it)
