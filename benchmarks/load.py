@@ -7,8 +7,10 @@ Each user logs in through the form, starts the default server through /hub/spawn
 completes the lab's OAuth handshake, starts a kernel, runs cells over the kernel's websocket for the session's
 length, then stops the kernel and the server (tests/support/loadsim.py has the protocol). Printed: p50, p95 and max for
 each phase, the failures by phase with the first error of each kind, the hub's peak CPU and memory, the labs'
-memory, and the worst /hub/health latency a bystander saw during the whole run. `--storm N` first posts N
-logins at the same moment, reported the same way. `--json` prints the same figures as one JSON object.
+memory, and the worst /hub/health latency a bystander saw during the whole run, and what each arriving user cost in
+CPU-seconds until their first cell ran, by part: lab, kernel, Docker, hub (tests/support/cpucost.py says how each is
+read). `--storm N` first posts N logins at the same moment, reported the same way. `--json` prints the same figures
+as one JSON object.
 
 Every request comes from this host, so from one address: the stack runs with LOGIN_ADDRESS_LIMIT raised (the
 per-address budget would otherwise refuse the signups themselves). `--env KEY=VALUE` sets any other setting.
@@ -33,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from tests.support.cpucost import Meter  # noqa: E402
 from tests.support.hubclient import HubSession, plain_get  # noqa: E402
 from tests.support.livestack import PASSWORD, LiveStack, claim_admin, start_stack, stop_stack  # noqa: E402
-from tests.support.loadsim import Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
+from tests.support.loadsim import Arrivals, Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
 
 DEFAULT_ENV = {"LAB_MEM_LIMIT": "1G", "LOGIN_ADDRESS_LIMIT": "1000000"}
 
@@ -88,6 +91,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=10,
         help="the simulator's niceness (default 10): it stands in for browsers on other machines, so it "
         "yields the CPU to the hub and the labs; the bystander keeps normal priority",
+    )
+    parser.add_argument(
+        "--hold-stops",
+        action="store_true",
+        help="no server stops before the last user's first cell: the CPU per arrival then holds arrivals alone",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--logs", type=Path, default=None, metavar="DIR", help="save the hub's and labs' logs there")
@@ -144,16 +152,19 @@ def stalls(before: dict[float, float], after: dict[float, float]) -> dict:
     }
 
 
-def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dict, dict, dict, float]:
-    """Run one scenario with a fresh bystander and sampler: (record summary, bystander, resources, seconds)."""
+def scenario(
+    live: LiveStack, coroutine_factory, deadline_s: float, meter: Meter | None = None
+) -> tuple[dict, dict, dict, float]:
+    """Run one scenario with a fresh bystander and sampler: (record summary, bystander, resources, seconds); with a
+    meter, the resources hold the CPU per arriving user (its window opens as the scenario starts)."""
     record = Record()
-    sampler = Sampler(
-        live.hub(), lambda: [c for c in live.containers() if c.status == "running" and c.labels.get("hubforge.user")]
-    )
+    sampler = Sampler(live.hub().id)
     loop_before = event_loop_buckets(live)
     with Bystander(live.url.replace("hub.localhost", "127.0.0.1") + "hub/health") as bystander:
         time.sleep(1.0)  # the bystander's process is up and polling
         sampler.start()
+        if meter is not None:
+            meter.begin()
         started = time.monotonic()
 
         async def bounded():
@@ -165,6 +176,9 @@ def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dic
             extra = None
             record.failures.setdefault("run", Counter())["deadline"] += 1
             record.first_error[("run", "deadline")] = f"the run passed its deadline of {deadline_s:.0f} s"
+        finally:
+            if meter is not None:
+                meter.end(0, 0)  # ignored when the arrivals closed the window; closes it (and acct) otherwise
         elapsed = time.monotonic() - started
         time.sleep(0.5)
         health = bystander.result()
@@ -172,7 +186,10 @@ def scenario(live: LiveStack, coroutine_factory, deadline_s: float) -> tuple[dic
     summary = record.summary()
     if extra is not None:
         summary["all_answered_s"] = round(extra, 2)
-    return summary, health, sampler.summary(), elapsed
+    resources = sampler.summary()
+    if meter is not None:
+        resources["cpu_per_arrival"] = meter.summary()
+    return summary, health, resources, elapsed
 
 
 def report(title: str, summary: dict, health: dict, resources: dict, elapsed: float, users: int) -> None:
@@ -216,19 +233,72 @@ def report(title: str, summary: dict, health: dict, resources: dict, elapsed: fl
         )
 
 
+def report_cpu(cost: dict) -> None:
+    """The table of CPU-seconds per arriving user, with what each figure does not hold."""
+    if not cost.get("arrivals"):
+        print("  CPU per arriving user: no user ran a first cell, nothing to divide")
+        return
+    per, median = cost["per_user_s"], cost["median_s"]
+    print(
+        f"\n  CPU-seconds per arriving user until the first cell ({cost['arrivals']} arrivals in a "
+        f"{cost['window_s']:g} s window, {cost['labs_read']} labs read)"
+    )
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = [
+        (
+            "lab",
+            per["lab"],
+            median["lab"],
+            f"the lab container less its kernel; the server alone p50 {fmt(median['lab_server'])}",
+        ),
+        ("kernel", per["kernel"], median["kernel"], "ipykernel processes, at the first cell"),
+        ("docker", per["docker"], None, "dockerd, containerd, shims, runc, docker-proxy (window / arrivals)"),
+        ("hub", per["hub"], None, "the hub container: JupyterHub and its proxy (window / arrivals)"),
+    ]
+    print(f"    {'part':<10} {'mean s':>8} {'p50 s':>8}  how")
+    for name, mean, p50, how in rows:
+        print(f"    {name:<10} {fmt(mean):>8} {fmt(p50):>8}  {how}")
+    print(f"    {'total':<10} {cost['total_s']:>8.3f} {'':>8}  lab + kernel + docker + hub")
+    print(f"    {'simulator':<10} {fmt(per['simulator']):>8} {'':>8}  this process (the browsers' stand-in)")
+    print(f"    {'rest':<10} {fmt(per['rest']):>8} {'':>8}  the host's other busy time (a remainder, see below)")
+    print(f"    {'machine':<10} {fmt(cost['machine_per_user_s']):>8} {'':>8}  all cores' busy time / arrivals")
+    notes = []
+    if cost["stops_within"]:
+        notes.append(
+            f"{cost['stops_within']} servers stopped within the window: their stops are in docker and hub "
+            "(--hold-stops measures arrivals alone)"
+        )
+    if not cost["exited_measured"]:
+        notes.append(f"processes that exited (runc, shims) are not counted: acct(2) failed ({cost['exited_error']})")
+    if not cost["hub_measured"]:
+        notes.append("the hub's cgroup was not found: hub is not measured")
+    if cost["labs_missed"]:
+        notes.append(f"{len(cost['labs_missed'])} labs not found at their first cell (not in lab and kernel)")
+    if cost["dockerd_seen"] > 1:
+        notes.append(f"{cost['dockerd_seen']} Docker engines ran on the host: docker holds all of them")
+    notes.append(
+        "rest holds the labs' work after each first cell, the bystander, the kernel and other work on the host"
+    )
+    for note in notes:
+        print(f"    note: {note}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     env = {**DEFAULT_ENV, **dict(args.env)}
     say = (
         (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
     )
-    plan = Plan(session_s=args.session, think_s=args.think, spawn_timeout_s=args.spawn_timeout)
+    plan = Plan(
+        session_s=args.session, think_s=args.think, spawn_timeout_s=args.spawn_timeout, hold_stops=args.hold_stops
+    )
     names = [f"load{i:03d}" for i in range(max(args.users, args.storm))]
     results: dict = {
         "users": args.users,
         "ramp_s": args.ramp,
         "session_s": args.session,
         "storm": args.storm,
+        "hold_stops": args.hold_stops,
         "env": env,
     }
     os.nice(min(args.nice, 19))  # the bystander is spawned below with its own normal priority restored
@@ -255,10 +325,20 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"ramp: {args.users} users over {args.ramp:.0f} s, {args.session:.0f} s sessions ...")
                 users = [(name, PASSWORD) for name in names[: args.users]]
                 deadline = args.ramp + args.session + args.spawn_timeout + 300
+                meter = Meter(live.hub().id)
+
+                def arrivals(expected: int) -> Arrivals:
+                    return Arrivals(expected, meter.first_cell, lambda a: meter.end(a.cells, a.stops_within))
+
                 results["ramp_result"] = dict(
                     zip(
                         ("result", "bystander", "resources", "seconds"),
-                        scenario(live, lambda record: ramp(live.url, users, args.ramp, plan, record), deadline),
+                        scenario(
+                            live,
+                            lambda record: ramp(live.url, users, args.ramp, plan, record, arrivals),
+                            deadline,
+                            meter,
+                        ),
                     )
                 )
         finally:
@@ -290,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["seconds"],
                 args.users,
             )
+            if "cpu_per_arrival" in r["resources"]:
+                report_cpu(r["resources"]["cpu_per_arrival"])
         print(f"\nthe simulator itself used {results['simulator_cpu_s']} s of CPU (it shares the host's cores)")
     failed = any(
         phase["failed"]

@@ -62,6 +62,32 @@ def v2_dirs(root: Path, container_id: str) -> list[Path]:
     return [root / "system.slice" / f"docker-{container_id}.scope", root / "docker" / container_id]
 
 
+def cpu_dirs(root: Path) -> dict[str, Path]:
+    """Every container's CPU accounting directory under `root`, by container id, whichever layout the host has (for
+    benchmarks/load.py, which reads the processes of each lab): `cpuacct.usage` is in it under v1, `cpu.stat` under v2,
+    and `cgroup.procs` under both."""
+    found = {}
+    for parent in (
+        root / "cpuacct" / "docker",
+        root / "cpuacct" / "system.slice",
+        root / "docker",
+        root / "system.slice",
+    ):
+        for directory in parent.glob("*") if parent.is_dir() else ():
+            name = directory.name.removeprefix("docker-").removesuffix(".scope")
+            if len(name) == 64 and directory.is_dir():
+                found.setdefault(name, directory)
+    return found
+
+
+def pids(directory: Path) -> list[int]:
+    """The processes in a cgroup directory now (none when it is gone: its container stopped meanwhile)."""
+    try:
+        return [int(line) for line in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def read_v1(cpu_dir: Path, memory_dir: Path) -> Reading:
     memory = int((memory_dir / "memory.usage_in_bytes").read_text())
     inactive = _stat((memory_dir / "memory.stat").read_text()).get("total_inactive_file", 0)

@@ -13,7 +13,7 @@ Each simulated user, on their own cookie jar:
   stop     DELETE /hub/api/users/<name>/server with the hub's _xsrf, until the hub says it stopped
 
 Every wait is bounded by a timeout and every loop by a count. A bystander process polls /hub/health
-all the while, and samplers read the hub's and the labs' CPU and memory from Docker.
+all the while, and a sampler reads the hub's and the labs' CPU and memory from their cgroups.
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
 import httpx
+
+from hub_ext.hub import cgroups
+from tests.support.cpucost import LabFinder
 
 PHASES = ("login", "spawn", "lab", "kernel", "execute", "kernel-stop", "stop")
 MAX_REDIRECTS = 12
@@ -356,12 +360,43 @@ class Plan:
     spawn_timeout_s: float = 300.0
     step_timeout_s: float = 60.0
     stop: bool = True  # stop the kernel and the server at the end
+    hold_stops: bool = False  # no stop before every user has run their first cell (or failed): arrivals alone
 
 
-async def user_flow(base: str, name: str, password: str, plan: Plan, record: Record) -> None:
+class Arrivals:
+    """Counts users until each has run their first cell or failed before it; `done` is set then (the arrival
+    window's end, which benchmarks/load.py's CPU meter closes on)."""
+
+    def __init__(self, expected: int, on_first_cell: Callable[[str], None], on_done: Callable[[Arrivals], None]):
+        self.expected, self.on_first_cell, self.on_done = expected, on_first_cell, on_done
+        self.cells = self.lost = self.stops_within = 0
+        self.done = asyncio.Event()
+
+    def first_cell(self, name: str) -> None:
+        self.cells += 1
+        self.on_first_cell(name)
+        self.settle()
+
+    def failed(self) -> None:
+        self.lost += 1
+        self.settle()
+
+    def stopping(self) -> None:
+        """A server is about to stop: counted when that is within the window."""
+        self.stops_within += 0 if self.done.is_set() else 1
+
+    def settle(self) -> None:
+        if self.cells + self.lost >= self.expected and not self.done.is_set():
+            self.done.set()
+            self.on_done(self)
+
+
+async def user_flow(
+    base: str, name: str, password: str, plan: Plan, record: Record, arrivals: Arrivals | None = None
+) -> None:
     """One user's whole visit; the first failing phase ends it (and is recorded)."""
     browser = Browser(base, plan.step_timeout_s)
-    channel = None
+    channel, arrived = None, False
     try:
         with record.phase("login"):
             after_login = await login(browser, name, password)
@@ -378,10 +413,17 @@ async def user_flow(base: str, name: str, password: str, plan: Plan, record: Rec
             n = 1000 + cell
             with record.phase("execute"):
                 check_sum(await channel.execute(f"sum(range({n}))"), n)
+            if arrivals is not None and not arrived:
+                arrived = True
+                arrivals.first_cell(name)
             if time.monotonic() + plan.think_s > session_end:
                 break
             await asyncio.sleep(plan.think_s)
         if plan.stop:
+            if arrivals is not None:
+                if plan.hold_stops:  # bounded: every other user's phases are, and so is the whole run
+                    await arrivals.done.wait()
+                arrivals.stopping()
             channel.close()
             channel = None
             with record.phase("kernel-stop"):
@@ -390,20 +432,30 @@ async def user_flow(base: str, name: str, password: str, plan: Plan, record: Rec
                 await stop_server(browser, name, plan.step_timeout_s)
         record.completed += 1
     except Exception:  # noqa: BLE001 -- recorded by the phase that failed; this user's visit ends here
-        pass
+        if arrivals is not None and not arrived:
+            arrivals.failed()
     finally:
         if channel is not None:
             channel.close()
         await browser.close()
 
 
-async def ramp(base: str, users: list[tuple[str, str]], ramp_s: float, plan: Plan, record: Record) -> None:
-    """Start each user's visit at an even spacing over `ramp_s` seconds, and wait for every one."""
+async def ramp(
+    base: str,
+    users: list[tuple[str, str]],
+    ramp_s: float,
+    plan: Plan,
+    record: Record,
+    arrivals: Callable[[int], Arrivals] | None = None,
+) -> None:
+    """Start each user's visit at an even spacing over `ramp_s` seconds, and wait for every one; `arrivals` makes
+    the tracker of their first cells (inside the event loop, which its Event belongs to)."""
+    tracker = arrivals(len(users)) if arrivals is not None else None
     spacing = ramp_s / max(1, len(users) - 1) if len(users) > 1 else 0.0
 
     async def delayed(index: int, name: str, password: str) -> None:
         await asyncio.sleep(index * spacing)
-        await user_flow(base, name, password, plan, record)
+        await user_flow(base, name, password, plan, record, tracker)
 
     await asyncio.gather(*(delayed(i, name, password) for i, (name, password) in enumerate(users)))
 
@@ -442,7 +494,7 @@ def _bystander(url: str, interval: float, stop, results) -> None:
 
     import requests
 
-    from tests import localdns
+    from tests.support import localdns
 
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)  # a user's normal priority, whatever the simulator's (root may lower it)
@@ -510,50 +562,48 @@ def memory_bytes(stats: dict) -> int:
 
 
 class Sampler(threading.Thread):
-    """Samples the hub's CPU and memory every `interval` s, and every lab's memory every `lab_interval` s."""
+    """Samples the hub's CPU and memory every `interval` s, and every lab's memory every `lab_interval` s, from their
+    cgroup files on this host (hub_ext.hub.cgroups: the same figures as `docker stats`), so that no Docker call of
+    the benchmark's own lands in the Docker CPU it measures."""
 
-    def __init__(self, hub, labs: Callable[[], list], interval: float = 1.0, lab_interval: float = 5.0) -> None:
+    def __init__(
+        self, hub_id: str, root: Path = Path("/sys/fs/cgroup"), interval: float = 1.0, lab_interval: float = 5.0
+    ) -> None:
         super().__init__(daemon=True)
-        self.hub, self.labs = hub, labs
+        self.hub_id, self.root = hub_id, root
+        self.labs = LabFinder(root, Path("/proc"))
         self.interval, self.lab_interval = interval, lab_interval
         self.done = threading.Event()
         self.hub_memory: list[int] = []
         self.hub_cpu: list[float] = []  # cores in use, averaged over each interval
-        self.lab_peak: dict[str, int] = {}  # container name -> its highest memory seen
+        self.lab_peak: dict[str, int] = {}  # user -> their lab's highest memory seen
         self.lab_totals: list[tuple[int, int]] = []  # (labs running, their memory together)
 
     def run(self) -> None:
-        last, last_lab = None, 0.0  # last: (host CPU time, the hub's CPU time), nanoseconds
+        last, last_lab = None, 0.0  # last: (when, the hub's CPU time in ns)
         for _ in range(1_000_000):  # bounded; ends when done is set
             if self.done.is_set():
                 return
             started = time.monotonic()
-            try:
-                stats = self.hub.stats(stream=False, one_shot=True)
-                self.hub_memory.append(memory_bytes(stats))
-                # docker stats' own formula: the hub's share of the host's CPU time, times the host's cores
-                cpu = stats["cpu_stats"]
-                host, used = cpu.get("system_cpu_usage", 0), cpu["cpu_usage"]["total_usage"]
-                cores = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or [1])
-                if last is not None and host > last[0]:
-                    self.hub_cpu.append((used - last[1]) / (host - last[0]) * cores)
-                last = (host, used)
-                if started - last_lab >= self.lab_interval:
-                    last_lab = started
-                    self.sample_labs()
-            except Exception:  # noqa: BLE001 -- a container that went away between listing and stats
-                pass
+            hub = cgroups.read(self.root, self.hub_id)
+            if hub is not None:
+                self.hub_memory.append(hub.memory_bytes)
+                if last is not None and started > last[0]:
+                    self.hub_cpu.append((hub.cpu_ns - last[1]) / 1e9 / (started - last[0]))
+                last = (started, hub.cpu_ns)
+            if started - last_lab >= self.lab_interval:
+                last_lab = started
+                self.sample_labs()
             self.done.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def sample_labs(self) -> None:
         total, running = 0, 0
-        for lab in self.labs():
-            try:
-                used = memory_bytes(lab.stats(stream=False, one_shot=True))
-            except Exception:  # noqa: BLE001 -- stopped meanwhile
+        for container, user in self.labs.refresh().items():
+            reading = cgroups.read(self.root, container)
+            if reading is None:  # stopped meanwhile
                 continue
-            total, running = total + used, running + 1
-            self.lab_peak[lab.name] = max(used, self.lab_peak.get(lab.name, 0))
+            total, running = total + reading.memory_bytes, running + 1
+            self.lab_peak[user] = max(reading.memory_bytes, self.lab_peak.get(user, 0))
         self.lab_totals.append((running, total))
 
     def summary(self) -> dict[str, Any]:
