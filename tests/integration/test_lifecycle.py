@@ -14,7 +14,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import docker
@@ -25,7 +24,7 @@ from hub_ext.naming import default_volume_prefix, user_names
 
 from ..support.helpers import wait_until
 from ..support.hubclient import HubAPI, HubSession, KernelClient, plain_get
-from ..support.livestack import ADMIN, PASSWORD, ROOT, free_port
+from ..support.livestack import ADMIN, PASSWORD, free_port, invoke_for
 
 pytestmark = pytest.mark.integration
 PROJECT_LABEL = "hubforge.project"
@@ -50,15 +49,7 @@ class InvokedStack:
         return self.stack_dir / self.project
 
     def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(self.stack_dir)}
-        return subprocess.run(
-            [sys.executable, "-m", "invoke", *args, "--project", self.project],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return invoke_for(self.project, self.stack_dir, *args, timeout=timeout)
 
     def up(self) -> subprocess.CompletedProcess[str]:
         result = self.invoke("up", "--port", str(self.port), "--http-port", str(self.http_port), "--bind", "127.0.0.1")

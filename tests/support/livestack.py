@@ -182,13 +182,18 @@ def stop_stack(live: LiveStack) -> None:
 
 def run_invoke(live: LiveStack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`invoke ARGS --project <the stack's>` as a user types it, with the stack's run folder's parent as stack_dir."""
+    return invoke_for(live.project, live.stack.options.run_dir.parent, *args, timeout=timeout)
+
+
+def invoke_for(project: str, stack_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`invoke ARGS --project PROJECT` with `stack_dir` as hubforge.stack_dir: its output, never raising."""
     return subprocess.run(
-        [sys.executable, "-m", "invoke", *args, "--project", live.project],
+        [sys.executable, "-m", "invoke", *args, "--project", project],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(live.stack.options.run_dir.parent)},
+        env={**os.environ, "INVOKE_HUBFORGE_STACK_DIR": str(stack_dir)},
     )
 
 
