@@ -699,8 +699,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
         flavour dropped) since it started. The home page tells its user that a stop and start brings the new one."""
         if not (self.active and self.running_image and self.lab_images):
             return False
-        images = set(self.lab_images.values())  # Swarm pins a service's tag to the digest it resolved: tag@sha256:...
+        images = self.current_lab_images()  # Swarm may pin a service's tag to the digest it resolved: tag@sha256:...
         return self.running_image not in images and self.running_image.split("@", 1)[0] not in images
+
+    def current_lab_images(self) -> set[str]:
+        """Every reference a lab started now could run: the stack's lab images, as this engine names them."""
+        return set(self.lab_images.values())
 
     async def poll(self):
         """None while the lab runs; otherwise its exit status, and its container is removed.

@@ -341,6 +341,12 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
             )
         return [f"node.id == {self.node_id}"]
 
+    def current_lab_images(self) -> set[str]:
+        """The stack's lab images and what the nodes pull them as (the stack's registry, by digest), which is what a
+        lab service runs."""
+        images = HubforgeSpawner.current_lab_images(self)
+        return images | {ref for ref in map(self.registry_ref, images) if ref}
+
     def registry_ref(self, image: str) -> str | None:
         """`image` as every node pulls it (the stack's registry, by digest), or None before `invoke up` pushed it."""
         try:

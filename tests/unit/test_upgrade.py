@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from hub_ext.spawn.spawner import HubforgeSpawner, image_of
+from hub_ext.spawn.swarm import HubforgeSwarmSpawner
 from hubforge.deploy.swarm import stack_registry_name
 from hubforge.errors import HubforgeError
 from hubforge.release.plan import parse_version
@@ -115,8 +116,25 @@ def test_the_lab_image_of_a_container_or_a_swarm_service():
 )
 def test_a_running_lab_is_outdated_when_its_image_is_none_of_the_stack(running, outdated):
     spawner = SimpleNamespace(active=True, running_image=running, lab_images={"default": "hubforge/lab:bbb"})
+    spawner.current_lab_images = lambda: HubforgeSpawner.current_lab_images(spawner)
     assert HubforgeSpawner.outdated_image.fget(spawner) is outdated
-    assert HubforgeSpawner.outdated_image.fget(SimpleNamespace(**{**vars(spawner), "active": False})) is False
+    spawner.active = False
+    assert HubforgeSpawner.outdated_image.fget(spawner) is False
+
+
+def test_a_swarm_lab_running_the_registrys_copy_of_the_image_is_not_outdated():
+    """A lab service runs its image as the nodes pull it, from the stack's registry by digest (images.json)."""
+    pulled = "127.0.0.1:5000/hubforge/lab@" + DIGEST
+    spawner = SimpleNamespace(
+        active=True,
+        running_image=pulled,
+        lab_images={"default": "hubforge/lab:bbb"},
+        registry_ref=lambda ref: pulled if ref == "hubforge/lab:bbb" else None,
+    )
+    spawner.current_lab_images = lambda: HubforgeSwarmSpawner.current_lab_images(spawner)
+    assert HubforgeSpawner.outdated_image.fget(spawner) is False
+    spawner.running_image = "127.0.0.1:5000/hubforge/lab@sha256:" + "9" * 64  # the image of before an upgrade
+    assert HubforgeSpawner.outdated_image.fget(spawner) is True
 
 
 @pytest.mark.parametrize(
