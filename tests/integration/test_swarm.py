@@ -414,8 +414,11 @@ def test_an_upgrade_keeps_the_labs_and_a_broken_release_rolls_back_by_itself(liv
         with loopback_registry(tmp_path_factory.mktemp("registry")) as registry:
             good = push_release(registry, "0.9.0", 'LABEL org.opencontainers.image.version="0.9.0"')
             push_release(registry, "0.9.1", 'CMD ["jupyterhub", "--no-such-option=1"]')
-            _, api = approved_user(live, admin, "uma")
+            session, api = approved_user(live, admin, "uma")
             api.start("uma")
+            note = "still runs the previous lab image"
+            home = session.url("hub/home")
+            assert note not in session.http.get(home, timeout=30).text  # the registry's copy of the stack's lab image
             kernel = KernelClient(api, "uma")
             kernel.execute("answer = 6 * 7")
             lab = service_of(live, "uma")["ID"]
@@ -426,6 +429,7 @@ def test_an_upgrade_keeps_the_labs_and_a_broken_release_rolls_back_by_itself(liv
             assert live.stack.hub_container()["Image"] == pinned
             assert service_of(live, "uma")["ID"] == lab
             assert kernel.execute("print(answer)").strip() == "42"
+            assert note in session.http.get(home, timeout=30).text  # her lab runs the image of before the upgrade
             failed = run_invoke(live, "upgrade", "--to", "0.9.1", *release, timeout=900)
             assert failed.returncode == 1 and "rolled back to 0.9.0" in failed.stderr, failed.stdout + failed.stderr
             assert live.stack.hub_container()["Image"] == pinned
