@@ -340,7 +340,7 @@ class Stack:
             self.explain_guard()
             raise
         self.distribute(images, lab_images, status)
-        self.wait_healthy(status)
+        self.wait_healthy(status, image=images["hub"])  # on Swarm the old hub answers until the new one replaces it
         secret = self.bootstrap_secret()
         state["admin_unclaimed"] = secret is not None
         if secret is not None:
@@ -372,10 +372,19 @@ class Stack:
         code, output = self.docker.exec_output(hub["Id"], ["cat", BOOTSTRAP_SECRET])
         return output.strip() if code == 0 and output.strip() else None
 
-    def wait_healthy(self, status: Callable[[str], None], timeout: float = HEALTH_TIMEOUT) -> None:
+    def wait_healthy(
+        self, status: Callable[[str], None], timeout: float = HEALTH_TIMEOUT, image: str | None = None
+    ) -> None:
+        """Until the hub runs and is healthy; with `image`, until a hub of that image does. Compose has made the new
+        hub when `up` returns, Swarm only some time after `stack deploy` does: until then the old hub may still
+        answer, healthy, and whatever checked it would check the wrong hub. A hub of another image is no hub here (its
+        exit is the old one going)."""
         started = time.monotonic()
+        wanted = self.docker.image_id(image) if image else None
         while True:
             hub = self.hub_container()
+            if hub and image and hub.get("Image") != image and not (wanted and hub.get("ImageID") == wanted):
+                hub = None
             details = self.docker.inspect_container(hub["Id"]) if hub else None
             state = (details or {}).get("State", {})
             health = state.get("Health", {}).get("Status", "starting")
@@ -386,11 +395,16 @@ class Stack:
                 tail = self.docker.logs(hub["Id"], tail=15).strip()
                 raise HubforgeError(f"the hub stopped while starting; its last lines:\n{tail}\n(see `invoke logs hub`)")
             if elapsed > timeout:
+                if image and not hub:
+                    raise HubforgeError(f"no hub of {image} ran within {timeout:.0f}s")
                 tail = self.docker.logs(hub["Id"], tail=15).strip() if hub else "(no hub container)"
                 raise HubforgeError(
                     f"the hub was not healthy after {timeout:.0f}s (state {health}); last lines:\n{tail}"
                 )
-            status(f"waiting for the hub to become healthy ({health}, {elapsed:.0f}s)")
+            if image and not hub:
+                status(f"waiting for the hub of {image} to run ({elapsed:.0f}s)")
+            else:
+                status(f"waiting for the hub to become healthy ({health}, {elapsed:.0f}s)")
             time.sleep(1)
 
     def lab_containers(self) -> list[dict]:

@@ -137,34 +137,20 @@ class Upgrade:
     # -- switching ------------------------------------------------------------------------------------------------
     def switch(self, target: ImageSet, status: Status) -> None:
         """Render the stack with `target`'s images and let the engine recreate what changed (the hub, and the
-        services of its image); labs are no service of it and run on."""
+        services of its image); labs are no service of it and run on. The hub of `target` may not run yet when it
+        returns (Swarm makes it some time after `stack deploy` does): wait_healthy with its image waits for it."""
         self.stack.prepare(target.images, target.lab_images)
         self.stack.start()
         self.stack.distribute(target.images, target.lab_images, status)  # swarm: into the registry every node pulls
-        self.wait_for_hub(target.images["hub"], status)
-
-    def wait_for_hub(self, image: str, status: Status) -> None:
-        """Until the hub's container is one of `image`: Compose has made it when `up` returns, Swarm only some time
-        after `stack deploy` does (until then the old one may still answer, and a gate would check the wrong hub)."""
-        deadline = time.monotonic() + self.gate_timeout
-        wanted = self.docker.image_id(image)
-        while True:
-            hub = self.stack.hub_container() or {}
-            if hub.get("State") == "running" and (hub.get("Image") == image or hub.get("ImageID") == wanted):
-                return
-            if time.monotonic() > deadline:
-                raise GateFailed(f"no hub of {image} ran within {self.gate_timeout:.0f} s")
-            status(f"waiting for the hub of {image} to run")
-            time.sleep(0.5)
 
     # -- the gate -------------------------------------------------------------------------------------------------
-    def gate(self, status: Status) -> dict[str, float]:
-        """The new hub is healthy, its metrics answer, and a canary lab starts and answers through the proxy. Raises
-        GateFailed naming the step; returns each step's seconds."""
+    def gate(self, hub_image: str, status: Status) -> dict[str, float]:
+        """The new hub (a hub of `hub_image`) runs and is healthy, its metrics answer, and a canary lab starts and
+        answers through the proxy. Raises GateFailed naming the step; returns each step's seconds."""
         timings = {}
         started = time.monotonic()
         try:
-            self.stack.wait_healthy(status, timeout=self.gate_timeout)
+            self.stack.wait_healthy(status, timeout=self.gate_timeout, image=hub_image)
         except HubforgeError as exc:
             raise GateFailed(f"the new hub did not become healthy: {str(exc).splitlines()[0]}") from None
         timings["healthy"] = time.monotonic() - started
@@ -229,7 +215,7 @@ class Upgrade:
             status("recreating the hub with the new images (labs keep running)")
             self.wait_for_backups(status)  # the backup service runs the hub's image: it is recreated too
             self.switch(target, status)
-            timings = {f"gate.{k}": v for k, v in self.gate(status).items()}
+            timings = {f"gate.{k}": v for k, v in self.gate(target.images["hub"], status).items()}
             timings["switch"] = time.monotonic() - started
         except Exception as exc:  # noqa: BLE001 -- whatever failed (Docker's errors too), the way back is the same
             reason = one_line(exc)
@@ -313,7 +299,7 @@ class Upgrade:
                     ) from None
         status(f"rolling back: the images of {record.before.version}")
         self.switch(record.before, status)
-        self.stack.wait_healthy(status, timeout=self.gate_timeout)
+        self.stack.wait_healthy(status, timeout=self.gate_timeout, image=record.before.images["hub"])
         self.clear_canary()
         record.state = "rolled back"
         record.reason = reason

@@ -293,3 +293,73 @@ def test_every_service_and_every_lab_rotates_its_log(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             from_environ(env)
+
+
+class ReplacingDaemon:
+    """A hub being replaced, as `docker ps` and `docker inspect` show it step by step: each container is (id, image,
+    status, health), and each look at the hub takes the next step (the last one stays)."""
+
+    def __init__(self, steps):
+        self.steps = list(steps)
+        self.seen = 0
+
+    def current(self):
+        return self.steps[min(self.seen, len(self.steps)) - 1]
+
+    def image_id(self, ref):
+        return f"sha256:{ref}"
+
+    def inspect_container(self, container):
+        _, _, status, health = self.current()
+        return {"State": {"Status": status, "Health": {"Status": health}}}
+
+    def logs(self, container, tail):
+        return "the hub's last lines"
+
+
+class ReplacedHubStack(ComposeStack):
+    def hub_container(self):
+        self.docker.seen += 1
+        step = self.docker.current()
+        return step and {"Id": step[0], "Image": step[1], "ImageID": f"sha256:{step[1]}", "State": step[2]}
+
+
+def replacing(tmp_path, steps) -> ReplacedHubStack:
+    options = StackOptions(project="p", run_dir=tmp_path, https_port=9443, http_port=9080)
+    return ReplacedHubStack(options, ReplacingDaemon(steps), tmp_path, say=lambda message: None)
+
+
+SWARM_REPLACES_THE_HUB = [
+    ("old", "h:1", "running", "healthy"),  # `stack deploy` has returned; the old hub still answers
+    ("old", "h:1", "exited", "unhealthy"),  # stop-first: the old one goes before the new one is made
+    None,
+    ("new", "h:2", "created", "starting"),
+    ("new", "h:2", "running", "starting"),
+    ("new", "h:2", "running", "healthy"),
+]
+
+
+def test_waiting_for_the_hub_of_an_image_passes_over_the_hub_it_replaces(tmp_path, monkeypatch):
+    monkeypatch.setattr("hubforge.deploy.engine.time.sleep", lambda seconds: None)
+    stack, said = replacing(tmp_path, SWARM_REPLACES_THE_HUB), []
+    stack.wait_healthy(said.append, image="h:2")
+    assert stack.docker.seen == len(SWARM_REPLACES_THE_HUB)  # not before the new hub is healthy
+    assert said[0] == "waiting for the hub of h:2 to run (0s)"
+    # any hub will do without an image: the old one, healthy, at once
+    stack = replacing(tmp_path, SWARM_REPLACES_THE_HUB)
+    stack.wait_healthy(said.append)
+    assert stack.docker.seen == 1
+
+
+def test_a_hub_of_the_awaited_image_that_stops_fails_the_wait_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr("hubforge.deploy.engine.time.sleep", lambda seconds: None)
+    stack = replacing(tmp_path, [("old", "h:1", "running", "healthy"), ("new", "h:2", "exited", "unhealthy")])
+    with pytest.raises(HubforgeError, match="the hub stopped while starting"):
+        stack.wait_healthy(lambda message: None, image="h:2")
+
+
+def test_no_hub_of_the_awaited_image_within_the_timeout_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr("hubforge.deploy.engine.time.sleep", lambda seconds: None)
+    stack = replacing(tmp_path, [("old", "h:1", "running", "healthy")])
+    with pytest.raises(HubforgeError, match="no hub of h:2 ran within 0s"):
+        stack.wait_healthy(lambda message: None, timeout=0, image="h:2")
