@@ -18,8 +18,9 @@ import requests
 
 from hub_ext.backup.job import BACKUP_ROLE
 from hub_ext.backup.plan import UPGRADE_TAG
-from hub_ext.naming import CANARY_USER, PROJECT_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
+from hub_ext.naming import CANARY_USER, PROJECT_LABEL, ROLE_LABEL, USER_LABEL
 
+from ..backup.plan import HUB_DATA_KIND, stack_volumes
 from ..backup.runner import Backups
 from ..deploy.engine import Stack
 from ..errors import HubforgeError
@@ -113,14 +114,8 @@ class Upgrade:
     def migrate(self, hub_image: str, status: Status) -> None:
         """`jupyterhub upgrade-db` with the new hub image on the data volume, the hub's container gone."""
         status("migrating the hub's database (jupyterhub upgrade-db)")
-        data = next(
-            (
-                v["Name"]
-                for v in self.docker.volumes({PROJECT_LABEL: self.stack.options.project})
-                if v.get("Labels", {}).get(VOLUME_LABEL) == "hub-data"
-            ),
-            None,
-        )
+        volumes = stack_volumes(self.docker.volumes({PROJECT_LABEL: self.stack.options.project}))
+        data = next((v.name for v in volumes if v.kind == HUB_DATA_KIND), None)
         if data is None:
             raise GateFailed("the hub's data volume was not found")
         code, out = self.docker.run_once(

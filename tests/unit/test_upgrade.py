@@ -9,12 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from hub_ext.naming import VOLUME_LABEL
 from hub_ext.spawn.spawner import HubforgeSpawner, image_of
 from hub_ext.spawn.swarm import HubforgeSwarmSpawner
 from hubforge.deploy.swarm import stack_registry_name
 from hubforge.errors import HubforgeError
 from hubforge.release.plan import parse_version
 from hubforge.upgrade import plan
+from hubforge.upgrade.runner import Upgrade
 
 CURRENT = plan.ImageSet(
     {"hub": "hubforge/hub:aaa", "lab": "hubforge/lab:bbb", "gpu-probe": "hubforge/gpu-probe:ccc", "backup": "b:1"},
@@ -159,3 +161,30 @@ def test_an_upgrades_snapshot_is_kept_by_the_retention_and_copies_never_share_a_
     first, second = backup_plan.database_copy_name("a1"), backup_plan.database_copy_name("b2")
     assert first != second
     assert all(fnmatch.fnmatch(name, backup_plan.DATABASE_COPY) for name in (first, second))  # what is excluded
+
+
+class VolumeDaemon:
+    def __init__(self, volumes):
+        self.listed, self.runs = volumes, []
+
+    def volumes(self, labels):
+        return self.listed
+
+    def run_once(self, image, argv, host_config, labels, user, timeout):
+        self.runs.append(host_config["binds"])
+        return 0, ""
+
+
+def test_the_migration_runs_on_the_hub_data_volume():
+    volumes = [
+        {"Name": "p_shared", "Labels": {VOLUME_LABEL: "shared"}},
+        {"Name": "p_hub-data", "Labels": {VOLUME_LABEL: "hub-data"}},
+        {"Name": "unlabelled", "Labels": None},
+    ]
+    daemon = VolumeDaemon(volumes)
+    stack = SimpleNamespace(docker=daemon, options=SimpleNamespace(project="p"))
+    Upgrade(stack, None, lambda message: None, "").migrate("hub:new", lambda message: None)
+    assert daemon.runs == [[f"p_hub-data:{plan.HUB_DATA}:rw"]]
+    daemon.listed = volumes[:1]
+    with pytest.raises(plan.GateFailed, match="data volume was not found"):
+        Upgrade(stack, None, lambda message: None, "").migrate("hub:new", lambda message: None)
