@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .. import proc
 from .engine import Stack
@@ -39,12 +38,11 @@ class ComposeStack(Stack):
         found = self.docker.containers({PROJECT: self.options.project, SERVICE: "hub"})
         return found[0] if found else None
 
-    def start(self) -> None:
+    def start(self, rendered: Mapping[str, Any]) -> None:
         """`compose up`, the network guard first when the stack has one: Compose would otherwise stop the hub, then
         recreate the guard and wait for its health check (some 2.5 s) before it starts the hub again -- time in which
         nobody reaches the hub or a lab. Recreated on its own, the guard is replaced while the old hub still serves."""
-        services = (yaml.safe_load((self.options.run_dir / self.run_file).read_text()) or {}).get("services") or {}
-        if "netguard" in services and self.hub_container():
+        if rendered.get("network_guard") and self.hub_container():
             proc.run(
                 self.compose("up", "--detach", "--no-deps", "--wait", "--wait-timeout", "60", "netguard"),
                 what="docker compose up netguard",

@@ -72,8 +72,8 @@ class Stack:
         """The hub's container (summary form, as `docker ps` lists it), or None."""
         raise NotImplementedError
 
-    def start(self) -> None:
-        """Start (or update) the rendered stack."""
+    def start(self, rendered: Mapping[str, Any]) -> None:
+        """Start (or update) the stack as `prepare` rendered it; `rendered` is what prepare returned (stack.json)."""
         raise NotImplementedError
 
     def services(self) -> list[dict[str, Any]]:
@@ -335,7 +335,7 @@ class Stack:
     ) -> dict[str, Any]:
         state = self.prepare(images, lab_images)
         try:
-            self.start()
+            self.start(state)
         except HubforgeError:
             self.explain_guard()
             raise

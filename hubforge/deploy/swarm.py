@@ -362,7 +362,7 @@ class SwarmStack(Stack):
     def hub_containers(self) -> list[dict]:
         return self.docker.containers({NAMESPACE: self.options.project, SERVICE: self.hub_service})
 
-    def start(self) -> None:
+    def start(self, rendered: Mapping[str, Any]) -> None:
         proc.run(
             [
                 "docker",

@@ -134,8 +134,8 @@ class Upgrade:
         """Render the stack with `target`'s images and let the engine recreate what changed (the hub, and the
         services of its image); labs are no service of it and run on. The hub of `target` may not run yet when it
         returns (Swarm makes it some time after `stack deploy` does): wait_healthy with its image waits for it."""
-        self.stack.prepare(target.images, target.lab_images)
-        self.stack.start()
+        state = self.stack.prepare(target.images, target.lab_images)
+        self.stack.start(state)
         self.stack.distribute(target.images, target.lab_images, status)  # swarm: into the registry every node pulls
 
     # -- the gate -------------------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def start_stack(
         before(options)
     stack = open_stack(options, StackDocker(), ROOT, say=lambda message: None)
     images, lab_images = current_images()
-    stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
+    rendered = stack.prepare(images, {**lab_images, **(extra_lab_images or {})})
     files = [path.name for path in compose_files(options.run_dir)]  # compose.override.yml too, as `invoke up` does
     compose = (
         None
@@ -157,7 +157,7 @@ def start_stack(
     live = LiveStack(stack, compose, f"https://{host}:{options.https_port}/", f"http://{host}:{options.http_port}/")
     try:
         if compose is None:
-            stack.start()
+            stack.start(rendered)
             stack.distribute(images, {**lab_images, **(extra_lab_images or {})}, lambda message: None)
             stack.wait_healthy(lambda message: None)
         else:

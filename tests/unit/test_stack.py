@@ -363,3 +363,18 @@ def test_no_hub_of_the_awaited_image_within_the_timeout_says_so(tmp_path, monkey
     stack = replacing(tmp_path, [("old", "h:1", "running", "healthy")])
     with pytest.raises(HubforgeError, match="no hub of h:2 ran within 0s"):
         stack.wait_healthy(lambda message: None, timeout=0, image="h:2")
+
+
+@pytest.mark.parametrize(("guarded", "hub", "ups"), [(True, True, 2), (True, False, 1), (False, True, 1)])
+def test_compose_starts_the_guard_on_its_own_first_when_the_rendered_stack_has_one(
+    tmp_path, monkeypatch, guarded, hub, ups
+):
+    calls = []
+    monkeypatch.setattr("hubforge.deploy.compose.proc.run", lambda argv, what: calls.append(argv))
+    options = StackOptions(project="p", run_dir=tmp_path, https_port=9443, http_port=9080)
+    stack = ComposeStack(options, None, tmp_path, say=lambda message: None)
+    monkeypatch.setattr(stack, "hub_container", lambda: {"Id": "h"} if hub else None)
+    stack.start({"network_guard": guarded})
+    assert len(calls) == ups and calls[-1][-3:] == ["up", "--detach", "--remove-orphans"]
+    if ups == 2:
+        assert calls[0][-1] == "netguard" and "--no-deps" in calls[0]
