@@ -94,6 +94,11 @@ class Release:
         return wanted
 
 
+def metrics_url(state: Mapping[str, Any]) -> str:
+    """The hub's metrics, where scripts on this machine reach it: beside its API (stack.json's api_url)."""
+    return state["api_url"].removesuffix("api/") + "metrics"
+
+
 def pinned(reference: str, digest: str) -> str:
     """`repository@digest` for `repository:tag`: what the stack runs, so that a tag moved later changes nothing."""
     repository = reference.rsplit("@", 1)[0]

@@ -130,27 +130,29 @@ class Upgrade:
             raise GateFailed(f"jupyterhub upgrade-db failed: {out.strip()[-300:] or code}")
 
     # -- switching ------------------------------------------------------------------------------------------------
-    def switch(self, target: ImageSet, status: Status) -> None:
+    def switch(self, target: ImageSet, status: Status) -> dict[str, Any]:
         """Render the stack with `target`'s images and let the engine recreate what changed (the hub, and the
-        services of its image); labs are no service of it and run on. The hub of `target` may not run yet when it
-        returns (Swarm makes it some time after `stack deploy` does): wait_healthy with its image waits for it."""
+        services of its image); labs are no service of it and run on. Returns the stack's record as rendered
+        (stack.json); the hub of `target` may not run yet (Swarm makes it some time after `stack deploy` returns)."""
         state = self.stack.prepare(target.images, target.lab_images)
         self.stack.start(state)
         self.stack.distribute(target.images, target.lab_images, status)  # swarm: into the registry every node pulls
+        return state
 
     # -- the gate -------------------------------------------------------------------------------------------------
-    def gate(self, hub_image: str, status: Status) -> dict[str, float]:
-        """The new hub (a hub of `hub_image`) runs and is healthy, its metrics answer, and a canary lab starts and
-        answers through the proxy. Raises GateFailed naming the step; returns each step's seconds."""
+    def gate(self, state: Mapping[str, Any], status: Status) -> dict[str, float]:
+        """The hub of the stack as `switch` rendered it (`state`, its stack.json) runs its image and is healthy, its
+        metrics answer, and a canary lab starts and answers through the proxy. Raises GateFailed naming the step;
+        returns each step's seconds."""
         timings = {}
         started = time.monotonic()
         try:
-            self.stack.wait_healthy(status, timeout=self.gate_timeout, image=hub_image)
+            self.stack.wait_healthy(status, timeout=self.gate_timeout, image=state["images"]["hub"])
         except HubforgeError as exc:
             raise GateFailed(f"the new hub did not become healthy: {str(exc).splitlines()[0]}") from None
         timings["healthy"] = time.monotonic() - started
         status("health gate: the hub's metrics")
-        self.check_metrics()
+        self.check_metrics(plan.metrics_url(state))
         timings["metrics"] = time.monotonic() - started
         status("health gate: a canary lab starts and answers")
         self.clear_canary()
@@ -167,9 +169,7 @@ class Upgrade:
         timings["canary"] = time.monotonic() - started
         return timings
 
-    def check_metrics(self) -> None:
-        state = json.loads(self.stack.state_file.read_text())
-        url = state["api_url"].removesuffix("api/") + "metrics"
+    def check_metrics(self, url: str) -> None:
         session = requests.Session()
         session.trust_env = False  # the hub's own address on this machine: never through a proxy
         headers = {"Authorization": f"token {self.metrics_token}"} if self.metrics_token else {}
@@ -209,8 +209,8 @@ class Upgrade:
                 record.save(self.run_dir)
             status("recreating the hub with the new images (labs keep running)")
             self.wait_for_backups(status)  # the backup service runs the hub's image: it is recreated too
-            self.switch(target, status)
-            timings = {f"gate.{k}": v for k, v in self.gate(target.images["hub"], status).items()}
+            state = self.switch(target, status)
+            timings = {f"gate.{k}": v for k, v in self.gate(state, status).items()}
             timings["switch"] = time.monotonic() - started
         except Exception as exc:  # noqa: BLE001 -- whatever failed (Docker's errors too), the way back is the same
             reason = one_line(exc)

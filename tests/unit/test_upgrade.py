@@ -163,6 +163,36 @@ def test_an_upgrades_snapshot_is_kept_by_the_retention_and_copies_never_share_a_
     assert all(fnmatch.fnmatch(name, backup_plan.DATABASE_COPY) for name in (first, second))  # what is excluded
 
 
+def test_the_metrics_are_reached_beside_the_hubs_api():
+    state = {"api_url": "https://127.0.0.1:9443/jhub/hub/api/"}
+    assert plan.metrics_url(state) == "https://127.0.0.1:9443/jhub/hub/metrics"
+
+
+class RenderingStack:
+    """The calls a switch makes of the stack, recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def prepare(self, images, lab_images):
+        self.calls.append("prepare")
+        return {"images": dict(images), "api_url": "https://127.0.0.1:9443/hub/api/"}
+
+    def start(self, rendered):
+        self.calls.append(("start", rendered["images"]["hub"]))
+
+    def distribute(self, images, lab_images, status):
+        self.calls.append("distribute")
+
+
+def test_a_switch_starts_the_stack_as_rendered_and_hands_that_on():
+    stack = RenderingStack()
+    upgrade = Upgrade(stack, None, lambda message: None, "")
+    rendered = upgrade.switch(CURRENT, lambda message: None)
+    assert stack.calls == ["prepare", ("start", "hubforge/hub:aaa"), "distribute"]
+    assert rendered["images"] == CURRENT.images  # what the gate waits for and asks, without reading stack.json again
+
+
 class VolumeDaemon:
     def __init__(self, volumes):
         self.listed, self.runs = volumes, []
