@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import time
 from typing import Any
 
@@ -69,6 +70,8 @@ _LOGGED_IN: set[tuple[int, str]] = set()  # (id of the Docker client, registry) 
 
 
 _FOLDERS_PREPARED: set[tuple[str, str]] = set()  # (node, or "shared", group folder volume) made and owned
+# path -> ((inode, size, mtime), its mapping): images.json read again only when `invoke up` replaced or changed it
+_IMAGE_MAPS: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
 
 
 class SwarmRefused(RuntimeError):
@@ -139,6 +142,27 @@ def node_gpus(node: dict) -> int:
         for r in generic
         if (r.get("DiscreteResourceSpec") or {}).get("Kind") == GPU_RESOURCE
     )
+
+
+def image_map_of(path: str) -> dict[str, str]:
+    """images.json at `path` ({} when it is missing or unreadable), read once for as long as the file stays the same:
+    every home page asks it about each running lab's image. `invoke up` replaces the file whole (a new inode)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return {}
+    seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+    cached = _IMAGE_MAPS.get(path)
+    if cached is not None and cached[0] == seen:
+        return cached[1]
+    try:
+        with open(path, encoding="utf-8") as found:
+            loaded = json.load(found)
+    except (OSError, ValueError):
+        return {}
+    pinned = {k: v for k, v in loaded.items() if isinstance(v, str)} if isinstance(loaded, dict) else {}
+    _IMAGE_MAPS[path] = (seen, pinned)
+    return pinned
 
 
 def least_loaded(nodes: list[dict], running: list[dict], gpus: int = 0) -> str:
@@ -349,13 +373,7 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
 
     def registry_ref(self, image: str) -> str | None:
         """`image` as every node pulls it (the stack's registry, by digest), or None before `invoke up` pushed it."""
-        try:
-            with open(self.image_map, encoding="utf-8") as found:
-                pinned = json.load(found)
-        except (OSError, ValueError):
-            return None
-        ref = pinned.get(image) if isinstance(pinned, dict) else None
-        return ref if isinstance(ref, str) else None
+        return image_map_of(self.image_map).get(image)
 
     async def registry_login(self, ref: str) -> None:
         """Give the Docker client the registry's credentials, once: docker-py sends them (X-Registry-Auth) with every

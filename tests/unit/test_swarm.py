@@ -439,3 +439,21 @@ def test_the_guard_closes_the_registrys_port_to_labs_at_every_address():
     )
     assert all("RETURN" not in rule for rule in (rules.local[1], rules.forward[1]))
     assert "--closed" not in guard_command("p", hub, "docker_gwbridge", 443, 80)
+
+
+def test_the_image_map_is_read_again_only_once_up_replaced_it(tmp_path, monkeypatch):
+    path = tmp_path / "images.json"
+    path.write_text('{"hubforge/lab:k1": "127.0.0.1:5000/hubforge/lab@sha256:ab"}')
+    spawner = HubforgeSwarmSpawner(image_map=str(path))
+    assert spawner.registry_ref("hubforge/lab:k1") == "127.0.0.1:5000/hubforge/lab@sha256:ab"
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
+    for _ in range(3):  # a home page with three running labs
+        assert spawner.registry_ref("hubforge/lab:k1") == "127.0.0.1:5000/hubforge/lab@sha256:ab"
+    assert opened == []
+    staged = tmp_path / "images.tmp"  # as `invoke up` writes it (distribute): whole, then in its place
+    staged.write_text('{"hubforge/lab:k1": "127.0.0.1:5000/hubforge/lab@sha256:cd"}')
+    staged.replace(path)
+    assert spawner.registry_ref("hubforge/lab:k1") == "127.0.0.1:5000/hubforge/lab@sha256:cd"
+    assert opened == [str(path)]
