@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from hub_ext.naming import PROJECT_LABEL, ROLE_LABEL
+
 NETWORK_ROLE = "lab-network"  # hubforge.role of a lab's network
 SUBNET_PREFIX = 29  # 8 addresses: network, gateway, lab, hub, and room to spare
 
@@ -230,3 +232,72 @@ def upstream_resolvers(resolv_conf: str, upstream: str | None = None) -> tuple[s
         if address.version == 4 and not address.is_loopback and str(address) not in found:
             found.append(str(address))
     return tuple(found)
+
+
+# -- a lab's network sandbox -------------------------------------------------------------------------------------
+SANDBOX_ROLE = "lab-sandbox"  # hubforge.role of the container that holds a lab's network namespace
+SANDBOX_LABEL = "hubforge.sandbox-of"  # whose it is (not hubforge.user: it is no lab, and nothing counts it as one)
+SANDBOX_COMMAND = ("sleep", "infinity")
+
+
+def sandbox_name(lab_container: str) -> str:
+    """The container that holds the network namespace of the lab so named."""
+    return f"{lab_container}-net"
+
+
+# Host settings of a container's network namespace: Docker refuses them for a lab in a sandbox's, so the sandbox
+# takes them (docker-py's create_host_config names -> the API's)
+NAMESPACE_SETTINGS = {"dns": "Dns", "dns_search": "DnsSearch", "dns_opt": "DnsOptions", "extra_hosts": "ExtraHosts"}
+
+
+def namespace_settings(host_config: Mapping) -> dict:
+    """The operator's DNS and /etc/hosts settings of a lab (docker-py names), in the API's form for its sandbox."""
+    found = {}
+    for name, api in NAMESPACE_SETTINGS.items():
+        value = host_config.get(name)
+        if value:
+            found[api] = [f"{h}:{a}" for h, a in value.items()] if isinstance(value, Mapping) else list(value)
+    return found
+
+
+def sandbox_spec(
+    image: str,
+    network: str,
+    project: str,
+    user: str,
+    disable_ipv6: bool,
+    log_options: Mapping[str, str],
+    settings: Mapping[str, list] | None = None,
+) -> dict:
+    """`create_container` arguments, in Docker's API form, of a lab's network sandbox (Kubernetes calls it a pod's
+    sandbox; its "pause" container holds it).
+
+    It joins the lab's network once and stays, with the network, while the stack is up: the lab's own container
+    joins its namespace (`network_mode: container:<sandbox>`) at each start. So a start or a stop changes nothing in
+    the host's network: no bridge comes or goes, no veth, no address (a host-side veth gets an IPv6 link-local one),
+    which a browser on the host sees as a network change and aborts its requests for. The process only sleeps: no
+    capability, no writable file, a few pids and a little memory.
+    """
+    host_config = {
+        "NetworkMode": network,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "ReadonlyRootfs": True,
+        "Memory": 16 * 2**20,
+        "PidsLimit": 8,
+        "Init": False,
+        "LogConfig": {"Type": "json-file", "Config": dict(log_options)},
+        **(settings or {}),
+    }
+    if disable_ipv6:  # the lab's namespace is this one: IPv6 off there keeps it off in the lab
+        host_config["Sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}
+    return {
+        "image": image,
+        "command": list(SANDBOX_COMMAND),
+        "entrypoint": [],
+        "user": "65534:65534",
+        "labels": {PROJECT_LABEL: project, ROLE_LABEL: SANDBOX_ROLE, SANDBOX_LABEL: user},
+        "healthcheck": {"Test": ["NONE"]},
+        "host_config": host_config,
+        "networking_config": {"EndpointsConfig": {network: {}}},
+    }

@@ -28,10 +28,14 @@ from hub_ext.helpers.quota import LOOP_CAPABILITIES, LOOP_DEVICE_RULES, device_l
 from hub_ext.helpers.volumes import FOLDER, measure, own_command, parse_answer, remove_volume
 from hub_ext.labs.gpu import GpuDecision, NoFreeGpu, allocate, decide
 from hub_ext.labs.networks import (
+    NAMESPACE_SETTINGS,
     NETWORK_ROLE,
     SUBNET_PREFIX,
     free_subnet,
+    namespace_settings,
     network_spec,
+    sandbox_name,
+    sandbox_spec,
     used_subnets,
 )
 from hub_ext.labs.policy import Effective, Policy, PolicyError, effective_policy, size_bytes
@@ -334,6 +338,14 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
 
         Off: every lab on the stack network (the pre-isolation layout), which lets labs reach each other.""",
     )
+    lab_sandboxes = Bool(
+        True,
+        config=True,
+        help="""Each lab joins the network namespace of a small sandbox container that stays on the lab's network
+        while the stack is up (with lab_networks): a lab's start or stop then changes nothing in the host's network,
+        which a browser on the host would see as a network change. The first start of a user makes their network and
+        sandbox. Off: the lab's container joins the network itself, and the network goes when the lab stops.""",
+    )
     subnet_pool = Unicode(
         default_of("LAB_SUBNET_POOL"),
         config=True,
@@ -396,6 +408,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         user's home, workspace and cache go too, on whichever node holds them, so that whoever later takes the name
         starts empty (KubeSpawner deletes a deleted user's volume claims the same way)."""
         results = await self.remove_volumes(list(self.names.volumes.values()))
+        await self.remove_lab_network(keep_sandbox=False)
         failed = [f"{r['volume']}: {r.get('reason')}" for r in results if r["result"] == "failed"]
         if failed:  # the account label still keeps them from the next owner (ensure_volume refuses them)
             self.log.error("deleted user %s: volumes NOT removed: %s", self.user.name, "; ".join(failed))
@@ -843,7 +856,7 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             docker_socket=self.docker_socket,
             docker_socket_gid=self.docker_socket_gid,
             services=self.lab_services,
-            disable_ipv6=self.disable_ipv6,
+            disable_ipv6=self.disable_ipv6 and not self.uses_sandbox,  # else the sandbox's namespace has it off
             server_proxy=self.server_proxy,
             logs=self.log_options,
         )
@@ -880,6 +893,12 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             await self.ensure_group_folder(volume, group)
         if self.lab_networks:
             await self.ensure_network(self.network_name)
+        if self.uses_sandbox:
+            lab_host = {k: v for k, v in self.extra_host_config.items() if k not in NAMESPACE_SETTINGS}
+            await self.ensure_sandbox(namespace_settings(self.extra_host_config))
+            self.extra_host_config = {**lab_host, "network_mode": f"container:{self.sandbox_name}"}
+            # Docker refuses exposed ports for a container in another's namespace; the hub reaches the port anyway
+            self.extra_create_kwargs = {**self.extra_create_kwargs, "ports": None}
         self.log.info(
             "runtime for %s: groups=%s mem=%s cpus=%s gpus=%s image=%s folders=%s",
             self.user.name,
@@ -1154,10 +1173,17 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                     "set c.HubforgeSpawner.hub_container to the hub's container name"
                 ) from exc
 
-    async def remove_lab_network(self) -> None:
-        """Best effort: the hub leaves, the network goes (its /29 returns to the pool). A failure is logged."""
+    async def remove_lab_network(self, keep_sandbox: bool = True) -> None:
+        """Best effort: the hub leaves, the network goes (its /29 returns to the pool). A failure is logged.
+
+        Where labs run in sandboxes, the network and its sandbox stay when the lab stops (`keep_sandbox`): they go
+        when the user is deleted, and at `invoke down`."""
         if not self.lab_networks:
             return
+        if self.uses_sandbox:
+            if keep_sandbox:
+                return
+            await self.remove_sandbox()
         name = self.network_name
         try:
             try:
@@ -1169,3 +1195,66 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
             if not not_found(exc):  # no network (a lab from before isolation): nothing to remove
                 self.log.warning("cannot remove the lab network %s: %s", name, exc)
         self._hub_joined = False
+
+    # -- the lab's network sandbox (hub_ext.labs.networks.sandbox_spec) ----------------------------------------------
+    @property
+    def uses_sandbox(self) -> bool:
+        return self.lab_networks and self.lab_sandboxes
+
+    @property
+    def sandbox_name(self) -> str:
+        return sandbox_name(self.names.container)
+
+    async def inspect_sandbox(self) -> dict | None:
+        try:
+            return await self.docker("inspect_container", self.sandbox_name)
+        except Exception as exc:
+            if not_found(exc):
+                return None
+            raise
+
+    async def ensure_sandbox(self, settings: dict | None = None) -> None:
+        """The user's sandbox runs on their lab network: made at their first start (with the operator's DNS and hosts
+        `settings`), started again after a daemon restart, made anew if it is on another network (the network was made
+        again)."""
+        found = await self.inspect_sandbox()
+        if found is not None:
+            if self.network_name in ((found.get("NetworkSettings") or {}).get("Networks") or {}):
+                if not (found.get("State") or {}).get("Running"):
+                    await self.docker("start", found["Id"])
+                return
+            self.log.warning("the network sandbox of %s is on another network: making it again", self.user.name)
+            await self.docker("remove_container", found["Id"], force=True)
+        hub = await self.docker("inspect_container", self.hub_container)
+        spec = sandbox_spec(
+            hub["Config"]["Image"],
+            self.network_name,
+            self.project,
+            self.user.name,
+            self.disable_ipv6,
+            self.log_options or {"max-size": "1m", "max-file": "1"},
+            settings,
+        )
+        try:
+            created = await self.docker("create_container", name=self.sandbox_name, **spec)
+        except APIError as exc:
+            if "already in use" not in str(exc):  # another hub process made it in the meantime: use that one
+                raise
+            created = await self.inspect_sandbox() or {}
+        await self.docker("start", created["Id"])
+        self.log.info("network sandbox %s for %s on %s", self.sandbox_name, self.user.name, self.network_name)
+
+    async def remove_sandbox(self) -> None:
+        """The sandbox goes (the user was deleted); best effort, like its network after it."""
+        try:
+            await self.docker("remove_container", self.sandbox_name, force=True)
+        except Exception as exc:  # noqa: BLE001 -- `invoke down` removes what stays
+            if not not_found(exc):
+                self.log.warning("cannot remove the network sandbox %s: %s", self.sandbox_name, exc)
+
+    async def get_ip_and_port(self):
+        """The lab has the sandbox's address: its own container is in the sandbox's namespace, on no network."""
+        if not self.uses_sandbox:
+            return await super().get_ip_and_port()
+        found = await self.docker("inspect_container", self.sandbox_name)
+        return found["NetworkSettings"]["Networks"][self.network_name]["IPAddress"], self.port

@@ -611,7 +611,11 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         while await self.docker("containers", all=True, filters=filters) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
 
-    async def remove_lab_network(self) -> None:
+    @property
+    def uses_sandbox(self) -> bool:
+        return False  # a service's task joins its overlay itself; Swarm has no container network mode for services
+
+    async def remove_lab_network(self, keep_sandbox: bool = True) -> None:
         """Kept when the lab stops, with the hub on it: a removed service's task leaves the network only later, and
         a network removed and made again under the same name in that time is not found when the next task starts.
         Its /28 returns to the pool at `invoke down`."""

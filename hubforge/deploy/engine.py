@@ -18,7 +18,7 @@ from hub_ext.backup import plan as backup_plan
 from hub_ext.backup import status as backup_status
 from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
 from hub_ext.labs.gpu import ALL_GPUS, decide
-from hub_ext.labs.networks import NETWORK_ROLE
+from hub_ext.labs.networks import NETWORK_ROLE, SANDBOX_ROLE
 from hub_ext.naming import PROJECT_LABEL, QUOTA_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
 from hub_ext.settings.hub import ConfigError, env_template, from_environ, hub_host, parse_gpu_mode
 from hub_ext.settings.schedule import parse_schedule
@@ -429,6 +429,8 @@ class Stack:
         """Stop and remove the stack's containers (labs too); volumes only when asked. Returns what went."""
         removed = self.remove_labs()
         self.remove(volumes)
+        for sandbox in self.docker.containers({PROJECT_LABEL: self.options.project, ROLE_LABEL: SANDBOX_ROLE}):
+            self.docker.remove_container(sandbox["Id"])  # off the lab networks first
         for network in self.docker.networks({PROJECT_LABEL: self.options.project, ROLE_LABEL: NETWORK_ROLE}):
             if self.docker.remove_network(network["Id"]):
                 removed.append(network["Name"])

@@ -66,10 +66,17 @@ def reaches(container, host: str, port: int, user: str = "lab") -> bool:
     return answers(container, "tcp", host, port, user)
 
 
+def endpoint(container) -> dict:
+    """The lab's endpoint on its network: its network sandbox's, whose namespace it runs in (container:<id>)."""
+    mode = container.attrs["HostConfig"]["NetworkMode"]
+    if mode.startswith("container:"):
+        container = container.client.containers.get(mode.split(":", 1)[1])
+    (found,) = [n for n in container.attrs["NetworkSettings"]["Networks"].values() if n.get("IPAddress")]
+    return found
+
+
 def lab_address(container) -> str:
-    networks = container.attrs["NetworkSettings"]["Networks"]
-    (address,) = {n["IPAddress"] for n in networks.values() if n.get("IPAddress")}
-    return address
+    return endpoint(container)["IPAddress"]
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +161,7 @@ def test_a_lab_reaches_the_hub_and_its_own_server_through_the_proxy(live, labs):
 def test_link_local_and_private_addresses_are_blocked_while_the_internet_is_not(live, labs, outside):
     port = outside
     alice = live.lab("alice")
-    gateway = next(iter(alice.attrs["NetworkSettings"]["Networks"].values()))["Gateway"]
+    gateway = endpoint(alice)["Gateway"]
     with socket.create_connection((METADATA, port), timeout=3):
         pass  # the host reaches the "metadata service"
     assert not reaches(alice, METADATA, port), "a lab reached a link-local address (the metadata service's range)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 
 import docker
 import pytest
@@ -18,6 +19,12 @@ from hub_ext.spawn.spawner import HubforgeSpawner
 def _has_label(labels: dict, wanted: str) -> bool:
     key, _, value = wanted.partition("=")
     return key in labels and (not value or labels[key] == value)
+
+
+def _hosts(network: dict):
+    """A network's addresses after its gateway: where its first container gets one."""
+    subnet = ipaddress.ip_network(network["IPAM"]["Config"][0]["Subnet"])
+    return list(subnet.hosts())[1:]
 
 
 class UserStandIn:
@@ -46,6 +53,17 @@ class FakeDaemon:
             "bridge": {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "10.213.0.0/29"}]}}
         }
         self.joined: list[tuple] = []
+
+    def inspect_named(self, name: str) -> dict:
+        """A created container, looked up by id or name as Docker does (404 when none)."""
+        for cid, found in self.containers.items():
+            if name in (cid, found.get("Name")):
+                joined = found.get("Networks") or []
+                networks = {net: {"IPAddress": str(_hosts(self.networks[net])[0])} for net in joined}
+                return {"Id": cid, "NetworkSettings": {"Networks": networks}, "State": {"Running": found["Running"]}}
+        error = Exception("not found")
+        error.response = type("R", (), {"status_code": 404})()
+        raise error
 
     async def __call__(self, method, *args, **kwargs):
         assert hasattr(docker.APIClient, method), f"docker's APIClient has no method {method!r}"
@@ -92,6 +110,8 @@ class FakeDaemon:
             return self.images[args[0]]
         if method == "inspect_container" and args[0] == "0123456789ab":
             return {"Id": args[0], "Config": {"Image": "hubforge/hub:1"}}
+        if method == "inspect_container":
+            return self.inspect_named(args[0])
         if method == "containers":
             wanted = kwargs.get("filters", {}).get("label", [])
             return [
@@ -102,18 +122,30 @@ class FakeDaemon:
         if method == "create_container":
             cid = f"c{len(self.containers)}"
             self.containers[cid] = {
-                "Image": args[0],
+                "Name": kwargs.get("name"),
+                "Image": kwargs.get("image") or args[0],
+                "Networks": list((kwargs.get("networking_config") or {}).get("EndpointsConfig") or {}),
+                "Running": False,
                 "Cmd": kwargs.get("command"),
                 "Labels": kwargs.get("labels") or {},
                 "HostConfig": kwargs.get("host_config") or {},
                 "User": kwargs.get("user"),
             }
-            self.helpers.append(self.containers[cid])
+            if self.containers[cid]["Labels"].get("hubforge.role") == "helper":  # one-shot, not a network sandbox
+                self.helpers.append(self.containers[cid])
             self.ran[cid] = kwargs.get("command")
             return {"Id": cid}
         if method in ("start", "remove_container"):
+            cid = self.inspect_named(args[0])["Id"] if args[0] not in self.containers else args[0]
             if method == "remove_container":
-                self.containers.pop(args[0], None)
+                self.containers.pop(cid, None)
+            else:
+                self.containers[cid]["Running"] = True
+            return None
+        if method == "disconnect_container_from_network":
+            return None
+        if method == "remove_network":
+            self.networks.pop(args[0])
             return None
         if method == "wait":
             return {"StatusCode": 0}

@@ -184,7 +184,7 @@ def test_pre_spawn_adds_and_removes_by_current_groups(db):
     asyncio.run(spawner.apply_runtime())  # twice: idempotent
     assert "/var/run/docker.sock" not in spawner.volumes
     assert spawner.extra_host_config["privileged"] is False and spawner.extra_host_config["cap_drop"] == ["ALL"]
-    assert spawner.extra_host_config["dns"] == ["1.1.1.1"]
+    assert spawner.base_settings()["host"]["dns"] == ["1.1.1.1"]  # kept, for the network sandbox (its namespace's)
 
 
 def test_pre_spawn_names_and_labels_everything(db):
@@ -242,3 +242,45 @@ def test_volumes_from_before_the_account_label_stay_their_users(db):
     }
     asyncio.run(spawner.apply_runtime())  # mounted as before
     assert "jupyterlab-erin_home" in spawner.volumes
+
+
+def test_a_lab_runs_in_its_network_sandbox_which_outlives_its_stops(db):
+    """The first start makes the user's network and sandbox; later starts and stops make and remove nothing on the
+    host's network; deleting the user removes both."""
+    alice, _ = make_spawner(db, "alice")
+    daemon = alice.docker
+    asyncio.run(alice.apply_runtime())
+    (sandbox,) = [c for c in daemon.containers.values() if c["Name"] == "jupyterlab-alice-net"]
+    assert sandbox["Networks"] == ["p_net-alice"] and sandbox["Running"]
+    assert sandbox["Labels"] == {
+        "hubforge.project": "p",
+        "hubforge.role": "lab-sandbox",
+        "hubforge.sandbox-of": "alice",
+    }
+    host = sandbox["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] and sandbox["User"] == "65534:65534"
+    assert host["Dns"] == ["1.1.1.1"]  # the operator's DNS goes to the namespace's holder...
+    assert alice.extra_host_config["network_mode"] == "container:jupyterlab-alice-net"
+    assert "dns" not in alice.extra_host_config  # ...which Docker refuses for a container in another's namespace
+    assert alice.extra_create_kwargs["ports"] is None  # as it refuses exposed ports
+    assert asyncio.run(alice.get_ip_and_port()) == ("10.213.0.10", 8888)  # the sandbox's address on the lab network
+
+    asyncio.run(alice.remove_lab_network())  # what a stop does
+    asyncio.run(alice.apply_runtime())  # the next start
+    assert len(daemon.containers) == 1 and "p_net-alice" in daemon.networks and len(daemon.joined) == 1
+
+    daemon.containers[next(iter(daemon.containers))]["Running"] = False  # a daemon restart stopped it
+    asyncio.run(alice.apply_runtime())
+    assert len(daemon.containers) == 1 and next(iter(daemon.containers.values()))["Running"]
+
+    asyncio.run(alice.remove_lab_network(keep_sandbox=False))  # the user is deleted
+    assert not daemon.containers and "p_net-alice" not in daemon.networks
+
+
+def test_without_sandboxes_a_lab_joins_its_network_itself(db):
+    alice, _ = make_spawner(db, "alice")
+    alice.lab_sandboxes = False
+    asyncio.run(alice.apply_runtime())
+    assert not alice.docker.containers and "network_mode" not in alice.extra_host_config
+    asyncio.run(alice.remove_lab_network())
+    assert "p_net-alice" not in alice.docker.networks
