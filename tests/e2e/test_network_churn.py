@@ -107,8 +107,8 @@ def test_labs_starting_and_stopping_do_not_disturb_a_browser_on_the_host(
     finally:
         browser.close()
     assert done.is_set(), "the 20 labs did not all start and stop"
-    assert not failed, f"the page's requests failed: {failed[:3]}"
     assert asked > 50 and cells > 1, f"the page asked its lab {asked} times and ran {cells} cells: too few to tell"
     assert not lost, f"requests lost to a network change while labs started and stopped: {lost}"
+    assert not failed, f"the page's requests failed: {failed[:3]}"
     changes = address_changes(netlog, since, until)
     assert not changes, f"the browser saw the host's network change {len(changes)} times while labs started and stopped"
