@@ -37,17 +37,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from tests.support.cpucost import Meter  # noqa: E402
 from tests.support.hubclient import HubSession, plain_get  # noqa: E402
-from tests.support.livestack import PASSWORD, LiveStack, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.livestack import PASSWORD, LiveStack, claim_admin, setting, start_stack, stop_stack  # noqa: E402
 from tests.support.loadsim import Arrivals, Bystander, Plan, Record, Sampler, ramp, storm  # noqa: E402
 
 DEFAULT_ENV = {"LAB_MEM_LIMIT": "1G", "LOGIN_ADDRESS_LIMIT": "1000000"}
-
-
-def setting(raw: str) -> tuple[str, str]:
-    key, sep, value = raw.partition("=")
-    if not sep or not key or not key.isupper():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. LAB_MEM_LIMIT=2G), got {raw!r}")
-    return key, value
 
 
 def positive(kind):

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.hubclient import HubAPI  # noqa: E402
-from tests.support.livestack import admin_api, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.livestack import admin_api, claim_admin, setting, start_stack, stop_stack  # noqa: E402
 from tests.support.loadsim import memory_bytes, percentile  # noqa: E402
 
 
@@ -42,6 +42,9 @@ def main() -> None:
         help="swarm: this many more engines, in network namespaces of their own, join as workers (as in the tests)",
     )
     parser.add_argument("--policies", choices=("none", "groups", "quota"), default="none")
+    parser.add_argument(
+        "--env", type=setting, action="append", default=[], metavar="KEY=VALUE", help="a stack setting (repeatable)"
+    )
     args = parser.parse_args()
     engine = args.engine
     if args.workers and engine != "swarm":
@@ -62,7 +65,7 @@ def main() -> None:
             cluster.stop()
             raise
     with tempfile.TemporaryDirectory(prefix="hubforge-spawn-bench-") as tmp:
-        live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G"}, engine=engine)
+        live = start_stack(Path(tmp), {"LAB_MEM_LIMIT": "1G", **dict(args.env)}, engine=engine)
         if cluster is not None:
             cluster.forward_registry(live.stack.options.registry_port)
         try:

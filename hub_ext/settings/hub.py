@@ -549,6 +549,19 @@ SETTINGS: tuple[Setting, ...] = (
         trait="HubforgeSpawner.server_proxy",
     ),
     Setting(
+        "LAB_SANDBOXES",
+        "lab_sandboxes",
+        True,
+        boolean(),
+        (
+            "Each lab runs in the network namespace of a small sandbox container that stays on the lab's network "
+            "while the stack is up, so a lab's start or stop changes nothing in the host's network (a browser on the "
+            "host sees each change and fails its requests in flight). `0`: the lab joins its network itself, and the "
+            "network goes at each stop. Compose only: Swarm's services join their overlays themselves."
+        ),
+        trait="HubforgeSpawner.lab_sandboxes",
+    ),
+    Setting(
         "LAB_READ_ONLY_ROOT",
         "lab_read_only_root",
         True,

@@ -339,12 +339,12 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         Off: every lab on the stack network (the pre-isolation layout), which lets labs reach each other.""",
     )
     lab_sandboxes = Bool(
-        True,
+        default_of("LAB_SANDBOXES"),
         config=True,
         help="""Each lab joins the network namespace of a small sandbox container that stays on the lab's network
-        while the stack is up (with lab_networks): a lab's start or stop then changes nothing in the host's network,
-        which a browser on the host would see as a network change. The first start of a user makes their network and
-        sandbox. Off: the lab's container joins the network itself, and the network goes when the lab stops.""",
+        while the stack is up (LAB_SANDBOXES; with lab_networks): a lab's start or stop then changes nothing in the
+        host's network, which a browser on the host would see as a network change. The first start of a user makes
+        their network and sandbox. Off: the lab's container joins the network itself, which goes when the lab stops.""",
     )
     subnet_pool = Unicode(
         default_of("LAB_SUBNET_POOL"),

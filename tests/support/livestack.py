@@ -218,3 +218,13 @@ def approved_user(live: LiveStack, admin: HubSession, name: str) -> tuple[HubSes
     admin.approve(name)
     assert session.login(name, PASSWORD).status_code == 302, f"{name} cannot log in"
     return session, HubAPI(live.url, session.new_token(name))
+
+
+def setting(raw: str) -> tuple[str, str]:
+    """A benchmark's `--env KEY=VALUE`, parsed (argparse's type)."""
+    import argparse
+
+    key, sep, value = raw.partition("=")
+    if not sep or not key or not key.isupper():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. LAB_MEM_LIMIT=2G), got {raw!r}")
+    return key, value
