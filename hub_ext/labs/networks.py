@@ -241,7 +241,8 @@ SANDBOX_COMMAND = ("sleep", "infinity")
 
 
 def sandbox_name(lab_container: str) -> str:
-    """The container that holds the network namespace of the lab so named."""
+    """The container that holds the network namespace of the lab so named. No lab is so named: an escaped user name
+    has a dash only before two hex digits (escapism), and "ne" is not."""
     return f"{lab_container}-net"
 
 
