@@ -247,16 +247,26 @@ def ensure_builtin_groups(db) -> list[str]:
     return made
 
 
-async def lab_answers(server_url: str, timeout: float, interval: float, alive=None) -> bool:
+ALIVE_INTERVAL_S = 1.0  # seconds between the Docker checks that a starting lab's container still runs
+
+
+async def lab_answers(
+    server_url: str, timeout: float, interval: float, alive=None, alive_interval: float = ALIVE_INTERVAL_S
+) -> bool:
     """Poll a lab's unauthenticated `<server_url>/api` until it answers; False once `timeout` has passed.
 
-    `alive`, when given, is awaited before each poll and raises when waiting is pointless (the container died).
+    `alive`, when given, is awaited before the first poll and then at most every `alive_interval` seconds, and raises
+    when waiting is pointless (the container died). Not before every poll: it is a Docker call (an inspection, on
+    Swarm a task listing) that costs the hub and the daemon CPU, while a poll of a lab that is not listening yet is
+    one refused connection; a dead lab is still reported within `alive_interval`.
     """
     probe = url_path_join(server_url, "api")
     client = AsyncHTTPClient()
     deadline = time.monotonic() + timeout
+    checked = None
     while True:
-        if alive is not None:
+        if alive is not None and (checked is None or time.monotonic() - checked >= alive_interval):
+            checked = time.monotonic()
             await alive()
         try:
             await client.fetch(probe, request_timeout=2, connect_timeout=1)

@@ -97,7 +97,7 @@ def _lab(flavor: str, lock: str, budget: int, description: str) -> Target:
         inputs=SHARED_TEMPLATES
         + VENV_TEMPLATES
         + (
-            "images/lab/healthcheck.py",
+            "images/lab/healthcheck.sh",
             "images/lab/jupyter_server_config.py",
             "images/lab/overrides.json",
             "images/lab/site-patches.json",

@@ -120,9 +120,10 @@ def test_healthcheck_becomes_healthy(built, tracked, target):
 
 
 @pytest.mark.parametrize("target", ["hub", "lab"])
-def test_healthcheck_fails_when_the_server_is_down(built, tracked, target):
-    # The image's own HEALTHCHECK command, with no server running in the container.
-    code, output = tracked.run(built[target], ["python3", "/usr/local/bin/hubforge-healthcheck"])
+def test_healthcheck_fails_when_the_server_is_down(built, tracked, client, target):
+    # The image's own HEALTHCHECK command (the hub's in Python, the lab's in bash), with no server running in it.
+    command = client.images.get(built[target]).attrs["Config"]["Healthcheck"]["Test"][1:]
+    code, output = tracked.run(built[target], command)
     assert code == 1 and "unhealthy" in output
 
 
@@ -142,16 +143,21 @@ def test_gpu_probe_reports_no_gpu_here(built, tracked):
 
 
 def test_lab_start_up_skips_what_a_lab_does_not_use(built, tracked):
-    """The lab's server imports neither the hub's database layers nor the extensions that are off by default."""
+    """The lab's server imports neither the hub's database layers, nor requests for extension listings that are not
+    configured, nor the extensions that are off by default; and its bytecode is by hash, unchecked (flags 0b01)."""
     script = (
         "python3 -c 'import sys, jupyterhub.singleuser.extension, jupyterhub.services.auth; "
         'print(sorted(m for m in ("sqlalchemy", "alembic", "jupyterhub.orm") if m in sys.modules))\'; '
+        "python3 -c 'import sys; from jupyterlab_server.listings_handler import fetch_listings; fetch_listings(None); "
+        'print("requests" in sys.modules)\'; '
+        "python3 -c 'import importlib.util, jupyter_server.serverapp as m; "
+        'print(open(importlib.util.cache_from_source(m.__file__), "rb").read()[4:8].hex())\'; '
         "jupyter server extension list 2>&1"
     )
     code, output = tracked.run(built["lab"], ["sh", "-c", script])
     assert code == 0, output
     lines = output.splitlines()
-    assert lines[0] == "[]"
+    assert lines[:3] == ["[]", "False", "01000000"], output
     enabled = {
         line.split()[0] for line in lines if "enabled" in line and "disabled" not in line and line.startswith("    ")
     }

@@ -5,7 +5,7 @@ Read from the host, never from Docker's API (whose calls would add to the Docker
 - **lab** and **kernel**: each lab container's cgroup (hub_ext.hub.cgroups), read the moment its user's first cell
   has run. The ipykernel processes in it (their /proc/<pid>/stat, utime + stime) are the kernel; the rest of the
   cgroup's total is the lab: the Jupyter server, and processes that came and went (the start script, the image's
-  health check that Docker execs in the container every 10 s, runc's init before it became the container's process).
+  health check that Docker execs in the container every 30 s, runc's init before it became the container's process).
 - **hub**: the hub container's cgroup, over the arrival window (it holds JupyterHub and its proxy).
 - **Docker**: dockerd, containerd, the containerd shims, runc and docker-proxy on the host. Live processes by their
   /proc/<pid>/stat (own utime + stime), and those that exited during the window (each runc, a shim whose container

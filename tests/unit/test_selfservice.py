@@ -493,3 +493,26 @@ def test_each_project_has_its_own_volume_names_and_the_default_keeps_the_old_one
     staging = StackOptions(project="staging", run_dir=Path("/x")).volume_prefix
     assert staging == default_volume_prefix("staging") == "staging-jupyterlab"
     assert user_names(staging, "alice").volumes["home"] != user_names("jupyterlab", "alice").volumes["home"]
+
+
+def test_a_starting_lab_is_polled_often_but_its_container_checked_once_a_second(monkeypatch):
+    """Each readiness poll of a lab that is not listening yet is one refused connection; the check that its container
+    still runs is a Docker call, made at the first poll and then at most every alive_interval."""
+    sock, port = bind_unused_port()
+    sock.close()  # nothing listens there: every poll is refused
+    checks = []
+
+    async def alive():
+        checks.append(asyncio.get_running_loop().time())
+
+    async def run():
+        return await hub_spawner.lab_answers(f"http://127.0.0.1:{port}/", 0.5, 0.02, alive=alive, alive_interval=0.2)
+
+    assert asyncio.run(run()) is False
+    assert 2 <= len(checks) <= 4  # the first poll, then once per 0.2 s of a 0.5 s wait: not once per 0.02 s poll
+
+    async def dead():
+        raise RuntimeError("the lab's container stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        asyncio.run(hub_spawner.lab_answers(f"http://127.0.0.1:{port}/", 5, 0.02, alive=dead))
