@@ -140,7 +140,7 @@ def build(
 
 @task(
     help={
-        "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, backup, idp)",
+        "target": "lock only this target (hub, proxy, lab, lab-datascience, gpu-probe, registry, backup, idp)",
         "only": "python | apt | native: lock only one kind",
         "base": "auto | pull | bootstrap, for resolving Debian packages",
     }

@@ -101,6 +101,12 @@ c.JupyterHub.template_vars = {
 c.JupyterHub.ssl_cert = str(cert)
 c.JupyterHub.ssl_key = str(key)
 # The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.
+PROXY_API = env.get("HUBFORGE_PROXY_API", "")
+if PROXY_API:
+    # In a container of its own (Compose: images/proxy), whose network namespace this one is: it outlives the hub,
+    # and the hub finds its routes again at start. The token is CONFIGPROXY_AUTH_TOKEN, shared by both.
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = PROXY_API
 c.ConfigurableHTTPProxy.command = [
     "configurable-http-proxy",
     "--redirect-port",
@@ -214,6 +220,7 @@ c.JupyterHub.concurrent_spawn_limit = hub.concurrent_spawn_limit  # 0: no limit
 # which this image does not carry. With 100 labs that queue is the bottleneck.
 AsyncHTTPClient.configure(None, max_clients=512)
 c.HubforgeSpawner.project = env.get("HUBFORGE_PROJECT", "hubforge")
+c.HubforgeSpawner.hub_image = env.get("HUBFORGE_HUB_IMAGE", "")  # helpers and sandboxes run it
 c.HubforgeSpawner.volume_prefix = env.get("HUBFORGE_VOLUME_PREFIX", "jupyterlab")
 c.HubforgeSpawner.shared_volume = env.get("HUBFORGE_SHARED_VOLUME", "jupyterhub_shared")
 if env.get("HUBFORGE_DOCKER_GID"):

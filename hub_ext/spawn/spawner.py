@@ -64,6 +64,7 @@ from hub_ext.settings.hub import GPU_MODES, default_of
 
 _NETWORK_LOCK = asyncio.Lock()  # one subnet allocation at a time in this hub
 _GPU_LOCK = asyncio.Lock()  # one GPU hand-out at a time in this hub
+_OWN_IMAGE: dict[str, str] = {}  # hub_container -> its image, when hub_image is not set
 _IMAGE_TITLES: dict[str, str] = {}  # image reference -> the picker's text (an image's tag names its content)
 _QUOTA_APPLIED: dict[str, int] = {}  # quota'd volume -> the size this hub last made it (a restart checks again)
 _GPU_CLAIMS: dict[str, list[str]] = {}  # user -> GPUs handed to their lab, until it stops (labels cover a hub restart)
@@ -363,7 +364,14 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     )
     hub_container = Unicode(
         config=True,
-        help="The hub's own container, which joins every lab's network (default: this host name, the container id).",
+        help="""The container that joins every lab's network for the hub: the hub's own, or the proxy's whose
+        network namespace the hub shares (Compose). Default: this host name, which is that container's id.""",
+    )
+    hub_image = Unicode(
+        "",
+        config=True,
+        help="""The hub's image, which one-shot helpers and network sandboxes run (`invoke up` sets it). Empty: the
+        image of hub_container, asked of Docker once.""",
     )
     hub_alias = Unicode("hub", config=True, help="The hub's name on each lab network (hub_connect_url uses it).")
     disable_ipv6 = Bool(
@@ -376,6 +384,16 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     @default("hub_container")
     def _hub_container_default(self):
         return socket.gethostname()
+
+    async def own_image(self) -> str:
+        """The hub's image (hub_image), or hub_container's, asked of Docker once per hub."""
+        if not self.hub_image:
+            found = _OWN_IMAGE.get(self.hub_container)
+            if found is None:
+                found = (await self.docker("inspect_container", self.hub_container))["Config"]["Image"]
+                _OWN_IMAGE[self.hub_container] = found
+            return found
+        return self.hub_image
 
     @validate("gpu_mode")
     def _valid_gpu_mode(self, proposal):
@@ -546,7 +564,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
     ) -> list:
         """Run a one-shot helper of the hub's image on this host, as root with no network, only `caps` and these
         binds; its answer line (hub_ext.helpers.volumes.RESULT_PREFIX), parsed."""
-        hub = await self.docker("inspect_container", self.hub_container)
+        image = await self.own_image()
         host_config = {  # Docker's API form: no client round trip to build it
             "Binds": binds,
             "CapDrop": ["ALL"],
@@ -558,7 +576,7 @@ class HubforgeSpawnerMixin(LoggingConfigurable):
         }
         helper = await self.docker(
             "create_container",
-            hub["Config"]["Image"],
+            image,
             command=command,
             user="0:0",
             host_config=host_config,
@@ -1235,9 +1253,8 @@ class HubforgeSpawner(HubforgeSpawnerMixin, DockerSpawner):
                 return
             self.log.warning("the network sandbox of %s is on another network: making it again", self.user.name)
             await self.docker("remove_container", found["Id"], force=True)
-        hub = await self.docker("inspect_container", self.hub_container)
         spec = sandbox_spec(
-            hub["Config"]["Image"],
+            await self.own_image(),
             self.network_name,
             self.project,
             self.user.name,

@@ -38,6 +38,10 @@ class ComposeStack(Stack):
         found = self.docker.containers({PROJECT: self.options.project, SERVICE: "hub"})
         return found[0] if found else None
 
+    def front_container(self) -> dict | None:
+        found = self.docker.containers({PROJECT: self.options.project, SERVICE: "proxy"})
+        return found[0] if found else self.hub_container()  # a stack from before the proxy had its own container
+
     def start(self, rendered: Mapping[str, Any]) -> None:
         """`compose up`, the network guard first when the stack has one: Compose would otherwise stop the hub, then
         recreate the guard and wait for its health check (some 2.5 s) before it starts the hub again -- time in which

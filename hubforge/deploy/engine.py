@@ -42,6 +42,14 @@ from .settings import (
 
 log = logging.getLogger(__name__)
 HUB_UID = 1000  # the hub's user in its image and stack file
+CERTS_DIR = "/srv/jupyterhub/certs"  # the certs volume, in the hub's and the proxy's containers
+PROXY_ENV = "proxy.env"  # in the run directory, 0600: the token the hub and its proxy share (CONFIGPROXY_AUTH_TOKEN)
+
+
+def private_file(path: Path, text: str) -> None:
+    """A new file that only its owner can read, from its first byte."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
 
 
 def script_address(bind: str) -> str:
@@ -119,17 +127,28 @@ class Stack:
 
     # -- shared --------------------------------------------------------------------------------------------
 
+    def front_container(self) -> dict | None:
+        """The container that publishes the stack's ports: the hub's, unless an engine puts a proxy before it."""
+        return self.hub_container()
+
     def check_ports(self) -> None:
-        hub = self.hub_container()
+        front = self.front_container()
         ours = set()
-        if hub and hub.get("State") == "running":
-            ours = {p.get("PublicPort") for p in hub.get("Ports", [])}
+        if front and front.get("State") == "running":
+            ours = {p.get("PublicPort") for p in front.get("Ports", [])}
         for flag, port in (("--port", self.options.https_port), ("--http-port", self.options.http_port)):
             if port not in ours and not port_free(self.options.bind, port):
                 raise HubforgeError(
                     f"port {port} on {self.options.bind} is already in use; choose another with {flag} (nothing was "
                     "started)"
                 )
+
+    def proxy_token(self) -> None:
+        """The proxy's API token, made once at the first `up` (private from its first byte) and kept: a proxy
+        left running across `up` keeps answering the hub that replaces the old one."""
+        path = self.options.run_dir / PROXY_ENV
+        if not path.exists():
+            private_file(path, f"CONFIGPROXY_AUTH_TOKEN={secrets.token_hex(32)}\n")
 
     def settings(self) -> tuple[dict[str, str], Any]:
         """The .env values, created with a fresh metrics token on the first `up`, and checked."""
@@ -176,6 +195,7 @@ class Stack:
             if problem:
                 raise HubforgeError(f"{problem} (nothing was started)")
         self.check_ports()
+        self.proxy_token()
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
         guarded = hub.lab_network_guard and self.guards_labs
@@ -189,6 +209,11 @@ class Stack:
                 "run_dir": str(options.run_dir),
                 "project": options.project,
                 "hub_image": images["hub"],
+                "proxy_image": images.get("proxy", ""),
+                "lab_subdomains": hub.lab_subdomains,
+                # the proxy serves it; without SSL_CERT the hub makes a self-signed pair there
+                "ssl_cert": hub.ssl_cert or f"{CERTS_DIR}/tls.crt",
+                "ssl_key": hub.ssl_key or f"{CERTS_DIR}/tls.key",
                 "registry_image": images.get("registry", ""),
                 "lab_images": dict(lab_images),
                 "network": f"{options.project}_net",

@@ -27,7 +27,7 @@ from hub_ext.settings.hub import HubConfig
 
 from .. import proc
 from ..errors import HubforgeError
-from .engine import Stack
+from .engine import Stack, private_file
 from .settings import port_free
 
 NAMESPACE = "com.docker.stack.namespace"
@@ -117,12 +117,6 @@ def registry_answers(registry: str) -> bool:
         return exc.code == 401  # it is up, and asks for credentials
     except OSError:
         return False
-
-
-def private_file(path: Path, text: str) -> None:
-    """A new file that only its owner can read, from its first byte."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(text)
 
 
 def htpasswd_line(username: str, password: str, rounds: int = HTPASSWD_ROUNDS) -> str:

@@ -133,10 +133,20 @@ TARGETS: tuple[Target, ...] = (
         python_lock="images/hub/requirements.lock",
         apt_lock="images/hub/apt.lock",
         build_apt_lock=BUILD_APT_LOCK,
-        npm_dir="images/hub/proxy",
+        npm_dir="images/proxy",
         local_packages=("hub_ext",),
         budget_mb=250,
         description="JupyterHub 5, NativeAuthenticator, DockerSpawner, configurable-http-proxy, hub_ext",
+    ),
+    Target(
+        name="proxy",
+        repository=f"{NAMESPACE}/proxy",
+        template="images/proxy/Dockerfile.j2",
+        inputs=SHARED_TEMPLATES + ("images/proxy/start.cjs",),
+        apt_lock="images/proxy/apt.lock",
+        npm_dir="images/proxy",
+        budget_mb=180,
+        description="configurable-http-proxy in its own container: hub restarts and upgrades leave labs' traffic alone",
     ),
     _lab(DEFAULT_FLAVOR, "images/lab/requirements.lock", 600, "JupyterLab 4 single-user server (lean)"),
     _lab("datascience", "images/lab/datascience.lock", 1600, "the lab plus numpy, pandas, scipy, scikit-learn, ..."),
@@ -179,7 +189,7 @@ TARGETS: tuple[Target, ...] = (
 )
 
 # What `invoke build` builds with no --target: flavours other than the default, and the tests' idp, are opt-in.
-DEFAULT_SET = ("base", "hub", "lab", "gpu-probe", "registry", "backup")
+DEFAULT_SET = ("base", "hub", "proxy", "lab", "gpu-probe", "registry", "backup")
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def test_hub_versions(built, tracked):
     assert jupyterhub == locked("images/hub/requirements.lock", "jupyterhub")
     assert (
         proxy
-        == json.loads((ROOT / "images/hub/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
+        == json.loads((ROOT / "images/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
     )
     assert packages.split() == [
         locked("images/hub/requirements.lock", n)

@@ -25,11 +25,12 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
 @pytest.mark.parametrize(
     ("edit", "changed"),
     [
-        ("images/base/bootstrap.json", {"base", "hub", "lab", "lab-datascience", "gpu-probe", "registry", "backup"}),
+        ("images/base/bootstrap.json", {"base", "hub", "proxy", "lab", "lab-datascience", "gpu-probe", "registry", "backup"}),
         ("images/hub/Dockerfile.j2", {"hub"}),
         ("images/hub/requirements.lock", {"hub"}),
         ("images/hub/apt.lock", {"hub"}),
-        ("images/hub/proxy/package-lock.json", {"hub"}),
+        ("images/proxy/package-lock.json", {"hub", "proxy"}),
+        ("images/proxy/start.cjs", {"proxy"}),
         ("hub_ext/__init__.py", {"hub"}),
         ("images/lab/requirements.lock", {"lab"}),
         ("images/lab/datascience.lock", {"lab-datascience"}),
@@ -38,7 +39,7 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
         ("images/gpu-probe/probe.sh", {"gpu-probe"}),
         ("images/registry/config.yml", {"registry"}),
         ("images/backup/apt.lock", {"backup"}),
-        ("images/_shared/harden.j2", {"hub", "lab", "lab-datascience", "gpu-probe"}),
+        ("images/_shared/harden.j2", {"hub", "proxy", "lab", "lab-datascience", "gpu-probe"}),
         ("images/_shared/venv.j2", {"hub", "lab", "lab-datascience"}),
         ("images/_shared/build-apt.lock", {"hub", "lab", "lab-datascience"}),
         ("images/lab/hubforge-notify/src/index.ts", {"lab", "lab-datascience"}),

@@ -267,7 +267,7 @@ def test_every_service_and_every_lab_rotates_its_log(tmp_path):
     from hub_ext.settings.hub import ConfigError, from_environ
 
     services = rendered_on_one_cpu(tmp_path, "ENABLE_GPU_SUPPORT=0\nLOG_MAX_SIZE=20M\nLOG_MAX_FILES=5\n")
-    assert set(services) == {"hub", "netguard"}
+    assert set(services) == {"hub", "proxy", "netguard"}
     for name, service in services.items():
         assert service["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "5"}}, name
     lab = lab_runtime(

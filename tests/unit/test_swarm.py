@@ -193,7 +193,7 @@ def test_compose_renders_as_before_from_the_same_template(tmp_path):
     compose.prepare({"hub": "h:1", "gpu-probe": "g:1"}, {"default": "l:1"})
     listener.close()
     rendered = yaml.safe_load((stack.options.run_dir / "compose.yml").read_text())
-    assert rendered["name"] == "p" and set(rendered["services"]) == {"hub", "netguard"}
+    assert rendered["name"] == "p" and set(rendered["services"]) == {"hub", "proxy", "netguard"}
     assert "deploy" not in rendered["services"]["hub"] and rendered["services"]["hub"]["restart"] == "unless-stopped"
 
 
