@@ -158,6 +158,41 @@ def test_a_settings_change_recreates_the_hub_and_the_lab_keeps_its_kernel(stack,
     assert api.request("GET", f"user/{name}/api/status").status_code == 200  # the proxy routes to it again
 
 
+def test_a_hub_crash_cuts_no_lab_connection(stack, admin):
+    """Issue 32, part 1: the proxy outlives the hub. While the hub's process lies dead (SIGKILL from the host, as an
+    out-of-memory kill would) an open kernel websocket keeps working and a file saved through the lab's API is saved;
+    then Docker's restart policy brings the hub back, and it finds its routes again."""
+    name, api = new_user(stack, admin)
+    api.start(name)
+    kernel = KernelClient(api, name)
+    channel = kernel.channel()
+    saved = f"user/{name}/api/contents/during-the-crash.txt"
+    try:
+        assert channel.execute("state = 6 * 7").strip() == ""
+        hub = stack.hub()
+        restarts = hub.attrs["RestartCount"]
+        os.kill(hub.attrs["State"]["Pid"], signal.SIGKILL)
+        wait_until(lambda: stack.hub().attrs["State"]["Pid"] != hub.attrs["State"]["Pid"], 10, "the hub to die")
+        health = plain_get(f"{stack.url}hub/health")
+        assert health.status_code >= 500, f"the hub answered {health.status_code} while dead: the test proves nothing"
+
+        assert channel.execute("print(state)").strip() == "42", "the open websocket lost its kernel"
+        body = {"type": "file", "format": "text", "content": "written while the hub was down\n"}
+        response = api.request("PUT", saved, json=body, timeout=10)
+        assert response.status_code in (200, 201), f"the save failed while the hub was down: {response.status_code}"
+        assert stack.hub().attrs["State"].get("Health", {}).get("Status") != "healthy", "the hub came back too soon"
+
+        wait_until(
+            lambda: stack.hub().attrs["State"].get("Health", {}).get("Status") == "healthy", 90, "the hub to be back"
+        )
+        assert stack.hub().attrs["RestartCount"] > restarts, "Docker did not restart the hub: it was not a crash"
+        assert channel.execute("print(state + 1)").strip() == "43", "the websocket did not outlive the hub's return"
+    finally:
+        channel.close()
+    assert api.user(name)["servers"][""]["ready"], "the hub that came back did not find the running lab"
+    assert api.request("GET", saved).json()["content"] == "written while the hub was down\n"
+
+
 def test_a_killed_lab_is_removed_and_starts_again_with_its_files(stack, admin):
     name, api = new_user(stack, admin)
     api.start(name)

@@ -173,7 +173,18 @@ class KernelClient:
         """Run `code` over the kernel's websocket; its stdout plus the result's text/plain."""
         return asyncio.run(self._execute(code, timeout))
 
+    def channel(self, timeout: float = 30) -> KernelChannel:
+        """One websocket to the kernel, kept open across calls (as a JupyterLab tab keeps it)."""
+        return KernelChannel(self, timeout)
+
     async def _execute(self, code: str, timeout: float) -> str:
+        connection = await self._connect(timeout)
+        try:
+            return await self._run(connection, code, timeout)
+        finally:
+            connection.close()
+
+    async def _connect(self, timeout: float):
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
@@ -188,7 +199,9 @@ class KernelClient:
             connect_timeout=10,
             request_timeout=timeout,
         )
-        connection = await websocket_connect(request)
+        return await websocket_connect(request)
+
+    async def _run(self, connection, code: str, timeout: float) -> str:
         msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
         connection.write_message(
             json.dumps(
@@ -218,31 +231,44 @@ class KernelClient:
         )
         output, replied, idle = [], None, False
         deadline = time.monotonic() + timeout
-        try:
-            while not (replied and idle):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no reply from kernel {self.id} within {timeout}s; so far: {output}")
-                raw = await asyncio.wait_for(connection.read_message(), remaining)
-                if raw is None:
-                    raise AssertionError(f"the websocket of kernel {self.id} closed; so far: {output}")
-                message = json.loads(raw)
-                if message.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind, content = message["header"]["msg_type"], message["content"]
-                if kind == "stream":
-                    output.append(content["text"])
-                elif kind in ("execute_result", "display_data"):
-                    output.append(content["data"].get("text/plain", ""))
-                elif kind == "error":
-                    raise AssertionError(f"{content['ename']}: {content['evalue']}")
-                elif kind == "execute_reply":
-                    replied = content
-                elif kind == "status" and content.get("execution_state") == "idle":
-                    idle = True
-        finally:
-            connection.close()
+        while not (replied and idle):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no reply from kernel {self.id} within {timeout}s; so far: {output}")
+            raw = await asyncio.wait_for(connection.read_message(), remaining)
+            if raw is None:
+                raise AssertionError(f"the websocket of kernel {self.id} closed; so far: {output}")
+            message = json.loads(raw)
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = message["header"]["msg_type"], message["content"]
+            if kind == "stream":
+                output.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                output.append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                raise AssertionError(f"{content['ename']}: {content['evalue']}")
+            elif kind == "execute_reply":
+                replied = content
+            elif kind == "status" and content.get("execution_state") == "idle":
+                idle = True
         return "".join(output)
+
+
+class KernelChannel:
+    """A kernel's websocket held open on an event loop of its own: each execute() runs on the same connection."""
+
+    def __init__(self, kernel: KernelClient, timeout: float) -> None:
+        self.kernel, self.timeout = kernel, timeout
+        self.loop = asyncio.new_event_loop()
+        self.connection = self.loop.run_until_complete(kernel._connect(timeout))
+
+    def execute(self, code: str) -> str:
+        return self.loop.run_until_complete(self.kernel._run(self.connection, code, self.timeout))
+
+    def close(self) -> None:
+        self.connection.close()
+        self.loop.close()
 
 
 class EventListener:

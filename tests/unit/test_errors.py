@@ -47,7 +47,15 @@ def test_graph_selection_errors_list_the_valid_choices(target, flavor, message):
 
 def test_selection_puts_parents_first():
     assert [t.name for t in Graph().select("lab", "datascience")] == ["base", "lab-datascience"]
-    assert [t.name for t in Graph().select(None, None)] == ["base", "hub", "proxy", "lab", "gpu-probe", "registry", "backup"]
+    assert [t.name for t in Graph().select(None, None)] == [
+        "base",
+        "hub",
+        "proxy",
+        "lab",
+        "gpu-probe",
+        "registry",
+        "backup",
+    ]
 
 
 def test_docker_daemon_missing_is_one_line():
