@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+import requests
 
 from hub_ext.naming import default_volume_prefix, user_names
 
@@ -173,8 +174,11 @@ def test_a_hub_crash_cuts_no_lab_connection(stack, admin):
         restarts = hub.attrs["RestartCount"]
         os.kill(hub.attrs["State"]["Pid"], signal.SIGKILL)
         wait_until(lambda: stack.hub().attrs["State"]["Pid"] != hub.attrs["State"]["Pid"], 10, "the hub to die")
-        health = plain_get(f"{stack.url}hub/health")
-        assert health.status_code >= 500, f"the hub answered {health.status_code} while dead: the test proves nothing"
+        try:
+            health = plain_get(f"{stack.url}hub/health").status_code
+        except requests.RequestException as exc:  # nothing answers on the hub's port at all
+            health = type(exc).__name__
+        assert health != 200, "the hub answered while dead: the test proves nothing"
 
         assert channel.execute("print(state)").strip() == "42", "the open websocket lost its kernel"
         body = {"type": "file", "format": "text", "content": "written while the hub was down\n"}
