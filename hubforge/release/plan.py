@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 DOCKER_HUB = "docker.io"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
-RELEASED = ("hub", "lab", "gpu-probe")  # plus every built lab flavour
+RELEASED = ("hub", "proxy", "lab", "gpu-probe")  # plus every built lab flavour
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,14 @@ def loopback_registry(folder: Path) -> Iterator[str]:
 
 
 def push_release(registry: str, version: str, hub_dockerfile: str) -> dict[str, str]:
-    """Today's lab and gpu-probe, and a hub built FROM today's with `hub_dockerfile`'s lines (no network), pushed
+    """Today's proxy, lab and gpu-probe, and a hub built FROM today's with `hub_dockerfile`'s lines (no network), pushed
     under `version`; returns name -> the registry's digest."""
     client = docker.from_env()
     images, _ = current_images()
     dockerfile = f"FROM {images['hub']}\n{hub_dockerfile}\n"
     hub, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), network_mode="none", rm=True)
     digests = {}
-    for name, image in (("hub", hub), ("lab", client.images.get(images["lab"])), ("gpu-probe", None)):
+    for name, image in (("hub", hub), ("proxy", None), ("lab", client.images.get(images["lab"])), ("gpu-probe", None)):
         image = image or client.images.get(images[name])
         repository = f"{registry}/{NAMESPACE}/{name}"
         image.tag(repository, version)

@@ -30,6 +30,7 @@ def test_a_release_names_each_image_the_stack_runs_by_its_version_tag():
     release = plan.Release("127.0.0.1:5000", "team", parse_version("1.4.2"))
     assert release.wanted(CURRENT.lab_images) == {
         "hub": "127.0.0.1:5000/team/hub:1.4.2",
+        "proxy": "127.0.0.1:5000/team/proxy:1.4.2",
         "lab": "127.0.0.1:5000/team/lab:1.4.2",
         "gpu-probe": "127.0.0.1:5000/team/gpu-probe:1.4.2",
         "lab:datascience": "127.0.0.1:5000/team/lab:1.4.2-datascience",
