@@ -221,6 +221,7 @@ c.JupyterHub.concurrent_spawn_limit = hub.concurrent_spawn_limit  # 0: no limit
 AsyncHTTPClient.configure(None, max_clients=512)
 c.HubforgeSpawner.project = env.get("HUBFORGE_PROJECT", "hubforge")
 c.HubforgeSpawner.hub_image = env.get("HUBFORGE_HUB_IMAGE", "")  # helpers and sandboxes run it
+c.HubforgeSwarmSpawner.proxy_service = env.get("HUBFORGE_PROXY_SERVICE", "")  # Swarm: joins labs' networks
 c.HubforgeSpawner.volume_prefix = env.get("HUBFORGE_VOLUME_PREFIX", "jupyterlab")
 c.HubforgeSpawner.shared_volume = env.get("HUBFORGE_SHARED_VOLUME", "jupyterhub_shared")
 if env.get("HUBFORGE_DOCKER_GID"):

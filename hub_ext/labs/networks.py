@@ -72,6 +72,12 @@ def hub_address(subnet: IPv4Network) -> str:
     return str(subnet.broadcast_address - 1)
 
 
+def proxy_address(subnet: IPv4Network) -> str:
+    """The proxy's address on a lab's overlay (Swarm: a service of its own beside the hub): the one before the hub's,
+    also outside the range Swarm allocates from."""
+    return str(subnet.broadcast_address - 2)
+
+
 # -- the network guard's rules ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GuardRules:

@@ -37,7 +37,7 @@ from hub_ext.helpers.onnode import (
 )
 from hub_ext.helpers.volumes import FOLDER, own_command
 from hub_ext.labs.gpu import NVIDIA_CAPABILITIES
-from hub_ext.labs.networks import hub_address, overlay_spec
+from hub_ext.labs.networks import hub_address, overlay_spec, proxy_address
 from hub_ext.labs.runtime import LOG_DRIVER, default_log_options
 from hub_ext.naming import (
     DOCKER_PRIVILEGED_GROUP,
@@ -204,6 +204,12 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         ),
     )
     stop_wait = Integer(30, config=True, help="Seconds a stop waits for the lab's container on this node to be gone.")
+    proxy_service = Unicode(
+        "",
+        config=True,
+        help="""The proxy's service (<project>_proxy), whose container on this node joins each lab's network beside
+        the hub, at a fixed address (hub_ext.labs.networks.proxy_address). Empty: the proxy runs in the hub.""",
+    )
     gpus_per_lab = Integer(
         1, min=1, config=True, help=f"How many {GPU_RESOURCE} generic resources a lab asks for when GPUs are on."
     )
@@ -585,22 +591,40 @@ class HubforgeSwarmSpawner(HubforgeSpawner, SwarmSpawner):
         # The lab reaches the hub at this fixed address: no DNS name, which Swarm gives a task only once it is healthy
         # and which a container joined by `network connect` may not get; the same again after the hub is recreated.
         self.hub_connect_url = f"http://{address}:{self.hub.port}"
-        if any(
-            info.get("IPv4Address", "").split("/")[0] == address for info in (found.get("Containers") or {}).values()
-        ):
-            self._hub_joined = True
-            return
-        try:
-            await self.connect_hub(found["Id"], address)
-        except RuntimeError as exc:
-            if "not found" not in str(exc):
-                raise
-            anchor = await self.anchor(found["Id"])  # the network is not on this node yet: bring it here
+        present = {info.get("IPv4Address", "").split("/")[0] for info in (found.get("Containers") or {}).values()}
+        wanted = [(address, self.connect_hub)]
+        if self.proxy_service:  # the proxy reaches the lab on it too: it routes the lab's traffic
+            wanted.append((proxy_address(subnet), self.connect_proxy))
+        missing = [(at, connect) for at, connect in wanted if at not in present]
+
+        async def join() -> None:
+            for at, connect in missing:
+                await connect(found["Id"], at)
+
+        if missing:
             try:
-                await self.connect_hub(found["Id"], address)
-            finally:
-                await self.docker("remove_container", anchor, force=True)
+                await join()
+            except RuntimeError as exc:
+                if "not found" not in str(exc):
+                    raise
+                anchor = await self.anchor(found["Id"])  # the network is not on this node yet: bring it here
+                try:
+                    await join()
+                finally:
+                    await self.docker("remove_container", anchor, force=True)
         self._hub_joined = True
+
+    async def connect_proxy(self, network: str, address: str) -> None:
+        """The proxy's running container on this node joins a lab's network at `address`; being there is no error."""
+        filters = {"label": [f"com.docker.swarm.service.name={self.proxy_service}"], "status": "running"}
+        found = await self.docker("containers", filters=filters)
+        if not found:
+            raise RuntimeError(f"no running container of the proxy's service {self.proxy_service} on this node")
+        try:
+            await self.docker("connect_container_to_network", found[0]["Id"], network, ipv4_address=address)
+        except Exception as exc:  # noqa: BLE001 -- docker.errors.APIError, through the executor
+            if "already exists" not in str(exc):
+                raise RuntimeError(f"the proxy cannot join the lab's network {network[:12]}: {exc}") from exc
 
     async def stop(self, now=False):
         """Remove the service, then wait (at most `stop_wait` s) until its container on this node is gone: Swarm

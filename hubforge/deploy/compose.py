@@ -38,19 +38,24 @@ class ComposeStack(Stack):
         found = self.docker.containers({PROJECT: self.options.project, SERVICE: "hub"})
         return found[0] if found else None
 
-    def front_container(self) -> dict | None:
+    def proxy_container(self) -> dict | None:
         found = self.docker.containers({PROJECT: self.options.project, SERVICE: "proxy"})
-        return found[0] if found else self.hub_container()  # a stack from before the proxy had its own container
+        return found[0] if found else None
 
     def start(self, rendered: Mapping[str, Any]) -> None:
         """`compose up`, the network guard first when the stack has one: Compose would otherwise stop the hub, then
         recreate the guard and wait for its health check (some 2.5 s) before it starts the hub again -- time in which
         nobody reaches the hub or a lab. Recreated on its own, the guard is replaced while the old hub still serves."""
-        if rendered.get("network_guard") and self.hub_container():
+        hub = self.hub_container()
+        if rendered.get("network_guard") and hub:
             proc.run(
                 self.compose("up", "--detach", "--no-deps", "--wait", "--wait-timeout", "60", "netguard"),
                 what="docker compose up netguard",
             )
+        if hub and not self.proxy_container():
+            # A stack from before the proxy had its own container: its hub holds the ports the proxy takes now. The
+            # hub goes first (labs keep running; it is made again in the proxy's namespace a moment later).
+            self.remove_hub()
         proc.run(self.compose("up", "--detach", "--remove-orphans"), what="docker compose up")
 
     def remove_hub(self) -> None:

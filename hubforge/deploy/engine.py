@@ -52,6 +52,11 @@ def private_file(path: Path, text: str) -> None:
         out.write(text)
 
 
+def front_healthy(details: dict | None) -> bool:
+    state = (details or {}).get("State", {})
+    return state.get("Status") == "running" and state.get("Health", {}).get("Status", "healthy") == "healthy"
+
+
 def script_address(bind: str) -> str:
     """Where a script on this machine reaches the hub's published port by address: loopback, unless the port is
     bound to one other address only."""
@@ -127,9 +132,13 @@ class Stack:
 
     # -- shared --------------------------------------------------------------------------------------------
 
+    def proxy_container(self) -> dict | None:
+        """The proxy's own container (None: the proxy runs in the hub's, as in a stack from before it had one)."""
+        return None
+
     def front_container(self) -> dict | None:
-        """The container that publishes the stack's ports: the hub's, unless an engine puts a proxy before it."""
-        return self.hub_container()
+        """The container that publishes the stack's ports: the proxy's, or the hub's."""
+        return self.proxy_container() or self.hub_container()
 
     def check_ports(self) -> None:
         front = self.front_container()
@@ -415,8 +424,11 @@ class Stack:
             health = state.get("Health", {}).get("Status", "starting")
             elapsed = time.monotonic() - started
             if state.get("Status") == "running" and health == "healthy":
-                return
-            if details and (state.get("Status") in ("exited", "dead") or state.get("Restarting")):
+                proxy = self.proxy_container()
+                if not proxy or front_healthy(self.docker.inspect_container(proxy["Id"])):
+                    return
+                health = "healthy; the proxy is not yet"
+            elif details and (state.get("Status") in ("exited", "dead") or state.get("Restarting")):
                 tail = self.docker.logs(hub["Id"], tail=15).strip()
                 raise HubforgeError(f"the hub stopped while starting; its last lines:\n{tail}\n(see `invoke logs hub`)")
             if elapsed > timeout:

@@ -353,6 +353,12 @@ class SwarmStack(Stack):
         for container in self.hub_containers():
             self.docker.remove_container(container["Id"])
 
+    def proxy_container(self) -> dict | None:
+        """The proxy's container on this manager, the running one first."""
+        found = self.docker.containers({NAMESPACE: self.options.project, SERVICE: f"{self.options.project}_proxy"})
+        found.sort(key=lambda c: (c.get("State") != "running", -c.get("Created", 0)))
+        return found[0] if found else None
+
     def hub_containers(self) -> list[dict]:
         return self.docker.containers({NAMESPACE: self.options.project, SERVICE: self.hub_service})
 

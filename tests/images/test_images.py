@@ -69,8 +69,7 @@ def test_hub_versions(built, tracked):
     jupyterhub, proxy, packages = output.strip().splitlines()
     assert jupyterhub == locked("images/hub/requirements.lock", "jupyterhub")
     assert (
-        proxy
-        == json.loads((ROOT / "images/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
+        proxy == json.loads((ROOT / "images/proxy/package.json").read_text())["dependencies"]["configurable-http-proxy"]
     )
     assert packages.split() == [
         locked("images/hub/requirements.lock", n)

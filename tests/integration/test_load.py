@@ -5,11 +5,16 @@ The stack also runs with LAB_SERVER_PROXY=1, which turns jupyter-server-proxy on
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
+import time
 
 import pytest
+import requests
 
 from ..support.helpers import WEB_APP, wait_until
-from ..support.hubclient import HubSession, KernelClient
+from ..support.hubclient import HubSession, KernelClient, plain_get
 from ..support.livestack import PASSWORD, approved_user
 from ..support.loadsim import PHASES, Plan, Record, ramp, storm
 
@@ -66,3 +71,47 @@ def test_with_the_server_proxy_on_a_web_app_in_the_lab_is_reached_at_its_port(li
     )
     assert "Directory listing" in page.text
     api.stop("webby")
+
+
+# What a lab serves once its user is in: none of it needs the hub (the lab checked the user's token at the handshake).
+LAB_PHASES = {"kernel", "execute", "kernel-stop"}
+
+
+def test_a_hub_crash_during_an_arrival_fails_only_what_needs_the_hub(live, admin):
+    """Issue 32, part 1: 30 users arrive over 20 s, and 12 s in the hub's process is SIGKILLed (Docker brings it back).
+    Logins, spawns and lab handshakes under way may fail: they need the hub. No cell of a user already in their lab
+    fails, and cells run while the hub is down."""
+    names = [f"wave{i}" for i in range(30)]
+    for name in names:
+        assert HubSession(live.url).signup(name, PASSWORD).status_code == 200
+        admin.approve(name)
+    record = Record()
+    window: dict[str, int | float | str] = {}
+
+    def crash() -> None:
+        time.sleep(12)
+        hub = live.hub()
+        window["cells_before"] = len(record.durations.get("execute", []))
+        os.kill(hub.attrs["State"]["Pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        while time.monotonic() - killed < 120:
+            try:
+                if plain_get(f"{live.url}hub/health").status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        window["down_s"] = time.monotonic() - killed
+        window["cells_after"] = len(record.durations.get("execute", []))
+
+    killer = threading.Thread(target=crash, daemon=True)
+    killer.start()
+    plan = Plan(session_s=30, think_s=1)
+    asyncio.run(asyncio.wait_for(ramp(live.url, [(n, PASSWORD) for n in names], 20, plan, record), 480))
+    killer.join(timeout=130)
+    summary = record.summary()
+    assert "down_s" in window, f"the hub was not killed: {window}"
+    assert not LAB_PHASES & set(record.failures), f"lab requests failed with the hub down: {summary}"
+    assert window["cells_after"] - window["cells_before"] >= 5, f"few cells ran while the hub was down: {window}"
+    assert live.hub().attrs["RestartCount"] >= 1, "Docker did not restart the hub"
+    assert record.completed >= 10, summary  # the users in their labs before the crash finished their session

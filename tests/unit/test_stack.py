@@ -14,6 +14,7 @@ import yaml
 from hub_ext.hub.logo import LogoError, materialize
 from hub_ext.hub.tls import ensure_self_signed
 from hubforge.deploy import ComposeStack, StackOptions, compose_argv, validate_port, validate_project
+from hubforge.deploy.compose import SERVICE
 from hubforge.deploy.settings import config_digest, parse_probe, port_free, read_env_file
 from hubforge.errors import HubforgeError
 
@@ -316,6 +317,38 @@ class ReplacingDaemon:
     def logs(self, container, tail):
         return "the hub's last lines"
 
+    def containers(self, labels, all=True):
+        return []  # no proxy of its own: the hub's container is the front
+
+
+class ProxyDaemon(ReplacingDaemon):
+    """A healthy hub, and a proxy container whose health goes through `proxy_steps`, one per look at it."""
+
+    def __init__(self, proxy_steps):
+        super().__init__([("hub", "h:1", "running", "healthy")])
+        self.proxy_steps, self.proxy_seen = list(proxy_steps), 0
+
+    def containers(self, labels, all=True):
+        return [{"Id": "proxy", "State": "running"}] if labels.get(SERVICE) == "proxy" else []
+
+    def inspect_container(self, container):
+        if container != "proxy":
+            return super().inspect_container(container)
+        self.proxy_seen += 1
+        health = self.proxy_steps[min(self.proxy_seen, len(self.proxy_steps)) - 1]
+        return {"State": {"Status": "running", "Health": {"Status": health}}}
+
+
+def test_waiting_for_the_hub_waits_for_its_proxy_too(tmp_path, monkeypatch):
+    """The hub answers on its own before its proxy does: `up` returns only when the URL works."""
+    monkeypatch.setattr("hubforge.deploy.engine.time.sleep", lambda seconds: None)
+    options = StackOptions(project="p", run_dir=tmp_path, https_port=9443, http_port=9080)
+    daemon = ProxyDaemon(["starting", "starting", "healthy"])
+    said = []
+    ReplacedHubStack(options, daemon, tmp_path, say=lambda message: None).wait_healthy(said.append)
+    assert daemon.proxy_seen == 3
+    assert said == ["waiting for the hub to become healthy (healthy; the proxy is not yet, 0s)"] * 2
+
 
 class ReplacedHubStack(ComposeStack):
     def hub_container(self):
@@ -374,7 +407,21 @@ def test_compose_starts_the_guard_on_its_own_first_when_the_rendered_stack_has_o
     options = StackOptions(project="p", run_dir=tmp_path, https_port=9443, http_port=9080)
     stack = ComposeStack(options, None, tmp_path, say=lambda message: None)
     monkeypatch.setattr(stack, "hub_container", lambda: {"Id": "h"} if hub else None)
+    monkeypatch.setattr(stack, "proxy_container", lambda: {"Id": "p"})
     stack.start({"network_guard": guarded})
     assert len(calls) == ups and calls[-1][-3:] == ["up", "--detach", "--remove-orphans"]
     if ups == 2:
         assert calls[0][-1] == "netguard" and "--no-deps" in calls[0]
+
+
+def test_a_stack_from_before_the_proxy_container_loses_its_hub_first(tmp_path, monkeypatch):
+    """Its hub publishes the ports that the new proxy takes: Compose would make the proxy first and fail on them."""
+    calls = []
+    monkeypatch.setattr("hubforge.deploy.compose.proc.run", lambda argv, what: calls.append(argv))
+    options = StackOptions(project="p", run_dir=tmp_path, https_port=9443, http_port=9080)
+    stack = ComposeStack(options, None, tmp_path, say=lambda message: None)
+    monkeypatch.setattr(stack, "hub_container", lambda: {"Id": "h"})
+    monkeypatch.setattr(stack, "proxy_container", lambda: None)
+    stack.start({"network_guard": False})
+    assert len(calls) == 2 and calls[0][-4:] == ["rm", "--stop", "--force", "hub"]
+    assert calls[1][-3:] == ["up", "--detach", "--remove-orphans"]

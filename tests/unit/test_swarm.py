@@ -89,7 +89,7 @@ def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path
     listener.close()
     assert "name" not in rendered and rendered["version"] == "3.9"  # `docker stack deploy` takes format 3
     hub = rendered["services"]["hub"]
-    assert set(rendered["services"]) == {"hub", "registry"}  # the guard is a global service from the registry's image
+    assert set(rendered["services"]) == {"hub", "proxy", "registry"}  # the guard: a global service of the registry's
     registry = rendered["services"]["registry"]
     assert registry["image"] == "r:1" and registry["deploy"]["placement"]["constraints"] == ["node.id == node1"]
     assert registry["ports"] == [
@@ -108,10 +108,14 @@ def test_the_stack_file_carries_what_swarm_needs_from_the_same_template(tmp_path
     assert hub["deploy"]["placement"]["constraints"] == ["node.id == node1"]
     assert hub["deploy"]["resources"]["limits"] == {"memory": "2G", "cpus": "1.0", "pids": 2048}
     assert hub["deploy"]["endpoint_mode"] == "dnsrr"
-    assert [p["mode"] for p in hub["ports"]] == ["host", "host"] and {p["published"] for p in hub["ports"]} == {
+    proxy = rendered["services"]["proxy"]  # the ports are the proxy's, pinned beside the hub
+    assert "ports" not in hub and proxy["deploy"]["placement"] == hub["deploy"]["placement"]
+    assert [p["mode"] for p in proxy["ports"]] == ["host", "host"] and {p["published"] for p in proxy["ports"]} == {
         9443,
         9080,
     }
+    assert proxy["deploy"]["endpoint_mode"] == "dnsrr" and proxy["env_file"] == ["proxy.env"]
+    assert hub["environment"]["HUBFORGE_PROXY_API"] == "http://proxy:8001" and "proxy.env" in hub["env_file"]
     assert hub["environment"]["HUBFORGE_ENGINE"] == "swarm"
     assert hub["user"].startswith("1000:") and "group_add" not in hub and "mem_limit" not in hub
     assert rendered["networks"]["hub"]["driver"] == "overlay" and rendered["networks"]["hub"]["attachable"] is True
