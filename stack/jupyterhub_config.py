@@ -8,11 +8,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
+from hub_ext.auth import throttle
 from hub_ext.auth.people import DUE
 from hub_ext.authenticators.native import TEMPLATES
 from hub_ext.hub import database, passwordgate, process, publichost
@@ -103,10 +105,13 @@ c.JupyterHub.ssl_key = str(key)
 # The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.
 PROXY_API = env.get("HUBFORGE_PROXY_API", "")
 if PROXY_API:
-    # In a container of its own (Compose: images/proxy), whose network namespace this one is: it outlives the hub,
-    # and the hub finds its routes again at start. The token is CONFIGPROXY_AUTH_TOKEN, shared by both.
+    # In a container of its own (images/proxy): it outlives the hub, and the hub finds its routes again at start. On
+    # Compose the hub shares its network namespace; on Swarm it is a service on the stack network, whose address is
+    # the one the hub trusts with a client's X-Forwarded-For. The token is CONFIGPROXY_AUTH_TOKEN, shared by both.
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = PROXY_API
+    if env.get("HUBFORGE_PROXY_SERVICE"):
+        throttle.PROXY.name = urlsplit(PROXY_API).hostname or ""
 c.ConfigurableHTTPProxy.command = [
     "configurable-http-proxy",
     "--redirect-port",

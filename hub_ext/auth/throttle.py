@@ -111,13 +111,48 @@ class LoginRefused(Exception):
         self.wait = wait
 
 
-def client_address(request) -> str:
+PROXY_RESOLVE_TTL_S = 30.0
+
+
+@dataclass
+class ProxyHost:
+    """The proxy's service name on the stack network, where it is a container of the hub's network namespace no
+    more (Swarm): its addresses, looked up at most every PROXY_RESOLVE_TTL_S (a new task has a new one)."""
+
+    name: str = ""
+    resolve: Callable[[str], set[str]] = field(default=lambda name: _resolve(name))
+    clock: Callable[[], float] = time.monotonic
+    _cached: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+
+    def addresses(self) -> frozenset[str]:
+        if not self.name:
+            return frozenset()
+        at, found = self._cached
+        if self.clock() - at > PROXY_RESOLVE_TTL_S:
+            try:
+                found = frozenset(self.resolve(self.name))
+            except OSError:
+                found = frozenset()
+            self._cached = (self.clock(), found)
+        return found
+
+
+def _resolve(name: str) -> set[str]:
+    import socket
+
+    return {info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
+
+
+PROXY = ProxyHost()  # stack/jupyterhub_config.py names it on Swarm
+
+
+def client_address(request, proxy: ProxyHost = PROXY) -> str:
     """The client's address as the hub's own proxy saw it.
 
-    TLS ends in configurable-http-proxy inside the hub container, which appends the client's address to
-    X-Forwarded-For. Only that last entry is trusted, and only on a connection from the proxy (this
-    container's own address): tornado's xheaders would also believe a client's own X-Real-Ip, and a lab
-    could talk to the hub's port directly with any header it likes.
+    TLS ends in configurable-http-proxy, which appends the client's address to X-Forwarded-For. Only that last
+    entry is trusted, and only on a connection from the proxy: this container's own address (Compose: the hub
+    shares the proxy's network namespace), or the proxy service's (Swarm). Tornado's xheaders would also believe a
+    client's own X-Real-Ip, and a lab could talk to the hub's port directly with any header it likes.
     """
     context = request.connection.context
     peer = context.address[0] if isinstance(getattr(context, "address", None), tuple) else ""
@@ -126,6 +161,6 @@ def client_address(request) -> str:
     except (AttributeError, OSError):
         local = ""
     forwarded = request.headers.get("X-Forwarded-For", "")
-    if peer and forwarded and (peer == local or peer in ("127.0.0.1", "::1")):
+    if peer and forwarded and (peer == local or peer in ("127.0.0.1", "::1") or peer in proxy.addresses()):
         return forwarded.split(",")[-1].strip()
     return peer or request.remote_ip

@@ -10,7 +10,7 @@ import bcrypt
 import pytest
 
 from hub_ext.auth.passwords import password_matches
-from hub_ext.auth.throttle import Throttle, client_address, describe_wait
+from hub_ext.auth.throttle import ProxyHost, Throttle, client_address, describe_wait
 
 
 class Clock:
@@ -105,6 +105,22 @@ def test_a_spoofed_header_does_not_move_the_client():
     assert client_address(request("172.18.0.2", "172.18.0.2", spoof)) == "198.51.100.7"
     # a lab talking to the hub's port directly is not the proxy: its headers are ignored
     assert client_address(request("172.18.0.5", "172.18.0.2", {"X-Forwarded-For": "192.0.2.10"})) == "172.18.0.5"
+
+
+def test_on_swarm_the_proxy_services_address_is_trusted_and_a_labs_is_not():
+    """The proxy is a service of its own there: without this, every login would come from the proxy's address and
+    share one address budget."""
+    now = [0.0]
+    looked = []
+    proxy = ProxyHost("proxy", resolve=lambda name: looked.append(name) or {"10.0.1.7"}, clock=lambda: now[0])
+    forwarded = {"X-Forwarded-For": "198.51.100.7"}
+    assert client_address(request("10.0.1.7", "10.0.1.5", forwarded), proxy) == "198.51.100.7"
+    assert client_address(request("10.0.1.9", "10.0.1.5", forwarded), proxy) == "10.0.1.9"  # a lab, or anyone else
+    assert client_address(request("10.0.1.7", "10.0.1.5", forwarded)) == "10.0.1.7"  # no proxy named: Compose
+    assert looked == ["proxy"]  # once, within the cache's time
+    now[0] += 31
+    client_address(request("10.0.1.7", "10.0.1.5", forwarded), proxy)
+    assert looked == ["proxy", "proxy"]
 
 
 def test_password_checks_run_off_the_event_loop(monkeypatch):
