@@ -256,7 +256,7 @@ def attack_from_lab(
 
 def host_address(live) -> str:
     """Where the host's requests come from, as the hub sees them: the stack network's gateway."""
-    return live.hub().attrs["NetworkSettings"]["Networks"][f"{live.project}_net"]["Gateway"]
+    return live.hub_network_holder().attrs["NetworkSettings"]["Networks"][f"{live.project}_net"]["Gateway"]
 
 
 def test_an_attacker_in_a_lab_cannot_lock_the_admin_out(live, admin):

@@ -339,14 +339,13 @@ def test_a_lab_that_prints_without_end_keeps_at_most_the_configured_log(live, la
 
 def test_the_hub_keeps_its_own_default_route(live, labs):
     """The hub is on every lab's network; its way out must stay its own network's gateway."""
-    hub = live.hub()
-    hub.reload()
-    stack_gateway = hub.attrs["NetworkSettings"]["Networks"][f"{live.project}_net"]["Gateway"]
+    hub, holder = live.hub(), live.hub_network_holder()  # the proxy's namespace, which the hub shares
+    stack_gateway = holder.attrs["NetworkSettings"]["Networks"][f"{live.project}_net"]["Gateway"]
     routes = hub.exec_run(["cat", "/proc/net/route"]).output.decode().splitlines()[1:]
     default = next(line.split() for line in routes if line.split()[1] == "00000000")
     via = str(ipaddress.IPv4Address(bytes.fromhex(default[2])[::-1]))
     assert via == stack_gateway, f"the hub's default route goes via {via}, a lab network's gateway"
-    assert len(hub.attrs["NetworkSettings"]["Networks"]) >= 3  # its own, alice's and bob's
+    assert len(holder.attrs["NetworkSettings"]["Networks"]) >= 3  # its own, alice's and bob's
 
 
 def test_the_guard_removes_its_rules_when_stopped_and_restores_them(live, labs, outside):

@@ -78,6 +78,13 @@ class LiveStack:
     def hub(self):
         return docker.from_env().containers.get(self.stack.hub_container()["Id"])
 
+    def hub_network_holder(self):
+        """The container whose networks the hub is on: the proxy's, whose namespace the hub joins (Compose), or the
+        hub's own."""
+        hub = self.hub()
+        mode = hub.attrs["HostConfig"]["NetworkMode"]
+        return docker.from_env().containers.get(mode.split(":", 1)[1]) if mode.startswith("container:") else hub
+
     def lab(self, username: str):
         from hub_ext.naming import user_names
 
