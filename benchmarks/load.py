@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"ramp: {args.users} users over {args.ramp:.0f} s, {args.session:.0f} s sessions ...")
                 users = [(name, PASSWORD) for name in names[: args.users]]
                 deadline = args.ramp + args.session + args.spawn_timeout + 300
-                meter = Meter(live.hub().id)
+                proxy = live.stack.proxy_container()  # its own container since issue 32: counted with the hub
+                meter = Meter((live.hub().id,) + ((proxy["Id"],) if proxy else ()))
 
                 def arrivals(expected: int) -> Arrivals:
                     return Arrivals(expected, meter.first_cell, lambda a: meter.end(a.cells, a.stops_within))

@@ -6,7 +6,7 @@ Read from the host, never from Docker's API (whose calls would add to the Docker
   has run. The ipykernel processes in it (their /proc/<pid>/stat, utime + stime) are the kernel; the rest of the
   cgroup's total is the lab: the Jupyter server, and processes that came and went (the start script, the image's
   health check that Docker execs in the container every 30 s, runc's init before it became the container's process).
-- **hub**: the hub container's cgroup, over the arrival window (it holds JupyterHub and its proxy).
+- **hub**: the hub's and the proxy's containers' cgroups, over the arrival window (JupyterHub and its proxy).
 - **Docker**: dockerd, containerd, the containerd shims, runc and docker-proxy on the host. Live processes by their
   /proc/<pid>/stat (own utime + stime), and those that exited during the window (each runc, a shim whose container
   stopped, the iptables runs of dockerd and containerd's children) by the kernel's process accounting (acct(2)),
@@ -266,9 +266,11 @@ class Meter(threading.Thread):
 
     END = object()
 
-    def __init__(self, hub_id: str, cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")) -> None:
+    def __init__(
+        self, hub_ids: tuple[str, ...], cgroup_root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")
+    ) -> None:
         super().__init__(daemon=True)
-        self.hub_id, self.root, self.proc = hub_id, cgroup_root, proc
+        self.hub_ids, self.root, self.proc = hub_ids, cgroup_root, proc
         self.finder = LabFinder(cgroup_root, proc)
         self.inbox: queue.Queue = queue.Queue()
         self.labs: list[LabReading] = []
@@ -277,12 +279,12 @@ class Meter(threading.Thread):
         self.result: dict = {}
 
     def snapshot(self) -> dict:
-        hub = cgroups.read(self.root, self.hub_id)
+        hubs = [cgroups.read(self.root, hub_id) for hub_id in self.hub_ids]
         own = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "at": time.monotonic(),
             "machine": busy_ticks((self.proc / "stat").read_text()) / TICKS,
-            "hub": hub.cpu_ns / 1e9 if hub else None,
+            "hub": sum(hub.cpu_ns for hub in hubs) / 1e9 if all(hubs) else None,
             "docker": docker_processes(self.proc),
             "simulator": own.ru_utime + own.ru_stime,
         }
