@@ -17,7 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 from hub_ext.auth import throttle
 from hub_ext.auth.people import DUE
 from hub_ext.authenticators.native import TEMPLATES
-from hub_ext.hub import database, passwordgate, process, publichost
+from hub_ext.hub import database, passwordgate, process, proxy, publichost
 from hub_ext.hub.logo import LogoError, materialize
 from hub_ext.hub.tls import ensure_self_signed
 from hub_ext.labs.runtime import log_options
@@ -110,6 +110,12 @@ if PROXY_API:
     # the one the hub trusts with a client's X-Forwarded-For. The token is CONFIGPROXY_AUTH_TOKEN, shared by both.
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = PROXY_API
+    try:  # the certificate exists by now (made above), which the proxy waits for
+        proxy.wait_for_api(
+            PROXY_API, 90, say=lambda message: print(f"hubforge: {message}", file=sys.stderr, flush=True)
+        )
+    except TimeoutError as exc:
+        refuse(str(exc))
     if env.get("HUBFORGE_PROXY_SERVICE"):
         throttle.PROXY.name = urlsplit(PROXY_API).hostname or ""
 c.ConfigurableHTTPProxy.command = [
