@@ -115,6 +115,17 @@ def test_the_hub_is_a_service_on_the_manager(live):
     assert hub.attrs["HostConfig"]["ReadonlyRootfs"] is True and hub.attrs["HostConfig"]["CapDrop"] == ["ALL"]
 
 
+def test_the_proxy_is_a_service_beside_the_hub_and_holds_the_ports(live):
+    """Issue 32: the proxy outlives the hub on Swarm too, pinned where the hub is (the certs volume is there)."""
+    api = live.stack.docker.client.api
+    hub, proxy = (api.inspect_service(f"{live.project}_{name}")["Spec"] for name in ("hub", "proxy"))
+    assert proxy["TaskTemplate"]["Placement"] == hub["TaskTemplate"]["Placement"]
+    published = {p["PublishedPort"] for p in proxy["EndpointSpec"]["Ports"]}
+    assert published == {live.stack.options.https_port, live.stack.options.http_port}
+    assert not (hub.get("EndpointSpec") or {}).get("Ports")
+    assert proxy["TaskTemplate"]["ContainerSpec"]["Image"].startswith("hubforge/proxy:")
+
+
 def test_a_lab_is_a_service_with_the_runtime_of_the_compose_engine(live, admin):
     api = approved_user(live, admin, "first.last")[1]
     api.start("first.last")
