@@ -1,6 +1,7 @@
 """The load simulator of benchmarks/load.py on a live stack: three users take a browser's whole path.
 
-The stack also runs with LAB_SERVER_PROXY=1, which turns jupyter-server-proxy on in the labs."""
+The stack also runs with LAB_SERVER_PROXY=1, which turns jupyter-server-proxy on in the labs; and a 30-user
+arrival meets a hub crash."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..support.livestack import PASSWORD, approved_user
 from ..support.loadsim import PHASES, Plan, Record, ramp, storm
 
 pytestmark = pytest.mark.integration
-STACK_ENV = {"LAB_SERVER_PROXY": "1"}
+STACK_ENV = {"LAB_SERVER_PROXY": "1", "LOGIN_ADDRESS_LIMIT": "1000"}  # 30 signups come from this one address
 USERS = ["sim0", "sim1", "sim2"]
 
 

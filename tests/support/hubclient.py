@@ -261,6 +261,7 @@ class KernelChannel:
     def __init__(self, kernel: KernelClient, timeout: float) -> None:
         self.kernel, self.timeout = kernel, timeout
         self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)  # tornado asks for the current loop; an earlier asyncio.run() unset it
         self.connection = self.loop.run_until_complete(kernel._connect(timeout))
 
     def execute(self, code: str) -> str:
@@ -269,6 +270,7 @@ class KernelChannel:
     def close(self) -> None:
         self.connection.close()
         self.loop.close()
+        asyncio.set_event_loop(None)
 
 
 class EventListener:
