@@ -7,7 +7,8 @@ another GETs the lab's /api/contents every 100 ms through the proxy. Then, --run
 - crash: the hub's process is SIGKILLed from the host, and Docker's restart policy brings it back;
 - restart: `docker restart` of the hub container (a graceful stop and start).
 Prints per event and as medians: the hub's downtime (failed /hub/health), the lab requests that failed, the
-websockets that closed, and the longest stall of a websocket (the longest time between two of its replies).
+websockets that closed, and the longest stall of a websocket (the longest time between two of its replies); then the
+hub's and the proxy's memory.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import docker  # noqa: E402
 import requests  # noqa: E402
 
 from tests.support.helpers import wait_until  # noqa: E402
 from tests.support.hubclient import HubAPI, KernelClient  # noqa: E402
 from tests.support.livestack import approved_user, claim_admin, start_stack, stop_stack  # noqa: E402
+from tests.support.loadsim import memory_bytes  # noqa: E402
 
 PROBE_INTERVAL = 0.1
 CELL_INTERVAL = 0.2
@@ -175,6 +178,13 @@ def main() -> None:
                         f"{current.stall:5.2f} s",
                         flush=True,
                     )
+            for name, container in (("hub", live.hub()), ("proxy", live.stack.proxy_container())):
+                if container is not None:
+                    container = (
+                        container if hasattr(container, "stats") else docker.from_env().containers.get(container["Id"])
+                    )
+                    used = memory_bytes(container.stats(stream=False, one_shot=True)) / 2**20
+                    print(f"memory of the {name} with {args.users} labs open: {used:.0f} MiB", flush=True)
         finally:
             stop.set()
             stop_stack(live)
