@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,24 @@ def stop(name: str, timeout: float = 120) -> dict[str, Any]:
     return {"user": name, "known": True, "stopped": False}
 
 
-PROXY = ("127.0.0.1", 8443)  # the proxy's HTTPS port inside this container, behind the published one
+PROXY_HTTPS_PORT = 8443  # the proxy's HTTPS port, behind the published one
+
+
+def proxy_host(environ: Mapping[str, str]) -> str:
+    """Where the hub reaches its proxy: this network namespace (Compose, where the hub shares the proxy's), or the
+    proxy's service on the stack network (Swarm), as HUBFORGE_PROXY_API names it."""
+    return urllib.parse.urlsplit(environ.get("HUBFORGE_PROXY_API", "")).hostname or "127.0.0.1"
 
 
 def lab_answers(url: str, timeout: float = 10) -> tuple[int, str]:
     """GET a lab's /api (Jupyter Server's version, which needs no login) through the proxy, by the host and path
-    its users reach it at: the route, the proxy and the lab all answer. The proxy is this container's own, so its
+    its users reach it at: the route, the proxy and the lab all answer. The proxy is the stack's own, so its
     certificate (self-signed, or one for the public name) is not checked here."""
     parsed = urllib.parse.urlsplit(url)
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    connection = http.client.HTTPSConnection(*PROXY, timeout=timeout, context=context)
+    connection = http.client.HTTPSConnection(proxy_host(os.environ), PROXY_HTTPS_PORT, timeout=timeout, context=context)
     try:
         connection.request("GET", parsed.path.rstrip("/") + "/api", headers={"Host": parsed.netloc or "hub"})
         answer = connection.getresponse()

@@ -44,3 +44,12 @@ def test_a_proxy_that_never_answers_is_one_line():
         TimeoutError, match=rf"the proxy's API at 127.0.0.1:{port} did not answer within 0 s .*invoke logs proxy"
     ):
         wait_for_api(f"http://127.0.0.1:{port}", timeout=0.3, say=lambda message: None, step=0.05)
+
+
+def test_the_upgrades_canary_reaches_the_proxy_where_the_engine_put_it():
+    """On Swarm the proxy is no longer in the hub's container: the canary's check through it went to a closed port."""
+    from hub_ext.hub.admincli import proxy_host
+
+    assert proxy_host({"HUBFORGE_PROXY_API": "http://proxy:8001"}) == "proxy"  # Swarm: the proxy's service
+    assert proxy_host({"HUBFORGE_PROXY_API": "http://127.0.0.1:8001"}) == "127.0.0.1"  # Compose: the shared namespace
+    assert proxy_host({}) == "127.0.0.1"  # a stack from before: the proxy in the hub's container
