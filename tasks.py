@@ -89,8 +89,8 @@ def validate_jobs(value) -> int:
 @task(
     help={
         "target": (
-            "one of base, hub, lab, gpu-probe, registry, backup, idp (default: all but idp, the tests' OpenID Connect "
-            "provider)"
+            "one of base, hub, lab, gpu-probe, registry, backup, monitoring, idp (default: all but idp, the tests' "
+            "OpenID Connect provider)"
         ),
         "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
         "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
@@ -140,7 +140,7 @@ def build(
 
 @task(
     help={
-        "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, backup, idp)",
+        "target": "lock only this target (hub, lab, lab-datascience, gpu-probe, registry, backup, monitoring, idp)",
         "only": "python | apt | native: lock only one kind",
         "base": "auto | pull | bootstrap, for resolving Debian packages",
     }

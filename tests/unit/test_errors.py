@@ -35,7 +35,11 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 @pytest.mark.parametrize(
     ("target", "flavor", "message"),
     [
-        ("nope", None, "unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, registry"),
+        (
+            "nope",
+            None,
+            "unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, monitoring, registry",
+        ),
         ("lab", "gpu", "unknown flavour 'gpu' of lab; valid flavours: datascience, default"),
         (None, "datascience", "--flavor needs --target lab"),
     ],
@@ -47,7 +51,9 @@ def test_graph_selection_errors_list_the_valid_choices(target, flavor, message):
 
 def test_selection_puts_parents_first():
     assert [t.name for t in Graph().select("lab", "datascience")] == ["base", "lab-datascience"]
-    assert [t.name for t in Graph().select(None, None)] == ["base", "hub", "lab", "gpu-probe", "registry", "backup"]
+    assert [t.name for t in Graph().select(None, None)] == [
+        *("base", "hub", "lab", "gpu-probe", "registry", "backup", "monitoring")
+    ]
 
 
 def test_docker_daemon_missing_is_one_line():
@@ -65,7 +71,7 @@ def test_docker_daemon_missing_is_one_line():
     [
         (
             ["build", "--target", "nope"],
-            "error: unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, registry",
+            "error: unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, monitoring, registry",
         ),
         (["build", "--base", "cloud"], "error: --base='cloud' is not valid; use one of: auto, pull, bootstrap"),
         (["clean", "--keep", "-1"], "error: --keep must be 0 or more, got -1"),

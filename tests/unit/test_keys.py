@@ -25,7 +25,11 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
 @pytest.mark.parametrize(
     ("edit", "changed"),
     [
-        ("images/base/bootstrap.json", {"base", "hub", "lab", "lab-datascience", "gpu-probe", "registry", "backup"}),
+        (
+            "images/base/bootstrap.json",
+            {"base", "hub", "lab", "lab-datascience", "gpu-probe", "registry", "backup", "monitoring"},
+        ),
+        ("images/monitoring/apt.lock", {"monitoring"}),
         ("images/hub/Dockerfile.j2", {"hub"}),
         ("images/hub/requirements.lock", {"hub"}),
         ("images/hub/apt.lock", {"hub"}),
