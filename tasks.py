@@ -195,7 +195,7 @@ def setup(c):
     app.run_setup(settings(c))
 
 
-def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None, engine=None):
+def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None, engine=None, monitoring=False):
     """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project, hubforge.engine).
     Without --engine, a stack that is already up keeps the engine it was started with."""
     from hubforge.deploy import (
@@ -225,6 +225,7 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
         docker_socket=cfg.get("docker_socket", "/var/run/docker.sock"),
         registry_port=validate_port("hubforge.swarm_registry_port", cfg.get("swarm_registry_port", 5000)),
         routing_mesh=validate_routing_mesh(str(cfg.get("swarm_routing_mesh", "auto"))),
+        monitoring=monitoring,
     )
 
 
@@ -239,15 +240,19 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
             "compose (one host, the default) or swarm (a Docker Swarm, from a manager node); default: hubforge.engine "
             "in invoke.yaml"
         ),
+        "monitoring": (
+            "add Prometheus, Alertmanager and node-exporter, with hubforge's alert rules, for this run (default: "
+            "MONITORING in .env, else off)"
+        ),
     }
 )
 @user_errors
-def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=None):
+def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=None, monitoring=False):
     """Build what is missing, then start the hub (HTTPS) and wait until it is healthy."""
     from hubforge import app
 
     app.configure_logging(False)
-    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind, engine))
+    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind, engine, monitoring))
 
 
 @task(
