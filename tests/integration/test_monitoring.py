@@ -55,9 +55,11 @@ def test_prometheus_scrapes_every_target_and_its_pages_open_to_admins_only(live,
 
     def every_target_up() -> dict:
         found = {sample["metric"]["job"]: sample["value"][1] for sample in query(live, admin, "up")}
-        return found if set(found) == {"jupyterhub", "node", "alertmanager", "prometheus"} and set(
-            found.values()
-        ) == {"1"} else {}
+        return (
+            found
+            if set(found) == {"jupyterhub", "node", "alertmanager", "prometheus"} and set(found.values()) == {"1"}
+            else {}
+        )
 
     wait_until(every_target_up, timeout=60, what="every scrape target up")
     assert query(live, admin, "hubforge_tls_certificate_expiry_timestamp_seconds - time() > 14 * 86400")
