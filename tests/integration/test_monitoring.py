@@ -86,5 +86,6 @@ def test_hub_down_fires_in_alertmanager_within_the_rules_minute(live):
 
     fired = wait_until(hub_down, timeout=60 + 10 * INTERVAL + 15, what="HubDown active in Alertmanager", interval=2)
     waited = time.monotonic() - stopped
+    print(f"HubDown active in Alertmanager {waited:.1f} s after the hub stopped")
     assert 60 <= waited, f"HubDown fired after {waited:.0f} s, before its `for: 1m`"
     assert fired[0]["labels"]["severity"] == "critical" and fired[0]["labels"]["job"] == "jupyterhub"
