@@ -180,6 +180,7 @@ class Stack:
             if problem:
                 raise HubforgeError(f"{problem} (nothing was started)")
         self.check_ports()
+        profile = self.monitoring_service(hub, images)
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
         guarded = hub.lab_network_guard and self.guards_labs
@@ -218,7 +219,7 @@ class Stack:
                 "log_max_files": hub.log_max_files,
                 "oidc_secret": self.oidc_secret(hub),
                 "backup": self.backup_service(hub, images),
-                "monitoring": self.monitoring_service(hub, images),
+                "monitoring": profile,
             }
         )
         host = hub_host(hub)
@@ -248,6 +249,8 @@ class Stack:
             "registry_port": options.registry_port,
             "routing_mesh": options.routing_mesh,
         }
+        if profile:
+            state["prometheus"] = profile["external_url"]  # for hub admins, through the hub's login
         if hub.backup_schedule != "off":
             state["backups"] = {"schedule": parse_schedule("BACKUP_SCHEDULE", hub.backup_schedule).describe()}
         if hub.oidc:  # what the provider needs to know; never the client secret

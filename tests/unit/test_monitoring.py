@@ -4,6 +4,7 @@ metrics that exist, and the hub's own new metrics (labs' CPU, memory and kills f
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import shutil
 import socket
@@ -96,6 +97,8 @@ def test_the_setting_or_the_flag_adds_three_hardened_unpublished_services(tmp_pa
     for volume in ("prometheus-data", "alertmanager-data"):
         assert stack["volumes"][volume]["labels"] == {"hubforge.project": "p"}
     assert "/:/host:ro" in services["node-exporter"]["volumes"]
+    state = json.loads((tmp_path / "run" / "stack.json").read_text())
+    assert state["prometheus"] == "https://prometheus--service.hub.localhost:9443/services/prometheus/"
     command = services["prometheus"]["command"]
     assert "--web.route-prefix=/services/prometheus/" in command
     assert "--web.external-url=https://prometheus--service.hub.localhost:9443/services/prometheus/" in command
