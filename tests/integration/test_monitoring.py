@@ -14,11 +14,13 @@ import requests
 from hub_ext.monitoring import service_host
 
 from ..support.helpers import wait_until
+from ..support.hubclient import KernelClient
 from ..support.livestack import approved_user
 
 pytestmark = pytest.mark.integration
 INTERVAL = 2  # seconds between scrapes and rule evaluations
-STACK_ENV = {"MONITORING": "1", "MONITORING_INTERVAL": str(INTERVAL)}
+# Labs small enough to overfill in a cell; the activity collector reads their cgroups every 5 s
+STACK_ENV = {"MONITORING": "1", "MONITORING_INTERVAL": str(INTERVAL), "LAB_MEM_LIMIT": "256M", "ACTIVITY_INTERVAL": "5"}
 
 
 def service(live, name: str):
@@ -71,6 +73,29 @@ def test_prometheus_scrapes_every_target_and_its_pages_open_to_admins_only(live,
 def test_promtool_in_the_image_accepts_the_shipped_rules(live):
     code, output = service(live, "prometheus").exec_run(["promtool", "check", "rules", "/etc/prometheus/alerts.yml"])
     assert code == 0 and b"SUCCESS: 6 rules found" in output, output.decode()
+
+
+def test_a_kernel_killed_for_memory_is_counted_and_alerted(live, admin):
+    """A cell that takes more than the lab's limit: the kernel dies (the lab lives on), the hub counts the kill from the
+    lab's cgroup, Prometheus has it, and LabKilledForMemory fires at once."""
+    _, carol = approved_user(live, admin, "carol")
+    carol.start("carol")
+    kernel = KernelClient(carol, "carol")
+    try:
+        kernel.execute("x = bytearray(400 * 2**20)\nprint(len(x))", timeout=20)
+    except Exception:  # noqa: BLE001 -- the kernel is killed under the cell: its answer never comes
+        pass
+    assert live.lab("carol").status == "running"  # a kernel is a child of the lab: only it was killed
+
+    def counted() -> list:
+        return query(live, admin, 'hubforge_lab_oom_kills_total{user="carol"} >= 1')
+
+    wait_until(counted, timeout=30, what="carol's kill for memory in Prometheus", interval=1)
+
+    def alerting() -> list:
+        return query(live, admin, 'ALERTS{alertname="LabKilledForMemory", alertstate="firing", user="carol"}')
+
+    wait_until(alerting, timeout=20, what="LabKilledForMemory firing", interval=1)
 
 
 def test_hub_down_fires_in_alertmanager_within_the_rules_minute(live):
