@@ -249,9 +249,9 @@ roles.append(
 if hub.metrics_token:
     services.append({"name": "metrics", "api_token": hub.metrics_token})
     roles.append({"name": "metrics", "services": ["metrics"], "scopes": ["read:metrics"]})
-if (
-    hub.monitoring
-):  # Prometheus' pages for admins (access:services), through the hub's login (hub_ext.monitoring.uiproxy)
+# Prometheus' pages for admins (access:services), through the hub's login (hub_ext.monitoring.uiproxy); the profile's
+# services run on the compose engine only (hubforge.deploy.engine.Stack.monitoring_service)
+if hub.monitoring and ENGINE == "compose":
     services.append(
         {
             "name": monitoring.SERVICE_NAME,
