@@ -89,8 +89,8 @@ def validate_jobs(value) -> int:
 @task(
     help={
         "target": (
-            "one of base, hub, lab, gpu-probe, registry, backup, idp (default: all but idp, the tests' OpenID Connect "
-            "provider)"
+            "one of base, hub, lab, gpu-probe, registry, backup, monitoring, idp (default: all but idp, the tests' "
+            "OpenID Connect provider)"
         ),
         "flavor": "lab flavour, e.g. datascience (default: the lean lab)",
         "base": "auto | pull | bootstrap: where the Debian base comes from (default auto)",
@@ -140,7 +140,8 @@ def build(
 
 @task(
     help={
-        "target": "lock only this target (hub, proxy, lab, lab-datascience, gpu-probe, registry, backup, idp)",
+        "target": "lock only this target (hub, proxy, lab, lab-datascience, gpu-probe, registry, backup, monitoring, "
+        "idp)",
         "only": "python | apt | native: lock only one kind",
         "base": "auto | pull | bootstrap, for resolving Debian packages",
     }
@@ -195,7 +196,7 @@ def setup(c):
     app.run_setup(settings(c))
 
 
-def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None, engine=None):
+def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bind=None, engine=None, monitoring=False):
     """Stack options from flags and invoke config (hubforge.stack_dir, hubforge.project, hubforge.engine).
     Without --engine, a stack that is already up keeps the engine it was started with."""
     from hubforge.deploy import (
@@ -225,6 +226,7 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
         docker_socket=cfg.get("docker_socket", "/var/run/docker.sock"),
         registry_port=validate_port("hubforge.swarm_registry_port", cfg.get("swarm_registry_port", 5000)),
         routing_mesh=validate_routing_mesh(str(cfg.get("swarm_routing_mesh", "auto"))),
+        monitoring=monitoring,
     )
 
 
@@ -239,15 +241,19 @@ def stack_options(c, project=None, https_port=None, http_port=None, gpu=None, bi
             "compose (one host, the default) or swarm (a Docker Swarm, from a manager node); default: hubforge.engine "
             "in invoke.yaml"
         ),
+        "monitoring": (
+            "add Prometheus, Alertmanager and node-exporter, with hubforge's alert rules, for this run (default: "
+            "MONITORING in .env, else off)"
+        ),
     }
 )
 @user_errors
-def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=None):
+def up(c, gpu=None, port=None, http_port=None, project=None, bind=None, engine=None, monitoring=False):
     """Build what is missing, then start the hub (HTTPS) and wait until it is healthy."""
     from hubforge import app
 
     app.configure_logging(False)
-    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind, engine))
+    app.up(settings(c), stack_options(c, project, port, http_port, gpu, bind, engine, monitoring))
 
 
 @task(

@@ -365,6 +365,8 @@ def up(settings: Settings, options) -> dict:
     gpu = state["gpu"]
     say(f"[bold green]hubforge is up[/] at [bold]{state['url']}[/] (project {state['project']}, GPU: {gpu['reason']})")
     say(f"  settings: {options.run_dir}/.env   {options.engine} file: {options.run_dir / stack.run_file}")
+    if state.get("prometheus"):
+        say(f"  monitoring: Prometheus' pages for hub admins at {state['prometheus']}")
     if state.get("bootstrap_secret"):
         say(
             "  admin bootstrap secret (shown once; also in the hub's data volume): "

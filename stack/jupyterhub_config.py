@@ -14,6 +14,7 @@ import nativeauthenticator
 from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient
 
+from hub_ext import monitoring
 from hub_ext.auth import throttle
 from hub_ext.auth.people import DUE
 from hub_ext.authenticators.native import TEMPLATES
@@ -101,6 +102,7 @@ c.JupyterHub.template_vars = {
     "hubforge_native": hub.authenticator == "native",  # signup and approval pages exist
 }
 c.JupyterHub.ssl_cert = str(cert)
+metrics.watch_certificate(cert)  # hubforge_tls_certificate_expiry_timestamp_seconds, for the expiry alert
 c.JupyterHub.ssl_key = str(key)
 # The proxy terminates TLS and answers plain HTTP on REDIRECT_PORT with a redirect to HTTPS only.
 PROXY_API = env.get("HUBFORGE_PROXY_API", "")
@@ -266,6 +268,18 @@ roles.append(
 if hub.metrics_token:
     services.append({"name": "metrics", "api_token": hub.metrics_token})
     roles.append({"name": "metrics", "services": ["metrics"], "scopes": ["read:metrics"]})
+# Prometheus' pages for admins (access:services), through the hub's login (hub_ext.monitoring.uiproxy); the profile's
+# services run on the compose engine only (hubforge.deploy.engine.Stack.monitoring_service)
+if hub.monitoring and ENGINE == "compose":
+    services.append(
+        {
+            "name": monitoring.SERVICE_NAME,
+            "url": f"http://127.0.0.1:{monitoring.UIPROXY_PORT}",
+            "command": [sys.executable, "-m", monitoring.UIPROXY_MODULE, "--upstream", monitoring.UPSTREAM],
+            "oauth_no_confirm": True,  # the hub's own page; the access scope still decides who passes
+            "display": True,  # listed on the hub's Services menu, for those who may open it
+        }
+    )
 c.JupyterHub.services = services
 c.JupyterHub.load_roles = roles
 c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics

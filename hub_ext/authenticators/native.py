@@ -29,7 +29,7 @@ from hub_ext.auth.throttle import LoginRefused, Throttle, client_address, descri
 from hub_ext.hub import activity, usage
 from hub_ext.hub.culler import cull_forever
 from hub_ext.settings.hub import default_of
-from hub_ext.web import accounts, activitypage, audited, auditpage, labaccess, people, policies
+from hub_ext.web import accounts, activitypage, audited, auditpage, labaccess, metrics, people, policies
 from hub_ext.web.selfservice import default_handlers
 
 TEMPLATES = str(Path(__file__).parents[1] / "web" / "templates")
@@ -104,6 +104,7 @@ class HubforgeAuthMixin(LoggingConfigurable):
         if pruned:
             self.log.info("activity: %d hourly figures past %d days dropped", pruned, self.activity_retention_days)
         self.activity = activity.Collector(self.activity_interval, Path(self.cgroup_root))
+        metrics.watch_labs(self.activity)  # the labs' CPU, memory and kills for memory at /hub/metrics
         self.collecting = asyncio.get_running_loop().create_task(
             activity.collect_forever(app, self.activity, self.activity_retention_days)
         )

@@ -68,6 +68,7 @@ class LabState:
     at: float  # wall time of `reading`
     cpu_percent: float | None = None
     series: deque = field(default_factory=deque)  # (epoch seconds, cpu %, memory bytes), oldest first
+    oom_seen: int = 0  # the container's kills for memory at the last reading (counted into Collector.oom_kills)
 
 
 class Collector:
@@ -88,6 +89,9 @@ class Collector:
         self.last_error = ""
         self.cpu_times: deque = deque(maxlen=CPU_RUNS_KEPT)  # seconds of the hub's CPU each run took
         self.history = max(2, math.ceil(HISTORY_S / interval) + 1)
+        # user -> kills for memory in their labs since the hub started, every container of theirs summed: a counter
+        # (hubforge_lab_oom_kills_total) that does not go back when a lab is replaced
+        self.oom_kills: dict[str, int] = {}
 
     def observe(self, labs: Mapping[str, Lab], now: float) -> None:
         """One interval: the labs running now, each read from its cgroup; their figures into the ledger."""
@@ -105,6 +109,9 @@ class Collector:
                 state.cpu_percent = None
                 continue
             state.cpu_percent = cgroups.cpu_percent(previous, previous_at, reading, now)
+            if reading.oom_kills > state.oom_seen:
+                self.oom_kills[user] = self.oom_kills.get(user, 0) + reading.oom_kills - state.oom_seen
+                state.oom_seen = reading.oom_kills
             state.series.append((int(now), round(state.cpu_percent or 0.0, 1), reading.memory_bytes))
             if state.cpu_percent is not None:
                 seconds = min(now - previous_at, 3 * self.interval)  # a stalled hub does not bill its pause

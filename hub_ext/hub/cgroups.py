@@ -8,6 +8,9 @@ Docker puts a container's cgroup in one of four places, by the cgroup version an
 - v2, systemd driver: `system.slice/docker-<id>.scope/cpu.stat` (usage_usec) and `.../memory.current`;
 - v2, cgroupfs driver: `docker/<id>/cpu.stat` and `docker/<id>/memory.current`.
 
+Kills for memory come from v2's `memory.events` (`oom_kill`) or v1's `memory.oom_control` (`oom_kill`, Linux 4.13+);
+a container whose main process was killed is gone with its cgroup, but a lab's kernel is a child: the lab lives on.
+
 Memory is reported as `docker stats` does: the usage minus the inactive file cache (`total_inactive_file` in v1's
 memory.stat, `inactive_file` in v2's), which the kernel reclaims before it would kill the lab.
 """
@@ -27,6 +30,7 @@ class Reading:
     cpu_ns: int
     memory_bytes: int
     memory_limit: int | None  # None: no limit
+    oom_kills: int = 0  # processes the kernel killed in it at its memory limit (memory.events, memory.oom_control)
 
 
 def _stat(text: str) -> dict[str, int]:
@@ -88,6 +92,14 @@ def pids(directory: Path) -> list[int]:
         return []
 
 
+def _oom_kills(path: Path) -> int:
+    """`oom_kill` of memory.events (v2) or memory.oom_control (v1); 0 where the kernel does not count them."""
+    try:
+        return _stat(path.read_text()).get("oom_kill", 0)
+    except OSError:
+        return 0
+
+
 def read_v1(cpu_dir: Path, memory_dir: Path) -> Reading:
     memory = int((memory_dir / "memory.usage_in_bytes").read_text())
     inactive = _stat((memory_dir / "memory.stat").read_text()).get("total_inactive_file", 0)
@@ -95,6 +107,7 @@ def read_v1(cpu_dir: Path, memory_dir: Path) -> Reading:
         cpu_ns=int((cpu_dir / "cpuacct.usage").read_text()),
         memory_bytes=memory - inactive if inactive < memory else memory,
         memory_limit=_limit((memory_dir / "memory.limit_in_bytes").read_text()),
+        oom_kills=_oom_kills(memory_dir / "memory.oom_control"),
     )
 
 
@@ -105,6 +118,7 @@ def read_v2(directory: Path) -> Reading:
         cpu_ns=_stat((directory / "cpu.stat").read_text())["usage_usec"] * 1000,
         memory_bytes=memory - inactive if inactive < memory else memory,
         memory_limit=_limit((directory / "memory.max").read_text()),
+        oom_kills=_oom_kills(directory / "memory.events"),
     )
 
 

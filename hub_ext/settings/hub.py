@@ -320,6 +320,19 @@ def choice(values: Sequence[str], hint: str) -> Reader:
     return read
 
 
+def choice_pattern(pattern: str, hint: str) -> Reader:
+    """A text that must match `pattern` (after stripping; empty: the default)."""
+    compiled = re.compile(pattern)
+
+    def read(setting: Setting, raw: str, _: Mapping[str, Any]) -> str:
+        value = raw.strip() or setting.default
+        if not compiled.match(value):
+            raise ConfigError(f"{setting.name}={raw!r} is not valid; {hint}")
+        return value
+
+    return read
+
+
 def admin_password() -> Reader:
     # the password rules of every signup; PASSWORD_MIN_LENGTH is read before it
     return lambda setting, raw, earlier: parse_admin_password(raw, earlier["password_min_length"])
@@ -775,6 +788,35 @@ SETTINGS: tuple[Setting, ...] = (
         text(),
         ("Token of the `metrics` service (scope `read:metrics`), used to scrape `/hub/metrics`."),
         shown="(generated)",
+    ),
+    Setting(
+        "MONITORING",
+        "monitoring",
+        False,
+        boolean(),
+        (
+            "`1` adds the monitoring profile to the stack: Prometheus (scraping the hub's `/hub/metrics` with the "
+            "metrics token, the host's disk and the labs' figures), its alert rules, Alertmanager and node-exporter; "
+            "Prometheus' pages open to hub admins at `/services/prometheus/`. `invoke up --monitoring` turns it on "
+            "for one run. Compose only."
+        ),
+    ),
+    Setting(
+        "MONITORING_INTERVAL",
+        "monitoring_interval",
+        15,
+        integer(1),
+        (
+            "Seconds between two scrapes, and between two evaluations of the alert rules. An alert with `for: 1m` "
+            "fires between 1 minute and 1 minute plus twice this after its condition starts."
+        ),
+    ),
+    Setting(
+        "MONITORING_RETENTION",
+        "monitoring_retention",
+        "15d",
+        choice_pattern(r"^[1-9]\d*[hdwy]$", "use a number and h, d, w or y, e.g. 15d"),
+        "How long Prometheus keeps its samples (`--storage.tsdb.retention.time`), in its own volume.",
     ),
     Setting(
         "HUBFORGE_PUBLIC_HOST",

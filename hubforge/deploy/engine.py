@@ -19,6 +19,7 @@ from hub_ext.backup import status as backup_status
 from hub_ext.helpers.netguard import SYSTEMD_UPSTREAM
 from hub_ext.labs.gpu import ALL_GPUS, decide
 from hub_ext.labs.networks import NETWORK_ROLE, SANDBOX_ROLE
+from hub_ext.monitoring import service_host
 from hub_ext.naming import PROJECT_LABEL, QUOTA_LABEL, ROLE_LABEL, USER_LABEL, VOLUME_LABEL
 from hub_ext.settings.hub import ConfigError, env_template, from_environ, hub_host, parse_gpu_mode
 from hub_ext.settings.schedule import parse_schedule
@@ -28,6 +29,7 @@ from ..backup.plan import SWARM_REFUSAL, write_password
 from ..docker_io import StackDocker
 from ..errors import HubforgeError
 from ..render import render
+from . import monitoring
 from .settings import (
     BOOTSTRAP_SECRET,
     HEALTH_TIMEOUT,
@@ -168,6 +170,8 @@ class Stack:
         values = read_env_file(env_path)
         if self.options.gpu is not None:
             values["ENABLE_GPU_SUPPORT"] = self.options.gpu
+        if self.options.monitoring:
+            values["MONITORING"] = "1"
         try:
             return values, from_environ(values)
         except ConfigError as exc:
@@ -205,6 +209,7 @@ class Stack:
                 raise HubforgeError(f"{problem} (nothing was started)")
         self.check_ports()
         self.proxy_token()
+        profile = self.monitoring_service(hub, images)
         probe = self.probe_gpu(gpu_mode, images["gpu-probe"])
         decision = decide(gpu_mode, probe)
         guarded = hub.lab_network_guard and self.guards_labs
@@ -248,6 +253,7 @@ class Stack:
                 "log_max_files": hub.log_max_files,
                 "oidc_secret": self.oidc_secret(hub),
                 "backup": self.backup_service(hub, images),
+                "monitoring": profile,
             }
         )
         host = hub_host(hub)
@@ -277,6 +283,8 @@ class Stack:
             "registry_port": options.registry_port,
             "routing_mesh": options.routing_mesh,
         }
+        if profile:
+            state["prometheus"] = profile["external_url"]  # for hub admins, through the hub's login
         if hub.backup_schedule != "off":
             state["backups"] = {"schedule": parse_schedule("BACKUP_SCHEDULE", hub.backup_schedule).describe()}
         if hub.oidc:  # what the provider needs to know; never the client secret
@@ -331,6 +339,37 @@ class Stack:
                 "monthly": hub.backup_keep_monthly,
             },
         }
+
+    def monitoring_service(self, hub, images: Mapping[str, str]) -> dict[str, Any] | None:
+        """The monitoring profile's settings (MONITORING on), its files written into the run folder; None when it is
+        off, or on an engine that cannot run it yet (said once)."""
+        if not hub.monitoring:
+            return None
+        if self.options.engine == "swarm":
+            self.say("note: MONITORING is ignored: the monitoring profile runs on the compose engine only, for now")
+            return None
+        if "monitoring" not in images:
+            raise HubforgeError(
+                "MONITORING is on but there is no monitoring image; run `invoke build --target monitoring` "
+                "(nothing was started)"
+            )
+        prefix = monitoring.route_prefix(hub.base_url)
+        return {
+            "image": images["monitoring"],
+            "retention": hub.monitoring_retention,
+            "route_prefix": prefix,
+            "external_url": f"{self.service_origin(hub, monitoring.SERVICE_NAME)}{prefix}",
+            "digest": monitoring.write_files(
+                self.root, self.options.run_dir, hub.base_url, hub.monitoring_interval, hub.metrics_token
+            ),
+        }
+
+    def service_origin(self, hub, name: str) -> str:
+        """Where browsers reach a hub service: its own subdomain when labs have theirs (JupyterHub's rule)."""
+        host = hub_host(hub)
+        if hub.lab_subdomains:
+            host = service_host(name, host)
+        return f"https://{host}" + ("" if self.options.https_port == 443 else f":{self.options.https_port}")
 
     def backup_status(self) -> dict[str, Any]:
         """The backup service's status file, read through the hub's container (which mounts its volume read-only):

@@ -36,6 +36,7 @@ class StackOptions:
     volume_prefix: str = ""  # "": default_volume_prefix(project)
     registry_port: int = 5000  # swarm: the image registry's port on every node (hubforge.swarm_registry_port)
     routing_mesh: str = "auto"  # swarm: auto | on | off -- publish the registry through the routing mesh (IPVS)
+    monitoring: bool = False  # `invoke up --monitoring`: MONITORING=1 for this run, whatever .env says
 
     def __post_init__(self) -> None:
         if not self.volume_prefix:

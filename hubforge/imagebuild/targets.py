@@ -186,10 +186,18 @@ TARGETS: tuple[Target, ...] = (
         budget_mb=50,
         description="restic (Debian's package) for `invoke backup` and `invoke restore`",
     ),
+    Target(
+        name="monitoring",
+        repository=f"{NAMESPACE}/monitoring",
+        template="images/monitoring/Dockerfile.j2",
+        apt_lock="images/monitoring/apt.lock",
+        budget_mb=160,
+        description="Prometheus, Alertmanager and node-exporter (Debian's packages) for `invoke up --monitoring`",
+    ),
 )
 
 # What `invoke build` builds with no --target: flavours other than the default, and the tests' idp, are opt-in.
-DEFAULT_SET = ("base", "hub", "proxy", "lab", "gpu-probe", "registry", "backup")
+DEFAULT_SET = ("base", "hub", "proxy", "lab", "gpu-probe", "registry", "backup", "monitoring")
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,49 @@ def test_the_backup_image_is_restic_alone_and_checks_what_it_backed_up(built, cl
         shell.remove(force=True, v=True)
 
 
+def test_the_monitoring_image_runs_unprivileged_and_checks_the_shipped_rules(built, client, tracked):
+    """Prometheus, Alertmanager (with the stack's configuration and its templates) and node-exporter from their locks,
+    uid 65532, no shell; promtool accepts stack/monitoring/alerts.yml."""
+    image = built["monitoring"]
+    assert client.images.get(image).attrs["Config"]["User"] == "65532:65532"
+    monitoring = ROOT / "stack" / "monitoring"
+    code, output = tracked.run(
+        image,
+        ["check", "rules", "/rules/alerts.yml"],
+        entrypoint=["/usr/bin/promtool"],
+        volumes=[(str(monitoring), "/rules", "ro")],
+        read_only=True,
+    )
+    assert code == 0 and "SUCCESS: 6 rules found" in output, output
+    for binary, version in (
+        ("prometheus", "prometheus, version 2.42.0"),
+        ("prometheus-alertmanager", "alertmanager, version 0.25.0"),
+        ("prometheus-node-exporter", "node_exporter, version 1.5.0"),
+    ):
+        code, output = tracked.run(image, ["--version"], entrypoint=[f"/usr/bin/{binary}"])
+        assert code == 0 and version in output, (binary, output)
+    alertmanager = tracked.start(
+        image,
+        ["--config.file=/etc/am/alertmanager.yml", "--storage.path=/alertmanager", "--cluster.listen-address="],
+        entrypoint=["/usr/bin/prometheus-alertmanager"],
+        volumes=[(str(monitoring), "/etc/am", "ro")],
+        cap_drop=["ALL"],
+    ).get_wrapped_container()
+    alertmanager.reload()
+    address = alertmanager.attrs["NetworkSettings"]["IPAddress"]
+
+    def ready() -> bool:
+        return requests.get(f"http://{address}:9093/-/ready", timeout=2).status_code == 200
+
+    wait_until(ready, timeout=15, what="Alertmanager ready with the stack's configuration and its templates")
+    shell = client.containers.create(image, ["sh", "-c", "id"], entrypoint=[], labels={"hubforge.test": "images"})
+    try:
+        with pytest.raises(docker.errors.APIError, match="no such file or directory|executable file not found"):
+            shell.start()
+    finally:
+        shell.remove(force=True, v=True)
+
+
 def sbom_of(image: str, folder: Path) -> dict:
     """`invoke sbom IMAGE`, as an operator runs it; the CycloneDX document it wrote."""
     path = folder / "sbom.cdx.json"

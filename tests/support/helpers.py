@@ -55,6 +55,25 @@ def dashboard_metric_families(path: Path) -> set[str]:
     return {metric_family(name) for expr in exprs for name in METRIC_IN_EXPR.findall(expr)}
 
 
+SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def dashboard_selections(path: Path) -> list[tuple[str, str, set[str]]]:
+    """(panel title, sample name, the label names the expression uses with it: matched or grouped by) for every
+    series selector of a Grafana dashboard whose expression selects one series name (as every panel here does)."""
+    found = []
+    for panel in json.loads(path.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            selectors = SELECTOR.findall(expr)
+            grouped = {name.strip() for names in GROUPING.findall(expr) for name in names.split(",") if name.strip()}
+            for name, matchers in selectors:
+                found.append((panel["title"], name, set(MATCHER.findall(matchers)) | grouped))
+    return found
+
+
 def rootfs_tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> io.BytesIO:
     """A root filesystem as `docker export` streams it: paths without a leading /, hard links to earlier files."""
     out = io.BytesIO()

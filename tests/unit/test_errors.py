@@ -35,7 +35,11 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 @pytest.mark.parametrize(
     ("target", "flavor", "message"),
     [
-        ("nope", None, "unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, proxy, registry"),
+        (
+            "nope",
+            None,
+            "unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, monitoring, proxy, registry",
+        ),
         ("lab", "gpu", "unknown flavour 'gpu' of lab; valid flavours: datascience, default"),
         (None, "datascience", "--flavor needs --target lab"),
     ],
@@ -48,13 +52,7 @@ def test_graph_selection_errors_list_the_valid_choices(target, flavor, message):
 def test_selection_puts_parents_first():
     assert [t.name for t in Graph().select("lab", "datascience")] == ["base", "lab-datascience"]
     assert [t.name for t in Graph().select(None, None)] == [
-        "base",
-        "hub",
-        "proxy",
-        "lab",
-        "gpu-probe",
-        "registry",
-        "backup",
+        *("base", "hub", "proxy", "lab", "gpu-probe", "registry", "backup", "monitoring")
     ]
 
 
@@ -73,7 +71,8 @@ def test_docker_daemon_missing_is_one_line():
     [
         (
             ["build", "--target", "nope"],
-            "error: unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, proxy, registry",
+            "error: unknown target 'nope'; valid targets: backup, base, gpu-probe, hub, idp, lab, monitoring, proxy, "
+            "registry",
         ),
         (["build", "--base", "cloud"], "error: --base='cloud' is not valid; use one of: auto, pull, bootstrap"),
         (["clean", "--keep", "-1"], "error: --keep must be 0 or more, got -1"),

@@ -27,8 +27,9 @@ def append(root: Path, rel: str, text: str = "\n# changed\n") -> None:
     [
         (
             "images/base/bootstrap.json",
-            {"base", "hub", "proxy", "lab", "lab-datascience", "gpu-probe", "registry", "backup"},
+            {"base", "hub", "proxy", "lab", "lab-datascience", "gpu-probe", "registry", "backup", "monitoring"},
         ),
+        ("images/monitoring/apt.lock", {"monitoring"}),
         ("images/hub/Dockerfile.j2", {"hub"}),
         ("images/hub/requirements.lock", {"hub"}),
         ("images/hub/apt.lock", {"hub"}),

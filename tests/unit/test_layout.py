@@ -2,7 +2,7 @@
 jupyterhub_config.py names are there.
 
 Floors, from the ground up (a room imports only its own floor and those below it):
-naming -> settings -> labs -> helpers -> backup -> auth -> spawn -> hub -> web -> authenticators."""
+naming -> settings -> monitoring -> labs -> helpers -> backup -> auth -> spawn -> hub -> web -> authenticators."""
 
 from __future__ import annotations
 
@@ -14,7 +14,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FLOORS = ["naming", "settings", "labs", "helpers", "backup", "auth", "spawn", "hub", "web", "authenticators"]
+FLOORS = [
+    "naming",
+    "settings",
+    "monitoring",
+    "labs",
+    "helpers",
+    "backup",
+    "auth",
+    "spawn",
+    "hub",
+    "web",
+    "authenticators",
+]
 
 
 def room_of(path: Path, package: Path) -> str:

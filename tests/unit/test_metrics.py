@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from hub_ext.web import metrics
 
-from ..support.helpers import dashboard_metric_families, metric_family
+from ..support.helpers import dashboard_metric_families, dashboard_selections, metric_family
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "stack" / "grafana" / "hubforge.json"
 
@@ -74,6 +74,63 @@ def test_the_dashboard_queries_only_metrics_the_hub_registers():
         "process_resident_memory_bytes",
     } <= used
     assert used <= registered, f"the dashboard queries unknown metrics: {sorted(used - registered)}"
+
+
+TARGET_LABELS = {"job", "instance"}  # what Prometheus adds to every scraped series
+SUFFIXES = {"counter": {"_total", "_created"}, "histogram": {"_bucket", "_count", "_sum", "_created"}}
+
+
+def registered_metrics() -> dict[str, tuple[str, set[str] | None]]:
+    """family -> (type, label names) of every metric the hub registers (JupyterHub's and hub_ext's); None where the
+    collector does not say (the process collector's, which have none, and custom collectors with no sample yet)."""
+    from tests.unit.test_monitoring import metrics  # noqa: F401 -- hub_ext's collectors, registered at import
+
+    found: dict[str, tuple[str, set[str] | None]] = {}
+    for collector in list(REGISTRY._collector_to_names):
+        labels = getattr(collector, "_labelnames", None)
+        for family in collector.collect():
+            seen = {label for sample in family.samples for label in sample.labels} - {"le", "quantile"}
+            found[family.name] = (family.type, set(labels) if labels is not None else (seen or None))
+    return found
+
+
+def test_every_dashboard_selection_names_a_registered_sample_and_its_labels():
+    """Not only the family: a _bucket of a histogram, a _total of a counter, and only labels the metric has."""
+    registered = registered_metrics()
+    problems = []
+    for title, name, labels in dashboard_selections(DASHBOARD):
+        family = metric_family(name)
+        if family not in registered and name in registered:
+            family = name  # a gauge whose own name ends like a suffix
+        if family not in registered:
+            problems.append(f"{title}: {name} is not a metric the hub registers")
+            continue
+        kind, label_names = registered[family]
+        suffix = name[len(family) :]
+        if suffix == "_bucket":
+            labels = labels - {"le"}  # histogram_quantile's grouping
+        if suffix and suffix not in SUFFIXES.get(kind, set()):
+            problems.append(f"{title}: {name} is not a sample of the {kind} {family}")
+        if label_names is not None and not labels <= label_names | TARGET_LABELS:
+            problems.append(f"{title}: {name} has no label {sorted(labels - label_names - TARGET_LABELS)}")
+    assert problems == []
+
+
+def test_the_selection_check_finds_a_wrong_suffix_and_a_wrong_label(tmp_path):
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(
+        json.dumps(
+            {
+                "panels": [
+                    {"title": "a", "targets": [{"expr": 'sum by (user) (jupyterhub_running_servers_total{job="x"})'}]},
+                ]
+            }
+        )
+    )
+    assert dashboard_selections(wrong) == [("a", "jupyterhub_running_servers_total", {"job", "user"})]
+    registered = registered_metrics()
+    kind, labels = registered["jupyterhub_running_servers"]
+    assert kind == "gauge" and "_total" not in SUFFIXES.get(kind, set()) and "user" not in (labels or set())
 
 
 def test_the_dashboard_is_importable_grafana_json():
