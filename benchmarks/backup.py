@@ -28,16 +28,10 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from hub_ext.naming import PROJECT_LABEL, USER_LABEL, VOLUME_LABEL, user_names  # noqa: E402
+from tests.support.helpers import positive  # noqa: E402
 from tests.support.livestack import current_images, start_stack, stop_stack  # noqa: E402
 
 FILE_MB = 1
-
-
-def positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {raw!r}")
-    return value
 
 
 def invoke(live, *args: str) -> float:

@@ -30,20 +30,13 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import requests  # noqa: E402
 
-from tests.support.helpers import wait_until  # noqa: E402
+from tests.support.helpers import positive, wait_until  # noqa: E402
 from tests.support.hubclient import HubAPI, KernelClient  # noqa: E402
 from tests.support.livestack import approved_user, claim_admin, start_stack, stop_stack  # noqa: E402
 from tests.support.loadsim import memory_bytes  # noqa: E402
 
 PROBE_INTERVAL = 0.1
 CELL_INTERVAL = 0.2
-
-
-def positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {raw!r}")
-    return value
 
 
 class Window:

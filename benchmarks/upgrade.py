@@ -26,18 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
+from tests.support.helpers import positive  # noqa: E402
 from tests.support.livestack import approved_user, claim_admin, start_stack, stop_stack  # noqa: E402
 from tests.support.registry import NAMESPACE, loopback_registry, push_release  # noqa: E402
 
 PROBE_INTERVAL = 0.1
 VERSIONS = ("0.9.0", "0.9.2")
-
-
-def positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {raw!r}")
-    return value
 
 
 class Prober(threading.Thread):

@@ -19,6 +19,16 @@ WEB_APP = (
 )
 
 
+def positive(raw: str) -> int:
+    """A benchmark's count flag (argparse's type): a whole number of 1 or more."""
+    import argparse
+
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {raw!r}")
+    return value
+
+
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
     """Poll `check` until it returns something truthy; fail with `what` and the last value or error."""
     deadline = time.monotonic() + timeout
